@@ -1,0 +1,36 @@
+# twincast — run `make help` for the targets.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.twincast-installed
+SAMPLE ?= build/sample
+WORK   ?= build/demo
+
+.PHONY: help setup demo test bench lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install twincast with its dependencies
+
+demo: setup ## make the synthetic sample and enrol from it
+	$(VENV)/bin/twincast sample --out $(SAMPLE)
+	$(VENV)/bin/twincast enrol $(SAMPLE)/sample.mp4 --transcript $(SAMPLE)/transcript.txt --workdir $(WORK)
+
+test: setup ## run the test suite
+	$(PY) -m pytest -q
+
+bench: setup ## measure the features stage on the real GRID clips (prints JSON)
+	$(VENV)/bin/twincast bench features ../shared/data/grid_s1/train --transcript ../shared/data/grid_s1/transcripts.tsv
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check .
+
+clean: ## remove build outputs (keeps .venv)
+	rm -rf build .pytest_cache

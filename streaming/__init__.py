@@ -1,0 +1,1 @@
+"""twincast realtime server (aiohttp + aiortc); talks to models only through ``avatar``."""

@@ -1,0 +1,1 @@
+"""twincast enrolment: footage in, enrolment cache and avatar bundle out."""

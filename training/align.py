@@ -1,0 +1,131 @@
+"""Word timings from a transcript and the audio, with pocketsphinx forced alignment.
+
+pocketsphinx ships its English acoustic model and dictionary inside the wheel, so this
+works offline. Words missing from its dictionary get a pronunciation from espeak-ng.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FRAME_S = 0.01  # pocketsphinx's frame hop
+
+_ESPEAK_TO_ARPA = {
+    "@L": "AH L", "@2": "AH", "@5": "AH", "@": "AH", "3:": "ER", "3": "ER", "a#": "AH",
+    "aa": "AA", "a": "AE", "A:": "AA", "A@": "AA R", "A": "AA", "aI@": "AY ER", "aI3": "AY ER",
+    "aI": "AY", "aU@": "AW ER", "aU": "AW", "e@": "EH R", "eI": "EY", "e": "EH", "E": "EH",
+    "i@3": "IY R", "i@": "IY R", "i:": "IY", "i": "IY", "I#": "IH", "I2": "IH", "I": "IH",
+    "0": "AA", "O:": "AO", "O@": "AO R", "OI": "OY", "O": "AO", "o@": "AO R", "oU": "OW",
+    "o": "OW", "U@": "UH R", "U": "UH", "u:": "UW", "u": "UW", "V": "AH",
+    "tS": "CH", "dZ": "JH", "t#": "T", "d#": "D", "n-": "N", "l-": "L", "r-": "R",
+    "p": "P", "b": "B", "t": "T", "d": "D", "k": "K", "g": "G", "f": "F", "v": "V",
+    "T": "TH", "D": "DH", "s": "S", "z": "Z", "S": "SH", "Z": "ZH", "h": "HH", "x": "HH",
+    "m": "M", "n": "N", "N": "NG", "l": "L", "r": "R", "j": "Y", "w": "W",
+}
+_KEYS = sorted(_ESPEAK_TO_ARPA, key=len, reverse=True)
+
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+         "fourteen fifteen sixteen seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    end: float
+
+
+def number_words(n: int) -> str:
+    """English words for 0 <= n < 1e9 (enough to align transcripts with plain numbers)."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    for size, name in ((1_000_000, "million"), (1000, "thousand"), (100, "hundred")):
+        if n >= size:
+            rest = n % size
+            return (number_words(n // size) + " " + name
+                    + ("" if rest == 0 else " " + number_words(rest)))
+    raise ValueError(n)
+
+
+def normalise(text: str) -> list[str]:
+    """Lower-case words with digits spelled out and punctuation dropped."""
+    text = re.sub(r"\d+", lambda m: " " + number_words(int(m.group()) % 10**9) + " ",
+                  text.lower())
+    text = re.sub(r"[^a-z' ]+", " ", text)
+    return [w.strip("'") for w in text.split() if w.strip("'")]
+
+
+def espeak_to_arpabet(phonemes: str) -> str:
+    s = re.sub(r"[',%=_:|]", lambda m: ":" if m.group() == ":" else "", phonemes)
+    out: list[str] = []
+    i = 0
+    while i < len(s):
+        if s[i] == " ":
+            i += 1
+            continue
+        for k in _KEYS:
+            if s.startswith(k, i):
+                out.append(_ESPEAK_TO_ARPA[k])
+                i += len(k)
+                break
+        else:
+            i += 1  # a symbol with no English counterpart: skip it
+    return " ".join(out)
+
+
+class Aligner:
+    """One pocketsphinx decoder, reused across clips (loading the model takes ~0.3 s)."""
+
+    def __init__(self) -> None:
+        from pocketsphinx import Decoder
+
+        self._decoder = Decoder(samprate=16000, bestpath=False, loglevel="FATAL")
+        self._added: set[str] = set()
+
+    def _ensure_words(self, words: list[str]) -> list[str]:
+        from training.espeak import text_to_phonemes
+
+        usable = []
+        for w in words:
+            if w in self._added or self._decoder.lookup_word(w):
+                usable.append(w)
+                continue
+            arpa = espeak_to_arpabet(text_to_phonemes(w))
+            if not arpa:
+                log.warning("no pronunciation for %r; left out of the alignment", w)
+                continue
+            self._decoder.add_word(w, arpa, True)
+            self._added.add(w)
+            usable.append(w)
+        return usable
+
+    def align(self, audio16: np.ndarray, text: str) -> list[Word]:
+        """Word start/end times (seconds) of ``text`` in ``audio16`` (16 kHz float32)."""
+        words = self._ensure_words(normalise(text))
+        if not words:
+            return []
+        pcm = (np.clip(audio16, -1, 1) * 32767).astype(np.int16).tobytes()
+        d = self._decoder
+        d.set_align_text(" ".join(words))
+        d.start_utt()
+        d.process_raw(pcm, full_utt=True)
+        d.end_utt()
+        out = []
+        for seg in d.seg():
+            w = seg.word
+            if w.startswith("<") or w.startswith("[") or w == "sil":
+                continue
+            w = re.sub(r"\(\d+\)$", "", w)  # alternate pronunciations are marked word(2)
+            out.append(Word(w, seg.start_frame * FRAME_S, (seg.end_frame + 1) * FRAME_S))
+        if len(out) < len(words):
+            log.warning("aligned %d of %d words", len(out), len(words))
+        return out

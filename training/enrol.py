@@ -1,0 +1,66 @@
+"""``twincast enrol``: footage (and an optional transcript) in, enrolment cache out.
+
+Every input is checked before any work starts, so bad footage fails in seconds with a line
+that names the file, and leaves nothing behind that a later run could trip on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from training.config import FeaturesConfig
+from training.features import ClipJob, FeaturesResult, run_features
+from training.ingest import (
+    clip_ids,
+    file_digest,
+    find_footage,
+    probe,
+    require_writable_dir,
+)
+from training.progress import bar
+from training.transcript import read_transcript
+
+log = logging.getLogger(__name__)
+
+
+def plan(footage: Sequence[Path], workdir: Path, cfg: FeaturesConfig,
+         transcript: Path | None = None) -> list[ClipJob]:
+    files = find_footage(footage)
+    ids = clip_ids(files)
+    texts = read_transcript(transcript, ids) if transcript else {}
+    if transcript:
+        missing = [i for i in ids if i not in texts]
+        if len(missing) == len(ids):
+            from avatar.errors import path_error
+
+            raise path_error(transcript, "names none of the clips given (first clip: "
+                             f"{ids[0]}); lines must be 'clip<TAB>text' with clip = file "
+                             "name without extension")
+        for i in missing:
+            log.warning("%s: no transcript line; its utterances will have no text", i)
+    infos = []
+    with bar(len(files), "checking footage", "clip") as pb:
+        for f, cid in zip(files, ids, strict=True):
+            infos.append(probe(f, cid, cfg.fps, cfg.min_clip_seconds))
+            pb.update(1)
+    require_writable_dir(workdir)
+    features_dir = workdir / "features"
+    jobs = []
+    with bar(len(infos), "hashing footage", "clip") as pb:
+        for info in infos:
+            jobs.append(ClipJob(info=info, digest=file_digest(info.path),
+                                text=texts.get(info.clip_id),
+                                dir=features_dir / "clips" / info.clip_id))
+            pb.update(1)
+    return jobs
+
+
+def enrol_features(footage: Sequence[Path], workdir: Path, cfg: FeaturesConfig,
+                   transcript: Path | None = None, strict: bool = False) -> FeaturesResult:
+    jobs = plan(footage, workdir, cfg, transcript)
+    if not transcript:
+        log.warning("no transcript: utterances will have no text, so the voice cannot be "
+                    "trained from this footage (pass --transcript FILE)")
+    return run_features(jobs, workdir / "features", cfg, strict=strict)
