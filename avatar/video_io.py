@@ -68,6 +68,9 @@ class VideoWriter:
             for packet in self._a.encode():
                 self._out.mux(packet)
         self._out.close()
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(self._tmp, 0o666 & ~mask)
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:

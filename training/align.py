@@ -88,7 +88,10 @@ class Aligner:
     def __init__(self) -> None:
         from pocketsphinx import Decoder
 
-        self._decoder = Decoder(samprate=16000, bestpath=False, loglevel="FATAL")
+        # Wide beams: forced alignment of minutes-long audio is pruned away (no result at
+        # all) with the recognition defaults; the search stays linear in the audio length.
+        self._decoder = Decoder(samprate=16000, bestpath=False, loglevel="FATAL",
+                                beam=1e-100, wbeam=1e-80, pbeam=1e-100)
         self._added: set[str] = set()
 
     def _ensure_words(self, words: list[str]) -> list[str]:
@@ -119,8 +122,13 @@ class Aligner:
         d.start_utt()
         d.process_raw(pcm, full_utt=True)
         d.end_utt()
+        segs = d.seg()
+        if segs is None:
+            log.warning("forced alignment found no path through the audio; is the transcript "
+                        "the text spoken in this clip?")
+            return []
         out = []
-        for seg in d.seg():
+        for seg in segs:
             w = seg.word
             if w.startswith("<") or w.startswith("[") or w == "sil":
                 continue

@@ -79,7 +79,6 @@ def build_report(clips: list[dict], utterances: list[dict], cfg: FeaturesConfig,
         return float((v[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else float("nan")
 
     audio = [c["audio"] for c in clips]
-    seconds = sum(a["seconds"] for a in audio)
     speech_s = sum(a["speech_seconds"] for a in audio)
 
     def audio_wmean(key: str) -> float:

@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--workers", type=int, default=2)
     bf.add_argument("--workdir", type=Path, help="keep the cache here (default: a temp dir)")
     bf.set_defaults(func=cmd_bench_features)
+    ba = bsub.add_parser("align", help="word-boundary error of an enrolment's alignment")
+    ba.add_argument("features", type=Path, help="WORKDIR/features of an enrolment")
+    ba.add_argument("--truth", type=Path, required=True,
+                    help="folder of GRID .align files, or a sample's words.json")
+    ba.set_defaults(func=cmd_bench_align)
     return p
 
 
@@ -106,6 +111,13 @@ def cmd_bench_features(args: argparse.Namespace) -> int:
     result = bench_features(args.footage, _features_config(args.workers),
                             transcript=args.transcript, workdir=args.workdir)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_bench_align(args: argparse.Namespace) -> int:
+    from training.bench import bench_align
+
+    print(json.dumps(bench_align(args.features, args.truth), indent=2))
     return 0
 
 
