@@ -139,12 +139,20 @@ def pitch_yin(x: np.ndarray, rate: int, hop: int, f_min: float, f_max: float,
         first = torch.where(below.any(1), below.float().argmax(1), dn.argmin(1))
         # Walk to the local minimum after the first crossing.
         idx = first.clone()
-        for _ in range(8):
-            nxt = (idx + 1).clamp(max=dn.shape[1] - 1)
+        last = dn.shape[1] - 1
+        for _ in range(tau_max):
+            nxt = (idx + 1).clamp(max=last)
             better = dn.gather(1, nxt[:, None])[:, 0] < dn.gather(1, idx[:, None])[:, 0]
+            if not bool(better.any()):
+                break
             idx = torch.where(better, nxt, idx)
         val = dn.gather(1, idx[:, None])[:, 0]
-        tau = (idx + tau_min).float()
+        # Parabolic interpolation around the minimum for sub-sample period accuracy.
+        lo, hi = (idx - 1).clamp(min=0), (idx + 1).clamp(max=last)
+        y0, y2 = dn.gather(1, lo[:, None])[:, 0], dn.gather(1, hi[:, None])[:, 0]
+        denom = y0 - 2 * val + y2
+        shift = torch.where(denom.abs() > 1e-9, 0.5 * (y0 - y2) / denom, torch.zeros_like(val))
+        tau = (idx + tau_min).float() + shift.clamp(-1, 1)
         voiced = (val < 0.35) & (e0[:, 0] > 1e-6 * w)
         f0[a: a + chunk] = torch.where(voiced, rate / tau, torch.zeros_like(tau)).numpy()
     return f0

@@ -297,7 +297,7 @@ def run_features(jobs: list[ClipJob], features_dir: Path, cfg: FeaturesConfig,
     })
     computed = len(video_calls) + len(audio_calls) + len(text_calls)
     if strict or quality.has_errors(report):
-        quality.raise_for_gates(report, strict)
+        quality.raise_for_gates(report, strict, features_dir)
     return FeaturesResult(features_dir, clips, utterances, report, computed, reused)
 
 

@@ -149,10 +149,11 @@ def has_errors(report: dict) -> bool:
     return any(not g["passed"] and g["severity"] == "error" for g in report["gates"])
 
 
-def raise_for_gates(report: dict, strict: bool) -> None:
+def raise_for_gates(report: dict, strict: bool, where: Path | None = None) -> None:
     for g in report["gates"]:
         if not g["passed"] and (g["severity"] == "error" or strict):
-            raise TwincastError(f"enrolment stopped: {g['message']}")
+            see = f" (see {where / 'report.txt'})" if where else ""
+            raise TwincastError(f"enrolment stopped: {g['message']}{see}")
 
 
 def summary(report: dict) -> str:

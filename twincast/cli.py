@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", type=Path, required=True, help="where the cache is written")
     e.add_argument("--transcript", type=Path,
                    help="plain text (one clip) or 'clip<TAB>text' lines (a folder)")
+    e.add_argument("--preset", choices=("ci", "cpu", "gpu"), default="cpu",
+                   help="ci: tiny and fast, for tests; cpu (default); gpu")
     e.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     e.add_argument("--strict", action="store_true", help="treat quality warnings as errors")
     e.set_defaults(func=cmd_enrol)
@@ -87,18 +89,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _features_config(workers: int):  # noqa: ANN202 - keeps training imports lazy
-    from training.config import FeaturesConfig
+def _features_config(workers: int, preset: str = "cpu"):  # noqa: ANN202 - lazy imports
+    from training.config import features_preset
 
     if workers < 0:
         raise TwincastError(f"--workers {workers}: must be 0 or more")
-    return FeaturesConfig(workers=workers)
+    return features_preset(preset, workers)
 
 
 def cmd_enrol(args: argparse.Namespace) -> int:
     from training.enrol import enrol_features
 
-    result = enrol_features(args.footage, args.workdir, _features_config(args.workers),
+    result = enrol_features(args.footage, args.workdir, _features_config(args.workers, args.preset),
                             transcript=args.transcript, strict=args.strict)
     sys.stdout.write((result.dir / "report.txt").read_text())
     log.info("enrolment cache: %s", result.dir)

@@ -218,6 +218,9 @@ def write_sample(out_dir: Path, cfg: SampleConfig) -> SampleFiles:
     """Write sample.mp4, transcript.txt, words.json and truth.npz into ``out_dir``."""
     if cfg.width % 2 or cfg.height % 2 or min(cfg.width, cfg.height) < 64:
         raise TwincastError(f"--size {cfg.width}x{cfg.height}: sides must be even and >= 64")
+    if cfg.minutes < 0.1:
+        raise TwincastError(f"--minutes {cfg.minutes:g}: a sample must last at least 0.1 "
+                            "minutes (6 s) to hold a spoken sentence")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -1,0 +1,84 @@
+"""Shared fixtures: real recordings from ../shared/data and tiny synthetic footage."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+GRID = DATA / "grid_s1"
+
+os.environ.setdefault("TWINCAST_PROGRESS", "0")
+
+
+def run_cli(*args: object, cwd: Path | None = None, timeout: float = 600
+            ) -> subprocess.CompletedProcess:
+    """Run ``twincast`` as a user would, in a fresh interpreter."""
+    env = dict(os.environ, TWINCAST_PROGRESS="0", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "twincast.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd or ROOT, env=env,
+                          timeout=timeout)
+
+
+def write_av(path: Path, frames: list[np.ndarray] | None, fps: int = 25,
+             audio: np.ndarray | None = None, rate: int = 16000) -> Path:
+    """Write an mp4 with a video track and/or an audio track (either may be None)."""
+    with av.open(str(path), "w", format="mp4") as out:
+        vs = as_ = None
+        if frames is not None:
+            vs = out.add_stream("libx264", rate=fps)
+            vs.height, vs.width = frames[0].shape[:2]
+            vs.pix_fmt = "yuv420p"
+        if audio is not None:
+            as_ = out.add_stream("aac", rate=rate)
+            as_.layout = "mono"
+        if vs is not None:
+            for f in frames:
+                for p in vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    out.mux(p)
+            for p in vs.encode():
+                out.mux(p)
+        if as_ is not None:
+            fr = av.AudioFrame.from_ndarray(audio.astype(np.float32).reshape(1, -1),
+                                            format="fltp", layout="mono")
+            fr.sample_rate = rate
+            fr.pts = 0
+            for p in as_.encode(fr):
+                out.mux(p)
+            for p in as_.encode():
+                out.mux(p)
+    return path
+
+
+def read_frames(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def read_audio(path: Path, rate: int = 16000) -> np.ndarray:
+    from training.ingest import decode_audio
+
+    return decode_audio(path, [rate])[rate]
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory: pytest.TempPathFactory):
+    """A 7-second synthetic presenter at 256x256 (files: video, transcript, truth, words)."""
+    from training.sample.presenter import SampleConfig, write_sample
+
+    out = tmp_path_factory.mktemp("sample")
+    return write_sample(out, SampleConfig(minutes=0.12, width=256, height=256, seed=3))
+
+
+@pytest.fixture(scope="session")
+def grid_train() -> Path:
+    if not (GRID / "train").is_dir():
+        pytest.skip("../shared/data/grid_s1 is not present")
+    return GRID / "train"
