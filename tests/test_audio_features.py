@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.audio_features import compute, pitch_yin, speech_segments
+from training.audio_features import compute, pitch_yin
 from training.config import AudioConfig
 from training.utterances import make_utterances
+from training.vad import speech_segments
 
 RATE = 16000
 

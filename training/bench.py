@@ -17,47 +17,58 @@ from avatar.errors import TwincastError, path_error
 from training.config import FeaturesConfig
 
 
-def _tree_rss_kb(root: int) -> int:
-    """Resident memory of ``root`` and all its descendants, in kB (Linux /proc)."""
+def _tree_memory_kb(root: int) -> tuple[int, int]:
+    """(RSS, PSS) in kB of ``root`` and all its descendants (Linux /proc).
+
+    RSS counts a shared library once in every process that maps it, so its sum over worker
+    processes is an upper bound; PSS splits shared pages between their users and sums to
+    what the tree really holds.
+    """
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/status") as f:
-                ppid, kb = 0, 0
-                for line in f:
-                    if line.startswith("PPid:"):
-                        ppid = int(line.split()[1])
-                    elif line.startswith("VmRSS:"):
-                        kb = int(line.split()[1])
-        except OSError:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        pid = int(entry)
-        rss[pid] = kb
-        children.setdefault(ppid, []).append(pid)
-    total, stack = 0, [root]
+        children.setdefault(ppid, []).append(int(entry))
+    rss = pss = 0
+    stack = [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
         stack.extend(children.get(pid, []))
-    return total
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except OSError:
+            continue
+    return rss, pss
 
 
 class PeakRss:
     """Samples the memory of this process and its workers until stopped."""
 
-    def __init__(self, interval: float = 0.1):
+    def __init__(self, interval: float = 0.2):
         self.peak_kb = 0
+        self.peak_pss_kb = 0
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        rss, pss = _tree_memory_kb(os.getpid())
+        self.peak_kb = max(self.peak_kb, rss)
+        self.peak_pss_kb = max(self.peak_pss_kb, pss)
+
     def _run(self) -> None:
-        me = os.getpid()
         while not self._stop.is_set():
-            self.peak_kb = max(self.peak_kb, _tree_rss_kb(me))
+            self._sample()
             self._stop.wait(self._interval)
 
     def __enter__(self) -> PeakRss:
@@ -67,7 +78,7 @@ class PeakRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_kb = max(self.peak_kb, _tree_rss_kb(os.getpid()))
+        self._sample()
 
 
 def bench_features(footage: Sequence[Path], cfg: FeaturesConfig,
@@ -96,6 +107,7 @@ def bench_features(footage: Sequence[Path], cfg: FeaturesConfig,
             "fps": round(report["frames"] / seconds, 1),
             "realtime_factor": round(report["frames"] / cfg.fps / seconds, 2),
             "peak_rss_mb": round(mem.peak_kb / 1024, 1),
+            "peak_pss_mb": round(mem.peak_pss_kb / 1024, 1),
             "workers": cfg.workers,
             "clips": report["clips"],
             "one_face_share": report["one_face_share"],

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 # Per-worker-process state, set once by the pool initializer (never per unit).
 _progress_queue: Any = None
 _aligner: Any = None
+_trackers: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,10 @@ def _init_worker(q: Any, quiet_native: bool = False) -> None:
         _silence_native_stderr()
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import torch
-
-    # Workers already fill the cores; nested thread pools would only fight.
-    torch.set_num_threads(1)
+    # Workers already fill the cores; nested thread pools would only fight. Set before any
+    # numerical library loads in this fresh (spawned) process.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     import cv2
 
     cv2.setNumThreads(1)
@@ -134,17 +135,25 @@ def _tick_factory() -> Callable[[int], None]:
 
 
 def video_unit(job: ClipJob, seg: Segment, cfg: FeaturesConfig, key: str) -> str:
-    from training.video_features import process_segment
+    from training.video_features import Trackers, process_segment
 
+    # One set of trackers per worker process and settings (see Trackers).
+    tkey = cfg.visual_digest()
+    if tkey not in _trackers:
+        _trackers[tkey] = Trackers.create(cfg)
     out_npz = job.dir / "video" / f"seg-{seg.index:04d}.npz"
     out_mp4 = job.dir / "crops" / f"seg-{seg.index:04d}.mp4"
-    arrays = process_segment(job.info, seg.start, seg.stop, cfg, out_mp4, _tick_factory())
+    arrays = process_segment(job.info, seg.start, seg.stop, cfg, out_mp4, _tick_factory(),
+                             _trackers[tkey])
     atomic.save_npz(out_npz, key=np.array(key), **arrays)
     return str(out_npz)
 
 
 def audio_unit(job: ClipJob, cfg: FeaturesConfig, key: str) -> dict[str, float]:
     import soundfile as sf
+    import torch
+
+    torch.set_num_threads(1)
 
     from training import audio_features
     from training.ingest import decode_audio
@@ -163,8 +172,8 @@ def audio_unit(job: ClipJob, cfg: FeaturesConfig, key: str) -> dict[str, float]:
 def text_unit(job: ClipJob, cfg: FeaturesConfig, key: str) -> list[dict]:
     import soundfile as sf
 
-    from training.audio_features import speech_segments
     from training.utterances import make_utterances
+    from training.vad import speech_segments
 
     global _aligner
     hop_s = cfg.audio.hop_ms / 1000
@@ -201,17 +210,19 @@ class _InlineExecutor(cf.Executor):
         return f
 
 
-def _executor(cfg: FeaturesConfig, q: Any) -> cf.Executor:
-    if cfg.workers <= 0:
+def _executor(workers: int, q: Any) -> cf.Executor:
+    if workers <= 0:
         _init_worker(q)
         return _InlineExecutor()
-    return cf.ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"),
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                   initializer=_init_worker, initargs=(q, True))
 
 
-def _run_all(ex: cf.Executor, calls: list[tuple[Callable[..., Any], tuple]]) -> list[Any]:
-    """Run units; on the first failure cancel the rest and raise it."""
-    futures = [ex.submit(fn, *args) for fn, args in calls]
+def _run_all(ex: cf.Executor, calls: list[tuple[Callable[..., Any], tuple]],
+             also: list[Future] | None = None) -> list[Any]:
+    """Run units (and wait for ``also``, already submitted elsewhere); on the first failure
+    cancel the rest and raise it."""
+    futures = [ex.submit(fn, *args) for fn, args in calls] + (also or [])
     try:
         for f in cf.as_completed(futures):
             f.result()
@@ -260,9 +271,14 @@ def run_features(jobs: list[ClipJob], features_dir: Path, cfg: FeaturesConfig,
     total = sum(j.info.n_frames for j in jobs)
     log.info("%d clips, %d frames: %d units to compute, %d reused from the cache",
              len(jobs), total, len(video_calls) + len(audio_calls), reused)
-    with _executor(cfg, q) as ex, QueueBar(q, total, "features") as pbar:
+    # Audio units run in a pool of their own: only they need torch (~0.5 GB per process),
+    # so the video workers stay small.
+    with _executor(cfg.workers, q) as ex, _executor(min(cfg.workers, 1), q) as aex, \
+            QueueBar(q, total, "features") as pbar:
         pbar.update(total - todo_frames)
-        _run_all(ex, video_calls + audio_calls)
+        audio_futures = [aex.submit(fn, *args) for fn, args in audio_calls]
+        _run_all(ex, video_calls, also=audio_futures)
+        aex.shutdown()  # frees the torch process before the text stage
         clips = [_assemble_clip(job, cfg) for job in jobs]
         _check_faces(clips, cfg)
         text_calls = []
