@@ -97,7 +97,9 @@ def _init_worker(q: Any, quiet_native: bool = False) -> None:
     global _progress_queue
     _progress_queue = q
     if quiet_native:
-        _silence_native_stderr()
+        from training.quiet import silence_native_stderr_for_good
+
+        silence_native_stderr_for_good()
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # Workers already fill the cores; nested thread pools would only fight. Set before any
@@ -107,20 +109,6 @@ def _init_worker(q: Any, quiet_native: bool = False) -> None:
     import cv2
 
     cv2.setNumThreads(1)
-
-
-def _silence_native_stderr() -> None:
-    """Send the C++ libraries' stderr (MediaPipe and TFLite print a dozen lines per graph) to
-    /dev/null, while Python's own logging keeps writing to the real stderr."""
-    import sys
-
-    real = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    sys.stderr = os.fdopen(real, "w", buffering=1)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, force=True,
-                        format="%(levelname)s %(name)s: %(message)s")
 
 
 def _tick_factory() -> Callable[[int], None]:

@@ -181,8 +181,10 @@ def _detect(img: np.ndarray) -> np.ndarray:
     os.environ.setdefault("GLOG_minloglevel", "2")
     import mediapipe as mp
 
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True,
-                                         max_num_faces=1) as mesh:
+    from training.quiet import native_stderr_silenced
+
+    with native_stderr_silenced(), mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, refine_landmarks=True, max_num_faces=1) as mesh:
         res = mesh.process(img)
     if not res.multi_face_landmarks:
         raise TwincastError("the sample portrait's face was not found (broken scikit-image "
