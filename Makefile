@@ -19,9 +19,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install twincast with its dependencies
 
-demo: setup ## make the synthetic sample and enrol from it
+demo: setup ## synthetic sample -> enrol (ci preset) -> render the avatar speaking
 	$(VENV)/bin/twincast sample --out $(SAMPLE)
-	$(VENV)/bin/twincast enrol $(SAMPLE)/sample.mp4 --transcript $(SAMPLE)/transcript.txt --workdir $(WORK)
+	$(VENV)/bin/twincast enrol $(SAMPLE)/sample.mp4 --transcript $(SAMPLE)/transcript.txt \
+		--workdir $(WORK) --name sample --preset ci
+	$(VENV)/bin/twincast render $(WORK)/avatars/sample --audio $(SAMPLE)/sample.mp4 \
+		-o $(WORK)/demo.mp4
 
 test: setup ## run the test suite
 	$(PY) -m pytest -q

@@ -70,6 +70,11 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        # mkdtemp makes a private folder, and some writers make private files.
+        mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode | 0o111)
+        for f in tmp.rglob("*"):
+            os.chmod(f, mode | (0o111 if f.is_dir() else 0))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -23,7 +23,7 @@ def enrolled(grid_train: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         shutil.copy(grid_train / f"{c}.mpg", clips / f"{c}.mpg")
     work = d / "work"
     proc = run_cli("enrol", clips, "--transcript", GRID / "transcripts.tsv", "--workdir", work,
-                   "--preset", "ci")
+                   "--preset", "ci", "--features-only")
     assert proc.returncode == 0, proc.stderr
     assert "footage" in proc.stdout  # the readable summary
     return work
@@ -103,14 +103,15 @@ def test_rerun_reuses_everything_and_transcript_change_redoes_text(enrolled: Pat
                                                                    tmp_path: Path) -> None:
     clips = enrolled.parent / "clips"
     proc = run_cli("enrol", clips, "--transcript", GRID / "transcripts.tsv", "--workdir",
-                   enrolled, "--preset", "ci")
+                   enrolled, "--preset", "ci", "--features-only")
     assert proc.returncode == 0
     assert "0 units to compute" in proc.stderr
     frames = enrolled / "features" / "clips" / "bbaf2n" / "frames.npz"
     tsv = tmp_path / "t.tsv"
     tsv.write_text("bbaf2n\tbin blue at f two now\nbbaf3s\tbin blue at f three soon\n")
     before = (enrolled / "features" / "clips" / "bbaf2n" / "video" / "seg-0000.npz").stat()
-    proc = run_cli("enrol", clips, "--transcript", tsv, "--workdir", enrolled, "--preset", "ci")
+    proc = run_cli("enrol", clips, "--transcript", tsv, "--workdir", enrolled, "--preset", "ci",
+                   "--features-only")
     assert proc.returncode == 0, proc.stderr
     after = (enrolled / "features" / "clips" / "bbaf2n" / "video" / "seg-0000.npz").stat()
     assert before.st_mtime_ns == after.st_mtime_ns

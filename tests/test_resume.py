@@ -22,7 +22,8 @@ def test_sigkill_midway_then_resume(grid_train: Path, tmp_path: Path) -> None:
     env = dict(os.environ, TWINCAST_PROGRESS="0")
     # One worker keeps the run slow enough to be killed in the middle.
     proc = subprocess.Popen([sys.executable, "-m", "twincast.cli", "enrol", str(clips),
-                             "--workdir", str(work), "--workers", "1", "--preset", "ci"],
+                             "--workdir", str(work), "--workers", "1", "--preset", "ci",
+                             "--features-only"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     seg_dir = work / "features" / "clips"
@@ -41,7 +42,7 @@ def test_sigkill_midway_then_resume(grid_train: Path, tmp_path: Path) -> None:
     assert not (work / "features" / "report.json").exists()
     stamps = {p: p.stat().st_mtime_ns for p in done}
 
-    result = run_cli("enrol", clips, "--workdir", work, "--preset", "ci")
+    result = run_cli("enrol", clips, "--workdir", work, "--preset", "ci", "--features-only")
     assert result.returncode == 0, result.stderr
     # Finished segments were reused as they were, not recomputed.
     for p, stamp in stamps.items():

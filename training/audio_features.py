@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchaudio
 
+from avatar.audio import log_mel
 from training.config import AudioConfig
 from training.vad import voice_activity
 
@@ -49,16 +49,6 @@ def loudness(x: np.ndarray, rate: int, hop: int) -> np.ndarray:
     frames = frame_signal(x, int(0.025 * rate), hop)
     rms = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
     return (20 * np.log10(rms + 1e-10)).astype(np.float32)
-
-
-def log_mel(x: np.ndarray, rate: int, n_fft: int, win: int, hop: int, n_mels: int,
-            f_max: float | None = None) -> np.ndarray:
-    mel = torchaudio.transforms.MelSpectrogram(
-        sample_rate=rate, n_fft=n_fft, win_length=win, hop_length=hop, n_mels=n_mels,
-        f_min=0.0, f_max=f_max, power=1.0, norm="slaney", mel_scale="slaney", center=True)
-    with torch.inference_mode():
-        m = mel(torch.from_numpy(x))
-    return torch.log(torch.clamp(m, min=1e-5)).numpy().astype(np.float32)
 
 
 def pitch_yin(x: np.ndarray, rate: int, hop: int, f_min: float, f_max: float,

@@ -64,3 +64,34 @@ def enrol_features(footage: Sequence[Path], workdir: Path, cfg: FeaturesConfig,
         log.warning("no transcript: utterances will have no text, so the voice cannot be "
                     "trained from this footage (pass --transcript FILE)")
     return run_features(jobs, workdir / "features", cfg, strict=strict)
+
+
+def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
+          transcript: Path | None = None, strict: bool = False, device: str = "cpu",
+          name: str | None = None, features_only: bool = False) -> dict:
+    """The whole enrolment: features, talking-head training, bundle export."""
+    from training.config import features_preset
+
+    feats = enrol_features(footage, workdir, features_preset(preset, workers),
+                           transcript=transcript, strict=strict)
+    out: dict = {"features": feats.dir}
+    if features_only:
+        return out
+    from training.head.export import export_bundle
+    from training.head.train import head_preset, train_head
+
+    cfg = head_preset(preset)
+    result = train_head(feats.dir, workdir / "head", cfg, device=device)
+    name = name or _default_name(footage)
+    out["bundle"] = export_bundle(feats.dir, result, cfg, workdir / "avatars" / name, name,
+                                  preset)
+    out["head_seconds"] = result.seconds
+    return out
+
+
+def _default_name(footage: Sequence[Path]) -> str:
+    import re
+
+    first = Path(footage[0])
+    stem = first.name if first.is_dir() else first.stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "avatar"

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.set_defaults(func=cmd_sample)
 
-    e = sub.add_parser("enrol", help="learn an avatar from footage (features stage)")
+    e = sub.add_parser("enrol", help="learn an avatar from footage: features, talking "
+                       "head, bundle")
     e.add_argument("footage", nargs="+", type=Path, help="video files or folders of clips")
     e.add_argument("--workdir", type=Path, required=True, help="where the cache is written")
     e.add_argument("--transcript", type=Path,
@@ -60,7 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ci: tiny and fast, for tests; cpu (default); gpu")
     e.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     e.add_argument("--strict", action="store_true", help="treat quality warnings as errors")
+    e.add_argument("--device", default="cpu", help="training device: cpu, cuda:0, ...")
+    e.add_argument("--name", help="avatar name (default: the footage's name)")
+    e.add_argument("--features-only", action="store_true",
+                   help="stop after the enrolment cache (no training, no bundle)")
     e.set_defaults(func=cmd_enrol)
+
+    r = sub.add_parser("render", help="render an avatar speaking an audio file to a video")
+    r.add_argument("bundle", type=Path, help="avatar bundle folder (WORKDIR/avatars/NAME)")
+    r.add_argument("--audio", type=Path, required=True, help="speech, any format and rate")
+    r.add_argument("-o", "--out", type=Path, required=True, help="output .mp4")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--batch", type=int, default=16, help="frames per model call (16)")
+    r.set_defaults(func=cmd_render)
 
     b = sub.add_parser("bench", help="measure speed and memory; prints JSON")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="WHAT")
@@ -71,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--workers", type=int, default=2)
     bf.add_argument("--workdir", type=Path, help="keep the cache here (default: a temp dir)")
     bf.set_defaults(func=cmd_bench_features)
+    br = bsub.add_parser("render", help="frames/s of the batched renderer")
+    br.add_argument("bundle", type=Path)
+    br.add_argument("--device", default="cpu")
+    br.add_argument("--seconds", type=_positive, default=3.0, help="per batch size (3)")
+    br.set_defaults(func=cmd_bench_render)
     ba = bsub.add_parser("align", help="word-boundary error of an enrolment's alignment")
     ba.add_argument("features", type=Path, help="WORKDIR/features of an enrolment")
     ba.add_argument("--truth", type=Path, required=True,
@@ -98,12 +116,34 @@ def _features_config(workers: int, preset: str = "cpu"):  # noqa: ANN202 - lazy 
 
 
 def cmd_enrol(args: argparse.Namespace) -> int:
-    from training.enrol import enrol_features
+    from training.enrol import enrol
 
-    result = enrol_features(args.footage, args.workdir, _features_config(args.workers, args.preset),
-                            transcript=args.transcript, strict=args.strict)
-    sys.stdout.write((result.dir / "report.txt").read_text())
-    log.info("enrolment cache: %s", result.dir)
+    if args.workers < 0:
+        raise TwincastError(f"--workers {args.workers}: must be 0 or more")
+    out = enrol(args.footage, args.workdir, args.preset, args.workers,
+                transcript=args.transcript, strict=args.strict, device=args.device,
+                name=args.name, features_only=args.features_only)
+    sys.stdout.write((out["features"] / "report.txt").read_text())
+    log.info("enrolment cache: %s", out["features"])
+    if "bundle" in out:
+        log.info("avatar bundle: %s (head trained in %.0f s)", out["bundle"],
+                 out["head_seconds"])
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from avatar.offline import render_file
+
+    res = render_file(args.bundle, args.audio, args.out, args.device, args.batch)
+    log.info("rendered %d frames in %.1f s (%.0f frames/s): %s", res["frames"],
+             res["seconds"], res["fps"], res["out"])
+    return 0
+
+
+def cmd_bench_render(args: argparse.Namespace) -> int:
+    from avatar.offline import bench_render
+
+    print(json.dumps(bench_render(args.bundle, args.device, seconds=args.seconds), indent=2))
     return 0
 
 

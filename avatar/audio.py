@@ -1,0 +1,70 @@
+"""Audio helpers shared by enrolment and the runtime: decoding to mono at a rate, and the
+log-mel spectrogram both the training data and live speech go through (one definition, so
+the model sees the same features in both)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+MEL_RATE = 16000
+MEL_HOP = 160
+"""10 ms: four mel frames per 25 fps video frame."""
+MEL_BINS = 80
+
+
+def log_mel(x: np.ndarray, rate: int = MEL_RATE, n_fft: int = 512, win: int = 400,
+            hop: int = MEL_HOP, n_mels: int = MEL_BINS, f_max: float | None = None
+            ) -> np.ndarray:
+    """(n_mels, N) natural-log mel magnitude spectrogram, centred frames."""
+    import torch
+    import torchaudio
+
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate=rate, n_fft=n_fft, win_length=win, hop_length=hop, n_mels=n_mels,
+        f_min=0.0, f_max=f_max, power=1.0, norm="slaney", mel_scale="slaney", center=True)
+    with torch.inference_mode():
+        m = mel(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    return torch.log(torch.clamp(m, min=1e-5)).numpy().astype(np.float32)
+
+
+def load_audio(path: Path, rate: int = MEL_RATE) -> np.ndarray:
+    """Any audio (or video) file PyAV reads -> mono float32 at ``rate``."""
+    import av
+
+    from avatar.errors import path_error
+
+    if not Path(path).is_file():
+        raise path_error(path, "no such audio file")
+    rs = av.AudioResampler(format="fltp", layout="mono", rate=rate)
+    parts: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.audio:
+                raise path_error(path, "has no audio track")
+            for frame in c.decode(audio=0):
+                frame.pts = None
+                parts.extend(f.to_ndarray()[0] for f in rs.resample(frame))
+    except av.error.FFmpegError as e:
+        raise path_error(path, f"cannot be read as audio ({str(e).splitlines()[0][:120]})"
+                         ) from None
+    parts.extend(f.to_ndarray()[0] for f in rs.resample(None))
+    if not parts or sum(len(p) for p in parts) == 0:
+        raise path_error(path, "holds no audio (empty)")
+    return np.concatenate(parts).astype(np.float32)
+
+
+def mel_windows(mel: np.ndarray, n_frames: int, fps: int = 25, width: int = 20,
+                hop_s: float = MEL_HOP / MEL_RATE) -> np.ndarray:
+    """(n_frames, bins, width) windows of ``mel`` centred on each video frame's middle;
+    beyond the ends the spectrogram is padded with silence (its floor, log 1e-5)."""
+    bins, n = mel.shape
+    floor = np.float32(np.log(1e-5))
+    pad = width
+    padded = np.concatenate([np.full((bins, pad), floor, np.float32), mel,
+                             np.full((bins, pad + width), floor, np.float32)], axis=1)
+    centre = np.round((np.arange(n_frames) + 0.5) / fps / hop_s).astype(int)
+    starts = centre - width // 2 + pad
+    idx = starts[:, None] + np.arange(width)[None, :]
+    return np.transpose(padded[:, idx], (1, 0, 2))

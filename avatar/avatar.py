@@ -1,0 +1,216 @@
+"""The runtime avatar: load a bundle on a device and render batches of frames.
+
+``Avatar.render`` takes frame requests from any number of sessions at once: each names an
+idle frame and carries the log-mel window of the speech at that frame. The generator paints
+every requested mouth in one batch; each result is then composited into its idle frame with
+a feathered mask and a colour match, so no seam shows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from avatar.audio import mel_windows
+from avatar.bundle import read_manifest, require
+from avatar.errors import TwincastError, path_error
+from avatar.models.head import HeadConfig, HeadGenerator, blank_lower, region_keep_mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameRequest:
+    """One frame to render: which idle frame to speak over, with which audio."""
+
+    idle_index: int
+    mel: np.ndarray
+    """(bins, frames) raw log-mel window centred on this frame (see ``Avatar.mel_windows``)."""
+    session: str = ""
+    deadline: float = 0.0
+
+
+def pingpong(n: int, length: int) -> int:
+    """Index into a loop of ``length`` frames played forwards then backwards, so the idle
+    footage never jumps at the loop point."""
+    if length <= 1:
+        return 0
+    period = 2 * (length - 1)
+    k = n % period
+    return k if k < length else period - k
+
+
+@dataclass
+class _IdleFrame:
+    frame: np.ndarray          # (H, W, 3) uint8, full idle frame
+    region: np.ndarray         # (3, S, S) float32 in [0, 1], the model's view of it
+    to_frame: np.ndarray       # 2x3: region pixels -> frame pixels
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 of the paste area in the frame
+    blend: np.ndarray          # (h, w, 1) float32 feathered mask over the box
+    ring: np.ndarray           # (S, S) bool: where colours are compared
+
+
+class Avatar:
+    def __init__(self, path: Path, manifest: dict, gen: HeadGenerator, device: torch.device,
+                 idle: list[_IdleFrame], reference: torch.Tensor, mel_mean: float,
+                 mel_std: float):
+        self.path = path
+        self.manifest = manifest
+        self.gen = gen
+        self.device = device
+        self.idle = idle
+        self.reference = reference
+        self.mel_mean, self.mel_std = mel_mean, mel_std
+        self.fps = int(manifest["fps"])
+        self.size = gen.cfg.size
+        self.mel_frames = gen.cfg.mel_frames
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: Path | str, device: str = "cpu") -> Avatar:
+        path = Path(path)
+        manifest = read_manifest(path)
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise TwincastError(f"device {device!r}: CUDA is not available here; use cpu")
+        head = require(manifest, "head")
+        try:
+            cfg = HeadConfig(**require(manifest, "head", "config"))
+        except TypeError as e:
+            raise path_error(path / "manifest.json", f"head.config is invalid ({e})") from None
+        gen = HeadGenerator(cfg)
+        weights = path / require(manifest, "head", "file")
+        try:
+            state = load_file(str(weights))
+            gen.load_state_dict(state)
+        except (RuntimeError, OSError, ValueError) as e:
+            raise path_error(weights, f"does not hold this head's weights ({str(e)[:120]})"
+                             ) from None
+        gen.eval().to(dev)
+        mel = require(manifest, "head", "mel")
+        ref_img = _read_rgb(path / head["reference"], (cfg.size, cfg.size))
+        reference = torch.from_numpy(ref_img).permute(2, 0, 1).float().div(255).to(dev)
+        idle = _load_idle(path, manifest, cfg.size)
+        log.info("avatar %s loaded on %s: %d idle frames", manifest.get("name"), dev, len(idle))
+        return cls(path, manifest, gen, dev, idle, reference, float(mel["mean"]),
+                   float(mel["std"]))
+
+    # ------------------------------------------------------------------ audio
+    def mel_windows(self, audio16k: np.ndarray) -> np.ndarray:
+        """(n_frames, bins, frames) raw log-mel windows, one per video frame of the audio."""
+        from avatar.audio import log_mel
+
+        if audio16k.size == 0:
+            raise TwincastError("the audio is empty: nothing to say")
+        n = int(np.ceil(len(audio16k) / 16000 * self.fps))
+        return mel_windows(log_mel(audio16k), n, self.fps, self.mel_frames)
+
+    # ------------------------------------------------------------------ rendering
+    @property
+    def idle_frames(self) -> int:
+        return len(self.idle)
+
+    def idle_frame(self, n: int) -> np.ndarray:
+        """The plain idle frame shown at loop position ``n`` (silence, no rendering)."""
+        return self.idle[pingpong(n, len(self.idle))].frame
+
+    def render(self, requests: list[FrameRequest]) -> list[np.ndarray]:
+        """Render a batch of requests (any sessions, any idle frames) in one model call."""
+        if not requests:
+            return []
+        idle = [self.idle[pingpong(r.idle_index, len(self.idle))] for r in requests]
+        regions = torch.from_numpy(np.stack([f.region for f in idle])).to(self.device)
+        mels = np.stack([r.mel for r in requests]).astype(np.float32)
+        mels = (mels - self.mel_mean) / self.mel_std
+        mel_t = torch.from_numpy(mels).unsqueeze(1).to(self.device)
+        ref = self.reference.unsqueeze(0).expand(len(requests), -1, -1, -1)
+        with torch.inference_mode():
+            out = self.gen.generate(ref, blank_lower(regions), mel_t)
+        painted = (out.clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+        return [_composite(f, p) for f, p in zip(idle, painted, strict=True)]
+
+
+def _composite(idle: _IdleFrame, painted: np.ndarray) -> np.ndarray:
+    frame = idle.frame.copy()
+    x0, y0, x1, y1 = idle.box
+    # Colour match: shift the painted region so that, where it meets the untouched face
+    # (the ring), its mean colour equals the idle frame's.
+    orig = (idle.region.transpose(1, 2, 0) * 255)[idle.ring]
+    shift = orig.mean(0) - painted[idle.ring].astype(np.float32).mean(0)
+    patch = np.clip(painted.astype(np.float32) + shift, 0, 255)
+    m = idle.to_frame.copy()
+    m[:, 2] -= (x0, y0)
+    warped = cv2.warpAffine(patch, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REPLICATE)
+    roi = frame[y0:y1, x0:x1].astype(np.float32)
+    frame[y0:y1, x0:x1] = (roi + (warped - roi) * idle.blend).astype(np.uint8)
+    return frame
+
+
+def _read_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise path_error(path, "cannot be read as an image; the bundle is damaged")
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if size is not None and img.shape[:2] != (size[1], size[0]):
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return img
+
+
+def _load_idle(path: Path, manifest: dict, size: int) -> list[_IdleFrame]:
+    idle_file = path / require(manifest, "idle", "file")
+    with np.load(path / require(manifest, "idle", "transforms"), allow_pickle=False) as z:
+        affines = z["crop_affine"].astype(np.float64)
+    crop_size = int(require(manifest, "crop_size"))
+    x0r, y0r, side_r = (float(v) for v in require(manifest, "head", "region"))
+    rx, ry, rs = x0r * crop_size, y0r * crop_size, side_r * crop_size
+    # Region pixels -> crop pixels.
+    reg_to_crop = np.array([[rs / size, 0, rx], [0, rs / size, ry], [0, 0, 1]])
+    crop_mask = cv2.imread(str(path / require(manifest, "head", "mask")), cv2.IMREAD_GRAYSCALE)
+    if crop_mask is None:
+        raise path_error(path / manifest["head"]["mask"], "cannot be read; bundle damaged")
+    region_mask = cv2.resize(crop_mask[int(ry): int(ry + rs), int(rx): int(rx + rs)],
+                             (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    # Blend only where the generator paints, fading in over its soft edge.
+    paint = 1.0 - region_keep_mask(size)[0, 0].numpy()
+    region_mask *= paint
+    ring = (region_mask > 0.15) & (region_mask < 0.6)
+    frames: list[_IdleFrame] = []
+    try:
+        with av.open(str(idle_file)) as c:
+            decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    except av.error.FFmpegError as e:
+        raise path_error(idle_file, f"cannot be decoded ({e}); bundle damaged") from None
+    if len(decoded) != len(affines) or not decoded:
+        raise path_error(idle_file, f"has {len(decoded)} frames but its transforms "
+                         f"{len(affines)}; the bundle is damaged")
+    for frame, a in zip(decoded, affines, strict=True):
+        crop_from_frame = np.vstack([a, [0, 0, 1]])
+        to_frame = (np.linalg.inv(crop_from_frame) @ reg_to_crop)[:2]
+        # The model's view: the region, straight from the idle frame.
+        from_frame = np.linalg.inv(np.vstack([to_frame, [0, 0, 1]]))[:2]
+        region = cv2.warpAffine(frame, from_frame, (size, size), flags=cv2.INTER_AREA,
+                                borderMode=cv2.BORDER_REPLICATE)
+        corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]]).T
+        pts = to_frame @ corners
+        h, w = frame.shape[:2]
+        x0 = int(max(0, np.floor(pts[0].min())))
+        y0 = int(max(0, np.floor(pts[1].min())))
+        x1 = int(min(w, np.ceil(pts[0].max()) + 1))
+        y1 = int(min(h, np.ceil(pts[1].max()) + 1))
+        m = to_frame.copy()
+        m[:, 2] -= (x0, y0)
+        blend = cv2.warpAffine(region_mask, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
+        frames.append(_IdleFrame(frame=frame,
+                                 region=region.transpose(2, 0, 1).astype(np.float32) / 255,
+                                 to_frame=to_frame, box=(x0, y0, x1, y1), blend=blend,
+                                 ring=ring))
+    return frames

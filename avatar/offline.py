@@ -1,0 +1,92 @@
+"""Offline rendering (``twincast render``) and the render benchmark (``twincast bench
+render``), both through the same batched ``Avatar.render`` the server uses."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from avatar.audio import load_audio
+from avatar.avatar import Avatar, FrameRequest
+from avatar.errors import TwincastError, path_error
+from avatar.video_io import VideoWriter
+
+log = logging.getLogger(__name__)
+
+
+def _bars() -> bool:
+    flag = os.environ.get("TWINCAST_PROGRESS")
+    return flag not in ("0", "") if flag is not None else sys.stderr.isatty()
+
+
+def render_file(bundle: Path, audio_path: Path, out: Path, device: str = "cpu",
+                batch: int = 16) -> dict:
+    """Speak ``audio_path`` over the avatar's idle loop; write ``out`` with the audio muxed."""
+    from tqdm import tqdm
+
+    if batch < 1:
+        raise TwincastError(f"--batch {batch}: must be at least 1")
+    avatar = Avatar.load(bundle, device)
+    audio = load_audio(audio_path, 16000)
+    if np.abs(audio).max(initial=0.0) == 0.0:
+        log.info("%s is silent: the mouth stays closed", audio_path)
+    windows = avatar.mel_windows(audio)
+    n = len(windows)
+    w, h = avatar.manifest["frame_size"]
+    t0 = time.perf_counter()
+    try:
+        writer = VideoWriter(out, avatar.fps, int(w), int(h), audio_rate=16000)
+    except OSError as e:
+        raise path_error(out, f"cannot be written ({e.strerror})") from None
+    with writer, tqdm(total=n, desc="render", unit="frame", disable=not _bars()) as pb:
+        for a in range(0, n, batch):
+            reqs = [FrameRequest(idle_index=i, mel=windows[i]) for i in range(a, min(n, a + batch))]
+            for i, frame in zip(range(a, a + len(reqs)), avatar.render(reqs), strict=True):
+                writer.write(frame)
+                s0, s1 = int(i * 16000 / avatar.fps), int((i + 1) * 16000 / avatar.fps)
+                writer.write_audio(audio[s0:s1])
+            pb.update(len(reqs))
+    seconds = time.perf_counter() - t0
+    return {"frames": n, "seconds": round(seconds, 2), "fps": round(n / seconds, 1),
+            "out": str(out)}
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (1, 4, 16, 64),
+                 seconds: float = 3.0) -> dict:
+    """Frames per second of ``Avatar.render`` (generator and compositing) per batch size."""
+    import torch
+
+    avatar = Avatar.load(bundle, device)
+    rng = np.random.default_rng(0)
+    # Real speech-like input: mel windows of noise shaped like the training statistics.
+    mel = (avatar.mel_mean + avatar.mel_std * rng.standard_normal(
+        (256, avatar.gen.cfg.mel_bins, avatar.mel_frames))).astype(np.float32)
+    result: dict[str, float] = {}
+    for b in batches:
+        reqs = [FrameRequest(idle_index=i, mel=mel[i % len(mel)]) for i in range(b)]
+        avatar.render(reqs)  # warm-up
+        if avatar.device.type == "cuda":
+            torch.cuda.synchronize()
+        frames, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            avatar.render(reqs)
+            frames += b
+        if avatar.device.type == "cuda":
+            torch.cuda.synchronize()
+        result[str(b)] = round(frames / (time.perf_counter() - t0), 1)
+    w, h = avatar.manifest["frame_size"]
+    return {"device": str(avatar.device), "frame_size": [w, h],
+            "model_size": avatar.size, "model_width": avatar.gen.cfg.width,
+            "threads": torch.get_num_threads(), "fps_by_batch": result,
+            "peak_rss_mb": round(_peak_rss_mb(), 1)}

@@ -1,0 +1,133 @@
+"""Talking head: ci-preset training on the synthetic sample, the bundle, batched rendering
+and every way a bundle or its input can be wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import read_audio, read_frames, run_cli, write_av
+
+
+@pytest.fixture(scope="module")
+def bundle(sample, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("head")
+    proc = run_cli("enrol", sample.video, "--transcript", sample.transcript, "--workdir", work,
+                   "--preset", "ci", "--name", "presenter")
+    assert proc.returncode == 0, proc.stderr
+    b = work / "avatars" / "presenter"
+    assert (work / "head" / "curves.png").exists()
+    return b
+
+
+def test_bundle_contract(bundle: Path) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["schema"] == 1 and manifest["kind"] == "twincast-avatar"
+    for name in ("head.safetensors", "idle.mp4", "idle.npz", "reference.png", "mask.png"):
+        assert name in manifest["files"] and (bundle / name).is_file()
+    assert not list(bundle.glob("*.pt"))  # no pickles in a bundle
+    frames = read_frames(bundle / "idle.mp4")
+    assert len(frames) == manifest["idle"]["frames"] >= 25
+    assert frames[0].shape[:2] == (manifest["frame_size"][1], manifest["frame_size"][0])
+
+
+def test_batch_across_sessions_and_compositing(bundle: Path) -> None:
+    from avatar.avatar import Avatar, FrameRequest, pingpong
+
+    av_ = Avatar.load(bundle, "cpu")
+    rng = np.random.default_rng(0)
+    mel = (av_.mel_mean + av_.mel_std * rng.standard_normal((2, 80, 20))).astype(np.float32)
+    reqs = [FrameRequest(idle_index=3, mel=mel[0], session="a"),
+            FrameRequest(idle_index=av_.idle_frames + 4, mel=mel[1], session="b")]
+    out = av_.render(reqs)
+    assert len(out) == 2
+    for req, frame in zip(reqs, out, strict=True):
+        idle = av_.idle_frame(req.idle_index)
+        assert frame.shape == idle.shape and frame.dtype == np.uint8
+        diff = np.abs(frame.astype(int) - idle.astype(int)).sum(2) > 0
+        ys, xs = np.nonzero(diff)
+        assert len(ys) > 0
+        # Only the lower face changes: the eyes' rows and the frame's corners stay put.
+        box = av_.idle[pingpong(req.idle_index, av_.idle_frames)].box
+        assert xs.min() >= box[0] and xs.max() < box[2]
+        assert ys.min() >= box[1] and ys.max() < box[3]
+    assert pingpong(av_.idle_frames, av_.idle_frames) == av_.idle_frames - 2
+
+
+def test_render_cli_muxes_audio(bundle: Path, sample, tmp_path: Path) -> None:
+    audio = read_audio(sample.video, 44100)[: 44100 * 2]
+    wav = write_av(tmp_path / "speech.mp4", None, audio=audio, rate=44100)
+    out = tmp_path / "out.mp4"
+    proc = run_cli("render", bundle, "--audio", wav, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    frames = read_frames(out)
+    assert abs(len(frames) - 50) <= 1
+    back = read_audio(out)
+    assert abs(len(back) / 16000 - 2.0) < 0.1
+
+
+def test_empty_and_silent_audio(bundle: Path, tmp_path: Path) -> None:
+    silent = write_av(tmp_path / "silent.mp4", None, audio=np.zeros(16000, np.float32))
+    proc = run_cli("render", bundle, "--audio", silent, "-o", tmp_path / "s.mp4")
+    assert proc.returncode == 0, proc.stderr
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    proc = run_cli("render", bundle, "--audio", empty, "-o", tmp_path / "e.mp4")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert str(empty) in proc.stderr
+    assert not (tmp_path / "e.mp4").exists()
+
+
+def _broken(bundle: Path, tmp_path: Path, how: str) -> tuple[Path, str]:
+    b = tmp_path / f"b-{how}"
+    shutil.copytree(bundle, b)
+    if how == "missing":
+        return tmp_path / "nowhere", "no such avatar bundle"
+    if how == "tampered":
+        with open(b / "head.safetensors", "ab") as f:
+            f.write(b"\0")
+        return b / "head.safetensors", "does not match"
+    if how == "truncated":
+        (b / "idle.mp4").unlink()
+        return b / "idle.mp4", "missing from the avatar bundle"
+    if how == "schema":
+        m = json.loads((b / "manifest.json").read_text())
+        m["schema"] = 99
+        (b / "manifest.json").write_text(json.dumps(m))
+        return b / "manifest.json", "schema version 99"
+    if how == "no_manifest":
+        (b / "manifest.json").unlink()
+        return b / "manifest.json", "not an avatar bundle"
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["missing", "tampered", "truncated", "schema", "no_manifest"])
+def test_bad_bundles(how: str, bundle: Path, sample, tmp_path: Path) -> None:
+    named, words = _broken(bundle, tmp_path, how)
+    target = named.parent if how in ("tampered", "truncated", "schema", "no_manifest") else named
+    proc = run_cli("render", target, "--audio", sample.video, "-o", tmp_path / "o.mp4")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    line = [x for x in proc.stderr.splitlines() if x.startswith("twincast: error:")]
+    assert len(line) == 1 and str(named) in line[0] and words in line[0], proc.stderr
+
+
+def test_features_cache_left_by_a_failed_run(sample, tmp_path: Path) -> None:
+    from avatar.errors import TwincastError
+    from training.head.data import load_cache
+
+    with pytest.raises(TwincastError, match="run 'twincast enrol' first"):
+        load_cache(tmp_path, 48, 20)
+
+
+def test_training_resumes_from_its_checkpoint(bundle: Path) -> None:
+    from training.head.train import head_preset, train_head
+
+    work = bundle.parent.parent
+    res = train_head(work / "features", work / "head", head_preset("ci"))
+    assert res.resumed
+    assert res.state.gen_step == head_preset("ci").gen_steps

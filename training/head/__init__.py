@@ -1,0 +1,1 @@
+"""Talking-head training: enrolment cache in, generator and sync expert weights out."""

@@ -1,0 +1,123 @@
+"""Writing the avatar bundle (DESIGN.md §2) from a trained head and the enrolment cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from safetensors.torch import save_file
+
+from avatar import atomic
+from avatar.audio import MEL_BINS, MEL_HOP, MEL_RATE
+from avatar.bundle import KIND, SCHEMA_VERSION, sha256_file
+from avatar.errors import path_error
+from avatar.models.head import MASK_TOP, REGION
+from avatar.video_io import VideoWriter
+from training.face import mouth_opening
+from training.head.data import cut_region
+from training.head.idle import choose_idle
+from training.head.train import HeadTrainConfig, HeadTrainResult
+from training.ingest import iter_frames, probe
+
+log = logging.getLogger(__name__)
+
+IDLE_MAX_SIDE = 1280
+"""Idle footage is stored at most this large: the stream is encoded at this size or less."""
+
+
+def export_bundle(features_dir: Path, result: HeadTrainResult, cfg: HeadTrainConfig,
+                  out: Path, name: str, preset: str, idle_seconds: float = 6.0) -> Path:
+    """Write the bundle to ``out`` atomically (a failed export leaves no half bundle)."""
+    manifest_in = json.loads((features_dir / "manifest.json").read_text())
+    fps = int(manifest_in["fps"])
+    idle = choose_idle(features_dir, idle_seconds, fps)
+    clip_dir = features_dir / "clips" / idle.clip
+    meta = json.loads((clip_dir / "meta.json").read_text())
+    source = Path(meta["source"])
+    if not source.exists():
+        raise path_error(source, "the footage the idle loop comes from is gone; put it back "
+                         "or re-run enrol")
+    with np.load(clip_dir / "frames.npz") as z:
+        affine = z["crop_affine"][idle.start: idle.stop].astype(np.float64)
+        raw = z["landmarks_raw"][idle.start: idle.stop]
+    info = probe(source, idle.clip, fps, 0.0)
+    scale = min(1.0, IDLE_MAX_SIDE / max(info.width, info.height))
+    width = int(round(info.width * scale)) // 2 * 2
+    height = int(round(info.height * scale)) // 2 * 2
+    # The crop transforms map source pixels; the idle video may be smaller.
+    affine_idle = affine.copy()
+    affine_idle[:, :, 0] /= width / info.width
+    affine_idle[:, :, 1] /= height / info.height
+    with atomic.atomic_dir(out) as tmp:
+        with VideoWriter(tmp / "idle.mp4", fps, width, height, crf=16) as w:
+            for _, rgb in iter_frames(info, fps, idle.start, idle.stop):
+                if rgb.shape[1] != width or rgb.shape[0] != height:
+                    rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+                w.write(rgb)
+        atomic.save_npz(tmp / "idle.npz", crop_affine=affine_idle.astype(np.float32))
+        _write_reference(clip_dir, meta, idle.start, raw, cfg.model.size, tmp / "reference.png")
+        mask = cv2.imread(str(features_dir / "mask.png"), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(tmp / "mask.png"), mask)
+        gen = {k: v.detach().cpu().contiguous() for k, v in result.state.gen.state_dict().items()}
+        save_file(gen, str(tmp / "head.safetensors"))
+        files = {f: sha256_file(tmp / f) for f in ("head.safetensors", "idle.mp4", "idle.npz",
+                                                    "reference.png", "mask.png")}
+        from twincast import __version__
+
+        manifest = {
+            "schema": SCHEMA_VERSION,
+            "kind": KIND,
+            "name": name,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "tool": f"twincast {__version__}",
+            "fps": fps,
+            "frame_size": [width, height],
+            "crop_size": int(meta["crop_size"]),
+            "source": {"clips": [{"id": c["id"], "digest": c["digest"]}
+                                 for c in manifest_in["clips"]]},
+            "head": {
+                "file": "head.safetensors",
+                "config": dataclasses.asdict(cfg.model),
+                "region": list(REGION),
+                "mask_top": MASK_TOP,
+                "mel": {"rate": MEL_RATE, "hop": MEL_HOP, "bins": MEL_BINS, "n_fft": 512,
+                        "win": 400, "mean": result.mel_stats[0], "std": result.mel_stats[1]},
+                "reference": "reference.png",
+                "mask": "mask.png",
+                "preset": preset,
+                "train_seconds": round(result.seconds, 1),
+                "expert_steps": result.state.expert_step,
+                "gen_steps": result.state.gen_step,
+            },
+            "idle": {"file": "idle.mp4", "transforms": "idle.npz", "frames": idle.stop -
+                     idle.start, "loop": "pingpong", "clip": idle.clip, "start": idle.start},
+            "files": files,
+        }
+        atomic.write_json(tmp / "manifest.json", manifest)
+    log.info("avatar bundle written: %s", out)
+    return out
+
+
+def _write_reference(clip_dir: Path, meta: dict, start: int, raw: np.ndarray, size: int,
+                     path: Path) -> None:
+    """The generator's identity input at run time: an idle frame whose mouth is a little
+    open (teeth visible), neither shut nor wide."""
+    ok = np.isfinite(raw[:, 0, 0])
+    opening = np.array([mouth_opening(lm) if k else np.nan for lm, k in zip(raw, ok,
+                                                                                strict=True)])
+    target = np.nanpercentile(opening, 70)
+    idx = start + int(np.nanargmin(np.abs(opening - target)))
+    seg = next(s for s in meta["crops"] if s["start"] <= idx < s["stop"])
+    with av.open(str(clip_dir / seg["file"])) as c:
+        for i, frame in enumerate(c.decode(video=0)):
+            if seg["start"] + i == idx:
+                region = cut_region(frame.to_ndarray(format="rgb24"), size)
+                break
+    ok_png, png = cv2.imencode(".png", cv2.cvtColor(region, cv2.COLOR_RGB2BGR))
+    atomic.write_bytes(path, png.tobytes())

@@ -1,0 +1,298 @@
+"""Training the talking head: first the lip-sync expert, then the generator with L1, the
+expert's sync loss and (gpu preset) a patch discriminator.
+
+One ``State`` holds models, optimisers and progress; it is checkpointed every few minutes
+(atomically, tensors only, loaded with ``weights_only=True``) and a killed run resumes from
+the last checkpoint. Each step returns a flat dict of named losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avatar import atomic
+from avatar.errors import TwincastError
+from avatar.models.head import HeadConfig, HeadGenerator, SyncExpert, blank_lower
+from training.head.data import Sampler, load_cache
+from training.progress import bar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HeadTrainConfig:
+    """A training preset: model size, steps and loss weights."""
+
+    model: HeadConfig = field(default_factory=HeadConfig)
+    batch: int = 8
+    """Windows per step; each window is ``model.sync_frames`` consecutive frames."""
+    expert_steps: int = 1500
+    gen_steps: int = 4000
+    max_minutes: float = 55.0
+    """Wall-clock cap for the whole training: it stops there, checkpointed, whatever the
+    step counts say."""
+    lr: float = 1e-3
+    sync_weight: float = 0.05
+    sync_from: float = 0.3
+    """Fraction of the generator steps after which the sync loss joins (a generator that
+    cannot draw a face yet gets no use from it)."""
+    gan_weight: float = 0.0
+    """Patch-discriminator weight; 0 disables it (ci, cpu)."""
+    checkpoint_minutes: float = 3.0
+    seed: int = 0
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True)
+                              .encode()).hexdigest()[:16]
+
+
+def head_preset(name: str) -> HeadTrainConfig:
+    if name == "ci":
+        return HeadTrainConfig(model=HeadConfig(size=48, width=8, audio_dim=64, sync_dim=32),
+                               batch=4, expert_steps=25, gen_steps=40, max_minutes=1.0,
+                               sync_from=0.5)
+    if name == "cpu":
+        return HeadTrainConfig()
+    if name == "gpu":
+        return HeadTrainConfig(model=HeadConfig(size=128, width=32), batch=48,
+                               expert_steps=3000, gen_steps=12000, max_minutes=14.0,
+                               lr=5e-4, gan_weight=0.01)
+    raise ValueError(f"unknown preset {name!r}")
+
+
+class PatchDiscriminator(nn.Module):
+    """Scores overlapping patches of the lower face as real or generated."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for c in (width, width * 2, width * 4):
+            layers += [nn.Conv2d(cin, c, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+            cin = c
+        layers.append(nn.Conv2d(cin, 1, 3, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass
+class State:
+    gen: HeadGenerator
+    expert: SyncExpert
+    opt_gen: torch.optim.Optimizer
+    opt_expert: torch.optim.Optimizer
+    disc: PatchDiscriminator | None = None
+    opt_disc: torch.optim.Optimizer | None = None
+    expert_step: int = 0
+    gen_step: int = 0
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        d = {"gen": self.gen.state_dict(), "expert": self.expert.state_dict(),
+             "opt_gen": self.opt_gen.state_dict(), "opt_expert": self.opt_expert.state_dict(),
+             "expert_step": self.expert_step, "gen_step": self.gen_step,
+             "seconds": self.seconds, "history": json.dumps(self.history)}
+        if self.disc is not None and self.opt_disc is not None:
+            d["disc"] = self.disc.state_dict()
+            d["opt_disc"] = self.opt_disc.state_dict()
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        self.gen.load_state_dict(d["gen"])
+        self.expert.load_state_dict(d["expert"])
+        self.opt_gen.load_state_dict(d["opt_gen"])
+        self.opt_expert.load_state_dict(d["opt_expert"])
+        if self.disc is not None and "disc" in d:
+            self.disc.load_state_dict(d["disc"])
+            self.opt_disc.load_state_dict(d["opt_disc"])
+        self.expert_step, self.gen_step = int(d["expert_step"]), int(d["gen_step"])
+        self.seconds = float(d["seconds"])
+        self.history = json.loads(d["history"])
+
+
+def _tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """uint8 (B, W, S, S, 3) images -> float (B, W, 3, S, S); mels get a channel axis."""
+    def img(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(device).permute(0, 1, 4, 2, 3).float() / 255.0
+    return {"regions": img(batch["regions"]), "refs": img(batch["refs"]),
+            "mels": torch.from_numpy(batch["mels"]).to(device).unsqueeze(2),
+            "sync_mel": torch.from_numpy(batch["sync_mel"]).to(device).unsqueeze(1),
+            "label": torch.from_numpy(batch["label"]).to(device)}
+
+
+def expert_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
+                device: torch.device) -> dict[str, float]:
+    b = _tensors(sampler.batch(cfg.batch * 2, negatives=True), device)
+    state.expert.train()
+    loss = state.expert.loss(b["regions"], b["sync_mel"], b["label"])
+    state.opt_expert.zero_grad(set_to_none=True)
+    loss.backward()
+    state.opt_expert.step()
+    with torch.no_grad():
+        cos = state.expert(b["regions"], b["sync_mel"])
+        acc = ((cos > 0).float() == b["label"]).float().mean()
+    return {"expert/loss": float(loss.detach()), "expert/acc": float(acc)}
+
+
+def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
+             device: torch.device) -> dict[str, float]:
+    b = _tensors(sampler.batch(cfg.batch), device)
+    n, w = b["regions"].shape[:2]
+    s = cfg.model.size
+    target = b["regions"].reshape(n * w, 3, s, s)
+    ref = b["refs"].reshape(n * w, 3, s, s)
+    mel = b["mels"].reshape(n * w, 1, *b["mels"].shape[-2:])
+    state.gen.train()
+    out, l1 = state.gen(ref, blank_lower(target), mel, target)
+    losses = {"gen/l1": l1}
+    total = l1
+    if state.gen_step >= cfg.sync_from * cfg.gen_steps and cfg.sync_weight > 0:
+        state.expert.eval()
+        p = ((state.expert(out.reshape(n, w, 3, s, s), b["sync_mel"]) + 1) / 2)
+        sync = F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), torch.ones_like(p))
+        losses["gen/sync"] = sync
+        total = total + cfg.sync_weight * sync
+    if state.disc is not None and state.opt_disc is not None:
+        fake_score = state.disc(out)
+        adv = F.relu(1 - fake_score).mean()  # hinge: push fakes above the margin
+        losses["gen/adv"] = adv
+        total = total + cfg.gan_weight * adv
+    state.opt_gen.zero_grad(set_to_none=True)
+    total.backward()
+    state.opt_gen.step()
+    if state.disc is not None and state.opt_disc is not None:
+        d_loss = (F.relu(1 - state.disc(target)).mean()
+                  + F.relu(1 + state.disc(out.detach())).mean())
+        state.opt_disc.zero_grad(set_to_none=True)
+        d_loss.backward()
+        state.opt_disc.step()
+        losses["disc/loss"] = d_loss
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def build_state(cfg: HeadTrainConfig, device: torch.device) -> State:
+    torch.manual_seed(cfg.seed)
+    gen = HeadGenerator(cfg.model).to(device)
+    expert = SyncExpert(cfg.model).to(device)
+    st = State(gen=gen, expert=expert,
+               opt_gen=torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(0.5, 0.999)),
+               opt_expert=torch.optim.Adam(expert.parameters(), lr=cfg.lr))
+    if cfg.gan_weight > 0:
+        st.disc = PatchDiscriminator().to(device)
+        st.opt_disc = torch.optim.Adam(st.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    return st
+
+
+def _save(state: State, path: Path, cfg: HeadTrainConfig, mel_stats: tuple[float, float]
+          ) -> None:
+    d = state.state_dict()
+    d["config_digest"] = cfg.digest()
+    d["mel_stats"] = list(mel_stats)
+    with atomic.atomic_path(path, ".pt") as tmp:
+        torch.save(d, tmp)
+
+
+@dataclass
+class HeadTrainResult:
+    state: State
+    mel_stats: tuple[float, float]
+    seconds: float
+    resumed: bool
+
+
+def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
+               device: str = "cpu") -> HeadTrainResult:
+    """Train (or resume) in ``out_dir``; writes checkpoint.pt, history.json, curves.png."""
+    dev = _device(device)
+    ckpt = out_dir / "checkpoint.pt"
+    saved = None
+    if ckpt.exists():
+        saved = torch.load(ckpt, map_location=dev, weights_only=True)
+        if saved.get("config_digest") != cfg.digest():
+            log.warning("%s was made with other settings; starting over", ckpt)
+            saved = None
+    mel_stats = tuple(saved["mel_stats"]) if saved else None
+    clips, mel_stats = load_cache(features_dir, cfg.model.size, cfg.model.mel_frames,
+                                  mel_stats)
+    sampler = Sampler(clips, cfg.model.sync_frames, seed=cfg.seed)
+    state = build_state(cfg, dev)
+    if saved:
+        state.load_state_dict(saved)
+        sampler.rng = np.random.default_rng(cfg.seed + state.expert_step + state.gen_step)
+        log.info("resuming head training at expert step %d, generator step %d",
+                 state.expert_step, state.gen_step)
+    start = time.monotonic() - state.seconds
+    last_ckpt = time.monotonic()
+    deadline = start + cfg.max_minutes * 60
+    total = cfg.expert_steps + cfg.gen_steps
+    with bar(total, "head", "step", initial=state.expert_step + state.gen_step) as pb:
+        while state.expert_step < cfg.expert_steps or state.gen_step < cfg.gen_steps:
+            if time.monotonic() > deadline:
+                log.warning("head training stopped at its %.0f-minute cap", cfg.max_minutes)
+                break
+            if state.expert_step < cfg.expert_steps:
+                losses = expert_step(state, sampler, cfg, dev)
+                state.expert_step += 1
+            else:
+                losses = gen_step(state, sampler, cfg, dev)
+                state.gen_step += 1
+            state.seconds = time.monotonic() - start
+            step = state.expert_step + state.gen_step
+            if step % 10 == 0 or step == total:
+                state.history.append({"step": step, "seconds": round(state.seconds, 1),
+                                      **{k: round(v, 5) for k, v in losses.items()}})
+            pb.update(1)
+            pb.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in losses.items()},
+                           refresh=False)
+            if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                _save(state, ckpt, cfg, mel_stats)
+                last_ckpt = time.monotonic()
+    state.seconds = time.monotonic() - start
+    _save(state, ckpt, cfg, mel_stats)
+    atomic.write_json(out_dir / "history.json", state.history)
+    plot_curves(state.history, out_dir / "curves.png")
+    return HeadTrainResult(state, mel_stats, state.seconds, saved is not None)
+
+
+def _device(name: str) -> torch.device:
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TwincastError(f"device {name!r}: CUDA is not available on this machine; "
+                            "use --device cpu")
+    return dev
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for h in history for k in h if "/" in k})
+    if not keys:
+        return
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), squeeze=False)
+    for ax, k in zip(axes[:, 0], keys, strict=True):
+        pts = [(h["step"], h[k]) for h in history if k in h]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts])
+        ax.set_ylabel(k)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    with atomic.atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
