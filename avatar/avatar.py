@@ -97,10 +97,12 @@ class Avatar:
         mel = require(manifest, "head", "mel")
         ref_img = _read_rgb(path / head["reference"], (cfg.size, cfg.size))
         reference = torch.from_numpy(ref_img).permute(2, 0, 1).float().div(255).to(dev)
-        idle = _load_idle(path, manifest, cfg.size)
+        idle, geometry = _load_idle(path, manifest, cfg.size)
         log.info("avatar %s loaded on %s: %d idle frames", manifest.get("name"), dev, len(idle))
-        return cls(path, manifest, gen, dev, idle, reference, float(mel["mean"]),
-                   float(mel["std"]))
+        avatar = cls(path, manifest, gen, dev, idle, reference, float(mel["mean"]),
+                     float(mel["std"]))
+        avatar._geometry = geometry
+        return avatar
 
     # ------------------------------------------------------------------ audio
     def mel_windows(self, audio16k: np.ndarray) -> np.ndarray:
@@ -111,6 +113,14 @@ class Avatar:
             raise TwincastError("the audio is empty: nothing to say")
         n = int(np.ceil(len(audio16k) / 16000 * self.fps))
         return mel_windows(log_mel(audio16k), n, self.fps, self.mel_frames)
+
+    def over(self, frames: list[np.ndarray], crop_affines: np.ndarray) -> Avatar:
+        """The same avatar standing in other footage (frames with their crop transforms):
+        for evaluation over held-out frames. Shares the model; nothing is copied."""
+        other = object.__new__(Avatar)
+        other.__dict__.update(self.__dict__)
+        other.idle = prepare_frames(list(frames), crop_affines, *self._geometry, self.size)
+        return other
 
     # ------------------------------------------------------------------ rendering
     @property
@@ -164,7 +174,8 @@ def _read_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     return img
 
 
-def _load_idle(path: Path, manifest: dict, size: int) -> list[_IdleFrame]:
+def _load_idle(path: Path, manifest: dict, size: int
+               ) -> tuple[list[_IdleFrame], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     idle_file = path / require(manifest, "idle", "file")
     with np.load(path / require(manifest, "idle", "transforms"), allow_pickle=False) as z:
         affines = z["crop_affine"].astype(np.float64)
@@ -182,7 +193,6 @@ def _load_idle(path: Path, manifest: dict, size: int) -> list[_IdleFrame]:
     paint = 1.0 - region_keep_mask(size)[0, 0].numpy()
     region_mask *= paint
     ring = (region_mask > 0.15) & (region_mask < 0.6)
-    frames: list[_IdleFrame] = []
     try:
         with av.open(str(idle_file)) as c:
             decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
@@ -191,6 +201,14 @@ def _load_idle(path: Path, manifest: dict, size: int) -> list[_IdleFrame]:
     if len(decoded) != len(affines) or not decoded:
         raise path_error(idle_file, f"has {len(decoded)} frames but its transforms "
                          f"{len(affines)}; the bundle is damaged")
+    geometry = (reg_to_crop, region_mask, ring)
+    return prepare_frames(decoded, affines, *geometry, size), geometry
+
+
+def prepare_frames(decoded: list[np.ndarray], affines: np.ndarray, reg_to_crop: np.ndarray,
+                   region_mask: np.ndarray, ring: np.ndarray, size: int) -> list[_IdleFrame]:
+    """Everything compositing needs per background frame, computed once."""
+    frames: list[_IdleFrame] = []
     for frame, a in zip(decoded, affines, strict=True):
         crop_from_frame = np.vstack([a, [0, 0, 1]])
         to_frame = (np.linalg.inv(crop_from_frame) @ reg_to_crop)[:2]

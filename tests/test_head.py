@@ -131,3 +131,22 @@ def test_training_resumes_from_its_checkpoint(bundle: Path) -> None:
     res = train_head(work / "features", work / "head", head_preset("ci"))
     assert res.resumed
     assert res.state.gen_step == head_preset("ci").gen_steps
+
+
+def test_eval_head_report(bundle: Path, grid_train: Path, tmp_path: Path) -> None:
+    from tests.conftest import GRID
+
+    clips = sorted((GRID / "eval").glob("*.mpg"))[:2]
+    out = tmp_path / "eval"
+    proc = run_cli("eval", "head", bundle, "--footage", *clips, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    for key in ("mouth_opening_corr", "std_ratio", "silent_opening_generated",
+                "silent_opening_real", "lag_frames_real", "lag_frames_generated",
+                "leakage_corr"):
+        assert key in report
+    assert report["clips"] == 2 and report["face_found_generated"] > 0.9
+    assert np.isfinite(report["silent_opening_real"])
+    assert (out / "side_by_side.mp4").exists() and (out / "contact_sheet.png").exists()
+    proc = run_cli("eval", "head", bundle, "--footage", clips[0], "-o", tmp_path / "one")
+    assert proc.returncode == 2 and "at least two" in proc.stderr

@@ -75,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", type=int, default=16, help="frames per model call (16)")
     r.set_defaults(func=cmd_render)
 
+    ev = sub.add_parser("eval", help="measure an avatar on held-out footage")
+    evsub = ev.add_subparsers(dest="eval", required=True, metavar="WHAT")
+    eh = evsub.add_parser("head", help="lip sync over the idle footage, with a leakage control")
+    eh.add_argument("bundle", type=Path)
+    eh.add_argument("--footage", type=Path, nargs="+", required=True,
+                    help="held-out clips (never ones the avatar was trained on)")
+    eh.add_argument("-o", "--out", type=Path, help="report folder (default: BUNDLE/../eval-head)")
+    eh.add_argument("--device", default="cpu")
+    eh.set_defaults(func=cmd_eval_head)
+
     b = sub.add_parser("bench", help="measure speed and memory; prints JSON")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="WHAT")
     bf = bsub.add_parser("features", help="the enrolment features stage")
@@ -128,6 +138,17 @@ def cmd_enrol(args: argparse.Namespace) -> int:
     if "bundle" in out:
         log.info("avatar bundle: %s (head trained in %.0f s)", out["bundle"],
                  out["head_seconds"])
+    return 0
+
+
+def cmd_eval_head(args: argparse.Namespace) -> int:
+    from training.evaluate_head import evaluate_head
+
+    out = args.out or args.bundle.parent / f"eval-head-{args.bundle.name}"
+    report = evaluate_head(args.bundle, args.footage, out, args.device)
+    report.pop("per_clip")
+    print(json.dumps(report, indent=2))
+    log.info("report, side-by-side video and contact sheet in %s", out)
     return 0
 
 
