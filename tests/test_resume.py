@@ -50,3 +50,4 @@ def test_sigkill_midway_then_resume(grid_train: Path, tmp_path: Path) -> None:
     assert f"{len(done)} reused" in result.stderr or "reused from the cache" in result.stderr
     assert len(list(seg_dir.glob("*/frames.npz"))) == 8
     assert (work / "features" / "report.json").exists()
+    assert not list((work / "features").rglob(".*.tmp*"))  # the killed run's scraps are gone

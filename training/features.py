@@ -235,6 +235,7 @@ def run_features(jobs: list[ClipJob], features_dir: Path, cfg: FeaturesConfig,
                  strict: bool = False) -> FeaturesResult:
     from training import quality
 
+    _remove_leftovers(features_dir)
     ctx = mp.get_context("spawn")
     q = ctx.Queue() if cfg.workers > 0 else _LocalQueue()
     vdig, adig = cfg.visual_digest(), cfg.audio_digest()
@@ -303,6 +304,19 @@ def run_features(jobs: list[ClipJob], features_dir: Path, cfg: FeaturesConfig,
     if strict or quality.has_errors(report):
         quality.raise_for_gates(report, strict, features_dir)
     return FeaturesResult(features_dir, clips, utterances, report, computed, reused)
+
+
+def _remove_leftovers(features_dir: Path) -> None:
+    """Temporary files of a run that was killed mid-write: never complete, never read."""
+    import shutil
+
+    if not features_dir.exists():
+        return
+    for p in features_dir.rglob(".*.tmp*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 class _LocalQueue:
