@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avatar.text.numbers import cardinal
+
 log = logging.getLogger(__name__)
 
 FRAME_S = 0.01  # pocketsphinx's frame hop
@@ -30,11 +32,6 @@ _ESPEAK_TO_ARPA = {
 }
 _KEYS = sorted(_ESPEAK_TO_ARPA, key=len, reverse=True)
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
-         "fourteen fifteen sixteen seventeen eighteen nineteen").split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-
-
 @dataclass(frozen=True)
 class Word:
     word: str
@@ -43,17 +40,8 @@ class Word:
 
 
 def number_words(n: int) -> str:
-    """English words for 0 <= n < 1e9 (enough to align transcripts with plain numbers)."""
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-    for size, name in ((1_000_000, "million"), (1000, "thousand"), (100, "hundred")):
-        if n >= size:
-            rest = n % size
-            return (number_words(n // size) + " " + name
-                    + ("" if rest == 0 else " " + number_words(rest)))
-    raise ValueError(n)
+    """English words for a whole number (digits in transcripts are aligned as spoken)."""
+    return cardinal(n)
 
 
 def normalise(text: str) -> list[str]:
