@@ -150,3 +150,26 @@ def test_eval_head_report(bundle: Path, grid_train: Path, tmp_path: Path) -> Non
     assert (out / "side_by_side.mp4").exists() and (out / "contact_sheet.png").exists()
     proc = run_cli("eval", "head", bundle, "--footage", clips[0], "-o", tmp_path / "one")
     assert proc.returncode == 2 and "at least two" in proc.stderr
+
+
+def test_data_parallel_training_under_torchrun(bundle: Path, tmp_path: Path) -> None:
+    """Two CPU processes (gloo) stand in for two GPUs: same code path as the gpu preset."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    work = tmp_path / "ddp"
+    shutil.copytree(bundle.parent.parent / "features", work / "features")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = dict(os.environ, TWINCAST_PROGRESS="0", OMP_NUM_THREADS="1")
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533",
+                           "-m", "twincast.cli", "train", "head", str(work), "--preset", "ci",
+                           "--name", "ddp"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((work / "avatars" / "ddp" / "manifest.json").read_text())
+    assert manifest["head"]["gen_steps"] == 40
+    history = json.loads((work / "head" / "history.json").read_text())
+    assert history[-1]["step"] == 65

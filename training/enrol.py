@@ -6,6 +6,7 @@ that names the file, and leaves nothing behind that a later run could trip on.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,3 +96,22 @@ def _default_name(footage: Sequence[Path]) -> str:
     first = Path(footage[0])
     stem = first.name if first.is_dir() else first.stem
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "avatar"
+
+
+def train_and_export(workdir: Path, preset: str, device: str = "cpu",
+                     name: str | None = None) -> dict:
+    """``twincast train head``: the head stage alone, on an existing enrolment cache. Safe
+    under ``torchrun`` (every rank trains; rank 0 exports)."""
+    from training.head.export import export_bundle
+    from training.head.train import head_preset, train_head
+
+    feats = workdir / "features"
+    cfg = head_preset(preset)
+    result = train_head(feats, workdir / "head", cfg, device=device)
+    out: dict = {"head_seconds": result.seconds, "rank": result.dist.rank}
+    if result.dist.main:
+        manifest = json.loads((feats / "manifest.json").read_text())
+        name = name or manifest["clips"][0]["id"]
+        out["bundle"] = export_bundle(feats, result, cfg, workdir / "avatars" / name, name,
+                                      preset)
+    return out

@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after the enrolment cache (no training, no bundle)")
     e.set_defaults(func=cmd_enrol)
 
+    t = sub.add_parser("train", help="train one stage again on an existing enrolment")
+    tsub = t.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    th = tsub.add_parser("head", help="talking head from WORKDIR/features, then export "
+                         "(works under torchrun for several GPUs)")
+    th.add_argument("workdir", type=Path)
+    th.add_argument("--preset", choices=("ci", "cpu", "gpu"), default="cpu")
+    th.add_argument("--device", default="cpu")
+    th.add_argument("--name", help="avatar name (default: the first clip's id)")
+    th.set_defaults(func=cmd_train_head)
+
     r = sub.add_parser("render", help="render an avatar speaking an audio file to a video")
     r.add_argument("bundle", type=Path, help="avatar bundle folder (WORKDIR/avatars/NAME)")
     r.add_argument("--audio", type=Path, required=True, help="speech, any format and rate")
@@ -149,6 +159,16 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
     report.pop("per_clip")
     print(json.dumps(report, indent=2))
     log.info("report, side-by-side video and contact sheet in %s", out)
+    return 0
+
+
+def cmd_train_head(args: argparse.Namespace) -> int:
+    from training.enrol import train_and_export
+
+    out = train_and_export(args.workdir, args.preset, args.device, args.name)
+    if "bundle" in out:
+        log.info("avatar bundle: %s (head trained in %.0f s)", out["bundle"],
+                 out["head_seconds"])
     return 0
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,42 @@ class PatchDiscriminator(nn.Module):
 
 
 @dataclass
+class Dist:
+    """Where this process stands in a ``torchrun`` data-parallel job (one process when
+    launched normally)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> Dist:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as tdist
+
+        if not tdist.is_initialized():
+            tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(tdist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    def any(self, flag: bool) -> bool:
+        """True on every process if it is true on any: all ranks must stop together, or the
+        others would wait forever in the next gradient exchange."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as tdist
+
+        t = torch.tensor([1.0 if flag else 0.0])
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+
+@dataclass
 class State:
     gen: HeadGenerator
     expert: SyncExpert
@@ -100,6 +137,10 @@ class State:
     gen_step: int = 0
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+    gen_train: nn.Module | None = None
+    """The generator as trained: itself, or its DistributedDataParallel wrapper."""
+    expert_train: nn.Module | None = None
+    disc_train: nn.Module | None = None
 
     def state_dict(self) -> dict:
         d = {"gen": self.gen.state_dict(), "expert": self.expert.state_dict(),
@@ -138,7 +179,9 @@ def expert_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
                 device: torch.device) -> dict[str, float]:
     b = _tensors(sampler.batch(cfg.batch * 2, negatives=True), device)
     state.expert.train()
-    loss = state.expert.loss(b["regions"], b["sync_mel"], b["label"])
+    expert = state.expert_train or state.expert
+    p = ((expert(b["regions"], b["sync_mel"]) + 1) / 2).clamp(1e-6, 1 - 1e-6)
+    loss = F.binary_cross_entropy(p, b["label"])
     state.opt_expert.zero_grad(set_to_none=True)
     loss.backward()
     state.opt_expert.step()
@@ -157,7 +200,7 @@ def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
     ref = b["refs"].reshape(n * w, 3, s, s)
     mel = b["mels"].reshape(n * w, 1, *b["mels"].shape[-2:])
     state.gen.train()
-    out, l1 = state.gen(ref, blank_lower(target), mel, target)
+    out, l1 = (state.gen_train or state.gen)(ref, blank_lower(target), mel, target)
     losses = {"gen/l1": l1}
     total = l1
     if state.gen_step >= cfg.sync_from * cfg.gen_steps and cfg.sync_weight > 0:
@@ -166,17 +209,20 @@ def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
         sync = F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), torch.ones_like(p))
         losses["gen/sync"] = sync
         total = total + cfg.sync_weight * sync
-    if state.disc is not None and state.opt_disc is not None:
-        fake_score = state.disc(out)
+    disc = state.disc_train or state.disc
+    if disc is not None and state.opt_disc is not None:
+        fake_score = disc(out)
         adv = F.relu(1 - fake_score).mean()  # hinge: push fakes above the margin
         losses["gen/adv"] = adv
         total = total + cfg.gan_weight * adv
     state.opt_gen.zero_grad(set_to_none=True)
     total.backward()
     state.opt_gen.step()
-    if state.disc is not None and state.opt_disc is not None:
-        d_loss = (F.relu(1 - state.disc(target)).mean()
-                  + F.relu(1 + state.disc(out.detach())).mean())
+    if disc is not None and state.opt_disc is not None:
+        # One forward for real and fake together: DDP expects one forward per backward.
+        scores = disc(torch.cat([target, out.detach()]))
+        real_s, fake_s = scores.chunk(2)
+        d_loss = F.relu(1 - real_s).mean() + F.relu(1 + fake_s).mean()
         state.opt_disc.zero_grad(set_to_none=True)
         d_loss.backward()
         state.opt_disc.step()
@@ -212,12 +258,21 @@ class HeadTrainResult:
     mel_stats: tuple[float, float]
     seconds: float
     resumed: bool
+    dist: Dist = field(default_factory=Dist)
 
 
 def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
                device: str = "cpu") -> HeadTrainResult:
-    """Train (or resume) in ``out_dir``; writes checkpoint.pt, history.json, curves.png."""
+    """Train (or resume) in ``out_dir``; writes checkpoint.pt, history.json, curves.png.
+
+    Under ``torchrun`` every process trains on its own batches and gradients are averaged
+    (DistributedDataParallel); only rank 0 writes files.
+    """
     dev = _device(device)
+    dist = Dist.from_env(dev)
+    if dist.world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(dev)
     ckpt = out_dir / "checkpoint.pt"
     saved = None
     if ckpt.exists():
@@ -228,25 +283,41 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
     mel_stats = tuple(saved["mel_stats"]) if saved else None
     clips, mel_stats = load_cache(features_dir, cfg.model.size, cfg.model.mel_frames,
                                   mel_stats)
-    sampler = Sampler(clips, cfg.model.sync_frames, seed=cfg.seed)
+    sampler = Sampler(clips, cfg.model.sync_frames, seed=cfg.seed + 1000 * dist.rank)
     state = build_state(cfg, dev)
     if saved:
         state.load_state_dict(saved)
-        sampler.rng = np.random.default_rng(cfg.seed + state.expert_step + state.gen_step)
+        sampler.rng = np.random.default_rng(cfg.seed + 1000 * dist.rank + state.expert_step
+                                            + state.gen_step)
         log.info("resuming head training at expert step %d, generator step %d",
                  state.expert_step, state.gen_step)
+    if state.expert_step >= cfg.expert_steps:
+        state.expert.requires_grad_(False)
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [dev.index] if dev.type == "cuda" else None
+        state.gen_train = DDP(state.gen, device_ids=ids)
+        if state.expert_step < cfg.expert_steps:
+            state.expert_train = DDP(state.expert, device_ids=ids)
+        if state.disc is not None:
+            state.disc_train = DDP(state.disc, device_ids=ids)
     start = time.monotonic() - state.seconds
     last_ckpt = time.monotonic()
     deadline = start + cfg.max_minutes * 60
     total = cfg.expert_steps + cfg.gen_steps
-    with bar(total, "head", "step", initial=state.expert_step + state.gen_step) as pb:
+    with bar(total if dist.main else 0, "head", "step",
+             initial=state.expert_step + state.gen_step) as pb:
         while state.expert_step < cfg.expert_steps or state.gen_step < cfg.gen_steps:
-            if time.monotonic() > deadline:
+            if dist.any(time.monotonic() > deadline):
                 log.warning("head training stopped at its %.0f-minute cap", cfg.max_minutes)
                 break
             if state.expert_step < cfg.expert_steps:
                 losses = expert_step(state, sampler, cfg, dev)
                 state.expert_step += 1
+                if state.expert_step == cfg.expert_steps:
+                    # From here the expert only judges: it must not learn from the generator.
+                    state.expert.requires_grad_(False)
             else:
                 losses = gen_step(state, sampler, cfg, dev)
                 state.gen_step += 1
@@ -258,14 +329,15 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
             pb.update(1)
             pb.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in losses.items()},
                            refresh=False)
-            if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+            if dist.main and time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                 _save(state, ckpt, cfg, mel_stats)
                 last_ckpt = time.monotonic()
     state.seconds = time.monotonic() - start
-    _save(state, ckpt, cfg, mel_stats)
-    atomic.write_json(out_dir / "history.json", state.history)
-    plot_curves(state.history, out_dir / "curves.png")
-    return HeadTrainResult(state, mel_stats, state.seconds, saved is not None)
+    if dist.main:
+        _save(state, ckpt, cfg, mel_stats)
+        atomic.write_json(out_dir / "history.json", state.history)
+        plot_curves(state.history, out_dir / "curves.png")
+    return HeadTrainResult(state, mel_stats, state.seconds, saved is not None, dist)
 
 
 def _device(name: str) -> torch.device:
