@@ -74,7 +74,11 @@ class Avatar:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: Path | str, device: str = "cpu") -> Avatar:
+    def load(cls, path: Path | str, device: str = "cpu",
+             architecture: HeadConfig | None = None) -> Avatar:
+        """Load a bundle. ``architecture`` replaces the bundle's model by a freshly
+        initialised one of that size (for speed measurements only: weights do not change
+        how fast a model runs)."""
         path = Path(path)
         manifest = read_manifest(path)
         dev = torch.device(device)
@@ -85,11 +89,13 @@ class Avatar:
             cfg = HeadConfig(**require(manifest, "head", "config"))
         except TypeError as e:
             raise path_error(path / "manifest.json", f"head.config is invalid ({e})") from None
+        if architecture is not None:
+            cfg = architecture
         gen = HeadGenerator(cfg)
         weights = path / require(manifest, "head", "file")
         try:
-            state = load_file(str(weights))
-            gen.load_state_dict(state)
+            if architecture is None:
+                gen.load_state_dict(load_file(str(weights)))
         except (RuntimeError, OSError, ValueError) as e:
             raise path_error(weights, f"does not hold this head's weights ({str(e)[:120]})"
                              ) from None

@@ -63,11 +63,16 @@ def _peak_rss_mb() -> float:
 
 
 def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (1, 4, 16, 64),
-                 seconds: float = 3.0) -> dict:
-    """Frames per second of ``Avatar.render`` (generator and compositing) per batch size."""
+                 seconds: float = 3.0, preset: str | None = None) -> dict:
+    """Frames per second of ``Avatar.render`` (generator and compositing) per batch size.
+    With ``preset``, a fresh model of that preset's size stands in for the bundle's."""
     import torch
 
-    avatar = Avatar.load(bundle, device)
+    from avatar.models.head import HEAD_PRESETS
+
+    if preset is not None and preset not in HEAD_PRESETS:
+        raise TwincastError(f"--preset {preset}: choose one of {', '.join(HEAD_PRESETS)}")
+    avatar = Avatar.load(bundle, device, HEAD_PRESETS[preset] if preset else None)
     rng = np.random.default_rng(0)
     # Real speech-like input: mel windows of noise shaped like the training statistics.
     mel = (avatar.mel_mean + avatar.mel_std * rng.standard_normal(
@@ -87,6 +92,7 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
         result[str(b)] = round(frames / (time.perf_counter() - t0), 1)
     w, h = avatar.manifest["frame_size"]
     return {"device": str(avatar.device), "frame_size": [w, h],
+            "weights": f"untrained {preset} architecture" if preset else "bundle",
             "model_size": avatar.size, "model_width": avatar.gen.cfg.width,
             "threads": torch.get_num_threads(), "fps_by_batch": result,
             "peak_rss_mb": round(_peak_rss_mb(), 1)}

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("bundle", type=Path)
     br.add_argument("--device", default="cpu")
     br.add_argument("--seconds", type=_positive, default=3.0, help="per batch size (3)")
+    br.add_argument("--preset", choices=("ci", "cpu", "gpu"),
+                    help="time a fresh model of this preset's size over the bundle's idle "
+                    "footage instead of the bundle's own model")
     br.set_defaults(func=cmd_bench_render)
     ba = bsub.add_parser("align", help="word-boundary error of an enrolment's alignment")
     ba.add_argument("features", type=Path, help="WORKDIR/features of an enrolment")
@@ -184,7 +187,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_bench_render(args: argparse.Namespace) -> int:
     from avatar.offline import bench_render
 
-    print(json.dumps(bench_render(args.bundle, args.device, seconds=args.seconds), indent=2))
+    print(json.dumps(bench_render(args.bundle, args.device, seconds=args.seconds,
+                                         preset=args.preset), indent=2))
     return 0
 
 

@@ -25,7 +25,7 @@ REGION = (0.18, 0.36, 0.64)
 MASK_TOP = 0.30
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadConfig:
     """Generator and expert sizes; a preset is one of these."""
 
@@ -39,6 +39,14 @@ class HeadConfig:
     audio_dim: int = 256
     sync_frames: int = 5
     sync_dim: int = 128
+
+
+# Model sizes of the training presets (training adds steps and loss weights on top).
+HEAD_PRESETS: dict[str, HeadConfig] = {
+    "ci": HeadConfig(size=48, width=8, audio_dim=64, sync_dim=32),
+    "cpu": HeadConfig(),
+    "gpu": HeadConfig(size=128, width=32),
+}
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

@@ -24,7 +24,13 @@ from torch import nn
 
 from avatar import atomic
 from avatar.errors import TwincastError
-from avatar.models.head import HeadConfig, HeadGenerator, SyncExpert, blank_lower
+from avatar.models.head import (
+    HEAD_PRESETS,
+    HeadConfig,
+    HeadGenerator,
+    SyncExpert,
+    blank_lower,
+)
 from training.head.data import Sampler, load_cache
 from training.progress import bar
 
@@ -60,13 +66,12 @@ class HeadTrainConfig:
 
 def head_preset(name: str) -> HeadTrainConfig:
     if name == "ci":
-        return HeadTrainConfig(model=HeadConfig(size=48, width=8, audio_dim=64, sync_dim=32),
-                               batch=4, expert_steps=25, gen_steps=40, max_minutes=1.0,
-                               sync_from=0.5)
+        return HeadTrainConfig(model=HEAD_PRESETS["ci"], batch=4, expert_steps=25,
+                               gen_steps=40, max_minutes=1.0, sync_from=0.5)
     if name == "cpu":
-        return HeadTrainConfig()
+        return HeadTrainConfig(model=HEAD_PRESETS["cpu"])
     if name == "gpu":
-        return HeadTrainConfig(model=HeadConfig(size=128, width=32), batch=48,
+        return HeadTrainConfig(model=HEAD_PRESETS["gpu"], batch=48,
                                expert_steps=3000, gen_steps=12000, max_minutes=14.0,
                                lr=5e-4, gan_weight=0.01)
     raise ValueError(f"unknown preset {name!r}")
