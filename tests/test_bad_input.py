@@ -99,3 +99,17 @@ def test_folder_with_a_bad_clip_names_that_clip(bad: dict[str, Path], sample,
     shutil.copy(bad["no_audio"], folder / "mute.mp4")
     proc = run_cli("enrol", folder, "--workdir", tmp_path / "w")
     _assert_one_line_error(proc, folder / "mute.mp4", "no audio track")
+
+
+def test_strict_turns_warnings_into_errors_and_leaves_no_trainable_cache(sample,
+                                                                       tmp_path: Path) -> None:
+    work = tmp_path / "w"
+    # The 7-second sample has far less than 3 minutes of speech: a warning, fatal if strict.
+    proc = run_cli("enrol", sample.video, "--transcript", sample.transcript, "--workdir", work,
+                   "--preset", "ci", "--strict", "--features-only")
+    assert proc.returncode == 2
+    assert "min of usable speech" in proc.stderr and "report.txt" in proc.stderr
+    assert (work / "features" / "report.json").exists()  # the report says why
+    assert not (work / "features" / "manifest.json").exists()
+    proc = run_cli("train", "head", work, "--preset", "ci")
+    assert proc.returncode == 2 and "run 'twincast enrol' first" in proc.stderr

@@ -292,6 +292,12 @@ def run_features(jobs: list[ClipJob], features_dir: Path, cfg: FeaturesConfig,
                                   have_transcript=any(j.text for j in jobs))
     atomic.write_json(features_dir / "report.json", report)
     atomic.write_text(features_dir / "report.txt", quality.summary(report))
+    computed = len(video_calls) + len(audio_calls) + len(text_calls)
+    if quality.blocking_gates(report, strict):
+        # The manifest marks a cache fit for training: a failed gate leaves none, so the
+        # training stages ask for a new enrolment instead of learning from it.
+        (features_dir / "manifest.json").unlink(missing_ok=True)
+        quality.raise_for_gates(report, strict, features_dir)
     from twincast import __version__
 
     atomic.write_json(features_dir / "manifest.json", {
@@ -300,9 +306,6 @@ def run_features(jobs: list[ClipJob], features_dir: Path, cfg: FeaturesConfig,
         "clips": [{"id": c["clip"], "dir": f"clips/{c['clip']}", "source": c["source"],
                    "digest": c["digest"], "frames": c["n_frames"]} for c in clips],
     })
-    computed = len(video_calls) + len(audio_calls) + len(text_calls)
-    if strict or quality.has_errors(report):
-        quality.raise_for_gates(report, strict, features_dir)
     return FeaturesResult(features_dir, clips, utterances, report, computed, reused)
 
 

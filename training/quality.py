@@ -145,15 +145,16 @@ def build_report(clips: list[dict], utterances: list[dict], cfg: FeaturesConfig,
     }
 
 
-def has_errors(report: dict) -> bool:
-    return any(not g["passed"] and g["severity"] == "error" for g in report["gates"])
+def blocking_gates(report: dict, strict: bool) -> list[dict]:
+    """Failed gates that stop the enrolment: errors, and with ``strict`` warnings too."""
+    return [g for g in report["gates"]
+            if not g["passed"] and (g["severity"] == "error" or strict)]
 
 
 def raise_for_gates(report: dict, strict: bool, where: Path | None = None) -> None:
-    for g in report["gates"]:
-        if not g["passed"] and (g["severity"] == "error" or strict):
-            see = f" (see {where / 'report.txt'})" if where else ""
-            raise TwincastError(f"enrolment stopped: {g['message']}{see}")
+    for g in blocking_gates(report, strict):
+        see = f" (see {where / 'report.txt'})" if where else ""
+        raise TwincastError(f"enrolment stopped: {g['message']}{see}")
 
 
 def summary(report: dict) -> str:
