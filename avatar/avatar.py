@@ -86,7 +86,10 @@ class Avatar:
             raise TwincastError(f"device {device!r}: CUDA is not available here; use cpu")
         head = require(manifest, "head")
         try:
-            cfg = HeadConfig(**require(manifest, "head", "config"))
+            raw_cfg = dict(require(manifest, "head", "config"))
+            if "region" in raw_cfg:
+                raw_cfg["region"] = tuple(raw_cfg["region"])  # JSON has no tuples
+            cfg = HeadConfig(**raw_cfg)
         except TypeError as e:
             raise path_error(path / "manifest.json", f"head.config is invalid ({e})") from None
         if architecture is not None:
@@ -103,7 +106,7 @@ class Avatar:
         mel = require(manifest, "head", "mel")
         ref_img = _read_rgb(path / head["reference"], (cfg.size, cfg.size))
         reference = torch.from_numpy(ref_img).permute(2, 0, 1).float().div(255).to(dev)
-        idle, geometry = _load_idle(path, manifest, cfg.size)
+        idle, geometry = _load_idle(path, manifest, cfg)
         log.info("avatar %s loaded on %s: %d idle frames", manifest.get("name"), dev, len(idle))
         avatar = cls(path, manifest, gen, dev, idle, reference, float(mel["mean"]),
                      float(mel["std"]))
@@ -148,7 +151,7 @@ class Avatar:
         mel_t = torch.from_numpy(mels).unsqueeze(1).to(self.device)
         ref = self.reference.unsqueeze(0).expand(len(requests), -1, -1, -1)
         with torch.inference_mode():
-            out = self.gen.generate(ref, blank_lower(regions), mel_t)
+            out = self.gen.generate(ref, blank_lower(regions, self.gen.cfg.mask_top), mel_t)
         painted = (out.clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
         return [_composite(f, p) for f, p in zip(idle, painted, strict=True)]
 
@@ -180,13 +183,14 @@ def _read_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     return img
 
 
-def _load_idle(path: Path, manifest: dict, size: int
+def _load_idle(path: Path, manifest: dict, cfg: HeadConfig
                ) -> tuple[list[_IdleFrame], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    size = cfg.size
     idle_file = path / require(manifest, "idle", "file")
     with np.load(path / require(manifest, "idle", "transforms"), allow_pickle=False) as z:
         affines = z["crop_affine"].astype(np.float64)
     crop_size = int(require(manifest, "crop_size"))
-    x0r, y0r, side_r = (float(v) for v in require(manifest, "head", "region"))
+    x0r, y0r, side_r = cfg.region
     rx, ry, rs = x0r * crop_size, y0r * crop_size, side_r * crop_size
     # Region pixels -> crop pixels.
     reg_to_crop = np.array([[rs / size, 0, rx], [0, rs / size, ry], [0, 0, 1]])
@@ -196,7 +200,7 @@ def _load_idle(path: Path, manifest: dict, size: int
     region_mask = cv2.resize(crop_mask[int(ry): int(ry + rs), int(rx): int(rx + rs)],
                              (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
     # Blend only where the generator paints, fading in over its soft edge.
-    paint = 1.0 - region_keep_mask(size)[0, 0].numpy()
+    paint = 1.0 - region_keep_mask(size, cfg.mask_top)[0, 0].numpy()
     region_mask *= paint
     ring = (region_mask > 0.15) & (region_mask < 0.6)
     try:

@@ -3,7 +3,7 @@
 The generator re-renders the lower face of one person: it sees a reference crop (identity,
 teeth, texture), the target crop with the lower face blanked (pose, lighting, background)
 and ~0.2 s of log-mel around the frame, and paints the lower face back. Everything works on
-the *mouth region*, a fixed square of the 256 px aligned crop (see ``REGION``).
+the *mouth region*, a fixed square of the 256 px aligned crop (``HeadConfig.region``).
 
 The sync expert embeds five consecutive mouth images and the matching audio window; the
 cosine of the two embeddings says whether they belong together. Trained on the person's own
@@ -17,12 +17,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-# The mouth region inside the aligned crop, as fractions of the crop side (x0, y0, side):
-# from above the nose tip to below the chin, cheek to cheek.
-REGION = (0.18, 0.36, 0.64)
-# Inside the region, rows below this fraction are blanked in the generator's input.
-MASK_TOP = 0.30
 
 
 @dataclass(frozen=True)
@@ -39,6 +33,13 @@ class HeadConfig:
     audio_dim: int = 256
     sync_frames: int = 5
     sync_dim: int = 128
+    region: tuple[float, float, float] = (0.23, 0.46, 0.54)
+    """The mouth region in the aligned crop, as fractions of the crop side (x0, y0, side):
+    from the nose tip to the bottom of the crop (below the chin), cheek to cheek. The eyes
+    stay outside, so all of the model's pixels go to the mouth and jaw."""
+    mask_top: float = 0.25
+    """Rows of the region below this fraction are blanked in the generator's input and
+    painted by it (just under the nostrils)."""
 
 
 # Model sizes of the training presets (training adds steps and loss weights on top).
@@ -113,8 +114,9 @@ class HeadGenerator(nn.Module):
         y = torch.sigmoid(self.out(x))
         # Only the blanked rows are painted; above them the input passes through unchanged,
         # so the region's seam with the untouched face is exact.
-        keep = region_keep_mask(y.shape[-1], y.device)
-        y = masked * keep + y * (1 - keep)
+        keep = region_keep_mask(y.shape[-1], self.cfg.mask_top, y.device)
+        # ``masked`` already carries the kept rows (times ``keep``), so the weights add to 1.
+        y = masked + y * (1 - keep)
         loss = None if target is None else F.l1_loss(y, target)
         return y, loss
 
@@ -124,18 +126,19 @@ class HeadGenerator(nn.Module):
         return self.forward(ref, masked, mel)[0]
 
 
-def region_keep_mask(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def region_keep_mask(size: int, mask_top: float, device: torch.device | str = "cpu"
+                     ) -> torch.Tensor:
     """(1, 1, S, S): 1 on the rows the generator keeps, 0 on the rows it paints, with a
     soft edge so the boundary never shows."""
     rows = torch.arange(size, device=device, dtype=torch.float32) / size
     edge = 0.04
-    keep = ((MASK_TOP + edge - rows) / (2 * edge)).clamp(0, 1)
+    keep = ((mask_top + edge - rows) / (2 * edge)).clamp(0, 1)
     return keep.view(1, 1, size, 1).expand(1, 1, size, size)
 
 
-def blank_lower(region: torch.Tensor) -> torch.Tensor:
+def blank_lower(region: torch.Tensor, mask_top: float) -> torch.Tensor:
     """The generator's second input: the region with its lower part blanked."""
-    return region * region_keep_mask(region.shape[-1], region.device)
+    return region * region_keep_mask(region.shape[-1], mask_top, region.device)
 
 
 class SyncExpert(nn.Module):

@@ -18,20 +18,19 @@ import numpy as np
 
 from avatar.audio import mel_windows
 from avatar.errors import TwincastError
-from avatar.models.head import REGION
 from training.progress import bar
 
 log = logging.getLogger(__name__)
 
 
-def region_box(crop_size: int) -> tuple[int, int, int]:
-    """(x0, y0, side) of the mouth region in a crop of ``crop_size`` pixels."""
-    x0, y0, side = REGION
+def region_box(crop_size: int, region: tuple[float, float, float]) -> tuple[int, int, int]:
+    """(x0, y0, side) in pixels of the mouth region in a crop of ``crop_size`` pixels."""
+    x0, y0, side = region
     return int(round(x0 * crop_size)), int(round(y0 * crop_size)), int(round(side * crop_size))
 
 
-def cut_region(crop: np.ndarray, size: int) -> np.ndarray:
-    x0, y0, side = region_box(crop.shape[0])
+def cut_region(crop: np.ndarray, size: int, region: tuple[float, float, float]) -> np.ndarray:
+    x0, y0, side = region_box(crop.shape[0], region)
     return cv2.resize(crop[y0:y0 + side, x0:x0 + side], (size, size),
                       interpolation=cv2.INTER_AREA)
 
@@ -50,6 +49,7 @@ class ClipData:
 
 
 def load_cache(features_dir: Path, size: int, mel_frames: int,
+               region: tuple[float, float, float],
                mel_stats: tuple[float, float] | None = None
                ) -> tuple[list[ClipData], tuple[float, float]]:
     """Read every clip of an enrolment cache; returns the clips and the mel mean/std used
@@ -82,7 +82,8 @@ def load_cache(features_dir: Path, size: int, mel_frames: int,
                         n = seg["start"] + i
                         if n >= seg["stop"]:
                             break
-                        regions[n] = cut_region(frame.to_ndarray(format="rgb24"), size)
+                        regions[n] = cut_region(frame.to_ndarray(format="rgb24"), size,
+                                                region)
                         pb.update(1)
             windows = mel_windows(mel, t, fps, mel_frames)
             hops = np.clip(np.round((np.arange(t) + 0.5) / fps * 100).astype(int), 0,

@@ -17,7 +17,7 @@ from avatar import atomic
 from avatar.audio import MEL_BINS, MEL_HOP, MEL_RATE
 from avatar.bundle import KIND, SCHEMA_VERSION, sha256_file
 from avatar.errors import path_error
-from avatar.models.head import MASK_TOP, REGION
+from avatar.models.head import HeadConfig
 from avatar.video_io import VideoWriter
 from training.face import mouth_opening
 from training.head.data import cut_region
@@ -61,7 +61,7 @@ def export_bundle(features_dir: Path, result: HeadTrainResult, cfg: HeadTrainCon
                     rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
                 w.write(rgb)
         atomic.save_npz(tmp / "idle.npz", crop_affine=affine_idle.astype(np.float32))
-        _write_reference(clip_dir, meta, idle.start, raw, cfg.model.size, tmp / "reference.png")
+        _write_reference(clip_dir, meta, idle.start, raw, cfg.model, tmp / "reference.png")
         mask = cv2.imread(str(features_dir / "mask.png"), cv2.IMREAD_GRAYSCALE)
         cv2.imwrite(str(tmp / "mask.png"), mask)
         gen = {k: v.detach().cpu().contiguous() for k, v in result.state.gen.state_dict().items()}
@@ -84,8 +84,8 @@ def export_bundle(features_dir: Path, result: HeadTrainResult, cfg: HeadTrainCon
             "head": {
                 "file": "head.safetensors",
                 "config": dataclasses.asdict(cfg.model),
-                "region": list(REGION),
-                "mask_top": MASK_TOP,
+                "region": list(cfg.model.region),
+                "mask_top": cfg.model.mask_top,
                 "mel": {"rate": MEL_RATE, "hop": MEL_HOP, "bins": MEL_BINS, "n_fft": 512,
                         "win": 400, "mean": result.mel_stats[0], "std": result.mel_stats[1]},
                 "reference": "reference.png",
@@ -104,8 +104,8 @@ def export_bundle(features_dir: Path, result: HeadTrainResult, cfg: HeadTrainCon
     return out
 
 
-def _write_reference(clip_dir: Path, meta: dict, start: int, raw: np.ndarray, size: int,
-                     path: Path) -> None:
+def _write_reference(clip_dir: Path, meta: dict, start: int, raw: np.ndarray,
+                     model: HeadConfig, path: Path) -> None:
     """The generator's identity input at run time: an idle frame whose mouth is a little
     open (teeth visible), neither shut nor wide."""
     ok = np.isfinite(raw[:, 0, 0])
@@ -117,7 +117,8 @@ def _write_reference(clip_dir: Path, meta: dict, start: int, raw: np.ndarray, si
     with av.open(str(clip_dir / seg["file"])) as c:
         for i, frame in enumerate(c.decode(video=0)):
             if seg["start"] + i == idx:
-                region = cut_region(frame.to_ndarray(format="rgb24"), size)
+                region = cut_region(frame.to_ndarray(format="rgb24"), model.size,
+                                    model.region)
                 break
     ok_png, png = cv2.imencode(".png", cv2.cvtColor(region, cv2.COLOR_RGB2BGR))
     atomic.write_bytes(path, png.tobytes())

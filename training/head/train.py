@@ -205,7 +205,8 @@ def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
     ref = b["refs"].reshape(n * w, 3, s, s)
     mel = b["mels"].reshape(n * w, 1, *b["mels"].shape[-2:])
     state.gen.train()
-    out, l1 = (state.gen_train or state.gen)(ref, blank_lower(target), mel, target)
+    out, l1 = (state.gen_train or state.gen)(ref, blank_lower(target, cfg.model.mask_top),
+                                             mel, target)
     losses = {"gen/l1": l1}
     total = l1
     if state.gen_step >= cfg.sync_from * cfg.gen_steps and cfg.sync_weight > 0:
@@ -287,7 +288,7 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
             saved = None
     mel_stats = tuple(saved["mel_stats"]) if saved else None
     clips, mel_stats = load_cache(features_dir, cfg.model.size, cfg.model.mel_frames,
-                                  mel_stats)
+                                  cfg.model.region, mel_stats)
     sampler = Sampler(clips, cfg.model.sync_frames, seed=cfg.seed + 1000 * dist.rank)
     state = build_state(cfg, dev)
     if saved:
