@@ -28,16 +28,18 @@ def run_cli(*args: object, cwd: Path | None = None, timeout: float = 600
 
 
 def write_av(path: Path, frames: list[np.ndarray] | None, fps: int = 25,
-             audio: np.ndarray | None = None, rate: int = 16000) -> Path:
-    """Write an mp4 with a video track and/or an audio track (either may be None)."""
-    with av.open(str(path), "w", format="mp4") as out:
+             audio: np.ndarray | None = None, rate: int = 16000, fmt: str = "mp4",
+             vcodec: str = "libx264", acodec: str = "aac") -> Path:
+    """Write a file with a video track and/or an audio track (either may be None), in any
+    container and codecs PyAV can encode."""
+    with av.open(str(path), "w", format=fmt) as out:
         vs = as_ = None
         if frames is not None:
-            vs = out.add_stream("libx264", rate=fps)
+            vs = out.add_stream(vcodec, rate=fps)
             vs.height, vs.width = frames[0].shape[:2]
-            vs.pix_fmt = "yuv420p"
+            vs.pix_fmt = "yuvj420p" if vcodec == "mjpeg" else "yuv420p"
         if audio is not None:
-            as_ = out.add_stream("aac", rate=rate)
+            as_ = out.add_stream(acodec, rate=rate)
             as_.layout = "mono"
         if vs is not None:
             for f in frames:
@@ -46,8 +48,11 @@ def write_av(path: Path, frames: list[np.ndarray] | None, fps: int = 25,
             for p in vs.encode():
                 out.mux(p)
         if as_ is not None:
-            fr = av.AudioFrame.from_ndarray(audio.astype(np.float32).reshape(1, -1),
-                                            format="fltp", layout="mono")
+            sample_fmt = as_.format.name
+            data = audio.reshape(1, -1)
+            data = (np.clip(data, -1, 1) * 32767).astype(np.int16) if sample_fmt == "s16" \
+                else data.astype(np.float32)
+            fr = av.AudioFrame.from_ndarray(data, format=sample_fmt, layout="mono")
             fr.sample_rate = rate
             fr.pts = 0
             for p in as_.encode(fr):

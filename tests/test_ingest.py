@@ -70,33 +70,6 @@ def test_clip_ids_are_unique_and_safe(tmp_path: Path) -> None:
     assert ids[0] == "my_clip_" and ids[1].startswith("my_clip_-") and ids[0] != ids[1]
 
 
-def _write(path: Path, fmt: str, vcodec: str, acodec: str, fps: int, rate: int,
-           frames: list[np.ndarray], audio: np.ndarray) -> Path:
-    import av
-
-    with av.open(str(path), "w", format=fmt) as out:
-        vs = out.add_stream(vcodec, rate=fps)
-        vs.height, vs.width = frames[0].shape[:2]
-        vs.pix_fmt = "yuv420p" if vcodec != "mjpeg" else "yuvj420p"
-        as_ = out.add_stream(acodec, rate=rate)
-        as_.layout = "mono"
-        for f in frames:
-            for p in vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                out.mux(p)
-        for p in vs.encode():
-            out.mux(p)
-        fr = av.AudioFrame.from_ndarray(audio.reshape(1, -1).astype(np.float32 if
-                                        as_.format.name == "fltp" else np.int16),
-                                        format=as_.format.name, layout="mono")
-        fr.sample_rate = rate
-        fr.pts = 0
-        for p in as_.encode(fr):
-            out.mux(p)
-        for p in as_.encode():
-            out.mux(p)
-    return path
-
-
 @pytest.mark.parametrize("fmt,ext,vcodec,acodec,fps,rate", [
     ("webm", ".webm", "libvpx-vp9", "libopus", 30, 48000),
     ("matroska", ".mkv", "mpeg4", "flac", 24, 44100),
@@ -106,10 +79,9 @@ def test_other_containers_and_codecs(fmt: str, ext: str, vcodec: str, acodec: st
                                      rate: int, tmp_path: Path) -> None:
     n = fps * 2
     t = np.arange(rate * 2) / rate
-    tone = 0.3 * np.sin(2 * np.pi * 300 * t)
-    audio = tone if acodec != "pcm_s16le" else (tone * 32767)
-    path = _write(tmp_path / f"clip{ext}", fmt, vcodec, acodec, fps, rate, _numbered(n, 64),
-                  audio)
+    tone = (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    path = write_av(tmp_path / f"clip{ext}", _numbered(n, 64), fps, tone, rate, fmt=fmt,
+                    vcodec=vcodec, acodec=acodec)
     info = probe(path, "clip", 25, 1.0)
     assert abs(info.duration - 2.0) < 0.15
     frames = list(iter_frames(info, 25, 0, info.n_frames))
