@@ -21,9 +21,8 @@ def test_ci_training_and_render_on_cuda(sample, tmp_path: Path) -> None:
 
     feats = enrol_features([sample.video], tmp_path / "w", features_preset("ci", 1),
                            transcript=sample.transcript)
-    cfg = head_preset("ci")
-    res = train_head(feats.dir, tmp_path / "head", cfg, device="cuda:0")
-    bundle = export_bundle(feats.dir, res, cfg, tmp_path / "bundle", "gpu", "ci")
+    res = train_head(feats.dir, tmp_path / "head", head_preset("ci"), device="cuda:0")
+    bundle = export_bundle(feats.dir, res.trained(), tmp_path / "bundle", "gpu", "ci")
     avatar = Avatar.load(bundle, "cuda:0")
     mel = np.zeros((80, 20), np.float32) + avatar.mel_mean
     frames = avatar.render([FrameRequest(i, mel) for i in range(8)])

@@ -171,5 +171,22 @@ def test_data_parallel_training_under_torchrun(bundle: Path, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = json.loads((work / "avatars" / "ddp" / "manifest.json").read_text())
     assert manifest["head"]["gen_steps"] == 40
+    assert (work / "head" / "generator.safetensors").exists()
     history = json.loads((work / "head" / "history.json").read_text())
     assert history[-1]["step"] == 65
+
+
+def test_train_elsewhere_then_export_only(bundle: Path, tmp_path: Path) -> None:
+    """The GPU route: train without the footage (--no-export), export later (--export-only)."""
+    work = tmp_path / "w"
+    shutil.copytree(bundle.parent.parent / "features", work / "features")
+    proc = run_cli("train", "head", work, "--preset", "ci", "--no-export")
+    assert proc.returncode == 0, proc.stderr
+    assert not (work / "avatars").exists()
+    proc = run_cli("train", "head", work, "--preset", "ci", "--export-only", "--name", "late")
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "avatars" / "late" / "manifest.json").exists()
+    empty = tmp_path / "empty"
+    shutil.copytree(bundle.parent.parent / "features", empty / "features")
+    proc = run_cli("train", "head", empty, "--export-only")
+    assert proc.returncode == 2 and "train the head first" in proc.stderr

@@ -81,11 +81,10 @@ def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
     from training.head.export import export_bundle
     from training.head.train import head_preset, train_head
 
-    cfg = head_preset(preset)
-    result = train_head(feats.dir, workdir / "head", cfg, device=device)
+    result = train_head(feats.dir, workdir / "head", head_preset(preset), device=device)
     name = name or _default_name(footage)
-    out["bundle"] = export_bundle(feats.dir, result, cfg, workdir / "avatars" / name, name,
-                                  preset)
+    out["bundle"] = export_bundle(feats.dir, result.trained(), workdir / "avatars" / name,
+                                  name, preset)
     out["head_seconds"] = result.seconds
     return out
 
@@ -99,19 +98,30 @@ def _default_name(footage: Sequence[Path]) -> str:
 
 
 def train_and_export(workdir: Path, preset: str, device: str = "cpu",
-                     name: str | None = None) -> dict:
+                     name: str | None = None, export: bool = True, train: bool = True,
+                     max_minutes: float | None = None) -> dict:
     """``twincast train head``: the head stage alone, on an existing enrolment cache. Safe
-    under ``torchrun`` (every rank trains; rank 0 exports)."""
+    under ``torchrun`` (every rank trains; rank 0 exports). ``train=False`` exports the
+    generator a previous training left in WORKDIR/head (for one trained elsewhere)."""
+    import dataclasses
+
     from training.head.export import export_bundle
-    from training.head.train import head_preset, train_head
+    from training.head.train import head_preset, load_trained, train_head
 
     feats = workdir / "features"
-    cfg = head_preset(preset)
-    result = train_head(feats, workdir / "head", cfg, device=device)
-    out: dict = {"head_seconds": result.seconds, "rank": result.dist.rank}
-    if result.dist.main:
+    out: dict = {"head_seconds": 0.0}
+    main = True
+    if train:
+        cfg = head_preset(preset)
+        if max_minutes is not None:
+            cfg = dataclasses.replace(cfg, max_minutes=max_minutes)
+        result = train_head(feats, workdir / "head", cfg, device=device)
+        out["head_seconds"] = result.seconds
+        main = result.dist.main
+    if export and main:
+        head = load_trained(workdir / "head")
+        out["head_seconds"] = head.seconds
         manifest = json.loads((feats / "manifest.json").read_text())
         name = name or manifest["clips"][0]["id"]
-        out["bundle"] = export_bundle(feats, result, cfg, workdir / "avatars" / name, name,
-                                      preset)
+        out["bundle"] = export_bundle(feats, head, workdir / "avatars" / name, name, preset)
     return out

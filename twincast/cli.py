@@ -28,6 +28,16 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise TwincastError(f"--batches {text!r}: give sizes like 1,4,16,64") from None
+    if not values or min(values) < 1:
+        raise TwincastError(f"--batches {text!r}: sizes must be at least 1")
+    return values
+
+
 def _positive(text: str) -> float:
     try:
         v = float(text)
@@ -75,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--preset", choices=("ci", "cpu", "gpu"), default="cpu")
     th.add_argument("--device", default="cpu")
     th.add_argument("--name", help="avatar name (default: the first clip's id)")
+    th.add_argument("--max-minutes", type=_positive, help="cap the training's wall time")
+    mode = th.add_mutually_exclusive_group()
+    mode.add_argument("--no-export", action="store_true",
+                      help="train only (e.g. on a GPU machine without the source footage)")
+    mode.add_argument("--export-only", action="store_true",
+                      help="export WORKDIR/head/generator.safetensors, trained earlier")
     th.set_defaults(func=cmd_train_head)
 
     r = sub.add_parser("render", help="render an avatar speaking an audio file to a video")
@@ -108,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("bundle", type=Path)
     br.add_argument("--device", default="cpu")
     br.add_argument("--seconds", type=_positive, default=3.0, help="per batch size (3)")
+    br.add_argument("--batches", default="1,4,16,64",
+                    help="comma-separated batch sizes (1,4,16,64)")
     br.add_argument("--preset", choices=("ci", "cpu", "gpu"),
                     help="time a fresh model of this preset's size over the bundle's idle "
                     "footage instead of the bundle's own model")
@@ -168,7 +186,9 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
 def cmd_train_head(args: argparse.Namespace) -> int:
     from training.enrol import train_and_export
 
-    out = train_and_export(args.workdir, args.preset, args.device, args.name)
+    out = train_and_export(args.workdir, args.preset, args.device, args.name,
+                           export=not args.no_export, train=not args.export_only,
+                           max_minutes=args.max_minutes)
     if "bundle" in out:
         log.info("avatar bundle: %s (head trained in %.0f s)", out["bundle"],
                  out["head_seconds"])
@@ -187,8 +207,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_bench_render(args: argparse.Namespace) -> int:
     from avatar.offline import bench_render
 
-    print(json.dumps(bench_render(args.bundle, args.device, seconds=args.seconds,
-                                         preset=args.preset), indent=2))
+    print(json.dumps(bench_render(args.bundle, args.device, _batches(args.batches),
+                                         seconds=args.seconds, preset=args.preset), indent=2))
     return 0
 
 

@@ -22,7 +22,7 @@ from avatar.video_io import VideoWriter
 from training.face import mouth_opening
 from training.head.data import cut_region
 from training.head.idle import choose_idle
-from training.head.train import HeadTrainConfig, HeadTrainResult
+from training.head.train import TrainedHead
 from training.ingest import iter_frames, probe
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,10 @@ IDLE_MAX_SIDE = 1280
 """Idle footage is stored at most this large: the stream is encoded at this size or less."""
 
 
-def export_bundle(features_dir: Path, result: HeadTrainResult, cfg: HeadTrainConfig,
-                  out: Path, name: str, preset: str, idle_seconds: float = 6.0) -> Path:
+def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, preset: str,
+                  idle_seconds: float = 6.0) -> Path:
     """Write the bundle to ``out`` atomically (a failed export leaves no half bundle)."""
+    model = head.gen.cfg
     manifest_in = json.loads((features_dir / "manifest.json").read_text())
     fps = int(manifest_in["fps"])
     idle = choose_idle(features_dir, idle_seconds, fps)
@@ -61,10 +62,10 @@ def export_bundle(features_dir: Path, result: HeadTrainResult, cfg: HeadTrainCon
                     rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
                 w.write(rgb)
         atomic.save_npz(tmp / "idle.npz", crop_affine=affine_idle.astype(np.float32))
-        _write_reference(clip_dir, meta, idle.start, raw, cfg.model, tmp / "reference.png")
+        _write_reference(clip_dir, meta, idle.start, raw, model, tmp / "reference.png")
         mask = cv2.imread(str(features_dir / "mask.png"), cv2.IMREAD_GRAYSCALE)
         cv2.imwrite(str(tmp / "mask.png"), mask)
-        gen = {k: v.detach().cpu().contiguous() for k, v in result.state.gen.state_dict().items()}
+        gen = {k: v.detach().cpu().contiguous() for k, v in head.gen.state_dict().items()}
         save_file(gen, str(tmp / "head.safetensors"))
         files = {f: sha256_file(tmp / f) for f in ("head.safetensors", "idle.mp4", "idle.npz",
                                                     "reference.png", "mask.png")}
@@ -83,17 +84,17 @@ def export_bundle(features_dir: Path, result: HeadTrainResult, cfg: HeadTrainCon
                                  for c in manifest_in["clips"]]},
             "head": {
                 "file": "head.safetensors",
-                "config": dataclasses.asdict(cfg.model),
-                "region": list(cfg.model.region),
-                "mask_top": cfg.model.mask_top,
+                "config": dataclasses.asdict(model),
+                "region": list(model.region),
+                "mask_top": model.mask_top,
                 "mel": {"rate": MEL_RATE, "hop": MEL_HOP, "bins": MEL_BINS, "n_fft": 512,
-                        "win": 400, "mean": result.mel_stats[0], "std": result.mel_stats[1]},
+                        "win": 400, "mean": head.mel_stats[0], "std": head.mel_stats[1]},
                 "reference": "reference.png",
                 "mask": "mask.png",
                 "preset": preset,
-                "train_seconds": round(result.seconds, 1),
-                "expert_steps": result.state.expert_step,
-                "gen_steps": result.state.gen_step,
+                "train_seconds": round(head.seconds, 1),
+                "expert_steps": head.expert_steps,
+                "gen_steps": head.gen_steps,
             },
             "idle": {"file": "idle.mp4", "transforms": "idle.npz", "frames": idle.stop -
                      idle.start, "loop": "pingpong", "clip": idle.clip, "start": idle.start},

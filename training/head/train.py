@@ -60,8 +60,11 @@ class HeadTrainConfig:
     seed: int = 0
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True)
-                              .encode()).hexdigest()[:16]
+        """Hash of what shapes the model; time caps may change between resumes."""
+        d = dataclasses.asdict(self)
+        d.pop("max_minutes")
+        d.pop("checkpoint_minutes")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def head_preset(name: str) -> HeadTrainConfig:
@@ -259,12 +262,57 @@ def _save(state: State, path: Path, cfg: HeadTrainConfig, mel_stats: tuple[float
 
 
 @dataclass
+class TrainedHead:
+    """What export needs of a training: the generator and how it was made."""
+
+    gen: HeadGenerator
+    mel_stats: tuple[float, float]
+    seconds: float
+    expert_steps: int
+    gen_steps: int
+
+
+@dataclass
 class HeadTrainResult:
     state: State
     mel_stats: tuple[float, float]
     seconds: float
     resumed: bool
     dist: Dist = field(default_factory=Dist)
+
+    def trained(self) -> TrainedHead:
+        return TrainedHead(self.state.gen, self.mel_stats, self.seconds,
+                           self.state.expert_step, self.state.gen_step)
+
+
+def save_trained(head: TrainedHead, out_dir: Path) -> None:
+    """generator.safetensors + generator.json: small enough to bring back from a GPU
+    machine and export there-free (``twincast train head --export-only``)."""
+    from safetensors.torch import save_file
+
+    weights = {k: v.detach().cpu().contiguous() for k, v in head.gen.state_dict().items()}
+    with atomic.atomic_path(out_dir / "generator.safetensors", ".safetensors") as tmp:
+        save_file(weights, str(tmp))
+    atomic.write_json(out_dir / "generator.json", {
+        "config": dataclasses.asdict(head.gen.cfg), "mel_stats": list(head.mel_stats),
+        "seconds": round(head.seconds, 1), "expert_steps": head.expert_steps,
+        "gen_steps": head.gen_steps})
+
+
+def load_trained(out_dir: Path) -> TrainedHead:
+    from safetensors.torch import load_file
+
+    meta_path = out_dir / "generator.json"
+    if not meta_path.exists():
+        raise TwincastError(f"{out_dir}: no trained generator here (generator.json is "
+                            "missing); train the head first")
+    meta = json.loads(meta_path.read_text())
+    raw = dict(meta["config"])
+    raw["region"] = tuple(raw["region"])
+    gen = HeadGenerator(HeadConfig(**raw))
+    gen.load_state_dict(load_file(str(out_dir / "generator.safetensors")))
+    return TrainedHead(gen, tuple(meta["mel_stats"]), float(meta["seconds"]),
+                       int(meta["expert_steps"]), int(meta["gen_steps"]))
 
 
 def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
@@ -343,7 +391,10 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
         _save(state, ckpt, cfg, mel_stats)
         atomic.write_json(out_dir / "history.json", state.history)
         plot_curves(state.history, out_dir / "curves.png")
-    return HeadTrainResult(state, mel_stats, state.seconds, saved is not None, dist)
+    result = HeadTrainResult(state, mel_stats, state.seconds, saved is not None, dist)
+    if dist.main:
+        save_trained(result.trained(), out_dir)
+    return result
 
 
 def _device(name: str) -> torch.device:
