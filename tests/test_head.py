@@ -118,10 +118,11 @@ def test_bad_bundles(how: str, bundle: Path, sample, tmp_path: Path) -> None:
 
 def test_features_cache_left_by_a_failed_run(sample, tmp_path: Path) -> None:
     from avatar.errors import TwincastError
+    from avatar.models.head import HEAD_PRESETS
     from training.head.data import load_cache
 
     with pytest.raises(TwincastError, match="run 'twincast enrol' first"):
-        load_cache(tmp_path, 48, 20)
+        load_cache(tmp_path, 48, 20, HEAD_PRESETS["ci"].region)
 
 
 def test_training_resumes_from_its_checkpoint(bundle: Path) -> None:
