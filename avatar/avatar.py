@@ -86,10 +86,7 @@ class Avatar:
             raise TwincastError(f"device {device!r}: CUDA is not available here; use cpu")
         head = require(manifest, "head")
         try:
-            raw_cfg = dict(require(manifest, "head", "config"))
-            if "region" in raw_cfg:
-                raw_cfg["region"] = tuple(raw_cfg["region"])  # JSON has no tuples
-            cfg = HeadConfig(**raw_cfg)
+            cfg = HeadConfig.from_dict(require(manifest, "head", "config"))
         except TypeError as e:
             raise path_error(path / "manifest.json", f"head.config is invalid ({e})") from None
         if architecture is not None:

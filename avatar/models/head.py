@@ -41,6 +41,14 @@ class HeadConfig:
     """Rows of the region below this fraction are blanked in the generator's input and
     painted by it (just under the nostrils)."""
 
+    @classmethod
+    def from_dict(cls, d: dict) -> HeadConfig:
+        """From its JSON form (a bundle manifest or generator.json): lists become tuples."""
+        d = dict(d)
+        if "region" in d:
+            d["region"] = tuple(d["region"])
+        return cls(**d)
+
 
 # Model sizes of the training presets (training adds steps and loss weights on top).
 HEAD_PRESETS: dict[str, HeadConfig] = {

@@ -307,9 +307,7 @@ def load_trained(out_dir: Path) -> TrainedHead:
         raise TwincastError(f"{out_dir}: no trained generator here (generator.json is "
                             "missing); train the head first")
     meta = json.loads(meta_path.read_text())
-    raw = dict(meta["config"])
-    raw["region"] = tuple(raw["region"])
-    gen = HeadGenerator(HeadConfig(**raw))
+    gen = HeadGenerator(HeadConfig.from_dict(meta["config"]))
     gen.load_state_dict(load_file(str(out_dir / "generator.safetensors")))
     return TrainedHead(gen, tuple(meta["mel_stats"]), float(meta["seconds"]),
                        int(meta["expert_steps"]), int(meta["gen_steps"]))
