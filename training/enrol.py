@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from avatar.errors import path_error
 from training.config import FeaturesConfig
 from training.features import ClipJob, FeaturesResult, run_features
 from training.ingest import (
@@ -34,8 +35,6 @@ def plan(footage: Sequence[Path], workdir: Path, cfg: FeaturesConfig,
     if transcript:
         missing = [i for i in ids if i not in texts]
         if len(missing) == len(ids):
-            from avatar.errors import path_error
-
             raise path_error(transcript, "names none of the clips given (first clip: "
                              f"{ids[0]}); lines must be 'clip<TAB>text' with clip = file "
                              "name without extension")

@@ -22,6 +22,7 @@ from avatar.avatar import Avatar, FrameRequest
 from avatar.errors import TwincastError
 from avatar.video_io import VideoWriter
 from training import face as F
+from training.audio_features import loudness
 from training.config import FaceConfig
 from training.ingest import clip_ids, decode_audio, find_footage, iter_frames, probe
 from training.progress import bar
@@ -90,11 +91,8 @@ def load_held_out(paths: list[Path], fps: int, cfg: FaceConfig) -> list[HeldOut]
         frames = [rgb for _, rgb in iter_frames(info, fps, 0, info.n_frames)]
         audio = decode_audio(f, [16000])[16000]
         opening, affines = _openings(frames, cfg, want_affines=True)
-        hop = 160
         level = _level_per_frame(audio, len(frames), fps)
-        from training.audio_features import loudness
-
-        vad = voice_activity(loudness(audio, 16000, hop), hop / 16000)
+        vad = voice_activity(loudness(audio, 16000, 160), 160 / 16000)
         idx = np.clip(np.round((np.arange(len(frames)) + 0.5) / fps * 100).astype(int), 0,
                       len(vad) - 1)
         out.append(HeldOut(cid, frames, audio, opening, affines, level, ~vad[idx]))

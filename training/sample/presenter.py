@@ -67,7 +67,7 @@ class _Portrait:
         cx = float(np.clip(lm[1, 0], cw / 2, 512 - cw / 2))
         x0, y0 = cx - cw / 2, 0.0
         # Render at up to 2x the portrait's pixels, then resize once to the output size.
-        self.scale = min(2.0, height / ch) * 512 / 512
+        self.scale = min(2.0, height / ch)
         rw, rh = int(round(cw * self.scale)) // 2 * 2, int(round(ch * self.scale)) // 2 * 2
         m = np.array([[self.scale, 0, -x0 * self.scale], [0, self.scale, -y0 * self.scale]])
         self.image = cv2.warpAffine(img, m, (rw, rh), flags=cv2.INTER_CUBIC,
