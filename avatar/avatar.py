@@ -9,6 +9,8 @@ a feathered mask and a colour match, so no seam shows.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +73,7 @@ class Avatar:
         self.fps = int(manifest["fps"])
         self.size = gen.cfg.size
         self.mel_frames = gen.cfg.mel_frames
+        self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -150,7 +153,14 @@ class Avatar:
         with torch.inference_mode():
             out = self.gen.generate(ref, blank_lower(regions, self.gen.cfg.mask_top), mel_t)
         painted = (out.clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
-        return [_composite(f, p) for f, p in zip(idle, painted, strict=True)]
+        if len(requests) < 8 or (os.cpu_count() or 1) < 2:
+            return [_composite(f, p) for f, p in zip(idle, painted, strict=True)]
+        # Compositing is per-frame OpenCV/numpy work that releases the GIL: on a large
+        # batch from a GPU it is the bottleneck unless the CPU cores share it.
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(min(16, os.cpu_count() or 1),
+                                            thread_name_prefix="composite")
+        return list(self._pool.map(_composite, idle, painted))
 
 
 def _composite(idle: _IdleFrame, painted: np.ndarray) -> np.ndarray:

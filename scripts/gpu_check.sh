@@ -6,9 +6,10 @@
 #   .venv/bin/twincast enrol ../shared/data/grid_s1/train \
 #       --transcript ../shared/data/grid_s1/transcripts.tsv --workdir build/grid --preset cpu \
 #       --features-only
-#   .venv/bin/python -m training.head.pack build/grid/features gpu/work/features  # ~12 MB
-#   .venv/bin/twincast sample --out gpu/sample --minutes 0.5 && .venv/bin/twincast enrol \
-#       gpu/sample/sample.mp4 --transcript gpu/sample/transcript.txt --workdir gpu/s --preset ci
+#   .venv/bin/python -m training.head.pack build/grid/features gpu/work/features  # ~14 MB
+#   .venv/bin/twincast sample --out build/gsample --minutes 0.5 && .venv/bin/twincast enrol \
+#       build/gsample/sample.mp4 --transcript build/gsample/transcript.txt --workdir build/gs \
+#       --preset ci --name sample && cp -r build/gs/avatars/sample gpu/bundle
 #   mkdir -p .whl && python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #       -d .whl av==18.1.0
@@ -17,19 +18,28 @@
 # Then here:  copy $OUT/generator.* into build/grid/head/ and
 #   .venv/bin/twincast train head build/grid --export-only --preset gpu --name grid_gpu
 #   .venv/bin/twincast eval head build/grid/avatars/grid_gpu --footage ../shared/data/grid_s1/eval
-set -euo pipefail
+# The GPU machine has torch but neither mediapipe nor aiortc: nothing run here may need them.
+# Try it on a CPU with DEVICE=cpu TRAIN_MINUTES=0.3 PY=.venv/bin/python.
+set -uo pipefail
 OUT=${OUT:-build/gpu-out}
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda:0}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TWINCAST_PROGRESS=0
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+if ! "$PY" -c "import av" 2>/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+        .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TWINCAST_PROGRESS=0
+{ nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"; \
+  "$PY" -c "import torch; print('torch', torch.__version__)"; } | tee "$OUT/gpu.txt"
 # Training: the gpu preset, capped so the whole check fits the device budget.
-python3 -m twincast.cli train head gpu/work --preset gpu --device cuda:0 --no-export \
-    --max-minutes "${TRAIN_MINUTES:-6}" 2>&1 | tail -n 20 | tee "$OUT/train.log"
-cp gpu/work/head/generator.safetensors gpu/work/head/generator.json gpu/work/head/history.json \
-    "$OUT/"
+"$PY" -m twincast.cli train head gpu/work --preset gpu --device "$DEVICE" --no-export \
+    --max-minutes "${TRAIN_MINUTES:-6}" 2>&1 | tail -n 30 | tee "$OUT/train.log"
+cp gpu/work/head/generator.safetensors gpu/work/head/generator.json \
+    gpu/work/head/history.json gpu/work/head/curves.png "$OUT/" || exit 1
 # Rendering: the gpu preset's architecture over the sample bundle's idle footage.
-python3 -m twincast.cli bench render gpu/s/avatars/sample --device cuda:0 --preset gpu \
-    --batches 1,16,64,256,1024,2048 --seconds 2 | tee "$OUT/bench_render_gpu.json"
-python3 -m twincast.cli bench render gpu/s/avatars/sample --device cuda:0 --preset cpu \
-    --batches 1,64,1024 --seconds 2 | tee "$OUT/bench_render_cpu_arch.json"
+"$PY" -m twincast.cli bench render gpu/bundle --device "$DEVICE" --preset gpu \
+    --batches "${BATCHES:-1,16,64,256,1024,2048}" --seconds 2 | tee "$OUT/bench_render_gpu.json"
+"$PY" -m twincast.cli bench render gpu/bundle --device "$DEVICE" --preset cpu \
+    --batches "${BATCHES_CPU:-1,64,1024}" --seconds 2 | tee "$OUT/bench_render_cpu_arch.json"

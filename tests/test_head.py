@@ -174,7 +174,10 @@ def test_data_parallel_training_under_torchrun(bundle: Path, tmp_path: Path) -> 
     assert manifest["head"]["gen_steps"] == 40
     assert (work / "head" / "generator.safetensors").exists()
     history = json.loads((work / "head" / "history.json").read_text())
-    assert history[-1]["step"] == 65
+    from training.head.train import head_preset
+
+    ci = head_preset("ci")
+    assert history[-1]["step"] == ci.lip_steps + ci.expert_steps + ci.gen_steps
 
 
 def test_train_elsewhere_then_export_only(bundle: Path, tmp_path: Path) -> None:

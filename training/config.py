@@ -20,6 +20,9 @@ class FaceConfig:
 
     crop_size: int = 256
     """Side of the aligned face crop, in pixels."""
+    crop_points: str = "eyes+nose"
+    """Landmarks the crop is fitted to (see ``training.face.CROP_TEMPLATE``); named here so
+    that a cache made with other crop points is recomputed, not reused."""
     analysis_max_side: int = 1280
     """Frames are downscaled to at most this side before the face mesh sees them: the mesh
     model works on a 192 px face crop, so larger inputs only cost time."""

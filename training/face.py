@@ -32,14 +32,14 @@ FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365
 LOWER_OVAL = (93, 132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397,
               288, 361, 323)
 
-# Where the crop puts the eyes, nose tip and mouth corners, as fractions of the crop side.
-# The lower face and chin must fit, since that is what the talking head re-renders.
+# Where the crop puts the eye centres and the nose tip, as fractions of the crop side. Only
+# points that do not move when the person speaks: a crop fitted to the mouth corners would
+# shift and scale with every syllable, and the crop box would then carry the mouth's motion
+# into anything driven over the footage. The lower face and chin fit below (mouth ~0.70).
 CROP_TEMPLATE = np.array([
     [0.365, 0.40],  # right eye centre (image left)
     [0.635, 0.40],  # left eye centre
     [0.50, 0.56],   # nose tip
-    [0.405, 0.70],  # mouth corner (image left)
-    [0.595, 0.70],  # mouth corner
 ], dtype=np.float64)
 
 
@@ -99,7 +99,7 @@ def mouth_opening(lm: np.ndarray) -> float:
 
 def crop_points(lm: np.ndarray) -> np.ndarray:
     right, left = eye_centres(lm)
-    return np.stack([right, left, lm[NOSE_TIP, :2], lm[MOUTH_LEFT, :2], lm[MOUTH_RIGHT, :2]])
+    return np.stack([right, left, lm[NOSE_TIP, :2]])
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -1,8 +1,10 @@
 """The talking-head generator and the lip-sync expert.
 
 The generator re-renders the lower face of one person: it sees a reference crop (identity,
-teeth, texture), the target crop with the lower face blanked (pose, lighting, background)
-and ~0.2 s of log-mel around the frame, and paints the lower face back. Everything works on
+teeth, texture), the target crop with the lower face blanked (pose, lighting, background),
+a sketch of the lips it must draw and ~0.4 s of log-mel around the frame, and paints the
+lower face back. The sketch comes from the real face mesh in training and from the lip
+predictor (``avatar.models.lips``, part of the generator) when it speaks. Everything works on
 the *mouth region*, a fixed square of the 256 px aligned crop (``HeadConfig.region``).
 
 The sync expert embeds five consecutive mouth images and the matching audio window; the
@@ -18,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avatar.models.lips import LipPredictor, lip_sketch
+
 
 @dataclass(frozen=True)
 class HeadConfig:
@@ -26,11 +30,14 @@ class HeadConfig:
     size: int = 96
     """Side of the mouth region the models see, in pixels."""
     mel_bins: int = 80
-    mel_frames: int = 20
-    """Audio window: 20 hops of 10 ms (0.2 s) centred on the video frame."""
+    mel_frames: int = 40
+    """Audio window: 40 hops of 10 ms (0.4 s) centred on the video frame; a mouth shape
+    depends on the sounds either side of it (coarticulation)."""
     width: int = 16
     """Channels of the first generator level (16 renders a frame in ~10 ms on 2 cores)."""
     audio_dim: int = 256
+    lip_dim: int = 128
+    """Width of the lip predictor."""
     sync_frames: int = 5
     sync_dim: int = 128
     region: tuple[float, float, float] = (0.23, 0.46, 0.54)
@@ -52,7 +59,7 @@ class HeadConfig:
 
 # Model sizes of the training presets (training adds steps and loss weights on top).
 HEAD_PRESETS: dict[str, HeadConfig] = {
-    "ci": HeadConfig(size=48, width=8, audio_dim=64, sync_dim=32),
+    "ci": HeadConfig(size=48, width=8, audio_dim=64, sync_dim=32, lip_dim=32),
     "cpu": HeadConfig(),
     "gpu": HeadConfig(size=128, width=32),
 }
@@ -86,7 +93,7 @@ class HeadGenerator(nn.Module):
         w = cfg.width
         chans = [w, w * 2, w * 4, w * 4, w * 8]  # levels at size, /2, /4, /8, /16
         self.enc = nn.ModuleList()
-        cin = 6
+        cin = 8  # reference, blanked target, lip sketch (outer, inner)
         for i, c in enumerate(chans):
             self.enc.append(nn.Sequential(_block(cin, c, 1 if i == 0 else 2), _block(c, c)))
             cin = c
@@ -98,13 +105,23 @@ class HeadGenerator(nn.Module):
             self.dec.append(nn.Sequential(_block(chans[i] + chans[i - 1], chans[i - 1]),
                                           _block(chans[i - 1], chans[i - 1])))
         self.out = nn.Conv2d(chans[0], 3, 1)
+        self.lips = LipPredictor(cfg.lip_dim)
 
     def forward(self, ref: torch.Tensor, masked: torch.Tensor, mel: torch.Tensor,
-                target: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """ref, masked, target: (B, 3, S, S) in [0, 1]; mel: (B, 1, bins, frames).
-        Returns the painted region (B, 3, S, S) and the L1 loss when a target is given."""
-        x = torch.cat([ref, masked], 1)  # (B, 6, S, S)
+                target: torch.Tensor | None = None, lips: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """ref, masked, target: (B, 3, S, S) in [0, 1]; mel: (B, 1, bins, frames); lips:
+        (B, 40, 2) lip points in crop fractions, predicted from the audio when not given.
+        Returns the painted region (B, 3, S, S), the L1 loss when a target is given, and
+        in training with given lips the lip predictor's standardised output (B, 80)."""
+        # Learning the lips rides along with the generator's step (one forward, so
+        # data-parallel training sees every parameter used): the caller gets the
+        # predictor's standardised output and scores it against the real lips.
+        lip_z = self.lips.standardised(mel) if lips is not None and self.training else None
+        if lips is None:
+            lips = self.lips(mel)
+        sketch = lip_sketch(lips, self.cfg.region, ref.shape[-1])
+        x = torch.cat([ref, masked, sketch], 1)  # (B, 8, S, S)
         skips = []
         for layer in self.enc:
             x = layer(x)
@@ -126,7 +143,7 @@ class HeadGenerator(nn.Module):
         # ``masked`` already carries the kept rows (times ``keep``), so the weights add to 1.
         y = masked + y * (1 - keep)
         loss = None if target is None else F.l1_loss(y, target)
-        return y, loss
+        return y, loss, lip_z
 
     @torch.inference_mode()
     def generate(self, ref: torch.Tensor, masked: torch.Tensor,

@@ -18,6 +18,7 @@ import numpy as np
 
 from avatar.audio import mel_windows
 from avatar.errors import TwincastError
+from avatar.models.lips import LIP_POINTS
 from training.progress import bar
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,26 @@ class ClipData:
     """(T,) bool: the voice activity detector heard speech in this frame."""
     usable: np.ndarray
     """(T,) bool: exactly one face."""
+    lips: np.ndarray
+    """(T, 40, 2) float32: lip landmarks in the aligned crop, as fractions of its side."""
+    lip_train: np.ndarray
+    """(T,) bool: frames the lip predictor may learn from; the rest (the tail of each clip)
+    is held out to measure it and to calibrate its gain."""
+
+
+LIP_HOLDOUT = 0.1
+"""Share of the footage held out from the lip predictor's training: every tenth clip where
+there are ten or more (whole sentences, so nothing of them is seen), else the last tenth of
+each clip."""
+
+
+def crop_lips(landmarks: np.ndarray, affines: np.ndarray, crop_size: int) -> np.ndarray:
+    """(T, 478, 3) frame-pixel landmarks + (T, 2, 3) crop transforms -> (T, 40, 2) lip
+    points in crop fractions. Raw (unsmoothed) landmarks: smoothing would blunt the fast
+    lip movements the predictor must learn."""
+    pts = landmarks[:, list(LIP_POINTS), :2].astype(np.float64)
+    out = np.einsum("tij,tkj->tki", affines[:, :, :2], pts) + affines[:, None, :, 2]
+    return (out / crop_size).astype(np.float32)
 
 
 def load_cache(features_dir: Path, size: int, mel_frames: int,
@@ -60,7 +81,7 @@ def load_cache(features_dir: Path, size: int, mel_frames: int,
                             "missing); run 'twincast enrol' first")
     manifest = json.loads(manifest_path.read_text())
     fps = int(manifest["fps"])
-    raw: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    raw: list[tuple] = []
     total = sum(c["frames"] for c in manifest["clips"])
     with bar(total, "reading cache", "frame") as pb:
         for c in manifest["clips"]:
@@ -69,6 +90,8 @@ def load_cache(features_dir: Path, size: int, mel_frames: int,
                 meta = json.loads((d / "meta.json").read_text())
                 with np.load(d / "frames.npz") as z:
                     n_faces = z["n_faces"]
+                    lips = crop_lips(z["landmarks_raw"], z["crop_affine"],
+                                     int(meta["crop_size"]))
                 with np.load(d / "audio.npz") as z:
                     mel, vad = z["mel16"], z["vad"]
             except (OSError, KeyError, ValueError) as e:
@@ -88,14 +111,33 @@ def load_cache(features_dir: Path, size: int, mel_frames: int,
             windows = mel_windows(mel, t, fps, mel_frames)
             hops = np.clip(np.round((np.arange(t) + 0.5) / fps * 100).astype(int), 0,
                            len(vad) - 1)
-            raw.append((c["id"], regions, windows, vad[hops], n_faces == 1))
+            usable = (n_faces == 1) & np.isfinite(lips).all(axis=(1, 2))
+            n_clips = len(manifest["clips"])
+            if n_clips >= round(1 / LIP_HOLDOUT):
+                held = len(raw) % round(1 / LIP_HOLDOUT) == round(0.5 / LIP_HOLDOUT)
+                lip_train = np.full(t, not held)
+            else:
+                lip_train = np.arange(t) < int(np.ceil(t * (1 - LIP_HOLDOUT)))
+            raw.append((c["id"], regions, windows, vad[hops], usable,
+                        np.nan_to_num(lips), lip_train))
     if mel_stats is None:
-        allm = np.concatenate([w[::4].ravel() for _, _, w, _, _ in raw])
+        allm = np.concatenate([r[2][::4].ravel() for r in raw])
         mel_stats = (float(allm.mean()), float(allm.std() + 1e-6))
     mean, std = mel_stats
-    clips = [ClipData(cid, r, ((w - mean) / std).astype(np.float32), s, u)
-             for cid, r, w, s, u in raw]
+    clips = [ClipData(cid, r, ((w - mean) / std).astype(np.float32), s, u, lp, lt)
+             for cid, r, w, s, u, lp, lt in raw]
     return clips, mel_stats
+
+
+def lip_split(clips: list[ClipData], train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Every usable frame of one side of the lip split: mels (N, bins, frames) and lip
+    points (N, 40, 2)."""
+    mels, lips = [], []
+    for c in clips:
+        keep = c.usable & (c.lip_train if train else ~c.lip_train)
+        mels.append(c.mels[keep])
+        lips.append(c.lips[keep])
+    return np.concatenate(mels), np.concatenate(lips)
 
 
 class Sampler:
@@ -111,6 +153,10 @@ class Sampler:
         self.rng = np.random.default_rng(seed)
         weights = np.array([len(c.regions) for c in self.clips], float)
         self.p = weights / weights.sum()
+        self._any_lip_train = any((c.usable & c.lip_train).sum() > window for c in self.clips)
+        if not self._any_lip_train:
+            raise TwincastError("the enrolment cache has too few frames with a face for the "
+                                "lip predictor; record more footage")
 
     def _start(self, clip: ClipData) -> int:
         half = self.window // 2
@@ -120,11 +166,30 @@ class Sampler:
                 return s
         return half  # rare: fall back to the clip's start
 
+    def lip_batch(self, n: int) -> dict[str, np.ndarray]:
+        """n windows of the lip predictor's training frames: mels (n, W, bins, frames) and
+        lips (n, W, 40, 2)."""
+        w = self.window
+        mels, lips = [], []
+        for _ in range(200 * n):
+            if len(mels) == n:
+                break
+            clip = self.clips[int(self.rng.choice(len(self.clips), p=self.p))]
+            s = int(self.rng.integers(0, len(clip.regions) - w + 1))
+            if (clip.usable[s: s + w] & clip.lip_train[s: s + w]).all():
+                mels.append(clip.mels[s: s + w])
+                lips.append(clip.lips[s: s + w])
+        else:
+            raise TwincastError("too few unbroken stretches of face to train the lip "
+                                "predictor on; record more footage")
+        return {"mels": np.stack(mels), "lips": np.stack(lips)}
+
     def batch(self, n: int, negatives: bool = False) -> dict[str, np.ndarray]:
         """n windows: regions (n, W, S, S, 3), refs (n, W, S, S, 3), mels (n, W, bins,
-        frames) for every frame, sync_mel (n, bins, frames) for the centre frame, label."""
+        frames) for every frame, sync_mel (n, bins, frames) for the centre frame, label,
+        lips (n, W, 40, 2) and whether the lip predictor may learn from them."""
         w = self.window
-        regions, refs, mels, sync_mel, labels, speech = [], [], [], [], [], []
+        regions, refs, mels, sync_mel, labels, speech, lips, lip_train = ([] for _ in range(8))
         for _ in range(n):
             clip = self.clips[int(self.rng.choice(len(self.clips), p=self.p))]
             s = self._start(clip)
@@ -134,6 +199,8 @@ class Sampler:
             refs.append(clip.regions[ref_idx])
             mels.append(clip.mels[s: s + w])
             speech.append(clip.speech[s: s + w])
+            lips.append(clip.lips[s: s + w])
+            lip_train.append(clip.lip_train[s: s + w])
             centre = s + w // 2
             label = 1.0
             if negatives and self.rng.random() < 0.5:
@@ -147,4 +214,5 @@ class Sampler:
             labels.append(label)
         return {"regions": np.stack(regions), "refs": np.stack(refs), "mels": np.stack(mels),
                 "sync_mel": np.stack(sync_mel), "label": np.array(labels, np.float32),
-                "speech": np.stack(speech)}
+                "speech": np.stack(speech), "lips": np.stack(lips),
+                "lip_train": np.stack(lip_train)}

@@ -95,6 +95,7 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
                 "train_seconds": round(head.seconds, 1),
                 "expert_steps": head.expert_steps,
                 "gen_steps": head.gen_steps,
+                "lips": head.lips,
             },
             "idle": {"file": "idle.mp4", "transforms": "idle.npz", "frames": idle.stop -
                      idle.start, "loop": "pingpong", "clip": idle.clip, "start": idle.start},

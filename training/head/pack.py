@@ -1,6 +1,6 @@
 """``python -m training.head.pack FEATURES OUT``: the part of an enrolment cache that head
-training reads (crops, mel, voice activity, face counts), small enough to carry to a GPU
-machine. Landmarks and per-segment arrays stay behind."""
+training reads (crops, mel, voice activity, face counts, lip landmarks and crop transforms),
+small enough to carry to a GPU machine. Other landmarks and per-segment arrays stay behind."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from avatar import atomic
+from avatar.models.lips import LIP_POINTS
 
 
 def pack(features: Path, out: Path) -> Path:
@@ -26,7 +27,11 @@ def pack(features: Path, out: Path) -> Path:
             with np.load(src / "audio.npz") as z:
                 np.savez(dst / "audio.npz", mel16=z["mel16"], vad=z["vad"])
             with np.load(src / "frames.npz") as z:
-                np.savez(dst / "frames.npz", n_faces=z["n_faces"])
+                # Only the lip rows are kept; the zeros elsewhere compress to nothing.
+                lm = np.zeros_like(z["landmarks_raw"])
+                lm[:, list(LIP_POINTS)] = z["landmarks_raw"][:, list(LIP_POINTS)]
+                np.savez_compressed(dst / "frames.npz", n_faces=z["n_faces"],
+                                    landmarks_raw=lm, crop_affine=z["crop_affine"])
             for f in (src / "crops").glob("*.mp4"):
                 shutil.copy(f, dst / "crops" / f.name)
     return out

@@ -31,7 +31,8 @@ from avatar.models.head import (
     SyncExpert,
     blank_lower,
 )
-from training.head.data import Sampler, load_cache
+from avatar.models.lips import LIP_POINTS, lip_loss
+from training.head.data import Sampler, lip_split, load_cache
 from training.progress import bar
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,19 @@ class HeadTrainConfig:
     model: HeadConfig = field(default_factory=HeadConfig)
     batch: int = 8
     """Windows per step; each window is ``model.sync_frames`` consecutive frames."""
+    lip_steps: int = 6000
+    """Steps of the lip predictor alone (cheap: audio in, 8 numbers out) before the expert
+    and the generator; it keeps learning alongside the generator afterwards."""
+    lip_batch: int = 64
     expert_steps: int = 1500
     gen_steps: int = 4000
     max_minutes: float = 55.0
     """Wall-clock cap for the whole training: it stops there, checkpointed, whatever the
     step counts say."""
     lr: float = 1e-3
+    lip_noise: float = 0.002
+    """Std of the noise added to the real lip points the generator is trained on (crop
+    fractions; 0.5 px on a 256 px crop)."""
     sync_weight: float = 0.05
     sync_from: float = 0.3
     """Fraction of the generator steps after which the sync loss joins (a generator that
@@ -69,12 +77,13 @@ class HeadTrainConfig:
 
 def head_preset(name: str) -> HeadTrainConfig:
     if name == "ci":
-        return HeadTrainConfig(model=HEAD_PRESETS["ci"], batch=4, expert_steps=25,
+        return HeadTrainConfig(model=HEAD_PRESETS["ci"], batch=4, lip_steps=40, expert_steps=25,
                                gen_steps=40, max_minutes=1.0, sync_from=0.5)
     if name == "cpu":
         return HeadTrainConfig(model=HEAD_PRESETS["cpu"])
     if name == "gpu":
         return HeadTrainConfig(model=HEAD_PRESETS["gpu"], batch=48,
+                               lip_steps=10000, lip_batch=256,
                                expert_steps=3000, gen_steps=12000, max_minutes=14.0,
                                lr=5e-4, gan_weight=0.01)
     raise ValueError(f"unknown preset {name!r}")
@@ -121,6 +130,18 @@ class Dist:
             tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return cls(tdist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
 
+    def average_grads(self, params: object) -> None:
+        """Average gradients over the processes by hand, for a model trained outside a
+        DistributedDataParallel wrapper (the lip predictor's own stage)."""
+        if self.world == 1:
+            return
+        import torch.distributed as tdist
+
+        for p in params:  # type: ignore[attr-defined]
+            if p.grad is not None:
+                tdist.all_reduce(p.grad, op=tdist.ReduceOp.SUM)
+                p.grad /= self.world
+
     def any(self, flag: bool) -> bool:
         """True on every process if it is true on any: all ranks must stop together, or the
         others would wait forever in the next gradient exchange."""
@@ -139,12 +160,18 @@ class State:
     expert: SyncExpert
     opt_gen: torch.optim.Optimizer
     opt_expert: torch.optim.Optimizer
+    opt_lips: torch.optim.Optimizer
     disc: PatchDiscriminator | None = None
     opt_disc: torch.optim.Optimizer | None = None
+    lip_step: int = 0
     expert_step: int = 0
     gen_step: int = 0
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+
+    @property
+    def step(self) -> int:
+        return self.lip_step + self.expert_step + self.gen_step
     gen_train: nn.Module | None = None
     """The generator as trained: itself, or its DistributedDataParallel wrapper."""
     expert_train: nn.Module | None = None
@@ -153,6 +180,7 @@ class State:
     def state_dict(self) -> dict:
         d = {"gen": self.gen.state_dict(), "expert": self.expert.state_dict(),
              "opt_gen": self.opt_gen.state_dict(), "opt_expert": self.opt_expert.state_dict(),
+             "opt_lips": self.opt_lips.state_dict(), "lip_step": self.lip_step,
              "expert_step": self.expert_step, "gen_step": self.gen_step,
              "seconds": self.seconds, "history": json.dumps(self.history)}
         if self.disc is not None and self.opt_disc is not None:
@@ -165,6 +193,8 @@ class State:
         self.expert.load_state_dict(d["expert"])
         self.opt_gen.load_state_dict(d["opt_gen"])
         self.opt_expert.load_state_dict(d["opt_expert"])
+        self.opt_lips.load_state_dict(d["opt_lips"])
+        self.lip_step = int(d["lip_step"])
         if self.disc is not None and "disc" in d:
             self.disc.load_state_dict(d["disc"])
             self.opt_disc.load_state_dict(d["opt_disc"])
@@ -180,7 +210,28 @@ def _tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, to
     return {"regions": img(batch["regions"]), "refs": img(batch["refs"]),
             "mels": torch.from_numpy(batch["mels"]).to(device).unsqueeze(2),
             "sync_mel": torch.from_numpy(batch["sync_mel"]).to(device).unsqueeze(1),
-            "label": torch.from_numpy(batch["label"]).to(device)}
+            "label": torch.from_numpy(batch["label"]).to(device),
+            "lips": torch.from_numpy(batch["lips"]).to(device),
+            "lip_train": torch.from_numpy(batch["lip_train"]).to(device)}
+
+
+def lip_step(state: State, sampler: Sampler, cfg: HeadTrainConfig, device: torch.device,
+             dist: Dist) -> dict[str, float]:
+    """One step of the lip predictor alone, on windows of its training frames."""
+    b = sampler.lip_batch(cfg.lip_batch // cfg.model.sync_frames + 1)
+    n, w = b["mels"].shape[:2]
+    mel = torch.from_numpy(b["mels"]).to(device).reshape(n * w, 1, *b["mels"].shape[-2:])
+    lips = torch.from_numpy(b["lips"]).to(device).reshape(n * w, -1, 2)
+    model = state.gen.lips
+    model.train()
+    z = model.standardised(mel).view(n, w, -1)
+    loss = lip_loss(z, model.standardise(lips).view(n, w, -1),
+                    torch.ones(n, w, device=device), model.weights())
+    state.opt_lips.zero_grad(set_to_none=True)
+    loss.backward()
+    dist.average_grads(model.parameters())
+    state.opt_lips.step()
+    return {"lips/loss": float(loss.detach())}
 
 
 def expert_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
@@ -207,11 +258,17 @@ def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
     target = b["regions"].reshape(n * w, 3, s, s)
     ref = b["refs"].reshape(n * w, 3, s, s)
     mel = b["mels"].reshape(n * w, 1, *b["mels"].shape[-2:])
+    lips = b["lips"].reshape(n * w, -1, 2)
+    # A little noise on the real lips: the predicted ones the generator meets later are
+    # never exactly where the face mesh put them.
+    noisy = lips + cfg.lip_noise * torch.randn_like(lips)
     state.gen.train()
-    out, l1 = (state.gen_train or state.gen)(ref, blank_lower(target, cfg.model.mask_top),
-                                             mel, target)
-    losses = {"gen/l1": l1}
-    total = l1
+    out, l1, lip_z = (state.gen_train or state.gen)(
+        ref, blank_lower(target, cfg.model.mask_top), mel, target, noisy)
+    lip_target = state.gen.lips.standardise(lips).view(n, w, -1)
+    lip = lip_loss(lip_z.view(n, w, -1), lip_target, b["lip_train"], state.gen.lips.weights())
+    losses = {"gen/l1": l1, "lips/loss": lip}
+    total = l1 + lip
     if state.gen_step >= cfg.sync_from * cfg.gen_steps and cfg.sync_weight > 0:
         state.expert.eval()
         p = ((state.expert(out.reshape(n, w, 3, s, s), b["sync_mel"]) + 1) / 2)
@@ -245,7 +302,8 @@ def build_state(cfg: HeadTrainConfig, device: torch.device) -> State:
     expert = SyncExpert(cfg.model).to(device)
     st = State(gen=gen, expert=expert,
                opt_gen=torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(0.5, 0.999)),
-               opt_expert=torch.optim.Adam(expert.parameters(), lr=cfg.lr))
+               opt_expert=torch.optim.Adam(expert.parameters(), lr=cfg.lr),
+               opt_lips=torch.optim.Adam(gen.lips.parameters(), lr=1e-3))
     if cfg.gan_weight > 0:
         st.disc = PatchDiscriminator().to(device)
         st.opt_disc = torch.optim.Adam(st.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
@@ -270,6 +328,8 @@ class TrainedHead:
     seconds: float
     expert_steps: int
     gen_steps: int
+    lips: dict = field(default_factory=dict)
+    """The lip predictor on its held-out frames (see ``calibrate_lips``)."""
 
 
 @dataclass
@@ -280,9 +340,11 @@ class HeadTrainResult:
     resumed: bool
     dist: Dist = field(default_factory=Dist)
 
+    lips: dict = field(default_factory=dict)
+
     def trained(self) -> TrainedHead:
         return TrainedHead(self.state.gen, self.mel_stats, self.seconds,
-                           self.state.expert_step, self.state.gen_step)
+                           self.state.expert_step, self.state.gen_step, self.lips)
 
 
 def save_trained(head: TrainedHead, out_dir: Path) -> None:
@@ -296,7 +358,7 @@ def save_trained(head: TrainedHead, out_dir: Path) -> None:
     atomic.write_json(out_dir / "generator.json", {
         "config": dataclasses.asdict(head.gen.cfg), "mel_stats": list(head.mel_stats),
         "seconds": round(head.seconds, 1), "expert_steps": head.expert_steps,
-        "gen_steps": head.gen_steps})
+        "gen_steps": head.gen_steps, "lips": head.lips})
 
 
 def load_trained(out_dir: Path) -> TrainedHead:
@@ -310,7 +372,8 @@ def load_trained(out_dir: Path) -> TrainedHead:
     gen = HeadGenerator(HeadConfig.from_dict(meta["config"]))
     gen.load_state_dict(load_file(str(out_dir / "generator.safetensors")))
     return TrainedHead(gen, tuple(meta["mel_stats"]), float(meta["seconds"]),
-                       int(meta["expert_steps"]), int(meta["gen_steps"]))
+                       int(meta["expert_steps"]), int(meta["gen_steps"]),
+                       meta.get("lips", {}))
 
 
 def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
@@ -325,6 +388,11 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
     if dist.world > 1 and dev.type == "cuda":
         dev = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(dev)
+    if dev.type == "cuda":
+        # Fixed shapes every step: let cuDNN pick its fastest kernels, and TF32 matmuls.
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     ckpt = out_dir / "checkpoint.pt"
     saved = None
     if ckpt.exists():
@@ -337,12 +405,13 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
                                   cfg.model.region, mel_stats)
     sampler = Sampler(clips, cfg.model.sync_frames, seed=cfg.seed + 1000 * dist.rank)
     state = build_state(cfg, dev)
+    set_lip_stats(state.gen, clips)
     if saved:
         state.load_state_dict(saved)
-        sampler.rng = np.random.default_rng(cfg.seed + 1000 * dist.rank + state.expert_step
-                                            + state.gen_step)
-        log.info("resuming head training at expert step %d, generator step %d",
-                 state.expert_step, state.gen_step)
+        sampler.rng = np.random.default_rng(cfg.seed + 1000 * dist.rank + state.lip_step
+                                            + state.expert_step + state.gen_step)
+        log.info("resuming head training at lip step %d, expert step %d, generator step %d",
+                 state.lip_step, state.expert_step, state.gen_step)
     if state.expert_step >= cfg.expert_steps:
         state.expert.requires_grad_(False)
     if dist.world > 1:
@@ -357,14 +426,17 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
     start = time.monotonic() - state.seconds
     last_ckpt = time.monotonic()
     deadline = start + cfg.max_minutes * 60
-    total = cfg.expert_steps + cfg.gen_steps
+    total = cfg.lip_steps + cfg.expert_steps + cfg.gen_steps
     with bar(total if dist.main else 0, "head", "step",
-             initial=state.expert_step + state.gen_step) as pb:
-        while state.expert_step < cfg.expert_steps or state.gen_step < cfg.gen_steps:
+             initial=state.lip_step + state.expert_step + state.gen_step) as pb:
+        while state.step < total:
             if dist.any(time.monotonic() > deadline):
-                log.warning("head training stopped at its %.0f-minute cap", cfg.max_minutes)
+                log.warning("head training stopped at its %g-minute cap", cfg.max_minutes)
                 break
-            if state.expert_step < cfg.expert_steps:
+            if state.lip_step < cfg.lip_steps:
+                losses = lip_step(state, sampler, cfg, dev, dist)
+                state.lip_step += 1
+            elif state.expert_step < cfg.expert_steps:
                 losses = expert_step(state, sampler, cfg, dev)
                 state.expert_step += 1
                 if state.expert_step == cfg.expert_steps:
@@ -374,7 +446,7 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
                 losses = gen_step(state, sampler, cfg, dev)
                 state.gen_step += 1
             state.seconds = time.monotonic() - start
-            step = state.expert_step + state.gen_step
+            step = state.step
             if step % 10 == 0 or step == total:
                 state.history.append({"step": step, "seconds": round(state.seconds, 1),
                                       **{k: round(v, 5) for k, v in losses.items()}})
@@ -385,14 +457,73 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
                 _save(state, ckpt, cfg, mel_stats)
                 last_ckpt = time.monotonic()
     state.seconds = time.monotonic() - start
+    lips: dict = {}
     if dist.main:
+        lips = calibrate_lips(state.gen, clips, dev)
+        if lips.get("val_opening_corr") is not None:
+            log.info("lip predictor on %d held-out frames: mouth-opening correlation %.3f, "
+                     "gain %.2f", lips["val_frames"], lips["val_opening_corr"],
+                     lips["gain_mean"])
         _save(state, ckpt, cfg, mel_stats)
         atomic.write_json(out_dir / "history.json", state.history)
         plot_curves(state.history, out_dir / "curves.png")
-    result = HeadTrainResult(state, mel_stats, state.seconds, saved is not None, dist)
+    result = HeadTrainResult(state, mel_stats, state.seconds, saved is not None, dist, lips)
     if dist.main:
         save_trained(result.trained(), out_dir)
     return result
+
+
+def set_lip_stats(gen: HeadGenerator, clips: list) -> None:
+    """The person's lip-shape components, from the lip predictor's training frames."""
+    _, lips = lip_split(clips, train=True)
+    if len(lips) < 2:
+        _, lips = lip_split(clips, train=False)
+    if len(lips) > 1:
+        gen.lips.fit_shapes(torch.from_numpy(lips))
+
+
+_UPPER, _LOWER = LIP_POINTS.index(13), LIP_POINTS.index(14)  # inner lips, mid-line
+
+
+@torch.no_grad()
+def calibrate_lips(gen: HeadGenerator, clips: list, device: torch.device,
+                   max_gain: float = 2.0) -> dict:
+    """Measure the lip predictor on its held-out frames and set its per-coordinate gain.
+
+    A squared-error model predicts the *expected* mouth, which moves less than the real
+    one by the factor of its correlation; the gain per shape component (held-out std of
+    the truth over the prediction's, at least 1 and capped) gives the mouth back its range.
+    Correlations are not changed by it."""
+    mels, lips = lip_split(clips, train=False)
+    if len(mels) < 25:
+        return {}
+    was_training = gen.training
+    gen.eval()
+    z = torch.cat([gen.lips.standardised(torch.from_numpy(mels[a:a + 256]).unsqueeze(1)
+                                         .to(device)).cpu()
+                   for a in range(0, len(mels), 256)]).numpy()
+    gen.train(was_training)
+    truth = gen.lips.standardise(torch.from_numpy(lips).to(device)).cpu().numpy()
+    r = np.array([np.corrcoef(z[:, k], truth[:, k])[0, 1] if z[:, k].std() > 1e-9 else 0.0
+                  for k in range(z.shape[1])])
+    gain = np.clip(truth.std(0) / (z.std(0) + 1e-6), 1.0, max_gain).astype(np.float32)
+    # Only components the audio really predicts get their range back: scaling up a poor
+    # prediction adds motion that is mostly wrong.
+    gain[~(r > 0.3)] = 1.0
+    gen.lips.gain.copy_(torch.from_numpy(gain).to(gen.lips.gain.device))
+    pred = gen.lips.points(torch.from_numpy(z * gain).to(device)).cpu().numpy()
+
+    def opening(p: np.ndarray) -> np.ndarray:
+        return p[:, _LOWER, 1] - p[:, _UPPER, 1]
+
+    o_pred, o_true = opening(pred), opening(lips)
+    ok = np.std(o_pred) > 1e-9 and np.std(o_true) > 1e-9
+    return {"val_frames": int(len(mels)),
+            "val_opening_corr": round(float(np.corrcoef(o_pred, o_true)[0, 1]), 4)
+            if ok else None,
+            "val_opening_std_ratio": round(float(np.std(o_pred) / max(np.std(o_true),
+                                                                       1e-9)), 4),
+            "gain_mean": round(float(gain.mean()), 3)}
 
 
 def _device(name: str) -> torch.device:
