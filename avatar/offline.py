@@ -27,14 +27,89 @@ def _bars() -> bool:
 def render_file(bundle: Path, audio_path: Path, out: Path, device: str = "cpu",
                 batch: int = 16) -> dict:
     """Speak ``audio_path`` over the avatar's idle loop; write ``out`` with the audio muxed."""
-    from tqdm import tqdm
-
     if batch < 1:
         raise TwincastError(f"--batch {batch}: must be at least 1")
     avatar = Avatar.load(bundle, device)
     audio = load_audio(audio_path, 16000)
     if np.abs(audio).max(initial=0.0) == 0.0:
         log.info("%s is silent: the mouth stays closed", audio_path)
+    return render_audio(avatar, audio, out, batch)
+
+
+def render_text(bundle: Path, text: str, out: Path, device: str = "cpu", batch: int = 16,
+                pace: float = 1.0) -> dict:
+    """The avatar's voice says ``text``, then its face speaks that audio (both muxed)."""
+    import torch
+    import torchaudio
+
+    from avatar.voice import Voice
+
+    if batch < 1:
+        raise TwincastError(f"--batch {batch}: must be at least 1")
+    voice = Voice.load(bundle, device)
+    avatar = Avatar.load(bundle, device)
+    speech = voice.say(text, pace)
+    audio = torchaudio.functional.resample(torch.from_numpy(speech), voice.rate, 16000)
+    return render_audio(avatar, audio.numpy(), out, batch)
+
+
+def say_file(bundle: Path, text: str, out: Path, device: str = "cpu", pace: float = 1.0
+             ) -> dict:
+    """``twincast say``: text to a .wav file in the avatar's voice."""
+    import soundfile as sf
+
+    from avatar import atomic
+    from avatar.voice import Voice
+
+    if out.suffix.lower() != ".wav":
+        raise path_error(out, "must end in .wav")
+    voice = Voice.load(bundle, device)
+    t0 = time.perf_counter()
+    audio = voice.say(text, pace)
+    seconds = time.perf_counter() - t0
+    try:
+        with atomic.atomic_path(out, ".wav") as tmp:
+            sf.write(str(tmp), audio, voice.rate, subtype="PCM_16", format="WAV")
+    except OSError as e:
+        raise path_error(out, f"cannot be written ({e.strerror})") from None
+    return {"audio_seconds": round(len(audio) / voice.rate, 2), "seconds": round(seconds, 3),
+            "out": str(out)}
+
+
+BENCH_SENTENCE = "Please call me back this afternoon when you have read the new report."
+"""Twelve words, as the voice benchmark asks."""
+
+
+def bench_voice(bundle: Path, device: str = "cpu", repeats: int = 7) -> dict:
+    """Real-time factor (synthesis seconds per second of audio, acoustic model and vocoder
+    together) and the latency of the first chunk, medians over ``repeats`` runs."""
+    import torch
+
+    from avatar.voice import Voice
+
+    voice = Voice.load(bundle, device)
+    voice.say("Warm up.")  # first calls load espeak-ng and pick kernels
+    firsts, rtfs = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        audio_s = 0.0
+        for i, chunk in enumerate(voice.speak(BENCH_SENTENCE)):
+            if voice.device.type == "cuda":
+                torch.cuda.synchronize()
+            if i == 0:
+                firsts.append((time.perf_counter() - t0) * 1000)
+            audio_s += chunk.duration
+        rtfs.append((time.perf_counter() - t0) / max(audio_s, 1e-6))
+    return {"device": str(voice.device), "threads": torch.get_num_threads(),
+            "sentence": BENCH_SENTENCE, "rtf": round(float(np.median(rtfs)), 4),
+            "first_chunk_ms": round(float(np.median(firsts)), 1),
+            "audio_seconds": round(audio_s, 2), "peak_rss_mb": round(_peak_rss_mb(), 1)}
+
+
+def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16) -> dict:
+    """Speak 16 kHz ``audio`` over the avatar's idle loop into ``out`` with the audio."""
+    from tqdm import tqdm
+
     windows = avatar.mel_windows(audio)
     n = len(windows)
     w, h = avatar.manifest["frame_size"]

@@ -87,3 +87,14 @@ def grid_train() -> Path:
     if not (GRID / "train").is_dir():
         pytest.skip("../shared/data/grid_s1 is not present")
     return GRID / "train"
+
+
+@pytest.fixture(scope="session")
+def bundle(sample, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample enrolled with the ci preset: features, head, voice, bundle."""
+    work = tmp_path_factory.mktemp("enrolled")
+    proc = run_cli("enrol", sample.video, "--transcript", sample.transcript, "--workdir", work,
+                   "--preset", "ci", "--name", "presenter")
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "head" / "curves.png").exists()
+    return work / "avatars" / "presenter"

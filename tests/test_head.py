@@ -13,17 +13,6 @@ import pytest
 from tests.conftest import read_audio, read_frames, run_cli, write_av
 
 
-@pytest.fixture(scope="module")
-def bundle(sample, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("head")
-    proc = run_cli("enrol", sample.video, "--transcript", sample.transcript, "--workdir", work,
-                   "--preset", "ci", "--name", "presenter")
-    assert proc.returncode == 0, proc.stderr
-    b = work / "avatars" / "presenter"
-    assert (work / "head" / "curves.png").exists()
-    return b
-
-
 def test_bundle_contract(bundle: Path) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["schema"] == 1 and manifest["kind"] == "twincast-avatar"
@@ -40,7 +29,8 @@ def test_batch_across_sessions_and_compositing(bundle: Path) -> None:
 
     av_ = Avatar.load(bundle, "cpu")
     rng = np.random.default_rng(0)
-    mel = (av_.mel_mean + av_.mel_std * rng.standard_normal((2, 80, 20))).astype(np.float32)
+    mel = (av_.mel_mean + av_.mel_std * rng.standard_normal((2, 80, av_.mel_frames))
+           ).astype(np.float32)
     reqs = [FrameRequest(idle_index=3, mel=mel[0], session="a"),
             FrameRequest(idle_index=av_.idle_frames + 4, mel=mel[1], session="b")]
     out = av_.render(reqs)

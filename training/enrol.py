@@ -81,11 +81,52 @@ def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
     from training.head.train import head_preset, train_head
 
     result = train_head(feats.dir, workdir / "head", head_preset(preset), device=device)
+    voice = None
+    if _has_text(feats.dir):
+        from training.voice.train import train_voice, voice_preset
+
+        voice = train_voice(feats.dir, workdir / "voice", voice_preset(preset), device=device)
+        out["voice_seconds"] = voice.seconds
+    else:
+        log.warning("no utterance has a transcript: the bundle gets no voice (it can still "
+                    "be driven by audio); pass --transcript to train one")
     name = name or _default_name(footage)
     out["bundle"] = export_bundle(feats.dir, result.trained(), workdir / "avatars" / name,
-                                  name, preset)
+                                  name, preset, voice=voice)
     out["head_seconds"] = result.seconds
     return out
+
+
+def _has_text(features_dir: Path) -> bool:
+    path = features_dir / "utterances.jsonl"
+    if not path.exists():
+        return False
+    return any(json.loads(line).get("text") for line in path.read_text().splitlines()
+               if line.strip())
+
+
+def train_voice_stage(workdir: Path, preset: str, device: str = "cpu",
+                      name: str | None = None, max_minutes: float | None = None) -> dict:
+    """``twincast train voice``: train (or resume) the voice on an existing enrolment cache
+    and put it into the enrolment's avatar bundle."""
+    import dataclasses
+
+    from training.voice.export import add_voice
+    from training.voice.train import train_voice, voice_preset
+
+    cfg = voice_preset(preset)
+    if max_minutes is not None:
+        cfg = dataclasses.replace(cfg, max_minutes=max_minutes)
+    bundles = sorted(p.parent for p in (workdir / "avatars").glob("*/manifest.json"))
+    if name:
+        bundles = [b for b in bundles if b.name == name]
+    if len(bundles) != 1:
+        raise path_error(workdir / "avatars", "holds no avatar bundle to add the voice to; "
+                         "run 'twincast train head' first" if not bundles else
+                         "holds several bundles; say which with --name")
+    voice = train_voice(workdir / "features", workdir / "voice", cfg, device=device)
+    add_voice(bundles[0], voice, preset)
+    return {"bundle": bundles[0], "voice_seconds": voice.seconds}
 
 
 def _default_name(footage: Sequence[Path]) -> str:

@@ -92,10 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--export-only", action="store_true",
                       help="export WORKDIR/head/generator.safetensors, trained earlier")
     th.set_defaults(func=cmd_train_head)
+    tv = tsub.add_parser("voice", help="voice from WORKDIR/features, added to the "
+                         "enrolment's bundle")
+    tv.add_argument("workdir", type=Path)
+    tv.add_argument("--preset", choices=("ci", "cpu", "gpu"), default="cpu")
+    tv.add_argument("--device", default="cpu")
+    tv.add_argument("--name", help="which bundle in WORKDIR/avatars (if several)")
+    tv.add_argument("--max-minutes", type=_positive, help="cap the training's wall time")
+    tv.set_defaults(func=cmd_train_voice)
 
-    r = sub.add_parser("render", help="render an avatar speaking an audio file to a video")
+    sy = sub.add_parser("say", help="speak text in the avatar's voice to a .wav file")
+    sy.add_argument("bundle", type=Path)
+    sy.add_argument("text", help="what to say")
+    sy.add_argument("-o", "--out", type=Path, required=True, help="output .wav")
+    sy.add_argument("--pace", type=_positive, default=1.0, help="speaking rate (1 = natural)")
+    sy.add_argument("--device", default="cpu")
+    sy.set_defaults(func=cmd_say)
+
+    r = sub.add_parser("render", help="render an avatar speaking audio or text to a video")
     r.add_argument("bundle", type=Path, help="avatar bundle folder (WORKDIR/avatars/NAME)")
-    r.add_argument("--audio", type=Path, required=True, help="speech, any format and rate")
+    what = r.add_mutually_exclusive_group(required=True)
+    what.add_argument("--audio", type=Path, help="speech, any format and rate")
+    what.add_argument("--text", help="text, said in the avatar's voice")
+    r.add_argument("--pace", type=_positive, default=1.0, help="speaking rate for --text")
     r.add_argument("-o", "--out", type=Path, required=True, help="output .mp4")
     r.add_argument("--device", default="cpu")
     r.add_argument("--batch", type=int, default=16, help="frames per model call (16)")
@@ -130,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="time a fresh model of this preset's size over the bundle's idle "
                     "footage instead of the bundle's own model")
     br.set_defaults(func=cmd_bench_render)
+    bv = bsub.add_parser("voice", help="real-time factor and first-chunk latency of the voice")
+    bv.add_argument("bundle", type=Path)
+    bv.add_argument("--device", default="cpu")
+    bv.add_argument("--repeats", type=int, default=7, help="runs per figure (7)")
+    bv.set_defaults(func=cmd_bench_voice)
     ba = bsub.add_parser("align", help="word-boundary error of an enrolment's alignment")
     ba.add_argument("features", type=Path, help="WORKDIR/features of an enrolment")
     ba.add_argument("--truth", type=Path, required=True,
@@ -195,10 +219,32 @@ def cmd_train_head(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_render(args: argparse.Namespace) -> int:
-    from avatar.offline import render_file
+def cmd_train_voice(args: argparse.Namespace) -> int:
+    from training.enrol import train_voice_stage
 
-    res = render_file(args.bundle, args.audio, args.out, args.device, args.batch)
+    out = train_voice_stage(args.workdir, args.preset, args.device, args.name,
+                            max_minutes=args.max_minutes)
+    log.info("voice added to %s (trained in %.0f s)", out["bundle"], out["voice_seconds"])
+    return 0
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    from avatar.offline import say_file
+
+    res = say_file(args.bundle, args.text, args.out, args.device, args.pace)
+    log.info("%.1f s of speech in %.2f s: %s", res["audio_seconds"], res["seconds"],
+             res["out"])
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from avatar.offline import render_file, render_text
+
+    if args.text is not None:
+        res = render_text(args.bundle, args.text, args.out, args.device, args.batch,
+                          args.pace)
+    else:
+        res = render_file(args.bundle, args.audio, args.out, args.device, args.batch)
     log.info("rendered %d frames in %.1f s (%.0f frames/s): %s", res["frames"],
              res["seconds"], res["fps"], res["out"])
     return 0
@@ -209,6 +255,15 @@ def cmd_bench_render(args: argparse.Namespace) -> int:
 
     print(json.dumps(bench_render(args.bundle, args.device, _batches(args.batches),
                                          seconds=args.seconds, preset=args.preset), indent=2))
+    return 0
+
+
+def cmd_bench_voice(args: argparse.Namespace) -> int:
+    from avatar.offline import bench_voice
+
+    if args.repeats < 1:
+        raise TwincastError(f"--repeats {args.repeats}: must be at least 1")
+    print(json.dumps(bench_voice(args.bundle, args.device, args.repeats), indent=2))
     return 0
 
 

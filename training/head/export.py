@@ -24,6 +24,7 @@ from training.head.data import cut_region
 from training.head.idle import choose_idle
 from training.head.train import TrainedHead
 from training.ingest import iter_frames, probe
+from training.voice.train import TrainedVoice
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ IDLE_MAX_SIDE = 1280
 
 
 def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, preset: str,
-                  idle_seconds: float = 6.0) -> Path:
+                  idle_seconds: float = 6.0, voice: TrainedVoice | None = None) -> Path:
     """Write the bundle to ``out`` atomically (a failed export leaves no half bundle)."""
     model = head.gen.cfg
     manifest_in = json.loads((features_dir / "manifest.json").read_text())
@@ -69,6 +70,12 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
         save_file(gen, str(tmp / "head.safetensors"))
         files = {f: sha256_file(tmp / f) for f in ("head.safetensors", "idle.mp4", "idle.npz",
                                                     "reference.png", "mask.png")}
+        voice_section = None
+        if voice is not None:
+            from training.voice.export import write_voice
+
+            voice_section, voice_files = write_voice(voice, tmp, preset)
+            files.update(voice_files)
         from twincast import __version__
 
         manifest = {
@@ -101,6 +108,8 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
                      idle.start, "loop": "pingpong", "clip": idle.clip, "start": idle.start},
             "files": files,
         }
+        if voice_section is not None:
+            manifest["voice"] = voice_section
         atomic.write_json(tmp / "manifest.json", manifest)
     log.info("avatar bundle written: %s", out)
     return out

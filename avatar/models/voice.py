@@ -1,0 +1,228 @@
+"""The voice's acoustic model: phoneme symbols in, log-mel out, all frames at once.
+
+Text encoder (embedding + convolutions) -> per-symbol hidden states and a per-symbol mel
+mean; in training, monotonic alignment search (as in Glow-TTS) finds the most likely way to
+spread the symbols over the real mel frames under those means, which gives each symbol its
+duration; a duration predictor learns those durations and a convolutional decoder turns the
+expanded states into the mel. At synthesis the predicted durations do the expanding, so no
+aligner or pretrained model is needed anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Symbols the frontend can produce: espeak-ng's English IPA, pinyin letters with tone
+# digits, a word separator and punctuation. Fixed, so every voice shares one table.
+PAD = "_"
+_PUNCT = " ,.!?;:-'\"()"
+_LETTERS = "abcdefghijklmnopqrstuvwxyzü012345"
+_IPA = ("ɑɐɒæɓʙβɔɕçɗɖðʤəɘɚɛɜɝɞɟʄɡɠɢʛɦɧħɥʜɨɪʝɭɬɫɮʟɱɯɰŋɳɲɴøɵɸθœɶʘɹɺɾɻʀʁɽʂʃʈʧʉʊʋⱱʌɣɤʍχʎʏʑʐʒʔʡʕʢǀǁǂǃ"
+        "ˈˌːˑʼʴʰʱʲʷˠˤ˞↓↑→↗↘ᵻ̩̃")
+SYMBOLS: tuple[str, ...] = tuple(dict.fromkeys(PAD + _PUNCT + _LETTERS + _IPA))
+
+
+@dataclass(frozen=True)
+class VoiceConfig:
+    """Acoustic-model sizes; a preset is one of these."""
+
+    n_symbols: int = len(SYMBOLS)
+    n_mels: int = 80
+    dim: int = 192
+    """Width of the text encoder."""
+    enc_layers: int = 4
+    dec_dim: int = 256
+    dec_layers: int = 6
+    kernel: int = 5
+    dropout: float = 0.1
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VoiceConfig:
+        return cls(**d)
+
+
+VOICE_PRESETS: dict[str, VoiceConfig] = {
+    "ci": VoiceConfig(dim=64, enc_layers=2, dec_dim=96, dec_layers=3),
+    "cpu": VoiceConfig(),
+    "gpu": VoiceConfig(dim=256, enc_layers=6, dec_dim=384, dec_layers=8),
+}
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of a (B, C, T) tensor."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+
+class ConvBlock(nn.Module):
+    """Residual conv -> ReLU -> norm -> dropout, masked so padding never leaks in."""
+
+    def __init__(self, c: int, kernel: int, dropout: float, dilation: int = 1):
+        super().__init__()
+        self.conv = nn.Conv1d(c, c, kernel, padding=dilation * (kernel // 2), dilation=dilation)
+        self.norm = ChannelNorm(c)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = self.drop(self.norm(F.relu(self.conv(x * mask))))
+        return (x + y) * mask
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, cfg: VoiceConfig):
+        super().__init__()
+        self.embed = nn.Embedding(cfg.n_symbols, cfg.dim, padding_idx=0)
+        self.blocks = nn.ModuleList(ConvBlock(cfg.dim, cfg.kernel, cfg.dropout)
+                                    for _ in range(cfg.enc_layers))
+        # A bidirectional GRU gives every symbol the whole sentence as context (the
+        # convolutions alone see ~17 symbols).
+        self.rnn = nn.GRU(cfg.dim, cfg.dim // 2, batch_first=True, bidirectional=True)
+        self.mu = nn.Conv1d(cfg.dim, cfg.n_mels, 1)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, N) -> hidden (B, D, N) and mel means (B, n_mels, N)."""
+        x = self.embed(tokens).transpose(1, 2) * mask  # (B, D, N)
+        for b in self.blocks:
+            x = b(x, mask)
+        x = self.rnn(x.transpose(1, 2))[0].transpose(1, 2) * mask
+        return x, self.mu(x) * mask
+
+
+class DurationPredictor(nn.Module):
+    def __init__(self, cfg: VoiceConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(ConvBlock(cfg.dim, 3, 0.3) for _ in range(2))
+        self.out = nn.Conv1d(cfg.dim, 1, 1)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, D, N) -> (B, N) log(1 + frames) per symbol."""
+        for b in self.blocks:
+            h = b(h, mask)
+        return (self.out(h) * mask)[:, 0]
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VoiceConfig):
+        super().__init__()
+        self.inp = nn.Conv1d(cfg.dim + cfg.n_mels, cfg.dec_dim, 1)
+        dil = [1, 2, 4]
+        self.blocks = nn.ModuleList(ConvBlock(cfg.dec_dim, cfg.kernel, cfg.dropout,
+                                              dil[i % len(dil)])
+                                    for i in range(cfg.dec_layers))
+        self.out = nn.Conv1d(cfg.dec_dim, cfg.n_mels, 1)
+
+    def forward(self, h: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Expanded states (B, D, T) and means (B, n_mels, T) -> mel (B, n_mels, T); the
+        decoder refines the means (a residual on top of them)."""
+        x = self.inp(torch.cat([h, mu], 1)) * mask
+        for b in self.blocks:
+            x = b(x, mask)
+        return (mu + self.out(x)) * mask
+
+
+def sequence_mask(lengths: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    n = int(lengths.max()) if n is None else n
+    return (torch.arange(n, device=lengths.device)[None, :] < lengths[:, None]).float()
+
+
+@torch.no_grad()
+def monotonic_alignment(logp: torch.Tensor, n_sym: torch.Tensor, n_frames: torch.Tensor
+                        ) -> torch.Tensor:
+    """Most likely monotonic path through (B, N, T) log-likelihoods (Glow-TTS's search):
+    every frame goes to one symbol, symbols in order, each symbol at least one frame.
+    Returns a 0/1 path (B, N, T)."""
+    b, n, t = logp.shape
+    neg = torch.tensor(-1e9, dtype=logp.dtype, device=logp.device)
+    q = torch.full((b, n), -1e9, dtype=logp.dtype, device=logp.device)
+    q[:, 0] = logp[:, 0, 0]
+    came_diag = torch.zeros((b, n, t), dtype=torch.bool, device=logp.device)
+    for j in range(1, t):
+        diag = torch.cat([neg.expand(b, 1), q[:, :-1]], 1)
+        came_diag[:, :, j] = diag > q
+        q = torch.maximum(q, diag) + logp[:, :, j]
+    # Backtrack per item from (last symbol, last frame): a short loop over frames.
+    path = torch.zeros_like(logp)
+    cd = came_diag.cpu().numpy()
+    out = np.zeros((b, n, t), np.float32)
+    for k in range(b):
+        i = int(n_sym[k]) - 1
+        for j in range(int(n_frames[k]) - 1, -1, -1):
+            out[k, i, j] = 1
+            if i > 0 and (cd[k, i, j] or i == j):
+                i -= 1
+    path.copy_(torch.from_numpy(out))
+    return path
+
+
+class AcousticModel(nn.Module):
+    def __init__(self, cfg: VoiceConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = TextEncoder(cfg)
+        self.duration = DurationPredictor(cfg)
+        self.decoder = Decoder(cfg)
+
+    def forward(self, tokens: torch.Tensor, n_sym: torch.Tensor, mels: torch.Tensor,
+                n_frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """tokens (B, N), mels (B, n_mels, T) normalised -> predicted mel and named losses."""
+        xm = sequence_mask(n_sym, tokens.shape[1]).unsqueeze(1)   # (B, 1, N)
+        ym = sequence_mask(n_frames, mels.shape[2]).unsqueeze(1)  # (B, 1, T)
+        h, mu = self.encoder(tokens, xm)
+        with torch.no_grad():
+            # log N(y_t; mu_i, I) up to a constant, for every symbol/frame pair (B, N, T).
+            logp = (-0.5 * (mu.pow(2).sum(1, keepdim=True).transpose(1, 2)
+                            - 2 * torch.einsum("bcn,bct->bnt", mu, mels)
+                            + mels.pow(2).sum(1, keepdim=True)))
+            logp = logp.masked_fill(xm.transpose(1, 2) * ym == 0, -1e9)
+            path = monotonic_alignment(logp, n_sym, n_frames)
+        dur = path.sum(2)                                            # (B, N) frames
+        mu_up = torch.einsum("bcn,bnt->bct", mu, path)
+        h_up = torch.einsum("bdn,bnt->bdt", h, path)
+        n_valid = ym.sum() * self.cfg.n_mels
+        prior = 0.5 * ((mels - mu_up) ** 2 * ym).sum() / n_valid
+        logd = self.duration(h.detach(), xm)
+        dur_loss = (((logd - torch.log1p(dur)) ** 2) * xm[:, 0]).sum() / xm.sum()
+        mel = self.decoder(h_up, mu_up, ym)
+        mel_loss = ((mel - mels).abs() * ym).sum() / n_valid
+        return mel, {"voice/mel": mel_loss, "voice/prior": prior, "voice/duration": dur_loss}
+
+    @torch.inference_mode()
+    def synthesise(self, tokens: torch.Tensor, pace: float = 1.0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (1, N) -> normalised mel (n_mels, T) and frames per symbol (N,).
+        ``pace`` > 1 speaks faster."""
+        xm = torch.ones(1, 1, tokens.shape[1], device=tokens.device)
+        h, mu = self.encoder(tokens, xm)
+        frames = torch.clamp(torch.round(torch.expm1(self.duration(h, xm)[0]) / pace), min=1)
+        idx = torch.repeat_interleave(torch.arange(tokens.shape[1], device=tokens.device),
+                                      frames.long())
+        h_up, mu_up = h[:, :, idx], mu[:, :, idx]
+        ym = torch.ones(1, 1, len(idx), device=tokens.device)
+        return self.decoder(h_up, mu_up, ym)[0], frames.long()
+
+
+_INDEX = {s: i for i, s in enumerate(SYMBOLS)}
+
+
+def encode(phonemes: str) -> tuple[list[int], set[str]]:
+    """Phoneme string -> symbol ids, with a word separator at each end to carry the
+    silence around the words; characters outside the table are dropped and returned."""
+    ids, unknown = [_INDEX[" "]], set()
+    for ch in phonemes:
+        if ch in _INDEX:
+            ids.append(_INDEX[ch])
+        else:
+            unknown.add(ch)
+    ids.append(_INDEX[" "])
+    return ids, unknown

@@ -1,0 +1,127 @@
+"""The runtime voice: load a bundle's voice and speak text as a stream of audio chunks.
+
+``Voice.speak`` is a generator: the text frontend cuts the text into pieces (the first one
+short), and each piece is synthesised and vocoded and yielded as soon as it is ready, with
+its place in time and the timing of its phoneme symbols, so a caller can start playing (and
+the face can start moving) while the rest is still being made.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avatar.bundle import read_manifest, require
+from avatar.errors import TwincastError, path_error
+from avatar.models.voice import SYMBOLS, AcousticModel, VoiceConfig, encode
+from avatar.text.frontend import TextConfig, TextFrontend
+from avatar.vocoder import GriffinLim, MelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AudioChunk:
+    """One piece of speech, ready to play."""
+
+    audio: np.ndarray
+    """(n,) float32 mono in [-1, 1]."""
+    rate: int
+    start: float
+    """Seconds from the start of the whole utterance to this chunk's first sample."""
+    text: str
+    phonemes: list[tuple[str, float, float]] = field(default_factory=list)
+    """(symbol, start, end) in seconds from the start of the whole utterance."""
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / self.rate
+
+
+class Voice:
+    def __init__(self, model: AcousticModel, spec: MelSpec, mean: np.ndarray,
+                 std: np.ndarray, vocoder: GriffinLim, frontend: TextFrontend,
+                 device: torch.device):
+        self.model = model
+        self.spec = spec
+        self.mean = torch.from_numpy(mean).to(device)[:, None]
+        self.std = torch.from_numpy(std).to(device)[:, None]
+        self.vocoder = vocoder
+        self.frontend = frontend
+        self.device = device
+
+    @property
+    def rate(self) -> int:
+        return self.spec.rate
+
+    @classmethod
+    def load(cls, path: Path | str, device: str = "cpu",
+             text: TextConfig | None = None) -> Voice:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        manifest = read_manifest(path)
+        if "voice" not in manifest:
+            raise path_error(path / "manifest.json", "this bundle has no voice; enrol with "
+                             "a transcript so that one is trained")
+        v = manifest["voice"]
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise TwincastError(f"device {device!r}: CUDA is not available here; use cpu")
+        if tuple(require(manifest, "voice", "symbols")) != SYMBOLS:
+            raise path_error(path / "manifest.json", "the voice was made with another "
+                             "phoneme table; re-export it with this version of twincast")
+        try:
+            cfg = VoiceConfig.from_dict(require(manifest, "voice", "config"))
+            spec = MelSpec.from_dict(require(manifest, "voice", "mel"))
+        except (TypeError, KeyError) as e:
+            raise path_error(path / "manifest.json", f"voice config is invalid ({e})") from None
+        model = AcousticModel(cfg)
+        weights = path / require(manifest, "voice", "file")
+        try:
+            model.load_state_dict(load_file(str(weights)))
+        except (RuntimeError, OSError, ValueError) as e:
+            raise path_error(weights, f"does not hold this voice's weights ({str(e)[:120]})"
+                             ) from None
+        model.eval().to(dev)
+        mean = np.asarray(v["mel"]["mean"], np.float32)
+        std = np.asarray(v["mel"]["std"], np.float32)
+        voc = v.get("vocoder", {})
+        if voc.get("kind", "griffin-lim") != "griffin-lim":
+            raise path_error(path / "manifest.json", f"unknown vocoder {voc.get('kind')!r}")
+        vocoder = GriffinLim(spec, int(voc.get("n_iter", 32)), dev)
+        frontend = TextFrontend(text or TextConfig(
+            english_voice=v.get("text", {}).get("english_voice", "en-us")))
+        return cls(model, spec, mean, std, vocoder, frontend, dev)
+
+    def speak(self, text: str, pace: float = 1.0) -> Iterator[AudioChunk]:
+        """Audio chunks of ``text`` in order, each yielded as soon as it is made.
+        ``pace`` above 1 speaks faster (0.5-2)."""
+        if not 0.5 <= pace <= 2.0:
+            raise TwincastError(f"pace {pace}: choose a speaking rate between 0.5 and 2")
+        t = 0.0
+        frame_s = self.spec.hop / self.spec.rate
+        for piece in self.frontend.pieces(text):
+            ids, unknown = encode(piece.phonemes)
+            if unknown:
+                log.warning("symbols this voice cannot say were skipped: %s",
+                            "".join(sorted(unknown)))
+            tokens = torch.tensor([ids], device=self.device)
+            mel, frames = self.model.synthesise(tokens, pace)
+            audio = self.vocoder(mel * self.std + self.mean)
+            ends = np.cumsum(frames.cpu().numpy()) * frame_s
+            starts = ends - frames.cpu().numpy() * frame_s
+            timing = [(SYMBOLS[i], t + float(a), t + float(b))
+                      for i, a, b in zip(ids, starts, ends, strict=True) if SYMBOLS[i] != " "]
+            chunk = AudioChunk(audio, self.spec.rate, t, piece.text, timing)
+            t += chunk.duration
+            yield chunk
+
+    def say(self, text: str, pace: float = 1.0) -> np.ndarray:
+        """The whole of ``text`` as one waveform at ``rate``."""
+        return np.concatenate([c.audio for c in self.speak(text, pace)])

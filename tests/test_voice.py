@@ -1,0 +1,131 @@
+"""Voice: the alignment search, ci-preset training on the sample, the bundle's voice,
+streaming synthesis, ``say``/``render --text``/``bench voice`` and bad text."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import read_audio, run_cli
+
+
+def test_monotonic_alignment_finds_the_obvious_path() -> None:
+    from avatar.models.voice import monotonic_alignment
+
+    # Three symbols whose means are 0, 5 and 10; frames sit at those values 2, 3 and 4
+    # times in order, then padding.
+    mu = torch.tensor([0.0, 5.0, 10.0])
+    y = torch.tensor([0, 0, 5, 5, 5, 10, 10, 10, 10, 99.0])
+    logp = -0.5 * (mu[:, None] - y[None, :]) ** 2
+    path = monotonic_alignment(logp[None], torch.tensor([3]), torch.tensor([9]))[0]
+    assert path[:, :9].sum(0).eq(1).all() and path[:, 9].sum() == 0  # a symbol per frame
+    assert path.sum(1).tolist() == [2, 3, 4]
+    # Fewer symbols in a batch item than the batch's widest: padding gets no frame.
+    logp2 = torch.full((2, 4, 6), -1.0)
+    path2 = monotonic_alignment(logp2, torch.tensor([4, 2]), torch.tensor([6, 3]))
+    assert path2[1, 2:].sum() == 0 and path2[1, :, 3:].sum() == 0
+    assert (path2[1].sum(1)[:2] >= 1).all() and (path2[0].sum(1) >= 1).all()
+
+
+def test_symbols_skip_unknown_characters() -> None:
+    from avatar.models.voice import SYMBOLS, encode
+
+    ids, unknown = encode("hˈɛloʊ☃")
+    assert unknown == {"☃"}
+    assert "".join(SYMBOLS[i] for i in ids) == " hˈɛloʊ "
+
+
+def test_bundle_has_a_voice_that_streams(bundle: Path) -> None:
+    from avatar.voice import Voice
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert "voice.safetensors" in manifest["files"] and manifest["voice"]["steps"] > 0
+    voice = Voice.load(bundle, "cpu")
+    text = "Good morning. The second sentence follows the first one, and then a third."
+    chunks = list(voice.speak(text))
+    assert len(chunks) >= 2  # streamed piece by piece, the first one short
+    t = 0.0
+    for c in chunks:
+        assert c.rate == 22050 and c.audio.dtype == np.float32 and len(c.audio) > 0
+        assert abs(c.start - t) < 1e-6 and np.abs(c.audio).max() <= 1.0
+        assert c.phonemes and all(t <= a <= b <= c.start + c.duration + 1e-6
+                                  for _, a, b in c.phonemes)
+        t += c.duration
+    slow = sum(c.duration for c in voice.speak(text, pace=0.5))
+    assert slow > 1.5 * t  # half the pace: about twice as long
+
+
+def test_say_render_text_and_bench(bundle: Path, tmp_path: Path) -> None:
+    wav = tmp_path / "hello.wav"
+    proc = run_cli("say", bundle, "Hello, this is my voice.", "-o", wav)
+    assert proc.returncode == 0, proc.stderr
+    audio = read_audio(wav, 22050)
+    assert len(audio) > 0.3 * 22050 and np.abs(audio).max() > 0.01
+    mp4 = tmp_path / "talk.mp4"
+    proc = run_cli("render", bundle, "--text", "Hello there.", "-o", mp4)
+    assert proc.returncode == 0, proc.stderr
+    assert len(read_audio(mp4)) > 0.2 * 16000
+    proc = run_cli("bench", "voice", bundle, "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["rtf"] > 0 and report["first_chunk_ms"] > 0
+
+
+@pytest.mark.parametrize("text,message", [
+    ("", "empty"),
+    ("🙂🙂 !!! ...", "no speakable words"),
+    ("\x07\x1b\x7f", "no speakable words"),
+    ("שלום עולם", "no speakable words"),
+])
+def test_bad_text_is_a_clear_error(bundle: Path, tmp_path: Path, text: str,
+                                   message: str) -> None:
+    out = tmp_path / "x.wav"
+    proc = run_cli("say", bundle, text, "-o", out)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_long_and_mixed_text(bundle: Path) -> None:
+    from avatar.errors import TwincastError
+    from avatar.text.frontend import TextConfig
+    from avatar.voice import Voice
+
+    voice = Voice.load(bundle, "cpu", TextConfig(max_chars=1000))
+    with pytest.raises(TwincastError, match="limit"):
+        next(voice.speak("word " * 1000))
+    # Unsupported script beside English: skipped with a warning, the rest is said.
+    audio = voice.say("Hello שלום there")
+    assert len(audio) > 0
+
+
+def test_bundle_without_voice_and_bad_pace(bundle: Path, tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest.pop("voice")
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_cli("say", b, "Hello.", "-o", tmp_path / "x.wav")
+    assert proc.returncode == 2 and "has no voice" in proc.stderr
+    proc = run_cli("say", bundle, "Hello.", "-o", tmp_path / "x.wav", "--pace", "5")
+    assert proc.returncode == 2 and "pace" in proc.stderr
+
+
+def test_voice_training_resumes(bundle: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from training.voice.train import train_voice, voice_preset
+
+    work = bundle.parent.parent
+    cfg = dataclasses.replace(voice_preset("ci"), steps=20)
+    first = train_voice(work / "features", tmp_path / "v", cfg)
+    assert first.steps == 20
+    more = train_voice(work / "features", tmp_path / "v", dataclasses.replace(cfg, steps=30))
+    # Another step count is another config: it starts over rather than mixing runs.
+    assert more.steps == 30
+    again = train_voice(work / "features", tmp_path / "v", dataclasses.replace(cfg, steps=30))
+    assert again.steps == 30 and again.seconds >= more.seconds

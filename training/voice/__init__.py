@@ -1,0 +1,1 @@
+"""Voice training: from the enrolment cache to an acoustic model."""

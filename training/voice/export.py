@@ -1,0 +1,51 @@
+"""The voice's part of the avatar bundle: ``voice.safetensors`` and the manifest's ``voice``
+section (model config, phoneme table, mel settings and scaling, vocoder, text frontend)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from avatar import atomic
+from avatar.bundle import read_manifest, sha256_file
+from avatar.models.voice import SYMBOLS
+from avatar.vocoder import MelSpec
+from training.voice.train import TrainedVoice
+
+VOICE_FILE = "voice.safetensors"
+
+
+def write_voice(voice: TrainedVoice, folder: Path, preset: str) -> tuple[dict, dict[str, str]]:
+    """Write the voice's weights into ``folder``; returns its manifest section and the
+    digests of the files written."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in voice.model.state_dict().items()}
+    with atomic.atomic_path(folder / VOICE_FILE, ".safetensors") as tmp:
+        save_file(weights, str(tmp))
+    section = {
+        "file": VOICE_FILE,
+        "config": dataclasses.asdict(voice.model.cfg),
+        "symbols": list(SYMBOLS),
+        "mel": {**dataclasses.asdict(MelSpec()), "mean": voice.mel_mean.tolist(),
+                "std": voice.mel_std.tolist()},
+        "vocoder": {"kind": "griffin-lim", "n_iter": 32},
+        "text": {"english_voice": "en-us"},
+        "preset": preset,
+        "train_seconds": round(voice.seconds, 1),
+        "steps": voice.steps,
+        "utterances": voice.utterances,
+    }
+    return section, {VOICE_FILE: sha256_file(folder / VOICE_FILE)}
+
+
+def add_voice(bundle: Path, voice: TrainedVoice, preset: str) -> None:
+    """Put a (new) voice into an existing bundle; the manifest is replaced last, in one
+    atomic write, so a failure leaves the old bundle working."""
+    manifest = read_manifest(bundle)
+    section, files = write_voice(voice, bundle, preset)
+    manifest["voice"] = section
+    manifest["files"] = {**manifest["files"], **files}
+    atomic.write_json(bundle / "manifest.json", manifest)
+    json.loads((bundle / "manifest.json").read_text())  # written and readable

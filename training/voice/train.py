@@ -1,0 +1,178 @@
+"""Training the voice's acoustic model from the enrolment cache's utterances.
+
+Same shape as the head's trainer: one ``State`` holds model, optimiser and progress; it is
+checkpointed every few minutes (atomically, tensors only) and a killed run resumes from the
+last checkpoint; each step returns a flat dict of named losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avatar import atomic
+from avatar.errors import TwincastError
+from avatar.models.voice import VOICE_PRESETS, AcousticModel, VoiceConfig
+from training.head.train import plot_curves
+from training.progress import bar
+from training.voice.data import Batcher, load_utterances, mel_stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VoiceTrainConfig:
+    """A voice training preset."""
+
+    model: VoiceConfig = field(default_factory=VoiceConfig)
+    steps: int = 8000
+    max_frames: int = 6000
+    """Mel frames per batch (about 70 s of speech at the 22.05 kHz hop of 256)."""
+    lr: float = 2e-3
+    max_minutes: float = 50.0
+    checkpoint_minutes: float = 3.0
+    seed: int = 0
+
+    def digest(self) -> str:
+        d = dataclasses.asdict(self)
+        d.pop("max_minutes")
+        d.pop("checkpoint_minutes")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def voice_preset(name: str) -> VoiceTrainConfig:
+    if name == "ci":
+        return VoiceTrainConfig(model=VOICE_PRESETS["ci"], steps=60, max_frames=2500,
+                                max_minutes=0.75)
+    if name == "cpu":
+        return VoiceTrainConfig(model=VOICE_PRESETS["cpu"])
+    if name == "gpu":
+        return VoiceTrainConfig(model=VOICE_PRESETS["gpu"], steps=20000, max_frames=20000,
+                                lr=1e-3, max_minutes=14.0)
+    raise ValueError(f"unknown preset {name!r}")
+
+
+@dataclass
+class VoiceState:
+    model: AcousticModel
+    opt: torch.optim.Optimizer
+    step: int = 0
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                "step": self.step, "seconds": self.seconds,
+                "history": json.dumps(self.history)}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.model.load_state_dict(d["model"])
+        self.opt.load_state_dict(d["opt"])
+        self.step, self.seconds = int(d["step"]), float(d["seconds"])
+        self.history = json.loads(d["history"])
+
+
+@dataclass
+class TrainedVoice:
+    """What export needs of a training: the model and how its mels are scaled."""
+
+    model: AcousticModel
+    mel_mean: np.ndarray
+    mel_std: np.ndarray
+    seconds: float
+    steps: int
+    utterances: int
+
+
+def _lr_factor(step: int, steps: int) -> float:
+    """Warm up over 300 steps, then decay linearly to a tenth."""
+    return min(1.0, (step + 1) / 300) * max(0.1, 1 - step / max(steps, 1))
+
+
+def train_step(state: VoiceState, batcher: Batcher, mean: np.ndarray, std: np.ndarray,
+               device: torch.device) -> dict[str, float]:
+    b = batcher.batch(mean, std)
+    t = {k: torch.from_numpy(v).to(device) for k, v in b.items()}
+    state.model.train()
+    _, losses = state.model(t["tokens"], t["n_sym"], t["mels"], t["n_frames"])
+    total = losses["voice/mel"] + losses["voice/prior"] + losses["voice/duration"]
+    state.opt.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(state.model.parameters(), 5.0)
+    state.opt.step()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def train_voice(features_dir: Path, out_dir: Path, cfg: VoiceTrainConfig,
+                device: str = "cpu") -> TrainedVoice:
+    """Train (or resume) in ``out_dir``: checkpoint.pt, history.json, curves.png."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TwincastError(f"device {device!r}: CUDA is not available on this machine; "
+                            "use --device cpu")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    utts = load_utterances(features_dir)
+    ckpt = out_dir / "checkpoint.pt"
+    saved = None
+    if ckpt.exists():
+        saved = torch.load(ckpt, map_location=dev, weights_only=True)
+        if saved.get("config_digest") != cfg.digest():
+            log.warning("%s was made with other settings; starting over", ckpt)
+            saved = None
+    if saved:
+        mean, std = saved["mel_mean"].numpy(), saved["mel_std"].numpy()
+    else:
+        mean, std = mel_stats(utts)
+    longest = utts[0].mel.shape[1]
+    batcher = Batcher(utts, max(cfg.max_frames, longest), seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = AcousticModel(cfg.model).to(dev)
+    state = VoiceState(model, torch.optim.AdamW(model.parameters(), lr=cfg.lr,
+                                                weight_decay=1e-6))
+    if saved:
+        state.load_state_dict(saved)
+        batcher.rng = np.random.default_rng(cfg.seed + state.step)
+        log.info("resuming voice training at step %d", state.step)
+    start = time.monotonic() - state.seconds
+    deadline = start + cfg.max_minutes * 60
+    last_ckpt = time.monotonic()
+
+    def save() -> None:
+        d = state.state_dict()
+        d["config_digest"] = cfg.digest()
+        d["mel_mean"], d["mel_std"] = torch.from_numpy(mean), torch.from_numpy(std)
+        with atomic.atomic_path(ckpt, ".pt") as tmp:
+            torch.save(d, tmp)
+
+    with bar(cfg.steps, "voice", "step", initial=state.step) as pb:
+        while state.step < cfg.steps:
+            if time.monotonic() > deadline:
+                log.warning("voice training stopped at its %g-minute cap", cfg.max_minutes)
+                break
+            for g in state.opt.param_groups:
+                g["lr"] = cfg.lr * _lr_factor(state.step, cfg.steps)
+            losses = train_step(state, batcher, mean, std, dev)
+            state.step += 1
+            state.seconds = time.monotonic() - start
+            if state.step % 10 == 0 or state.step == cfg.steps:
+                state.history.append({"step": state.step, "seconds": round(state.seconds, 1),
+                                      **{k: round(v, 5) for k, v in losses.items()}})
+            pb.update(1)
+            pb.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in losses.items()},
+                           refresh=False)
+            if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                save()
+                last_ckpt = time.monotonic()
+    state.seconds = time.monotonic() - start
+    save()
+    atomic.write_json(out_dir / "history.json", state.history)
+    plot_curves(state.history, out_dir / "curves.png")
+    return TrainedVoice(state.model, mean, std, state.seconds, state.step, len(utts))
