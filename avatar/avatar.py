@@ -87,6 +87,9 @@ class Avatar:
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise TwincastError(f"device {device!r}: CUDA is not available here; use cpu")
+        if "head" not in manifest:
+            raise path_error(path / "manifest.json", "this bundle has a voice but no face "
+                             "(a voice-only enrolment); enrol video footage for one")
         head = require(manifest, "head")
         try:
             cfg = HeadConfig.from_dict(require(manifest, "head", "config"))

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from avatar.errors import path_error
+from avatar.errors import TwincastError, path_error
 from training.config import FeaturesConfig
 from training.features import ClipJob, FeaturesResult, run_features
 from training.ingest import (
@@ -68,32 +68,61 @@ def enrol_features(footage: Sequence[Path], workdir: Path, cfg: FeaturesConfig,
 
 def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
           transcript: Path | None = None, strict: bool = False, device: str = "cpu",
-          name: str | None = None, features_only: bool = False) -> dict:
-    """The whole enrolment: features, talking-head training, bundle export."""
+          name: str | None = None, features_only: bool = False,
+          voice_dir: Path | None = None, voice_transcript: Path | None = None) -> dict:
+    """The whole enrolment: features, talking-head training, voice training, bundle export.
+    ``voice_dir`` adds recordings (with ``voice_transcript``) that only the voice learns
+    from; without footage the bundle has a voice and no face."""
     from training.config import features_preset
 
-    feats = enrol_features(footage, workdir, features_preset(preset, workers),
-                           transcript=transcript, strict=strict)
-    out: dict = {"features": feats.dir}
+    cfg = features_preset(preset, workers)
+    if not footage and voice_dir is None:
+        raise TwincastError("nothing to enrol: give footage, or --voice with a folder of "
+                            "recordings")
+    if voice_dir is not None and voice_transcript is None:
+        raise TwincastError("--voice needs a transcript of the recordings: "
+                            "--voice-transcript FILE ('ID|text' lines)")
+    out: dict = {}
+    feats = None
+    if footage:
+        feats = enrol_features(footage, workdir, cfg, transcript=transcript, strict=strict)
+        out["features"] = feats.dir
+    if voice_dir is not None:
+        from training.voice.features import enrol_voice_features
+
+        out["voice_features"] = enrol_voice_features(voice_dir, voice_transcript, workdir,
+                                                     cfg)
     if features_only:
         return out
-    from training.head.export import export_bundle
-    from training.head.train import head_preset, train_head
+    from training.voice.features import voice_sources
+    from training.voice.train import train_voice, voice_preset
 
-    result = train_head(feats.dir, workdir / "head", head_preset(preset), device=device)
+    sources = [d for d in voice_sources(workdir) if _has_text(d)
+               and (d.name != "features" or feats is not None)]
+    name = name or _default_name(footage or [voice_dir])
+    result = None
+    if feats is not None:
+        from training.head.train import head_preset, train_head
+
+        result = train_head(feats.dir, workdir / "head", head_preset(preset), device=device)
+        out["head_seconds"] = result.seconds
     voice = None
-    if _has_text(feats.dir):
-        from training.voice.train import train_voice, voice_preset
-
-        voice = train_voice(feats.dir, workdir / "voice", voice_preset(preset), device=device)
+    if sources:
+        voice = train_voice(sources, workdir / "voice", voice_preset(preset), device=device)
         out["voice_seconds"] = voice.seconds
     else:
         log.warning("no utterance has a transcript: the bundle gets no voice (it can still "
                     "be driven by audio); pass --transcript to train one")
-    name = name or _default_name(footage)
-    out["bundle"] = export_bundle(feats.dir, result.trained(), workdir / "avatars" / name,
-                                  name, preset, voice=voice)
-    out["head_seconds"] = result.seconds
+    bundle = workdir / "avatars" / name
+    if result is not None:
+        from training.head.export import export_bundle
+
+        out["bundle"] = export_bundle(feats.dir, result.trained(), bundle, name, preset,
+                                      voice=voice)
+    elif voice is not None:
+        from training.voice.export import export_voice_bundle
+
+        out["bundle"] = export_voice_bundle(voice, bundle, name, preset)
     return out
 
 
@@ -124,7 +153,13 @@ def train_voice_stage(workdir: Path, preset: str, device: str = "cpu",
         raise path_error(workdir / "avatars", "holds no avatar bundle to add the voice to; "
                          "run 'twincast train head' first" if not bundles else
                          "holds several bundles; say which with --name")
-    voice = train_voice(workdir / "features", workdir / "voice", cfg, device=device)
+    from training.voice.features import voice_sources
+
+    sources = [d for d in voice_sources(workdir) if _has_text(d)]
+    if not sources:
+        raise TwincastError(f"{workdir}: no utterance has a transcript, so there is "
+                            "nothing to learn a voice from; enrol with --transcript")
+    voice = train_voice(sources, workdir / "voice", cfg, device=device)
     add_voice(bundles[0], voice, preset)
     return {"bundle": bundles[0], "voice_seconds": voice.seconds}
 

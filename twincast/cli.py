@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("enrol", help="learn an avatar from footage: features, talking "
                        "head, bundle")
-    e.add_argument("footage", nargs="+", type=Path, help="video files or folders of clips")
+    e.add_argument("footage", nargs="*", type=Path, help="video files or folders of clips")
     e.add_argument("--workdir", type=Path, required=True, help="where the cache is written")
     e.add_argument("--transcript", type=Path,
                    help="plain text (one clip) or 'clip<TAB>text' lines (a folder)")
@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--strict", action="store_true", help="treat quality warnings as errors")
     e.add_argument("--device", default="cpu", help="training device: cpu, cuda:0, ...")
     e.add_argument("--name", help="avatar name (default: the footage's name)")
+    e.add_argument("--voice", type=Path, metavar="AUDIO_DIR",
+                   help="a folder of extra recordings for the voice alone (with no footage, "
+                   "the avatar is a voice only)")
+    e.add_argument("--voice-transcript", type=Path, metavar="FILE",
+                   help="'ID|text' or 'ID|raw|normalized' lines for --voice (without footage, "
+                   "--transcript works too)")
     e.add_argument("--features-only", action="store_true",
                    help="stop after the enrolment cache (no training, no bundle)")
     e.set_defaults(func=cmd_enrol)
@@ -129,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     eh.add_argument("-o", "--out", type=Path, help="report folder (default: BUNDLE/../eval-head)")
     eh.add_argument("--device", default="cpu")
     eh.set_defaults(func=cmd_eval_head)
+    evv = evsub.add_parser("voice", help="intelligibility, likeness and timing of the voice "
+                           "on held-out recordings")
+    evv.add_argument("bundle", type=Path)
+    evv.add_argument("--data", type=Path, required=True,
+                     help="folder of held-out recordings (audio or video)")
+    evv.add_argument("--transcript", type=Path,
+                     help="their text (default: metadata.csv or transcripts.tsv beside them)")
+    evv.add_argument("-o", "--out", type=Path,
+                     help="report folder (default: BUNDLE/../eval-voice-NAME)")
+    evv.add_argument("--device", default="cpu")
+    evv.add_argument("--limit", type=int, help="only the first N recordings")
+    evv.set_defaults(func=cmd_eval_voice)
 
     b = sub.add_parser("bench", help="measure speed and memory; prints JSON")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="WHAT")
@@ -185,14 +203,22 @@ def cmd_enrol(args: argparse.Namespace) -> int:
 
     if args.workers < 0:
         raise TwincastError(f"--workers {args.workers}: must be 0 or more")
+    transcript, voice_transcript = args.transcript, args.voice_transcript
+    if args.voice and not args.footage and voice_transcript is None:
+        transcript, voice_transcript = None, args.transcript
     out = enrol(args.footage, args.workdir, args.preset, args.workers,
-                transcript=args.transcript, strict=args.strict, device=args.device,
-                name=args.name, features_only=args.features_only)
-    sys.stdout.write((out["features"] / "report.txt").read_text())
-    log.info("enrolment cache: %s", out["features"])
+                transcript=transcript, strict=args.strict, device=args.device,
+                name=args.name, features_only=args.features_only, voice_dir=args.voice,
+                voice_transcript=voice_transcript)
+    if "features" in out:
+        sys.stdout.write((out["features"] / "report.txt").read_text())
+        log.info("enrolment cache: %s", out["features"])
+    if "voice_features" in out:
+        log.info("voice cache: %s", out["voice_features"])
     if "bundle" in out:
-        log.info("avatar bundle: %s (head trained in %.0f s)", out["bundle"],
-                 out["head_seconds"])
+        trained = [f"{k.split('_')[0]} trained in {out[k]:.0f} s"
+                   for k in ("head_seconds", "voice_seconds") if k in out]
+        log.info("avatar bundle: %s (%s)", out["bundle"], ", ".join(trained))
     return 0
 
 
@@ -204,6 +230,18 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
     report.pop("per_clip")
     print(json.dumps(report, indent=2))
     log.info("report, side-by-side video and contact sheet in %s", out)
+    return 0
+
+
+def cmd_eval_voice(args: argparse.Namespace) -> int:
+    from training.voice.evaluate import evaluate_voice
+
+    out = args.out or args.bundle.parent / f"eval-voice-{args.bundle.name}"
+    report = evaluate_voice(args.bundle, args.data, out, args.transcript, args.device,
+                            args.limit)
+    report.pop("per_clip")
+    print(json.dumps(report, indent=2))
+    log.info("report and plots in %s", out)
     return 0
 
 

@@ -49,3 +49,19 @@ def add_voice(bundle: Path, voice: TrainedVoice, preset: str) -> None:
     manifest["files"] = {**manifest["files"], **files}
     atomic.write_json(bundle / "manifest.json", manifest)
     json.loads((bundle / "manifest.json").read_text())  # written and readable
+
+
+def export_voice_bundle(voice: TrainedVoice, out: Path, name: str, preset: str) -> Path:
+    """A bundle with a voice and no face (a voice-only enrolment), written atomically."""
+    import datetime as dt
+
+    from avatar.bundle import KIND, SCHEMA_VERSION
+    from twincast import __version__
+
+    with atomic.atomic_dir(out) as tmp:
+        section, files = write_voice(voice, tmp, preset)
+        atomic.write_json(tmp / "manifest.json", {
+            "schema": SCHEMA_VERSION, "kind": KIND, "name": name,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "tool": f"twincast {__version__}", "voice": section, "files": files})
+    return out

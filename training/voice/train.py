@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,15 +112,18 @@ def train_step(state: VoiceState, batcher: Batcher, mean: np.ndarray, std: np.nd
     return {k: float(v.detach()) for k, v in losses.items()}
 
 
-def train_voice(features_dir: Path, out_dir: Path, cfg: VoiceTrainConfig,
+def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainConfig,
                 device: str = "cpu") -> TrainedVoice:
-    """Train (or resume) in ``out_dir``: checkpoint.pt, history.json, curves.png."""
+    """Train (or resume) in ``out_dir`` on the utterances of one or more enrolment caches
+    (a video enrolment's ``features``, a voice-only ``voice_features``): writes
+    checkpoint.pt, history.json, curves.png."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TwincastError(f"device {device!r}: CUDA is not available on this machine; "
                             "use --device cpu")
     out_dir.mkdir(parents=True, exist_ok=True)
-    utts = load_utterances(features_dir)
+    dirs = [sources] if isinstance(sources, Path) else list(sources)
+    utts = sorted((u for d in dirs for u in load_utterances(d)), key=lambda u: -u.mel.shape[1])
     ckpt = out_dir / "checkpoint.pt"
     saved = None
     if ckpt.exists():

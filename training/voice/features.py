@@ -1,0 +1,169 @@
+"""Voice-only enrolment features: a folder of recordings with an ``ID|text`` transcript
+(``ID|raw|normalized`` as LJ Speech writes it) -> ``WORKDIR/voice_features``.
+
+Each recording is one utterance (sentence-length files, as voice datasets are cut), trimmed
+to its speech by the voice activity detector. The cache has the layout the voice trainer
+reads from a video enrolment (``manifest.json``, ``clips/ID/audio.npz``,
+``utterances.jsonl``), so the two can be trained on together.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import multiprocessing as mp
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from avatar import atomic
+from avatar.errors import TwincastError, path_error
+from training.config import FeaturesConfig
+from training.ingest import file_digest, require_writable_dir
+from training.progress import bar
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
+MAX_UTTERANCE_S = 20.0
+"""Longer recordings have no word timing to cut them by: they are skipped with a warning."""
+
+
+def read_voice_transcript(path: Path) -> dict[str, str]:
+    """``ID|text`` or ``ID|raw|normalized`` lines -> {ID: text} (the normalised column
+    where there is one)."""
+    if not path.is_file():
+        raise path_error(path, "transcript not found")
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError:
+        raise path_error(path, "transcript is not UTF-8 text") from None
+    table: dict[str, str] = {}
+    for n, ln in enumerate(lines, 1):
+        parts = ln.split("|")
+        if len(parts) < 2 or not parts[0].strip() or not parts[-1].strip():
+            raise path_error(path, f"line {n} is not 'ID|text' or 'ID|raw|normalized'")
+        table[Path(parts[0].strip()).stem] = parts[-1].strip()
+    if not table:
+        raise path_error(path, "transcript is empty")
+    return table
+
+
+def find_audio(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise path_error(folder, "no such folder of recordings")
+    files = sorted(f for f in folder.iterdir()
+                   if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+    if not files:
+        raise path_error(folder, f"holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+    return files
+
+
+def _unit(path: Path, clip_dir: Path, cfg: FeaturesConfig, key: str) -> dict:
+    """Decode one recording and compute its audio features (runs in a worker)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from training import audio_features
+    from training.ingest import decode_audio
+
+    audio = decode_audio(path, cfg.audio.rates)
+    feats = audio_features.compute(audio[cfg.audio.rates[0]], audio[cfg.audio.rates[1]],
+                                   cfg.audio)
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    atomic.save_npz(clip_dir / "audio.npz", key=np.array(key),
+                    stats=np.array(json.dumps(feats.stats)), **feats.arrays())
+    hop_s = cfg.audio.hop_ms / 1000
+    speech = np.nonzero(feats.vad)[0]
+    span = (float(speech[0] * hop_s), float((speech[-1] + 1) * hop_s)) if len(speech) else None
+    return {"seconds": feats.stats["seconds"], "speech": span}
+
+
+def enrol_voice_features(folder: Path, transcript: Path, workdir: Path,
+                         cfg: FeaturesConfig) -> Path:
+    """Build (or reuse) ``workdir/voice_features``; returns its path."""
+    files = find_audio(folder)
+    texts = read_voice_transcript(transcript)
+    matched = [f for f in files if f.stem in texts]
+    if not matched:
+        raise path_error(transcript, f"names none of the recordings in {folder} (first: "
+                         f"{files[0].stem})")
+    if len(matched) < len(files):
+        log.warning("%d recordings have no transcript line and are left out",
+                    len(files) - len(matched))
+    require_writable_dir(workdir)
+    out = workdir / "voice_features"
+    digest_cfg = cfg.audio_digest()
+    jobs, results = [], {}
+    with bar(len(matched), "hashing recordings", "file") as pb:
+        for f in matched:
+            key = f"{file_digest(f)[:20]}-{digest_cfg}"
+            d = out / "clips" / f.stem
+            cached = d / "info.json"
+            if cached.exists() and json.loads(cached.read_text()).get("key") == key:
+                results[f.stem] = json.loads(cached.read_text())
+            else:
+                jobs.append((f, d, key))
+            pb.update(1)
+    log.info("%d recordings: %d to compute, %d reused from the cache", len(matched),
+             len(jobs), len(results))
+    workers = max(1, cfg.workers)
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as ex, \
+            bar(len(jobs), "voice features", "file") as pb:
+        futures = {ex.submit(_unit, f, d, cfg, key): (f, d, key) for f, d, key in jobs}
+        for fut in cf.as_completed(futures):
+            f, d, key = futures[fut]
+            info = {"key": key, **fut.result()}
+            atomic.write_json(d / "info.json", info)
+            results[f.stem] = info
+            pb.update(1)
+    clips, utterances = [], []
+    for f in matched:
+        info = results[f.stem]
+        clips.append({"id": f.stem, "dir": f"clips/{f.stem}", "source": str(f),
+                      "seconds": info["seconds"]})
+        if info["speech"] is None:
+            log.warning("%s: no speech found; left out", f)
+            continue
+        a, b = info["speech"]
+        if b - a > MAX_UTTERANCE_S:
+            log.warning("%s: %.0f s of speech in one recording; the voice learns from "
+                        "sentence-length files (at most %.0f s), so it is left out", f,
+                        b - a, MAX_UTTERANCE_S)
+            continue
+        utterances.append({"clip": f.stem, "start": round(a, 3), "end": round(b, 3),
+                           "text": texts[f.stem]})
+    if not utterances:
+        raise TwincastError(f"{folder}: no recording gave a usable utterance")
+    atomic.write_text(out / "utterances.jsonl",
+                      "".join(json.dumps(u) + "\n" for u in utterances))
+    speech_s = sum(u["end"] - u["start"] for u in utterances)
+    atomic.write_json(out / "manifest.json", {
+        "schema": 1, "kind": "voice", "rates": list(cfg.audio.rates), "clips": clips,
+        "utterances": len(utterances), "speech_seconds": round(speech_s, 1)})
+    log.info("voice cache: %d utterances, %.1f minutes of speech", len(utterances),
+             speech_s / 60)
+    return out
+
+
+def voice_sources(workdir: Path) -> list[Path]:
+    """The caches of an enrolment the voice learns from: the video enrolment's and the
+    voice-only one's, whichever exist."""
+    found = [d for d in (workdir / "features", workdir / "voice_features")
+             if (d / "manifest.json").exists()]
+    if not found:
+        raise TwincastError(f"{workdir}: no enrolment cache here; run 'twincast enrol' first")
+    return found
+
+
+def total_speech(sources: Sequence[Path]) -> float:
+    total = 0.0
+    for d in sources:
+        for line in (d / "utterances.jsonl").read_text().splitlines():
+            u = json.loads(line)
+            if u.get("text"):
+                total += u["end"] - u["start"]
+    return total
