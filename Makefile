@@ -25,6 +25,8 @@ demo: setup ## synthetic sample -> enrol (ci preset) -> render the avatar speaki
 		--workdir $(WORK) --name sample --preset ci
 	$(VENV)/bin/twincast render $(WORK)/avatars/sample --audio $(SAMPLE)/sample.mp4 \
 		-o $(WORK)/demo.mp4
+	$(VENV)/bin/twincast render $(WORK)/avatars/sample --text "Hello, I am the sample's \
+		digital double." -o $(WORK)/demo_text.mp4
 
 test: setup ## run the test suite
 	$(PY) -m pytest -q
