@@ -43,9 +43,43 @@ class AudioChunk:
         return len(self.audio) / self.rate
 
 
+class _TrainedVocoder:
+    """A trained vocoder behind the same call as Griffin-Lim."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def __call__(self, log_mel: torch.Tensor) -> np.ndarray:
+        return self.model.synthesise(log_mel).cpu().numpy().astype(np.float32)
+
+
+def _load_vocoder(path: Path, voc: dict, spec: MelSpec, dev: torch.device):  # noqa: ANN202
+    kind = voc.get("kind", "griffin-lim")
+    if kind == "griffin-lim":
+        return GriffinLim(spec, int(voc.get("n_iter", 32)), dev)
+    if kind != "vocos":
+        raise path_error(path / "manifest.json", f"unknown vocoder {kind!r}")
+    from safetensors.torch import load_file
+
+    from avatar.models.vocoder import Vocoder, VocoderConfig
+
+    try:
+        model = Vocoder(VocoderConfig.from_dict(voc["config"]))
+    except (TypeError, KeyError) as e:
+        raise path_error(path / "manifest.json", f"vocoder config is invalid ({e})") from None
+    weights = path / voc.get("file", "vocoder.safetensors")
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except (RuntimeError, OSError, ValueError) as e:
+        raise path_error(weights, f"does not hold this vocoder's weights ({str(e)[:120]})"
+                         ) from None
+    return _TrainedVocoder(model.eval().to(dev))
+
+
 class Voice:
     def __init__(self, model: AcousticModel, spec: MelSpec, mean: np.ndarray,
-                 std: np.ndarray, vocoder: GriffinLim, frontend: TextFrontend,
+                 std: np.ndarray, vocoder: GriffinLim | _TrainedVocoder,
+                 frontend: TextFrontend,
                  device: torch.device):
         self.model = model
         self.spec = spec
@@ -91,10 +125,7 @@ class Voice:
         model.eval().to(dev)
         mean = np.asarray(v["mel"]["mean"], np.float32)
         std = np.asarray(v["mel"]["std"], np.float32)
-        voc = v.get("vocoder", {})
-        if voc.get("kind", "griffin-lim") != "griffin-lim":
-            raise path_error(path / "manifest.json", f"unknown vocoder {voc.get('kind')!r}")
-        vocoder = GriffinLim(spec, int(voc.get("n_iter", 32)), dev)
+        vocoder = _load_vocoder(path, v.get("vocoder", {}), spec, dev)
         frontend = TextFrontend(text or TextConfig(
             english_voice=v.get("text", {}).get("english_voice", "en-us")))
         return cls(model, spec, mean, std, vocoder, frontend, dev)

@@ -16,6 +16,7 @@ from avatar.vocoder import MelSpec
 from training.voice.train import TrainedVoice
 
 VOICE_FILE = "voice.safetensors"
+VOCODER_FILE = "vocoder.safetensors"
 
 
 def write_voice(voice: TrainedVoice, folder: Path, preset: str) -> tuple[dict, dict[str, str]]:
@@ -30,14 +31,24 @@ def write_voice(voice: TrainedVoice, folder: Path, preset: str) -> tuple[dict, d
         "symbols": list(SYMBOLS),
         "mel": {**dataclasses.asdict(MelSpec()), "mean": voice.mel_mean.tolist(),
                 "std": voice.mel_std.tolist()},
-        "vocoder": {"kind": "griffin-lim", "n_iter": 32},
+        "vocoder": {"kind": "griffin-lim", "n_iter": 32},  # replaced below when trained
         "text": {"english_voice": "en-us"},
         "preset": preset,
         "train_seconds": round(voice.seconds, 1),
         "steps": voice.steps,
         "utterances": voice.utterances,
     }
-    return section, {VOICE_FILE: sha256_file(folder / VOICE_FILE)}
+    files = {VOICE_FILE: sha256_file(folder / VOICE_FILE)}
+    if voice.vocoder is not None:
+        voc = voice.vocoder
+        weights = {k: v.detach().cpu().contiguous() for k, v in voc.model.state_dict().items()}
+        with atomic.atomic_path(folder / VOCODER_FILE, ".safetensors") as tmp:
+            save_file(weights, str(tmp))
+        section["vocoder"] = {"kind": "vocos", "file": VOCODER_FILE,
+                              "config": dataclasses.asdict(voc.model.cfg),
+                              "train_seconds": round(voc.seconds, 1), "steps": voc.steps}
+        files[VOCODER_FILE] = sha256_file(folder / VOCODER_FILE)
+    return section, files
 
 
 def add_voice(bundle: Path, voice: TrainedVoice, preset: str) -> None:
@@ -46,7 +57,8 @@ def add_voice(bundle: Path, voice: TrainedVoice, preset: str) -> None:
     manifest = read_manifest(bundle)
     section, files = write_voice(voice, bundle, preset)
     manifest["voice"] = section
-    manifest["files"] = {**manifest["files"], **files}
+    kept = {k: v for k, v in manifest["files"].items() if k not in (VOICE_FILE, VOCODER_FILE)}
+    manifest["files"] = {**kept, **files}
     atomic.write_json(bundle / "manifest.json", manifest)
     json.loads((bundle / "manifest.json").read_text())  # written and readable
 

@@ -73,6 +73,11 @@ def _unit(path: Path, clip_dir: Path, cfg: FeaturesConfig, key: str) -> dict:
     feats = audio_features.compute(audio[cfg.audio.rates[0]], audio[cfg.audio.rates[1]],
                                    cfg.audio)
     clip_dir.mkdir(parents=True, exist_ok=True)
+    import soundfile as sf
+
+    rate22 = cfg.audio.rates[1]
+    with atomic.atomic_path(clip_dir / "audio22k.wav", ".wav") as tmp:
+        sf.write(tmp, audio[rate22], rate22, subtype="PCM_16", format="WAV")
     atomic.save_npz(clip_dir / "audio.npz", key=np.array(key),
                     stats=np.array(json.dumps(feats.stats)), **feats.arrays())
     hop_s = cfg.audio.hop_ms / 1000

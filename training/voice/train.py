@@ -21,10 +21,12 @@ import torch
 
 from avatar import atomic
 from avatar.errors import TwincastError
+from avatar.models.vocoder import VocoderConfig
 from avatar.models.voice import VOICE_PRESETS, AcousticModel, VoiceConfig
 from training.head.train import plot_curves
 from training.progress import bar
 from training.voice.data import Batcher, load_utterances, mel_stats
+from training.voice.vocoder import TrainedVocoder, VocoderTrainConfig, train_vocoder
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +40,32 @@ class VoiceTrainConfig:
     max_frames: int = 6000
     """Mel frames per batch (about 70 s of speech at the 22.05 kHz hop of 256)."""
     lr: float = 2e-3
-    max_minutes: float = 50.0
+    max_minutes: float = 33.0
+    """Cap on the acoustic model's wall time (the vocoder has its own)."""
     checkpoint_minutes: float = 3.0
     seed: int = 0
+    vocoder: VocoderTrainConfig | None = field(default_factory=VocoderTrainConfig)
+    """None: no trained vocoder (Griffin-Lim at synthesis)."""
 
     def digest(self) -> str:
         d = dataclasses.asdict(self)
         d.pop("max_minutes")
         d.pop("checkpoint_minutes")
+        d.pop("vocoder")  # trained after, checkpointed apart
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def voice_preset(name: str) -> VoiceTrainConfig:
     if name == "ci":
         return VoiceTrainConfig(model=VOICE_PRESETS["ci"], steps=60, max_frames=2500,
-                                max_minutes=0.75)
+                                max_minutes=0.75, vocoder=None)
     if name == "cpu":
         return VoiceTrainConfig(model=VOICE_PRESETS["cpu"])
     if name == "gpu":
         return VoiceTrainConfig(model=VOICE_PRESETS["gpu"], steps=20000, max_frames=20000,
-                                lr=1e-3, max_minutes=14.0)
+                                lr=1e-3, max_minutes=9.0, vocoder=VocoderTrainConfig(
+                                    model=VocoderConfig(dim=384, blocks=8, intermediate=1152),
+                                    steps=30000, batch=32, max_minutes=5.0))
     raise ValueError(f"unknown preset {name!r}")
 
 
@@ -91,6 +99,7 @@ class TrainedVoice:
     seconds: float
     steps: int
     utterances: int
+    vocoder: TrainedVocoder | None = None
 
 
 def _lr_factor(step: int, steps: int) -> float:
@@ -179,4 +188,8 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     save()
     atomic.write_json(out_dir / "history.json", state.history)
     plot_curves(state.history, out_dir / "curves.png")
-    return TrainedVoice(state.model, mean, std, state.seconds, state.step, len(utts))
+    vocoder = None
+    if cfg.vocoder is not None:
+        vocoder = train_vocoder(dirs, out_dir, cfg.vocoder, dev)
+    return TrainedVoice(state.model, mean, std, state.seconds, state.step, len(utts),
+                        vocoder)
