@@ -157,12 +157,13 @@ def train_vocoder(sources: Sequence[Path], out_dir: Path, cfg: VocoderTrainConfi
             opt.step()
             step += 1
             seconds = time.monotonic() - start
+            losses = {"vocoder/stft": float(spec_loss.detach()),
+                      "vocoder/mel": float(mel_loss.detach())}
             if step % 10 == 0 or step == cfg.steps:
                 history.append({"step": step, "seconds": round(seconds, 1),
-                                "vocoder/stft": round(float(spec_loss.detach()), 5),
-                                "vocoder/mel": round(float(mel_loss.detach()), 5)})
+                                **{k: round(v, 5) for k, v in losses.items()}})
             pb.update(1)
-            pb.set_postfix(stft=f"{float(spec_loss.detach()):.3f}", mel=f"{float(mel_loss.detach()):.3f}",
+            pb.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in losses.items()},
                            refresh=False)
             if time.monotonic() - last > cfg.checkpoint_minutes * 60:
                 save()
