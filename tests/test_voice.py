@@ -189,3 +189,32 @@ def test_eval_voice_tells_real_from_untrained(bundle: Path, tmp_path: Path) -> N
     assert report["similarity_real_real"] > report["similarity_synth_real"] + 0.1
     assert np.isfinite(report["mcd_db"]) and report["rtf"] > 0
     assert (out / "report.png").exists() and (out / "eval_bigram.arpa").exists()
+
+
+def test_trained_vocoder_in_the_bundle(bundle: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from avatar.models.vocoder import VocoderConfig
+    from avatar.voice import Voice, _TrainedVocoder
+    from training.voice.export import add_voice
+    from training.voice.train import train_voice, voice_preset
+    from training.voice.vocoder import VocoderTrainConfig
+
+    work = bundle.parent.parent
+    cfg = dataclasses.replace(voice_preset("ci"), steps=10, vocoder=VocoderTrainConfig(
+        model=VocoderConfig(dim=32, blocks=2, intermediate=64), steps=6, batch=2))
+    trained = train_voice(work / "features", tmp_path / "v", cfg)
+    assert trained.vocoder is not None and trained.vocoder.steps == 6
+    assert (tmp_path / "v" / "vocoder_curves.png").exists()
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    add_voice(b, trained, "ci")
+    manifest = json.loads((b / "manifest.json").read_text())
+    assert manifest["voice"]["vocoder"]["kind"] == "vocos"
+    assert "vocoder.safetensors" in manifest["files"]
+    voice = Voice.load(b, "cpu")
+    assert isinstance(voice.vocoder, _TrainedVocoder)
+    mel = torch.full((80, 50), -5.0)
+    assert len(voice.vocoder(mel)) == 50 * 256  # one hop of samples per mel frame
+    audio = voice.say("A trained vocoder.")
+    assert np.isfinite(audio).all() and len(audio) > 0
