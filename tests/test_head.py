@@ -184,3 +184,38 @@ def test_train_elsewhere_then_export_only(bundle: Path, tmp_path: Path) -> None:
     shutil.copytree(bundle.parent.parent / "features", empty / "features")
     proc = run_cli("train", "head", empty, "--export-only")
     assert proc.returncode == 2 and "train the head first" in proc.stderr
+
+
+def test_lip_gain_restores_the_range_of_a_shrunk_prediction() -> None:
+    """A predictor that says the right shape at 60 % of its size gets a gain of ~1/0.6 on
+    the components it predicts, and its held-out correlation is measured, not assumed."""
+    import torch
+
+    from avatar.models.head import HEAD_PRESETS, HeadGenerator
+    from avatar.models.lips import N_LIP
+    from training.head.data import ClipData
+    from training.head.train import calibrate_lips, set_lip_stats
+
+    rng = np.random.default_rng(0)
+    t = 200
+    opening = np.abs(np.sin(np.arange(t) / 3.0))
+    base = rng.normal(0.5, 0.05, (N_LIP, 2)).astype(np.float32)
+    lips = np.repeat(base[None], t, 0)
+    lips[:, :, 1] += 0.05 * opening[:, None] * np.linspace(-1, 1, N_LIP)[None, :]
+    lips += rng.normal(0, 1e-4, lips.shape).astype(np.float32)
+    clip = ClipData("c", np.zeros((t, 8, 8, 3), np.uint8), np.zeros((t, 80, 40), np.float32),
+                    np.ones(t, bool), np.ones(t, bool), lips, np.arange(t) < 150)
+    gen = HeadGenerator(HEAD_PRESETS["ci"])
+    set_lip_stats(gen, [clip])
+    truth = {}
+
+    def shrunk(mel: torch.Tensor) -> torch.Tensor:
+        return 0.6 * truth["z"][: len(mel)]
+
+    held = clip.lips[150:]
+    truth["z"] = gen.lips.standardise(torch.from_numpy(held))
+    gen.lips.standardised = shrunk  # type: ignore[method-assign]
+    report = calibrate_lips(gen, [clip], torch.device("cpu"))
+    assert report["val_frames"] == 50 and report["val_opening_corr"] > 0.99
+    assert abs(float(gen.lips.gain[0]) - 1 / 0.6) < 0.05
+    assert abs(report["val_opening_std_ratio"] - 1.0) < 0.05
