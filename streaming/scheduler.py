@@ -1,0 +1,239 @@
+"""The render scheduler: every session's frame requests, rendered in batches, earliest
+deadline first, on every configured device.
+
+Sessions submit ``Job``s (one video frame each: which avatar, which idle frame, which audio,
+by when). Each lane (one device) runs in its own thread, off the event loop: it takes the job
+with the earliest deadline, then adds more jobs for the same avatar, in deadline order,
+while the batch would still finish before that earliest deadline (the lane's measured cost
+per batch says how long a batch takes). A job that can no longer be rendered in time is
+dropped, never queued behind; its session shows the idle frame instead. Results go back
+through each job's callback (the server hands them to the event loop there).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from avatar.avatar import FrameRequest
+
+log = logging.getLogger(__name__)
+
+
+class Renderer(Protocol):
+    """What a lane needs of an avatar: ``avatar.avatar.Avatar`` is one."""
+
+    def render(self, requests: list[FrameRequest]) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch: int = 16
+    """Most frames one model call renders."""
+    max_pending: int = 512
+    """Jobs waiting in all, over every session; beyond it new jobs are refused."""
+
+
+@dataclass(order=True)
+class Job:
+    deadline: float
+    seq: int
+    avatar: str = field(compare=False)
+    request: FrameRequest = field(compare=False)
+    done: Callable[[Job, np.ndarray | None, str], None] = field(compare=False)
+    """Called once, from a lane thread: (job, frame, "ok") or (job, None, "late" |
+    "cancelled" | "error")."""
+
+    @property
+    def session(self) -> str:
+        return self.request.session
+
+
+class Cost:
+    """A lane's time per batch, modelled as fixed + per_frame * size and fitted online by
+    exponentially weighted least squares over the batches it renders."""
+
+    def __init__(self, fixed: float = 0.01, per_frame: float = 0.01, decay: float = 0.98):
+        self.fixed, self.per_frame, self.decay = fixed, per_frame, decay
+        self._sums = np.zeros(5)  # weight, n, n^2, t, n*t
+
+    def predict(self, size: int) -> float:
+        return self.fixed + self.per_frame * size
+
+    def observe(self, size: int, seconds: float) -> None:
+        n, t = float(size), float(seconds)
+        self._sums = self._sums * self.decay + np.array([1.0, n, n * n, t, n * t])
+        w, sn, snn, st, snt = self._sums
+        det = w * snn - sn * sn
+        if det > 1e-6 * w * snn:  # batches of more than one size: fit both terms
+            per = (w * snt - sn * st) / det
+            fixed = (st - per * sn) / w
+            if per > 0 and fixed >= 0:
+                self.fixed, self.per_frame = fixed, per
+                return
+        # One size seen so far (or a fit that makes no sense): keep the split, match the
+        # mean time.
+        scale = (st / w) / max(self.predict(int(round(sn / w))), 1e-9)
+        self.fixed *= scale
+        self.per_frame = max(1e-6, self.per_frame * scale)
+
+    def capacity_fps(self, max_batch: int) -> float:
+        return max_batch / self.predict(max_batch)
+
+
+@dataclass
+class LaneStats:
+    frames: int = 0
+    batches: int = 0
+    late: int = 0
+    errors: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class Lane:
+    """One device with the avatars loaded on it."""
+
+    def __init__(self, name: str, renderers: dict[str, Renderer], cost: Cost | None = None):
+        self.name = name
+        self.renderers = renderers
+        self.cost = cost or Cost()
+        self.stats = LaneStats()
+
+
+class Scheduler:
+    def __init__(self, lanes: Sequence[Lane], cfg: SchedulerConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        if not lanes:
+            raise ValueError("the scheduler needs at least one lane")
+        names = [set(lane.renderers) for lane in lanes]
+        if any(n != names[0] for n in names):
+            raise ValueError("every lane must hold the same avatars")
+        self.lanes = list(lanes)
+        self.cfg = cfg or SchedulerConfig()
+        self.clock = clock
+        self._heap: list[Job] = []
+        self._seq = itertools.count()
+        self._cv = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._stop = False
+
+    # ------------------------------------------------------------ sessions' side
+    def submit(self, avatar: str, request: FrameRequest,
+               done: Callable[[Job, np.ndarray | None, str], None]) -> Job | None:
+        """Queue one frame; None when the scheduler is full (the caller shows idle)."""
+        job = Job(request.deadline, next(self._seq), avatar, request, done)
+        with self._cv:
+            if len(self._heap) >= self.cfg.max_pending:
+                return None
+            heapq.heappush(self._heap, job)
+            self._cv.notify()
+        return job
+
+    def cancel(self, session: str) -> int:
+        """Drop every queued job of ``session`` (barge-in); returns how many."""
+        with self._cv:
+            keep = [j for j in self._heap if j.session != session]
+            gone = [j for j in self._heap if j.session == session]
+            self._heap = keep
+            heapq.heapify(self._heap)
+        for j in gone:
+            j.done(j, None, "cancelled")
+        return len(gone)
+
+    @property
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._heap)
+
+    def capacity_fps(self) -> float:
+        """Frames per second all lanes together can render at full batches (measured)."""
+        return sum(lane.cost.capacity_fps(self.cfg.max_batch) for lane in self.lanes)
+
+    # ------------------------------------------------------------ lanes' side
+    def take_batch(self, lane: Lane) -> list[Job]:
+        """Pop this lane's next batch (call with nothing held). Late jobs found on the way
+        are finished as "late". Returns [] when nothing can be rendered in time."""
+        late: list[Job] = []
+        batch: list[Job] = []
+        with self._cv:
+            now = self.clock()
+            # The earliest job this lane can still finish in time (every lane holds every
+            # avatar: the server loads each bundle on each device).
+            while self._heap:
+                j = heapq.heappop(self._heap)
+                if now + lane.cost.predict(1) > j.deadline:
+                    late.append(j)
+                    continue
+                batch.append(j)
+                break
+            if batch:
+                first = batch[0]
+                skipped: list[Job] = []
+                while self._heap and len(batch) < self.cfg.max_batch:
+                    j = heapq.heappop(self._heap)
+                    if j.avatar != first.avatar:
+                        skipped.append(j)
+                        continue
+                    if now + lane.cost.predict(len(batch) + 1) > first.deadline:
+                        skipped.append(j)
+                        break
+                    batch.append(j)
+                for j in skipped:
+                    heapq.heappush(self._heap, j)
+        for j in late:
+            lane.stats.late += 1
+            j.done(j, None, "late")
+        return batch
+
+    def render_batch(self, lane: Lane, batch: list[Job]) -> None:
+        renderer = lane.renderers[batch[0].avatar]
+        t0 = time.perf_counter()
+        try:
+            frames = renderer.render([j.request for j in batch])
+        except Exception:  # noqa: BLE001 - one bad batch must not stop the lane
+            log.exception("rendering a batch of %d on %s failed", len(batch), lane.name)
+            lane.stats.errors += len(batch)
+            for j in batch:
+                j.done(j, None, "error")
+            return
+        lane.cost.observe(len(batch), time.perf_counter() - t0)
+        lane.stats.frames += len(batch)
+        lane.stats.batches += 1
+        lane.stats.batch_sizes.append(len(batch))
+        del lane.stats.batch_sizes[:-1000]
+        for j, f in zip(batch, frames, strict=True):
+            j.done(j, f, "ok")
+
+    def _run(self, lane: Lane) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self._heap:
+                    self._cv.wait(0.5)
+                if self._stop:
+                    return
+            batch = self.take_batch(lane)
+            if batch:
+                self.render_batch(lane, batch)
+
+    def start(self) -> None:
+        for lane in self.lanes:
+            t = threading.Thread(target=self._run, args=(lane,), name=f"lane-{lane.name}",
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads.clear()

@@ -1,0 +1,155 @@
+"""The render scheduler with a fake clock and fake renderers: deadline order, batching
+across sessions, the deadline bound on a batch, dropping late frames, two lanes, barge-in,
+a failing render, admission."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from avatar.avatar import FrameRequest
+from streaming.scheduler import Cost, Job, Lane, Scheduler, SchedulerConfig
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeRenderer:
+    def __init__(self, seconds: float = 0.0, fail_on: str | None = None):
+        self.seconds, self.fail_on = seconds, fail_on
+        self.calls: list[list[str]] = []
+
+    def render(self, requests: list[FrameRequest]) -> list[np.ndarray]:
+        self.calls.append([r.session for r in requests])
+        if self.fail_on and any(r.session == self.fail_on for r in requests):
+            raise RuntimeError("boom")
+        if self.seconds:
+            time.sleep(self.seconds)
+        return [np.full((2, 2, 3), r.idle_index, np.uint8) for r in requests]
+
+
+class Results:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, float, str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, job: Job, frame: np.ndarray | None, status: str) -> None:
+        with self.lock:
+            self.items.append((job.session, job.deadline, status))
+
+
+def req(session: str, deadline: float, i: int = 0) -> FrameRequest:
+    return FrameRequest(idle_index=i, mel=np.zeros((80, 40), np.float32), session=session,
+                        deadline=deadline)
+
+
+def make(max_batch: int = 8, lanes: int = 1, seconds: float = 0.0, **kw):  # noqa: ANN201
+    clock = FakeClock()
+    ls = [Lane(f"cpu{i}", {"a": FakeRenderer(seconds, **kw), "b": FakeRenderer(seconds)},
+               Cost(fixed=0.01, per_frame=0.01)) for i in range(lanes)]
+    return Scheduler(ls, SchedulerConfig(max_batch=max_batch), clock), clock, ls
+
+
+def test_earliest_deadline_first_and_batching_across_sessions() -> None:
+    sch, clock, (lane,) = make(max_batch=8)
+    res = Results()
+    for s, d in (("x", 3.0), ("y", 1.0), ("z", 2.0)):
+        sch.submit("a", req(s, d), res)
+    batch = sch.take_batch(lane)
+    assert [j.session for j in batch] == ["y", "z", "x"]  # three sessions, one call
+    sch.render_batch(lane, batch)
+    assert lane.renderers["a"].calls == [["y", "z", "x"]] and lane.stats.batches == 1
+
+
+def test_batch_stops_where_the_earliest_deadline_would_be_missed() -> None:
+    sch, clock, (lane,) = make(max_batch=8)
+    res = Results()
+    for k in range(6):
+        sch.submit("a", req(f"s{k}", 0.035 + k), res)
+    # Cost 0.01 + 0.01/frame: two frames take 0.03 s and fit before 0.035, three do not.
+    assert len(sch.take_batch(lane)) == 2
+    assert sch.pending == 4
+
+
+def test_late_frames_are_dropped_not_queued() -> None:
+    sch, clock, (lane,) = make()
+    res = Results()
+    sch.submit("a", req("old", 0.005), res)
+    sch.submit("a", req("new", 1.0), res)
+    clock.t = 0.0
+    batch = sch.take_batch(lane)
+    assert [j.session for j in batch] == ["new"]
+    assert res.items == [("old", 0.005, "late")] and lane.stats.late == 1
+
+
+def test_batches_hold_one_avatar() -> None:
+    sch, clock, (lane,) = make()
+    res = Results()
+    sch.submit("a", req("x", 1.0), res)
+    sch.submit("b", req("y", 1.1), res)
+    sch.submit("a", req("z", 1.2), res)
+    assert [j.session for j in sch.take_batch(lane)] == ["x", "z"]
+    assert [j.session for j in sch.take_batch(lane)] == ["y"]
+
+
+def test_cancel_flushes_one_session_only() -> None:
+    sch, clock, (lane,) = make()
+    res = Results()
+    for k in range(5):
+        sch.submit("a", req("talker", 1.0 + k), res)
+        sch.submit("a", req("other", 1.0 + k), res)
+    assert sch.cancel("talker") == 5
+    assert sum(1 for s, _, st in res.items if st == "cancelled" and s == "talker") == 5
+    assert all(j.session == "other" for j in sch.take_batch(lane))
+
+
+def test_admission_refuses_beyond_max_pending() -> None:
+    clock = FakeClock()
+    lane = Lane("cpu0", {"a": FakeRenderer()})
+    sch = Scheduler([lane], SchedulerConfig(max_pending=3), clock)
+    res = Results()
+    assert all(sch.submit("a", req("s", 1.0), res) for _ in range(3))
+    assert sch.submit("a", req("s", 1.0), res) is None
+
+
+def test_two_lanes_share_the_work_and_a_failure_stays_local() -> None:
+    lanes = [Lane(f"cpu{i}", {"a": FakeRenderer(0.01, fail_on="bad")}) for i in range(2)]
+    sch = Scheduler(lanes, SchedulerConfig(max_batch=4))
+    res = Results()
+    sch.start()
+    try:
+        now = time.monotonic()
+        for k in range(80):
+            sch.submit("a", req("bad" if k == 7 else f"s{k % 5}", now + 5.0, k), res)
+        t0 = time.monotonic()
+        while len(res.items) < 80 and time.monotonic() - t0 < 20:
+            time.sleep(0.01)
+    finally:
+        sch.stop()
+    statuses = [st for _, _, st in res.items]
+    assert len(statuses) == 80 and statuses.count("ok") >= 76
+    assert 1 <= statuses.count("error") <= 4  # only the failed batch, capped by max_batch
+    assert all(lane.stats.frames > 0 for lane in lanes)
+
+
+def test_cost_model_learns_fixed_and_per_frame_parts() -> None:
+    cost = Cost(fixed=0.05, per_frame=0.05)
+    for _ in range(400):
+        for size in (1, 4, 16):
+            cost.observe(size, 0.02 + 0.003 * size)
+    assert cost.predict(16) == pytest.approx(0.02 + 0.048, rel=0.1)
+    assert cost.predict(1) == pytest.approx(0.023, rel=0.25)
+    assert cost.capacity_fps(16) == pytest.approx(16 / 0.068, rel=0.1)
+
+
+def test_lanes_must_hold_the_same_avatars() -> None:
+    with pytest.raises(ValueError, match="same avatars"):
+        Scheduler([Lane("a", {"x": FakeRenderer()}), Lane("b", {"y": FakeRenderer()})])
