@@ -27,13 +27,26 @@ class SpeechConfig:
 
 
 def _resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
+    """Polyphase resampling: a few ms for seconds of audio, every time (the session calls
+    this on every tick while speech streams in)."""
     if src == dst or x.size == 0:
-        return x.astype(np.float32)
-    import torch
-    import torchaudio
+        return np.asarray(x, np.float32)
+    from math import gcd
 
-    return torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(
-        x, dtype=np.float32)), src, dst).numpy()
+    from scipy.signal import resample_poly
+
+    g = gcd(src, dst)
+    return resample_poly(x, dst // g, src // g).astype(np.float32)
+
+
+def warm_up() -> None:
+    """Load what the first sentence would otherwise load on the event loop (scipy's
+    resampler, torchaudio's mel: together about a second on a busy CPU)."""
+    sf = SpeechFrames()
+    sf.feed(np.zeros(4410, np.float32), 22050)
+    sf.finish()
+    sf.ready_video()
+    sf.ready_audio()
 
 
 class SpeechFrames:

@@ -1,0 +1,271 @@
+"""One viewer's session: a clock, what the avatar is saying, and the frames that show it.
+
+The session owns one timeline that starts when its media starts flowing: video frame k is
+shown at k / fps, audio frame j (20 ms) at j * 0.02 s. Speech is placed on that timeline
+when its first audio is ready, a little in the future so its first frames can be rendered in
+time; its audio frames and its video frames then follow from the same start (see
+``streaming.speech``), so sound and mouth cannot drift apart. Frames to render go to the
+shared scheduler with their display time as deadline; a frame that is not back in time is
+shown as the plain idle frame (the mouth closed), never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from avatar.avatar import Avatar, FrameRequest
+from avatar.errors import TwincastError
+from streaming.scheduler import Job, Scheduler
+from streaming.speech import SpeechConfig, SpeechFrames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    fps: int = 25
+    audio_rate: int = 48000
+    start_margin_s: float = 0.12
+    """Speech starts this long after its first audio is ready: time to render its first
+    frames."""
+    render_ahead_frames: int = 6
+    """Frames handed to the scheduler ahead of their display time."""
+    deadline_margin_s: float = 0.008
+    """A rendered frame must be back this long before it is shown."""
+    max_events: int = 256
+
+
+class SessionClock:
+    """Seconds since the session's media started; ``start`` is idempotent."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self.t0: float | None = None
+
+    def start(self) -> None:
+        if self.t0 is None:
+            self.t0 = self._clock()
+
+    def now(self) -> float:
+        return 0.0 if self.t0 is None else self._clock() - self.t0
+
+    def absolute(self, t: float) -> float:
+        """Session time -> the scheduler's clock."""
+        return (self.t0 or self._clock()) + t
+
+    async def wait_until(self, t: float) -> None:
+        self.start()
+        delay = t - self.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+@dataclass
+class Utterance:
+    id: str
+    text: str
+    speech: SpeechFrames
+    start_frame: int | None = None
+    windows: dict[int, np.ndarray] = field(default_factory=dict)
+    audio: dict[int, np.ndarray] = field(default_factory=dict)
+    submitted: int = 0
+    started_event: bool = False
+    error: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Session:
+    def __init__(self, avatar_name: str, avatar: Avatar, voice: object | None,
+                 scheduler: Scheduler, cfg: SessionConfig | None = None,
+                 clock: SessionClock | None = None):
+        self.id = uuid.uuid4().hex[:12]
+        self.avatar_name = avatar_name
+        self.avatar = avatar
+        self.voice = voice
+        self.scheduler = scheduler
+        self.cfg = cfg or SessionConfig()
+        self.clock = clock or SessionClock()
+        self.state = "new"
+        self.queue: deque[Utterance] = deque()
+        self.rendered: dict[int, np.ndarray] = {}
+        self.events: deque[dict] = deque(maxlen=self.cfg.max_events)
+        self.listeners: list[Callable[[dict], None]] = []
+        self.stats = {"frames_shown": 0, "frames_rendered": 0, "frames_late": 0,
+                      "utterances": 0, "interrupts": 0}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._speech_cfg = SpeechConfig(fps=self.cfg.fps, mel_frames=avatar.mel_frames,
+                                        out_rate=self.cfg.audio_rate)
+        self._silence = np.zeros(self.cfg.audio_rate // 50, np.int16)
+
+    # ------------------------------------------------------------ control
+    def start(self) -> None:
+        from streaming.speech import warm_up
+
+        warm_up()  # not on the first sentence, in the middle of the stream
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._produce(), name=f"session-{self.id}")
+        self.state = "connected"
+
+    async def close(self) -> None:
+        self.state = "closed"
+        self.interrupt(emit=False)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def say(self, text: str, interrupt: bool = False) -> str:
+        """Queue ``text``; its synthesis starts now in a worker thread. Returns its id."""
+        if self.voice is None:
+            raise TwincastError(f"avatar {self.avatar_name!r} has no voice; send audio "
+                                "instead")
+        if self.state == "closed":
+            raise TwincastError("this session is closed")
+        if interrupt:
+            self.interrupt()
+        # Check the text now, so a bad one is refused with a clear error, not mid-stream.
+        self.voice.frontend.check(text)  # type: ignore[attr-defined]
+        u = Utterance(uuid.uuid4().hex[:8], text, SpeechFrames(self._speech_cfg))
+        self.queue.append(u)
+        self.stats["utterances"] += 1
+        loop = self._loop or asyncio.get_running_loop()
+        loop.run_in_executor(None, self._synthesise, u, loop)
+        return u.id
+
+    def interrupt(self, emit: bool = True) -> int:
+        """Barge-in: stop speaking at once. Everything queued or in flight for this session
+        is dropped; from the next frame the mouth is the idle one and the audio silent."""
+        dropped = len(self.queue)
+        for u in self.queue:
+            u.cancel.set()
+        self.queue.clear()
+        self.scheduler.cancel(self.id)
+        self.rendered.clear()
+        if emit and dropped:
+            self.stats["interrupts"] += 1
+            self._emit("interrupted", None)
+        return dropped
+
+    # ------------------------------------------------------------ media side
+    def video_frame(self, k: int) -> np.ndarray:
+        """The frame shown at index k (called by the video track at its time)."""
+        self.stats["frames_shown"] += 1
+        frame = self.rendered.pop(k, None)
+        for old in [i for i in self.rendered if i < k]:
+            del self.rendered[old]
+        if frame is not None:
+            return frame
+        u = self.queue[0] if self.queue else None
+        if u is not None and u.start_frame is not None and k >= u.start_frame and \
+                k - u.start_frame < u.submitted:
+            self.stats["frames_late"] += 1
+        return self.avatar.idle_frame(k)
+
+    def audio_frame(self, j: int) -> np.ndarray:
+        """20 ms of int16 mono at ``audio_rate`` for audio frame j."""
+        u = self.queue[0] if self.queue else None
+        if u is None or u.start_frame is None:
+            return self._silence
+        return u.audio.pop(j, self._silence)
+
+    # ------------------------------------------------------------ internals
+    def _emit(self, kind: str, u: Utterance | None, at: float | None = None) -> None:
+        ev = {"type": kind, "session": self.id, "utterance": u.id if u else None,
+              "stream_time": round(self.clock.now() if at is None else at, 3)}
+        self.events.append(ev)
+        for fn in list(self.listeners):
+            fn(ev)
+
+    def _synthesise(self, u: Utterance, loop: asyncio.AbstractEventLoop) -> None:
+        """Worker thread: the voice's chunks go to the event loop as they come."""
+        try:
+            for chunk in self.voice.speak(u.text):  # type: ignore[attr-defined]
+                if u.cancel.is_set():
+                    return
+                loop.call_soon_threadsafe(u.speech.feed, chunk.audio, chunk.rate)
+        except TwincastError as e:
+            u.error = str(e)
+        except Exception as e:  # noqa: BLE001 - reported as the utterance's error event
+            log.exception("synthesis failed in session %s", self.id)
+            u.error = f"synthesis failed: {e}"
+        loop.call_soon_threadsafe(u.speech.finish)
+
+    def _on_rendered(self, job: Job, frame: np.ndarray | None, status: str) -> None:
+        """Scheduler thread -> event loop."""
+        if self._loop is None or self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._store, job.request.idle_index, frame, status)
+
+    def _store(self, k: int, frame: np.ndarray | None, status: str) -> None:
+        if frame is not None and self.state != "closed":
+            self.rendered[k] = frame
+            self.stats["frames_rendered"] += 1
+
+    async def _produce(self) -> None:
+        """Every few milliseconds: place new speech, collect its ready audio and frames,
+        hand frames to the scheduler ahead of their time, retire finished speech."""
+        fps = self.cfg.fps
+        while True:
+            await asyncio.sleep(0.005)
+            if self.clock.t0 is None or not self.queue:
+                continue
+            u = self.queue[0]
+            if u.error is not None and u.speech.finished and u.speech.seconds == 0:
+                self._emit("error", u)
+                self.events[-1]["message"] = u.error
+                self.queue.popleft()
+                continue
+            now = self.clock.now()
+            if u.start_frame is None:
+                if u.speech.seconds == 0:
+                    continue
+                u.start_frame = math.ceil((now + self.cfg.start_margin_s) * fps)
+            s = u.start_frame
+            for n, window in u.speech.ready_video():
+                u.windows[n] = window
+            self._collect_audio(u)
+            if not u.started_event and now >= s / fps:
+                u.started_event = True
+                self._emit("speech_started", u, s / fps)
+            current = int(now * fps)
+            while u.submitted in u.windows:
+                k = s + u.submitted
+                if k > current + self.cfg.render_ahead_frames:
+                    break
+                req = FrameRequest(k, u.windows.pop(u.submitted), self.id,
+                                   self.clock.absolute(k / fps - self.cfg.deadline_margin_s))
+                if self.scheduler.submit(self.avatar_name, req, self._on_rendered) is None:
+                    self.stats["frames_late"] += 1
+                u.submitted += 1
+            total = u.speech.total_video_frames
+            if total is not None and u.submitted >= total and now >= (s + total) / fps:
+                self._emit("speech_ended", u, (s + total) / fps)
+                self.queue.popleft()
+
+    def _collect_audio(self, u: Utterance) -> None:
+        assert u.start_frame is not None
+        # Audio frames are 20 ms: the speech's first one sits where its first video frame does.
+        first = round(u.start_frame * 50 / self.cfg.fps)
+        base = first + u.speech.audio_sent
+        for i, pcm in enumerate(u.speech.ready_audio()):
+            u.audio[base + i] = pcm
+
+    def describe(self) -> dict:
+        u = self.queue[0] if self.queue else None
+        return {"id": self.id, "avatar": self.avatar_name, "state": self.state,
+                "speaking": bool(u and u.start_frame is not None),
+                "queued": len(self.queue), "stream_time": round(self.clock.now(), 3),
+                **self.stats}

@@ -1,0 +1,137 @@
+"""A session on its own timeline, with a fake avatar and voice and the real scheduler:
+speech placed in the future, audio and frames from the same start, barge-in."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from avatar.avatar import FrameRequest
+from avatar.errors import TwincastError
+from streaming.scheduler import Lane, Scheduler, SchedulerConfig
+from streaming.session import Session, SessionConfig
+
+
+class FakeAvatar:
+    mel_frames = 40
+    fps = 25
+
+    def idle_frame(self, k: int) -> np.ndarray:
+        return np.zeros((4, 4, 3), np.uint8)
+
+    def render(self, requests: list[FrameRequest]) -> list[np.ndarray]:
+        return [np.full((4, 4, 3), 200, np.uint8) for _ in requests]
+
+
+@dataclass
+class Chunk:
+    audio: np.ndarray
+    rate: int
+
+
+class FakeFrontend:
+    def check(self, text: str) -> None:
+        if not text.strip():
+            raise TwincastError("nothing to say: the text is empty")
+
+
+class FakeVoice:
+    """Says 0.4 s of tone per word, one chunk per word."""
+
+    frontend = FakeFrontend()
+
+    def speak(self, text: str):  # noqa: ANN201
+        for _ in text.split():
+            t = np.arange(int(0.4 * 22050)) / 22050
+            yield Chunk((0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 22050)
+
+
+async def _play(session: Session, seconds: float) -> tuple[list[int], list[int]]:
+    """Pull video and audio frames at their times, as the tracks do; returns which video
+    frames were rendered ones and which audio frames had sound."""
+    spoken_video, loud_audio = [], []
+    k = j = 0
+    end = seconds
+    while k / 25 < end:
+        if j * 0.02 <= k / 25:
+            await session.clock.wait_until(j * 0.02)
+            if np.abs(session.audio_frame(j)).max() > 0:
+                loud_audio.append(j)
+            j += 1
+            continue
+        await session.clock.wait_until(k / 25)
+        if session.video_frame(k).max() == 200:
+            spoken_video.append(k)
+        k += 1
+    return spoken_video, loud_audio
+
+
+def _session() -> tuple[Session, Scheduler]:
+    sch = Scheduler([Lane("cpu0", {"a": FakeAvatar()})], SchedulerConfig(max_batch=4))
+    sch.start()
+    return Session("a", FakeAvatar(), FakeVoice(), sch, SessionConfig()), sch
+
+
+def test_speech_starts_soon_and_sound_and_mouth_share_the_timeline() -> None:
+    async def run() -> None:
+        s, sch = _session()
+        s.start()
+        s.clock.start()
+        try:
+            s.say("one two three")  # 1.2 s of speech
+            video, audio = await _play(s, 2.2)
+        finally:
+            await s.close()
+            sch.stop()
+        types = [e["type"] for e in s.events]
+        assert types == ["speech_started", "speech_ended"]
+        start = s.events[0]["stream_time"]
+        assert start < 0.5  # placed just ahead of the first ready audio
+        assert abs(s.events[1]["stream_time"] - start - 1.2) < 0.05
+        # Sound and rendered mouths begin at the same time and last as long.
+        assert audio[0] * 0.02 == pytest.approx(start, abs=0.021)
+        assert video[0] / 25 == pytest.approx(start, abs=0.041)
+        assert len(video) >= 0.9 * 1.2 * 25
+        assert len(audio) == pytest.approx(1.2 / 0.02, abs=2)
+
+    asyncio.run(run())
+
+
+def test_barge_in_silences_within_a_frame() -> None:
+    async def run() -> None:
+        s, sch = _session()
+        s.start()
+        s.clock.start()
+        try:
+            s.say("a b c d e f g h")  # 3.2 s
+            await asyncio.sleep(0.8)
+            t_cut = s.clock.now()
+            s.interrupt()
+            video, audio = await _play(s, 2.0)
+        finally:
+            await s.close()
+            sch.stop()
+        after_v = [k for k in video if k / 25 > t_cut + 0.04]
+        after_a = [j for j in audio if j * 0.02 > t_cut + 0.04]
+        assert after_v == [] and after_a == []
+        assert "interrupted" in [e["type"] for e in s.events]
+
+    asyncio.run(run())
+
+
+def test_bad_text_and_no_voice() -> None:
+    async def run() -> None:
+        s, sch = _session()
+        s.start()
+        with pytest.raises(TwincastError, match="empty"):
+            s.say("   ")
+        mute = Session("a", FakeAvatar(), None, sch)
+        with pytest.raises(TwincastError, match="no voice"):
+            mute.say("hello")
+        await s.close()
+        sch.stop()
+
+    asyncio.run(run())
