@@ -126,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", type=int, default=16, help="frames per model call (16)")
     r.set_defaults(func=cmd_render)
 
+    sv = sub.add_parser("serve", help="the realtime WebRTC server")
+    sv.add_argument("bundles", nargs="+", type=Path, help="avatar bundles to offer")
+    sv.add_argument("--devices", default="cpu",
+                    help="comma-separated render devices, e.g. cpu or cuda:0,cuda:1")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--token", help="API bearer token (default: TWINCAST_TOKEN or generated)")
+    sv.add_argument("--max-sessions", type=int, default=8)
+    sv.set_defaults(func=cmd_serve)
+
     ev = sub.add_parser("eval", help="measure an avatar on held-out footage")
     evsub = ev.add_subparsers(dest="eval", required=True, metavar="WHAT")
     eh = evsub.add_parser("head", help="lip sync over the idle footage, with a leakage control")
@@ -230,6 +240,19 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
     report.pop("per_clip")
     print(json.dumps(report, indent=2))
     log.info("report, side-by-side video and contact sheet in %s", out)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from streaming.app import ServerConfig, serve
+
+    devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
+    if not devices:
+        raise TwincastError("--devices: name at least one device (cpu, cuda:0, ...)")
+    if args.max_sessions < 1:
+        raise TwincastError("--max-sessions must be at least 1")
+    serve(args.bundles, ServerConfig(host=args.host, port=args.port, token=args.token,
+                                     devices=devices, max_sessions=args.max_sessions))
     return 0
 
 

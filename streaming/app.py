@@ -1,0 +1,247 @@
+"""The realtime server: an aiohttp application with WebRTC sessions (aiortc).
+
+Avatars are loaded once per device at start; one scheduler renders every session's frames
+(see ``streaming.scheduler``). The HTTP API lives under ``/v1``; every answer to a bad
+request is a 4xx with a JSON ``{"error": ...}`` body, and no request can stop the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from avatar.errors import TwincastError
+from streaming.scheduler import Lane, Scheduler, SchedulerConfig
+from streaming.session import Session, SessionConfig
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    """Bearer token for the API; from TWINCAST_TOKEN when unset, else generated."""
+    devices: tuple[str, ...] = ("cpu",)
+    max_sessions: int = 8
+    max_body_bytes: int = 64 * 1024
+    """Largest request body (an SDP offer is a few kB)."""
+    max_text_chars: int = 5000
+    max_batch: int = 16
+    cors_origins: tuple[str, ...] = ()
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+class Server:
+    def __init__(self, bundles: dict[str, Path], cfg: ServerConfig | None = None):
+        if not bundles:
+            raise TwincastError("serve needs at least one avatar bundle")
+        self.cfg = cfg or ServerConfig()
+        self.token = self.cfg.token or os.environ.get("TWINCAST_TOKEN") or \
+            secrets.token_urlsafe(18)
+        self.bundles = bundles
+        self.avatars: dict[str, object] = {}
+        self.voices: dict[str, object | None] = {}
+        self.sessions: dict[str, Session] = {}
+        self.peers: dict[str, object] = {}
+        self.scheduler: Scheduler | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    def load(self) -> None:
+        """Load every bundle on every device (slow: call before serving)."""
+        from avatar.avatar import Avatar
+        from avatar.voice import Voice
+
+        lanes = []
+        for i, dev in enumerate(self.cfg.devices):
+            renderers = {name: Avatar.load(path, dev) for name, path in self.bundles.items()}
+            lanes.append(Lane(f"{dev}#{i}", renderers))
+        self.avatars = dict(lanes[0].renderers)
+        for name, path in self.bundles.items():
+            try:
+                # Speech is synthesised on the first device; the head renders everywhere.
+                self.voices[name] = Voice.load(path, self.cfg.devices[0])
+            except TwincastError as e:
+                log.warning("avatar %s: %s; it can only be driven by audio", name, e)
+                self.voices[name] = None
+        self.scheduler = Scheduler(lanes, SchedulerConfig(max_batch=self.cfg.max_batch))
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.cfg.max_body_bytes,
+                              middlewares=[self._errors, self._auth])
+        r = app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_post("/v1/sessions", self.create_session)
+        r.add_get("/v1/sessions/{id}", self.get_session)
+        r.add_delete("/v1/sessions/{id}", self.delete_session)
+        r.add_post("/v1/sessions/{id}/say", self.say)
+        r.add_post("/v1/sessions/{id}/interrupt", self.interrupt)
+        app.on_startup.append(self._startup)
+        app.on_shutdown.append(self._shutdown)
+        return app
+
+    async def _startup(self, app: web.Application) -> None:
+        if self.scheduler is None:
+            self.load()
+        assert self.scheduler is not None
+        self.scheduler.start()
+
+    async def _shutdown(self, app: web.Application) -> None:
+        for sid in list(self.sessions):
+            await self._close(sid)
+        if self.scheduler is not None:
+            self.scheduler.stop()
+
+    # ------------------------------------------------------------ middlewares
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return _error(e.status, e.reason)
+        except TwincastError as e:
+            return _error(400, str(e))
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "")
+            if not secrets.compare_digest(given, f"Bearer {self.token}"):
+                return _error(401, "missing or wrong bearer token", **{
+                    "WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    # ------------------------------------------------------------ handlers
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "sessions": len(self.sessions)})
+
+    async def create_session(self, request: web.Request) -> web.Response:
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+
+        from streaming.tracks import AvatarAudioTrack, AvatarVideoTrack
+
+        if len(self.sessions) >= self.cfg.max_sessions:
+            return _error(503, f"the server holds its maximum of {self.cfg.max_sessions} "
+                          "sessions; try again later", **{"Retry-After": "10"})
+        as_json = request.content_type == "application/json"
+        if as_json:
+            body = await self._json(request)
+            sdp, avatar = body.get("sdp"), body.get("avatar")
+        else:
+            sdp, avatar = await request.text(), request.query.get("avatar")
+        avatar = avatar or next(iter(self.avatars))
+        if avatar not in self.avatars:
+            return _error(404, f"no avatar {avatar!r}; this server has "
+                          f"{', '.join(self.avatars)}")
+        if not isinstance(sdp, str) or "v=0" not in sdp[:200]:
+            return _error(400, "the body must be an SDP offer (application/sdp, or JSON "
+                          "with an 'sdp' field)")
+        assert self.scheduler is not None
+        session = Session(avatar, self.avatars[avatar], self.voices.get(avatar),
+                          self.scheduler, SessionConfig())
+        pc = RTCPeerConnection()
+        pc.addTrack(AvatarVideoTrack(session))
+        pc.addTrack(AvatarAudioTrack(session))
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except (ValueError, TypeError, AttributeError, IndexError) as e:
+            await pc.close()
+            return _error(400, f"the SDP offer cannot be used ({str(e)[:160]})")
+        session.start()
+        self.sessions[session.id] = session
+        self.peers[session.id] = pc
+
+        @pc.on("connectionstatechange")
+        async def _state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self._close(session.id)
+
+        answer = pc.localDescription.sdp
+        location = f"/v1/sessions/{session.id}"
+        log.info("session %s opened (avatar %s)", session.id, avatar)
+        if as_json:
+            return web.json_response({"id": session.id, "sdp": answer, "type": "answer"},
+                                     status=201, headers={"Location": location})
+        return web.Response(text=answer, status=201, content_type="application/sdp",
+                            headers={"Location": location})
+
+    def _session(self, request: web.Request) -> Session:
+        s = self.sessions.get(request.match_info["id"])
+        if s is None:
+            raise web.HTTPNotFound(reason="no such session (unknown or closed)")
+        return s
+
+    async def _json(self, request: web.Request) -> dict:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise web.HTTPBadRequest(reason="the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(reason="the body must be a JSON object")
+        return body
+
+    async def get_session(self, request: web.Request) -> web.Response:
+        return web.json_response(self._session(request).describe())
+
+    async def delete_session(self, request: web.Request) -> web.Response:
+        s = self._session(request)
+        await self._close(s.id)
+        return web.Response(status=204)
+
+    async def say(self, request: web.Request) -> web.Response:
+        s = self._session(request)
+        body = await self._json(request)
+        text = body.get("text")
+        if not isinstance(text, str):
+            return _error(400, "'text' must be a string")
+        if len(text) > self.cfg.max_text_chars:
+            return _error(413, f"the text is {len(text)} characters; the limit is "
+                          f"{self.cfg.max_text_chars}")
+        uid = s.say(text, interrupt=bool(body.get("interrupt", False)))
+        return web.json_response({"utterance": uid}, status=202)
+
+    async def interrupt(self, request: web.Request) -> web.Response:
+        s = self._session(request)
+        return web.json_response({"dropped": s.interrupt()})
+
+    async def _close(self, sid: str) -> None:
+        s = self.sessions.pop(sid, None)
+        pc = self.peers.pop(sid, None)
+        if s is not None:
+            await s.close()
+            log.info("session %s closed", sid)
+        if pc is not None:
+            await pc.close()  # type: ignore[attr-defined]
+
+
+def serve(bundles: list[Path], cfg: ServerConfig) -> None:
+    """``twincast serve``: load, print the token and a local link, serve until Ctrl-C."""
+    names: dict[str, Path] = {}
+    for b in bundles:
+        from avatar.bundle import read_manifest
+
+        manifest = read_manifest(b)
+        names[str(manifest.get("name") or b.name)] = b
+    server = Server(names, cfg)
+    server.load()
+    log.info("serving %s on http://%s:%d (token: %s)", ", ".join(names), cfg.host,
+             cfg.port, server.token)
+    web.run_app(server.app(), host=cfg.host, port=cfg.port, print=None,
+                handle_signals=True, loop=asyncio.new_event_loop())

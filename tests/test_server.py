@@ -1,0 +1,143 @@
+"""The server end to end with a real aiortc client on loopback: open a session, receive
+video and audio, make the avatar speak, interrupt it, close; and bad requests get 4xx."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+
+
+@pytest.fixture(scope="module")
+def server(bundle: Path):  # noqa: ANN201
+    from aiohttp import web
+
+    from streaming.app import Server, ServerConfig
+
+    srv = Server({"presenter": bundle}, ServerConfig(token="t0ken", max_sessions=3))
+    srv.load()
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        runner = web.AppRunner(srv.app())
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        box["port"] = runner.addresses[0][1]
+        box["runner"] = runner
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert ready.wait(60)
+    yield f"http://127.0.0.1:{box['port']}", srv
+    loop.call_soon_threadsafe(loop.stop)
+    t.join(timeout=30)
+
+
+AUTH = {"Authorization": "Bearer t0ken"}
+
+
+async def _connect(http, url: str):  # noqa: ANN001, ANN202
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    tracks: dict = {}
+    got = asyncio.Event()
+
+    @pc.on("track")
+    def on_track(track) -> None:  # noqa: ANN001
+        tracks[track.kind] = track
+        if len(tracks) == 2:
+            got.set()
+
+    await pc.setLocalDescription(await pc.createOffer())
+    async with http.post(f"{url}/v1/sessions", data=pc.localDescription.sdp,
+                         headers={**AUTH, "Content-Type": "application/sdp"}) as r:
+        assert r.status == 201, await r.text()
+        location = r.headers["Location"]
+        answer = await r.text()
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    await asyncio.wait_for(got.wait(), 20)
+    return pc, tracks, location
+
+
+def test_session_end_to_end(server) -> None:  # noqa: ANN001
+    url, srv = server
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as http:
+            pc, tracks, location = await _connect(http, url)
+            video, audio = tracks["video"], tracks["audio"]
+            first = await asyncio.wait_for(video.recv(), 20)
+            assert first.width > 0 and first.height > 0
+            async with http.post(f"{url}{location}/say", json={"text": "Hello there, how "
+                                 "are you today?"}, headers=AUTH) as r:
+                assert r.status == 202, await r.text()
+            loud = 0
+            for _ in range(150):  # 3 s of audio frames
+                frame = await asyncio.wait_for(audio.recv(), 10)
+                if np.abs(frame.to_ndarray()).max() > 300:
+                    loud += 1
+            assert loud >= 10  # the voice was heard
+            for _ in range(10):
+                await asyncio.wait_for(video.recv(), 10)
+            async with http.get(f"{url}{location}", headers=AUTH) as r:
+                state = await r.json()
+            assert state["frames_rendered"] > 0 and state["state"] == "connected"
+            async with http.post(f"{url}{location}/interrupt", headers=AUTH) as r:
+                assert r.status == 200
+            async with http.delete(f"{url}{location}", headers=AUTH) as r:
+                assert r.status == 204
+            async with http.get(f"{url}{location}", headers=AUTH) as r:
+                assert r.status == 404
+            await pc.close()
+
+    asyncio.run(run())
+
+
+def test_bad_requests_get_4xx(server) -> None:  # noqa: ANN001
+    url, srv = server
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/v1/sessions", data="v=0") as r:
+                assert r.status == 401 and "token" in (await r.json())["error"]
+            async with http.post(f"{url}/v1/sessions", data="not sdp",
+                                 headers={**AUTH, "Content-Type": "application/sdp"}) as r:
+                assert r.status == 400 and "SDP" in (await r.json())["error"]
+            async with http.post(f"{url}/v1/sessions", data="v=0\r\n" + "a" * 2_000_000,
+                                 headers={**AUTH, "Content-Type": "application/sdp"}) as r:
+                assert r.status == 413
+            async with http.post(f"{url}/v1/sessions/nope/say", json={"text": "hi"},
+                                 headers=AUTH) as r:
+                assert r.status == 404 and "no such session" in (await r.json())["error"]
+            pc, _, location = await _connect(http, url)
+            async with http.post(f"{url}{location}/say", data="{not json",
+                                 headers=AUTH) as r:
+                assert r.status == 400 and "not JSON" in (await r.json())["error"]
+            async with http.post(f"{url}{location}/say", json={"text": "x" * 6000},
+                                 headers=AUTH) as r:
+                assert r.status == 413
+            async with http.post(f"{url}{location}/say", json={"text": "  "},
+                                 headers=AUTH) as r:
+                assert r.status == 400 and "empty" in (await r.json())["error"]
+            async with http.get(f"{url}/healthz") as r:
+                assert (await r.json())["ok"] is True
+            async with http.delete(f"{url}{location}", headers=AUTH) as r:
+                assert r.status == 204
+            await pc.close()
+
+    asyncio.run(run())
