@@ -84,7 +84,12 @@ class Server:
         app = web.Application(client_max_size=self.cfg.max_body_bytes,
                               middlewares=[self._errors, self._auth])
         r = app.router
+        r.add_get("/", self.page)
+        r.add_get("/app.js", self.page_js)
         r.add_get("/healthz", self.healthz)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/v1/openapi.json", self.openapi)
+        r.add_get("/v1/avatars", self.list_avatars)
         r.add_post("/v1/sessions", self.create_session)
         r.add_get("/v1/sessions/{id}", self.get_session)
         r.add_delete("/v1/sessions/{id}", self.delete_session)
@@ -120,7 +125,7 @@ class Server:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/v1/"):
+        if request.path.startswith("/v1/") and request.path != "/v1/openapi.json":
             given = request.headers.get("Authorization", "")
             if not secrets.compare_digest(given, f"Bearer {self.token}"):
                 return _error(401, "missing or wrong bearer token", **{
@@ -167,6 +172,10 @@ class Server:
         session.start()
         self.sessions[session.id] = session
         self.peers[session.id] = pc
+
+        @pc.on("datachannel")
+        def _channel(channel) -> None:  # noqa: ANN001 - aiortc's RTCDataChannel
+            self._attach_channel(session, channel)
 
         @pc.on("connectionstatechange")
         async def _state() -> None:
@@ -221,6 +230,70 @@ class Server:
         s = self._session(request)
         return web.json_response({"dropped": s.interrupt()})
 
+    def _attach_channel(self, session: Session, channel) -> None:  # noqa: ANN001
+        """The data channel carries the same commands as the API and the session's
+        events (speech started/ended, interrupted, errors) with their stream times."""
+
+        def send(ev: dict) -> None:
+            if channel.readyState == "open":
+                channel.send(json.dumps(ev))
+
+        session.listeners.append(send)
+
+        @channel.on("message")
+        def _message(message: object) -> None:
+            try:
+                cmd = json.loads(message) if isinstance(message, str) else None
+                if not isinstance(cmd, dict):
+                    raise ValueError("a command is a JSON object")
+                kind = cmd.get("type")
+                if kind == "say":
+                    text = cmd.get("text")
+                    if not isinstance(text, str) or len(text) > self.cfg.max_text_chars:
+                        raise ValueError("'text' must be a string of at most "
+                                         f"{self.cfg.max_text_chars} characters")
+                    uid = session.say(text, interrupt=bool(cmd.get("interrupt")))
+                    send({"type": "accepted", "utterance": uid})
+                elif kind == "interrupt":
+                    session.interrupt()
+                else:
+                    raise ValueError(f"unknown command {kind!r} (say, interrupt)")
+            except (ValueError, TwincastError) as e:
+                send({"type": "error", "message": str(e)})
+
+    async def page(self, request: web.Request) -> web.Response:
+        return self._static("index.html", "text/html")
+
+    async def page_js(self, request: web.Request) -> web.Response:
+        return self._static("app.js", "application/javascript")
+
+    def _static(self, name: str, content_type: str) -> web.Response:
+        body = (Path(__file__).parent / "web" / name).read_text(encoding="utf-8")
+        csp = ("default-src 'none'; script-src 'self'; connect-src 'self'; "
+               "media-src 'self' blob:; img-src 'self' data:; style-src 'self' "
+               "'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+        return web.Response(text=body, content_type=content_type,
+                            headers={"Content-Security-Policy": csp,
+                                     "X-Content-Type-Options": "nosniff",
+                                     "Cache-Control": "no-store"})
+
+    async def list_avatars(self, request: web.Request) -> web.Response:
+        return web.json_response({"avatars": [
+            {"name": n, "voice": self.voices.get(n) is not None} for n in self.avatars]})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        from streaming.openapi import document
+
+        return web.json_response(document())
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from streaming.metrics import registry_for
+
+        body = generate_latest(registry_for(self))
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     async def _close(self, sid: str) -> None:
         s = self.sessions.pop(sid, None)
         pc = self.peers.pop(sid, None)
@@ -241,7 +314,8 @@ def serve(bundles: list[Path], cfg: ServerConfig) -> None:
         names[str(manifest.get("name") or b.name)] = b
     server = Server(names, cfg)
     server.load()
-    log.info("serving %s on http://%s:%d (token: %s)", ", ".join(names), cfg.host,
+    # The token rides in the link's fragment: the browser never sends it to a server.
+    log.info("serving %s: open http://%s:%d/#token=%s", ", ".join(names), cfg.host,
              cfg.port, server.token)
     web.run_app(server.app(), host=cfg.host, port=cfg.port, print=None,
                 handle_signals=True, loop=asyncio.new_event_loop())

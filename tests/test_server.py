@@ -141,3 +141,64 @@ def test_bad_requests_get_4xx(server) -> None:  # noqa: ANN001
             await pc.close()
 
     asyncio.run(run())
+
+
+def test_data_channel_page_metrics_openapi(server) -> None:  # noqa: ANN001
+    url, srv = server
+
+    async def run() -> None:
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+
+        async with aiohttp.ClientSession() as http:
+            pc = RTCPeerConnection()
+            pc.addTransceiver("video", direction="recvonly")
+            pc.addTransceiver("audio", direction="recvonly")
+            channel = pc.createDataChannel("control")
+            events: asyncio.Queue = asyncio.Queue()
+            opened = asyncio.Event()
+            channel.on("open", opened.set)
+            channel.on("message", lambda m: events.put_nowait(__import__("json").loads(m)))
+            tracks = []
+            pc.on("track", tracks.append)
+            await pc.setLocalDescription(await pc.createOffer())
+            async with http.post(f"{url}/v1/sessions", json={
+                    "sdp": pc.localDescription.sdp, "avatar": "presenter"},
+                    headers=AUTH) as r:
+                assert r.status == 201
+                body = await r.json()
+            await pc.setRemoteDescription(RTCSessionDescription(body["sdp"], "answer"))
+            await asyncio.wait_for(opened.wait(), 20)
+
+            async def drain() -> None:  # the media must flow for the session clock to run
+                while True:
+                    for t in list(tracks):
+                        await t.recv()
+
+            pump = asyncio.ensure_future(drain())
+            channel.send('{"type": "say", "text": "Good morning."}')
+            seen = []
+            while "speech_started" not in seen:
+                seen.append((await asyncio.wait_for(events.get(), 20))["type"])
+            assert seen[0] == "accepted"
+            channel.send('{"type": "dance"}')
+            while (ev := await asyncio.wait_for(events.get(), 20))["type"] != "error":
+                pass
+            assert "unknown command" in ev["message"]
+            async with http.get(f"{url}/metrics") as r:
+                text = await r.text()
+            assert "twincast_frames_rendered_total" in text and "twincast_sessions" in text
+            pump.cancel()
+            async with http.delete(f"{url}/v1/sessions/{body['id']}", headers=AUTH) as r:
+                assert r.status == 204
+            await pc.close()
+            async with http.get(f"{url}/") as r:
+                assert r.status == 200 and "script-src 'self'" in \
+                    r.headers["Content-Security-Policy"]
+                assert "/app.js" in await r.text()
+            async with http.get(f"{url}/v1/openapi.json") as r:
+                doc = await r.json()
+            assert "/v1/sessions/{id}/say" in doc["paths"]
+            async with http.get(f"{url}/v1/avatars", headers=AUTH) as r:
+                assert (await r.json())["avatars"][0]["name"] == "presenter"
+
+    asyncio.run(run())

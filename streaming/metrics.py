@@ -1,0 +1,60 @@
+"""``/metrics`` in the Prometheus text format, read from the scheduler and the sessions at
+scrape time (nothing global is mutated on the hot path)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from streaming.app import Server
+
+
+class ServerCollector:
+    def __init__(self, server: Server):
+        self.server = server
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
+        srv = self.server
+        sessions = GaugeMetricFamily("twincast_sessions", "Open sessions")
+        sessions.add_metric([], len(srv.sessions))
+        yield sessions
+        sch = srv.scheduler
+        if sch is None:
+            return
+        pending = GaugeMetricFamily("twincast_queue_depth", "Frames waiting to be rendered")
+        pending.add_metric([], sch.pending)
+        yield pending
+        frames = CounterMetricFamily("twincast_frames_rendered", "Frames rendered",
+                                     labels=["lane"])
+        batches = CounterMetricFamily("twincast_batches", "Model calls", labels=["lane"])
+        late = CounterMetricFamily("twincast_frames_late", "Frames dropped as too late to "
+                                   "render", labels=["lane"])
+        errors = CounterMetricFamily("twincast_frames_failed", "Frames whose render failed",
+                                     labels=["lane"])
+        mean_batch = GaugeMetricFamily("twincast_batch_size_mean", "Mean frames per model "
+                                       "call over the last 1000 calls", labels=["lane"])
+        capacity = GaugeMetricFamily("twincast_capacity_fps", "Measured frames per second "
+                                     "at full batches", labels=["lane"])
+        for lane in sch.lanes:
+            st = lane.stats
+            frames.add_metric([lane.name], st.frames)
+            batches.add_metric([lane.name], st.batches)
+            late.add_metric([lane.name], st.late)
+            errors.add_metric([lane.name], st.errors)
+            sizes = st.batch_sizes
+            mean_batch.add_metric([lane.name], sum(sizes) / len(sizes) if sizes else 0.0)
+            capacity.add_metric([lane.name], lane.cost.capacity_fps(sch.cfg.max_batch))
+        yield from (frames, batches, late, errors, mean_batch, capacity)
+        shown = CounterMetricFamily("twincast_session_frames_late", "Speech frames shown "
+                                    "idle because their render was late, open sessions")
+        shown.add_metric([], sum(s.stats["frames_late"] for s in srv.sessions.values()))
+        yield shown
+
+
+def registry_for(server: Server) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=True)
+    reg.register(ServerCollector(server))
+    return reg
