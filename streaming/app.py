@@ -39,6 +39,9 @@ class ServerConfig:
     """Largest request body (an SDP offer is a few kB)."""
     max_text_chars: int = 5000
     max_batch: int = 16
+    capacity_share: float = 0.9
+    """A new session is admitted while all sessions' frames stay under this share of the
+    scheduler's measured frames per second (a session needing every frame rendered)."""
     cors_origins: tuple[str, ...] = ()
 
 
@@ -59,6 +62,7 @@ class Server:
         self.sessions: dict[str, Session] = {}
         self.peers: dict[str, object] = {}
         self.scheduler: Scheduler | None = None
+        self._opening = 0
 
     # ------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -137,13 +141,30 @@ class Server:
         return web.json_response({"ok": True, "sessions": len(self.sessions)})
 
     async def create_session(self, request: web.Request) -> web.Response:
+
+
+        if len(self.sessions) + self._opening >= self.cfg.max_sessions:
+            return _error(503, f"the server holds its maximum of {self.cfg.max_sessions} "
+                          "sessions; try again later", **{"Retry-After": "10"})
+        assert self.scheduler is not None
+        need = (len(self.sessions) + self._opening + 1) * SessionConfig().fps
+        if need > self.cfg.capacity_share * self.scheduler.capacity_fps():
+            return _error(503, "rendering capacity is taken by the open sessions "
+                          f"(measured {self.scheduler.capacity_fps():.0f} frames/s); try "
+                          "again later", **{"Retry-After": "10"})
+        # Hold a place while the offer is negotiated (it awaits): a burst of requests must
+        # not all pass the checks above before any of them is counted.
+        self._opening += 1
+        try:
+            return await self._open(request)
+        finally:
+            self._opening -= 1
+
+    async def _open(self, request: web.Request) -> web.Response:
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
         from streaming.tracks import AvatarAudioTrack, AvatarVideoTrack
 
-        if len(self.sessions) >= self.cfg.max_sessions:
-            return _error(503, f"the server holds its maximum of {self.cfg.max_sessions} "
-                          "sessions; try again later", **{"Retry-After": "10"})
         as_json = request.content_type == "application/json"
         if as_json:
             body = await self._json(request)
@@ -154,15 +175,18 @@ class Server:
         if avatar not in self.avatars:
             return _error(404, f"no avatar {avatar!r}; this server has "
                           f"{', '.join(self.avatars)}")
-        if not isinstance(sdp, str) or "v=0" not in sdp[:200]:
+        if not isinstance(sdp, str) or "v=0" not in sdp[:200] or "m=" not in sdp:
             return _error(400, "the body must be an SDP offer (application/sdp, or JSON "
                           "with an 'sdp' field)")
         assert self.scheduler is not None
         session = Session(avatar, self.avatars[avatar], self.voices.get(avatar),
                           self.scheduler, SessionConfig())
         pc = RTCPeerConnection()
-        pc.addTrack(AvatarVideoTrack(session))
-        pc.addTrack(AvatarAudioTrack(session))
+        # Send what the offer asks to receive.
+        if "m=video" in sdp:
+            pc.addTrack(AvatarVideoTrack(session))
+        if "m=audio" in sdp:
+            pc.addTrack(AvatarAudioTrack(session))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
             await pc.setLocalDescription(await pc.createAnswer())

@@ -202,3 +202,36 @@ def test_data_channel_page_metrics_openapi(server) -> None:  # noqa: ANN001
                 assert (await r.json())["avatars"][0]["name"] == "presenter"
 
     asyncio.run(run())
+
+
+def test_a_burst_of_session_requests_is_refused_politely(server) -> None:  # noqa: ANN001
+    url, srv = server
+
+    async def run() -> None:
+        from aiortc import RTCPeerConnection
+
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+        async with aiohttp.ClientSession() as http:
+            async def one() -> tuple[int, dict, str | None]:
+                async with http.post(f"{url}/v1/sessions", data=offer, headers={
+                        **AUTH, "Content-Type": "application/sdp"}) as r:
+                    body = await r.json() if r.status != 201 else {}
+                    return r.status, body, r.headers.get("Location")
+
+            results = await asyncio.gather(*(one() for _ in range(50)))
+            codes = [c for c, _, _ in results]
+            assert set(codes) <= {201, 503} and codes.count(201) <= 3
+            assert all("try again" in b["error"] for c, b, _ in results if c == 503)
+            for c, _, loc in results:
+                if c == 201:
+                    async with http.delete(f"{url}{loc}", headers=AUTH) as r:
+                        assert r.status == 204
+            async with http.get(f"{url}/healthz") as r:
+                assert (await r.json())["sessions"] == 0
+        await pc.close()
+
+    asyncio.run(run())
