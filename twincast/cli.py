@@ -177,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="time a fresh model of this preset's size over the bundle's idle "
                     "footage instead of the bundle's own model")
     br.set_defaults(func=cmd_bench_render)
+    bs = bsub.add_parser("serve", help="the server with N real WebRTC clients on loopback")
+    bs.add_argument("bundle", type=Path)
+    bs.add_argument("--sessions", type=int, default=1)
+    bs.add_argument("--seconds", type=_positive, default=20.0, help="per client (20)")
+    bs.add_argument("--devices", default="cpu", help="render lanes, e.g. cpu or cpu,cpu")
+    bs.add_argument("--max-batch", type=int, default=16,
+                    help="frames per model call (1 turns cross-session batching off)")
+    bs.set_defaults(func=cmd_bench_serve)
     bv = bsub.add_parser("voice", help="real-time factor and first-chunk latency of the voice")
     bv.add_argument("bundle", type=Path)
     bv.add_argument("--device", default="cpu")
@@ -316,6 +324,17 @@ def cmd_bench_render(args: argparse.Namespace) -> int:
 
     print(json.dumps(bench_render(args.bundle, args.device, _batches(args.batches),
                                          seconds=args.seconds, preset=args.preset), indent=2))
+    return 0
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from streaming.bench import bench_serve
+
+    if args.sessions < 1 or args.max_batch < 1:
+        raise TwincastError("--sessions and --max-batch must be at least 1")
+    devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
+    print(json.dumps(bench_serve(args.bundle, args.sessions, args.seconds, devices,
+                                 args.max_batch), indent=2))
     return 0
 
 

@@ -1,0 +1,233 @@
+"""``twincast bench serve``: the server and N real aiortc clients on loopback.
+
+Each client connects, then in turns: sends a sentence, receives audio and video as a viewer
+would, and half way through one of its sentences interrupts. Everything is timed at the
+client: text to first audible audio, text to the first video frame whose mouth moves (the
+face mesh reads the received frames after the run), the audio-visual offset (the lag that
+best matches the received audio's loudness to the received mouth opening), the interval
+between video frames, and interrupt to silence. Late frames are the server's count of
+speech frames that had to be shown idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SENTENCES = ["Good morning, and thank you for joining the stream today.",
+             "Here is what we will talk about in the next few minutes.",
+             "Please send your questions at any time, I will read them out.",
+             "That was a great question, let me think about it for a moment."]
+
+
+@dataclass
+class ClientLog:
+    video: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    """(arrival, small grey frame) of every video frame."""
+    audio: list[tuple[float, float]] = field(default_factory=list)
+    """(arrival, RMS) of every 20 ms audio frame."""
+    says: list[float] = field(default_factory=list)
+    interrupts: list[float] = field(default_factory=list)
+    state: dict = field(default_factory=dict)
+
+
+def _start_server(bundles: list[Path], devices: tuple[str, ...], max_batch: int
+                  ) -> tuple[str, str, threading.Thread, asyncio.AbstractEventLoop]:
+    from aiohttp import web
+
+    from avatar.bundle import read_manifest
+    from streaming.app import Server, ServerConfig
+
+    names = {str(read_manifest(b).get("name") or b.name): b for b in bundles}
+    srv = Server(names, ServerConfig(devices=devices, max_batch=max_batch, max_sessions=256,
+                                     capacity_share=1e9, token="bench"))
+    srv.load()
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        runner = web.AppRunner(srv.app())
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        box["port"] = runner.addresses[0][1]
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    t = threading.Thread(target=run, name="bench-server", daemon=True)
+    t.start()
+    if not ready.wait(120):
+        raise RuntimeError("the server did not start")
+    return f"http://127.0.0.1:{box['port']}", srv.token, t, loop
+
+
+async def _client(url: str, token: str, seconds: float, index: int) -> ClientLog:
+    import aiohttp
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    out = ClientLog()
+    auth = {"Authorization": f"Bearer {token}"}
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    tracks: dict = {}
+    pc.on("track", lambda t: tracks.__setitem__(t.kind, t))
+    await pc.setLocalDescription(await pc.createOffer())
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/v1/sessions", data=pc.localDescription.sdp,
+                             headers={**auth, "Content-Type": "application/sdp"}) as r:
+            if r.status != 201:
+                raise RuntimeError(f"session refused: {r.status} {await r.text()}")
+            loc = r.headers["Location"]
+            answer = await r.text()
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        while len(tracks) < 2:
+            await asyncio.sleep(0.01)
+
+        async def pull_video() -> None:
+            import cv2
+
+            while True:
+                f = await tracks["video"].recv()
+                grey = cv2.cvtColor(f.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY)
+                out.video.append((time.perf_counter(), grey))
+
+        async def pull_audio() -> None:
+            while True:
+                f = await tracks["audio"].recv()
+                pcm = f.to_ndarray().astype(np.float32) / 32768
+                out.audio.append((time.perf_counter(), float(np.sqrt(np.mean(pcm ** 2)))))
+
+        pumps = [asyncio.ensure_future(pull_video()), asyncio.ensure_future(pull_audio())]
+        await asyncio.sleep(1.0 + 0.1 * index)  # media flowing, clocks started
+        end = time.perf_counter() + seconds
+        k = 0
+        while time.perf_counter() < end:
+            text = SENTENCES[(k + index) % len(SENTENCES)]
+            out.says.append(time.perf_counter())
+            async with http.post(f"{url}{loc}/say", json={"text": text}, headers=auth) as r:
+                r.raise_for_status()
+            if k % 3 == 2:  # every third sentence is cut short
+                await asyncio.sleep(1.5)
+                out.interrupts.append(time.perf_counter())
+                async with http.post(f"{url}{loc}/interrupt", headers=auth) as r:
+                    r.raise_for_status()
+                await asyncio.sleep(1.0)
+            else:
+                await asyncio.sleep(4.5)
+            k += 1
+        async with http.get(f"{url}{loc}", headers=auth) as r:
+            out.state = await r.json()
+        for p in pumps:
+            p.cancel()
+        async with http.delete(f"{url}{loc}", headers=auth) as r:
+            pass
+    await pc.close()
+    return out
+
+
+def _mouth_openings(frames: list[np.ndarray]) -> np.ndarray:
+    from training import face as F
+    from training.config import FaceConfig
+    from training.quiet import native_stderr_silenced
+
+    out = np.full(len(frames), np.nan)
+    with native_stderr_silenced():  # MediaPipe's native logging, on its first frames too
+        tracker = F.FaceTracker(FaceConfig())
+        try:
+            for i, g in enumerate(frames):
+                rgb = np.repeat(g[:, :, None], 3, 2)
+                obs = tracker(rgb, (rgb.shape[1], rgb.shape[0]))
+                if obs.landmarks is not None:
+                    out[i] = F.mouth_opening(obs.landmarks)
+        finally:
+            tracker.close()
+    return out
+
+
+def _analyse(logs: list[ClientLog]) -> dict:
+    first_audio, first_frame, intervals, interrupt_ms, offsets = [], [], [], [], []
+    late = shown = 0
+    for c in logs:
+        vt = np.array([t for t, _ in c.video])
+        at = np.array([t for t, _ in c.audio])
+        rms = np.array([v for _, v in c.audio])
+        opening = _mouth_openings([g for _, g in c.video])
+        rest = np.nanmedian(opening[: max(1, int(np.searchsorted(vt, c.says[0])))])
+        intervals += list(np.diff(vt) * 1000)
+        loud = rms > 0.01
+        for s in c.says:
+            a = np.nonzero((at > s) & loud)[0]
+            if len(a):
+                first_audio.append((at[a[0]] - s) * 1000)
+            v = np.nonzero((vt > s) & (opening > rest + 0.04))[0]
+            if len(v):
+                first_frame.append((vt[v[0]] - s) * 1000)
+        for t in c.interrupts:
+            after = np.nonzero(at > t)[0]
+            # Silence that lasts: the first frame after which nothing is loud for 200 ms.
+            for i in after:
+                if not loud[i: i + 10].any():
+                    interrupt_ms.append((at[i] - t) * 1000)
+                    break
+        # Audio-visual offset: loudness per video frame against mouth opening.
+        env = np.interp(vt, at, rms) if len(at) > 1 else np.zeros(len(vt))
+        ok = np.isfinite(opening)
+        best, best_r = 0, -2.0
+        for lag in range(-8, 9):  # frames; positive = mouth after sound
+            x = env[: len(env) - lag] if lag >= 0 else env[-lag:]
+            y = opening[lag:] if lag >= 0 else opening[: len(opening) + lag]
+            m = ok[lag:] if lag >= 0 else ok[: len(ok) + lag]
+            if m.sum() > 10 and np.std(x[m]) > 0 and np.std(y[m]) > 0:
+                r = np.corrcoef(x[m], y[m])[0, 1]
+                if r > best_r:
+                    best, best_r = lag, r
+        offsets.append(best * 40)
+        late += c.state.get("frames_late", 0)
+        shown += c.state.get("frames_shown", 0)
+
+    def pct(x: list[float], q: float) -> float | None:
+        return round(float(np.percentile(x, q)), 1) if x else None
+
+    return {"first_audio_ms_p50": pct(first_audio, 50), "first_frame_ms_p50":
+            pct(first_frame, 50), "first_frame_ms_p95": pct(first_frame, 95),
+            "av_offset_ms": float(np.median(offsets)) if offsets else None,
+            "frame_interval_ms_p99": pct(intervals, 99),
+            "late_frame_ratio": round(late / max(shown, 1), 4),
+            "interrupt_ms_p95": pct(interrupt_ms, 95),
+            "sentences": sum(len(c.says) for c in logs),
+            "interrupts": sum(len(c.interrupts) for c in logs)}
+
+
+def bench_serve(bundle: Path, sessions: int, seconds: float, devices: tuple[str, ...] = (
+        "cpu",), max_batch: int = 16) -> dict:
+    url, token, thread, loop = _start_server([bundle], devices, max_batch)
+    try:
+        async def run() -> list[ClientLog]:
+            return list(await asyncio.gather(*(_client(url, token, seconds, i)
+                                               for i in range(sessions))))
+        logs = asyncio.run(run())
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+    result = _analyse(logs)
+    return {"sessions": sessions, "seconds": seconds, "devices": list(devices),
+            "max_batch": max_batch, **result}
+
+
+if __name__ == "__main__":  # pragma: no cover - manual runs
+    import sys
+
+    print(json.dumps(bench_serve(Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]))))
