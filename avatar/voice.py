@@ -80,7 +80,7 @@ class Voice:
     def __init__(self, model: AcousticModel, spec: MelSpec, mean: np.ndarray,
                  std: np.ndarray, vocoder: GriffinLim | _TrainedVocoder,
                  frontend: TextFrontend,
-                 device: torch.device):
+                 device: torch.device, duration_scale: float = 1.0):
         self.model = model
         self.spec = spec
         self.mean = torch.from_numpy(mean).to(device)[:, None]
@@ -88,6 +88,7 @@ class Voice:
         self.vocoder = vocoder
         self.frontend = frontend
         self.device = device
+        self.duration_scale = duration_scale
 
     @property
     def rate(self) -> int:
@@ -128,7 +129,8 @@ class Voice:
         vocoder = _load_vocoder(path, v.get("vocoder", {}), spec, dev)
         frontend = TextFrontend(text or TextConfig(
             english_voice=v.get("text", {}).get("english_voice", "en-us")))
-        return cls(model, spec, mean, std, vocoder, frontend, dev)
+        return cls(model, spec, mean, std, vocoder, frontend, dev,
+                   float(v.get("duration_scale", 1.0)))
 
     def speak(self, text: str, pace: float = 1.0) -> Iterator[AudioChunk]:
         """Audio chunks of ``text`` in order, each yielded as soon as it is made.
@@ -143,7 +145,7 @@ class Voice:
                 log.warning("symbols this voice cannot say were skipped: %s",
                             "".join(sorted(unknown)))
             tokens = torch.tensor([ids], device=self.device)
-            mel, frames = self.model.synthesise(tokens, pace)
+            mel, frames = self.model.synthesise(tokens, pace, self.duration_scale)
             audio = self.vocoder(mel * self.std + self.mean)
             ends = np.cumsum(frames.cpu().numpy()) * frame_s
             starts = ends - frames.cpu().numpy() * frame_s

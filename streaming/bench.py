@@ -165,14 +165,19 @@ def _analyse(logs: list[ClientLog]) -> dict:
         at = np.array([t for t, _ in c.audio])
         rms = np.array([v for _, v in c.audio])
         opening = _mouth_openings([g for _, g in c.video])
-        rest = np.nanmedian(opening[: max(1, int(np.searchsorted(vt, c.says[0])))])
+        # The idle loop moves the mouth a little too: "moving" means opening beyond the
+        # widest idle opening seen before the first sentence, on two frames in a row.
+        idle = opening[: max(1, int(np.searchsorted(vt, c.says[0])))]
+        rest = np.nanmax(idle) if np.isfinite(idle).any() else 0.0
         intervals += list(np.diff(vt) * 1000)
         loud = rms > 0.01
         for s in c.says:
             a = np.nonzero((at > s) & loud)[0]
             if len(a):
                 first_audio.append((at[a[0]] - s) * 1000)
-            v = np.nonzero((vt > s) & (opening > rest + 0.04))[0]
+            moving = np.nan_to_num(opening, nan=0.0) > rest + 0.02
+            both = moving & np.r_[moving[1:], False]
+            v = np.nonzero((vt > s) & both)[0]
             if len(v):
                 first_frame.append((vt[v[0]] - s) * 1000)
         for t in c.interrupts:

@@ -37,6 +37,7 @@ def write_voice(voice: TrainedVoice, folder: Path, preset: str) -> tuple[dict, d
         "train_seconds": round(voice.seconds, 1),
         "steps": voice.steps,
         "utterances": voice.utterances,
+        "duration_scale": round(voice.duration_scale, 4),
     }
     files = {VOICE_FILE: sha256_file(folder / VOICE_FILE)}
     if voice.vocoder is not None:

@@ -25,10 +25,13 @@ from avatar.models.vocoder import VocoderConfig
 from avatar.models.voice import VOICE_PRESETS, AcousticModel, VoiceConfig
 from training.head.train import plot_curves
 from training.progress import bar
-from training.voice.data import Batcher, load_utterances, mel_stats
+from training.voice.data import PAD_SECONDS, Batcher, load_utterances, mel_stats
 from training.voice.vocoder import TrainedVocoder, VocoderTrainConfig, train_vocoder
 
 log = logging.getLogger(__name__)
+
+PAD_FRAMES = round(PAD_SECONDS * 22050 / 256)
+"""Frames of silence the training utterances carry either side (not speech to match)."""
 
 
 @dataclass
@@ -100,6 +103,9 @@ class TrainedVoice:
     steps: int
     utterances: int
     vocoder: TrainedVocoder | None = None
+    duration_scale: float = 1.0
+    """Real over synthesised speech length on the training sentences, said piece by piece
+    as ``Voice.speak`` says them (see ``calibrate_durations``)."""
 
 
 def _lr_factor(step: int, steps: int) -> float:
@@ -191,5 +197,29 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     vocoder = None
     if cfg.vocoder is not None:
         vocoder = train_vocoder(dirs, out_dir, cfg.vocoder, dev)
+    scale = calibrate_durations(state.model, utts, dev)
+    log.info("speaking-rate calibration: durations x %.3f", scale)
     return TrainedVoice(state.model, mean, std, state.seconds, state.step, len(utts),
-                        vocoder)
+                        vocoder, scale)
+
+
+@torch.no_grad()
+def calibrate_durations(model: AcousticModel, utts: list, device: torch.device,
+                        limit: int = 200) -> float:
+    """One factor on every predicted duration so that the training sentences, said piece by
+    piece as at synthesis, last as long as their recordings. A duration model fitted in the
+    log domain predicts geometric means (short), and pieces lose the pauses between them;
+    both make the voice speak too fast without it."""
+    from avatar.models.voice import encode
+    from avatar.text.frontend import TextFrontend
+
+    frontend = TextFrontend()
+    model.eval()
+    real = synth = 0.0
+    for u in utts[:limit]:
+        for piece in frontend.pieces(u.text):
+            ids, _ = encode(piece.phonemes)
+            _, frames = model.synthesise(torch.tensor([ids], device=device))
+            synth += float(frames.sum())
+        real += u.mel.shape[1] - 2 * PAD_FRAMES
+    return float(np.clip(real / max(synth, 1.0), 0.5, 2.5))
