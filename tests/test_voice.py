@@ -218,3 +218,13 @@ def test_trained_vocoder_in_the_bundle(bundle: Path, tmp_path: Path) -> None:
     assert len(voice.vocoder(mel)) == 50 * 256  # one hop of samples per mel frame
     audio = voice.say("A trained vocoder.")
     assert np.isfinite(audio).all() and len(audio) > 0
+
+
+def test_speaking_rate_is_calibrated_on_held_out_sentences() -> None:
+    from training.voice.train import HOLDOUT_EVERY, split_holdout
+
+    few = list(range(2 * HOLDOUT_EVERY - 1))
+    assert split_holdout(few) == (few, [])  # a small enrolment keeps everything
+    many = list(range(118))
+    keep, held = split_holdout(many)
+    assert len(held) == 12 and not set(keep) & set(held) and len(keep) + len(held) == 118

@@ -47,6 +47,9 @@ class VoiceTrainConfig:
     """Cap on the acoustic model's wall time (the vocoder has its own)."""
     checkpoint_minutes: float = 3.0
     seed: int = 0
+    split: str = "every-10th-held-out"
+    """Which sentences the acoustic model learns from (see ``split_holdout``); named so a
+    checkpoint made with another split starts over instead of resuming."""
     vocoder: VocoderTrainConfig | None = field(default_factory=VocoderTrainConfig)
     """None: no trained vocoder (Griffin-Lim at synthesis)."""
 
@@ -150,8 +153,9 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
         mean, std = saved["mel_mean"].numpy(), saved["mel_std"].numpy()
     else:
         mean, std = mel_stats(utts)
-    longest = utts[0].mel.shape[1]
-    batcher = Batcher(utts, max(cfg.max_frames, longest), seed=cfg.seed)
+    train_utts, held = split_holdout(utts)
+    longest = train_utts[0].mel.shape[1]
+    batcher = Batcher(train_utts, max(cfg.max_frames, longest), seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model = AcousticModel(cfg.model).to(dev)
     state = VoiceState(model, torch.optim.AdamW(model.parameters(), lr=cfg.lr,
@@ -197,10 +201,27 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     vocoder = None
     if cfg.vocoder is not None:
         vocoder = train_vocoder(dirs, out_dir, cfg.vocoder, dev)
-    scale = calibrate_durations(state.model, utts, dev)
-    log.info("speaking-rate calibration: durations x %.3f", scale)
+    # Durations are calibrated on sentences the model never learned from: on its own
+    # training sentences it is right by heart, and too fast on new ones.
+    scale = calibrate_durations(state.model, held or utts, dev)
+    log.info("speaking-rate calibration on %d %s sentences: durations x %.3f",
+             len(held or utts), "held-out" if held else "training", scale)
     return TrainedVoice(state.model, mean, std, state.seconds, state.step, len(utts),
                         vocoder, scale)
+
+
+HOLDOUT_EVERY = 10
+"""With at least twice this many utterances, every HOLDOUT_EVERY-th is kept out of the
+acoustic model's training for the speaking-rate calibration."""
+
+
+def split_holdout(utts: list) -> tuple[list, list]:
+    """(training, held-out) utterances; nothing is held out from a small enrolment."""
+    if len(utts) < 2 * HOLDOUT_EVERY:
+        return utts, []
+    held = [u for i, u in enumerate(utts) if i % HOLDOUT_EVERY == HOLDOUT_EVERY // 2]
+    keep = [u for i, u in enumerate(utts) if i % HOLDOUT_EVERY != HOLDOUT_EVERY // 2]
+    return keep, held
 
 
 @torch.no_grad()
