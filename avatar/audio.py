@@ -29,6 +29,19 @@ def log_mel(x: np.ndarray, rate: int = MEL_RATE, n_fft: int = 512, win: int = 40
     return torch.log(torch.clamp(m, min=1e-5)).numpy().astype(np.float32)
 
 
+def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
+    """Polyphase resampling of mono float audio: a few ms for seconds of audio, cheap enough
+    to call on every tick of a live session."""
+    if src == dst or x.size == 0:
+        return np.asarray(x, np.float32)
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(src, dst)
+    return resample_poly(x, dst // g, src // g).astype(np.float32)
+
+
 def load_audio(path: Path, rate: int = MEL_RATE) -> np.ndarray:
     """Any audio (or video) file PyAV reads -> mono float32 at ``rate``."""
     import av

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from avatar import devices
 from avatar.audio import mel_windows
 from avatar.bundle import read_manifest, require
 from avatar.errors import TwincastError, path_error
@@ -84,9 +85,7 @@ class Avatar:
         how fast a model runs)."""
         path = Path(path)
         manifest = read_manifest(path)
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise TwincastError(f"device {device!r}: CUDA is not available here; use cpu")
+        dev = devices.device(device)
         if "head" not in manifest:
             raise path_error(path / "manifest.json", "this bundle has a voice but no face "
                              "(a voice-only enrolment); enrol video footage for one")

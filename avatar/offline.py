@@ -39,9 +39,7 @@ def render_file(bundle: Path, audio_path: Path, out: Path, device: str = "cpu",
 def render_text(bundle: Path, text: str, out: Path, device: str = "cpu", batch: int = 16,
                 pace: float = 1.0) -> dict:
     """The avatar's voice says ``text``, then its face speaks that audio (both muxed)."""
-    import torch
-    import torchaudio
-
+    from avatar.audio import resample
     from avatar.voice import Voice
 
     if batch < 1:
@@ -49,8 +47,7 @@ def render_text(bundle: Path, text: str, out: Path, device: str = "cpu", batch: 
     voice = Voice.load(bundle, device)
     avatar = Avatar.load(bundle, device)
     speech = voice.say(text, pace)
-    audio = torchaudio.functional.resample(torch.from_numpy(speech), voice.rate, 16000)
-    return render_audio(avatar, audio.numpy(), out, batch)
+    return render_audio(avatar, resample(speech, voice.rate, 16000), out, batch)
 
 
 def say_file(bundle: Path, text: str, out: Path, device: str = "cpu", pace: float = 1.0

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avatar import devices
 from avatar.bundle import read_manifest, require
 from avatar.errors import TwincastError, path_error
 from avatar.models.voice import SYMBOLS, AcousticModel, VoiceConfig, encode
@@ -105,9 +106,7 @@ class Voice:
             raise path_error(path / "manifest.json", "this bundle has no voice; enrol with "
                              "a transcript so that one is trained")
         v = manifest["voice"]
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise TwincastError(f"device {device!r}: CUDA is not available here; use cpu")
+        dev = devices.device(device)
         if tuple(require(manifest, "voice", "symbols")) != SYMBOLS:
             raise path_error(path / "manifest.json", "the voice was made with another "
                              "phoneme table; re-export it with this version of twincast")

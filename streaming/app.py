@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,14 +329,46 @@ class Server:
             await pc.close()  # type: ignore[attr-defined]
 
 
+def bundle_names(bundles: list[Path]) -> dict[str, Path]:
+    """Each bundle under the name its manifest gives it (or its folder's)."""
+    from avatar.bundle import read_manifest
+
+    return {str(read_manifest(b).get("name") or b.name): b for b in bundles}
+
+
+class RunningServer:
+    """A server serving from a thread of its own (benchmarks, tests): ``url``, ``stop()``."""
+
+    def __init__(self, server: Server, host: str = "127.0.0.1", port: int = 0):
+        self.server = server
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        box: dict = {}
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            runner = web.AppRunner(server.app())
+            self._loop.run_until_complete(runner.setup())
+            self._loop.run_until_complete(web.TCPSite(runner, host, port).start())
+            box["port"] = runner.addresses[0][1]
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(runner.cleanup())
+
+        self._thread = threading.Thread(target=run, name="twincast-server", daemon=True)
+        self._thread.start()
+        if not ready.wait(120):
+            raise TwincastError("the server did not start within 2 minutes")
+        self.url = f"http://{host}:{box['port']}"
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+
+
 def serve(bundles: list[Path], cfg: ServerConfig) -> None:
     """``twincast serve``: load, print the token and a local link, serve until Ctrl-C."""
-    names: dict[str, Path] = {}
-    for b in bundles:
-        from avatar.bundle import read_manifest
-
-        manifest = read_manifest(b)
-        names[str(manifest.get("name") or b.name)] = b
+    names = bundle_names(bundles)
     server = Server(names, cfg)
     server.load()
     # The token rides in the link's fragment: the browser never sends it to a server.

@@ -12,9 +12,7 @@ speech frames that had to be shown idle.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,39 +36,6 @@ class ClientLog:
     says: list[float] = field(default_factory=list)
     interrupts: list[float] = field(default_factory=list)
     state: dict = field(default_factory=dict)
-
-
-def _start_server(bundles: list[Path], devices: tuple[str, ...], max_batch: int
-                  ) -> tuple[str, str, threading.Thread, asyncio.AbstractEventLoop]:
-    from aiohttp import web
-
-    from avatar.bundle import read_manifest
-    from streaming.app import Server, ServerConfig
-
-    names = {str(read_manifest(b).get("name") or b.name): b for b in bundles}
-    srv = Server(names, ServerConfig(devices=devices, max_batch=max_batch, max_sessions=256,
-                                     capacity_share=1e9, token="bench"))
-    srv.load()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    box: dict = {}
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        runner = web.AppRunner(srv.app())
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        box["port"] = runner.addresses[0][1]
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-
-    t = threading.Thread(target=run, name="bench-server", daemon=True)
-    t.start()
-    if not ready.wait(120):
-        raise RuntimeError("the server did not start")
-    return f"http://127.0.0.1:{box['port']}", srv.token, t, loop
 
 
 async def _client(url: str, token: str, seconds: float, index: int) -> ClientLog:
@@ -218,21 +183,20 @@ def _analyse(logs: list[ClientLog]) -> dict:
 
 def bench_serve(bundle: Path, sessions: int, seconds: float, devices: tuple[str, ...] = (
         "cpu",), max_batch: int = 16) -> dict:
-    url, token, thread, loop = _start_server([bundle], devices, max_batch)
+    from streaming.app import RunningServer, Server, ServerConfig, bundle_names
+
+    srv = Server(bundle_names([bundle]), ServerConfig(
+        devices=devices, max_batch=max_batch, max_sessions=256, capacity_share=1e9,
+        token="bench"))
+    srv.load()
+    running = RunningServer(srv)
     try:
         async def run() -> list[ClientLog]:
-            return list(await asyncio.gather(*(_client(url, token, seconds, i)
+            return list(await asyncio.gather(*(_client(running.url, srv.token, seconds, i)
                                                for i in range(sessions))))
         logs = asyncio.run(run())
     finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=30)
+        running.stop()
     result = _analyse(logs)
     return {"sessions": sessions, "seconds": seconds, "devices": list(devices),
             "max_batch": max_batch, **result}
-
-
-if __name__ == "__main__":  # pragma: no cover - manual runs
-    import sys
-
-    print(json.dumps(bench_serve(Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]))))

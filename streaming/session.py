@@ -182,9 +182,10 @@ class Session:
         return u.audio.pop(j, self._silence)
 
     # ------------------------------------------------------------ internals
-    def _emit(self, kind: str, u: Utterance | None, at: float | None = None) -> None:
+    def _emit(self, kind: str, u: Utterance | None, at: float | None = None,
+              **extra: str) -> None:
         ev = {"type": kind, "session": self.id, "utterance": u.id if u else None,
-              "stream_time": round(self.clock.now() if at is None else at, 3)}
+              "stream_time": round(self.clock.now() if at is None else at, 3), **extra}
         self.events.append(ev)
         for fn in list(self.listeners):
             fn(ev)
@@ -224,8 +225,7 @@ class Session:
                 continue
             u = self.queue[0]
             if u.error is not None and u.speech.finished and u.speech.seconds == 0:
-                self._emit("error", u)
-                self.events[-1]["message"] = u.error
+                self._emit("error", u, message=u.error)
                 self.queue.popleft()
                 continue
             now = self.clock.now()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avatar.audio import resample
+
 
 @dataclass(frozen=True)
 class SpeechConfig:
@@ -24,19 +26,6 @@ class SpeechConfig:
     """The face model's audio window, in 10 ms hops, centred on the video frame."""
     out_rate: int = 48000
     audio_frame_ms: int = 20
-
-
-def _resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
-    """Polyphase resampling: a few ms for seconds of audio, every time (the session calls
-    this on every tick while speech streams in)."""
-    if src == dst or x.size == 0:
-        return np.asarray(x, np.float32)
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
-    g = gcd(src, dst)
-    return resample_poly(x, dst // g, src // g).astype(np.float32)
 
 
 def warm_up() -> None:
@@ -76,7 +65,7 @@ class SpeechFrames:
         if self._rate is None:
             self._rate = rate
         elif rate != self._rate:
-            audio = _resample(audio, rate, self._rate)
+            audio = resample(audio, rate, self._rate)
         self._raw = np.concatenate([self._raw, np.asarray(audio, np.float32)])
 
     def finish(self) -> None:
@@ -88,7 +77,7 @@ class SpeechFrames:
         n = len(self._raw)
         hit = self._cache.get(rate)
         if hit is None or hit[0] != n:
-            self._cache[rate] = (n, _resample(self._raw, self._rate or rate, rate))
+            self._cache[rate] = (n, resample(self._raw, self._rate or rate, rate))
         return self._cache[rate][1]
 
     @property

@@ -4,7 +4,6 @@ video and audio, make the avatar speak, interrupt it, close; and bad requests ge
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,34 +14,13 @@ aiohttp = pytest.importorskip("aiohttp")
 
 @pytest.fixture(scope="module")
 def server(bundle: Path):  # noqa: ANN201
-    from aiohttp import web
-
-    from streaming.app import Server, ServerConfig
+    from streaming.app import RunningServer, Server, ServerConfig
 
     srv = Server({"presenter": bundle}, ServerConfig(token="t0ken", max_sessions=3))
     srv.load()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    box: dict = {}
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        runner = web.AppRunner(srv.app())
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        box["port"] = runner.addresses[0][1]
-        box["runner"] = runner
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert ready.wait(60)
-    yield f"http://127.0.0.1:{box['port']}", srv
-    loop.call_soon_threadsafe(loop.stop)
-    t.join(timeout=30)
+    running = RunningServer(srv)
+    yield running.url, srv
+    running.stop()
 
 
 AUTH = {"Authorization": "Bearer t0ken"}

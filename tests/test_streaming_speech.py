@@ -33,15 +33,15 @@ def test_chunked_equals_whole() -> None:
     assert sf.ready_video() == [] and sf.ready_audio() == []
     n = sf.total_video_frames
     assert [i for i, _ in frames] == list(range(n)) and n == int(np.ceil(2.3 * 25))
-    from streaming.speech import _resample
+    from avatar.audio import resample
 
-    a16 = _resample(audio, 22050, 16000)
+    a16 = resample(audio, 22050, 16000)
     whole = mel_windows(log_mel(a16), n, 25, 40)
     got = np.stack([w for _, w in frames])
     assert np.allclose(got, whole, atol=1e-3)
     pcm = np.concatenate(out)
     assert len(pcm) % 960 == 0 and abs(len(pcm) - 2.3 * 48000) < 960
     assert pcm.dtype == np.int16 and np.abs(pcm).max() > 1000
-    a48 = _resample(audio, 22050, 48000)
+    a48 = resample(audio, 22050, 48000)
     ref = (np.clip(a48, -1, 1) * 32767).astype(np.int16)
     assert np.abs(pcm[: len(ref)].astype(int) - ref.astype(int)).max() <= 2

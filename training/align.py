@@ -70,6 +70,26 @@ def espeak_to_arpabet(phonemes: str) -> str:
     return " ".join(out)
 
 
+def add_pronunciations(decoder: object, words: list[str], added: set[str]) -> list[str]:
+    """Give a pocketsphinx decoder espeak-ng's pronunciation of the words its dictionary
+    lacks (``added`` remembers them); returns the words it can now use."""
+    from training.espeak import text_to_phonemes
+
+    usable = []
+    for w in words:
+        if w in added or decoder.lookup_word(w):  # type: ignore[attr-defined]
+            usable.append(w)
+            continue
+        arpa = espeak_to_arpabet(text_to_phonemes(w))
+        if not arpa:
+            log.warning("no pronunciation for %r; it is left out", w)
+            continue
+        decoder.add_word(w, arpa, True)  # type: ignore[attr-defined]
+        added.add(w)
+        usable.append(w)
+    return usable
+
+
 class Aligner:
     """One pocketsphinx decoder, reused across clips (loading the model takes ~0.3 s)."""
 
@@ -83,21 +103,7 @@ class Aligner:
         self._added: set[str] = set()
 
     def _ensure_words(self, words: list[str]) -> list[str]:
-        from training.espeak import text_to_phonemes
-
-        usable = []
-        for w in words:
-            if w in self._added or self._decoder.lookup_word(w):
-                usable.append(w)
-                continue
-            arpa = espeak_to_arpabet(text_to_phonemes(w))
-            if not arpa:
-                log.warning("no pronunciation for %r; left out of the alignment", w)
-                continue
-            self._decoder.add_word(w, arpa, True)
-            self._added.add(w)
-            usable.append(w)
-        return usable
+        return add_pronunciations(self._decoder, words, self._added)
 
     def align(self, audio16: np.ndarray, text: str) -> list[Word]:
         """Word start/end times (seconds) of ``text`` in ``audio16`` (16 kHz float32)."""

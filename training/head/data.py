@@ -153,8 +153,7 @@ class Sampler:
         self.rng = np.random.default_rng(seed)
         weights = np.array([len(c.regions) for c in self.clips], float)
         self.p = weights / weights.sum()
-        self._any_lip_train = any((c.usable & c.lip_train).sum() > window for c in self.clips)
-        if not self._any_lip_train:
+        if not any((c.usable & c.lip_train).sum() > window for c in self.clips):
             raise TwincastError("the enrolment cache has too few frames with a face for the "
                                 "lip predictor; record more footage")
 

@@ -9,7 +9,6 @@ the last checkpoint. Each step returns a flat dict of named losses.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from avatar.models.head import (
 from avatar.models.lips import LIP_POINTS, lip_loss
 from training.head.data import Sampler, lip_split, load_cache
 from training.progress import bar
+from training.runs import config_digest, plot_curves, training_device
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,7 @@ class HeadTrainConfig:
     seed: int = 0
 
     def digest(self) -> str:
-        """Hash of what shapes the model; time caps may change between resumes."""
-        d = dataclasses.asdict(self)
-        d.pop("max_minutes")
-        d.pop("checkpoint_minutes")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return config_digest(self)
 
 
 def head_preset(name: str) -> HeadTrainConfig:
@@ -383,7 +379,7 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
     Under ``torchrun`` every process trains on its own batches and gradients are averaged
     (DistributedDataParallel); only rank 0 writes files.
     """
-    dev = _device(device)
+    dev = training_device(device)
     dist = Dist.from_env(dev)
     if dist.world > 1 and dev.type == "cuda":
         dev = torch.device("cuda", dist.local_rank)
@@ -524,33 +520,3 @@ def calibrate_lips(gen: HeadGenerator, clips: list, device: torch.device,
             "val_opening_std_ratio": round(float(np.std(o_pred) / max(np.std(o_true),
                                                                        1e-9)), 4),
             "gain_mean": round(float(gain.mean()), 3)}
-
-
-def _device(name: str) -> torch.device:
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TwincastError(f"device {name!r}: CUDA is not available on this machine; "
-                            "use --device cpu")
-    return dev
-
-
-def plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = sorted({k for h in history for k in h if "/" in k})
-    if not keys:
-        return
-    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), squeeze=False)
-    for ax, k in zip(axes[:, 0], keys, strict=True):
-        pts = [(h["step"], h[k]) for h in history if k in h]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts])
-        ax.set_ylabel(k)
-        ax.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("step")
-    fig.tight_layout()
-    with atomic.atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from avatar import atomic
+from avatar.audio import resample
 from avatar.errors import TwincastError, path_error
 from avatar.voice import Voice
 from training.progress import bar
@@ -112,15 +113,10 @@ class Recogniser:
     def __init__(self, lm_path: Path, words: set[str]):
         from pocketsphinx import Decoder
 
-        from training.align import espeak_to_arpabet
-        from training.espeak import text_to_phonemes
+        from training.align import add_pronunciations
 
         self.decoder = Decoder(samprate=16000, loglevel="FATAL")
-        missing = [w for w in sorted(words) if not self.decoder.lookup_word(w)]
-        for i, w in enumerate(missing):
-            arpa = espeak_to_arpabet(text_to_phonemes(w))
-            if arpa:
-                self.decoder.add_word(w, arpa, i == len(missing) - 1)
+        add_pronunciations(self.decoder, sorted(words), set())
         self.decoder.set_lm_file("eval", str(lm_path))
         self.decoder.activate_search("eval")
 
@@ -189,14 +185,6 @@ def mcd_and_f0(real22: np.ndarray, synth22: np.ndarray) -> tuple[float, float]:
     return mcd, f0
 
 
-def _resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
-    import torch
-    import torchaudio
-
-    return torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(x)), src,
-                                          dst).numpy()
-
-
 # ---------------------------------------------------------------- the evaluation
 
 def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | None = None,
@@ -236,7 +224,7 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
                 chunks.append(c.audio)
             synth_s = time.perf_counter() - t0
             synth22 = np.concatenate(chunks)
-            synth16 = _resample(synth22, voice.rate, 16000)
+            synth16 = resample(synth22, voice.rate, 16000)
             hyp_real, hyp_synth = recognise(real[16000]), recognise(synth16)
             r22, s22 = _trim(real[22050], 22050), _trim(synth22, 22050)
             mcd, f0 = mcd_and_f0(r22, s22)

@@ -4,7 +4,6 @@ section (model config, phoneme table, mel settings and scaling, vocoder, text fr
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -61,7 +60,6 @@ def add_voice(bundle: Path, voice: TrainedVoice, preset: str) -> None:
     kept = {k: v for k, v in manifest["files"].items() if k not in (VOICE_FILE, VOCODER_FILE)}
     manifest["files"] = {**kept, **files}
     atomic.write_json(bundle / "manifest.json", manifest)
-    json.loads((bundle / "manifest.json").read_text())  # written and readable
 
 
 def export_voice_bundle(voice: TrainedVoice, out: Path, name: str, preset: str) -> Path:

@@ -13,7 +13,6 @@ import concurrent.futures as cf
 import json
 import logging
 import multiprocessing as mp
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -162,13 +161,3 @@ def voice_sources(workdir: Path) -> list[Path]:
     if not found:
         raise TwincastError(f"{workdir}: no enrolment cache here; run 'twincast enrol' first")
     return found
-
-
-def total_speech(sources: Sequence[Path]) -> float:
-    total = 0.0
-    for d in sources:
-        for line in (d / "utterances.jsonl").read_text().splitlines():
-            u = json.loads(line)
-            if u.get("text"):
-                total += u["end"] - u["start"]
-    return total

@@ -7,8 +7,6 @@ last checkpoint; each step returns a flat dict of named losses.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -20,11 +18,10 @@ import numpy as np
 import torch
 
 from avatar import atomic
-from avatar.errors import TwincastError
 from avatar.models.vocoder import VocoderConfig
 from avatar.models.voice import VOICE_PRESETS, AcousticModel, VoiceConfig
-from training.head.train import plot_curves
 from training.progress import bar
+from training.runs import config_digest, plot_curves, training_device
 from training.voice.data import PAD_SECONDS, Batcher, load_utterances, mel_stats
 from training.voice.vocoder import TrainedVocoder, VocoderTrainConfig, train_vocoder
 
@@ -54,11 +51,7 @@ class VoiceTrainConfig:
     """None: no trained vocoder (Griffin-Lim at synthesis)."""
 
     def digest(self) -> str:
-        d = dataclasses.asdict(self)
-        d.pop("max_minutes")
-        d.pop("checkpoint_minutes")
-        d.pop("vocoder")  # trained after, checkpointed apart
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return config_digest(self, "vocoder")  # the vocoder is checkpointed apart
 
 
 def voice_preset(name: str) -> VoiceTrainConfig:
@@ -135,10 +128,7 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     """Train (or resume) in ``out_dir`` on the utterances of one or more enrolment caches
     (a video enrolment's ``features``, a voice-only ``voice_features``): writes
     checkpoint.pt, history.json, curves.png."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TwincastError(f"device {device!r}: CUDA is not available on this machine; "
-                            "use --device cpu")
+    dev = training_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     dirs = [sources] if isinstance(sources, Path) else list(sources)
     utts = sorted((u for d in dirs for u in load_utterances(d)), key=lambda u: -u.mel.shape[1])

@@ -4,8 +4,6 @@ Checkpointed and resumable like the other trainers."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -21,6 +19,7 @@ from avatar import atomic
 from avatar.errors import TwincastError
 from avatar.models.vocoder import Vocoder, VocoderConfig, stft_loss
 from training.progress import bar
+from training.runs import config_digest, plot_curves
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,7 @@ class VocoderTrainConfig:
     seed: int = 0
 
     def digest(self) -> str:
-        d = dataclasses.asdict(self)
-        d.pop("max_minutes")
-        d.pop("checkpoint_minutes")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return config_digest(self)
 
 
 @dataclass
@@ -171,8 +167,6 @@ def train_vocoder(sources: Sequence[Path], out_dir: Path, cfg: VocoderTrainConfi
     seconds = time.monotonic() - start
     save()
     atomic.write_json(out_dir / "vocoder_history.json", history)
-    from training.head.train import plot_curves
-
     plot_curves(history, out_dir / "vocoder_curves.png")
     model.eval()
     return TrainedVocoder(model, seconds, step)
