@@ -47,7 +47,9 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
                          "or re-run enrol")
     with np.load(clip_dir / "frames.npz") as z:
         affine = z["crop_affine"][idle.start: idle.stop].astype(np.float64)
-        raw = z["landmarks_raw"][idle.start: idle.stop]
+        # The reference frame may come from anywhere in the clip: the idle stretch is
+        # chosen for a closed mouth, the reference wants the teeth showing.
+        raw = np.where((z["n_faces"] == 1)[:, None, None], z["landmarks_raw"], np.nan)
     info = probe(source, idle.clip, fps, 0.0)
     scale = min(1.0, IDLE_MAX_SIDE / max(info.width, info.height))
     width = int(round(info.width * scale)) // 2 * 2
@@ -63,7 +65,7 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
                     rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
                 w.write(rgb)
         atomic.save_npz(tmp / "idle.npz", crop_affine=affine_idle.astype(np.float32))
-        _write_reference(clip_dir, meta, idle.start, raw, model, tmp / "reference.png")
+        _write_reference(clip_dir, meta, 0, raw, model, tmp / "reference.png")
         mask = cv2.imread(str(features_dir / "mask.png"), cv2.IMREAD_GRAYSCALE)
         cv2.imwrite(str(tmp / "mask.png"), mask)
         gen = {k: v.detach().cpu().contiguous() for k, v in head.gen.state_dict().items()}
