@@ -21,7 +21,7 @@ from aiohttp import web
 
 from avatar.errors import TwincastError
 from streaming.scheduler import Lane, Scheduler, SchedulerConfig
-from streaming.session import Session, SessionConfig
+from streaming.session import Session, SessionConfig, listen
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Server:
         self.peers: dict[str, object] = {}
         self.scheduler: Scheduler | None = None
         self._opening = 0
+        self._listeners: dict[str, asyncio.Future] = {}
 
     # ------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -183,6 +184,14 @@ class Server:
         session = Session(avatar, self.avatars[avatar], self.voices.get(avatar),
                           self.scheduler, SessionConfig())
         pc = RTCPeerConnection()
+
+        @pc.on("track")
+        def _incoming(track) -> None:  # noqa: ANN001 - aiortc's remote track
+            # Audio-driven mode: the client's microphone drives the mouth (and is heard).
+            if track.kind == "audio":
+                self._listeners[session.id] = asyncio.ensure_future(
+                    listen(session, track))
+
         # Send what the offer asks to receive.
         if "m=video" in sdp:
             pc.addTrack(AvatarVideoTrack(session))
@@ -322,6 +331,9 @@ class Server:
     async def _close(self, sid: str) -> None:
         s = self.sessions.pop(sid, None)
         pc = self.peers.pop(sid, None)
+        listener = self._listeners.pop(sid, None)
+        if listener is not None:
+            listener.cancel()
         if s is not None:
             await s.close()
             log.info("session %s closed", sid)

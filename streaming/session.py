@@ -43,6 +43,17 @@ class SessionConfig:
     deadline_margin_s: float = 0.008
     """A rendered frame must be back this long before it is shown."""
     max_events: int = 256
+    live_margin_s: float = 0.32
+    """Microphone speech starts this long after its first audio arrived: the face model
+    needs 0.23 s of audio past each frame's centre, and the frame still has to be rendered."""
+    live_gate_db: float = -45.0
+    """Microphone audio louder than this (RMS, dB full scale) starts speech."""
+    live_preroll_s: float = 0.1
+    """Audio kept from before the gate opened, so a word's soft start is not cut off."""
+    live_hangover_s: float = 0.6
+    """Microphone speech ends after this long below the gate."""
+    live_max_s: float = 30.0
+    """A longer stretch of microphone speech is ended and the next one begins."""
 
 
 class SessionClock:
@@ -82,6 +93,8 @@ class Utterance:
     started_event: bool = False
     error: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    margin_s: float | None = None
+    """How long after its first audio this speech starts (None: the session's default)."""
 
 
 class Session:
@@ -107,6 +120,9 @@ class Session:
         self._speech_cfg = SpeechConfig(fps=self.cfg.fps, mel_frames=avatar.mel_frames,
                                         out_rate=self.cfg.audio_rate)
         self._silence = np.zeros(self.cfg.audio_rate // 50, np.int16)
+        self._live: Utterance | None = None
+        self._preroll: deque[tuple[np.ndarray, int]] = deque()
+        self._quiet_s = 0.0
 
     # ------------------------------------------------------------ control
     def start(self) -> None:
@@ -145,10 +161,40 @@ class Session:
         loop.run_in_executor(None, self._synthesise, u, loop)
         return u.id
 
+    def hear(self, audio: np.ndarray, rate: int) -> None:
+        """Audio-driven mode: a piece of the client's microphone (mono float). Loud audio
+        starts speech that the avatar says with its own mouth, live; it interrupts what the
+        avatar was saying, as a person talking over it would."""
+        c = self.cfg
+        loud = 20 * np.log10(float(np.sqrt(np.mean(np.square(audio)))) + 1e-9) > c.live_gate_db
+        u = self._live
+        if u is None:
+            self._preroll.append((audio, rate))
+            while sum(len(a) / r for a, r in self._preroll) > c.live_preroll_s + 0.02:
+                self._preroll.popleft()
+            if not loud or self.state == "closed":
+                return
+            self.interrupt()
+            u = Utterance(uuid.uuid4().hex[:8], "(microphone)",
+                          SpeechFrames(self._speech_cfg), margin_s=c.live_margin_s)
+            self.queue.append(u)
+            self.stats["utterances"] += 1
+            for a, r in self._preroll:
+                u.speech.feed(a, r)
+            self._preroll.clear()
+            self._live, self._quiet_s = u, 0.0
+            return
+        u.speech.feed(audio, rate)
+        self._quiet_s = 0.0 if loud else self._quiet_s + len(audio) / rate
+        if self._quiet_s >= c.live_hangover_s or u.speech.seconds >= c.live_max_s:
+            u.speech.finish()
+            self._live = None
+
     def interrupt(self, emit: bool = True) -> int:
         """Barge-in: stop speaking at once. Everything queued or in flight for this session
         is dropped; from the next frame the mouth is the idle one and the audio silent."""
         dropped = len(self.queue)
+        self._live = None
         for u in self.queue:
             u.cancel.set()
         self.queue.clear()
@@ -232,7 +278,8 @@ class Session:
             if u.start_frame is None:
                 if u.speech.seconds == 0:
                     continue
-                u.start_frame = math.ceil((now + self.cfg.start_margin_s) * fps)
+                margin = self.cfg.start_margin_s if u.margin_s is None else u.margin_s
+                u.start_frame = math.ceil((now + margin) * fps)
             s = u.start_frame
             for n, window in u.speech.ready_video():
                 u.windows[n] = window
@@ -269,3 +316,22 @@ class Session:
                 "speaking": bool(u and u.start_frame is not None),
                 "queued": len(self.queue), "stream_time": round(self.clock.now(), 3),
                 **self.stats}
+
+
+async def listen(session: Session, track) -> None:  # noqa: ANN001 - aiortc's remote track
+    """Feed a client's audio track (a microphone) to ``session.hear`` until it ends."""
+    from aiortc.mediastreams import MediaStreamError
+
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        pcm = frame.to_ndarray()
+        channels = len(frame.layout.channels)
+        # Packed formats come as one row of interleaved samples, planar as one per channel.
+        pcm = pcm.reshape(-1, channels) if not frame.format.is_planar else pcm.T
+        mono = pcm.astype(np.float32).mean(axis=1)
+        if frame.format.name.startswith("s16"):
+            mono /= 32768.0
+        session.hear(mono, frame.sample_rate)

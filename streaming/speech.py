@@ -13,10 +13,11 @@ sync by construction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import gcd
 
 import numpy as np
 
-from avatar.audio import resample
+from avatar.audio import MEL_HOP, MEL_RATE, resample
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,40 @@ class SpeechConfig:
     """The face model's audio window, in 10 ms hops, centred on the video frame."""
     out_rate: int = 48000
     audio_frame_ms: int = 20
+
+
+class GrowingResample:
+    """Resampling of audio that only grows (a microphone, a voice's chunks), by redoing
+    only its tail: the whole utterance resampled in one piece on every 20 ms of a live
+    stream would cost more with each second. The polyphase filter reaches a few dozen input
+    samples either side, so outputs more than ``CONTEXT`` input samples away from both ends
+    of the recomputed stretch equal those of resampling everything at once."""
+
+    CONTEXT = 256
+
+    def __init__(self, src: int, dst: int):
+        g = gcd(src, dst)
+        self.src, self.dst, self.up, self.down = src, dst, dst // g, src // g
+        self.out = np.zeros(0, np.float32)
+        self._n = 0
+
+    def update(self, raw: np.ndarray) -> np.ndarray:
+        n = len(raw)
+        if n == self._n:
+            return self.out
+        if self.src == self.dst:
+            self.out, self._n = np.asarray(raw, np.float32), n
+            return self.out
+        # Restart at a multiple of ``down`` input samples, so the recomputed outputs fall
+        # on the same output sample grid as the first pass.
+        a = max(0, (self._n - 2 * self.CONTEXT) // self.down * self.down)
+        tail = resample(raw[a:], self.src, self.dst)
+        o_a = a * self.up // self.down
+        keep = 0 if a == 0 else o_a + self.CONTEXT * self.up // self.down
+        keep = min(keep, len(self.out))
+        self.out = np.concatenate([self.out[:keep], tail[keep - o_a:]])
+        self._n = n
+        return self.out
 
 
 def warm_up() -> None:
@@ -38,6 +73,20 @@ def warm_up() -> None:
     sf.ready_audio()
 
 
+def _windows(mel: np.ndarray, h0: int, first: int, last: int, fps: int, width: int,
+             hop_s: float) -> np.ndarray:
+    """mel_windows for frames first..last-1 of an utterance whose spectrogram is known from
+    hop h0 on (``mel[:, 0]`` is hop h0); hops before 0 or past the end are silence."""
+    floor = np.float32(np.log(1e-5))
+    centre = np.round((np.arange(first, last) + 0.5) / fps / hop_s).astype(int)
+    idx = (centre - width // 2 - h0)[:, None] + np.arange(width)[None, :]
+    ok = (idx >= 0) & (idx < mel.shape[1]) & (idx + h0 >= 0)
+    out = np.full((len(centre), mel.shape[0], width), floor, np.float32)
+    rows, cols = np.nonzero(ok)
+    out[rows, :, cols] = mel[:, idx[rows, cols]].T
+    return out
+
+
 class SpeechFrames:
     """Accumulates one utterance's audio and hands out what has become ready."""
 
@@ -47,9 +96,10 @@ class SpeechFrames:
 
     def __init__(self, cfg: SpeechConfig | None = None):
         self.cfg = cfg or SpeechConfig()
-        self._raw = np.zeros(0, np.float32)
+        self._buf = np.zeros(0, np.float32)
+        self._n = 0
         self._rate: int | None = None
-        self._cache: dict[int, tuple[int, np.ndarray]] = {}
+        self._resamplers: dict[int, GrowingResample] = {}
         self.finished = False
         self.video_sent = 0
         self.audio_sent = 0
@@ -66,7 +116,18 @@ class SpeechFrames:
             self._rate = rate
         elif rate != self._rate:
             audio = resample(audio, rate, self._rate)
-        self._raw = np.concatenate([self._raw, np.asarray(audio, np.float32)])
+        audio = np.asarray(audio, np.float32).ravel()
+        if self._n + len(audio) > len(self._buf):
+            # Doubling keeps a live stream's 20 ms pieces from copying everything each time.
+            grown = np.zeros(max(2 * len(self._buf), self._n + len(audio)), np.float32)
+            grown[: self._n] = self._buf[: self._n]
+            self._buf = grown
+        self._buf[self._n: self._n + len(audio)] = audio
+        self._n += len(audio)
+
+    @property
+    def _raw(self) -> np.ndarray:
+        return self._buf[: self._n]
 
     def finish(self) -> None:
         self.finished = True
@@ -74,11 +135,10 @@ class SpeechFrames:
     def _at(self, rate: int) -> np.ndarray:
         """The whole utterance so far at ``rate``, resampled in one piece (chunk by chunk
         would leave filter seams at every chunk boundary)."""
-        n = len(self._raw)
-        hit = self._cache.get(rate)
-        if hit is None or hit[0] != n:
-            self._cache[rate] = (n, resample(self._raw, self._rate or rate, rate))
-        return self._cache[rate][1]
+        r = self._resamplers.get(rate)
+        if r is None:
+            r = self._resamplers[rate] = GrowingResample(self._rate or rate, rate)
+        return r.update(self._raw)
 
     @property
     def total_video_frames(self) -> int | None:
@@ -89,7 +149,7 @@ class SpeechFrames:
 
     def ready_video(self) -> list[tuple[int, np.ndarray]]:
         """(frame index, raw log-mel window) for every frame that became ready."""
-        from avatar.audio import log_mel, mel_windows
+        from avatar.audio import log_mel  # torch: imported on first use
 
         c = self.cfg
         # The window reaches mel_frames / 2 hops past the frame's centre, and the last of
@@ -102,8 +162,15 @@ class SpeechFrames:
             last = int(np.floor((self.seconds - lookahead) * c.fps - 0.5)) + 1
         if last <= self.video_sent or len(self._raw) == 0:
             return []
-        windows = mel_windows(log_mel(self._at(16000)), last, c.fps, c.mel_frames)
-        out = [(n, windows[n]) for n in range(self.video_sent, last)]
+        # Only the spectrogram around the new frames is computed (a live utterance grows
+        # without end); it starts a few hops early, past the centred STFT's edge effects.
+        first = self.video_sent
+        hop_s = MEL_HOP / MEL_RATE
+        lo = int(np.round((first + 0.5) / c.fps / hop_s)) - c.mel_frames // 2
+        h0 = max(0, lo - 4)
+        mel = log_mel(self._at(MEL_RATE)[h0 * MEL_HOP:])
+        windows = _windows(mel, h0, first, last, c.fps, c.mel_frames, hop_s)
+        out = [(n, windows[n - first]) for n in range(first, last)]
         self.video_sent = last
         return out
 

@@ -86,6 +86,62 @@ def test_session_end_to_end(server) -> None:  # noqa: ANN001
     asyncio.run(run())
 
 
+def test_microphone_drives_the_avatar(server) -> None:  # noqa: ANN001
+    """Audio-driven mode: a client sends a real recording as its microphone; the server
+    hears it, speaks it with the avatar's mouth and sends it back on the audio track."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.contrib.media import MediaPlayer
+
+    url, srv = server
+    clip = sorted((Path(__file__).parents[1] / ".." / "shared" / "data" / "grid_s1" /
+                   "eval").glob("*.mpg"))[0]
+
+    async def run() -> None:
+        player = MediaPlayer(str(clip))
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTrack(player.audio)  # sendrecv: the microphone up, the avatar's voice down
+        tracks: dict = {}
+        pc.on("track", lambda t: tracks.__setitem__(t.kind, t))
+        await pc.setLocalDescription(await pc.createOffer())
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/v1/sessions", data=pc.localDescription.sdp,
+                                 headers={**AUTH, "Content-Type": "application/sdp"}) as r:
+                assert r.status == 201, await r.text()
+                location = r.headers["Location"]
+                answer = await r.text()
+            await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            for _ in range(200):
+                if len(tracks) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            loud = 0
+
+            async def drain_video() -> None:
+                while True:
+                    await tracks["video"].recv()
+
+            pump = asyncio.ensure_future(drain_video())
+            for _ in range(200):  # 4 s of the avatar's audio
+                frame = await asyncio.wait_for(tracks["audio"].recv(), 10)
+                loud += int(np.abs(frame.to_ndarray()).max() > 300)
+            pump.cancel()
+            sid = location.rsplit("/", 1)[1]
+            session = srv.sessions[sid]
+            kinds = [e["type"] for e in session.events]
+            async with http.get(f"{url}{location}", headers=AUTH) as r:
+                state = await r.json()
+            async with http.delete(f"{url}{location}", headers=AUTH) as r:
+                assert r.status == 204
+        await pc.close()
+        player.audio.stop()
+        assert "speech_started" in kinds, kinds
+        assert state["utterances"] >= 1 and state["frames_rendered"] >= 25, state
+        assert loud >= 25  # the recording came back as the avatar's voice
+
+    asyncio.run(run())
+
+
 def test_bad_requests_get_4xx(server) -> None:  # noqa: ANN001
     url, srv = server
 
@@ -246,7 +302,8 @@ async def _cdp(ws_url: str):  # noqa: ANN202
 
 
 def test_headless_browser_page(server, tmp_path) -> None:  # noqa: ANN001
-    """Debian's chromium opens the page, connects, sends text and receives video."""
+    """Debian's chromium opens the page, connects, sends text and receives video, then
+    switches its (fake) microphone on and the avatar speaks it."""
     import re
     import shutil
     import subprocess
@@ -259,6 +316,7 @@ def test_headless_browser_page(server, tmp_path) -> None:  # noqa: ANN001
         [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--mute-audio",
          "--remote-debugging-port=0", f"--user-data-dir={tmp_path}",
          "--autoplay-policy=no-user-gesture-required", "--use-fake-ui-for-media-stream",
+         "--use-fake-device-for-media-stream",  # a beeping microphone
          f"{url}/#token=t0ken"],
         stderr=subprocess.PIPE, text=True)
     try:
@@ -308,6 +366,15 @@ def test_headless_browser_page(server, tmp_path) -> None:  # noqa: ANN001
                         break
                     await asyncio.sleep(0.1)
                 assert frames > 25
+                # The microphone: the fake device beeps, and the avatar speaks the beeps.
+                sid = (await evaluate("session")).rsplit("/", 1)[1]
+                before = srv.sessions[sid].stats["utterances"]
+                await evaluate("toggleMic()")
+                for _ in range(100):
+                    if srv.sessions[sid].stats["utterances"] > before:
+                        break
+                    await asyncio.sleep(0.1)
+                assert srv.sessions[sid].stats["utterances"] > before
                 await evaluate("disconnect()")
             finally:
                 await close()

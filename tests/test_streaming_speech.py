@@ -45,3 +45,23 @@ def test_chunked_equals_whole() -> None:
     a48 = resample(audio, 22050, 48000)
     ref = (np.clip(a48, -1, 1) * 32767).astype(np.int16)
     assert np.abs(pcm[: len(ref)].astype(int) - ref.astype(int)).max() <= 2
+
+
+def test_live_microphone_chunks_equal_whole() -> None:
+    """20 ms pieces at 48 kHz, as a microphone track delivers them: the same windows as the
+    whole, and the work per piece does not redo the whole utterance."""
+    from avatar.audio import resample
+
+    audio = _speechlike(3.0, 48000)
+    sf = SpeechFrames(SpeechConfig())
+    frames: list[tuple[int, np.ndarray]] = []
+    for a in range(0, len(audio), 960):
+        sf.feed(audio[a: a + 960], 48000)
+        frames += sf.ready_video()
+        sf.ready_audio()
+    sf.finish()
+    frames += sf.ready_video()
+    n = sf.total_video_frames
+    assert [i for i, _ in frames] == list(range(n))
+    whole = mel_windows(log_mel(resample(audio, 48000, 16000)), n, 25, 40)
+    assert np.allclose(np.stack([w for _, w in frames]), whole, atol=1e-3)

@@ -6,6 +6,7 @@ const token = new URLSearchParams(location.hash.slice(1)).get("token") || "";
 const $ = (id) => document.getElementById(id);
 const auth = { Authorization: "Bearer " + token };
 let pc = null, channel = null, session = null, sentAt = null, lastFrames = 0;
+let audioSender = null, mic = null;
 
 function log(line) {
   const el = $("log");
@@ -32,7 +33,9 @@ function waitForIce(peer) {
 async function connect() {
   pc = new RTCPeerConnection();
   pc.addTransceiver("video", { direction: "recvonly" });
-  pc.addTransceiver("audio", { direction: "recvonly" });
+  // Audio both ways: the avatar's voice down, and the microphone up once it is switched
+  // on (replaceTrack needs no new offer).
+  audioSender = pc.addTransceiver("audio", { direction: "sendrecv" }).sender;
   const stream = new MediaStream();
   $("video").srcObject = stream;
   pc.ontrack = (e) => stream.addTrack(e.track);
@@ -54,16 +57,33 @@ async function connect() {
   if (r.status !== 201) { log("connect failed: " + (await r.json()).error); return; }
   session = r.headers.get("Location");
   await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
-  for (const id of ["say", "interrupt", "disconnect"]) $(id).disabled = false;
+  for (const id of ["say", "interrupt", "disconnect", "mic"]) $(id).disabled = false;
   $("connect").disabled = true;
   log("connected: " + session);
 }
 
+async function toggleMic() {
+  if (mic) {
+    mic.getTracks().forEach((t) => t.stop());
+    mic = null;
+    await audioSender.replaceTrack(null);
+    $("mic").textContent = "Microphone on";
+    log("microphone off");
+    return;
+  }
+  mic = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true } });
+  await audioSender.replaceTrack(mic.getAudioTracks()[0]);
+  $("mic").textContent = "Microphone off";
+  log("microphone on: the avatar speaks what you say");
+}
+
 async function disconnect() {
   if (session) await fetch(session, { method: "DELETE", headers: auth });
+  if (mic) mic.getTracks().forEach((t) => t.stop());
   if (pc) pc.close();
-  pc = channel = session = null;
-  for (const id of ["say", "interrupt", "disconnect"]) $(id).disabled = true;
+  pc = channel = session = mic = audioSender = null;
+  $("mic").textContent = "Microphone on";
+  for (const id of ["say", "interrupt", "disconnect", "mic"]) $(id).disabled = true;
   $("connect").disabled = false;
   $("figures").textContent = "not connected";
 }
@@ -97,5 +117,6 @@ $("connect").onclick = () => connect().catch((e) => log("error: " + e));
 $("disconnect").onclick = () => disconnect();
 $("say").onclick = say;
 $("interrupt").onclick = interrupt;
+$("mic").onclick = () => toggleMic().catch((e) => log("microphone: " + e));
 setInterval(figures, 1000);
 loadAvatars();
