@@ -50,6 +50,46 @@ def render_text(bundle: Path, text: str, out: Path, device: str = "cpu", batch: 
     return render_audio(avatar, resample(speech, voice.rate, 16000), out, batch)
 
 
+def render_show(bundle: Path, show_path: Path, out: Path, device: str = "cpu",
+                batch: int = 16) -> dict:
+    """``twincast render --show``: the whole show (speech, pauses, idle) to one video, in
+    batches, as fast as the model allows."""
+    from tqdm import tqdm
+
+    from avatar.audio import resample
+    from avatar.show import load_show
+    from avatar.voice import Voice
+
+    if batch < 1:
+        raise TwincastError(f"--batch {batch}: must be at least 1")
+    show = load_show(show_path)
+    if show.repeat is None:
+        raise TwincastError(f"{show_path}: repeat = \"forever\" cannot be rendered to a "
+                            "file; give a number")
+    voice = Voice.load(bundle, device) if any(s.kind == "say" for s in show.segments) \
+        else None
+    avatar = Avatar.load(bundle, device)
+    parts: list[np.ndarray] = []
+    said: dict[tuple[str, float], np.ndarray] = {}
+    steps = [s for _ in show.passes() for s in show.segments for _ in range(s.repeat)]
+    t0 = time.perf_counter()
+    for seg in tqdm(steps, desc="speech", unit="segment", disable=not _bars()):
+        if seg.kind == "say":
+            assert voice is not None
+            key = (seg.text, seg.rate)
+            if key not in said:  # a repeated line is synthesised once
+                said[key] = resample(voice.say(seg.text, seg.rate), voice.rate, 16000)
+            parts.append(said[key])
+        else:
+            parts.append(np.zeros(int(seg.seconds * 16000), np.float32))
+    speech_s = time.perf_counter() - t0
+    res = render_audio(avatar, np.concatenate(parts), out, batch)
+    res["speech_seconds"] = round(speech_s, 2)
+    res["video_seconds"] = round(res["frames"] / avatar.fps, 2)
+    res["realtime_x"] = round(res["video_seconds"] / (res["seconds"] + speech_s), 2)
+    return res
+
+
 def say_file(bundle: Path, text: str, out: Path, device: str = "cpu", pace: float = 1.0
              ) -> dict:
     """``twincast say``: text to a .wav file in the avatar's voice."""

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,12 @@ class ServerConfig:
     """A new session is admitted while all sessions' frames stay under this share of the
     scheduler's measured frames per second (a session needing every frame rendered)."""
     cors_origins: tuple[str, ...] = ()
+    """Web origins (``https://example.com``) whose pages may call the API; ``*`` for any."""
+    connect_timeout_s: float = 20.0
+    """A session whose peer has not connected this long after its offer is closed."""
+    vanished_after_s: float = 15.0
+    """A connected peer that has sent no RTCP report (every second or so from any WebRTC
+    receiver) for this long has gone without closing: its session is closed."""
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -65,6 +72,9 @@ class Server:
         self.scheduler: Scheduler | None = None
         self._opening = 0
         self._listeners: dict[str, asyncio.Future] = {}
+        self._opened_at: dict[str, float] = {}
+        self._watchdog: asyncio.Task | None = None
+        self.streams: dict[str, tuple[object, list[asyncio.Task]]] = {}
 
     # ------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -88,7 +98,7 @@ class Server:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.cfg.max_body_bytes,
-                              middlewares=[self._errors, self._auth])
+                              middlewares=[self._cors, self._errors, self._auth])
         r = app.router
         r.add_get("/", self.page)
         r.add_get("/app.js", self.page_js)
@@ -101,6 +111,7 @@ class Server:
         r.add_delete("/v1/sessions/{id}", self.delete_session)
         r.add_post("/v1/sessions/{id}/say", self.say)
         r.add_post("/v1/sessions/{id}/interrupt", self.interrupt)
+        r.add_post("/v1/streams", self.create_stream)
         app.on_startup.append(self._startup)
         app.on_shutdown.append(self._shutdown)
         return app
@@ -110,14 +121,39 @@ class Server:
             self.load()
         assert self.scheduler is not None
         self.scheduler.start()
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
     async def _shutdown(self, app: web.Application) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for sid in list(self.sessions):
             await self._close(sid)
         if self.scheduler is not None:
             self.scheduler.stop()
 
     # ------------------------------------------------------------ middlewares
+    @web.middleware
+    async def _cors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Pages from the configured origins may call the API (and read ``Location``)."""
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and request.path.startswith("/v1/") and (
+            "*" in self.cfg.cors_origins or origin in self.cfg.cors_origins)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            if not allowed:
+                return _error(403, f"origin {origin!r} may not call this API; add it with "
+                              "--cors-origin")
+            return web.Response(status=204, headers={
+                "Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                "Access-Control-Max-Age": "600"})
+        response = await handler(request)
+        if allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "Location"
+            response.headers["Vary"] = "Origin"
+        return response
+
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -206,6 +242,7 @@ class Server:
         session.start()
         self.sessions[session.id] = session
         self.peers[session.id] = pc
+        self._opened_at[session.id] = time.monotonic()
 
         @pc.on("datachannel")
         def _channel(channel) -> None:  # noqa: ANN001 - aiortc's RTCDataChannel
@@ -218,12 +255,87 @@ class Server:
 
         answer = pc.localDescription.sdp
         location = f"/v1/sessions/{session.id}"
-        log.info("session %s opened (avatar %s)", session.id, avatar)
+        log.info("session %s opened (avatar %s)", session.id, avatar,
+                 extra={"session": session.id})
         if as_json:
             return web.json_response({"id": session.id, "sdp": answer, "type": "answer"},
                                      status=201, headers={"Location": location})
         return web.Response(text=answer, status=201, content_type="application/sdp",
                             headers={"Location": location})
+
+    async def create_stream(self, request: web.Request) -> web.Response:
+        """Start pushing a new session to an RTMP ingest (a stream is a session whose
+        output is RTMP): JSON ``{"rtmp": URL, "avatar": ..., "show": TOML text, "width",
+        "height", "video_kbps", "keyframe_s", "key_colour": [r, g, b]}``."""
+        from avatar.show import parse_show
+        from streaming.rtmp import RtmpConfig, check_url
+
+        body = await self._json(request)
+        url = body.get("rtmp")
+        if not isinstance(url, str):
+            return _error(400, "'rtmp' must be the ingest URL (rtmp://... or rtmps://...)")
+        check_url(url)
+        avatar = body.get("avatar") or next(iter(self.avatars))
+        if avatar not in self.avatars:
+            return _error(404, f"no avatar {avatar!r}; this server has "
+                          f"{', '.join(self.avatars)}")
+        show = None
+        if body.get("show") is not None:
+            if not isinstance(body["show"], str):
+                return _error(400, "'show' must be the text of a show file (TOML)")
+            show = parse_show(body["show"], "show")
+        ints = {}
+        for key, lo, hi in (("width", 64, 3840), ("height", 64, 2160),
+                            ("video_kbps", 100, 50000)):
+            v = body.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or
+                                  not lo <= v <= hi or (key != "video_kbps" and v % 2)):
+                return _error(400, f"'{key}' must be a whole number from {lo} to {hi}"
+                              + (" (even)" if key != "video_kbps" else ""))
+            if v is not None:
+                ints[key] = v
+        key = body.get("key_colour")
+        if key is not None and not (isinstance(key, list) and len(key) == 3 and all(
+                isinstance(c, int) and 0 <= c <= 255 for c in key)):
+            return _error(400, "'key_colour' must be [r, g, b] with values 0-255")
+        if len(self.sessions) + self._opening >= self.cfg.max_sessions:
+            return _error(503, f"the server holds its maximum of {self.cfg.max_sessions} "
+                          "sessions; try again later", **{"Retry-After": "10"})
+        cfg = RtmpConfig(url=url, key_colour=tuple(key) if key else None, **ints)
+        session = await self.open_stream(avatar, cfg, show)
+        location = f"/v1/sessions/{session.id}"
+        return web.json_response({"id": session.id, "location": location}, status=201,
+                                 headers={"Location": location})
+
+    async def open_stream(self, avatar: str, cfg: object, show: object | None = None
+                          ) -> Session:
+        """A session whose output goes to an RTMP ingest instead of a WebRTC peer."""
+        from streaming.rtmp import RtmpOutput, pump
+        from streaming.show import run_show
+
+        assert self.scheduler is not None
+        session = Session(avatar, self.avatars[avatar], self.voices.get(avatar),
+                          self.scheduler, SessionConfig())
+        keyer = None
+        if cfg.key_colour is not None:  # type: ignore[attr-defined]
+            from streaming.keying import Keyer
+
+            keyer = await asyncio.get_running_loop().run_in_executor(
+                None, Keyer, cfg.key_colour)  # type: ignore[attr-defined]
+        output = RtmpOutput(cfg, session.cfg.fps, session.cfg.audio_rate,  # type: ignore[arg-type]
+                            keyer=keyer)
+        session.start()
+        output.start()
+        tasks = [asyncio.ensure_future(pump(session, output))]
+        if show is not None:
+            tasks.append(asyncio.ensure_future(run_show(session, show)))
+        self.sessions[session.id] = session
+        self.streams[session.id] = (output, tasks)
+        session.describe_extra = lambda: {"output": "rtmp", "rtmp_state": output.state,
+                                          **{f"rtmp_{k}": v for k, v in output.stats.items()}}
+        log.info("session %s streams to %s", session.id, output._redacted(),
+                 extra={"session": session.id})
+        return session
 
     def _session(self, request: web.Request) -> Session:
         s = self.sessions.get(request.match_info["id"])
@@ -257,7 +369,14 @@ class Server:
         if len(text) > self.cfg.max_text_chars:
             return _error(413, f"the text is {len(text)} characters; the limit is "
                           f"{self.cfg.max_text_chars}")
-        uid = s.say(text, interrupt=bool(body.get("interrupt", False)))
+        policy = body.get("policy", "interrupt" if body.get("interrupt") else "append")
+        if policy not in ("append", "interrupt"):
+            return _error(400, "'policy' is 'append' (after what is queued) or 'interrupt'")
+        pace = body.get("rate", 1.0)
+        if isinstance(pace, bool) or not isinstance(pace, int | float) or \
+                not 0.5 <= pace <= 2.0:
+            return _error(400, "'rate' must be a number from 0.5 to 2.0")
+        uid = s.say(text, interrupt=policy == "interrupt", pace=float(pace))
         return web.json_response({"utterance": uid}, status=202)
 
     async def interrupt(self, request: web.Request) -> web.Response:
@@ -328,17 +447,64 @@ class Server:
         body = generate_latest(registry_for(self))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def _watch(self) -> None:
+        """Close the sessions of clients that never connected or went away without a
+        word (a closed laptop lid, a lost network): their renders and tracks are freed."""
+        period = min(2.0, self.cfg.vanished_after_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for sid, pc in list(self.peers.items()):
+                age = now - self._opened_at.get(sid, now)
+                why = None
+                try:
+                    if pc.connectionState != "connected":  # type: ignore[attr-defined]
+                        if age > self.cfg.connect_timeout_s:
+                            why = f"its peer did not connect within {age:.0f} s"
+                    else:
+                        silent = await _last_report_age(pc)
+                        if (silent if silent is not None else age) > self.cfg.vanished_after_s:
+                            why = "its client vanished (no RTCP report for " \
+                                  f"{silent if silent is not None else age:.0f} s)"
+                except Exception:  # noqa: BLE001 - one odd peer must not stop the watch
+                    log.exception("watchdog: session %s", sid, extra={"session": sid})
+                if why is not None:
+                    log.warning("session %s closed: %s", sid, why, extra={"session": sid})
+                    await self._close(sid)
+
     async def _close(self, sid: str) -> None:
         s = self.sessions.pop(sid, None)
         pc = self.peers.pop(sid, None)
+        self._opened_at.pop(sid, None)
         listener = self._listeners.pop(sid, None)
         if listener is not None:
             listener.cancel()
+        stream = self.streams.pop(sid, None)
+        if stream is not None:
+            for task in stream[1]:
+                task.cancel()
         if s is not None:
             await s.close()
-            log.info("session %s closed", sid)
+            log.info("session %s closed", sid, extra={"session": sid})
         if pc is not None:
             await pc.close()  # type: ignore[attr-defined]
+
+
+async def _last_report_age(pc) -> float | None:  # noqa: ANN001 - RTCPeerConnection
+    """Seconds since the peer's last RTCP receiver report on any of our tracks (None when
+    it has sent none yet)."""
+    import datetime as dt
+
+    newest = None
+    for sender in pc.getSenders():
+        if sender.track is None:
+            continue
+        for st in (await sender.getStats()).values():
+            if st.type == "remote-inbound-rtp" and (newest is None or st.timestamp > newest):
+                newest = st.timestamp
+    if newest is None:
+        return None
+    return (dt.datetime.now(dt.UTC) - newest).total_seconds()
 
 
 def bundle_names(bundles: list[Path]) -> dict[str, Path]:
@@ -378,13 +544,25 @@ class RunningServer:
         self._thread.join(timeout=30)
 
 
-def serve(bundles: list[Path], cfg: ServerConfig) -> None:
-    """``twincast serve``: load, print the token and a local link, serve until Ctrl-C."""
+def serve(bundles: list[Path], cfg: ServerConfig,
+          stream: tuple[object, object | None] | None = None) -> None:
+    """``twincast serve``: load, print the token and a local link, serve until Ctrl-C.
+    ``stream`` (an RtmpConfig and a Show or None): also push one stream from the start
+    (``twincast stream``)."""
     names = bundle_names(bundles)
     server = Server(names, cfg)
     server.load()
+    if stream is not None:
+        async def start_stream(app: web.Application) -> None:
+            s = await server.open_stream(next(iter(names)), *stream)
+            log.info("stream session %s: inject text with POST /v1/sessions/%s/say", s.id,
+                     s.id)
+        app = server.app()
+        app.on_startup.append(start_stream)
+    else:
+        app = server.app()
     # The token rides in the link's fragment: the browser never sends it to a server.
     log.info("serving %s: open http://%s:%d/#token=%s", ", ".join(names), cfg.host,
              cfg.port, server.token)
-    web.run_app(server.app(), host=cfg.host, port=cfg.port, print=None,
+    web.run_app(app, host=cfg.host, port=cfg.port, print=None,
                 handle_signals=True, loop=asyncio.new_event_loop())

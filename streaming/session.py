@@ -95,6 +95,9 @@ class Utterance:
     cancel: threading.Event = field(default_factory=threading.Event)
     margin_s: float | None = None
     """How long after its first audio this speech starts (None: the session's default)."""
+    pace: float = 1.0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once it has been spoken, or dropped."""
 
 
 class Session:
@@ -121,6 +124,8 @@ class Session:
                                         out_rate=self.cfg.audio_rate)
         self._silence = np.zeros(self.cfg.audio_rate // 50, np.int16)
         self._live: Utterance | None = None
+        self.describe_extra: Callable[[], dict] | None = None
+        """More state for ``describe`` (an RTMP output's, for a stream)."""
         self._preroll: deque[tuple[np.ndarray, int]] = deque()
         self._quiet_s = 0.0
 
@@ -143,7 +148,7 @@ class Session:
             except asyncio.CancelledError:
                 pass
 
-    def say(self, text: str, interrupt: bool = False) -> str:
+    def say(self, text: str, interrupt: bool = False, pace: float = 1.0) -> str:
         """Queue ``text``; its synthesis starts now in a worker thread. Returns its id."""
         if self.voice is None:
             raise TwincastError(f"avatar {self.avatar_name!r} has no voice; send audio "
@@ -154,12 +159,19 @@ class Session:
             self.interrupt()
         # Check the text now, so a bad one is refused with a clear error, not mid-stream.
         self.voice.frontend.check(text)  # type: ignore[attr-defined]
-        u = Utterance(uuid.uuid4().hex[:8], text, SpeechFrames(self._speech_cfg))
+        u = Utterance(uuid.uuid4().hex[:8], text, SpeechFrames(self._speech_cfg), pace=pace)
         self.queue.append(u)
         self.stats["utterances"] += 1
         loop = self._loop or asyncio.get_running_loop()
         loop.run_in_executor(None, self._synthesise, u, loop)
         return u.id
+
+    async def wait_spoken(self, uid: str) -> None:
+        """Until utterance ``uid`` has been spoken (or dropped by an interrupt)."""
+        for u in list(self.queue):
+            if u.id == uid:
+                await u.done.wait()
+                return
 
     def hear(self, audio: np.ndarray, rate: int) -> None:
         """Audio-driven mode: a piece of the client's microphone (mono float). Loud audio
@@ -197,6 +209,7 @@ class Session:
         self._live = None
         for u in self.queue:
             u.cancel.set()
+            u.done.set()
         self.queue.clear()
         self.scheduler.cancel(self.id)
         self.rendered.clear()
@@ -239,7 +252,7 @@ class Session:
     def _synthesise(self, u: Utterance, loop: asyncio.AbstractEventLoop) -> None:
         """Worker thread: the voice's chunks go to the event loop as they come."""
         try:
-            for chunk in self.voice.speak(u.text):  # type: ignore[attr-defined]
+            for chunk in self.voice.speak(u.text, u.pace):  # type: ignore[attr-defined]
                 if u.cancel.is_set():
                     return
                 loop.call_soon_threadsafe(u.speech.feed, chunk.audio, chunk.rate)
@@ -272,7 +285,7 @@ class Session:
             u = self.queue[0]
             if u.error is not None and u.speech.finished and u.speech.seconds == 0:
                 self._emit("error", u, message=u.error)
-                self.queue.popleft()
+                self.queue.popleft().done.set()
                 continue
             now = self.clock.now()
             if u.start_frame is None:
@@ -300,7 +313,7 @@ class Session:
             total = u.speech.total_video_frames
             if total is not None and u.submitted >= total and now >= (s + total) / fps:
                 self._emit("speech_ended", u, (s + total) / fps)
-                self.queue.popleft()
+                self.queue.popleft().done.set()
 
     def _collect_audio(self, u: Utterance) -> None:
         assert u.start_frame is not None
@@ -315,7 +328,7 @@ class Session:
         return {"id": self.id, "avatar": self.avatar_name, "state": self.state,
                 "speaking": bool(u and u.start_frame is not None),
                 "queued": len(self.queue), "stream_time": round(self.clock.now(), 3),
-                **self.stats}
+                **self.stats, **(self.describe_extra() if self.describe_extra else {})}
 
 
 async def listen(session: Session, track) -> None:  # noqa: ANN001 - aiortc's remote track

@@ -16,7 +16,8 @@ aiohttp = pytest.importorskip("aiohttp")
 def server(bundle: Path):  # noqa: ANN201
     from streaming.app import RunningServer, Server, ServerConfig
 
-    srv = Server({"presenter": bundle}, ServerConfig(token="t0ken", max_sessions=3))
+    srv = Server({"presenter": bundle}, ServerConfig(
+        token="t0ken", max_sessions=3, cors_origins=("https://shop.example",)))
     srv.load()
     running = RunningServer(srv)
     yield running.url, srv
@@ -138,6 +139,57 @@ def test_microphone_drives_the_avatar(server) -> None:  # noqa: ANN001
         assert "speech_started" in kinds, kinds
         assert state["utterances"] >= 1 and state["frames_rendered"] >= 25, state
         assert loud >= 25  # the recording came back as the avatar's voice
+
+    asyncio.run(run())
+
+
+def test_vanished_client_is_freed_within_30_s(server) -> None:  # noqa: ANN001
+    """A viewer killed without closing anything: its session goes within 30 s."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url, srv = server
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "client_process.py"),
+                             url, "t0ken"], stdout=subprocess.PIPE, text=True)
+    try:
+        location = proc.stdout.readline().strip()
+        sid = location.rsplit("/", 1)[1]
+        assert sid in srv.sessions
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        killed = time.monotonic()
+        while sid in srv.sessions and time.monotonic() - killed < 40:
+            time.sleep(0.25)
+        gone = time.monotonic() - killed
+        assert sid not in srv.sessions and sid not in srv.peers
+        assert gone <= 30, f"freed after {gone:.1f} s"
+    finally:
+        proc.kill()
+
+
+def test_cors_for_configured_origins_only(server) -> None:  # noqa: ANN001
+    url, srv = server
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as http:
+            pre = {"Access-Control-Request-Method": "POST",
+                   "Access-Control-Request-Headers": "authorization, content-type"}
+            async with http.options(f"{url}/v1/sessions", headers={
+                    **pre, "Origin": "https://shop.example"}) as r:
+                assert r.status == 204
+                assert r.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+                assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+            async with http.options(f"{url}/v1/sessions", headers={
+                    **pre, "Origin": "https://evil.example"}) as r:
+                assert r.status == 403 and "error" in await r.json()
+            async with http.get(f"{url}/v1/avatars", headers={
+                    **AUTH, "Origin": "https://shop.example"}) as r:
+                assert r.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+            async with http.get(f"{url}/v1/avatars", headers={
+                    **AUTH, "Origin": "https://evil.example"}) as r:
+                assert r.status == 200 and "Access-Control-Allow-Origin" not in r.headers
 
     asyncio.run(run())
 

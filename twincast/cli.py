@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     what = r.add_mutually_exclusive_group(required=True)
     what.add_argument("--audio", type=Path, help="speech, any format and rate")
     what.add_argument("--text", help="text, said in the avatar's voice")
+    what.add_argument("--show", type=Path, help="a show file (TOML): segments to say, pauses")
     r.add_argument("--pace", type=_positive, default=1.0, help="speaking rate for --text")
     r.add_argument("-o", "--out", type=Path, required=True, help="output .mp4")
     r.add_argument("--device", default="cpu")
@@ -134,7 +135,30 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--token", help="API bearer token (default: TWINCAST_TOKEN or generated)")
     sv.add_argument("--max-sessions", type=int, default=8)
+    sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                    help="a web origin whose pages may call the API (repeatable; * for any)")
+    sv.add_argument("--log-format", choices=("text", "json"), default="text",
+                    help="json: one JSON object per log line, for log collectors")
     sv.set_defaults(func=cmd_serve)
+
+    st = sub.add_parser("stream", help="push the avatar live to an RTMP(S) ingest, with the "
+                        "server's API for injecting text")
+    st.add_argument("bundle", type=Path)
+    st.add_argument("--rtmp", required=True, help="ingest URL, rtmp://host/app/STREAM-KEY")
+    st.add_argument("--show", type=Path, help="a show file (TOML) to run unattended")
+    st.add_argument("--size", type=_size, default=(1280, 720), help="WIDTHxHEIGHT (1280x720)")
+    st.add_argument("--video-kbps", type=int, default=2500)
+    st.add_argument("--audio-kbps", type=int, default=128)
+    st.add_argument("--keyframe-s", type=_positive, default=2.0,
+                    help="seconds between keyframes (2)")
+    st.add_argument("--key", metavar="RRGGBB", help="replace the background with this "
+                    "colour for chroma keying, e.g. 00ff00")
+    st.add_argument("--devices", default="cpu")
+    st.add_argument("--host", default="127.0.0.1")
+    st.add_argument("--port", type=int, default=8080)
+    st.add_argument("--token", help="API bearer token (default: TWINCAST_TOKEN or generated)")
+    st.add_argument("--log-format", choices=("text", "json"), default="text")
+    st.set_defaults(func=cmd_stream)
 
     ev = sub.add_parser("eval", help="measure an avatar on held-out footage")
     evsub = ev.add_subparsers(dest="eval", required=True, metavar="WHAT")
@@ -259,8 +283,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise TwincastError("--devices: name at least one device (cpu, cuda:0, ...)")
     if args.max_sessions < 1:
         raise TwincastError("--max-sessions must be at least 1")
+    if args.log_format == "json":
+        from twincast.logs import use_json_logs
+
+        use_json_logs()
     serve(args.bundles, ServerConfig(host=args.host, port=args.port, token=args.token,
-                                     devices=devices, max_sessions=args.max_sessions))
+                                     devices=devices, max_sessions=args.max_sessions,
+                                     cors_origins=tuple(args.cors_origin)))
+    return 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    import re
+
+    from avatar.show import load_show
+    from streaming.app import ServerConfig, serve
+    from streaming.rtmp import RtmpConfig, check_url
+
+    check_url(args.rtmp)
+    key = None
+    if args.key is not None:
+        if not re.fullmatch(r"#?[0-9a-fA-F]{6}", args.key):
+            raise TwincastError(f"--key {args.key!r}: a colour as RRGGBB, e.g. 00ff00")
+        h = args.key.lstrip("#")
+        key = (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))
+    if args.video_kbps < 100 or args.audio_kbps < 16:
+        raise TwincastError("--video-kbps must be at least 100 and --audio-kbps at least 16")
+    show = load_show(args.show) if args.show else None
+    if args.log_format == "json":
+        from twincast.logs import use_json_logs
+
+        use_json_logs()
+    devices = tuple(d.strip() for d in args.devices.split(",") if d.strip()) or ("cpu",)
+    rtmp = RtmpConfig(url=args.rtmp, width=args.size[0], height=args.size[1],
+                      video_kbps=args.video_kbps, audio_kbps=args.audio_kbps,
+                      keyframe_s=args.keyframe_s, key_colour=key)
+    serve([args.bundle], ServerConfig(host=args.host, port=args.port, token=args.token,
+                                      devices=devices), stream=(rtmp, show))
     return 0
 
 
@@ -307,9 +366,13 @@ def cmd_say(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from avatar.offline import render_file, render_text
+    from avatar.offline import render_file, render_show, render_text
 
-    if args.text is not None:
+    if args.show is not None:
+        res = render_show(args.bundle, args.show, args.out, args.device, args.batch)
+        log.info("%.0f s of show in %.1f s: %.1fx real time", res["video_seconds"],
+                 res["seconds"] + res["speech_seconds"], res["realtime_x"])
+    elif args.text is not None:
         res = render_text(args.bundle, args.text, args.out, args.device, args.batch,
                           args.pace)
     else:

@@ -1,0 +1,163 @@
+"""Show files: what an unattended stream says, in order, as TOML.
+
+    repeat = 3          # the whole show; "forever" for a stream that never ends
+    rate = 1.0          # speaking rate for every segment unless it sets its own
+
+    [[segment]]
+    say = "Welcome to the stream! Today: the new autumn collection."
+
+    [[segment]]
+    pause = 1.5         # seconds of silence, standing still
+
+    [[segment]]
+    say = "This jacket is waterproof and weighs 400 grams."
+    rate = 0.9
+    repeat = 2
+
+    [[segment]]
+    idle = 10           # seconds of idle motion
+
+Every error names the file, the line and the key, so a long script is quick to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from avatar.errors import TwincastError, path_error
+
+log = logging.getLogger(__name__)
+
+TOP_KEYS = {"repeat", "rate", "segment"}
+SEGMENT_KEYS = {"say", "pause", "idle", "rate", "repeat"}
+MAX_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class Segment:
+    kind: str
+    """"say", "pause" or "idle"."""
+    text: str = ""
+    seconds: float = 0.0
+    rate: float = 1.0
+    repeat: int = 1
+
+
+@dataclass(frozen=True)
+class Show:
+    segments: tuple[Segment, ...]
+    repeat: int | None = 1
+    """Times through the whole show; None: forever."""
+
+    def passes(self) -> range:
+        return range(self.repeat) if self.repeat is not None else range(10 ** 9)
+
+
+def _line_of(text: str, key: str, nth: int = 0) -> int | None:
+    """Line number of the nth ``key = ...`` in the file (tomllib gives no positions)."""
+    hits = [i + 1 for i, line in enumerate(text.splitlines())
+            if re.match(rf"\s*{re.escape(key)}\s*=", line)]
+    return hits[nth] if nth < len(hits) else (hits[0] if hits else None)
+
+
+def _segment_line(text: str, index: int) -> int | None:
+    hits = [i + 1 for i, line in enumerate(text.splitlines())
+            if re.match(r"\s*\[\[\s*segment\s*\]\]", line)]
+    return hits[index] if index < len(hits) else None
+
+
+def parse_show(text: str, name: str = "show") -> Show:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise TwincastError(f"{name}: not valid TOML: {e}") from None
+
+    def where(key: str, seg: int | None = None) -> str:
+        line = _segment_line(text, seg) if seg is not None else None
+        if seg is not None:
+            # The key's line: the first of its kind after the segment's header.
+            lines = text.splitlines()
+            start = (line or 1) - 1
+            for i in range(start, len(lines)):
+                if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
+                    return f"{name}, line {i + 1}"
+                if i > start and re.match(r"\s*\[", lines[i]):
+                    break
+            return f"{name}, line {line}" if line else name
+        found = _line_of(text, key)
+        return f"{name}, line {found}" if found else name
+
+    for key in data:
+        if key not in TOP_KEYS:
+            raise TwincastError(f"{where(key)}: unknown key {key!r} (known: "
+                                f"{', '.join(sorted(TOP_KEYS))})")
+    repeat = _repeat(data.get("repeat", 1), where("repeat"), allow_forever=True)
+    rate = _rate(data.get("rate", 1.0), where("rate"))
+    raw = data.get("segment", [])
+    if not isinstance(raw, list):
+        raise TwincastError(f"{where('segment')}: segments are [[segment]] tables")
+    segments = []
+    for i, seg in enumerate(raw):
+        for key in seg:
+            if key not in SEGMENT_KEYS:
+                raise TwincastError(f"{where(key, i)}: unknown key {key!r} in segment "
+                                    f"{i + 1} (known: {', '.join(sorted(SEGMENT_KEYS))})")
+        kinds = [k for k in ("say", "pause", "idle") if k in seg]
+        if len(kinds) != 1:
+            at = f"{name}, line {_segment_line(text, i)}"
+            raise TwincastError(f"{at}: segment {i + 1} needs exactly one of say, pause, "
+                                f"idle (it has {', '.join(kinds) or 'none'})")
+        kind = kinds[0]
+        seg_rate = _rate(seg.get("rate", rate), where("rate", i))
+        seg_repeat = _repeat(seg.get("repeat", 1), where("repeat", i), allow_forever=False)
+        if kind == "say":
+            words = seg["say"]
+            if not isinstance(words, str):
+                raise TwincastError(f"{where('say', i)}: 'say' must be text in quotes")
+            if not words.strip():
+                log.warning("%s: segment %d has empty text; skipped", where("say", i), i + 1)
+                continue
+            segments.append(Segment("say", text=words.strip(), rate=seg_rate,
+                                    repeat=seg_repeat))
+        else:
+            seconds = seg[kind]
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not \
+                    0 < seconds <= MAX_SECONDS:
+                raise TwincastError(f"{where(kind, i)}: '{kind}' is seconds, above 0 and at "
+                                    f"most {MAX_SECONDS:.0f}")
+            segments.append(Segment(kind, seconds=float(seconds), repeat=seg_repeat))
+    if not segments:
+        raise TwincastError(f"{name}: the show is empty; add [[segment]] tables with say, "
+                            "pause or idle")
+    return Show(tuple(segments), repeat)
+
+
+def load_show(path: Path) -> Show:
+    path = Path(path)
+    if not path.is_file():
+        raise path_error(path, "no such show file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise path_error(path, "is not UTF-8 text") from None
+    return parse_show(text, str(path))
+
+
+def _repeat(value: object, where: str, allow_forever: bool) -> int | None:
+    if allow_forever and value == "forever":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100000:
+        extra = ' or "forever"' if allow_forever else ""
+        raise TwincastError(f"{where}: 'repeat' must be a whole number from 1{extra}")
+    return value
+
+
+def _rate(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not \
+            0.5 <= value <= 2.0:
+        raise TwincastError(f"{where}: 'rate' must be a number from 0.5 to 2.0")
+    return float(value)
