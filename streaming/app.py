@@ -53,6 +53,10 @@ class ServerConfig:
     receiver) for this long has gone without closing: its session is closed."""
 
 
+EMBED_FILES = {"twincast.js": "application/javascript", "example.html": "text/html",
+               "example.js": "application/javascript"}
+
+
 def _error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers or None)
 
@@ -102,6 +106,8 @@ class Server:
         r = app.router
         r.add_get("/", self.page)
         r.add_get("/app.js", self.page_js)
+        for name in EMBED_FILES:
+            r.add_get(f"/embed/{name}", self.embed_file)
         r.add_get("/healthz", self.healthz)
         r.add_get("/metrics", self.metrics)
         r.add_get("/v1/openapi.json", self.openapi)
@@ -405,7 +411,12 @@ class Server:
                     if not isinstance(text, str) or len(text) > self.cfg.max_text_chars:
                         raise ValueError("'text' must be a string of at most "
                                          f"{self.cfg.max_text_chars} characters")
-                    uid = session.say(text, interrupt=bool(cmd.get("interrupt")))
+                    pace = cmd.get("rate", 1.0)
+                    if isinstance(pace, bool) or not isinstance(pace, int | float) or \
+                            not 0.5 <= pace <= 2.0:
+                        raise ValueError("'rate' must be a number from 0.5 to 2.0")
+                    uid = session.say(text, interrupt=bool(cmd.get("interrupt")),
+                                      pace=float(pace))
                     send({"type": "accepted", "utterance": uid})
                 elif kind == "interrupt":
                     session.interrupt()
@@ -419,6 +430,11 @@ class Server:
 
     async def page_js(self, request: web.Request) -> web.Response:
         return self._static("app.js", "application/javascript")
+
+    async def embed_file(self, request: web.Request) -> web.Response:
+        """The embed kit: the client script, and an example page that uses it."""
+        name = request.path.rsplit("/", 1)[1]
+        return self._static(name, EMBED_FILES[name])
 
     def _static(self, name: str, content_type: str) -> web.Response:
         body = (Path(__file__).parent / "web" / name).read_text(encoding="utf-8")

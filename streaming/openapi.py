@@ -19,7 +19,23 @@ def document() -> dict:
                 "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
                 "Say": {"type": "object", "required": ["text"], "properties": {
                     "text": {"type": "string"},
-                    "interrupt": {"type": "boolean", "default": False}}},
+                    "policy": {"enum": ["append", "interrupt"], "default": "append",
+                               "description": "after what is queued, or cut it off"},
+                    "interrupt": {"type": "boolean", "default": False,
+                                  "description": "the same as policy: interrupt"},
+                    "rate": {"type": "number", "minimum": 0.5, "maximum": 2.0,
+                             "default": 1.0, "description": "speaking rate"}}},
+                "Stream": {"type": "object", "required": ["rtmp"], "properties": {
+                    "rtmp": {"type": "string", "description": "rtmp:// or rtmps:// "
+                             "ingest URL with its stream key"},
+                    "avatar": {"type": "string"},
+                    "show": {"type": "string", "description": "a show file's TOML text"},
+                    "width": {"type": "integer", "default": 1280},
+                    "height": {"type": "integer", "default": 720},
+                    "video_kbps": {"type": "integer", "default": 2500},
+                    "key_colour": {"type": "array", "items": {"type": "integer"},
+                                   "description": "[r, g, b]: background replaced by "
+                                   "this colour for chroma keying"}}},
             },
         },
         "security": [{"bearer": []}],
@@ -55,11 +71,20 @@ def document() -> dict:
                 "responses": {"202": {"description": "accepted, with the utterance id"},
                               "400": _error("bad body or unspeakable text"),
                               "413": _error("text over the limit")}}},
+            "/v1/streams": {"post": {
+                "summary": "Start a livestream: a session whose output is pushed to an RTMP "
+                           "ingest (inject text with its /say)",
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "$ref": "#/components/schemas/Stream"}}}},
+                "responses": {"201": {"description": "started; Location names the session"},
+                              "400": _error("bad URL, show or option"),
+                              "503": _error("full; see Retry-After")}}},
             "/v1/sessions/{id}/interrupt": {"post": {
                 "summary": "Stop speaking at once (barge-in)", "parameters": sid,
                 "responses": {"200": {"description": "how many utterances were dropped"}}}},
         },
-        "x-data-channel": "Commands {type: say, text, interrupt} and {type: interrupt}; "
+        "x-data-channel": "Commands {type: say, text, interrupt, rate} and "
+                          "{type: interrupt}; "
                           "events {type: speech_started | speech_ended | interrupted | "
                           "error | accepted, utterance, stream_time}.",
     }

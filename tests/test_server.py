@@ -280,7 +280,12 @@ def test_data_channel_page_metrics_openapi(server) -> None:  # noqa: ANN001
             async with http.get(f"{url}/") as r:
                 assert r.status == 200 and "script-src 'self'" in \
                     r.headers["Content-Security-Policy"]
-                assert "/app.js" in await r.text()
+                page = await r.text()
+                assert "/app.js" in page and "/embed/twincast.js" in page
+            async with http.get(f"{url}/embed/twincast.js") as r:
+                assert r.status == 200 and "class Twincast" in await r.text()
+            async with http.get(f"{url}/embed/example.html") as r:
+                assert r.status == 200 and "/embed/example.js" in await r.text()
             async with http.get(f"{url}/v1/openapi.json") as r:
                 doc = await r.json()
             assert "/v1/sessions/{id}/say" in doc["paths"]

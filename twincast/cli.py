@@ -201,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="time a fresh model of this preset's size over the bundle's idle "
                     "footage instead of the bundle's own model")
     br.set_defaults(func=cmd_bench_render)
+    bst = bsub.add_parser("stream", help="CPU cost and say-to-mouth latency of one RTMP "
+                          "stream (needs nginx with its RTMP module)")
+    bst.add_argument("bundle", type=Path)
+    bst.add_argument("--sizes", default="1280x720,1920x1080", help="output sizes to measure")
+    bst.add_argument("--idle-seconds", type=_positive, default=10.0)
+    bst.set_defaults(func=cmd_bench_stream)
+
     bs = bsub.add_parser("serve", help="the server with N real WebRTC clients on loopback")
     bs.add_argument("bundle", type=Path)
     bs.add_argument("--sessions", type=int, default=1)
@@ -387,6 +394,17 @@ def cmd_bench_render(args: argparse.Namespace) -> int:
 
     print(json.dumps(bench_render(args.bundle, args.device, _batches(args.batches),
                                          seconds=args.seconds, preset=args.preset), indent=2))
+    return 0
+
+
+def cmd_bench_stream(args: argparse.Namespace) -> int:
+    from streaming.bench_stream import bench_stream
+
+    try:
+        sizes = tuple(_size(s.strip()) for s in args.sizes.split(",") if s.strip())
+    except argparse.ArgumentTypeError as e:
+        raise TwincastError(f"--sizes: {e}") from None
+    print(json.dumps(bench_stream(args.bundle, sizes, args.idle_seconds), indent=2))
     return 0
 
 

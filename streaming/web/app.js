@@ -1,12 +1,14 @@
-// twincast page: connect over WebRTC, send text, interrupt, show live figures.
-// The API token comes from the link's fragment (#token=...), which never reaches a server.
+// twincast page: connect over WebRTC, send text, interrupt, use the microphone, and show
+// live figures. It drives the avatar through the embed client (/embed/twincast.js), like
+// any other page would. The API token comes from the link's fragment (#token=...), which
+// never reaches a server.
 "use strict";
 
 const token = new URLSearchParams(location.hash.slice(1)).get("token") || "";
 const $ = (id) => document.getElementById(id);
-const auth = { Authorization: "Bearer " + token };
-let pc = null, channel = null, session = null, sentAt = null, lastFrames = 0;
-let audioSender = null, mic = null;
+let client = null, sentAt = null, lastFrames = 0;
+// The session's peer connection and its path, for the browser test and the figures.
+let pc = null, session = null;
 
 function log(line) {
   const el = $("log");
@@ -14,7 +16,7 @@ function log(line) {
 }
 
 async function loadAvatars() {
-  const r = await fetch("/v1/avatars", { headers: auth });
+  const r = await fetch("/v1/avatars", { headers: { Authorization: "Bearer " + token } });
   if (!r.ok) { log("cannot list avatars: " + (await r.json()).error); return; }
   for (const a of (await r.json()).avatars) {
     const o = document.createElement("option");
@@ -23,80 +25,56 @@ async function loadAvatars() {
   }
 }
 
-function waitForIce(peer) {
-  if (peer.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((done) => peer.addEventListener("icegatheringstatechange", () => {
-    if (peer.iceGatheringState === "complete") done();
-  }));
+function buttons(connected) {
+  for (const id of ["say", "interrupt", "disconnect", "mic"]) $(id).disabled = !connected;
+  $("connect").disabled = connected;
 }
 
 async function connect() {
-  pc = new RTCPeerConnection();
-  pc.addTransceiver("video", { direction: "recvonly" });
-  // Audio both ways: the avatar's voice down, and the microphone up once it is switched
-  // on (replaceTrack needs no new offer).
-  audioSender = pc.addTransceiver("audio", { direction: "sendrecv" }).sender;
-  const stream = new MediaStream();
-  $("video").srcObject = stream;
-  pc.ontrack = (e) => stream.addTrack(e.track);
-  channel = pc.createDataChannel("control");
-  channel.onmessage = (e) => {
-    const ev = JSON.parse(e.data);
+  client = new Twincast({ token, avatar: $("avatar").value, video: $("video") });
+  client.on("*", (ev) => {
     if (ev.type === "speech_started" && sentAt !== null) {
       log("speech started " + Math.round(performance.now() - sentAt) + " ms after send");
       sentAt = null;
-    } else {
+    } else if (ev.type !== "accepted") {
       log(ev.type + (ev.message ? ": " + ev.message : ""));
     }
-  };
-  await pc.setLocalDescription(await pc.createOffer());
-  await waitForIce(pc);
-  const r = await fetch("/v1/sessions?avatar=" + encodeURIComponent($("avatar").value), {
-    method: "POST", headers: { ...auth, "Content-Type": "application/sdp" },
-    body: pc.localDescription.sdp });
-  if (r.status !== 201) { log("connect failed: " + (await r.json()).error); return; }
-  session = r.headers.get("Location");
-  await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
-  for (const id of ["say", "interrupt", "disconnect", "mic"]) $(id).disabled = false;
-  $("connect").disabled = true;
-  log("connected: " + session);
-}
-
-async function toggleMic() {
-  if (mic) {
-    mic.getTracks().forEach((t) => t.stop());
-    mic = null;
-    await audioSender.replaceTrack(null);
-    $("mic").textContent = "Microphone on";
-    log("microphone off");
+  });
+  try {
+    session = await client.connect();
+  } catch (e) {
+    log("connect failed: " + e.message);
+    client = null;
     return;
   }
-  mic = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true } });
-  await audioSender.replaceTrack(mic.getAudioTracks()[0]);
-  $("mic").textContent = "Microphone off";
-  log("microphone on: the avatar speaks what you say");
+  pc = client.pc;
+  buttons(true);
 }
 
 async function disconnect() {
-  if (session) await fetch(session, { method: "DELETE", headers: auth });
-  if (mic) mic.getTracks().forEach((t) => t.stop());
-  if (pc) pc.close();
-  pc = channel = session = mic = audioSender = null;
+  if (client) await client.close();
+  client = pc = session = null;
   $("mic").textContent = "Microphone on";
-  for (const id of ["say", "interrupt", "disconnect", "mic"]) $(id).disabled = true;
-  $("connect").disabled = false;
+  buttons(false);
   $("figures").textContent = "not connected";
 }
 
 function say() {
   const text = $("text").value.trim();
-  if (!text || !channel || channel.readyState !== "open") return;
+  if (!text || !client) return;
   sentAt = performance.now();
-  channel.send(JSON.stringify({ type: "say", text }));
+  client.say(text).catch((e) => log(e.message));
 }
 
 function interrupt() {
-  if (channel && channel.readyState === "open") channel.send(JSON.stringify({ type: "interrupt" }));
+  if (client) client.interrupt().catch((e) => log(e.message));
+}
+
+async function toggleMic() {
+  const on = !client.mic;
+  await client.useMicrophone(on);
+  $("mic").textContent = on ? "Microphone off" : "Microphone on";
+  log(on ? "microphone on: the avatar speaks what you say" : "microphone off");
 }
 
 async function figures() {

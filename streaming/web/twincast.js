@@ -1,0 +1,142 @@
+// twincast embed client: show a twincast avatar in any page, with no build step and no
+// dependencies. Load it with <script src="https://YOUR-SERVER/embed/twincast.js"></script>
+// and see /embed/example.html. Pages on another origin need the server started with
+// --cors-origin https://your.site.
+//
+//   const avatar = new Twincast({ server: "https://avatar.example.com", token: "...",
+//                                 avatar: "presenter", video: document.querySelector("video") });
+//   avatar.on("speech_started", (ev) => console.log(ev));
+//   await avatar.connect();
+//   avatar.say("Hello!");                 // queued after what is being said
+//   avatar.say("Stop that.", { interrupt: true });
+//   avatar.interrupt();
+//   await avatar.useMicrophone(true);     // the avatar speaks what the microphone hears
+//   await avatar.close();
+"use strict";
+
+(function (root) {
+  class Twincast {
+    constructor({ server = "", token = "", avatar = "", video = null } = {}) {
+      this.server = server.replace(/\/$/, "");
+      this.token = token;
+      this.avatar = avatar;
+      this.video = video;
+      this.pc = null;
+      this.channel = null;
+      this.session = null;   // the session's URL path, /v1/sessions/{id}
+      this.audioSender = null;
+      this.mic = null;
+      this.handlers = {};
+    }
+
+    // Events: speech_started, speech_ended, interrupted, error, accepted, connected,
+    // closed; "*" receives them all. Each is the server's JSON event object.
+    on(type, fn) {
+      (this.handlers[type] = this.handlers[type] || []).push(fn);
+      return this;
+    }
+
+    emit(ev) {
+      for (const fn of [...(this.handlers[ev.type] || []), ...(this.handlers["*"] || [])]) {
+        try { fn(ev); } catch (e) { console.error(e); }
+      }
+    }
+
+    headers(extra = {}) {
+      return { Authorization: "Bearer " + this.token, ...extra };
+    }
+
+    async connect() {
+      if (this.pc) throw new Error("already connected");
+      const pc = new RTCPeerConnection();
+      this.pc = pc;
+      pc.addTransceiver("video", { direction: "recvonly" });
+      // Audio both ways: the avatar's voice down, a microphone up when switched on.
+      this.audioSender = pc.addTransceiver("audio", { direction: "sendrecv" }).sender;
+      const stream = new MediaStream();
+      if (this.video) this.video.srcObject = stream;
+      pc.ontrack = (e) => stream.addTrack(e.track);
+      const channel = pc.createDataChannel("control");
+      this.channel = channel;
+      channel.onmessage = (e) => {
+        try { this.emit(JSON.parse(e.data)); } catch (err) { console.error(err); }
+      };
+      const opened = new Promise((done) => { channel.onopen = done; });
+      await pc.setLocalDescription(await pc.createOffer());
+      // One round trip, no trickle: wait for the local candidates before offering.
+      if (pc.iceGatheringState !== "complete") {
+        await new Promise((done) => pc.addEventListener("icegatheringstatechange", () => {
+          if (pc.iceGatheringState === "complete") done();
+        }));
+      }
+      const query = this.avatar ? "?avatar=" + encodeURIComponent(this.avatar) : "";
+      const r = await fetch(this.server + "/v1/sessions" + query, {
+        method: "POST", headers: this.headers({ "Content-Type": "application/sdp" }),
+        body: pc.localDescription.sdp });
+      if (r.status !== 201) {
+        this.pc = null;
+        pc.close();
+        let message = r.statusText;
+        try { message = (await r.json()).error; } catch (e) { /* not JSON */ }
+        throw new Error("twincast: " + r.status + " " + message);
+      }
+      this.session = r.headers.get("Location");
+      await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+      await opened;
+      this.emit({ type: "connected", session: this.session });
+      return this.session;
+    }
+
+    // Say text. Over the data channel when it is open (no HTTP round trip), else the API.
+    async say(text, { interrupt = false, rate = 1.0 } = {}) {
+      if (this.channel && this.channel.readyState === "open") {
+        this.channel.send(JSON.stringify({ type: "say", text, interrupt, rate }));
+        return;
+      }
+      await this.post("/say", { text, policy: interrupt ? "interrupt" : "append", rate });
+    }
+
+    async interrupt() {
+      if (this.channel && this.channel.readyState === "open") {
+        this.channel.send(JSON.stringify({ type: "interrupt" }));
+        return;
+      }
+      await this.post("/interrupt", {});
+    }
+
+    async post(path, body) {
+      if (!this.session) throw new Error("not connected");
+      const r = await fetch(this.server + this.session + path, {
+        method: "POST", headers: this.headers({ "Content-Type": "application/json" }),
+        body: JSON.stringify(body) });
+      if (!r.ok) throw new Error("twincast: " + r.status + " " + (await r.json()).error);
+      return r.json();
+    }
+
+    async useMicrophone(on) {
+      if (!this.audioSender) throw new Error("not connected");
+      if (!on) {
+        if (this.mic) this.mic.getTracks().forEach((t) => t.stop());
+        this.mic = null;
+        await this.audioSender.replaceTrack(null);
+        return;
+      }
+      this.mic = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true } });
+      await this.audioSender.replaceTrack(this.mic.getAudioTracks()[0]);
+    }
+
+    async close() {
+      const session = this.session;
+      if (this.mic) this.mic.getTracks().forEach((t) => t.stop());
+      if (this.pc) this.pc.close();
+      this.pc = this.channel = this.session = this.audioSender = this.mic = null;
+      if (session) {
+        await fetch(this.server + session, { method: "DELETE", headers: this.headers() })
+          .catch(() => {});
+      }
+      this.emit({ type: "closed", session });
+    }
+  }
+
+  root.Twincast = Twincast;
+})(typeof window !== "undefined" ? window : globalThis);

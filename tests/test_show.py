@@ -1,0 +1,62 @@
+"""Show files: good ones parse; every mistake is named by line and key."""
+
+import pytest
+
+from avatar.errors import TwincastError
+from avatar.show import load_show, parse_show
+
+GOOD = '''repeat = 2
+rate = 1.1
+
+[[segment]]
+say = "Welcome to the stream."
+
+[[segment]]
+pause = 1.5
+
+[[segment]]
+say = "Slowly now."
+rate = 0.8
+repeat = 3
+
+[[segment]]
+idle = 4
+'''
+
+
+def test_a_good_show() -> None:
+    show = parse_show(GOOD)
+    assert show.repeat == 2 and len(show.segments) == 4
+    s = show.segments
+    assert (s[0].kind, s[0].text, s[0].rate) == ("say", "Welcome to the stream.", 1.1)
+    assert (s[1].kind, s[1].seconds) == ("pause", 1.5)
+    assert (s[2].rate, s[2].repeat) == (0.8, 3)
+    assert parse_show('repeat = "forever"\n[[segment]]\nidle = 1\n').repeat is None
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[[segment]]\nsay = "hi"\nsay2 = 3\n', ["line 3", "'say2'"]),
+    ('colour = 1\n[[segment]]\nidle = 1\n', ["line 1", "'colour'"]),
+    ('[[segment]]\nsay = "unclosed\n', ["not valid TOML", "line 2"]),
+    ('repeat = 2\n', ["empty"]),
+    ('[[segment]]\npause = -1\n', ["line 2", "'pause'"]),
+    ('[[segment]]\nsay = "a"\npause = 1\n', ["exactly one of say, pause, idle"]),
+    ('[[segment]]\nsay = "a"\nrate = 9\n', ["line 3", "'rate'"]),
+    ('repeat = 0\n[[segment]]\nidle = 1\n', ["line 1", "'repeat'"]),
+])
+def test_mistakes_are_named(text: str, words: list[str]) -> None:
+    with pytest.raises(TwincastError) as e:
+        parse_show(text, "show.toml")
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
+def test_empty_text_is_skipped_with_a_warning(caplog) -> None:  # noqa: ANN001
+    show = parse_show('[[segment]]\nsay = "  "\n[[segment]]\nsay = "Hello."\n')
+    assert [s.text for s in show.segments] == ["Hello."]
+    assert "empty text" in caplog.text
+
+
+def test_missing_file(tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(TwincastError, match="no such show file"):
+        load_show(tmp_path / "nope.toml")

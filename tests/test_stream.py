@@ -1,0 +1,188 @@
+"""Livestreaming to a real RTMP server: Debian's nginx with its RTMP module (.ci/run
+installs both), started here on loopback. A show is pushed and read back with PyAV; the
+ingest is killed mid-stream and the push comes back on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streaming.localrtmp import free_port
+
+aiohttp = pytest.importorskip("aiohttp")
+
+AUTH = {"Authorization": "Bearer t0ken"}
+SHOW = '''[[segment]]
+pause = 1.0
+
+[[segment]]
+say = "Hello and welcome to the stream. Thank you for watching today."
+
+[[segment]]
+idle = 3
+'''
+
+
+@pytest.fixture()
+def nginx(tmp_path):  # noqa: ANN201
+    from streaming.localrtmp import LocalRtmp, available
+
+    if not available():
+        pytest.skip("nginx with libnginx-mod-rtmp is not installed (.ci/run installs it)")
+    n = LocalRtmp(tmp_path)
+    n.start()
+    yield n
+    n.kill()
+
+
+@pytest.fixture(scope="module")
+def server(bundle: Path):  # noqa: ANN201
+    from streaming.app import RunningServer, Server, ServerConfig
+
+    srv = Server({"presenter": bundle}, ServerConfig(token="t0ken", max_sessions=4))
+    srv.load()
+    running = RunningServer(srv)
+    yield running.url, srv
+    running.stop()
+
+
+class Reader(threading.Thread):
+    """Plays the stream back as a viewer would: (pts seconds, payload) per decoded frame."""
+
+    def __init__(self, url: str, seconds: float):
+        super().__init__(daemon=True)
+        self.url, self.seconds = url, seconds
+        self.video: list[tuple[float, np.ndarray]] = []
+        self.audio: list[tuple[float, float]] = []
+        self.codecs: dict[str, str] = {}
+        self.rate = None
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        import av
+
+        try:
+            with av.open(self.url, timeout=30) as c:
+                for s in c.streams:
+                    self.codecs[s.type] = s.codec_context.name
+                self.rate = c.streams.video[0].average_rate
+                t0 = time.monotonic()
+                for packet in c.demux():
+                    for f in packet.decode():
+                        if isinstance(f, av.VideoFrame):
+                            self.video.append((float(f.pts * f.time_base),
+                                               f.to_ndarray(format="gray")))
+                        elif isinstance(f, av.AudioFrame):
+                            pcm = f.to_ndarray().astype(np.float32)
+                            self.audio.append((float(f.pts * f.time_base),
+                                               float(np.sqrt(np.mean(pcm ** 2)))))
+                    if time.monotonic() - t0 > self.seconds:
+                        break
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.error = e
+
+
+async def _post(http, url: str, path: str, **kw):  # noqa: ANN001, ANN202
+    async with http.post(f"{url}{path}", headers=AUTH, **kw) as r:
+        return r.status, (await r.json() if r.content_type == "application/json" else None)
+
+
+def test_show_pushed_and_read_back(server, nginx) -> None:  # noqa: ANN001
+    url, srv = server
+    reader = Reader(nginx.url("show"), 11.0)
+    reader.start()  # plays before the publisher starts: nothing is missed
+    time.sleep(0.5)
+
+    async def run() -> str:
+        async with aiohttp.ClientSession() as http:
+            status, body = await _post(http, url, "/v1/streams", json={
+                "rtmp": nginx.url("show"), "show": SHOW, "width": 640, "height": 360})
+            assert status == 201, body
+            # A bad request to the running stream is refused; the stream goes on.
+            async with http.post(f"{url}{body['location']}/say", data="not json",
+                                 headers=AUTH) as r:
+                assert r.status == 400
+            return body["id"]
+
+    sid = asyncio.run(run())
+    reader.join(40)
+    session = srv.sessions[sid]
+    state = session.describe()
+    assert reader.error is None, reader.error
+    assert reader.codecs == {"video": "h264", "audio": "aac"}
+    assert reader.rate == 25
+    vt = np.array([t for t, _ in reader.video])
+    at = np.array([t for t, _ in reader.audio])
+    rms = np.array([r for _, r in reader.audio])
+    assert vt[-1] - vt[0] >= 8.0, (vt[0], vt[-1])  # seconds of stream
+    assert abs(np.median(np.diff(vt)) - 0.04) < 0.002  # 25 frames/s
+    assert reader.video[0][1].shape == (360, 640)
+    # Audio is there, in step with the video: same start, same length.
+    assert rms.max() > 0.01  # the voice, not silence
+    assert abs(at[0] - vt[0]) < 0.1 and abs((at[-1] - at[0]) - (vt[-1] - vt[0])) < 0.2
+    # The speech sits where the session placed it on its timeline.
+    started = [e["stream_time"] for e in session.events if e["type"] == "speech_started"]
+    assert started, list(session.events)
+    onset = at[np.argmax(rms > 0.01)]
+    assert abs(onset - (started[0] - state["rtmp_connected_at"])) < 0.15
+    assert state["rtmp_connects"] == 1 and state["rtmp_frames_dropped"] == 0, state
+    asyncio.run(_delete(url, sid))
+
+
+async def _delete(url: str, sid: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.delete(f"{url}/v1/sessions/{sid}", headers=AUTH) as r:
+            assert r.status == 204
+
+
+def test_ingest_killed_mid_stream_reconnects(server, nginx) -> None:  # noqa: ANN001
+    url, srv = server
+
+    async def start() -> str:
+        async with aiohttp.ClientSession() as http:
+            status, body = await _post(http, url, "/v1/streams", json={
+                "rtmp": nginx.url("live"), "width": 320, "height": 180})
+            assert status == 201, body
+            # An ingest that refuses: the stream keeps trying, nothing crashes.
+            status, bad = await _post(http, url, "/v1/streams", json={
+                "rtmp": f"rtmp://127.0.0.1:{free_port()}/live/x", "width": 320,
+                "height": 180})
+            assert status == 201
+            status, err = await _post(http, url, "/v1/streams", json={"rtmp": "http://x"})
+            assert status == 400 and "rtmp://" in err["error"]
+            return body["id"], bad["id"]
+
+    sid, bad = asyncio.run(start())
+    session = srv.sessions[sid]
+
+    def wait_for(cond, seconds: float) -> bool:  # noqa: ANN001
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if cond():
+                return True
+            time.sleep(0.1)
+        return False
+
+    assert wait_for(lambda: session.describe()["rtmp_state"] == "live", 15)
+    nginx.kill()
+    assert wait_for(lambda: session.describe()["rtmp_failures"] >= 1, 10)
+    shown = session.stats["frames_shown"]
+    time.sleep(2.0)
+    # The session's clock and the renderer went on while the ingest was gone.
+    assert session.stats["frames_shown"] - shown >= 40
+    nginx.start()
+    assert wait_for(lambda: session.describe()["rtmp_connects"] >= 2, 30), \
+        session.describe()
+    reader = Reader(nginx.url("live"), 2.0)
+    reader.start()
+    reader.join(30)
+    assert reader.error is None and len(reader.video) >= 25
+    refused = srv.sessions[bad].describe()
+    assert refused["rtmp_state"] == "reconnecting" and refused["rtmp_connects"] == 0
+    asyncio.run(_delete(url, sid))
+    asyncio.run(_delete(url, bad))
