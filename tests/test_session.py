@@ -43,7 +43,7 @@ class FakeVoice:
 
     frontend = FakeFrontend()
 
-    def speak(self, text: str):  # noqa: ANN201
+    def speak(self, text: str, pace: float = 1.0):  # noqa: ANN201
         for _ in text.split():
             t = np.arange(int(0.4 * 22050)) / 22050
             yield Chunk((0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 22050)
@@ -133,5 +133,47 @@ def test_bad_text_and_no_voice() -> None:
             mute.say("hello")
         await s.close()
         sch.stop()
+
+    asyncio.run(run())
+
+
+def test_microphone_speech_is_gated_and_interrupts_text() -> None:
+    """Loud microphone audio starts live speech (cutting off text being said); it is played
+    after the live margin, in step with its frames, and ends after the hangover."""
+
+    async def run() -> None:
+        s, sch = _session()
+        s.start()
+        s.clock.start()
+        try:
+            s.say("a b c d e f g h")
+            await asyncio.sleep(0.3)
+            rate, piece = 48000, 960
+            t = np.arange(piece) / rate
+            tone = (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+            quiet = np.zeros(piece, np.float32)
+
+            async def feed() -> None:
+                for i in range(100):  # 1 s of voice, then 1 s of silence, in real time
+                    s.hear(tone if i < 50 else quiet, rate)
+                    await asyncio.sleep(0.02)
+
+            t_mic = s.clock.now()
+            feeder = asyncio.ensure_future(feed())
+            video, audio = await _play(s, 2.6)
+            await feeder
+        finally:
+            await s.close()
+            sch.stop()
+        types = [e["type"] for e in s.events]
+        assert "interrupted" in types and types.count("speech_started") == 2
+        assert types[-1] == "speech_ended"
+        live_start = [e for e in s.events if e["type"] == "speech_started"][1]["stream_time"]
+        assert 0.2 < live_start - t_mic < 0.5  # the live margin
+        mic_audio = [j for j in audio if j * 0.02 >= live_start - 0.001]
+        assert len(mic_audio) == pytest.approx(50, abs=3)  # 1 s of voice played back
+        mic_video = [k for k in video if k / 25 >= live_start - 0.001]
+        assert len(mic_video) >= 0.9 * 25  # its frames rendered in time
+        assert s.stats["frames_late"] <= 2
 
     asyncio.run(run())
