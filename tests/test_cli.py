@@ -24,3 +24,25 @@ def test_readme_commands_exist() -> None:
 def test_enrol_requires_workdir(tmp_path: Path) -> None:
     proc = run_cli("enrol", tmp_path)
     assert proc.returncode == 2 and "--workdir" in proc.stderr
+
+
+def test_stream_bad_input_is_one_line(tmp_path: Path) -> None:
+    bad_show = tmp_path / "show.toml"
+    bad_show.write_text('[[segment]]\nsay = "hi"\nspeed = 2\n')
+    for args, words in (
+            (("--rtmp", "http://example.com/live"), "rtmp://"),
+            (("--rtmp", "rtmp://127.0.0.1/live/k", "--show", str(bad_show)), "line 3"),
+            (("--rtmp", "rtmp://127.0.0.1/live/k", "--show", str(tmp_path / "no.toml")),
+             "no such show file"),
+            (("--rtmp", "rtmp://127.0.0.1/live/k", "--key", "green"), "RRGGBB")):
+        proc = run_cli("stream", tmp_path / "bundle", *args)
+        assert proc.returncode == 2, proc.stderr
+        assert words in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_render_show_bad_input(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.toml"
+    empty.write_text("repeat = 1\n")
+    proc = run_cli("render", tmp_path / "bundle", "--show", empty, "-o", tmp_path / "o.mp4")
+    assert proc.returncode == 2 and "empty" in proc.stderr and "Traceback" not in proc.stderr

@@ -220,6 +220,14 @@ def test_bad_requests_get_4xx(server) -> None:  # noqa: ANN001
             async with http.post(f"{url}{location}/say", json={"text": "  "},
                                  headers=AUTH) as r:
                 assert r.status == 400 and "empty" in (await r.json())["error"]
+            async with http.post(f"{url}{location}/say", json={"text": "hi", "policy": "x"},
+                                 headers=AUTH) as r:
+                assert r.status == 400 and "policy" in (await r.json())["error"]
+            # WHEP players that trickle ICE learn that this server does not (405).
+            async with http.patch(f"{url}{location}", data="a=candidate:1",
+                                  headers={**AUTH, "Content-Type":
+                                           "application/trickle-ice-sdpfrag"}) as r:
+                assert r.status == 405
             async with http.get(f"{url}/healthz") as r:
                 assert (await r.json())["ok"] is True
             async with http.delete(f"{url}{location}", headers=AUTH) as r:

@@ -60,3 +60,24 @@ def test_empty_text_is_skipped_with_a_warning(caplog) -> None:  # noqa: ANN001
 def test_missing_file(tmp_path) -> None:  # noqa: ANN001
     with pytest.raises(TwincastError, match="no such show file"):
         load_show(tmp_path / "nope.toml")
+
+
+def test_render_show_offline(bundle, tmp_path) -> None:  # noqa: ANN001
+    """A show rendered to a file: speech, then a pause and idle time of the right length."""
+    import av
+
+    from avatar.offline import render_show
+
+    show = tmp_path / "show.toml"
+    show.write_text('[[segment]]\nsay = "Hello there."\n[[segment]]\npause = 0.5\n'
+                    '[[segment]]\nidle = 0.7\nrepeat = 2\n')
+    out = tmp_path / "show.mp4"
+    res = render_show(bundle, show, out, batch=8)
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(video=0))
+        assert c.streams.audio and v.average_rate == 25
+    assert frames == res["frames"]
+    speech = res["video_seconds"] - 0.5 - 1.4
+    assert 0.3 < speech < 3.0, res
+    assert res["realtime_x"] > 0
