@@ -194,9 +194,19 @@ def bench_serve(bundle: Path, sessions: int, seconds: float, devices: tuple[str,
         async def run() -> list[ClientLog]:
             return list(await asyncio.gather(*(_client(running.url, srv.token, seconds, i)
                                                for i in range(sessions))))
+        t0 = time.perf_counter()
         logs = asyncio.run(run())
+        wall = time.perf_counter() - t0
     finally:
         running.stop()
     result = _analyse(logs)
+    assert srv.scheduler is not None
+    sizes = [n for lane in srv.scheduler.lanes for n in lane.stats.batch_sizes]
+    rendered = sum(lane.stats.frames for lane in srv.scheduler.lanes)
     return {"sessions": sessions, "seconds": seconds, "devices": list(devices),
-            "max_batch": max_batch, **result}
+            "max_batch": max_batch, **result,
+            # What the renderer did under this load: frames per second of the run, the
+            # mean batch, and what its cost model says it could do at full batches.
+            "rendered_fps": round(rendered / wall, 1),
+            "mean_batch": round(float(np.mean(sizes)), 2) if sizes else None,
+            "capacity_fps": round(srv.scheduler.capacity_fps(), 1)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -152,6 +153,15 @@ class Scheduler:
     def pending(self) -> int:
         with self._cv:
             return len(self._heap)
+
+    def lead_time(self, frames: int) -> float:
+        """Predicted seconds until ``frames`` submitted now are all rendered: the work
+        already queued, shared by the lanes, plus a batch that may be in flight."""
+        pending = self.pending
+        per_lane = math.ceil((pending + frames) / len(self.lanes))
+        in_flight = min(self.cfg.max_batch, max(pending, frames))
+        return min(lane.cost.predict(per_lane) + (lane.cost.predict(in_flight) if pending
+                                                   else 0.0) for lane in self.lanes)
 
     def capacity_fps(self) -> float:
         """Frames per second all lanes together can render at full batches (measured)."""

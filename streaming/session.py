@@ -35,9 +35,12 @@ log = logging.getLogger(__name__)
 class SessionConfig:
     fps: int = 25
     audio_rate: int = 48000
-    start_margin_s: float = 0.12
-    """Speech starts this long after its first audio is ready: time to render its first
-    frames."""
+    start_margin_s: float = 0.08
+    """Speech starts at least this long after its first audio is ready: time to render its
+    first frames. When other sessions keep the renderer busy it starts later, by what the
+    scheduler predicts it needs for the first frames (see ``first_frames``)."""
+    first_frames: int = 4
+    start_safety_s: float = 0.03
     render_ahead_frames: int = 6
     """Frames handed to the scheduler ahead of their display time."""
     deadline_margin_s: float = 0.008
@@ -292,6 +295,8 @@ class Session:
                 if u.speech.seconds == 0:
                     continue
                 margin = self.cfg.start_margin_s if u.margin_s is None else u.margin_s
+                margin = max(margin, self.scheduler.lead_time(self.cfg.first_frames)
+                             + self.cfg.start_safety_s)
                 u.start_frame = math.ceil((now + margin) * fps)
             s = u.start_frame
             for n, window in u.speech.ready_video():
