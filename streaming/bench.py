@@ -124,7 +124,7 @@ def _mouth_openings(frames: list[np.ndarray]) -> np.ndarray:
 
 def _analyse(logs: list[ClientLog]) -> dict:
     first_audio, first_frame, intervals, interrupt_ms, offsets = [], [], [], [], []
-    late = shown = 0
+    late = shown = late_start = dropped = 0
     for c in logs:
         vt = np.array([t for t, _ in c.video])
         at = np.array([t for t, _ in c.audio])
@@ -166,6 +166,8 @@ def _analyse(logs: list[ClientLog]) -> dict:
                     best, best_r = lag, r
         offsets.append(best * 40)
         late += c.state.get("frames_late", 0)
+        late_start += c.state.get("frames_late_at_start", 0)
+        dropped += c.state.get("frames_dropped_late", 0)
         shown += c.state.get("frames_shown", 0)
 
     def pct(x: list[float], q: float) -> float | None:
@@ -176,6 +178,10 @@ def _analyse(logs: list[ClientLog]) -> dict:
             "av_offset_ms": float(np.median(offsets)) if offsets else None,
             "frame_interval_ms_p99": pct(intervals, 99),
             "late_frame_ratio": round(late / max(shown, 1), 4),
+            # Of the late frames: how many were among a sentence's first five, and how
+            # many the scheduler gave up on as unable to make their time.
+            "late_frames": late, "late_frames_at_speech_start": late_start,
+            "late_dropped_by_scheduler": dropped,
             "interrupt_ms_p95": pct(interrupt_ms, 95),
             "sentences": sum(len(c.says) for c in logs),
             "interrupts": sum(len(c.interrupts) for c in logs)}

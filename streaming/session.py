@@ -120,6 +120,7 @@ class Session:
         self.events: deque[dict] = deque(maxlen=self.cfg.max_events)
         self.listeners: list[Callable[[dict], None]] = []
         self.stats = {"frames_shown": 0, "frames_rendered": 0, "frames_late": 0,
+                      "frames_late_at_start": 0, "frames_dropped_late": 0,
                       "utterances": 0, "interrupts": 0}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -234,6 +235,8 @@ class Session:
         if u is not None and u.start_frame is not None and k >= u.start_frame and \
                 k - u.start_frame < u.submitted:
             self.stats["frames_late"] += 1
+            if k - u.start_frame < 5:
+                self.stats["frames_late_at_start"] += 1
         return self.avatar.idle_frame(k)
 
     def audio_frame(self, j: int) -> np.ndarray:
@@ -273,6 +276,8 @@ class Session:
         self._loop.call_soon_threadsafe(self._store, job.request.idle_index, frame, status)
 
     def _store(self, k: int, frame: np.ndarray | None, status: str) -> None:
+        if status == "late":  # the scheduler gave up on it: it could not be in time
+            self.stats["frames_dropped_late"] += 1
         if frame is not None and self.state != "closed":
             self.rendered[k] = frame
             self.stats["frames_rendered"] += 1
