@@ -52,6 +52,23 @@ class ServerCollector:
                                     "idle because their render was late, open sessions")
         shown.add_metric([], sum(s.stats["frames_late"] for s in srv.sessions.values()))
         yield shown
+        # Livestreams: what reached each ingest, what was dropped, how often it reconnected.
+        sent = CounterMetricFamily("twincast_stream_frames_sent", "Video frames pushed to "
+                                   "the RTMP ingest", labels=["session"])
+        dropped = CounterMetricFamily("twincast_stream_frames_dropped", "Video frames "
+                                      "dropped before the encoder (ingest slow or gone)",
+                                      labels=["session"])
+        connects = CounterMetricFamily("twincast_stream_connects", "Connections to the "
+                                       "ingest", labels=["session"])
+        live = GaugeMetricFamily("twincast_stream_live", "1 while the push is live",
+                                 labels=["session"])
+        for sid, (output, _) in list(srv.streams.items()):
+            st = output.stats  # type: ignore[attr-defined]
+            sent.add_metric([sid], st["frames_sent"])
+            dropped.add_metric([sid], st["frames_dropped"])
+            connects.add_metric([sid], st["connects"])
+            live.add_metric([sid], 1.0 if output.state == "live" else 0.0)  # type: ignore[attr-defined]
+        yield from (sent, dropped, connects, live)
 
 
 def registry_for(server: Server) -> CollectorRegistry:

@@ -184,5 +184,14 @@ def test_ingest_killed_mid_stream_reconnects(server, nginx) -> None:  # noqa: AN
     assert reader.error is None and len(reader.video) >= 25
     refused = srv.sessions[bad].describe()
     assert refused["rtmp_state"] == "reconnecting" and refused["rtmp_connects"] == 0
+
+    async def metrics() -> str:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/metrics") as r:
+                return await r.text()
+
+    text = asyncio.run(metrics())
+    assert f'twincast_stream_connects_total{{session="{sid}"}} 2.0' in text
+    assert f'twincast_stream_live{{session="{bad}"}} 0.0' in text
     asyncio.run(_delete(url, sid))
     asyncio.run(_delete(url, bad))
