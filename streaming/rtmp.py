@@ -72,6 +72,10 @@ def fit(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     return out
 
 
+MAX_STUCK_THREADS = 4
+"""Encoder threads left behind in a blocking call before the watchdog stops adding more."""
+
+
 class _Connection:
     """One FLV stream to the ingest: its own encoders, timestamps from zero."""
 
@@ -143,6 +147,7 @@ class RtmpOutput:
         self._generation = 0
         self._progress = time.monotonic()
         self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         self._spawn()
@@ -152,6 +157,7 @@ class RtmpOutput:
         self._progress = time.monotonic()
         self._thread = threading.Thread(target=self._run, args=(self._generation,),
                                         name=f"rtmp-{self._generation}", daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [self._thread]
         self._thread.start()
 
     def offer(self, rgb: np.ndarray, pcm: list[np.ndarray], t: float = 0.0) -> bool:
@@ -165,15 +171,22 @@ class RtmpOutput:
             return False
 
     def check(self) -> None:
-        """Watchdog (call every second or so): replace an encoder thread stuck in a write."""
-        if self._stop.is_set() or self.state != "live":
+        """Watchdog (call every second or so): replace an encoder thread stuck in a write
+        (or in connecting, or in closing a dead connection). Connecting gets longer: a
+        TCP connect to a host that does not answer takes a while to fail by itself."""
+        if self._stop.is_set():
             return
-        if time.monotonic() - self._progress > self.cfg.stall_s:
-            log.warning("rtmp %s: no progress for %.0f s; reconnecting", self._redacted(),
-                        self.cfg.stall_s)
-            self.stats["failures"] += 1
-            self.state = "reconnecting"
-            self._spawn()
+        limit = self.cfg.stall_s if self.state == "live" else 5 * self.cfg.stall_s
+        if time.monotonic() - self._progress <= limit:
+            return
+        stuck = [t for t in self._threads if t.is_alive()]
+        if len(stuck) >= MAX_STUCK_THREADS:
+            return  # already waiting on several; they end when their sockets fail
+        log.warning("rtmp %s: no progress for %.0f s; starting a new connection",
+                    self._redacted(), limit)
+        self.stats["failures"] += 1
+        self.state = "reconnecting"
+        self._spawn()
 
     def stop(self) -> None:
         self._stop.set()
@@ -224,7 +237,8 @@ class RtmpOutput:
                     conn.close()
             # Wait, dropping what arrives meanwhile (old frames are no use after a gap).
             until = time.monotonic() + backoff
-            while time.monotonic() < until and not self._stop.is_set():
+            while time.monotonic() < until and not self._stop.is_set() and \
+                    generation == self._generation:
                 self._progress = time.monotonic()
                 try:
                     self._q.get(timeout=0.1)
