@@ -2,26 +2,31 @@
 
 The session's clock paces the stream exactly as it paces a WebRTC viewer: every 40 ms the
 pump takes the session's frame (rendered by the shared scheduler, or idle) and two 20 ms
-audio frames, and hands them to the encoder thread through a bounded queue. Encoding and
-the network live in that thread, so a slow or dead ingest can never stall the event loop,
-the renderer or other sessions: when the queue is full, media is dropped and counted.
+audio frames, and hands them to a writer thread through a bounded queue; when the queue is
+full, media is dropped and counted, so nothing upstream ever waits for the ingest.
 
-When the ingest fails the thread closes its connection and tries again with growing waits
-(1, 2, 4 ... 30 s); each new connection starts a fresh FLV stream with a keyframe first.
-FFmpeg's RTMP client cannot be told to give up on a write that blocks (an ingest that
-stops reading without closing): a watchdog notices the thread making no progress, leaves
-it behind (it ends when its socket finally errors) and starts a new connection.
+The encoding and the network live in a child process (``streaming.rtmp_push``): FFmpeg's
+RTMP client blocks while it connects and PyAV holds the interpreter lock meanwhile, so an
+ingest that accepts and then stays silent would otherwise freeze the whole server. The
+writer thread scales (and keys) each frame and pipes it to the child. When the ingest
+fails the child exits and a new one is started after a growing wait (1, 2, 4 ... 30 s);
+each starts a fresh FLV stream with a keyframe first. A child that stops taking frames
+(an ingest that stops reading without closing) is killed by the watchdog and replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
-from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
@@ -41,9 +46,10 @@ class RtmpConfig:
     """Seconds between keyframes (platforms ask for 2)."""
     preset: str = "veryfast"
     queue_frames: int = 50
-    """Video frames (with their audio) waiting for the encoder before media is dropped."""
+    """Video frames (with their audio) waiting for the writer before media is dropped."""
     stall_s: float = 6.0
-    """The encoder thread making no progress this long is left behind for a new one."""
+    """A live push taking no frame for this long is replaced (five times this while it
+    connects)."""
     max_backoff_s: float = 30.0
     key_colour: tuple[int, int, int] | None = None
     """Replace the background with this colour (for chroma keying in streaming software)."""
@@ -72,64 +78,8 @@ def fit(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     return out
 
 
-MAX_STUCK_THREADS = 4
-"""Encoder threads left behind in a blocking call before the watchdog stops adding more."""
-
-
-class _Connection:
-    """One FLV stream to the ingest: its own encoders, timestamps from zero."""
-
-    def __init__(self, cfg: RtmpConfig, fps: int, audio_rate: int):
-        import av
-
-        self.cfg, self.fps, self.rate = cfg, fps, audio_rate
-        self.out = av.open(cfg.url, mode="w", format="flv")
-        v = self.out.add_stream("libx264", rate=fps)
-        v.width, v.height, v.pix_fmt = cfg.width, cfg.height, "yuv420p"
-        v.bit_rate = cfg.video_kbps * 1000
-        gop = max(1, int(round(cfg.keyframe_s * fps)))
-        # zerolatency: no frame lookahead or B-frames, so a frame leaves as soon as it is
-        # encoded; the keyframe interval is fixed, as ingests want.
-        v.options = {"preset": cfg.preset, "tune": "zerolatency", "g": str(gop),
-                     "keyint_min": str(gop), "sc_threshold": "0", "bf": "0"}
-        a = self.out.add_stream("aac", rate=audio_rate)
-        a.layout = "mono"
-        a.bit_rate = cfg.audio_kbps * 1000
-        self.v, self.a = v, a
-        self.k = 0
-        self.samples = 0
-
-    def write(self, rgb: np.ndarray, pcm: list[np.ndarray]) -> None:
-        import av
-
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        frame.pts, frame.time_base = self.k, Fraction(1, self.fps)
-        self.k += 1
-        for p in self.v.encode(frame):
-            self.out.mux(p)
-        for chunk in pcm:
-            af = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-            af.sample_rate, af.pts = self.rate, self.samples
-            af.time_base = Fraction(1, self.rate)
-            self.samples += len(chunk)
-            for p in self.a.encode(af):
-                self.out.mux(p)
-
-    def close(self) -> None:
-        try:
-            for s in (self.v, self.a):
-                for p in s.encode():
-                    self.out.mux(p)
-        except Exception:  # noqa: BLE001 - a dead ingest: nothing more to flush
-            pass
-        try:
-            self.out.close()
-        except Exception:  # noqa: BLE001
-            pass
-
-
 class RtmpOutput:
-    """Encodes and pushes frames in a thread of its own; ``offer`` never blocks."""
+    """Feeds a push process from a writer thread; ``offer`` never blocks."""
 
     def __init__(self, cfg: RtmpConfig, fps: int = 25, audio_rate: int = 48000,
                  keyer: object | None = None):
@@ -144,25 +94,17 @@ class RtmpOutput:
         self.last_error: str | None = None
         self._q: queue.Queue = queue.Queue(maxsize=cfg.queue_frames)
         self._stop = threading.Event()
-        self._generation = 0
         self._progress = time.monotonic()
+        self._proc: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
-        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._spawn()
-
-    def _spawn(self) -> None:
-        self._generation += 1
-        self._progress = time.monotonic()
-        self._thread = threading.Thread(target=self._run, args=(self._generation,),
-                                        name=f"rtmp-{self._generation}", daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()] + [self._thread]
+        self._thread = threading.Thread(target=self._run, name="rtmp-writer", daemon=True)
         self._thread.start()
 
     def offer(self, rgb: np.ndarray, pcm: list[np.ndarray], t: float = 0.0) -> bool:
         """Queue one video frame and its audio, shown at session time ``t``; False
-        (dropped) when the encoder is behind."""
+        (dropped) when the writer is behind."""
         try:
             self._q.put_nowait((rgb, pcm, t))
             return True
@@ -171,74 +113,109 @@ class RtmpOutput:
             return False
 
     def check(self) -> None:
-        """Watchdog (call every second or so): replace an encoder thread stuck in a write
-        (or in connecting, or in closing a dead connection). Connecting gets longer: a
-        TCP connect to a host that does not answer takes a while to fail by itself."""
-        if self._stop.is_set():
+        """Watchdog (call every second or so): kill a push process that takes no frames;
+        the writer then starts a new one."""
+        proc = self._proc
+        if self._stop.is_set() or proc is None or proc.poll() is not None:
             return
         limit = self.cfg.stall_s if self.state == "live" else 5 * self.cfg.stall_s
-        if time.monotonic() - self._progress <= limit:
-            return
-        stuck = [t for t in self._threads if t.is_alive()]
-        if len(stuck) >= MAX_STUCK_THREADS:
-            return  # already waiting on several; they end when their sockets fail
-        log.warning("rtmp %s: no progress for %.0f s; starting a new connection",
-                    self._redacted(), limit)
-        self.stats["failures"] += 1
-        self.state = "reconnecting"
-        self._spawn()
+        if time.monotonic() - self._progress > limit:
+            log.warning("rtmp %s: the ingest took nothing for %.0f s; reconnecting",
+                        self._redacted(), limit)
+            self.last_error = f"the ingest took nothing for {limit:.0f} s"
+            proc.kill()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=4)  # the child ends its stream cleanly
+            proc = self._proc
+            if self._thread.is_alive() and proc is not None:
+                proc.kill()  # stuck on a silent ingest: the write ends with the child
+                self._thread.join(timeout=5)
 
     def _redacted(self) -> str:
         # The last path element of an ingest URL is the stream key: keep it out of logs.
         head, _, _key = self.cfg.url.rpartition("/")
         return f"{head}/***"
 
-    def _run(self, generation: int) -> None:
+    def _launch(self) -> subprocess.Popen:
+        c = self.cfg
+        spec = {"url": c.url, "width": c.width, "height": c.height, "fps": self.fps,
+                "audio_rate": self.audio_rate, "video_kbps": c.video_kbps,
+                "audio_kbps": c.audio_kbps, "keyframe_s": c.keyframe_s, "preset": c.preset}
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH",
+                                                                              "")}
+        return subprocess.Popen([sys.executable, "-m", "streaming.rtmp_push",
+                                 json.dumps(spec)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                                bufsize=0)
+
+    def _listen(self, proc: subprocess.Popen, first_t: list[float]) -> None:
+        """The push process's word: ``live`` once the ingest took the stream."""
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").strip()
+            if line == "live":
+                self.stats["connects"] += 1
+                self.stats["connected_at"] = first_t[0] if first_t else -1.0
+                self.state = "live"
+                log.info("rtmp %s: live", self._redacted())
+            elif line.startswith("error "):
+                self.last_error = line[6:]
+
+    def _record(self, rgb: np.ndarray, pcm: list[np.ndarray]) -> bytes:
+        import cv2
+
+        rgb = fit(rgb, self.cfg.width, self.cfg.height)
+        if self.keyer is not None:
+            rgb = self.keyer(rgb)  # type: ignore[operator]
+        i420 = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
+        audio = np.concatenate(pcm).astype(np.int16)
+        return i420.tobytes() + audio.tobytes()
+
+    def _run(self) -> None:
         backoff = 1.0
-        while not self._stop.is_set() and generation == self._generation:
-            conn = None
+        while not self._stop.is_set():
+            proc = self._launch()
+            self._proc = proc
+            first_t: list[float] = []
+            threading.Thread(target=self._listen, args=(proc, first_t), daemon=True,
+                             name="rtmp-listen").start()
+            self._progress = time.monotonic()
             try:
-                conn = _Connection(self.cfg, self.fps, self.audio_rate)
-                first = True
-                while not self._stop.is_set() and generation == self._generation:
+                assert proc.stdin is not None
+                while not self._stop.is_set():
                     try:
                         rgb, pcm, t = self._q.get(timeout=0.5)
                     except queue.Empty:
                         self._progress = time.monotonic()
+                        if proc.poll() is not None:
+                            raise BrokenPipeError("the push process ended") from None
                         continue
-                    rgb = fit(rgb, self.cfg.width, self.cfg.height)
-                    if self.keyer is not None:
-                        rgb = self.keyer(rgb)  # type: ignore[operator]
-                    conn.write(rgb, pcm)
+                    if not first_t:
+                        first_t.append(t)
+                    # Blocks while the child is busy connecting or the ingest is slow;
+                    # the watchdog kills a child that stays stuck, which ends the write.
+                    proc.stdin.write(self._record(rgb, pcm))
                     self._progress = time.monotonic()
                     self.stats["frames_sent"] += 1
-                    if first:  # the ingest took the stream header and a keyframe
-                        first = False
-                        self.stats["connected_at"] = t
-                        self.stats["connects"] += 1
-                        self.state = "live"
+                    if self.state == "live":
                         backoff = 1.0
-                        log.info("rtmp %s: live", self._redacted())
-            except Exception as e:  # noqa: BLE001 - any failure of the ingest: reconnect
-                if generation != self._generation or self._stop.is_set():
+            except (OSError, ValueError) as e:
+                if self._stop.is_set():
                     break
                 self.stats["failures"] += 1
-                self.last_error = str(e)[:200]
+                why = self.last_error or str(e)
                 self.state = "reconnecting"
-                log.warning("rtmp %s: %s; retrying in %.0f s", self._redacted(),
-                            self.last_error, backoff)
+                log.warning("rtmp %s: %s; retrying in %.0f s", self._redacted(), why[:200],
+                            backoff)
             finally:
-                if conn is not None:
-                    conn.close()
+                self._finish(proc)
             # Wait, dropping what arrives meanwhile (old frames are no use after a gap).
             until = time.monotonic() + backoff
-            while time.monotonic() < until and not self._stop.is_set() and \
-                    generation == self._generation:
+            while time.monotonic() < until and not self._stop.is_set():
                 self._progress = time.monotonic()
                 try:
                     self._q.get(timeout=0.1)
@@ -246,8 +223,23 @@ class RtmpOutput:
                 except queue.Empty:
                     pass
             backoff = min(self.cfg.max_backoff_s, backoff * 2)
-        if generation == self._generation:
-            self.state = "stopped"
+            self.last_error = None
+        self.state = "stopped"
+
+    @staticmethod
+    def _finish(proc: subprocess.Popen) -> None:
+        """Let the child end its stream (close stdin: it flushes and closes the FLV), or
+        kill it if it cannot."""
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
 
 async def pump(session, output: RtmpOutput) -> None:  # noqa: ANN001 - streaming.Session
