@@ -290,7 +290,7 @@ class Server:
             if not isinstance(body["show"], str):
                 return _error(400, "'show' must be the text of a show file (TOML)")
             show = parse_show(body["show"], "show")
-        ints = {}
+        ints: dict[str, float] = {}
         for key, lo, hi in (("width", 64, 3840), ("height", 64, 2160),
                             ("video_kbps", 100, 50000)):
             v = body.get(key)
@@ -300,6 +300,11 @@ class Server:
                               + (" (even)" if key != "video_kbps" else ""))
             if v is not None:
                 ints[key] = v
+        kf = body.get("keyframe_s")
+        if kf is not None:
+            if isinstance(kf, bool) or not isinstance(kf, int | float) or not 0.5 <= kf <= 10:
+                return _error(400, "'keyframe_s' must be a number of seconds from 0.5 to 10")
+            ints["keyframe_s"] = float(kf)
         key = body.get("key_colour")
         if key is not None and not (isinstance(key, list) and len(key) == 3 and all(
                 isinstance(c, int) and 0 <= c <= 255 for c in key)):

@@ -33,6 +33,7 @@ def document() -> dict:
                     "width": {"type": "integer", "default": 1280},
                     "height": {"type": "integer", "default": 720},
                     "video_kbps": {"type": "integer", "default": 2500},
+                    "keyframe_s": {"type": "number", "default": 2.0},
                     "key_colour": {"type": "array", "items": {"type": "integer"},
                                    "description": "[r, g, b]: background replaced by "
                                    "this colour for chroma keying"}}},
