@@ -32,3 +32,13 @@ def test_idle_avoids_speech_and_open_mouth(tmp_path):
     c = choose_idle(tmp_path, seconds=6.0, fps=25)
     assert c.clip == "mixed"
     assert c.start >= 60 and c.stop - c.start >= 25
+
+
+def test_sample_truth_only_for_samples(tmp_path) -> None:  # noqa: ANN001
+    from training.evaluate_head import _sample_truth
+
+    (tmp_path / "sample.mp4").write_bytes(b"")
+    np.savez(tmp_path / "truth.npz", mouth_opening=np.arange(10.0))
+    assert _sample_truth(tmp_path / "sample.mp4", 8).tolist() == list(range(8))
+    assert _sample_truth(tmp_path / "sample.mp4", 12) is None  # not the same footage
+    assert _sample_truth(tmp_path / "other.mp4", 8) is None

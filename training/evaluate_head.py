@@ -46,6 +46,20 @@ class HeldOut:
     envelope: np.ndarray
     """Audio level (dB) per video frame."""
     silent: np.ndarray
+    truth: np.ndarray | None = None
+    """Ground-truth mouth opening per frame, for ``twincast sample`` footage (its
+    truth.npz), on the same scale."""
+
+
+def _sample_truth(path: Path, n: int) -> np.ndarray | None:
+    """The synthetic sample's ground truth, when ``path`` is a sample written by
+    ``twincast sample`` (sample.mp4 beside its truth.npz)."""
+    truth = path.parent / "truth.npz"
+    if path.name != "sample.mp4" or not truth.exists():
+        return None
+    with np.load(truth) as z:
+        t = z["mouth_opening"].astype(np.float64)
+    return t[:n] if len(t) >= n else None
 
 
 def _openings(frames: list[np.ndarray], cfg: FaceConfig, want_affines: bool = False
@@ -95,7 +109,8 @@ def load_held_out(paths: list[Path], fps: int, cfg: FaceConfig) -> list[HeldOut]
         vad = voice_activity(loudness(audio, 16000, 160), 160 / 16000)
         idx = np.clip(np.round((np.arange(len(frames)) + 0.5) / fps * 100).astype(int), 0,
                       len(vad) - 1)
-        out.append(HeldOut(cid, frames, audio, opening, affines, level, ~vad[idx]))
+        out.append(HeldOut(cid, frames, audio, opening, affines, level, ~vad[idx],
+                           _sample_truth(f, len(frames))))
     return out
 
 
@@ -192,6 +207,8 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
             per_clip.append({"clip": c.clip, "corr": round(r, 4), "leak_corr": round(rl, 4),
                              "leak_partner": other.clip,
                              "leak_chance_corr": round(partners[k][1], 4)})
+            if c.truth is not None:
+                per_clip[-1]["corr_truth"] = round(_corr(g_open, c.truth), 4)
             gen_all.append(g_open)
             real_all.append(c.opening)
             leak_all.append(l_open)
@@ -202,6 +219,8 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
                 side_by_side += list(zip(c.frames, generated, strict=True))
             pb.update(1)
     g, rr, lk = (np.concatenate(x) for x in (gen_all, real_all, leak_all))
+    # On synthetic samples: the generated mouth against the mouth the sample was drawn with.
+    truths = [p["corr_truth"] for p in per_clip if "corr_truth" in p]
     ok = np.isfinite(g) & np.isfinite(rr)
     report = {
         "bundle": str(bundle),
@@ -218,6 +237,7 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
         "leakage_chance_corr": round(float(np.nanmean([p["leak_chance_corr"]
                                                        for p in per_clip])), 4),
         "face_found_generated": round(float(np.isfinite(g).mean()), 4),
+        **({"mouth_opening_corr_truth": round(float(np.mean(truths)), 4)} if truths else {}),
         "per_clip": per_clip,
         "method": "audio of each held-out clip drives the bundle's idle footage; the face "
                   "mesh measures both mouths (13-14 over 33-263). Leakage control: the "
