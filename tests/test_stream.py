@@ -198,3 +198,70 @@ def test_ingest_killed_mid_stream_reconnects(server, nginx) -> None:  # noqa: AN
     assert f'twincast_stream_live{{session="{bad}"}} 0.0' in text
     asyncio.run(_delete(url, sid))
     asyncio.run(_delete(url, bad))
+
+
+def test_rtmps_through_a_tls_ingest(nginx, tmp_path) -> None:  # noqa: ANN001
+    """rtmps://: TLS to the ingest (a TLS-terminating proxy in front of nginx, as platforms
+    run it, with a self-signed certificate made here)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    from streaming.rtmp import RtmpConfig, RtmpOutput
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True)
+    port = free_port()
+    ready = threading.Event()
+
+    async def pipe(r, w) -> None:  # noqa: ANN001
+        try:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            w.close()
+
+    async def handle(cr, cw) -> None:  # noqa: ANN001
+        ur, uw = await asyncio.open_connection("127.0.0.1", nginx.port)
+        await asyncio.gather(pipe(cr, uw), pipe(ur, cw))
+
+    def proxy() -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+
+        async def main() -> None:
+            srv = await asyncio.start_server(handle, "127.0.0.1", port, ssl=ctx)
+            ready.set()
+            async with srv:
+                await srv.serve_forever()
+
+        asyncio.run(main())
+
+    threading.Thread(target=proxy, daemon=True).start()
+    assert ready.wait(10)
+    out = RtmpOutput(RtmpConfig(url=f"rtmps://127.0.0.1:{port}/live/tls", width=320,
+                                height=180))
+    out.start()
+    reader = Reader(nginx.url("tls"), 1.5)
+    reader.start()
+    try:
+        t0 = time.monotonic()
+        k = 0
+        while time.monotonic() - t0 < 5.0:
+            out.offer(np.full((180, 320, 3), k % 255, np.uint8),
+                      [np.zeros(960, np.int16)] * 2, k / 25)
+            out.check()
+            k += 1
+            time.sleep(0.04)
+        reader.join(20)
+        assert out.stats["connects"] == 1 and out.state == "live", (out.stats, out.last_error)
+        assert reader.error is None and len(reader.video) >= 20
+    finally:
+        out.stop()
