@@ -24,8 +24,9 @@ pause = 1.0
 say = "Hello and welcome to the stream. Thank you for watching today."
 
 [[segment]]
-idle = 3
+idle = 6
 '''
+"""About ten seconds: a pause, a sentence (about three seconds), idle motion."""
 
 
 @pytest.fixture()
