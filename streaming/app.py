@@ -344,7 +344,7 @@ class Server:
         self.streams[session.id] = (output, tasks)
         session.describe_extra = lambda: {"output": "rtmp", "rtmp_state": output.state,
                                           **{f"rtmp_{k}": v for k, v in output.stats.items()}}
-        log.info("session %s streams to %s", session.id, output._redacted(),
+        log.info("session %s streams to %s", session.id, output.redacted_url(),
                  extra={"session": session.id})
         return session
 

@@ -40,26 +40,14 @@ class ClientLog:
 
 async def _client(url: str, token: str, seconds: float, index: int) -> ClientLog:
     import aiohttp
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    from streaming.client import open_session
 
     out = ClientLog()
     auth = {"Authorization": f"Bearer {token}"}
-    pc = RTCPeerConnection()
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    tracks: dict = {}
-    pc.on("track", lambda t: tracks.__setitem__(t.kind, t))
-    await pc.setLocalDescription(await pc.createOffer())
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/v1/sessions", data=pc.localDescription.sdp,
-                             headers={**auth, "Content-Type": "application/sdp"}) as r:
-            if r.status != 201:
-                raise RuntimeError(f"session refused: {r.status} {await r.text()}")
-            loc = r.headers["Location"]
-            answer = await r.text()
-        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-        while len(tracks) < 2:
-            await asyncio.sleep(0.01)
+        viewer = await open_session(http, url, token)
+        pc, tracks, loc = viewer.pc, viewer.tracks, viewer.location
 
         async def pull_video() -> None:
             import cv2

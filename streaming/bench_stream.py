@@ -93,7 +93,7 @@ def _one(bundle: Path, size: tuple[int, int], idle_s: float, work: Path) -> dict
                                                         "height": size[1]})
                 await asyncio.sleep(2.0)  # connected, encoder warm
                 output = srv.streams[made["id"]][0]
-                pids = (output._proc.pid,)  # type: ignore[attr-defined]
+                pids = (output.pid,)  # type: ignore[attr-defined]
                 c0, w0 = _cpu_s(pids), time.monotonic()
                 await asyncio.sleep(idle_s)
                 idle = {"cpu": _cpu_s(pids) - c0, "wall": time.monotonic() - w0}

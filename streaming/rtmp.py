@@ -121,7 +121,7 @@ class RtmpOutput:
         limit = self.cfg.stall_s if self.state == "live" else 5 * self.cfg.stall_s
         if time.monotonic() - self._progress > limit:
             log.warning("rtmp %s: the ingest took nothing for %.0f s; reconnecting",
-                        self._redacted(), limit)
+                        self.redacted_url(), limit)
             self.last_error = f"the ingest took nothing for {limit:.0f} s"
             proc.kill()
 
@@ -134,7 +134,12 @@ class RtmpOutput:
                 proc.kill()  # stuck on a silent ingest: the write ends with the child
                 self._thread.join(timeout=5)
 
-    def _redacted(self) -> str:
+    @property
+    def pid(self) -> int | None:
+        """The current push process's id (for measuring its CPU)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def redacted_url(self) -> str:
         # The last path element of an ingest URL is the stream key: keep it out of logs.
         head, _, _key = self.cfg.url.rpartition("/")
         return f"{head}/***"
@@ -161,7 +166,7 @@ class RtmpOutput:
                 self.stats["connects"] += 1
                 self.stats["connected_at"] = first_t[0] if first_t else -1.0
                 self.state = "live"
-                log.info("rtmp %s: live", self._redacted())
+                log.info("rtmp %s: live", self.redacted_url())
             elif line.startswith("error "):
                 self.last_error = line[6:]
 
@@ -209,7 +214,7 @@ class RtmpOutput:
                 self.stats["failures"] += 1
                 why = self.last_error or str(e)
                 self.state = "reconnecting"
-                log.warning("rtmp %s: %s; retrying in %.0f s", self._redacted(), why[:200],
+                log.warning("rtmp %s: %s; retrying in %.0f s", self.redacted_url(), why[:200],
                             backoff)
             finally:
                 self._finish(proc)

@@ -9,26 +9,15 @@ import sys
 
 async def main(url: str, token: str) -> None:
     import aiohttp
-    from aiortc import RTCPeerConnection, RTCSessionDescription
 
-    pc = RTCPeerConnection()
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    tracks: dict = {}
-    pc.on("track", lambda t: tracks.__setitem__(t.kind, t))
-    await pc.setLocalDescription(await pc.createOffer())
+    from streaming.client import open_session
+
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/v1/sessions", data=pc.localDescription.sdp, headers={
-                "Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}) as r:
-            location = r.headers["Location"]
-            answer = await r.text()
-    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-    while "video" not in tracks:
-        await asyncio.sleep(0.05)
-    await tracks["video"].recv()
-    print(location, flush=True)
+        viewer = await open_session(http, url, token)
+    await viewer.tracks["video"].recv()
+    print(viewer.location, flush=True)
     while True:
-        await tracks["video"].recv()
+        await viewer.tracks["video"].recv()
 
 
 if __name__ == "__main__":

@@ -28,29 +28,10 @@ AUTH = {"Authorization": "Bearer t0ken"}
 
 
 async def _connect(http, url: str):  # noqa: ANN001, ANN202
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from streaming.client import open_session
 
-    pc = RTCPeerConnection()
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    tracks: dict = {}
-    got = asyncio.Event()
-
-    @pc.on("track")
-    def on_track(track) -> None:  # noqa: ANN001
-        tracks[track.kind] = track
-        if len(tracks) == 2:
-            got.set()
-
-    await pc.setLocalDescription(await pc.createOffer())
-    async with http.post(f"{url}/v1/sessions", data=pc.localDescription.sdp,
-                         headers={**AUTH, "Content-Type": "application/sdp"}) as r:
-        assert r.status == 201, await r.text()
-        location = r.headers["Location"]
-        answer = await r.text()
-    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-    await asyncio.wait_for(got.wait(), 20)
-    return pc, tracks, location
+    v = await open_session(http, url, "t0ken")
+    return v.pc, v.tracks, v.location
 
 
 def test_session_end_to_end(server) -> None:  # noqa: ANN001
@@ -90,8 +71,9 @@ def test_session_end_to_end(server) -> None:  # noqa: ANN001
 def test_microphone_drives_the_avatar(server) -> None:  # noqa: ANN001
     """Audio-driven mode: a client sends a real recording as its microphone; the server
     hears it, speaks it with the avatar's mouth and sends it back on the audio track."""
-    from aiortc import RTCPeerConnection, RTCSessionDescription
     from aiortc.contrib.media import MediaPlayer
+
+    from streaming.client import open_session
 
     url, srv = server
     clip = sorted((Path(__file__).parents[1] / ".." / "shared" / "data" / "grid_s1" /
@@ -99,23 +81,9 @@ def test_microphone_drives_the_avatar(server) -> None:  # noqa: ANN001
 
     async def run() -> None:
         player = MediaPlayer(str(clip))
-        pc = RTCPeerConnection()
-        pc.addTransceiver("video", direction="recvonly")
-        pc.addTrack(player.audio)  # sendrecv: the microphone up, the avatar's voice down
-        tracks: dict = {}
-        pc.on("track", lambda t: tracks.__setitem__(t.kind, t))
-        await pc.setLocalDescription(await pc.createOffer())
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{url}/v1/sessions", data=pc.localDescription.sdp,
-                                 headers={**AUTH, "Content-Type": "application/sdp"}) as r:
-                assert r.status == 201, await r.text()
-                location = r.headers["Location"]
-                answer = await r.text()
-            await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-            for _ in range(200):
-                if len(tracks) == 2:
-                    break
-                await asyncio.sleep(0.05)
+            viewer = await open_session(http, url, "t0ken", microphone=player.audio)
+            pc, tracks, location = viewer.pc, viewer.tracks, viewer.location
             loud = 0
 
             async def drain_video() -> None:

@@ -1,0 +1,52 @@
+"""A WebRTC viewer of a twincast server in Python (aiortc), as the benchmark and the tests
+use it, and as a Python app could: offer, answer, and the avatar's tracks."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+
+@dataclass
+class Viewer:
+    pc: object
+    """The aiortc RTCPeerConnection."""
+    tracks: dict
+    """The avatar's tracks by kind ("video", "audio")."""
+    location: str
+    """The session's path, /v1/sessions/{id}."""
+
+
+async def open_session(http, url: str, token: str, microphone=None,  # noqa: ANN001
+                       timeout: float = 20.0) -> Viewer:
+    """Open a session on the server at ``url`` with an aiohttp ``http`` client session.
+    ``microphone``: an aiortc audio track to send up (audio-driven mode)."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    if microphone is None:
+        pc.addTransceiver("audio", direction="recvonly")
+    else:
+        pc.addTrack(microphone)  # sendrecv: the microphone up, the avatar's voice down
+    tracks: dict = {}
+    both = asyncio.Event()
+
+    @pc.on("track")
+    def _track(track) -> None:  # noqa: ANN001 - aiortc's remote track
+        tracks[track.kind] = track
+        if len(tracks) == 2:
+            both.set()
+
+    await pc.setLocalDescription(await pc.createOffer())
+    async with http.post(f"{url}/v1/sessions", data=pc.localDescription.sdp,
+                         headers={"Authorization": f"Bearer {token}",
+                                  "Content-Type": "application/sdp"}) as r:
+        if r.status != 201:
+            await pc.close()
+            raise RuntimeError(f"session refused: {r.status} {await r.text()}")
+        location = r.headers["Location"]
+        answer = await r.text()
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    await asyncio.wait_for(both.wait(), timeout)
+    return Viewer(pc, tracks, location)
