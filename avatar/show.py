@@ -57,11 +57,15 @@ class Show:
         return range(self.repeat) if self.repeat is not None else range(10 ** 9)
 
 
-def _line_of(text: str, key: str, nth: int = 0) -> int | None:
-    """Line number of the nth ``key = ...`` in the file (tomllib gives no positions)."""
-    hits = [i + 1 for i, line in enumerate(text.splitlines())
-            if re.match(rf"\s*{re.escape(key)}\s*=", line)]
-    return hits[nth] if nth < len(hits) else (hits[0] if hits else None)
+def _key_line(lines: list[str], key: str, start: int) -> int | None:
+    """1-based line of ``key = ...`` in the table that begins at line index ``start`` (the
+    top level when 0): tomllib gives no positions, so errors find their line here."""
+    for i in range(start, len(lines)):
+        if i > start and re.match(r"\s*\[", lines[i]):
+            return None
+        if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
+            return i + 1
+    return None
 
 
 def _segment_line(text: str, index: int) -> int | None:
@@ -76,20 +80,12 @@ def parse_show(text: str, name: str = "show") -> Show:
     except tomllib.TOMLDecodeError as e:
         raise TwincastError(f"{name}: not valid TOML: {e}") from None
 
+    lines = text.splitlines()
+
     def where(key: str, seg: int | None = None) -> str:
-        line = _segment_line(text, seg) if seg is not None else None
-        if seg is not None:
-            # The key's line: the first of its kind after the segment's header.
-            lines = text.splitlines()
-            start = (line or 1) - 1
-            for i in range(start, len(lines)):
-                if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
-                    return f"{name}, line {i + 1}"
-                if i > start and re.match(r"\s*\[", lines[i]):
-                    break
-            return f"{name}, line {line}" if line else name
-        found = _line_of(text, key)
-        return f"{name}, line {found}" if found else name
+        start = 0 if seg is None else (_segment_line(text, seg) or 1) - 1
+        line = _key_line(lines, key, start) or (start + 1 if seg is not None else None)
+        return f"{name}, line {line}" if line else name
 
     for key in data:
         if key not in TOP_KEYS:
