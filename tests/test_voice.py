@@ -159,6 +159,14 @@ def test_voice_only_enrolment(lj_small: Path, tmp_path: Path) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert "voice" in manifest and "head" not in manifest
     assert manifest["voice"]["utterances"] == 6
+    # LJ001-0004's recording stops after "produced the block books": its line was cut to
+    # the words heard, and the speech span with it.
+    lines = (work / "voice_features" / "utterances.jsonl").read_text().splitlines()
+    rows = {r["clip"]: r for r in map(json.loads, lines)}
+    assert rows["LJ001-0004"]["text"] == "produced the block books"
+    assert rows["LJ001-0004"]["end"] < 2.0
+    assert rows["LJ001-0001"]["text"].endswith("represented in the Exhibition")
+    assert "stop before their transcript" in proc.stderr
     proc = run_cli("say", bundle, "A voice without a face.", "-o", tmp_path / "a.wav")
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("render", bundle, "--text", "Hello.", "-o", tmp_path / "a.mp4")

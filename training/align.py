@@ -39,6 +39,33 @@ class Word:
     end: float
 
 
+@dataclass(frozen=True)
+class SpokenPrefix:
+    """The leading words of a transcript that a recording says (see ``spoken_prefix``)."""
+
+    words: int
+    """How many of the transcript's normalised words are heard."""
+    of: int
+    """How many it has."""
+    timing: list[Word]
+
+    @property
+    def complete(self) -> bool:
+        return self.words >= self.of
+
+
+def cut_text(text: str, words: int) -> str:
+    """The leading part of ``text`` holding its first ``words`` normalised words, with its
+    own spelling and punctuation (a trailing comma or dash dropped)."""
+    out, n = [], 0
+    for token in text.split():
+        if n >= words:
+            break
+        out.append(token)
+        n += len(normalise(token))
+    return " ".join(out).rstrip(",;:-— ")
+
+
 def number_words(n: int) -> str:
     """English words for a whole number (digits in transcripts are aligned as spoken)."""
     return cardinal(n)
@@ -131,3 +158,41 @@ class Aligner:
         if len(out) < len(words):
             log.warning("aligned %d of %d words", len(out), len(words))
         return out
+
+    def spoken_prefix(self, audio16: np.ndarray, text: str) -> SpokenPrefix:
+        """How much of ``text`` ``audio16`` says, when a recording may stop before its
+        transcript does (a clip cut short: the text then promises words the audio never
+        has, and a voice trained on the pair learns to cram a sentence into a second).
+
+        Decodes with a grammar that accepts any leading run of the transcript's words,
+        continuing favoured over stopping, so the acoustic evidence alone decides where
+        the speech ends."""
+        norm = normalise(text)
+        words = self._ensure_words(norm)
+        if not words:
+            return SpokenPrefix(0, len(norm), [])
+        n = len(words)
+        arcs: list[tuple] = [(i, i + 1, 0.9 if i else 1.0, w) for i, w in enumerate(words)]
+        arcs += [(i, n, 0.1) for i in range(1, n)]
+        d = self._decoder
+        d.add_fsg("prefix", d.create_fsg("prefix", 0, n, arcs))
+        d.activate_search("prefix")
+        try:
+            pcm = (np.clip(audio16, -1, 1) * 32767).astype(np.int16).tobytes()
+            d.start_utt()
+            d.process_raw(pcm, full_utt=True)
+            d.end_utt()
+            segs = list(d.seg() or [])
+        finally:
+            d.remove_search("prefix")
+        said = [Word(re.sub(r"\(\d+\)$", "", s.word), s.start_frame * FRAME_S,
+                     (s.end_frame + 1) * FRAME_S)
+                for s in segs if not (s.word.startswith(("<", "[", "(")) or s.word == "sil")]
+        # Words the dictionary could not take were left out of the grammar: count the
+        # transcript's words up to the last one heard, those included.
+        j = 0
+        for w in said:
+            while j < len(norm) and norm[j] != w.word:
+                j += 1
+            j += 1
+        return SpokenPrefix(min(j, len(norm)), len(norm), said)

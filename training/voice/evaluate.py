@@ -191,7 +191,6 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
                    device: str = "cpu", limit: int | None = None) -> dict:
     from resemblyzer import VoiceEncoder
 
-    from training.ingest import decode_audio
 
     voice = Voice.load(bundle, device)
     if not data.is_dir():
@@ -205,7 +204,14 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
         raise TwincastError(f"{data}: evaluation needs at least two recordings with text "
                             "(real-to-real likeness compares two of them)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    sentences = [words_of(texts[f.stem]) for f in files]
+    from training.align import Aligner
+
+    aligner = Aligner()
+    clips, left_out = _references(aligner, files, texts)
+    if len(clips) < 2:
+        raise TwincastError(f"{data}: fewer than two recordings say enough of their "
+                            "transcripts to be compared")
+    sentences = [words_of(text) for _, text, _, _ in clips]
     lm = out_dir / "eval_bigram.arpa"
     write_bigram_arpa(sentences, lm)
     recognise = Recogniser(lm, {w for s in sentences for w in s})
@@ -213,12 +219,11 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
                            verbose=False)
     voice.say("Warm up.")
     rows = []
-    with bar(len(files), "evaluating voice", "clip") as pb:
-        for f, ref in zip(files, sentences, strict=True):
-            real = decode_audio(f, [16000, 22050])
+    with bar(len(clips), "evaluating voice", "clip") as pb:
+        for (f, text, real, span), ref in zip(clips, sentences, strict=True):
             t0 = time.perf_counter()
             chunks, first = [], None
-            for c in voice.speak(texts[f.stem]):
+            for c in voice.speak(text):
                 if first is None:
                     first = time.perf_counter() - t0
                 chunks.append(c.audio)
@@ -226,13 +231,16 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
             synth22 = np.concatenate(chunks)
             synth16 = resample(synth22, voice.rate, 16000)
             hyp_real, hyp_synth = recognise(real[16000]), recognise(synth16)
-            r22, s22 = _trim(real[22050], 22050), _trim(synth22, 22050)
+            r22 = _cut(real[22050], 22050, span)
+            s22 = _cut(synth22, voice.rate, _speech_span(aligner, synth16, text))
             mcd, f0 = mcd_and_f0(r22, s22)
             rows.append({
-                "clip": f.stem, "words": len(ref),
+                "clip": f.stem, "words": len(ref), "cut": text != texts[f.stem],
                 "errors_real": edit_distance(ref, hyp_real),
                 "errors_synth": edit_distance(ref, hyp_synth),
                 "hyp_synth": " ".join(hyp_synth),
+                # Likeness on the level-trimmed recordings, as before: cut to the words,
+                # clips of a second or two give resemblyzer too little to go on.
                 "emb_real": encoder.embed_utterance(_trim(real[16000], 16000)),
                 "emb_synth": encoder.embed_utterance(_trim(synth16, 16000)),
                 "seconds_real": len(r22) / 22050, "seconds_synth": len(s22) / 22050,
@@ -252,6 +260,7 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
     ratios = np.array([r["duration_ratio"] for r in rows])
     report = {
         "bundle": str(bundle), "data": str(data), "clips": len(rows), "words": n_words,
+        "clips_cut": sum(r["cut"] for r in rows), "clips_left_out": left_out,
         "wer_real": round(wer_real, 4), "wer_synth": round(wer_synth, 4),
         "wer_gap_points": round(100 * (wer_synth - wer_real), 1),
         "similarity_synth_real": round(float(np.mean([r["sim_synth_real"] for r in rows])), 4),
@@ -267,14 +276,70 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
                       if k not in ("emb_real", "emb_synth", "mel_real")}
                      for r in rows],
         "method": "WER: pocketsphinx with a bigram LM of the evaluation sentences "
-                  "(eval_bigram.arpa), same decoder for real and synthesised audio. Likeness: "
+                  "(eval_bigram.arpa), same decoder for real and synthesised audio; a "
+                  "recording that stops before its transcript is compared (and the voice "
+                  "says) only the words it says, found by forced alignment. Likeness: "
                   "resemblyzer cosine, synthesised vs the real recording of the same sentence, "
                   "and each real recording vs the next. MCD: mel-cepstra 1-24 along a DTW "
-                  "path; durations and MCD on audio trimmed of leading/trailing silence.",
+                  "path; durations and MCD on each recording's speech, first word to last by "
+                  "forced alignment; likeness on recordings trimmed of silence by level.",
     }
     atomic.write_json(out_dir / "report.json", report)
     _plot(rows, report, out_dir / "report.png")
     return report
+
+
+Span = tuple[float, float] | None
+
+
+def _speech_span(aligner: object, audio16: np.ndarray, text: str) -> Span:
+    """First word's start to last word's end by forced alignment: an energy threshold
+    keeps a noisy recording's hiss and clicks (GRID's 3-s clips hold 1.1-1.6 s of speech
+    and trimmed by level alone they stay 2.9 s long)."""
+    words = aligner.align(audio16, text)  # type: ignore[attr-defined]
+    return (words[0].start, words[-1].end) if words else None
+
+
+def _cut(audio: np.ndarray, rate: int, span: Span, pad: float = 0.02) -> np.ndarray:
+    """``audio`` cut to ``span`` (with a little room), or trimmed by level without one."""
+    if span is None:
+        return _trim(audio, rate)
+    a, b = max(0, int((span[0] - pad) * rate)), int((span[1] + pad) * rate)
+    return audio[a:b] if b - a > rate // 10 else _trim(audio, rate)
+
+
+def _references(aligner: object, files: list[Path], texts: dict[str, str]
+                ) -> tuple[list[tuple[Path, str, dict[int, np.ndarray], Span]], int]:
+    """(recording, the text it says, its audio at 16 and 22.05 kHz, its speech span) for
+    each held-out recording, and how many were left out. Some recordings stop before their
+    transcript does; scoring them against the whole sentence would count words never spoken as the
+    recogniser's errors (flattering any voice by inflating the real WER) and compare the
+    voice's whole sentence with a fragment's duration."""
+    from training.ingest import decode_audio
+    from training.voice.features import fit_to_speech
+
+    out, left_out = [], 0
+    with bar(len(files), "checking transcripts", "clip") as pb:
+        for f in files:
+            real = decode_audio(f, [16000, 22050])
+            seconds = len(real[16000]) / 16000
+            said = aligner.spoken_prefix(real[16000], texts[f.stem])  # type: ignore[attr-defined]
+            fitted = fit_to_speech(texts[f.stem], (0.0, seconds), {
+                "words": said.words, "of": said.of, "ends": [w.end for w in said.timing],
+                "starts": [w.start for w in said.timing]}, seconds)
+            pb.update(1)
+            if fitted is None:
+                left_out += 1
+                continue
+            text, (_, end) = fitted
+            if end < seconds:
+                real = {r: a[: int(end * r)] for r, a in real.items()}
+            heard = [w for w in said.timing if w.end <= end + 1e-6]
+            out.append((f, text, real, (heard[0].start, heard[-1].end) if heard else None))
+    if left_out:
+        log.warning("%d held-out recordings say fewer than three words of their transcripts "
+                    "and are left out", left_out)
+    return out, left_out
 
 
 def _plot(rows: list[dict], report: dict, path: Path) -> None:

@@ -10,6 +10,7 @@ reads from a video enrolment (``manifest.json``, ``clips/ID/audio.npz``,
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -60,12 +61,19 @@ def find_audio(folder: Path) -> list[Path]:
     return files
 
 
-def _unit(path: Path, clip_dir: Path, cfg: FeaturesConfig, key: str) -> dict:
-    """Decode one recording and compute its audio features (runs in a worker)."""
+def text_digest(text: str) -> str:
+    """Short hash of a transcript line: a changed line re-checks its recording."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
+
+
+def _unit(path: Path, clip_dir: Path, cfg: FeaturesConfig, key: str, text: str) -> dict:
+    """Decode one recording, compute its audio features and find how much of its
+    transcript it says (runs in a worker)."""
     import torch
 
     torch.set_num_threads(1)
     from training import audio_features
+    from training.align import Aligner
     from training.ingest import decode_audio
 
     audio = decode_audio(path, cfg.audio.rates)
@@ -82,7 +90,32 @@ def _unit(path: Path, clip_dir: Path, cfg: FeaturesConfig, key: str) -> dict:
     hop_s = cfg.audio.hop_ms / 1000
     speech = np.nonzero(feats.vad)[0]
     span = (float(speech[0] * hop_s), float((speech[-1] + 1) * hop_s)) if len(speech) else None
-    return {"seconds": feats.stats["seconds"], "speech": span}
+    said = Aligner().spoken_prefix(audio[cfg.audio.rates[0]], text)
+    spoken = {"words": said.words, "of": said.of,
+              "ends": [round(w.end, 3) for w in said.timing],
+              "starts": [round(w.start, 3) for w in said.timing]}
+    return {"seconds": feats.stats["seconds"], "speech": span, "spoken": spoken}
+
+
+MIN_WORDS_HEARD = 3
+"""A recording cut short after fewer words than this is left out rather than trimmed."""
+
+
+def fit_to_speech(text: str, speech: tuple[float, float], spoken: dict, seconds: float
+                  ) -> tuple[str, tuple[float, float]] | None:
+    """The text and speech span to learn from when a recording stops before its transcript:
+    the words heard, the span cut after the last of them. A last word that runs into the
+    end of the file may be cut mid-way, so it goes too. None: too little is left."""
+    from training.align import cut_text
+
+    if spoken["words"] >= spoken["of"]:
+        return text, speech
+    words, ends = spoken["words"], list(spoken["ends"])
+    if ends and seconds - ends[-1] < 0.05:
+        words, ends = words - 1, ends[:-1]
+    if words < MIN_WORDS_HEARD or not ends:
+        return None
+    return cut_text(text, words), (speech[0], min(speech[1], ends[-1] + 0.03))
 
 
 def enrol_voice_features(folder: Path, transcript: Path, workdir: Path,
@@ -103,7 +136,7 @@ def enrol_voice_features(folder: Path, transcript: Path, workdir: Path,
     jobs, results = [], {}
     with bar(len(matched), "hashing recordings", "file") as pb:
         for f in matched:
-            key = f"{file_digest(f)[:20]}-{digest_cfg}"
+            key = f"{file_digest(f)[:20]}-{digest_cfg}-{text_digest(texts[f.stem])}"
             d = out / "clips" / f.stem
             cached = d / "info.json"
             if cached.exists() and json.loads(cached.read_text()).get("key") == key:
@@ -117,14 +150,15 @@ def enrol_voice_features(folder: Path, transcript: Path, workdir: Path,
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(workers, mp_context=ctx) as ex, \
             bar(len(jobs), "voice features", "file") as pb:
-        futures = {ex.submit(_unit, f, d, cfg, key): (f, d, key) for f, d, key in jobs}
+        futures = {ex.submit(_unit, f, d, cfg, key, texts[f.stem]): (f, d, key)
+                   for f, d, key in jobs}
         for fut in cf.as_completed(futures):
             f, d, key = futures[fut]
             info = {"key": key, **fut.result()}
             atomic.write_json(d / "info.json", info)
             results[f.stem] = info
             pb.update(1)
-    clips, utterances = [], []
+    clips, utterances, cut, dropped = [], [], 0, 0
     for f in matched:
         info = results[f.stem]
         clips.append({"id": f.stem, "dir": f"clips/{f.stem}", "source": str(f),
@@ -138,8 +172,20 @@ def enrol_voice_features(folder: Path, transcript: Path, workdir: Path,
                         "sentence-length files (at most %.0f s), so it is left out", f,
                         b - a, MAX_UTTERANCE_S)
             continue
+        fitted = fit_to_speech(texts[f.stem], (a, b), info["spoken"], info["seconds"])
+        if fitted is None:
+            dropped += 1
+            continue
+        text, (a, b) = fitted
+        cut += text != texts[f.stem]
         utterances.append({"clip": f.stem, "start": round(a, 3), "end": round(b, 3),
-                           "text": texts[f.stem]})
+                           "text": text})
+    if cut or dropped:
+        # Loud on purpose: a transcript that promises more than its recording teaches the
+        # voice to speak far too fast, and users should know their data does this.
+        log.warning("%d of %d recordings stop before their transcript does: %d were cut "
+                    "to the words they say, %d left out (fewer than %d words heard)",
+                    cut + dropped, len(matched), cut, dropped, MIN_WORDS_HEARD)
     if not utterances:
         raise TwincastError(f"{folder}: no recording gave a usable utterance")
     atomic.write_text(out / "utterances.jsonl",
