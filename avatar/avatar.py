@@ -24,6 +24,7 @@ from avatar import devices
 from avatar.audio import mel_windows
 from avatar.bundle import read_manifest, require
 from avatar.errors import TwincastError, path_error
+from avatar.models.fold import fold_batchnorm
 from avatar.models.head import HeadConfig, HeadGenerator, blank_lower, region_keep_mask
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,9 @@ class _IdleFrame:
 class Avatar:
     def __init__(self, path: Path, manifest: dict, gen: HeadGenerator, device: torch.device,
                  idle: list[_IdleFrame], reference: torch.Tensor, mel_mean: float,
-                 mel_std: float):
+                 mel_std: float, dtype: torch.dtype = torch.float32):
         self.path = path
+        self.dtype = dtype
         self.manifest = manifest
         self.gen = gen
         self.device = device
@@ -79,10 +81,11 @@ class Avatar:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: Path | str, device: str = "cpu",
-             architecture: HeadConfig | None = None) -> Avatar:
+             architecture: HeadConfig | None = None, precision: str = "auto") -> Avatar:
         """Load a bundle. ``architecture`` replaces the bundle's model by a freshly
         initialised one of that size (for speed measurements only: weights do not change
-        how fast a model runs)."""
+        how fast a model runs). ``precision``: ``auto`` renders in bfloat16 where the
+        device computes it natively (``devices.render_dtype``), else float32."""
         path = Path(path)
         manifest = read_manifest(path)
         dev = devices.device(device)
@@ -104,14 +107,16 @@ class Avatar:
         except (RuntimeError, OSError, ValueError) as e:
             raise path_error(weights, f"does not hold this head's weights ({str(e)[:120]})"
                              ) from None
-        gen.eval().to(dev)
+        gen = fold_batchnorm(gen).to(dev)
+        dtype = devices.render_dtype(dev, precision)
         mel = require(manifest, "head", "mel")
         ref_img = _read_rgb(path / head["reference"], (cfg.size, cfg.size))
         reference = torch.from_numpy(ref_img).permute(2, 0, 1).float().div(255).to(dev)
         idle, geometry = _load_idle(path, manifest, cfg)
-        log.info("avatar %s loaded on %s: %d idle frames", manifest.get("name"), dev, len(idle))
+        log.info("avatar %s loaded on %s (%s): %d idle frames", manifest.get("name"), dev,
+                 str(dtype).removeprefix("torch."), len(idle))
         avatar = cls(path, manifest, gen, dev, idle, reference, float(mel["mean"]),
-                     float(mel["std"]))
+                     float(mel["std"]), dtype)
         avatar._geometry = geometry
         return avatar
 
@@ -152,9 +157,10 @@ class Avatar:
         mels = (mels - self.mel_mean) / self.mel_std
         mel_t = torch.from_numpy(mels).unsqueeze(1).to(self.device)
         ref = self.reference.unsqueeze(0).expand(len(requests), -1, -1, -1)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(
+                self.device.type, self.dtype, enabled=self.dtype != torch.float32):
             out = self.gen.generate(ref, blank_lower(regions, self.gen.cfg.mask_top), mel_t)
-        painted = (out.clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+        painted = (out.float().clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
         if len(requests) < 8 or (os.cpu_count() or 1) < 2:
             return [_composite(f, p) for f, p in zip(idle, painted, strict=True)]
         # Compositing is per-frame OpenCV/numpy work that releases the GIL: on a large

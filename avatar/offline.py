@@ -25,11 +25,11 @@ def _bars() -> bool:
 
 
 def render_file(bundle: Path, audio_path: Path, out: Path, device: str = "cpu",
-                batch: int = 16) -> dict:
+                batch: int = 16, precision: str = "auto") -> dict:
     """Speak ``audio_path`` over the avatar's idle loop; write ``out`` with the audio muxed."""
     if batch < 1:
         raise TwincastError(f"--batch {batch}: must be at least 1")
-    avatar = Avatar.load(bundle, device)
+    avatar = Avatar.load(bundle, device, precision=precision)
     audio = load_audio(audio_path, 16000)
     if np.abs(audio).max(initial=0.0) == 0.0:
         log.info("%s is silent: the mouth stays closed", audio_path)
@@ -37,7 +37,7 @@ def render_file(bundle: Path, audio_path: Path, out: Path, device: str = "cpu",
 
 
 def render_text(bundle: Path, text: str, out: Path, device: str = "cpu", batch: int = 16,
-                pace: float = 1.0) -> dict:
+                pace: float = 1.0, precision: str = "auto") -> dict:
     """The avatar's voice says ``text``, then its face speaks that audio (both muxed)."""
     from avatar.audio import resample
     from avatar.voice import Voice
@@ -45,13 +45,13 @@ def render_text(bundle: Path, text: str, out: Path, device: str = "cpu", batch: 
     if batch < 1:
         raise TwincastError(f"--batch {batch}: must be at least 1")
     voice = Voice.load(bundle, device)
-    avatar = Avatar.load(bundle, device)
+    avatar = Avatar.load(bundle, device, precision=precision)
     speech = voice.say(text, pace)
     return render_audio(avatar, resample(speech, voice.rate, 16000), out, batch)
 
 
 def render_show(bundle: Path, show_path: Path, out: Path, device: str = "cpu",
-                batch: int = 16) -> dict:
+                batch: int = 16, precision: str = "auto") -> dict:
     """``twincast render --show``: the whole show (speech, pauses, idle) to one video, in
     batches, as fast as the model allows."""
     from tqdm import tqdm
@@ -68,7 +68,7 @@ def render_show(bundle: Path, show_path: Path, out: Path, device: str = "cpu",
                             "file; give a number")
     voice = Voice.load(bundle, device) if any(s.kind == "say" for s in show.segments) \
         else None
-    avatar = Avatar.load(bundle, device)
+    avatar = Avatar.load(bundle, device, precision=precision)
     parts: list[np.ndarray] = []
     said: dict[tuple[str, float], np.ndarray] = {}
     steps = [s for _ in show.passes() for s in show.segments for _ in range(s.repeat)]
@@ -175,7 +175,8 @@ def _peak_rss_mb() -> float:
 
 
 def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (1, 4, 16, 64),
-                 seconds: float = 3.0, preset: str | None = None) -> dict:
+                 seconds: float = 3.0, preset: str | None = None,
+                 precision: str = "auto") -> dict:
     """Frames per second of ``Avatar.render`` (generator and compositing) per batch size.
     With ``preset``, a fresh model of that preset's size stands in for the bundle's."""
     import torch
@@ -184,7 +185,8 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
 
     if preset is not None and preset not in HEAD_PRESETS:
         raise TwincastError(f"--preset {preset}: choose one of {', '.join(HEAD_PRESETS)}")
-    avatar = Avatar.load(bundle, device, HEAD_PRESETS[preset] if preset else None)
+    avatar = Avatar.load(bundle, device, HEAD_PRESETS[preset] if preset else None,
+                         precision)
     rng = np.random.default_rng(0)
     # Real speech-like input: mel windows of noise shaped like the training statistics.
     mel = (avatar.mel_mean + avatar.mel_std * rng.standard_normal(
@@ -204,6 +206,7 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
         result[str(b)] = round(frames / (time.perf_counter() - t0), 1)
     w, h = avatar.manifest["frame_size"]
     return {"device": str(avatar.device), "frame_size": [w, h],
+            "precision": str(avatar.dtype).removeprefix("torch."),
             "weights": f"untrained {preset} architecture" if preset else "bundle",
             "model_size": avatar.size, "model_width": avatar.gen.cfg.width,
             "threads": torch.get_num_threads(), "fps_by_batch": result,

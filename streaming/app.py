@@ -36,6 +36,8 @@ class ServerConfig:
     token: str | None = None
     """Bearer token for the API; from TWINCAST_TOKEN when unset, else generated."""
     devices: tuple[str, ...] = ("cpu",)
+    precision: str = "auto"
+    """Render precision: ``auto`` (bfloat16 where the device has it natively), fp32, bf16."""
     max_sessions: int = 8
     max_body_bytes: int = 64 * 1024
     """Largest request body (an SDP offer is a few kB)."""
@@ -88,7 +90,8 @@ class Server:
 
         lanes = []
         for i, dev in enumerate(self.cfg.devices):
-            renderers = {name: Avatar.load(path, dev) for name, path in self.bundles.items()}
+            renderers = {name: Avatar.load(path, dev, precision=self.cfg.precision)
+                         for name, path in self.bundles.items()}
             lanes.append(Lane(f"{dev}#{i}", renderers))
         self.avatars = dict(lanes[0].renderers)
         for name, path in self.bundles.items():

@@ -176,12 +176,12 @@ def _analyse(logs: list[ClientLog]) -> dict:
 
 
 def bench_serve(bundle: Path, sessions: int, seconds: float, devices: tuple[str, ...] = (
-        "cpu",), max_batch: int = 16) -> dict:
+        "cpu",), max_batch: int = 16, precision: str = "auto") -> dict:
     from streaming.app import RunningServer, Server, ServerConfig, bundle_names
 
     srv = Server(bundle_names([bundle]), ServerConfig(
         devices=devices, max_batch=max_batch, max_sessions=256, capacity_share=1e9,
-        token="bench"))
+        token="bench", precision=precision))
     srv.load()
     running = RunningServer(srv)
     try:

@@ -219,3 +219,41 @@ def test_lip_gain_restores_the_range_of_a_shrunk_prediction() -> None:
     assert report["val_frames"] == 50 and report["val_opening_corr"] > 0.99
     assert abs(float(gen.lips.gain[0]) - 1 / 0.6) < 0.05
     assert abs(report["val_opening_std_ratio"] - 1.0) < 0.05
+
+
+def test_folded_batchnorm_and_precision(bundle: Path) -> None:
+    """Folding BatchNorm into the convolutions changes nothing but rounding; bfloat16
+    renders within a few grey levels of float32; a wrong precision is a clear error."""
+    import torch
+
+    from avatar.avatar import Avatar, FrameRequest
+    from avatar.devices import render_dtype
+    from avatar.errors import TwincastError
+    from avatar.models.fold import fold_batchnorm
+    from avatar.models.head import HeadConfig, HeadGenerator
+
+    torch.manual_seed(0)
+    gen = HeadGenerator(HeadConfig(size=48, width=8, audio_dim=32, lip_dim=32)).eval()
+    for m in gen.modules():  # running statistics a trained model would have
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    folded = fold_batchnorm(gen)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    args = (torch.rand(2, 3, 48, 48), torch.rand(2, 3, 48, 48), torch.randn(2, 1, 80, 40))
+    assert torch.allclose(gen.generate(*args), folded.generate(*args), atol=1e-4)
+
+    rng = np.random.default_rng(1)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        av = Avatar.load(bundle, "cpu", precision=precision)
+        mel = (av.mel_mean + av.mel_std * rng.standard_normal(
+            (4, av.gen.cfg.mel_bins, av.mel_frames))).astype(np.float32)
+        rng = np.random.default_rng(1)
+        out[precision] = np.stack(av.render([FrameRequest(i, m) for i, m in enumerate(mel)]))
+    diff = np.abs(out["fp32"].astype(int) - out["bf16"].astype(int))
+    assert diff.mean() < 1.0 and diff.max() <= 24
+    assert render_dtype(torch.device("cpu"), "fp32") == torch.float32
+    with pytest.raises(TwincastError, match="precision"):
+        render_dtype(torch.device("cpu"), "fp8")

@@ -180,9 +180,9 @@ def leak_partners(clips: list[HeldOut]) -> list[tuple[int, float]]:
     return out
 
 
-def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str = "cpu"
-                  ) -> dict:
-    avatar = Avatar.load(bundle, device)
+def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str = "cpu",
+                  precision: str = "auto") -> dict:
+    avatar = Avatar.load(bundle, device, precision=precision)
     cfg = FaceConfig()
     clips = load_held_out(footage, avatar.fps, cfg)
     if len(clips) < 2:
@@ -224,6 +224,7 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
     ok = np.isfinite(g) & np.isfinite(rr)
     report = {
         "bundle": str(bundle),
+        "precision": str(avatar.dtype).removeprefix("torch."),
         "clips": len(clips),
         "frames": int(len(g)),
         "mouth_opening_corr": round(float(np.nanmean([p["corr"] for p in per_clip])), 4),

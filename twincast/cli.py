@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--out", type=Path, required=True, help="output .mp4")
     r.add_argument("--device", default="cpu")
     r.add_argument("--batch", type=int, default=16, help="frames per model call (16)")
+    r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="render precision (auto: bf16 where the device has it natively)")
     r.set_defaults(func=cmd_render)
 
     sv = sub.add_parser("serve", help="the realtime WebRTC server")
@@ -135,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--token", help="API bearer token (default: TWINCAST_TOKEN or generated)")
     sv.add_argument("--max-sessions", type=int, default=8)
+    sv.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="render precision (auto: bf16 where the device has it natively)")
     sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                     help="a web origin whose pages may call the API (repeatable; * for any)")
     sv.add_argument("--log-format", choices=("text", "json"), default="text",
@@ -154,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--key", metavar="RRGGBB", help="replace the background with this "
                     "colour for chroma keying, e.g. 00ff00")
     st.add_argument("--devices", default="cpu")
+    st.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="render precision (auto: bf16 where the device has it natively)")
     st.add_argument("--host", default="127.0.0.1")
     st.add_argument("--port", type=int, default=8080)
     st.add_argument("--token", help="API bearer token (default: TWINCAST_TOKEN or generated)")
@@ -168,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="held-out clips (never ones the avatar was trained on)")
     eh.add_argument("-o", "--out", type=Path, help="report folder (default: BUNDLE/../eval-head)")
     eh.add_argument("--device", default="cpu")
+    eh.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="render precision (auto: bf16 where the device has it natively)")
     eh.set_defaults(func=cmd_eval_head)
     evv = evsub.add_parser("voice", help="intelligibility, likeness and timing of the voice "
                            "on held-out recordings")
@@ -200,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--preset", choices=("ci", "cpu", "gpu"),
                     help="time a fresh model of this preset's size over the bundle's idle "
                     "footage instead of the bundle's own model")
+    br.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="render precision (auto: bf16 where the device has it natively)")
     br.set_defaults(func=cmd_bench_render)
     bst = bsub.add_parser("stream", help="CPU cost and say-to-mouth latency of one RTMP "
                           "stream (needs nginx with its RTMP module)")
@@ -215,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--devices", default="cpu", help="render lanes, e.g. cpu or cpu,cpu")
     bs.add_argument("--max-batch", type=int, default=16,
                     help="frames per model call (1 turns cross-session batching off)")
+    bs.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="render precision (auto: bf16 where the device has it natively)")
     bs.set_defaults(func=cmd_bench_serve)
     bv = bsub.add_parser("voice", help="real-time factor and first-chunk latency of the voice")
     bv.add_argument("bundle", type=Path)
@@ -275,7 +287,7 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
     from training.evaluate_head import evaluate_head
 
     out = args.out or args.bundle.parent / f"eval-head-{args.bundle.name}"
-    report = evaluate_head(args.bundle, args.footage, out, args.device)
+    report = evaluate_head(args.bundle, args.footage, out, args.device, args.precision)
     report.pop("per_clip")
     print(json.dumps(report, indent=2))
     log.info("report, side-by-side video and contact sheet in %s", out)
@@ -296,7 +308,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         use_json_logs()
     serve(args.bundles, ServerConfig(host=args.host, port=args.port, token=args.token,
                                      devices=devices, max_sessions=args.max_sessions,
-                                     cors_origins=tuple(args.cors_origin)))
+                                     cors_origins=tuple(args.cors_origin),
+                                     precision=args.precision))
     return 0
 
 
@@ -326,7 +339,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
                       video_kbps=args.video_kbps, audio_kbps=args.audio_kbps,
                       keyframe_s=args.keyframe_s, key_colour=key)
     serve([args.bundle], ServerConfig(host=args.host, port=args.port, token=args.token,
-                                      devices=devices), stream=(rtmp, show))
+                                      devices=devices, precision=args.precision),
+          stream=(rtmp, show))
     return 0
 
 
@@ -376,14 +390,16 @@ def cmd_render(args: argparse.Namespace) -> int:
     from avatar.offline import render_file, render_show, render_text
 
     if args.show is not None:
-        res = render_show(args.bundle, args.show, args.out, args.device, args.batch)
+        res = render_show(args.bundle, args.show, args.out, args.device, args.batch,
+                          args.precision)
         log.info("%.0f s of show in %.1f s: %.1fx real time", res["video_seconds"],
                  res["seconds"] + res["speech_seconds"], res["realtime_x"])
     elif args.text is not None:
         res = render_text(args.bundle, args.text, args.out, args.device, args.batch,
-                          args.pace)
+                          args.pace, args.precision)
     else:
-        res = render_file(args.bundle, args.audio, args.out, args.device, args.batch)
+        res = render_file(args.bundle, args.audio, args.out, args.device, args.batch,
+                          args.precision)
     log.info("rendered %d frames in %.1f s (%.0f frames/s): %s", res["frames"],
              res["seconds"], res["fps"], res["out"])
     return 0
@@ -393,7 +409,8 @@ def cmd_bench_render(args: argparse.Namespace) -> int:
     from avatar.offline import bench_render
 
     print(json.dumps(bench_render(args.bundle, args.device, _batches(args.batches),
-                                         seconds=args.seconds, preset=args.preset), indent=2))
+                                         seconds=args.seconds, preset=args.preset,
+                                         precision=args.precision), indent=2))
     return 0
 
 
@@ -415,7 +432,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         raise TwincastError("--sessions and --max-batch must be at least 1")
     devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
     print(json.dumps(bench_serve(args.bundle, args.sessions, args.seconds, devices,
-                                 args.max_batch), indent=2))
+                                 args.max_batch, args.precision), indent=2))
     return 0
 
 
