@@ -46,10 +46,13 @@ class VoiceConfig:
         return cls(**d)
 
 
+# Ten minutes of speech is learned by heart quickly: on held-out LJ sentences the mel loss
+# stayed near 0.455 from step 300 on with dropout 0.1, and was at 0.416 and falling at step
+# 500 with 0.4 (one core per run).
 VOICE_PRESETS: dict[str, VoiceConfig] = {
     "ci": VoiceConfig(dim=64, enc_layers=2, dec_dim=96, dec_layers=3),
-    "cpu": VoiceConfig(),
-    "gpu": VoiceConfig(dim=256, enc_layers=6, dec_dim=384, dec_layers=8),
+    "cpu": VoiceConfig(dropout=0.4),
+    "gpu": VoiceConfig(dim=256, enc_layers=6, dec_dim=384, dec_layers=8, dropout=0.4),
 }
 
 

@@ -49,6 +49,9 @@ class VoiceTrainConfig:
     checkpoint made with another split starts over instead of resuming."""
     vocoder: VocoderTrainConfig | None = field(default_factory=VocoderTrainConfig)
     """None: no trained vocoder (Griffin-Lim at synthesis)."""
+    held_every: int = 100
+    """Steps between scorings on the held-out sentences; the best-scoring weights are the
+    ones exported (ten minutes of speech is learned by heart long before the cap)."""
 
     def digest(self) -> str:
         return config_digest(self, "vocoder")  # the vocoder is checkpointed apart
@@ -75,17 +78,36 @@ class VoiceState:
     step: int = 0
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    """The weights that scored best on the held-out sentences so far (a copy)."""
+    best_loss: float = float("inf")
+    best_step: int = 0
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
-                "step": self.step, "seconds": self.seconds,
-                "history": json.dumps(self.history)}
+        d = {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+             "step": self.step, "seconds": self.seconds,
+             "history": json.dumps(self.history), "best_loss": self.best_loss,
+             "best_step": self.best_step}
+        if self.best is not None:
+            d["best"] = self.best
+        return d
 
     def load_state_dict(self, d: dict) -> None:
         self.model.load_state_dict(d["model"])
         self.opt.load_state_dict(d["opt"])
         self.step, self.seconds = int(d["step"]), float(d["seconds"])
         self.history = json.loads(d["history"])
+        self.best = d.get("best")
+        self.best_loss = float(d.get("best_loss", float("inf")))
+        self.best_step = int(d.get("best_step", 0))
+
+    def score_held_out(self, loss: float) -> bool:
+        """Keep the current weights if ``loss`` is the best held-out loss yet."""
+        if loss >= self.best_loss:
+            return False
+        self.best_loss, self.best_step = loss, self.step
+        self.best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return True
 
 
 @dataclass
@@ -175,11 +197,15 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
             losses = train_step(state, batcher, mean, std, dev)
             state.step += 1
             state.seconds = time.monotonic() - start
+            if held and state.step % cfg.held_every == 0:
+                scores = held_out_loss(state.model, held, mean, std, dev)
+                state.score_held_out(scores["held/mel"] + scores["held/duration"])
+                losses = {**losses, **scores}
             if state.step % 10 == 0 or state.step == cfg.steps:
                 state.history.append({"step": state.step, "seconds": round(state.seconds, 1),
                                       **{k: round(v, 5) for k, v in losses.items()}})
             pb.update(1)
-            pb.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in losses.items()},
+            pb.set_postfix({k.removeprefix("voice/"): f"{v:.3f}" for k, v in losses.items()},
                            refresh=False)
             if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                 save()
@@ -188,6 +214,11 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     save()
     atomic.write_json(out_dir / "history.json", state.history)
     plot_curves(state.history, out_dir / "curves.png")
+    if state.best is not None:
+        state.model.load_state_dict(state.best)
+        log.info("voice: exporting the weights of step %d of %d, the best on %d held-out "
+                 "sentences (mel + duration loss %.3f)", state.best_step, state.step,
+                 len(held), state.best_loss)
     vocoder = None
     if cfg.vocoder is not None:
         vocoder = train_vocoder(dirs, out_dir, cfg.vocoder, dev)
@@ -212,6 +243,24 @@ def split_holdout(utts: list) -> tuple[list, list]:
     held = [u for i, u in enumerate(utts) if i % HOLDOUT_EVERY == HOLDOUT_EVERY // 2]
     keep = [u for i, u in enumerate(utts) if i % HOLDOUT_EVERY != HOLDOUT_EVERY // 2]
     return keep, held
+
+
+@torch.no_grad()
+def held_out_loss(model: AcousticModel, held: list, mean: np.ndarray, std: np.ndarray,
+                  device: torch.device) -> dict[str, float]:
+    """Mean mel and duration losses on sentences the model does not learn from (the same
+    losses as training, in evaluation mode)."""
+    model.eval()
+    sums = {"held/mel": 0.0, "held/duration": 0.0}
+    for u in held:
+        tokens = torch.from_numpy(u.tokens)[None].to(device)
+        mel = torch.from_numpy((u.mel - mean[:, None]) / std[:, None]).float()[None].to(device)
+        _, losses = model(tokens, torch.tensor([tokens.shape[1]], device=device), mel,
+                          torch.tensor([mel.shape[2]], device=device))
+        sums["held/mel"] += float(losses["voice/mel"])
+        sums["held/duration"] += float(losses["voice/duration"])
+    model.train()
+    return {k: v / max(len(held), 1) for k, v in sums.items()}
 
 
 @torch.no_grad()
