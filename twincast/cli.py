@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="report folder (default: BUNDLE/../eval-voice-NAME)")
     evv.add_argument("--device", default="cpu")
     evv.add_argument("--limit", type=int, help="only the first N recordings")
+    evv.add_argument("--whole-transcripts", action="store_true",
+                     help="score every recording against its whole transcript, even one "
+                     "that stops early (as figures measured before the check were)")
     evv.set_defaults(func=cmd_eval_voice)
 
     b = sub.add_parser("bench", help="measure speed and memory; prints JSON")
@@ -349,7 +352,7 @@ def cmd_eval_voice(args: argparse.Namespace) -> int:
 
     out = args.out or args.bundle.parent / f"eval-voice-{args.bundle.name}"
     report = evaluate_voice(args.bundle, args.data, out, args.transcript, args.device,
-                            args.limit)
+                            args.limit, args.whole_transcripts)
     report.pop("per_clip")
     print(json.dumps(report, indent=2))
     log.info("report and plots in %s", out)

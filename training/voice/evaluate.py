@@ -188,7 +188,8 @@ def mcd_and_f0(real22: np.ndarray, synth22: np.ndarray) -> tuple[float, float]:
 # ---------------------------------------------------------------- the evaluation
 
 def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | None = None,
-                   device: str = "cpu", limit: int | None = None) -> dict:
+                   device: str = "cpu", limit: int | None = None,
+                   whole_transcripts: bool = False) -> dict:
     from resemblyzer import VoiceEncoder
 
 
@@ -207,7 +208,7 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
     from training.align import Aligner
 
     aligner = Aligner()
-    clips, left_out = _references(aligner, files, texts)
+    clips, left_out = _references(aligner, files, texts, whole_transcripts)
     if len(clips) < 2:
         raise TwincastError(f"{data}: fewer than two recordings say enough of their "
                             "transcripts to be compared")
@@ -261,6 +262,7 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
     report = {
         "bundle": str(bundle), "data": str(data), "clips": len(rows), "words": n_words,
         "clips_cut": sum(r["cut"] for r in rows), "clips_left_out": left_out,
+        "whole_transcripts": whole_transcripts,
         "wer_real": round(wer_real, 4), "wer_synth": round(wer_synth, 4),
         "wer_gap_points": round(100 * (wer_synth - wer_real), 1),
         "similarity_synth_real": round(float(np.mean([r["sim_synth_real"] for r in rows])), 4),
@@ -308,13 +310,15 @@ def _cut(audio: np.ndarray, rate: int, span: Span, pad: float = 0.02) -> np.ndar
     return audio[a:b] if b - a > rate // 10 else _trim(audio, rate)
 
 
-def _references(aligner: object, files: list[Path], texts: dict[str, str]
+def _references(aligner: object, files: list[Path], texts: dict[str, str],
+                whole: bool = False
                 ) -> tuple[list[tuple[Path, str, dict[int, np.ndarray], Span]], int]:
     """(recording, the text it says, its audio at 16 and 22.05 kHz, its speech span) for
     each held-out recording, and how many were left out. Some recordings stop before their
     transcript does; scoring them against the whole sentence would count words never spoken as the
     recogniser's errors (flattering any voice by inflating the real WER) and compare the
-    voice's whole sentence with a fragment's duration."""
+    voice's whole sentence with a fragment's duration. ``whole`` keeps every transcript
+    whole all the same (for comparison with figures measured that way)."""
     from training.ingest import decode_audio
     from training.voice.features import fit_to_speech
 
@@ -328,6 +332,10 @@ def _references(aligner: object, files: list[Path], texts: dict[str, str]
                 "words": said.words, "of": said.of, "ends": [w.end for w in said.timing],
                 "starts": [w.start for w in said.timing]}, seconds)
             pb.update(1)
+            if whole:
+                span = (said.timing[0].start, said.timing[-1].end) if said.timing else None
+                out.append((f, texts[f.stem], real, span))
+                continue
             if fitted is None:
                 left_out += 1
                 continue
