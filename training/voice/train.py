@@ -52,6 +52,8 @@ class VoiceTrainConfig:
     held_every: int = 100
     """Steps between scorings on the held-out sentences; the best-scoring weights are the
     ones exported (ten minutes of speech is learned by heart long before the cap)."""
+    patience: int = 8
+    """Stop after this many scorings in a row without a better held-out loss."""
 
     def digest(self) -> str:
         return config_digest(self, "vocoder")  # the vocoder is checkpointed apart
@@ -191,6 +193,11 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
         while state.step < cfg.steps:
             if time.monotonic() > deadline:
                 log.warning("voice training stopped at its %g-minute cap", cfg.max_minutes)
+                break
+            if state.best is not None and \
+                    state.step - state.best_step >= cfg.patience * cfg.held_every:
+                log.info("voice: no better on the held-out sentences since step %d; "
+                         "stopping at step %d", state.best_step, state.step)
                 break
             for g in state.opt.param_groups:
                 g["lr"] = cfg.lr * _lr_factor(state.step, cfg.steps)
