@@ -238,9 +238,9 @@ def test_speaking_rate_is_calibrated_on_held_out_sentences() -> None:
     assert len(held) == 12 and not set(keep) & set(held) and len(keep) + len(held) == 118
 
 
-def test_the_best_weights_on_held_out_sentences_are_kept() -> None:
-    """Training keeps a copy of the weights whenever the held-out loss improves and exports
-    that copy, not the last step's (the voice learns ten minutes of speech by heart)."""
+def test_held_out_scores_are_tracked_across_a_checkpoint() -> None:
+    """Training notes its lowest held-out loss and the step (for the log and curves; the
+    exported weights are the last step's)."""
     from avatar.models.voice import VOICE_PRESETS, AcousticModel
     from training.voice.train import VoiceState
 
@@ -248,16 +248,11 @@ def test_the_best_weights_on_held_out_sentences_are_kept() -> None:
     state = VoiceState(model, torch.optim.SGD(model.parameters(), lr=0.1))
     state.step = 100
     assert state.score_held_out(1.0)
-    kept = state.best["decoder.out.bias"].clone()
-    with torch.no_grad():
-        model.decoder.out.bias.add_(1.0)  # training moves on ...
     state.step = 200
-    assert not state.score_held_out(1.5)  # ... and scores worse: the copy stays
-    assert state.best_step == 100 and torch.equal(state.best["decoder.out.bias"], kept)
-    # It survives a checkpoint.
+    assert not state.score_held_out(1.5)
+    assert state.best_step == 100 and state.best_loss == 1.0
     other = AcousticModel(VOICE_PRESETS["ci"])
     again = VoiceState(other, torch.optim.SGD(other.parameters(), lr=0.1))
     again.load_state_dict(state.state_dict())
     assert again.best_step == 100 and again.best_loss == 1.0
-    assert torch.equal(again.best["decoder.out.bias"], kept)
     assert again.score_held_out(0.5) and again.best_step == 200

@@ -50,10 +50,9 @@ class VoiceTrainConfig:
     vocoder: VocoderTrainConfig | None = field(default_factory=VocoderTrainConfig)
     """None: no trained vocoder (Griffin-Lim at synthesis)."""
     held_every: int = 100
-    """Steps between scorings on the held-out sentences; the best-scoring weights are the
-    ones exported (ten minutes of speech is learned by heart long before the cap)."""
-    patience: int = 8
-    """Stop after this many scorings in a row without a better held-out loss."""
+    """Steps between scorings on the held-out sentences (curves and log only). Choosing the
+    weights by the lowest held-out loss was tried and is worse: on LJ it picked step 600,
+    whose held-out synthesis WER was 44.6 % against 23.7 % for the last step (2310)."""
 
     def digest(self) -> str:
         return config_digest(self, "vocoder")  # the vocoder is checkpointed apart
@@ -80,9 +79,8 @@ class VoiceState:
     step: int = 0
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
-    best: dict | None = None
-    """The weights that scored best on the held-out sentences so far (a copy)."""
     best_loss: float = float("inf")
+    """The lowest held-out loss so far, and its step (reported, not used to choose)."""
     best_step: int = 0
 
     def state_dict(self) -> dict:
@@ -90,8 +88,6 @@ class VoiceState:
              "step": self.step, "seconds": self.seconds,
              "history": json.dumps(self.history), "best_loss": self.best_loss,
              "best_step": self.best_step}
-        if self.best is not None:
-            d["best"] = self.best
         return d
 
     def load_state_dict(self, d: dict) -> None:
@@ -99,16 +95,14 @@ class VoiceState:
         self.opt.load_state_dict(d["opt"])
         self.step, self.seconds = int(d["step"]), float(d["seconds"])
         self.history = json.loads(d["history"])
-        self.best = d.get("best")
         self.best_loss = float(d.get("best_loss", float("inf")))
         self.best_step = int(d.get("best_step", 0))
 
     def score_held_out(self, loss: float) -> bool:
-        """Keep the current weights if ``loss`` is the best held-out loss yet."""
+        """Note ``loss`` if it is the lowest held-out loss yet."""
         if loss >= self.best_loss:
             return False
         self.best_loss, self.best_step = loss, self.step
-        self.best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return True
 
 
@@ -194,11 +188,6 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
             if time.monotonic() > deadline:
                 log.warning("voice training stopped at its %g-minute cap", cfg.max_minutes)
                 break
-            if state.best is not None and \
-                    state.step - state.best_step >= cfg.patience * cfg.held_every:
-                log.info("voice: no better on the held-out sentences since step %d; "
-                         "stopping at step %d", state.best_step, state.step)
-                break
             for g in state.opt.param_groups:
                 g["lr"] = cfg.lr * _lr_factor(state.step, cfg.steps)
             losses = train_step(state, batcher, mean, std, dev)
@@ -221,11 +210,9 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     save()
     atomic.write_json(out_dir / "history.json", state.history)
     plot_curves(state.history, out_dir / "curves.png")
-    if state.best is not None:
-        state.model.load_state_dict(state.best)
-        log.info("voice: exporting the weights of step %d of %d, the best on %d held-out "
-                 "sentences (mel + duration loss %.3f)", state.best_step, state.step,
-                 len(held), state.best_loss)
+    if held:
+        log.info("voice: lowest held-out loss %.3f at step %d of %d", state.best_loss,
+                 state.best_step, state.step)
     vocoder = None
     if cfg.vocoder is not None:
         vocoder = train_vocoder(dirs, out_dir, cfg.vocoder, dev)
