@@ -26,8 +26,7 @@ def test_cut_text_keeps_spelling_and_drops_a_trailing_comma() -> None:
 
 
 def test_fit_to_speech() -> None:
-    spoken = {"words": 4, "of": 10, "starts": [0.1, 0.5, 0.9, 1.3],
-              "ends": [0.4, 0.8, 1.2, 1.6]}
+    spoken = {"words": 4, "of": 10, "ends": [0.4, 0.8, 1.2, 1.6]}
     # Stops well before the file's end: cut after the fourth word.
     text, span = fit_to_speech("one two three four five six seven eight nine ten",
                                (0.05, 2.0), spoken, seconds=2.2)
@@ -37,7 +36,7 @@ def test_fit_to_speech() -> None:
                                (0.05, 1.62), spoken, seconds=1.62)
     assert text == "one two three" and span[1] == pytest.approx(1.23)
     # Too little heard: left out.
-    few = {**spoken, "words": MIN_WORDS_HEARD - 1, "starts": [0.1, 0.5], "ends": [0.4, 0.8]}
+    few = {**spoken, "words": MIN_WORDS_HEARD - 1, "ends": [0.4, 0.8]}
     assert fit_to_speech("a b c d", (0, 2), few, 3.0) is None
     # A whole sentence is kept as it is.
     whole = {**spoken, "words": 10}

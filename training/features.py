@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 # Per-worker-process state, set once by the pool initializer (never per unit).
 _progress_queue: Any = None
-_aligner: Any = None
 _trackers: dict[str, Any] = {}
 
 
@@ -163,18 +162,15 @@ def text_unit(job: ClipJob, cfg: FeaturesConfig, key: str) -> list[dict]:
     from training.utterances import make_utterances
     from training.vad import speech_segments
 
-    global _aligner
     hop_s = cfg.audio.hop_ms / 1000
     with np.load(job.dir / "audio.npz") as z:
         vad, db = z["vad"], z["loudness_db"]
     words = None
     if job.text:
-        from training.align import Aligner
+        from training.align import shared_aligner
 
-        if _aligner is None:
-            _aligner = Aligner()
         audio16, _ = sf.read(job.dir / "audio16k.wav", dtype="float32")
-        words = _aligner.align(audio16, job.text)
+        words = shared_aligner().align(audio16, job.text)
     utts = make_utterances(job.id, speech_segments(vad, hop_s), db, hop_s,
                            job.info.duration, cfg.audio.max_utterance_s,
                            cfg.audio.min_pause_s, words)

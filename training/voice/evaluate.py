@@ -192,6 +192,7 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
                    whole_transcripts: bool = False) -> dict:
     from resemblyzer import VoiceEncoder
 
+    from training.align import shared_aligner
 
     voice = Voice.load(bundle, device)
     if not data.is_dir():
@@ -205,9 +206,7 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
         raise TwincastError(f"{data}: evaluation needs at least two recordings with text "
                             "(real-to-real likeness compares two of them)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    from training.align import Aligner
-
-    aligner = Aligner()
+    aligner = shared_aligner()
     clips, left_out = _references(aligner, files, texts, whole_transcripts)
     if len(clips) < 2:
         raise TwincastError(f"{data}: fewer than two recordings say enough of their "
@@ -328,14 +327,14 @@ def _references(aligner: object, files: list[Path], texts: dict[str, str],
             real = decode_audio(f, [16000, 22050])
             seconds = len(real[16000]) / 16000
             said = aligner.spoken_prefix(real[16000], texts[f.stem])  # type: ignore[attr-defined]
-            fitted = fit_to_speech(texts[f.stem], (0.0, seconds), {
-                "words": said.words, "of": said.of, "ends": [w.end for w in said.timing],
-                "starts": [w.start for w in said.timing]}, seconds)
             pb.update(1)
             if whole:
                 span = (said.timing[0].start, said.timing[-1].end) if said.timing else None
                 out.append((f, texts[f.stem], real, span))
                 continue
+            fitted = fit_to_speech(texts[f.stem], (0.0, seconds), {
+                "words": said.words, "of": said.of, "ends": [w.end for w in said.timing]},
+                seconds)
             if fitted is None:
                 left_out += 1
                 continue

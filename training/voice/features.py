@@ -73,7 +73,7 @@ def _unit(path: Path, clip_dir: Path, cfg: FeaturesConfig, key: str, text: str) 
 
     torch.set_num_threads(1)
     from training import audio_features
-    from training.align import Aligner
+    from training.align import shared_aligner
     from training.ingest import decode_audio
 
     audio = decode_audio(path, cfg.audio.rates)
@@ -90,10 +90,9 @@ def _unit(path: Path, clip_dir: Path, cfg: FeaturesConfig, key: str, text: str) 
     hop_s = cfg.audio.hop_ms / 1000
     speech = np.nonzero(feats.vad)[0]
     span = (float(speech[0] * hop_s), float((speech[-1] + 1) * hop_s)) if len(speech) else None
-    said = Aligner().spoken_prefix(audio[cfg.audio.rates[0]], text)
+    said = shared_aligner().spoken_prefix(audio[cfg.audio.rates[0]], text)
     spoken = {"words": said.words, "of": said.of,
-              "ends": [round(w.end, 3) for w in said.timing],
-              "starts": [round(w.start, 3) for w in said.timing]}
+              "ends": [round(w.end, 3) for w in said.timing]}
     return {"seconds": feats.stats["seconds"], "speech": span, "spoken": spoken}
 
 
@@ -105,7 +104,8 @@ def fit_to_speech(text: str, speech: tuple[float, float], spoken: dict, seconds:
                   ) -> tuple[str, tuple[float, float]] | None:
     """The text and speech span to learn from when a recording stops before its transcript:
     the words heard, the span cut after the last of them. A last word that runs into the
-    end of the file may be cut mid-way, so it goes too. None: too little is left."""
+    end of the file may be cut mid-way, so it goes too. None: too little is left.
+    ``spoken``: ``words`` heard of ``of`` and the ``ends`` (s) of those recognised."""
     from training.align import cut_text
 
     if spoken["words"] >= spoken["of"]:

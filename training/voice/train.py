@@ -84,11 +84,10 @@ class VoiceState:
     best_step: int = 0
 
     def state_dict(self) -> dict:
-        d = {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
-             "step": self.step, "seconds": self.seconds,
-             "history": json.dumps(self.history), "best_loss": self.best_loss,
-             "best_step": self.best_step}
-        return d
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                "step": self.step, "seconds": self.seconds,
+                "history": json.dumps(self.history), "best_loss": self.best_loss,
+                "best_step": self.best_step}
 
     def load_state_dict(self, d: dict) -> None:
         self.model.load_state_dict(d["model"])
