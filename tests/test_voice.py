@@ -256,3 +256,38 @@ def test_held_out_scores_are_tracked_across_a_checkpoint() -> None:
     again.load_state_dict(state.state_dict())
     assert again.best_step == 100 and again.best_loss == 1.0
     assert again.score_held_out(0.5) and again.best_step == 200
+
+
+def test_learning_rate_anneals_by_the_time_cap() -> None:
+    """A run stopped by its wall-time cap long before its step count has still decayed its
+    learning rate by then (the cpu preset always stops on the cap)."""
+    from training.voice.train import _lr_factor
+
+    assert _lr_factor(0, 8000) < 0.01  # warming up
+    assert _lr_factor(1000, 8000, time_done=0.1) == pytest.approx(0.875)  # steps lead
+    assert _lr_factor(1000, 8000, time_done=0.5) == pytest.approx(0.5)  # the clock leads
+    assert _lr_factor(3000, 8000, time_done=1.0) == pytest.approx(0.05)
+    assert _lr_factor(8000, 8000) == pytest.approx(0.05)
+
+
+def test_bfloat16_training_step_matches_float32() -> None:
+    """Under bfloat16 autocast the losses of one step stay within a few percent of float32
+    (the alignment search itself runs in float32 either way)."""
+    from avatar.models.voice import VOICE_PRESETS, AcousticModel
+    from training.voice.data import Batcher, Utterance
+    from training.voice.train import VoiceState, train_step
+
+    rng = np.random.default_rng(0)
+    utts = [Utterance(str(i), "x", rng.integers(1, 60, 12).astype(np.int64),
+                      rng.normal(size=(80, 40 + 3 * i)).astype(np.float32)) for i in range(4)]
+    mean, std = np.zeros(80, np.float32), np.ones(80, np.float32)
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        model = AcousticModel(VOICE_PRESETS["ci"])
+        state = VoiceState(model, torch.optim.SGD(model.parameters(), lr=0.0))
+        out[dtype] = train_step(state, Batcher(utts, 10_000), mean, std,
+                                torch.device("cpu"), dtype)
+    for k, v in out[torch.float32].items():
+        assert np.isfinite(out[torch.bfloat16][k])
+        assert out[torch.bfloat16][k] == pytest.approx(v, rel=0.05), k

@@ -182,10 +182,13 @@ class AcousticModel(nn.Module):
         xm = sequence_mask(n_sym, tokens.shape[1]).unsqueeze(1)   # (B, 1, N)
         ym = sequence_mask(n_frames, mels.shape[2]).unsqueeze(1)  # (B, 1, T)
         h, mu = self.encoder(tokens, xm)
-        with torch.no_grad():
+        # The alignment search compares log-likelihoods that differ in the third digit:
+        # always in float32, also when the rest trains under bfloat16 autocast.
+        with torch.no_grad(), torch.autocast(mels.device.type, enabled=False):
             # log N(y_t; mu_i, I) up to a constant, for every symbol/frame pair (B, N, T).
-            logp = (-0.5 * (mu.pow(2).sum(1, keepdim=True).transpose(1, 2)
-                            - 2 * torch.einsum("bcn,bct->bnt", mu, mels)
+            m32 = mu.float()
+            logp = (-0.5 * (m32.pow(2).sum(1, keepdim=True).transpose(1, 2)
+                            - 2 * torch.einsum("bcn,bct->bnt", m32, mels)
                             + mels.pow(2).sum(1, keepdim=True)))
             logp = logp.masked_fill(xm.transpose(1, 2) * ym == 0, -1e9)
             path = monotonic_alignment(logp, n_sym, n_frames)
