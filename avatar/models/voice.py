@@ -177,8 +177,10 @@ class AcousticModel(nn.Module):
         self.decoder = Decoder(cfg)
 
     def forward(self, tokens: torch.Tensor, n_sym: torch.Tensor, mels: torch.Tensor,
-                n_frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """tokens (B, N), mels (B, n_mels, T) normalised -> predicted mel and named losses."""
+                n_frames: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """tokens (B, N), mels (B, n_mels, T) normalised -> predicted mel, named losses and
+        the frames the alignment gave each symbol (B, N)."""
         xm = sequence_mask(n_sym, tokens.shape[1]).unsqueeze(1)   # (B, 1, N)
         ym = sequence_mask(n_frames, mels.shape[2]).unsqueeze(1)  # (B, 1, T)
         h, mu = self.encoder(tokens, xm)
@@ -201,7 +203,8 @@ class AcousticModel(nn.Module):
         dur_loss = (((logd - torch.log1p(dur)) ** 2) * xm[:, 0]).sum() / xm.sum()
         mel = self.decoder(h_up, mu_up, ym)
         mel_loss = ((mel - mels).abs() * ym).sum() / n_valid
-        return mel, {"voice/mel": mel_loss, "voice/prior": prior, "voice/duration": dur_loss}
+        return (mel, {"voice/mel": mel_loss, "voice/prior": prior, "voice/duration": dur_loss},
+                dur)
 
     @torch.inference_mode()
     def synthesise(self, tokens: torch.Tensor, pace: float = 1.0, scale: float = 1.0
@@ -217,6 +220,20 @@ class AcousticModel(nn.Module):
         h_up, mu_up = h[:, :, idx], mu[:, :, idx]
         ym = torch.ones(1, 1, len(idx), device=tokens.device)
         return self.decoder(h_up, mu_up, ym)[0], frames.long()
+
+
+def restore_variance(mel: torch.Tensor, target_std: torch.Tensor, strength: float = 1.0,
+                     most: float = 2.0) -> torch.Tensor:
+    """Undo part of the averaging a regression loss leaves in a predicted mel (the
+    "global variance" post-filter of statistical parametric synthesis): each bin's
+    deviations from its mean over the piece are scaled up towards ``target_std``, the
+    per-bin spread over time of the real training utterances. Never scales down, at most
+    ``most`` times. mel (n_mels, T) normalised, target_std (n_mels,)."""
+    if strength <= 0 or mel.shape[1] < 2:
+        return mel
+    mean = mel.mean(1, keepdim=True)
+    gain = (target_std[:, None] / (mel.std(1, keepdim=True) + 1e-3)).clamp(1.0, most)
+    return mean + (mel - mean) * gain ** strength
 
 
 _INDEX = {s: i for i, s in enumerate(SYMBOLS)}
