@@ -19,7 +19,14 @@ import torch
 from avatar import devices
 from avatar.bundle import read_manifest, require
 from avatar.errors import TwincastError, path_error
-from avatar.models.voice import SYMBOLS, AcousticModel, VoiceConfig, encode, restore_variance
+from avatar.models.voice import (
+    SYMBOLS,
+    AcousticModel,
+    VoiceConfig,
+    encode,
+    restore_variance,
+    symbol_of,
+)
 from avatar.text.frontend import TextConfig, TextFrontend
 from avatar.vocoder import GriffinLim, MelSpec
 
@@ -147,7 +154,7 @@ class Voice:
         t = 0.0
         frame_s = self.spec.hop / self.spec.rate
         for piece in self.frontend.pieces(text):
-            ids, unknown = encode(piece.phonemes)
+            ids, unknown = encode(piece.phonemes, self.model.cfg.marks)
             if unknown:
                 log.warning("symbols this voice cannot say were skipped: %s",
                             "".join(sorted(unknown)))
@@ -158,8 +165,8 @@ class Voice:
             audio = self.vocoder(mel * self.std + self.mean)
             ends = np.cumsum(frames.cpu().numpy()) * frame_s
             starts = ends - frames.cpu().numpy() * frame_s
-            timing = [(SYMBOLS[i], t + float(a), t + float(b))
-                      for i, a, b in zip(ids, starts, ends, strict=True) if SYMBOLS[i] != " "]
+            timing = [(symbol_of(i), t + float(a), t + float(b))
+                      for i, a, b in zip(ids, starts, ends, strict=True) if symbol_of(i) != " "]
             chunk = AudioChunk(audio, self.spec.rate, t, piece.text, timing)
             t += chunk.duration
             yield chunk

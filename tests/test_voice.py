@@ -40,6 +40,22 @@ def test_symbols_skip_unknown_characters() -> None:
     assert "".join(SYMBOLS[i] for i in ids) == " hˈɛloʊ "
 
 
+def test_stress_and_length_marks_become_features_of_their_phones() -> None:
+    from avatar.models.voice import N_SYMBOLS, SYMBOLS, encode, split_marks, symbol_of
+
+    plain, _ = encode("sˈiːz ˌa")
+    assert "".join(SYMBOLS[i] for i in plain) == " sˈiːz ˌa "  # the old table, unchanged
+    ids, unknown = encode("sˈiːz ˌa☃", marks=True)
+    assert unknown == {"☃"}
+    sym, stress, long = (t.tolist() for t in split_marks(torch.tensor(ids)))
+    assert "".join(symbol_of(i) for i in ids) == " siz a "
+    assert stress == [0, 0, 1, 0, 0, 2, 0] and long == [0, 0, 1, 0, 0, 0, 0]
+    assert max(ids) < 6 * N_SYMBOLS and sym == [SYMBOLS.index(c) for c in " siz a "]
+    # A stress mark before a consonant marks the syllable up to its vowel.
+    ids, _ = encode("ˈstɑp", marks=True)
+    assert split_marks(torch.tensor(ids))[1].tolist() == [0, 1, 1, 1, 0, 0]
+
+
 def test_bundle_has_a_voice_that_streams(bundle: Path) -> None:
     from avatar.voice import Voice
     from training.voice.export import SHARPEN

@@ -40,6 +40,9 @@ class VoiceConfig:
     dec_layers: int = 6
     kernel: int = 5
     dropout: float = 0.1
+    marks: bool = False
+    """Stress and length marks as features of the phones they mark (see ``encode``)
+    instead of symbols of their own; False in bundles made before they were."""
 
     @classmethod
     def from_dict(cls, d: dict) -> VoiceConfig:
@@ -50,9 +53,10 @@ class VoiceConfig:
 # stayed near 0.455 from step 300 on with dropout 0.1, and was at 0.416 and falling at step
 # 500 with 0.4 (one core per run).
 VOICE_PRESETS: dict[str, VoiceConfig] = {
-    "ci": VoiceConfig(dim=64, enc_layers=2, dec_dim=96, dec_layers=3),
-    "cpu": VoiceConfig(dropout=0.4),
-    "gpu": VoiceConfig(dim=256, enc_layers=6, dec_dim=384, dec_layers=8, dropout=0.4),
+    "ci": VoiceConfig(dim=64, enc_layers=2, dec_dim=96, dec_layers=3, marks=True),
+    "cpu": VoiceConfig(dropout=0.4, marks=True),
+    "gpu": VoiceConfig(dim=256, enc_layers=6, dec_dim=384, dec_layers=8, dropout=0.4,
+                       marks=True),
 }
 
 
@@ -85,6 +89,10 @@ class TextEncoder(nn.Module):
     def __init__(self, cfg: VoiceConfig):
         super().__init__()
         self.embed = nn.Embedding(cfg.n_symbols, cfg.dim, padding_idx=0)
+        self.marks = cfg.marks
+        if cfg.marks:
+            self.stress = nn.Embedding(3, cfg.dim)
+            self.long = nn.Embedding(2, cfg.dim)
         self.blocks = nn.ModuleList(ConvBlock(cfg.dim, cfg.kernel, cfg.dropout)
                                     for _ in range(cfg.enc_layers))
         # A bidirectional GRU gives every symbol the whole sentence as context (the
@@ -95,7 +103,12 @@ class TextEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, N) -> hidden (B, D, N) and mel means (B, n_mels, N)."""
-        x = self.embed(tokens).transpose(1, 2) * mask  # (B, D, N)
+        if self.marks:
+            sym, stress, long = split_marks(tokens)
+            x = self.embed(sym) + self.stress(stress) + self.long(long)
+        else:
+            x = self.embed(tokens)
+        x = x.transpose(1, 2) * mask  # (B, D, N)
         for b in self.blocks:
             x = b(x, mask)
         x = self.rnn(x.transpose(1, 2))[0].transpose(1, 2) * mask
@@ -239,14 +252,47 @@ def restore_variance(mel: torch.Tensor, target_std: torch.Tensor, strength: floa
 _INDEX = {s: i for i, s in enumerate(SYMBOLS)}
 
 
-def encode(phonemes: str) -> tuple[list[int], set[str]]:
+_STRESS = {"ˈ": 1, "ˌ": 2}
+_LONG = "ː"
+_VOWELS = set("aeiouyæɐɑɒɔəɘɚɛɜɝɞɤɨɪʉʊʌʏøœɶɯɵ")
+N_SYMBOLS = len(SYMBOLS)
+
+
+def split_marks(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ids from ``encode(..., marks=True)`` -> symbol, stress (0 none, 1 primary,
+    2 secondary) and length (0/1)."""
+    return ids % N_SYMBOLS, (ids // N_SYMBOLS) % 3, ids // (3 * N_SYMBOLS)
+
+
+def symbol_of(i: int) -> str:
+    return SYMBOLS[i % N_SYMBOLS]
+
+
+def encode(phonemes: str, marks: bool = False) -> tuple[list[int], set[str]]:
     """Phoneme string -> symbol ids, with a word separator at each end to carry the
-    silence around the words; characters outside the table are dropped and returned."""
-    ids, unknown = [_INDEX[" "]], set()
+    silence around the words; characters outside the table are dropped and returned.
+
+    With ``marks``, espeak's stress marks and length mark are not symbols: a stress mark
+    marks the phones of its syllable up to and including the vowel, a length mark the
+    phone before it (id + N_SYMBOLS x (stress + 3 x long)). As symbols of their own they
+    take frames of audio that belong to the phones around them (the alignment gives every
+    symbol at least one frame), which blurs those phones on ten minutes of speech."""
+    space = _INDEX[" "]
+    ids, unknown = [space], set()
+    stress = 0
     for ch in phonemes:
-        if ch in _INDEX:
-            ids.append(_INDEX[ch])
+        if marks and ch in _STRESS:
+            stress = _STRESS[ch]
+        elif marks and ch == _LONG:
+            if ids[-1] != space and ids[-1] < 3 * N_SYMBOLS:
+                ids[-1] += 3 * N_SYMBOLS
+        elif ch in _INDEX:
+            if ch == " ":
+                stress = 0
+            ids.append(_INDEX[ch] + N_SYMBOLS * stress)
+            if ch in _VOWELS:
+                stress = 0
         else:
             unknown.add(ch)
-    ids.append(_INDEX[" "])
+    ids.append(space)
     return ids, unknown

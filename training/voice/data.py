@@ -33,8 +33,10 @@ class Utterance:
 
 
 def load_utterances(features_dir: Path, rate: int = 22050, hop: int = 256,
-                    frontend: TextFrontend | None = None) -> list[Utterance]:
-    """Every utterance of the cache that has text, longest first."""
+                    frontend: TextFrontend | None = None, marks: bool = False
+                    ) -> list[Utterance]:
+    """Every utterance of the cache that has text, longest first, encoded as the voice's
+    model reads symbols (``marks``: see ``encode``)."""
     path = features_dir / "utterances.jsonl"
     manifest_path = features_dir / "manifest.json"
     if not manifest_path.exists() or not path.exists():
@@ -65,7 +67,7 @@ def load_utterances(features_dir: Path, rate: int = 22050, hop: int = 256,
             a = max(0, int((r["start"] - PAD_SECONDS) * rate / hop))
             b = min(mel.shape[1], int(np.ceil((r["end"] + PAD_SECONDS) * rate / hop)))
             phonemes = " ".join(p.phonemes for p in frontend.pieces(r["text"]))
-            ids, unk = encode(phonemes)
+            ids, unk = encode(phonemes, marks)
             unknown |= unk
             if b - a >= len(ids):  # the alignment needs a frame per symbol
                 out.append(Utterance(f"{clip}@{r['start']}", r["text"],

@@ -165,7 +165,8 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     dev = training_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     dirs = [sources] if isinstance(sources, Path) else list(sources)
-    utts = sorted((u for d in dirs for u in load_utterances(d)), key=lambda u: -u.mel.shape[1])
+    utts = sorted((u for d in dirs for u in load_utterances(d, marks=cfg.model.marks)),
+                  key=lambda u: -u.mel.shape[1])
     ckpt = out_dir / "checkpoint.pt"
     saved = None
     if ckpt.exists():
@@ -300,7 +301,7 @@ def calibrate_durations(model: AcousticModel, utts: list, device: torch.device,
     real = synth = 0.0
     for u in utts[:limit]:
         for piece in frontend.pieces(u.text):
-            ids, _ = encode(piece.phonemes)
+            ids, _ = encode(piece.phonemes, model.cfg.marks)
             _, frames = model.synthesise(torch.tensor([ids], device=device))
             synth += float(frames.sum())
         real += u.mel.shape[1] - 2 * PAD_FRAMES
