@@ -24,7 +24,6 @@ from avatar.models.voice import (
     AcousticModel,
     VoiceConfig,
     encode,
-    restore_variance,
     symbol_of,
 )
 from avatar.text.frontend import TextConfig, TextFrontend
@@ -88,8 +87,7 @@ class Voice:
     def __init__(self, model: AcousticModel, spec: MelSpec, mean: np.ndarray,
                  std: np.ndarray, vocoder: GriffinLim | _TrainedVocoder,
                  frontend: TextFrontend,
-                 device: torch.device, duration_scale: float = 1.0,
-                 spread: np.ndarray | None = None, sharpen: float = 1.0):
+                 device: torch.device, duration_scale: float = 1.0):
         self.model = model
         self.spec = spec
         self.mean = torch.from_numpy(mean).to(device)[:, None]
@@ -98,10 +96,6 @@ class Voice:
         self.frontend = frontend
         self.device = device
         self.duration_scale = duration_scale
-        # Per-bin spread of the real training mels (normalised); None in bundles made
-        # before it was exported, which then synthesise as they always did.
-        self.spread = None if spread is None else torch.from_numpy(spread).to(device)
-        self.sharpen = sharpen
 
     @property
     def rate(self) -> int:
@@ -140,11 +134,8 @@ class Voice:
         vocoder = _load_vocoder(path, v.get("vocoder", {}), spec, dev)
         frontend = TextFrontend(text or TextConfig(
             english_voice=v.get("text", {}).get("english_voice", "en-us")))
-        spread = v["mel"].get("spread")
         return cls(model, spec, mean, std, vocoder, frontend, dev,
-                   float(v.get("duration_scale", 1.0)),
-                   None if spread is None else np.asarray(spread, np.float32),
-                   float(v.get("sharpen", 1.0)))
+                   float(v.get("duration_scale", 1.0)))
 
     def speak(self, text: str, pace: float = 1.0) -> Iterator[AudioChunk]:
         """Audio chunks of ``text`` in order, each yielded as soon as it is made.
@@ -160,8 +151,6 @@ class Voice:
                             "".join(sorted(unknown)))
             tokens = torch.tensor([ids], device=self.device)
             mel, frames = self.model.synthesise(tokens, pace, self.duration_scale)
-            if self.spread is not None:
-                mel = restore_variance(mel, self.spread, self.sharpen)
             audio = self.vocoder(mel * self.std + self.mean)
             ends = np.cumsum(frames.cpu().numpy()) * frame_s
             starts = ends - frames.cpu().numpy() * frame_s

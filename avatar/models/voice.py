@@ -235,20 +235,6 @@ class AcousticModel(nn.Module):
         return self.decoder(h_up, mu_up, ym)[0], frames.long()
 
 
-def restore_variance(mel: torch.Tensor, target_std: torch.Tensor, strength: float = 1.0,
-                     most: float = 2.0) -> torch.Tensor:
-    """Undo part of the averaging a regression loss leaves in a predicted mel (the
-    "global variance" post-filter of statistical parametric synthesis): each bin's
-    deviations from its mean over the piece are scaled up towards ``target_std``, the
-    per-bin spread over time of the real training utterances. Never scales down, at most
-    ``most`` times. mel (n_mels, T) normalised, target_std (n_mels,)."""
-    if strength <= 0 or mel.shape[1] < 2:
-        return mel
-    mean = mel.mean(1, keepdim=True)
-    gain = (target_std[:, None] / (mel.std(1, keepdim=True) + 1e-3)).clamp(1.0, most)
-    return mean + (mel - mean) * gain ** strength
-
-
 _INDEX = {s: i for i, s in enumerate(SYMBOLS)}
 
 

@@ -16,8 +16,6 @@ from training.voice.train import TrainedVoice
 
 VOICE_FILE = "voice.safetensors"
 VOCODER_FILE = "vocoder.safetensors"
-SHARPEN = 0.0
-"""How far the runtime restores the mels' spread towards the real one (0: not at all)."""
 
 
 def write_voice(voice: TrainedVoice, folder: Path, preset: str) -> tuple[dict, dict[str, str]]:
@@ -31,9 +29,7 @@ def write_voice(voice: TrainedVoice, folder: Path, preset: str) -> tuple[dict, d
         "config": dataclasses.asdict(voice.model.cfg),
         "symbols": list(SYMBOLS),
         "mel": {**dataclasses.asdict(MelSpec()), "mean": voice.mel_mean.tolist(),
-                "std": voice.mel_std.tolist(),
-                **({} if voice.spread is None else
-                   {"spread": [round(float(x), 4) for x in voice.spread]})},
+                "std": voice.mel_std.tolist()},
         "vocoder": {"kind": "griffin-lim", "n_iter": 32},  # replaced below when trained
         "text": {"english_voice": "en-us"},
         "preset": preset,
@@ -41,7 +37,6 @@ def write_voice(voice: TrainedVoice, folder: Path, preset: str) -> tuple[dict, d
         "steps": voice.steps,
         "utterances": voice.utterances,
         "duration_scale": round(voice.duration_scale, 4),
-        "sharpen": SHARPEN,
     }
     files = {VOICE_FILE: sha256_file(folder / VOICE_FILE)}
     if voice.vocoder is not None:

@@ -127,9 +127,6 @@ class TrainedVoice:
     duration_scale: float = 1.0
     """Real over synthesised speech length on the training sentences, said piece by piece
     as ``Voice.speak`` says them (see ``calibrate_durations``)."""
-    spread: np.ndarray | None = None
-    """Per-bin standard deviation over time of the normalised training mels, averaged over
-    utterances: the target of the runtime's ``restore_variance``."""
 
 
 def _lr_factor(step: int, steps: int, time_done: float = 0.0) -> float:
@@ -244,14 +241,7 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     log.info("speaking-rate calibration on %d %s sentences: durations x %.3f",
              len(held or utts), "held-out" if held else "training", scale)
     return TrainedVoice(state.model, mean, std, state.seconds, state.step, len(utts),
-                        vocoder, scale, mel_spread(train_utts, mean, std))
-
-
-def mel_spread(utts: list, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Each mel bin's standard deviation over the frames of an utterance, normalised,
-    averaged over the utterances."""
-    per = [((u.mel - mean[:, None]) / std[:, None]).std(1) for u in utts]
-    return np.mean(per, 0).astype(np.float32)
+                        vocoder, scale)
 
 
 HOLDOUT_EVERY = 10
