@@ -307,33 +307,3 @@ def test_bfloat16_training_step_matches_float32() -> None:
     for k, v in out[torch.float32].items():
         assert np.isfinite(out[torch.bfloat16][k])
         assert out[torch.bfloat16][k] == pytest.approx(v, rel=0.05), k
-
-
-def test_crops_cut_at_word_separators_where_the_alignment_put_them() -> None:
-    from training.voice.data import WORD_SEPARATOR, Batcher, Utterance
-
-    # Symbols: separator, 3 letters, separator, 4 letters, separator, 2 letters, separator;
-    # each symbol i lasts i % 3 + 1 frames and its frames hold the value i.
-    tokens = np.array([WORD_SEPARATOR, 20, 21, 22, WORD_SEPARATOR, 23, 24, 25, 26,
-                       WORD_SEPARATOR, 27, 28, WORD_SEPARATOR])
-    dur = np.arange(len(tokens)) % 3 + 1
-    mel = np.repeat(np.arange(len(tokens), dtype=np.float32), dur)[None].repeat(80, 0)
-    utt = Utterance("u", "x", tokens, mel)
-    b = Batcher([utt], 10_000, seed=0, crop=1.0, min_symbols=4)
-    zero, one = np.zeros(80, np.float32), np.ones(80, np.float32)
-    first = b.batch(zero, one)
-    assert first["whole"].all() and first["n_sym"][0] == len(tokens)  # no alignment yet
-    b.note_durations(first, dur[None])
-    seen = set()
-    for _ in range(40):
-        x = b.batch(zero, one)
-        assert not x["whole"][0]
-        tok = x["tokens"][0, : x["n_sym"][0]]
-        assert tok[0] == WORD_SEPARATOR and tok[-1] == WORD_SEPARATOR and len(tok) >= 4
-        frames = x["mels"][0, 0, : x["n_frames"][0]]
-        start = int(frames[0])  # the frames are exactly those of the cropped symbols
-        assert np.array_equal(np.unique(frames), np.arange(start, start + len(tok)))
-        assert np.array_equal(tokens[start:start + len(tok)], tok)
-        seen.add((start, len(tok)))
-        b.note_durations(x, dur[None])  # a crop's alignment is not kept
-    assert b.durations[0].tolist() == dur.tolist() and len(seen) >= 4

@@ -190,10 +190,8 @@ class AcousticModel(nn.Module):
         self.decoder = Decoder(cfg)
 
     def forward(self, tokens: torch.Tensor, n_sym: torch.Tensor, mels: torch.Tensor,
-                n_frames: torch.Tensor
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """tokens (B, N), mels (B, n_mels, T) normalised -> predicted mel, named losses and
-        the frames the alignment gave each symbol (B, N)."""
+                n_frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """tokens (B, N), mels (B, n_mels, T) normalised -> predicted mel and named losses."""
         xm = sequence_mask(n_sym, tokens.shape[1]).unsqueeze(1)   # (B, 1, N)
         ym = sequence_mask(n_frames, mels.shape[2]).unsqueeze(1)  # (B, 1, T)
         h, mu = self.encoder(tokens, xm)
@@ -216,8 +214,7 @@ class AcousticModel(nn.Module):
         dur_loss = (((logd - torch.log1p(dur)) ** 2) * xm[:, 0]).sum() / xm.sum()
         mel = self.decoder(h_up, mu_up, ym)
         mel_loss = ((mel - mels).abs() * ym).sum() / n_valid
-        return (mel, {"voice/mel": mel_loss, "voice/prior": prior, "voice/duration": dur_loss},
-                dur)
+        return mel, {"voice/mel": mel_loss, "voice/prior": prior, "voice/duration": dur_loss}
 
     @torch.inference_mode()
     def synthesise(self, tokens: torch.Tensor, pace: float = 1.0, scale: float = 1.0

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from avatar.errors import TwincastError
-from avatar.models.voice import SYMBOLS, encode
+from avatar.models.voice import encode
 from avatar.text.frontend import TextFrontend
 from training.progress import bar
 
@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 PAD_SECONDS = 0.05
 """Silence kept either side of an utterance (the voice activity detector cuts tight)."""
-WORD_SEPARATOR = SYMBOLS.index(" ")
 
 
 @dataclass
@@ -89,21 +88,11 @@ def mel_stats(utts: list[Utterance]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Batcher:
-    """Batches of similar-length utterances (little padding), in random order.
+    """Batches of similar-length utterances (little padding), in random order."""
 
-    With ``crop`` > 0, that share of the utterances in a batch is replaced by a random run
-    of whole words from it (cut at word separators, where the alignment of the utterance's
-    last full pass put them). Ten minutes of speech is a hundred sentences that a model
-    with whole-sentence context learns by heart; crops show it the same words in contexts
-    that change every time, which is what new sentences look like to it."""
-
-    def __init__(self, utts: list[Utterance], max_frames: int, seed: int = 0,
-                 crop: float = 0.0, min_symbols: int = 12):
+    def __init__(self, utts: list[Utterance], max_frames: int, seed: int = 0):
         self.utts = utts
         self.rng = np.random.default_rng(seed)
-        self.crop, self.min_symbols = crop, min_symbols
-        self.durations: dict[int, np.ndarray] = {}
-        """Frames per symbol of each utterance, from its last uncropped alignment."""
         self.batches: list[list[int]] = []
         cur: list[int] = []
         for i, u in enumerate(utts):  # longest first
@@ -115,39 +104,15 @@ class Batcher:
         if cur:
             self.batches.append(cur)
 
-    def _piece(self, i: int) -> tuple[np.ndarray, np.ndarray, bool]:
-        """(tokens, mel, whole) of utterance ``i``, cropped to a run of words or whole."""
-        u = self.utts[i]
-        dur = self.durations.get(i)
-        if dur is None or self.rng.random() >= self.crop:
-            return u.tokens, u.mel, True
-        seps = np.flatnonzero(u.tokens == WORD_SEPARATOR)
-        pairs = [(a, b) for a in seps for b in seps if b - a + 1 >= self.min_symbols]
-        if len(pairs) < 2:
-            return u.tokens, u.mel, True
-        a, b = pairs[int(self.rng.integers(len(pairs)))]
-        ends = np.cumsum(dur)
-        f0, f1 = int(ends[a] - dur[a]), int(ends[b])
-        if f1 - f0 < b - a + 1:  # the alignment needs a frame per symbol
-            return u.tokens, u.mel, True
-        return u.tokens[a:b + 1], u.mel[:, f0:f1], False
-
     def batch(self, mean: np.ndarray, std: np.ndarray) -> dict[str, np.ndarray]:
         idx = self.batches[int(self.rng.integers(len(self.batches)))]
-        pieces = [self._piece(i) for i in idx]
-        n = max(len(tok) for tok, _, _ in pieces)
-        t = max(mel.shape[1] for _, mel, _ in pieces)
-        tokens = np.zeros((len(pieces), n), np.int64)
-        mels = np.zeros((len(pieces), len(mean), t), np.float32)
-        for k, (tok, mel, _) in enumerate(pieces):
-            tokens[k, : len(tok)] = tok
-            mels[k, :, : mel.shape[1]] = (mel - mean[:, None]) / std[:, None]
-        return {"tokens": tokens, "n_sym": np.array([len(tok) for tok, _, _ in pieces]),
-                "mels": mels, "n_frames": np.array([mel.shape[1] for _, mel, _ in pieces]),
-                "index": np.array(idx), "whole": np.array([w for _, _, w in pieces])}
-
-    def note_durations(self, batch: dict[str, np.ndarray], durations: np.ndarray) -> None:
-        """Keep the frames per symbol the alignment gave the batch's whole utterances."""
-        for k, (i, whole) in enumerate(zip(batch["index"], batch["whole"], strict=True)):
-            if whole:
-                self.durations[int(i)] = durations[k, : int(batch["n_sym"][k])].astype(int)
+        us = [self.utts[i] for i in idx]
+        n = max(len(u.tokens) for u in us)
+        t = max(u.mel.shape[1] for u in us)
+        tokens = np.zeros((len(us), n), np.int64)
+        mels = np.zeros((len(us), len(mean), t), np.float32)
+        for k, u in enumerate(us):
+            tokens[k, : len(u.tokens)] = u.tokens
+            mels[k, :, : u.mel.shape[1]] = (u.mel - mean[:, None]) / std[:, None]
+        return {"tokens": tokens, "n_sym": np.array([len(u.tokens) for u in us]),
+                "mels": mels, "n_frames": np.array([u.mel.shape[1] for u in us])}

@@ -50,9 +50,6 @@ class VoiceTrainConfig:
     checkpoint made with another split starts over instead of resuming."""
     vocoder: VocoderTrainConfig | None = field(default_factory=VocoderTrainConfig)
     """None: no trained vocoder (Griffin-Lim at synthesis)."""
-    crop: float = 0.0
-    """Share of the utterances in a batch replaced by a random run of their words (see
-    ``Batcher``); 0 learns from whole sentences only."""
     precision: str = "auto"
     """``auto``: train under bfloat16 autocast where the device computes it natively (a
     quarter less time a step on this machine's CPU, so more steps in the same budget);
@@ -144,8 +141,7 @@ def train_step(state: VoiceState, batcher: Batcher, mean: np.ndarray, std: np.nd
     t = {k: torch.from_numpy(v).to(device) for k, v in b.items()}
     state.model.train()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        _, losses, dur = state.model(t["tokens"], t["n_sym"], t["mels"], t["n_frames"])
-    batcher.note_durations(b, dur.detach().cpu().numpy())
+        _, losses = state.model(t["tokens"], t["n_sym"], t["mels"], t["n_frames"])
     total = losses["voice/mel"] + losses["voice/prior"] + losses["voice/duration"]
     state.opt.zero_grad(set_to_none=True)
     total.backward()
@@ -177,8 +173,7 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
         mean, std = mel_stats(utts)
     train_utts, held = split_holdout(utts)
     longest = train_utts[0].mel.shape[1]
-    batcher = Batcher(train_utts, max(cfg.max_frames, longest), seed=cfg.seed,
-                      crop=cfg.crop)
+    batcher = Batcher(train_utts, max(cfg.max_frames, longest), seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model = AcousticModel(cfg.model).to(dev)
     state = VoiceState(model, torch.optim.AdamW(model.parameters(), lr=cfg.lr,
@@ -268,7 +263,7 @@ def held_out_loss(model: AcousticModel, held: list, mean: np.ndarray, std: np.nd
     for u in held:
         tokens = torch.from_numpy(u.tokens)[None].to(device)
         mel = torch.from_numpy((u.mel - mean[:, None]) / std[:, None]).float()[None].to(device)
-        _, losses, _ = model(tokens, torch.tensor([tokens.shape[1]], device=device), mel,
+        _, losses = model(tokens, torch.tensor([tokens.shape[1]], device=device), mel,
                           torch.tensor([mel.shape[2]], device=device))
         sums["held/mel"] += float(losses["voice/mel"])
         sums["held/duration"] += float(losses["voice/duration"])
