@@ -56,6 +56,21 @@ def test_stress_and_length_marks_become_features_of_their_phones() -> None:
     assert split_marks(torch.tensor(ids))[1].tolist() == [0, 1, 1, 1, 0, 0]
 
 
+def test_a_voice_exported_before_marks_still_loads_its_symbols() -> None:
+    import dataclasses
+
+    from avatar.models.voice import VOICE_PRESETS, AcousticModel, VoiceConfig
+
+    old = dataclasses.asdict(VOICE_PRESETS["ci"])
+    del old["marks"]  # what manifests written before the field hold
+    cfg = VoiceConfig.from_dict(old)
+    assert not cfg.marks and VOICE_PRESETS["cpu"].marks
+    model = AcousticModel(cfg).eval()
+    assert not hasattr(model.encoder, "stress")  # the old weights' names, nothing more
+    mel, frames = model.synthesise(torch.tensor([[1, 20, 21, 1]]))
+    assert mel.shape[0] == 80 and len(frames) == 4
+
+
 def test_bundle_has_a_voice_that_streams(bundle: Path) -> None:
     from avatar.voice import Voice
 
