@@ -85,7 +85,7 @@ class Avatar:
         """Load a bundle. ``architecture`` replaces the bundle's model by a freshly
         initialised one of that size (for speed measurements only: weights do not change
         how fast a model runs). ``precision``: ``auto`` renders in bfloat16 where the
-        device computes it natively (``devices.render_dtype``), else float32."""
+        device computes it natively (``devices.compute_dtype``), else float32."""
         path = Path(path)
         manifest = read_manifest(path)
         dev = devices.device(device)
@@ -108,7 +108,7 @@ class Avatar:
             raise path_error(weights, f"does not hold this head's weights ({str(e)[:120]})"
                              ) from None
         gen = fold_batchnorm(gen).to(dev)
-        dtype = devices.render_dtype(dev, precision)
+        dtype = devices.compute_dtype(dev, precision)
         mel = require(manifest, "head", "mel")
         ref_img = _read_rgb(path / head["reference"], (cfg.size, cfg.size))
         reference = torch.from_numpy(ref_img).permute(2, 0, 1).float().div(255).to(dev)

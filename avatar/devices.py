@@ -36,9 +36,9 @@ def bf16_native(dev: torch.device) -> bool:
     return False
 
 
-def render_dtype(dev: torch.device, precision: str = "auto") -> torch.dtype:
-    """The dtype a renderer computes in on ``dev``: ``auto`` picks bfloat16 where it is
-    native, ``fp32``/``bf16`` force one."""
+def compute_dtype(dev: torch.device, precision: str = "auto") -> torch.dtype:
+    """The dtype a model renders or trains in on ``dev``: ``auto`` picks bfloat16 where it
+    is native, ``fp32``/``bf16`` force one."""
     if precision not in PRECISIONS:
         raise TwincastError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "bf16" or (precision == "auto" and bf16_native(dev)):

@@ -227,7 +227,7 @@ def test_folded_batchnorm_and_precision(bundle: Path) -> None:
     import torch
 
     from avatar.avatar import Avatar, FrameRequest
-    from avatar.devices import render_dtype
+    from avatar.devices import compute_dtype
     from avatar.errors import TwincastError
     from avatar.models.fold import fold_batchnorm
     from avatar.models.head import HeadConfig, HeadGenerator
@@ -253,6 +253,6 @@ def test_folded_batchnorm_and_precision(bundle: Path) -> None:
         out[precision] = np.stack(av.render([FrameRequest(i, m) for i, m in enumerate(mel)]))
     diff = np.abs(out["fp32"].astype(int) - out["bf16"].astype(int))
     assert diff.mean() < 1.0 and diff.max() <= 24
-    assert render_dtype(torch.device("cpu"), "fp32") == torch.float32
+    assert compute_dtype(torch.device("cpu"), "fp32") == torch.float32
     with pytest.raises(TwincastError, match="precision"):
-        render_dtype(torch.device("cpu"), "fp8")
+        compute_dtype(torch.device("cpu"), "fp8")

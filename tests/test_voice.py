@@ -322,3 +322,4 @@ def test_bfloat16_training_step_matches_float32() -> None:
     for k, v in out[torch.float32].items():
         assert np.isfinite(out[torch.bfloat16][k])
         assert out[torch.bfloat16][k] == pytest.approx(v, rel=0.05), k
+    assert out[torch.bfloat16] != out[torch.float32]  # autocast did take effect

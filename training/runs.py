@@ -11,8 +11,9 @@ from pathlib import Path
 from avatar import atomic
 from avatar.devices import device
 
-RESUME_FREE = ("max_minutes", "checkpoint_minutes")
-"""Settings that may change between a run and its resume (time caps, not the model)."""
+RESUME_FREE = ("max_minutes", "checkpoint_minutes", "precision")
+"""Settings that may change between a run and its resume (time caps and the arithmetic's
+precision, not the model)."""
 
 
 def config_digest(cfg: object, *also_free: str) -> str:

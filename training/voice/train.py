@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from avatar import atomic
-from avatar.devices import render_dtype
+from avatar.devices import compute_dtype
 from avatar.models.vocoder import VocoderConfig
 from avatar.models.voice import VOICE_PRESETS, AcousticModel, VoiceConfig
 from training.progress import bar
@@ -182,7 +182,7 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
         state.load_state_dict(saved)
         batcher.rng = np.random.default_rng(cfg.seed + state.step)
         log.info("resuming voice training at step %d", state.step)
-    dtype = render_dtype(dev, cfg.precision)
+    dtype = compute_dtype(dev, cfg.precision)
     log.info("voice training in %s", "bfloat16 autocast" if dtype == torch.bfloat16 else
              "float32")
     start = time.monotonic() - state.seconds
@@ -202,8 +202,8 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
                 log.warning("voice training stopped at its %g-minute cap", cfg.max_minutes)
                 break
             for g in state.opt.param_groups:
-                g["lr"] = cfg.lr * _lr_factor(state.step, cfg.steps,
-                                              (time.monotonic() - start) / (deadline - start))
+                g["lr"] = cfg.lr * _lr_factor(
+                    state.step, cfg.steps, (time.monotonic() - start) / max(deadline - start, 1e-6))
             losses = train_step(state, batcher, mean, std, dev, dtype)
             state.step += 1
             state.seconds = time.monotonic() - start
