@@ -241,15 +241,19 @@ def test_trained_vocoder_in_the_bundle(bundle: Path, tmp_path: Path) -> None:
 
     work = bundle.parent.parent
     cfg = dataclasses.replace(voice_preset("ci"), steps=10, vocoder=VocoderTrainConfig(
-        model=VocoderConfig(dim=32, blocks=2, intermediate=64), steps=6, batch=2))
+        model=VocoderConfig(dim=32, blocks=2, intermediate=64), steps=6, batch=2,
+        adapt_steps=3))
     trained = train_voice(work / "features", tmp_path / "v", cfg)
     assert trained.vocoder is not None and trained.vocoder.steps == 6
+    assert trained.vocoder.adapt_steps == 3
     assert (tmp_path / "v" / "vocoder_curves.png").exists()
+    assert (tmp_path / "v" / "vocoder_adapt_curves.png").exists()
     b = tmp_path / "b"
     shutil.copytree(bundle, b)
     add_voice(b, trained, "ci")
     manifest = json.loads((b / "manifest.json").read_text())
     assert manifest["voice"]["vocoder"]["kind"] == "vocos"
+    assert manifest["voice"]["vocoder"]["adapt_steps"] == 3
     assert "vocoder.safetensors" in manifest["files"]
     voice = Voice.load(b, "cpu")
     assert isinstance(voice.vocoder, _TrainedVocoder)
@@ -257,6 +261,64 @@ def test_trained_vocoder_in_the_bundle(bundle: Path, tmp_path: Path) -> None:
     assert len(voice.vocoder(mel)) == 50 * 256  # one hop of samples per mel frame
     audio = voice.say("A trained vocoder.")
     assert np.isfinite(audio).all() and len(audio) > 0
+
+
+def test_teacher_forced_mels_line_up_with_their_recordings(bundle: Path) -> None:
+    """The vocoder's adaptation pairs the acoustic model's mel of a sentence with the real
+    waveform of that sentence: the waveform's own mel must match the cached one frame for
+    frame (a pair shifted by even a frame would teach the vocoder to smear)."""
+    from avatar.audio import log_mel
+    from avatar.models.voice import VOICE_PRESETS, AcousticModel
+    from training.voice.data import load_utterances, mel_stats
+    from training.voice.train import teacher_forced_mels
+
+    utts = load_utterances(bundle.parent.parent / "features", marks=True)
+    mean, std = mel_stats(utts)
+    pairs = teacher_forced_mels(AcousticModel(VOICE_PRESETS["ci"]), utts, mean, std,
+                                torch.device("cpu"), 4000)
+    assert len(pairs) == len(utts)
+    by_length = sorted(pairs, key=lambda p: -p[0].shape[1])
+    for u, (pred, wav) in zip(utts, by_length, strict=True):  # both longest first
+        assert pred.shape == u.mel.shape and len(wav) == u.mel.shape[1] * 256
+        own = log_mel(wav, 22050, 1024, 1024, 256, 80, f_max=8000.0)
+        n = u.mel.shape[1]  # away from the cut's edges:
+        same = np.abs(own[:, 4: n - 4] - u.mel[:, 4: n - 4]).mean()
+        shifted = np.abs(own[:, 5: n - 3] - u.mel[:, 4: n - 4]).mean()
+        assert same < 0.05 < shifted, (same, shifted)
+
+
+def test_vocoder_adaptation_is_redone_for_another_acoustic_model(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The first stage's checkpoint survives a retrained acoustic model (its digest leaves
+    the adaptation's settings out); the adaptation, which learned one acoustic model's
+    mels, resumes only for that model."""
+    import dataclasses
+    import logging
+
+    from avatar.models.vocoder import Vocoder, VocoderConfig
+    from training.voice.vocoder import TrainedVocoder, VocoderTrainConfig, adapt_vocoder
+
+    cfg = VocoderTrainConfig(model=VocoderConfig(dim=16, blocks=1, intermediate=32),
+                             batch=2, adapt_steps=2)
+    assert cfg.digest() == dataclasses.replace(cfg, adapt_steps=9, adapt_lr=1.0).digest()
+    assert cfg.adapt_digest("a") != cfg.adapt_digest("b")
+    assert cfg.adapt_digest("a") == dataclasses.replace(cfg, adapt_minutes=1).adapt_digest("a")
+    rng = np.random.default_rng(0)
+    pairs = [(rng.normal(-4, 1, (80, 60)).astype(np.float32),
+              rng.normal(0, 0.1, 60 * 256).astype(np.float32)) for _ in range(3)]
+
+    def adapt(acoustic: str) -> bool:
+        """Whether the adaptation resumed."""
+        caplog.clear()
+        with caplog.at_level(logging.INFO, "training.voice.vocoder"):
+            out = adapt_vocoder(TrainedVocoder(Vocoder(cfg.model), 1.0, 5), pairs, tmp_path,
+                                cfg, torch.device("cpu"), acoustic)
+        assert out.adapt_steps == 2 and out.steps == 5
+        return "resuming vocoder_adapt" in caplog.text
+
+    assert not adapt("a")
+    assert adapt("a")
+    assert not adapt("b")
 
 
 def test_speaking_rate_is_calibrated_on_held_out_sentences() -> None:

@@ -29,6 +29,10 @@ class Utterance:
     """(N,) int64 symbol ids."""
     mel: np.ndarray
     """(n_mels, T) float32 natural-log mel, not normalised."""
+    audio: Path | None = None
+    """The clip's 22.05 kHz recording in the cache (the vocoder's adaptation reads it)."""
+    first_frame: int = 0
+    """Where ``mel`` starts in that recording, in frames of ``hop`` samples."""
 
 
 def load_utterances(features_dir: Path, rate: int = 22050, hop: int = 256,
@@ -70,7 +74,8 @@ def load_utterances(features_dir: Path, rate: int = 22050, hop: int = 256,
             unknown |= unk
             if b - a >= len(ids):  # the alignment needs a frame per symbol
                 out.append(Utterance(f"{clip}@{r['start']}", r["text"],
-                                     np.array(ids, np.int64), mel[:, a:b].copy()))
+                                     np.array(ids, np.int64), mel[:, a:b].copy(),
+                                     dirs[clip] / "audio22k.wav", a))
             pb.update(1)
     if unknown:
         log.warning("phoneme symbols outside the voice's table were dropped: %s",
@@ -106,13 +111,22 @@ class Batcher:
 
     def batch(self, mean: np.ndarray, std: np.ndarray) -> dict[str, np.ndarray]:
         idx = self.batches[int(self.rng.integers(len(self.batches)))]
-        us = [self.utts[i] for i in idx]
-        n = max(len(u.tokens) for u in us)
-        t = max(u.mel.shape[1] for u in us)
-        tokens = np.zeros((len(us), n), np.int64)
-        mels = np.zeros((len(us), len(mean), t), np.float32)
-        for k, u in enumerate(us):
-            tokens[k, : len(u.tokens)] = u.tokens
-            mels[k, :, : u.mel.shape[1]] = (u.mel - mean[:, None]) / std[:, None]
-        return {"tokens": tokens, "n_sym": np.array([len(u.tokens) for u in us]),
-                "mels": mels, "n_frames": np.array([u.mel.shape[1] for u in us])}
+        return pad_batch([self.utts[i] for i in idx], mean, std)
+
+    def each(self) -> list[list[Utterance]]:
+        """Every batch once, in order."""
+        return [[self.utts[i] for i in idx] for idx in self.batches]
+
+
+def pad_batch(us: list[Utterance], mean: np.ndarray, std: np.ndarray
+              ) -> dict[str, np.ndarray]:
+    """Utterances as one zero-padded batch, mels normalised by ``mean`` and ``std``."""
+    n = max(len(u.tokens) for u in us)
+    t = max(u.mel.shape[1] for u in us)
+    tokens = np.zeros((len(us), n), np.int64)
+    mels = np.zeros((len(us), len(mean), t), np.float32)
+    for k, u in enumerate(us):
+        tokens[k, : len(u.tokens)] = u.tokens
+        mels[k, :, : u.mel.shape[1]] = (u.mel - mean[:, None]) / std[:, None]
+    return {"tokens": tokens, "n_sym": np.array([len(u.tokens) for u in us]),
+            "mels": mels, "n_frames": np.array([u.mel.shape[1] for u in us])}

@@ -46,7 +46,9 @@ def write_voice(voice: TrainedVoice, folder: Path, preset: str) -> tuple[dict, d
             save_file(weights, str(tmp))
         section["vocoder"] = {"kind": "vocos", "file": VOCODER_FILE,
                               "config": dataclasses.asdict(voc.model.cfg),
-                              "train_seconds": round(voc.seconds, 1), "steps": voc.steps}
+                              "train_seconds": round(voc.seconds, 1), "steps": voc.steps,
+                              "adapt_seconds": round(voc.adapt_seconds, 1),
+                              "adapt_steps": voc.adapt_steps}
         files[VOCODER_FILE] = sha256_file(folder / VOCODER_FILE)
     return section, files
 

@@ -7,6 +7,7 @@ last checkpoint; each step returns a flat dict of named losses.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -23,8 +24,21 @@ from avatar.models.vocoder import VocoderConfig
 from avatar.models.voice import VOICE_PRESETS, AcousticModel, VoiceConfig
 from training.progress import bar
 from training.runs import config_digest, plot_curves, training_device
-from training.voice.data import PAD_SECONDS, Batcher, load_utterances, mel_stats
-from training.voice.vocoder import TrainedVocoder, VocoderTrainConfig, train_vocoder
+from training.voice.data import (
+    PAD_SECONDS,
+    Batcher,
+    Utterance,
+    load_utterances,
+    mel_stats,
+    pad_batch,
+)
+from training.voice.vocoder import (
+    TrainedVocoder,
+    VocoderTrainConfig,
+    adapt_vocoder,
+    read_wav,
+    train_vocoder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +87,8 @@ def voice_preset(name: str) -> VoiceTrainConfig:
         return VoiceTrainConfig(model=VOICE_PRESETS["gpu"], steps=20000, max_frames=20000,
                                 lr=1e-3, max_minutes=9.0, vocoder=VocoderTrainConfig(
                                     model=VocoderConfig(dim=384, blocks=8, intermediate=1152),
-                                    steps=30000, batch=32, max_minutes=5.0))
+                                    steps=30000, batch=32, max_minutes=4.0,
+                                    adapt_minutes=1.0))
     raise ValueError(f"unknown preset {name!r}")
 
 
@@ -230,6 +245,11 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     vocoder = None
     if cfg.vocoder is not None:
         vocoder = train_vocoder(dirs, out_dir, cfg.vocoder, dev)
+        if cfg.vocoder.adapt_minutes > 0 and cfg.vocoder.adapt_steps > 0:
+            pairs = teacher_forced_mels(state.model, train_utts, mean, std, dev,
+                                        max(cfg.max_frames, longest))
+            vocoder = adapt_vocoder(vocoder, pairs, out_dir, cfg.vocoder, dev,
+                                    weights_digest(state.model))
     # Durations are calibrated on sentences the model never learned from: on its own
     # training sentences it is right by heart, and too fast on new ones.
     scale = calibrate_durations(state.model, held or utts, dev)
@@ -272,6 +292,45 @@ def held_out_loss(model: AcousticModel, held: list, mean: np.ndarray, std: np.nd
 
 
 @torch.no_grad()
+def weights_digest(model: torch.nn.Module) -> str:
+    """A hash of a model's weights (what a later stage trained on its outputs depends on)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def teacher_forced_mels(model: AcousticModel, utts: list[Utterance], mean: np.ndarray,
+                        std: np.ndarray, device: torch.device, max_frames: int
+                        ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(the model's mel, the real waveform) for each utterance: the mel is predicted with
+    the model's own alignment to the recording (its durations are the real ones), so it
+    lines up with the real audio frame for frame, and it is as smooth as at synthesis."""
+    hop = 256
+    model.eval()
+    recordings: dict[Path, np.ndarray] = {}
+    out = []
+    with bar(len(utts), "vocoder: the acoustic model's mels", "utt") as pb:
+        for us in Batcher(utts, max_frames).each():
+            b = {k: torch.from_numpy(v).to(device) for k, v in pad_batch(us, mean, std).items()}
+            pred, _ = model(b["tokens"], b["n_sym"], b["mels"], b["n_frames"])
+            pred = pred.float().cpu().numpy() * std[None, :, None] + mean[None, :, None]
+            for k, u in enumerate(us):
+                if u.audio is None:
+                    raise ValueError(f"utterance {u.key} does not say where its audio is")
+                if u.audio not in recordings:
+                    recordings[u.audio] = read_wav(u.audio)
+                pcm = recordings[u.audio]
+                t = min(u.mel.shape[1], len(pcm) // hop - u.first_frame)
+                start = u.first_frame * hop
+                out.append((pred[k, :, :t].astype(np.float32),
+                            pcm[start: start + t * hop]))
+                pb.update(1)
+    return out
+
+
 def calibrate_durations(model: AcousticModel, utts: list, device: torch.device,
                         limit: int = 200) -> float:
     """One factor on every predicted duration so that the training sentences, said piece by

@@ -1,13 +1,17 @@
 """Training the vocoder on the person's own recordings: random speech segments, their mel
 from the enrolment cache in, the real waveform out; multi-resolution STFT and mel losses.
-Checkpointed and resumable like the other trainers."""
+Then a short adaptation: the same losses with the acoustic model's own (teacher-forced)
+mels in, so the vocoder learns to make the real waveform from the smoother mels it will
+be given at synthesis. Both stages are checkpointed and resumable like the other trainers.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +27,9 @@ from training.runs import config_digest, plot_curves
 
 log = logging.getLogger(__name__)
 
+ADAPT_FIELDS = ("adapt_steps", "adapt_minutes", "adapt_lr")
+"""Settings of the adaptation stage only (the first stage's checkpoint ignores them)."""
+
 
 @dataclass
 class VocoderTrainConfig:
@@ -36,9 +43,21 @@ class VocoderTrainConfig:
     max_minutes: float = 15.0
     checkpoint_minutes: float = 3.0
     seed: int = 0
+    adapt_steps: int = 4000
+    adapt_minutes: float = 4.0
+    """Adaptation to the acoustic model's mels, after the first stage (0: none). On held-out
+    training sentences four minutes of it (about 2,400 steps here) took the synthesised
+    speech's likeness from 0.826 to 0.844 on LJ Speech and its WER from 13.9 % to 5.6 % on
+    GRID (0.814 to 0.816 likeness; LJ's WER 12.9 % to 14.4 %, two words)."""
+    adapt_lr: float = 2e-4
 
     def digest(self) -> str:
-        return config_digest(self)
+        return config_digest(self, *ADAPT_FIELDS)  # the adaptation is checkpointed apart
+
+    def adapt_digest(self, acoustic: str) -> str:
+        """The adaptation's checkpoint holds for these settings and one acoustic model."""
+        mine = config_digest(self, "adapt_minutes")  # a cap, free to change on resume
+        return hashlib.sha256(f"{mine}:{acoustic}".encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -46,22 +65,39 @@ class TrainedVocoder:
     model: Vocoder
     seconds: float
     steps: int
+    adapt_seconds: float = 0.0
+    adapt_steps: int = 0
 
 
-def _read_wav(path: Path) -> np.ndarray:
+def read_wav(path: Path) -> np.ndarray:
     from scipy.io import wavfile  # soundfile is not on every training machine
 
     _, pcm = wavfile.read(str(path))
     return (pcm.astype(np.float32) / 32768.0) if pcm.dtype == np.int16 else pcm.astype(np.float32)
 
 
-class SegmentSampler:
-    """Random segments inside the utterances of one or more enrolment caches."""
+Segment = tuple[np.ndarray, np.ndarray, int, int]
+"""(waveform, mel, first frame, end frame): frames [a, b) of the mel are that stretch of
+the waveform (frame t at sample t * hop)."""
 
-    def __init__(self, sources: Sequence[Path], frames: int, hop: int, seed: int = 0):
+
+class SegmentSampler:
+    """Random fixed-length segments inside stretches of speech."""
+
+    def __init__(self, items: Sequence[Segment], frames: int, hop: int, seed: int = 0):
         self.frames, self.hop = frames, hop
         self.rng = np.random.default_rng(seed)
-        self.items: list[tuple[np.ndarray, np.ndarray, int, int]] = []
+        self.items = [it for it in items if it[3] - it[2] > frames]
+        if not self.items:
+            raise TwincastError("no utterance is long enough to train the vocoder on")
+        lengths = np.array([b - a for _, _, a, b in self.items], float)
+        self.p = lengths / lengths.sum()
+
+    @classmethod
+    def from_caches(cls, sources: Sequence[Path], frames: int, hop: int, seed: int = 0
+                    ) -> SegmentSampler:
+        """The utterances of one or more enrolment caches, with their cached mels."""
+        items: list[Segment] = []
         for d in sources:
             manifest = json.loads((d / "manifest.json").read_text())
             dirs = {c["id"]: d / c["dir"] for c in manifest["clips"]}
@@ -75,16 +111,12 @@ class SegmentSampler:
                         raise TwincastError(f"{dirs[cid]}: the enrolment cache lacks "
                                             "audio22k.wav; re-run 'twincast enrol'")
                     with np.load(dirs[cid] / "audio.npz") as z:
-                        cache[cid] = (_read_wav(wav), z["mel22"])
+                        cache[cid] = (read_wav(wav), z["mel22"])
                 audio, mel = cache[cid]
                 a = int(u["start"] * 22050 / hop)
                 b = min(mel.shape[1], int(u["end"] * 22050 / hop), len(audio) // hop)
-                if b - a > frames:
-                    self.items.append((audio, mel, a, b))
-        if not self.items:
-            raise TwincastError("no utterance is long enough to train the vocoder on")
-        lengths = np.array([b - a for _, _, a, b in self.items], float)
-        self.p = lengths / lengths.sum()
+                items.append((audio, mel, a, b))
+        return cls(items, frames, hop, seed)
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """mels (n, n_mels, F) and waveforms (n, (F - 1) * hop)."""
@@ -98,49 +130,59 @@ class SegmentSampler:
         return np.stack(mels), np.stack(wavs)
 
 
-def train_vocoder(sources: Sequence[Path], out_dir: Path, cfg: VocoderTrainConfig,
-                  device: torch.device) -> TrainedVocoder:
+@dataclass
+class _Stage:
+    """One resumable stretch of vocoder training."""
+
+    name: str
+    ckpt: Path
+    digest: str
+    steps: int
+    minutes: float
+    lr: Callable[[int], float]
+
+
+def _fit(model: Vocoder, sampler: SegmentSampler, stage: _Stage, cfg: VocoderTrainConfig,
+         device: torch.device) -> tuple[int, float]:
+    """Train ``model`` through one stage (resuming from its checkpoint when that was made
+    for the same digest); returns the stage's steps and seconds."""
     import torchaudio
 
     from avatar.vocoder import MelSpec
 
     spec = MelSpec()
-    sampler = SegmentSampler(sources, cfg.segment_frames, cfg.model.hop, cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = Vocoder(cfg.model).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.8, 0.99))
+    opt = torch.optim.AdamW(model.parameters(), lr=stage.lr(0), betas=(0.8, 0.99))
     mel_fn = torchaudio.transforms.MelSpectrogram(
         sample_rate=spec.rate, n_fft=spec.n_fft, hop_length=spec.hop, n_mels=spec.n_mels,
         f_max=spec.f_max, power=1.0, norm="slaney", mel_scale="slaney").to(device)
-    ckpt = out_dir / "vocoder.pt"
     step, seconds, history = 0, 0.0, []
-    if ckpt.exists():
-        saved = torch.load(ckpt, map_location=device, weights_only=True)
-        if saved.get("config_digest") == cfg.digest():
+    if stage.ckpt.exists():
+        saved = torch.load(stage.ckpt, map_location=device, weights_only=True)
+        if saved.get("config_digest") == stage.digest:
             model.load_state_dict(saved["model"])
             opt.load_state_dict(saved["opt"])
             step, seconds = int(saved["step"]), float(saved["seconds"])
             history = json.loads(saved["history"])
             sampler.rng = np.random.default_rng(cfg.seed + step)
-            log.info("resuming vocoder training at step %d", step)
+            log.info("resuming %s training at step %d", stage.name, step)
 
     def save() -> None:
-        with atomic.atomic_path(ckpt, ".pt") as tmp:
+        with atomic.atomic_path(stage.ckpt, ".pt") as tmp:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                         "seconds": seconds, "history": json.dumps(history),
-                        "config_digest": cfg.digest()}, tmp)
+                        "config_digest": stage.digest}, tmp)
 
     start = time.monotonic() - seconds
-    deadline = start + cfg.max_minutes * 60
+    deadline = start + stage.minutes * 60
     last = time.monotonic()
     model.train()
-    with bar(cfg.steps, "vocoder", "step", initial=step) as pb:
-        while step < cfg.steps:
+    with bar(stage.steps, stage.name, "step", initial=step) as pb:
+        while step < stage.steps:
             if time.monotonic() > deadline:
-                log.warning("vocoder training stopped at its %g-minute cap", cfg.max_minutes)
+                log.info("%s training stopped at its %g-minute cap", stage.name, stage.minutes)
                 break
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * max(0.1, 1 - step / cfg.steps)
+                g["lr"] = stage.lr(step)
             m, w = (torch.from_numpy(x).to(device) for x in sampler.batch(cfg.batch))
             pred = model(m)
             spec_loss = stft_loss(pred, w)
@@ -153,9 +195,9 @@ def train_vocoder(sources: Sequence[Path], out_dir: Path, cfg: VocoderTrainConfi
             opt.step()
             step += 1
             seconds = time.monotonic() - start
-            losses = {"vocoder/stft": float(spec_loss.detach()),
-                      "vocoder/mel": float(mel_loss.detach())}
-            if step % 10 == 0 or step == cfg.steps:
+            losses = {f"{stage.name}/stft": float(spec_loss.detach()),
+                      f"{stage.name}/mel": float(mel_loss.detach())}
+            if step % 10 == 0 or step == stage.steps:
                 history.append({"step": step, "seconds": round(seconds, 1),
                                 **{k: round(v, 5) for k, v in losses.items()}})
             pb.update(1)
@@ -166,7 +208,33 @@ def train_vocoder(sources: Sequence[Path], out_dir: Path, cfg: VocoderTrainConfi
                 last = time.monotonic()
     seconds = time.monotonic() - start
     save()
-    atomic.write_json(out_dir / "vocoder_history.json", history)
-    plot_curves(history, out_dir / "vocoder_curves.png")
+    atomic.write_json(stage.ckpt.parent / f"{stage.name}_history.json", history)
+    plot_curves(history, stage.ckpt.parent / f"{stage.name}_curves.png")
     model.eval()
-    return TrainedVocoder(model, seconds, step)
+    return step, seconds
+
+
+def train_vocoder(sources: Sequence[Path], out_dir: Path, cfg: VocoderTrainConfig,
+                  device: torch.device) -> TrainedVocoder:
+    """The first stage: real mels of the enrolment caches in, real waveforms out."""
+    sampler = SegmentSampler.from_caches(sources, cfg.segment_frames, cfg.model.hop, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = Vocoder(cfg.model).to(device)
+    stage = _Stage("vocoder", out_dir / "vocoder.pt", cfg.digest(), cfg.steps,
+                   cfg.max_minutes, lambda step: cfg.lr * max(0.1, 1 - step / cfg.steps))
+    steps, seconds = _fit(model, sampler, stage, cfg, device)
+    return TrainedVocoder(model, seconds, steps)
+
+
+def adapt_vocoder(vocoder: TrainedVocoder, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+                  out_dir: Path, cfg: VocoderTrainConfig, device: torch.device,
+                  acoustic: str) -> TrainedVocoder:
+    """The second stage: fine-tune on ``pairs`` of (the acoustic model's mel (n_mels, T),
+    the real waveform (T * hop,)) of its training sentences. ``acoustic`` identifies that
+    model: its checkpoint is redone for another one, the first stage's is kept."""
+    sampler = SegmentSampler([(w, m, 0, min(m.shape[1], len(w) // cfg.model.hop))
+                              for m, w in pairs], cfg.segment_frames, cfg.model.hop, cfg.seed)
+    stage = _Stage("vocoder_adapt", out_dir / "vocoder_adapt.pt", cfg.adapt_digest(acoustic),
+                   cfg.adapt_steps, cfg.adapt_minutes, lambda step: cfg.adapt_lr)
+    steps, seconds = _fit(vocoder.model, sampler, stage, cfg, device)
+    return TrainedVocoder(vocoder.model, vocoder.seconds, vocoder.steps, seconds, steps)
