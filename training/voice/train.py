@@ -247,7 +247,7 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
         vocoder = train_vocoder(dirs, out_dir, cfg.vocoder, dev)
         if cfg.vocoder.adapt_minutes > 0 and cfg.vocoder.adapt_steps > 0:
             pairs = teacher_forced_mels(state.model, train_utts, mean, std, dev,
-                                        max(cfg.max_frames, longest))
+                                        max(cfg.max_frames, longest), cfg.vocoder.model.hop)
             vocoder = adapt_vocoder(vocoder, pairs, out_dir, cfg.vocoder, dev,
                                     weights_digest(state.model))
     # Durations are calibrated on sentences the model never learned from: on its own
@@ -291,7 +291,6 @@ def held_out_loss(model: AcousticModel, held: list, mean: np.ndarray, std: np.nd
     return {k: v / max(len(held), 1) for k, v in sums.items()}
 
 
-@torch.no_grad()
 def weights_digest(model: torch.nn.Module) -> str:
     """A hash of a model's weights (what a later stage trained on its outputs depends on)."""
     h = hashlib.sha256()
@@ -303,12 +302,11 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 @torch.no_grad()
 def teacher_forced_mels(model: AcousticModel, utts: list[Utterance], mean: np.ndarray,
-                        std: np.ndarray, device: torch.device, max_frames: int
-                        ) -> list[tuple[np.ndarray, np.ndarray]]:
+                        std: np.ndarray, device: torch.device, max_frames: int,
+                        hop: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
     """(the model's mel, the real waveform) for each utterance: the mel is predicted with
     the model's own alignment to the recording (its durations are the real ones), so it
     lines up with the real audio frame for frame, and it is as smooth as at synthesis."""
-    hop = 256
     model.eval()
     recordings: dict[Path, np.ndarray] = {}
     out = []
@@ -331,6 +329,7 @@ def teacher_forced_mels(model: AcousticModel, utts: list[Utterance], mean: np.nd
     return out
 
 
+@torch.no_grad()
 def calibrate_durations(model: AcousticModel, utts: list, device: torch.device,
                         limit: int = 200) -> float:
     """One factor on every predicted duration so that the training sentences, said piece by

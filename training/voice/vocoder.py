@@ -56,8 +56,7 @@ class VocoderTrainConfig:
 
     def adapt_digest(self, acoustic: str) -> str:
         """The adaptation's checkpoint holds for these settings and one acoustic model."""
-        mine = config_digest(self, "adapt_minutes")  # a cap, free to change on resume
-        return hashlib.sha256(f"{mine}:{acoustic}".encode()).hexdigest()[:16]
+        return hashlib.sha256(f"{config_digest(self)}:{acoustic}".encode()).hexdigest()[:16]
 
 
 @dataclass
