@@ -56,6 +56,27 @@ def test_first_piece_is_short_and_long_sentences_are_cut() -> None:
     assert " ".join(got).split() == text.split()
 
 
+def test_only_the_first_piece_is_cut_short() -> None:
+    # Each piece is said as an utterance of its own: a sentence without commas used to be
+    # cut every 40 characters, each cut a falling end and a pause in mid-sentence.
+    text = ("Here once more the almost invariable modern practice is in opposition to a "
+            "natural sense of proportion.")
+    got = list(pieces(text, first_max=40, max_len=160))
+    assert len(got) == 2 and len(got[0]) <= 40
+    assert " ".join(got) == text
+    # A first clause within twice the limit ends the first piece at its comma.
+    text = ("In the old print each figure has its definite individuality, and one cannot "
+            "be mistaken for the other.")
+    assert list(pieces(text, first_max=40, max_len=160)) == [
+        "In the old print each figure has its definite individuality,",
+        "and one cannot be mistaken for the other."]
+    # Later pieces pack whole clauses up to the long limit.
+    later = "First. " + ", ".join(["a clause of some words"] * 12) + "."
+    got = list(pieces(later, first_max=40, max_len=160))
+    assert got[0] == "First." and all(120 < len(p) <= 160 for p in got[1:-1])
+    assert all(p.endswith((",", ".")) for p in got[1:])
+
+
 def test_mixed_mandarin_and_english() -> None:
     out = list(TextFrontend().pieces("我有25个苹果。Then we go home."))
     assert [p.lang for p in out] == ["zh", "en"]

@@ -225,6 +225,8 @@ def test_eval_voice_tells_real_from_untrained(bundle: Path, tmp_path: Path) -> N
     # A tiny voice trained for seconds on another (synthetic) speaker: the measures must
     # see it is neither intelligible nor this reader.
     assert report["wer_real"] < report["wer_synth"]
+    assert 0 <= report["duration_within_15pct_steady_rate"] <= 1
+    assert all(c["phones"] > c["words"] for c in report["per_clip"])
     assert report["similarity_real_real"] > report["similarity_synth_real"] + 0.1
     assert np.isfinite(report["mcd_db"]) and report["rtf"] > 0
     assert (out / "report.png").exists() and (out / "eval_bigram.arpa").exists()
@@ -385,3 +387,13 @@ def test_bfloat16_training_step_matches_float32() -> None:
         assert np.isfinite(out[torch.bfloat16][k])
         assert out[torch.bfloat16][k] == pytest.approx(v, rel=0.05), k
     assert out[torch.bfloat16] != out[torch.float32]  # autocast did take effect
+
+
+def test_phone_count_leaves_out_separators_punctuation_and_marks() -> None:
+    from avatar.text.frontend import TextFrontend
+    from training.voice.evaluate import phone_count
+
+    fe = TextFrontend()
+    one = phone_count(fe, "cat")
+    assert one == 3  # k, a, t: no stress mark, no word separator
+    assert phone_count(fe, "Cat, cat. Cat!") == 3 * one

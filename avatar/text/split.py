@@ -42,43 +42,35 @@ def pieces(text: str, first_max: int = 40, max_len: int = 160) -> Iterator[str]:
     first = True
     for sent in sentences(text):
         limit = first_max if first else max_len
-        for part in _cut(sent, limit):
+        for part in _cut(sent, limit, max_len):
             yield part
             first = False
             limit = max_len
 
 
-def _cut(sentence: str, limit: int) -> Iterator[str]:
-    if len(sentence) <= limit:
-        yield sentence
-        return
-    buf = ""
-    for clause in _split_keep(sentence, _CLAUSE):
-        if buf and len(buf) + len(clause) > limit:
-            yield from _hard_cut(buf.strip(), limit)
-            buf = ""
-            limit = max(limit, 160)
-        buf += clause
-    if buf.strip():
-        yield from _hard_cut(buf.strip(), limit)
-
-
-def _split_keep(text: str, pattern: re.Pattern) -> list[str]:
-    out, last = [], 0
-    for m in pattern.finditer(text):
-        out.append(text[last: m.end()])
-        last = m.end()
-    out.append(text[last:])
-    return [p for p in out if p]
-
-
-def _hard_cut(text: str, limit: int) -> Iterator[str]:
-    """A clause longer than the limit is cut at the last space before it (or anywhere, for
-    scripts without spaces)."""
+def _cut(sentence: str, limit: int, max_len: int = 160) -> Iterator[str]:
+    """``sentence`` in pieces: the first at most ``limit`` characters, the others at most
+    ``max_len``. Each piece is as many whole clauses as fit, or, where not even one does,
+    cut at the last space that fits (anywhere, for scripts without spaces). Every piece is
+    said as an utterance of its own, with its own final fall and pauses, so only the first
+    is kept short (its audio leaves first) and the rest are as long as allowed."""
+    text = sentence
     while len(text) > limit:
-        cut = text.rfind(" ", 0, limit)
-        cut = cut if cut > limit // 3 else limit
-        yield text[:cut].strip()
-        text = text[cut:].strip()
+        end = reach = 0
+        for m in _CLAUSE.finditer(text):
+            if m.end() > limit:
+                # A first clause up to twice the limit is worth its few milliseconds
+                # more: a cut where the reader pauses anyway is not heard as one.
+                first = limit < max_len
+                reach = m.end() if first and m.end() <= min(2 * limit, max_len) else 0
+                break
+            end = m.end()
+        end = end or reach
+        if not end:
+            space = text.rfind(" ", 0, limit)
+            end = space if space > limit // 3 else limit
+        yield text[:end].strip()
+        text = text[end:].strip()
+        limit = max(limit, max_len)
     if text:
         yield text

@@ -25,6 +25,7 @@ import numpy as np
 from avatar import atomic
 from avatar.audio import resample
 from avatar.errors import TwincastError, path_error
+from avatar.text.frontend import TextFrontend
 from avatar.voice import Voice
 from training.progress import bar
 
@@ -249,6 +250,7 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
                 "emb_real": encoder.embed_utterance(_trim(real[16000], 16000)),
                 "emb_synth": encoder.embed_utterance(_trim(synth16, 16000)),
                 "seconds_real": len(r22) / 22050, "seconds_synth": len(s22) / 22050,
+                "phones": phone_count(voice.frontend, text, voice.model.cfg.marks),
                 "mcd_db": mcd, "f0_rmse_hz": f0,
                 "rtf": synth_s / (len(synth22) / voice.rate), "first_chunk_ms": first * 1000,
                 "mel_real": None if rows else _cepstra(r22),
@@ -260,6 +262,10 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
         r["sim_synth_real"] = float(r["emb_synth"] @ r["emb_real"])
         r["sim_real_real"] = float(r["emb_real"] @ other["emb_real"])
         r["duration_ratio"] = r["seconds_synth"] / max(r["seconds_real"], 1e-6)
+    # The reader's own spread: a voice that spoke every sentence at the reader's median rate
+    # on these very recordings (phones a second) would be this far from each of them.
+    rate = float(np.median([r["seconds_real"] / max(r["phones"], 1) for r in rows]))
+    steady = np.array([r["phones"] * rate / max(r["seconds_real"], 1e-6) for r in rows])
     wer_real = sum(r["errors_real"] for r in rows) / max(n_words, 1)
     wer_synth = sum(r["errors_synth"] for r in rows) / max(n_words, 1)
     ratios = np.array([r["duration_ratio"] for r in rows])
@@ -273,6 +279,8 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
         "similarity_real_real": round(float(np.mean([r["sim_real_real"] for r in rows])), 4),
         "duration_ratio_median": round(float(np.median(ratios)), 3),
         "duration_within_15pct": round(float(np.mean(np.abs(ratios - 1) <= 0.15)), 3),
+        "duration_within_15pct_steady_rate": round(float(np.mean(np.abs(steady - 1) <= 0.15)),
+                                                   3),
         "mcd_db": round(float(np.mean([r["mcd_db"] for r in rows])), 2),
         "f0_rmse_hz": round(float(np.nanmean([r["f0_rmse_hz"] for r in rows])), 1),
         "rtf": round(float(np.median([r["rtf"] for r in rows])), 4),
@@ -288,7 +296,10 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
                   "resemblyzer cosine, synthesised vs the real recording of the same sentence, "
                   "and each real recording vs the next. MCD: mel-cepstra 1-24 along a DTW "
                   "path; durations and MCD on each recording's speech, first word to last by "
-                  "forced alignment; likeness on recordings trimmed of silence by level.",
+                  "forced alignment; likeness on recordings trimmed of silence by level. "
+                  "duration_within_15pct_steady_rate: the same share for the real recordings "
+                  "against one steady speaking rate (the reader's median phones a second over "
+                  "these recordings), i.e. how much of the spread is the reader's own.",
     }
     atomic.write_json(out_dir / "report.json", report)
     _plot(rows, report, out_dir / "report.png")
@@ -296,6 +307,19 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
 
 
 Span = tuple[float, float] | None
+
+
+def phone_count(frontend: TextFrontend, text: str, marks: bool = True) -> int:
+    """Phones the voice's frontend makes of ``text`` (word separators, punctuation and
+    stress or length marks not counted)."""
+    from avatar.models.voice import N_SYMBOLS, SYMBOLS, encode
+
+    quiet = set(" ,.!?;:-'\"()_")
+    n = 0
+    for piece in frontend.pieces(text):
+        ids, _ = encode(piece.phonemes, marks)
+        n += sum(SYMBOLS[i % N_SYMBOLS] not in quiet for i in ids)
+    return n
 
 
 def _speech_span(aligner: object, audio16: np.ndarray, text: str) -> Span:
