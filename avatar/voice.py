@@ -1,9 +1,10 @@
 """The runtime voice: load a bundle's voice and speak text as a stream of audio chunks.
 
-``Voice.speak`` is a generator: the text frontend cuts the text into pieces (the first one
-short), and each piece is synthesised and vocoded and yielded as soon as it is ready, with
-its place in time and the timing of its phoneme symbols, so a caller can start playing (and
-the face can start moving) while the rest is still being made.
+``Voice.speak`` is a generator: the text frontend cuts the text into pieces (sentences, the
+first one at a clause where it is long), each piece's mel is made at once and vocoded in
+chunks, the first a quarter of a second, each yielded as soon as it is ready with its place
+in time and the timing of its phoneme symbols, so a caller can start playing (and the face
+can start moving) while the rest is still being made.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class AudioChunk:
     start: float
     """Seconds from the start of the whole utterance to this chunk's first sample."""
     text: str
+    """The piece of text this chunk begins ("" for the later chunks of a piece)."""
     phonemes: list[tuple[str, float, float]] = field(default_factory=list)
     """(symbol, start, end) in seconds from the start of the whole utterance."""
 
@@ -51,13 +53,39 @@ class AudioChunk:
 
 
 class _TrainedVocoder:
-    """A trained vocoder behind the same call as Griffin-Lim."""
+    """A trained vocoder behind the same call as Griffin-Lim, which can also vocode a
+    stretch of frames exactly as the whole would have it (``segment``)."""
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
 
     def __call__(self, log_mel: torch.Tensor) -> np.ndarray:
         return self.model.synthesise(log_mel).cpu().numpy().astype(np.float32)
+
+    def segment(self, log_mel: torch.Tensor, a: int, b: int) -> np.ndarray:
+        return self.model.segment(log_mel, a, b).cpu().numpy().astype(np.float32)
+
+
+FIRST_CHUNK_FRAMES = 24
+"""About 0.28 s: the first audio of each piece; later chunks double in length."""
+
+
+def chunk_spans(ends: np.ndarray, first: int = FIRST_CHUNK_FRAMES) -> list[tuple[int, int]]:
+    """Frame spans that cut a piece's mel into chunks at symbol boundaries (``ends``: each
+    symbol's last frame + 1), the first about ``first`` frames and each next one twice the
+    last, a short tail joined to the chunk before it. Vocoding the first chunk alone lets
+    its audio leave long before the whole sentence is vocoded, without cutting the sentence
+    itself (each piece is spoken as one utterance, one intonation)."""
+    total = int(ends[-1]) if len(ends) else 0
+    spans, pos, size = [], 0, first
+    while pos < total:
+        later = ends[ends >= pos + size]
+        cut = int(later[0]) if len(later) else total
+        if total - cut < size // 2:
+            cut = total
+        spans.append((pos, cut))
+        pos, size = cut, size * 2
+    return spans
 
 
 def _load_vocoder(path: Path, voc: dict, spec: MelSpec, dev: torch.device):  # noqa: ANN202
@@ -151,14 +179,23 @@ class Voice:
                             "".join(sorted(unknown)))
             tokens = torch.tensor([ids], device=self.device)
             mel, frames = self.model.synthesise(tokens, pace, self.duration_scale)
-            audio = self.vocoder(mel * self.std + self.mean)
-            ends = np.cumsum(frames.cpu().numpy()) * frame_s
-            starts = ends - frames.cpu().numpy() * frame_s
-            timing = [(symbol_of(i), t + float(a), t + float(b))
-                      for i, a, b in zip(ids, starts, ends, strict=True) if symbol_of(i) != " "]
-            chunk = AudioChunk(audio, self.spec.rate, t, piece.text, timing)
-            t += chunk.duration
-            yield chunk
+            log_mel = mel * self.std + self.mean
+            n = frames.cpu().numpy()
+            ends = np.cumsum(n)
+            streamable = isinstance(self.vocoder, _TrainedVocoder)
+            # Griffin-Lim finds its phase over the whole piece at once: one chunk.
+            spans = chunk_spans(ends) if streamable else [(0, int(ends[-1]))]
+            for k, (a, b) in enumerate(spans):
+                audio = (self.vocoder.segment(log_mel, a, b) if streamable
+                         else self.vocoder(log_mel))
+                start = t - a * frame_s  # the piece's start on the utterance's clock
+                timing = [(symbol_of(i), start + float(e - d) * frame_s, start + float(e) * frame_s)
+                          for i, d, e in zip(ids, n, ends, strict=True)
+                          if symbol_of(i) != " " and a <= e - d < b]
+                chunk = AudioChunk(audio, self.spec.rate, t, piece.text if k == 0 else "",
+                                   timing)
+                t += chunk.duration
+                yield chunk
 
     def say(self, text: str, pace: float = 1.0) -> np.ndarray:
         """The whole of ``text`` as one waveform at ``rate``."""

@@ -56,15 +56,13 @@ def test_first_piece_is_short_and_long_sentences_are_cut() -> None:
     assert " ".join(got).split() == text.split()
 
 
-def test_only_the_first_piece_is_cut_short() -> None:
-    # Each piece is said as an utterance of its own: a sentence without commas used to be
-    # cut every 40 characters, each cut a falling end and a pause in mid-sentence.
+def test_pieces_end_at_clauses_not_in_mid_clause() -> None:
+    # Each piece is said as an utterance of its own (its own intonation): a sentence
+    # without commas used to be cut every 40 characters, a falling end and a pause each.
     text = ("Here once more the almost invariable modern practice is in opposition to a "
             "natural sense of proportion.")
-    got = list(pieces(text, first_max=40, max_len=160))
-    assert len(got) == 2 and len(got[0]) <= 40
-    assert " ".join(got) == text
-    # A first clause within twice the limit ends the first piece at its comma.
+    assert list(pieces(text, first_max=40, max_len=160)) == [text]
+    # A first clause longer than the short limit is the first piece, cut at its comma.
     text = ("In the old print each figure has its definite individuality, and one cannot "
             "be mistaken for the other.")
     assert list(pieces(text, first_max=40, max_len=160)) == [
@@ -75,6 +73,9 @@ def test_only_the_first_piece_is_cut_short() -> None:
     got = list(pieces(later, first_max=40, max_len=160))
     assert got[0] == "First." and all(120 < len(p) <= 160 for p in got[1:-1])
     assert all(p.endswith((",", ".")) for p in got[1:])
+    # Only a clause longer than the long limit is cut between words.
+    got = list(pieces("word " * 80, first_max=40, max_len=160))
+    assert all(len(p) <= 160 for p in got) and len(got) == 3
 
 
 def test_mixed_mandarin_and_english() -> None:

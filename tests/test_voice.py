@@ -263,6 +263,51 @@ def test_trained_vocoder_in_the_bundle(bundle: Path, tmp_path: Path) -> None:
     assert len(voice.vocoder(mel)) == 50 * 256  # one hop of samples per mel frame
     audio = voice.say("A trained vocoder.")
     assert np.isfinite(audio).all() and len(audio) > 0
+    # A long sentence is one piece, vocoded in chunks that start at symbol boundaries and
+    # join up to the whole piece's audio.
+    text = "A trained vocoder says this whole sentence as one utterance in several chunks."
+    chunks = list(voice.speak(text))
+    assert len(chunks) >= 2 and chunks[0].text == text and chunks[1].text == ""
+    assert chunks[0].duration < 0.5
+    t = 0.0
+    for c in chunks:
+        assert abs(c.start - t) < 1e-9 and c.phonemes
+        assert all(c.start - 1e-9 <= a < b <= c.start + c.duration + 1e-9
+                   for _, a, b in c.phonemes)
+        t += c.duration
+    torch.manual_seed(0)
+    whole = voice.say(text)
+    assert np.allclose(np.concatenate([c.audio for c in chunks]), whole, atol=1e-4)
+
+
+def test_vocoder_segments_join_into_the_whole() -> None:
+    from avatar.models.vocoder import Vocoder, VocoderConfig
+
+    torch.manual_seed(0)
+    voc = Vocoder(VocoderConfig(dim=32, blocks=3, intermediate=64)).eval()
+    mel = torch.randn(80, 200) - 4
+    whole = voc.synthesise(mel)
+    cuts = [0, 7, 40, 41, 130, 200]
+    parts = [voc.segment(mel, a, b) for a, b in zip(cuts, cuts[1:], strict=False)]
+    assert [len(p) for p in parts] == [256 * (b - a) for a, b in zip(cuts, cuts[1:],
+                                                                     strict=False)]
+    assert torch.allclose(torch.cat(parts), whole, atol=1e-5)
+    # Less context than the network's reach would leave seams: the margin is needed.
+    short = voc.synthesise(mel[:, 40 - 5: 130 + 5])[5 * 256: 95 * 256]
+    assert not torch.allclose(short, whole[40 * 256: 130 * 256], atol=1e-5)
+
+
+def test_chunk_spans_start_short_double_and_cut_at_symbols() -> None:
+    from avatar.voice import chunk_spans
+
+    ends = np.cumsum(np.full(100, 5))  # 100 symbols of 5 frames
+    spans = chunk_spans(ends, first=24)
+    assert spans[0] == (0, 25) and spans[1] == (25, 75)
+    assert spans[-1][1] == 500 and all(b == c for (_, b), (c, _) in zip(spans, spans[1:],
+                                                                        strict=False))
+    assert all(b % 5 == 0 for _, b in spans)
+    assert [b - a for a, b in spans] == [25, 50, 100, 195, 130]
+    assert chunk_spans(np.array([3, 10])) == [(0, 10)]  # shorter than a chunk: one
 
 
 def test_teacher_forced_mels_line_up_with_their_recordings(bundle: Path) -> None:

@@ -79,6 +79,25 @@ class Vocoder(nn.Module):
         return wav.clamp(-1.0, 1.0)
 
 
+    @property
+    def context(self) -> int:
+        """Mel frames either side that reach a frame's samples: the input convolution and
+        each block's depthwise convolution see 3 frames each way, and the inverse STFT
+        overlaps n_fft / 2 samples each way."""
+        return 3 + 3 * self.cfg.blocks + -(-self.cfg.n_fft // (2 * self.cfg.hop)) + 1
+
+    @torch.inference_mode()
+    def segment(self, log_mel: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        """The samples of frames [a, b) of ``synthesise(log_mel)``, computed from those
+        frames and ``context`` more either side only, so a long mel can be vocoded and
+        played piece by piece with no seam: the result is the same as a whole."""
+        n = log_mel.shape[1]
+        a0, b0 = max(0, a - self.context), min(n, b + self.context)
+        wav = self.synthesise(log_mel[:, a0:b0])
+        hop = self.cfg.hop
+        return wav[(a - a0) * hop: (b - a0) * hop]
+
+
 def stft_loss(pred: torch.Tensor, target: torch.Tensor,
               resolutions: tuple[tuple[int, int], ...] = ((512, 128), (1024, 256),
                                                          (2048, 512))) -> torch.Tensor:

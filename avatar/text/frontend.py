@@ -35,8 +35,8 @@ class TextConfig:
     max_chars: int = 200_000
     """Longer texts are refused; anything shorter is streamed piece by piece."""
     first_piece_chars: int = 40
-    """The first piece is cut this short so that its audio leaves early (or at a clause
-    boundary up to twice as far, where the reader pauses anyway)."""
+    """A first sentence longer than this is cut at its clauses (as many whole ones as fit,
+    or else the first), so that the first audio leaves early; never in mid-clause."""
     piece_chars: int = 160
 
 

@@ -37,8 +37,9 @@ def sentences(text: str) -> Iterator[str]:
 
 
 def pieces(text: str, first_max: int = 40, max_len: int = 160) -> Iterator[str]:
-    """Sentences, with the first piece kept short (its audio leaves first) and any long
-    sentence cut at its clauses, then at spaces."""
+    """Sentences, a long first one cut at its clauses (its audio leaves first), any
+    sentence over ``max_len`` at its clauses, and only a clause over ``max_len`` at
+    spaces."""
     first = True
     for sent in sentences(text):
         limit = first_max if first else max_len
@@ -49,28 +50,29 @@ def pieces(text: str, first_max: int = 40, max_len: int = 160) -> Iterator[str]:
 
 
 def _cut(sentence: str, limit: int, max_len: int = 160) -> Iterator[str]:
-    """``sentence`` in pieces: the first at most ``limit`` characters, the others at most
-    ``max_len``. Each piece is as many whole clauses as fit, or, where not even one does,
-    cut at the last space that fits (anywhere, for scripts without spaces). Every piece is
-    said as an utterance of its own, with its own final fall and pauses, so only the first
-    is kept short (its audio leaves first) and the rest are as long as allowed."""
+    """``sentence`` in pieces of as many whole clauses as fit: the first piece in ``limit``
+    characters (or, where its first clause is longer, that clause), the others in
+    ``max_len``; a clause longer than ``max_len`` is cut at the last space that fits
+    (anywhere, for scripts without spaces). Every piece is said as an utterance of its own,
+    with its own intonation, so pieces end only where the reader would pause anyway; the
+    first is kept to a clause so that its audio leaves early."""
     text = sentence
+    first = limit < max_len
     while len(text) > limit:
-        end = reach = 0
-        for m in _CLAUSE.finditer(text):
-            if m.end() > limit:
-                # A first clause up to twice the limit is worth its few milliseconds
-                # more: a cut where the reader pauses anyway is not heard as one.
-                first = limit < max_len
-                reach = m.end() if first and m.end() <= min(2 * limit, max_len) else 0
-                break
-            end = m.end()
-        end = end or reach
-        if not end:
+        ends = [m.end() for m in _CLAUSE.finditer(text)]
+        fit = [e for e in ends if e <= limit]
+        if fit:
+            end = fit[-1]
+        elif first:
+            first, limit = False, max_len
+            if not ends or ends[0] > max_len:
+                continue  # no clause to end at: the sentence by the long limit
+            end = ends[0]
+        else:
             space = text.rfind(" ", 0, limit)
             end = space if space > limit // 3 else limit
         yield text[:end].strip()
         text = text[end:].strip()
-        limit = max(limit, max_len)
+        first, limit = False, max(limit, max_len)
     if text:
         yield text
