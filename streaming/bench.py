@@ -4,7 +4,7 @@ Each client connects, then in turns: sends a sentence, receives audio and video 
 would, and half way through one of its sentences interrupts. Everything is timed at the
 client: text to first audible audio, text to the first video frame whose mouth moves (the
 face mesh reads the received frames after the run), the audio-visual offset (the lag that
-best matches the received audio's loudness to the received mouth opening), the interval
+best lines up when the received audio is loud with when the received mouth moves), the interval
 between video frames, and interrupt to silence. Late frames are the server's count of
 speech frames that had to be shown idle.
 """
@@ -110,6 +110,29 @@ def _mouth_openings(frames: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def av_lag(vt: np.ndarray, opening: np.ndarray, at: np.ndarray, rms: np.ndarray,
+           rest: float, reach: int = 8) -> int:
+    """Video frames by which the mouth's movement trails the sound (negative: leads): the
+    lag that best lines up *when* there is sound (loud audio) with when the mouth moves
+    (opening beyond ``rest`` + 0.02), over all of a client's sentences, their starts, ends
+    and interruptions. Loudness against the opening's size was tried first and does not
+    work: within speech the two are weakly related (the mouth is shut on /m/, open on
+    vowels of any loudness), and on an offline render, in sync by construction, it picked
+    +5 frames; on the same render this one finds 0, and a video delayed by 1-3 frames (or
+    advanced by 2) shows as exactly that."""
+    loud = (np.interp(vt, at, rms) > 0.01).astype(float) if len(at) > 1 else np.zeros(len(vt))
+    moving = (np.nan_to_num(opening, nan=0.0) > rest + 0.02).astype(float)
+    best, best_r = 0, -2.0
+    for lag in range(-reach, reach + 1):  # positive = mouth after sound
+        x = loud[: len(loud) - lag] if lag >= 0 else loud[-lag:]
+        y = moving[lag:] if lag >= 0 else moving[: len(moving) + lag]
+        if len(x) > 10 and np.std(x) > 0 and np.std(y) > 0:
+            r = float(np.corrcoef(x, y)[0, 1])
+            if r > best_r:
+                best, best_r = lag, r
+    return best
+
+
 def _analyse(logs: list[ClientLog]) -> dict:
     first_audio, first_frame, intervals, interrupt_ms, offsets = [], [], [], [], []
     late = shown = late_start = dropped = 0
@@ -140,19 +163,7 @@ def _analyse(logs: list[ClientLog]) -> dict:
                 if not loud[i: i + 10].any():
                     interrupt_ms.append((at[i] - t) * 1000)
                     break
-        # Audio-visual offset: loudness per video frame against mouth opening.
-        env = np.interp(vt, at, rms) if len(at) > 1 else np.zeros(len(vt))
-        ok = np.isfinite(opening)
-        best, best_r = 0, -2.0
-        for lag in range(-8, 9):  # frames; positive = mouth after sound
-            x = env[: len(env) - lag] if lag >= 0 else env[-lag:]
-            y = opening[lag:] if lag >= 0 else opening[: len(opening) + lag]
-            m = ok[lag:] if lag >= 0 else ok[: len(ok) + lag]
-            if m.sum() > 10 and np.std(x[m]) > 0 and np.std(y[m]) > 0:
-                r = np.corrcoef(x[m], y[m])[0, 1]
-                if r > best_r:
-                    best, best_r = lag, r
-        offsets.append(best * 40)
+        offsets.append(av_lag(vt, opening, at, rms, rest) * 40)
         late += c.state.get("frames_late", 0)
         late_start += c.state.get("frames_late_at_start", 0)
         dropped += c.state.get("frames_dropped_late", 0)

@@ -1,0 +1,42 @@
+"""The serving benchmark's audio-visual offset: found on synthetic speech and mouths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streaming.bench import av_lag
+
+
+def _session(shift: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """30 s of sentences and pauses: loudness at 50 Hz with dips inside words, and a mouth
+    at 25 fps that moves during speech, closes now and then, and trails it by ``shift``."""
+    rng = np.random.default_rng(seed)
+    at = np.arange(0, 30, 0.02) + 0.01
+    speaking = np.zeros(len(at), bool)
+    t = 1.0
+    while t < 28:
+        n = rng.uniform(1.0, 3.0)
+        speaking[(at >= t) & (at < t + n)] = True
+        t += n + rng.uniform(0.5, 1.5)
+    rms = np.where(speaking, rng.uniform(0.02, 0.2, len(at)), rng.uniform(0, 0.004, len(at)))
+    rms[speaking & (rng.random(len(at)) < 0.15)] = 0.005  # stops and closures
+    vt = np.arange(0, 30, 0.04) + 0.02
+    talk = np.interp(vt - shift * 0.04, at, speaking.astype(float)) > 0.5
+    rest = 0.05
+    opening = np.where(talk, rest + rng.uniform(0.03, 0.12, len(vt)),
+                       rest - rng.uniform(0, 0.01, len(vt)))
+    opening[talk & (rng.random(len(vt)) < 0.2)] = rest  # lips together on /m/, /b/, /p/
+    opening[rng.random(len(vt)) < 0.02] = np.nan  # the face mesh missed a frame
+    return vt, opening, at, rms, rest
+
+
+@pytest.mark.parametrize("shift", [-2, 0, 1, 3])
+def test_av_lag_finds_a_known_offset(shift: int) -> None:
+    vt, opening, at, rms, rest = _session(shift)
+    assert av_lag(vt, opening, at, rms, rest) == shift
+
+
+def test_av_lag_of_a_still_mouth_is_zero() -> None:
+    vt, opening, at, rms, rest = _session(0)
+    assert av_lag(vt, np.full(len(vt), rest), at, rms, rest) == 0
