@@ -66,6 +66,11 @@ class _TrainedVocoder:
         return self.model.segment(log_mel, a, b).cpu().numpy().astype(np.float32)
 
 
+LEAD_FRAMES = 2
+"""Frames of silence (about 23 ms) before the first word of what is said: the recordings'
+own lead-in, which the voice learns (a quarter of a second before some GRID sentences), is
+only delay in a live answer. Pauses between sentences are kept as learned."""
+
 FIRST_CHUNK_FRAMES = 24
 """About 0.28 s: the first audio of each piece; later chunks double in length."""
 
@@ -172,13 +177,14 @@ class Voice:
             raise TwincastError(f"pace {pace}: choose a speaking rate between 0.5 and 2")
         t = 0.0
         frame_s = self.spec.hop / self.spec.rate
-        for piece in self.frontend.pieces(text):
+        for p, piece in enumerate(self.frontend.pieces(text)):
             ids, unknown = encode(piece.phonemes, self.model.cfg.marks)
             if unknown:
                 log.warning("symbols this voice cannot say were skipped: %s",
                             "".join(sorted(unknown)))
             tokens = torch.tensor([ids], device=self.device)
-            mel, frames = self.model.synthesise(tokens, pace, self.duration_scale)
+            mel, frames = self.model.synthesise(tokens, pace, self.duration_scale,
+                                                lead=LEAD_FRAMES if p == 0 else None)
             log_mel = mel * self.std + self.mean
             n = frames.cpu().numpy()
             ends = np.cumsum(n)

@@ -87,6 +87,19 @@ def test_bundle_has_a_voice_that_streams(bundle: Path) -> None:
         assert c.phonemes and all(t <= a <= b <= c.start + c.duration + 1e-6
                                   for _, a, b in c.phonemes)
         t += c.duration
+    # The first word starts at once (a short lead-in, however long the recordings' own);
+    # the pause before a later sentence is the voice's.
+    from avatar.voice import LEAD_FRAMES
+
+    assert chunks[0].phonemes[0][1] <= LEAD_FRAMES * 256 / 22050 + 1e-9
+    model = voice.model
+    from avatar.models.voice import encode
+
+    ids, _ = encode(next(voice.frontend.pieces("Good morning.")).phonemes, model.cfg.marks)
+    _, free = model.synthesise(torch.tensor([ids]), 1.0, 30.0)
+    _, capped = model.synthesise(torch.tensor([ids]), 1.0, 30.0, lead=LEAD_FRAMES)
+    assert free[0] > LEAD_FRAMES and capped[0] == LEAD_FRAMES
+    assert torch.equal(free[1:], capped[1:])
     slow = sum(c.duration for c in voice.speak(text, pace=0.5))
     assert slow > 1.5 * t  # half the pace: about twice as long
 

@@ -217,14 +217,17 @@ class AcousticModel(nn.Module):
         return mel, {"voice/mel": mel_loss, "voice/prior": prior, "voice/duration": dur_loss}
 
     @torch.inference_mode()
-    def synthesise(self, tokens: torch.Tensor, pace: float = 1.0, scale: float = 1.0
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def synthesise(self, tokens: torch.Tensor, pace: float = 1.0, scale: float = 1.0,
+                   lead: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (1, N) -> normalised mel (n_mels, T) and frames per symbol (N,).
-        ``pace`` > 1 speaks faster; ``scale`` is the voice's duration calibration."""
+        ``pace`` > 1 speaks faster; ``scale`` is the voice's duration calibration; ``lead``
+        caps the frames of the first symbol (the silence before the first word)."""
         xm = torch.ones(1, 1, tokens.shape[1], device=tokens.device)
         h, mu = self.encoder(tokens, xm)
         frames = torch.clamp(torch.round(torch.expm1(self.duration(h, xm)[0]) * scale / pace),
                              min=1)
+        if lead is not None:
+            frames[0] = frames[0].clamp(max=max(1, lead))
         idx = torch.repeat_interleave(torch.arange(tokens.shape[1], device=tokens.device),
                                       frames.long())
         h_up, mu_up = h[:, :, idx], mu[:, :, idx]
