@@ -72,24 +72,29 @@ own lead-in, which the voice learns (a quarter of a second before some GRID sent
 only delay in a live answer. Pauses between sentences are kept as learned."""
 
 FIRST_CHUNK_FRAMES = 24
-"""About 0.28 s: the first audio of each piece; later chunks double in length."""
+"""About 0.28 s: the first audio of each piece."""
+LATER_CHUNK_FRAMES = 400
+"""About 4.6 s: the rest of a piece in chunks this long. Each cut costs the vocoder its
+context twice over (48 frames), so the rest is made in as few chunks as latency allows:
+vocoding 4.6 s takes a few dozen milliseconds here, well within the first chunk's 0.28 s."""
 
 
-def chunk_spans(ends: np.ndarray, first: int = FIRST_CHUNK_FRAMES) -> list[tuple[int, int]]:
+def chunk_spans(ends: np.ndarray, first: int = FIRST_CHUNK_FRAMES,
+                later: int = LATER_CHUNK_FRAMES) -> list[tuple[int, int]]:
     """Frame spans that cut a piece's mel into chunks at symbol boundaries (``ends``: each
-    symbol's last frame + 1), the first about ``first`` frames and each next one twice the
-    last, a short tail joined to the chunk before it. Vocoding the first chunk alone lets
-    its audio leave long before the whole sentence is vocoded, without cutting the sentence
-    itself (each piece is spoken as one utterance, one intonation)."""
+    symbol's last frame + 1): the first about ``first`` frames, the others about ``later``,
+    a short tail joined to the chunk before it. Vocoding the first chunk alone lets its
+    audio leave long before the whole sentence is vocoded, without cutting the sentence
+    itself (each piece is spoken as one utterance, with one intonation)."""
     total = int(ends[-1]) if len(ends) else 0
     spans, pos, size = [], 0, first
     while pos < total:
-        later = ends[ends >= pos + size]
-        cut = int(later[0]) if len(later) else total
-        if total - cut < size // 2:
-            cut = total
+        beyond = ends[ends >= pos + size]
+        cut = int(beyond[0]) if len(beyond) else total
+        if spans and total - cut < later // 2:
+            cut = total  # a short tail joins the chunk before it (never the first chunk)
         spans.append((pos, cut))
-        pos, size = cut, size * 2
+        pos, size = cut, later
     return spans
 
 

@@ -310,17 +310,16 @@ def test_vocoder_segments_join_into_the_whole() -> None:
     assert not torch.allclose(short, whole[40 * 256: 130 * 256], atol=1e-5)
 
 
-def test_chunk_spans_start_short_double_and_cut_at_symbols() -> None:
+def test_chunk_spans_start_short_and_cut_at_symbols() -> None:
     from avatar.voice import chunk_spans
 
     ends = np.cumsum(np.full(100, 5))  # 100 symbols of 5 frames
-    spans = chunk_spans(ends, first=24)
-    assert spans[0] == (0, 25) and spans[1] == (25, 75)
-    assert spans[-1][1] == 500 and all(b == c for (_, b), (c, _) in zip(spans, spans[1:],
-                                                                        strict=False))
-    assert all(b % 5 == 0 for _, b in spans)
-    assert [b - a for a, b in spans] == [25, 50, 100, 195, 130]
-    assert chunk_spans(np.array([3, 10])) == [(0, 10)]  # shorter than a chunk: one
+    spans = chunk_spans(ends, first=24, later=100)
+    assert spans == [(0, 25), (25, 125), (125, 225), (225, 325), (325, 425), (425, 500)]
+    assert chunk_spans(ends[:54], first=24, later=100) == [(0, 25), (25, 125), (125, 270)]
+    assert chunk_spans(ends, first=24, later=400) == [(0, 25), (25, 500)]
+    assert chunk_spans(np.array([3, 10])) == [(0, 10)]  # shorter than a first chunk: one
+    assert chunk_spans(np.array([20, 30])) == [(0, 30)]
 
 
 def test_teacher_forced_mels_line_up_with_their_recordings(bundle: Path) -> None:
