@@ -2,7 +2,7 @@
 
 ``Voice.speak`` is a generator: the text frontend cuts the text into pieces (sentences, the
 first one at a clause where it is long), each piece's mel is made at once and vocoded in
-chunks, the first a quarter of a second, each yielded as soon as it is ready with its place
+chunks, the first about half a second, each yielded as soon as it is ready with its place
 in time and the timing of its phoneme symbols, so a caller can start playing (and the face
 can start moving) while the rest is still being made.
 """
@@ -71,8 +71,11 @@ LEAD_FRAMES = 2
 own lead-in, which the voice learns (a quarter of a second before some GRID sentences), is
 only delay in a live answer. Pauses between sentences are kept as learned."""
 
-FIRST_CHUNK_FRAMES = 24
-"""About 0.28 s: the first audio of each piece."""
+FIRST_CHUNK_FRAMES = 48
+"""About 0.56 s: the first audio of each piece. A video frame needs 0.23 s of audio past
+its centre (the face model's window), so this lets the first eight frames of speech be
+rendered from the first chunk alone while the rest is vocoded; a 0.28-s first chunk left
+the second frame waiting on the rest, and two busy sessions showed more late frames."""
 LATER_CHUNK_FRAMES = 400
 """About 4.6 s: the rest of a piece in chunks this long. Each cut costs the vocoder its
 context twice over (48 frames), so the rest is made in as few chunks as latency allows:
