@@ -74,12 +74,12 @@ only delay in a live answer. Pauses between sentences are kept as learned."""
 FIRST_CHUNK_FRAMES = 48
 """About 0.56 s: the first audio of each piece. A video frame needs 0.23 s of audio past
 its centre (the face model's window), so this lets the first eight frames of speech be
-rendered from the first chunk alone while the rest is vocoded; a 0.28-s first chunk left
-the second frame waiting on the rest, and two busy sessions showed more late frames."""
+rendered from the first chunk alone while the rest is vocoded (with a 0.28-s first chunk
+the second frame already waited on the rest)."""
 LATER_CHUNK_FRAMES = 400
 """About 4.6 s: the rest of a piece in chunks this long. Each cut costs the vocoder its
 context twice over (48 frames), so the rest is made in as few chunks as latency allows:
-vocoding 4.6 s takes a few dozen milliseconds here, well within the first chunk's 0.28 s."""
+vocoding 4.6 s takes a few dozen milliseconds here, well within the first chunk's 0.56 s."""
 
 
 def chunk_spans(ends: np.ndarray, first: int = FIRST_CHUNK_FRAMES,
