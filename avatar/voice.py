@@ -66,10 +66,13 @@ class _TrainedVocoder:
         return self.model.segment(log_mel, a, b).cpu().numpy().astype(np.float32)
 
 
-LEAD_FRAMES = 2
-"""Frames of silence (about 23 ms) before the first word of what is said: the recordings'
-own lead-in, which the voice learns (a quarter of a second before some GRID sentences), is
-only delay in a live answer. Pauses between sentences are kept as learned."""
+LEAD_FRAMES = 6
+"""Frames of silence (about 70 ms) at most before the first word of what is said: the
+recordings' own lead-in, which the voice learns (a quarter of a second before some GRID
+sentences), is only delay in a live answer. Pauses between sentences are kept as learned.
+Two frames (23 ms) moved the first moving mouth another ~100 ms earlier in ``bench serve``
+but left two sessions with more late frames (median 1.5 % over nine runs, against 0.4-0.8 %
+with six frames or none), for a reason not yet found."""
 
 FIRST_CHUNK_FRAMES = 48
 """About 0.56 s: the first audio of each piece. A video frame needs 0.23 s of audio past
