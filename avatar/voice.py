@@ -71,8 +71,8 @@ LEAD_FRAMES = 6
 recordings' own lead-in, which the voice learns (a quarter of a second before some GRID
 sentences), is only delay in a live answer. Pauses between sentences are kept as learned.
 Two frames (23 ms) moved the first moving mouth another ~100 ms earlier in ``bench serve``
-but left two sessions with more late frames (median 1.5 % over nine runs, against 0.4-0.8 %
-with six frames or none), for a reason not yet found."""
+but left two sessions with more late frames (median 1.5 % over nine runs, against 0.6 % over
+four with six frames and 0.8 % over five with no cap), for a reason not yet found."""
 
 FIRST_CHUNK_FRAMES = 48
 """About 0.56 s: the first audio of each piece. A video frame needs 0.23 s of audio past
@@ -202,13 +202,14 @@ class Voice:
             streamable = isinstance(self.vocoder, _TrainedVocoder)
             # Griffin-Lim finds its phase over the whole piece at once: one chunk.
             spans = chunk_spans(ends) if streamable else [(0, int(ends[-1]))]
+            rel = ends - n  # each symbol's first frame
             for k, (a, b) in enumerate(spans):
                 audio = (self.vocoder.segment(log_mel, a, b) if streamable
                          else self.vocoder(log_mel))
                 start = t - a * frame_s  # the piece's start on the utterance's clock
-                timing = [(symbol_of(i), start + float(e - d) * frame_s, start + float(e) * frame_s)
-                          for i, d, e in zip(ids, n, ends, strict=True)
-                          if symbol_of(i) != " " and a <= e - d < b]
+                timing = [(symbol_of(i), start + float(s0) * frame_s, start + float(e) * frame_s)
+                          for i, s0, e in zip(ids, rel, ends, strict=True)
+                          if symbol_of(i) != " " and a <= s0 < b]
                 chunk = AudioChunk(audio, self.spec.rate, t, piece.text if k == 0 else "",
                                    timing)
                 t += chunk.duration

@@ -110,18 +110,25 @@ def _mouth_openings(frames: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+LOUD_RMS = 0.01
+"""Received audio louder than this (RMS of a 20 ms frame) counts as sound."""
+MOVING_MARGIN = 0.02
+"""A mouth opening this far beyond the widest idle opening counts as moving."""
+
+
 def av_lag(vt: np.ndarray, opening: np.ndarray, at: np.ndarray, rms: np.ndarray,
            rest: float, reach: int = 8) -> int:
     """Video frames by which the mouth's movement trails the sound (negative: leads): the
     lag that best lines up *when* there is sound (loud audio) with when the mouth moves
-    (opening beyond ``rest`` + 0.02), over all of a client's sentences, their starts, ends
-    and interruptions. Loudness against the opening's size was tried first and does not
+    (opening beyond ``rest`` + ``MOVING_MARGIN``), over all of a client's sentences, their
+    starts, ends and interruptions. Loudness against the opening's size was tried first and does not
     work: within speech the two are weakly related (the mouth is shut on /m/, open on
     vowels of any loudness), and on an offline render, in sync by construction, it picked
     +5 frames; on the same render this one finds 0, and a video delayed by 1-3 frames (or
     advanced by 2) shows as exactly that."""
-    loud = (np.interp(vt, at, rms) > 0.01).astype(float) if len(at) > 1 else np.zeros(len(vt))
-    moving = (np.nan_to_num(opening, nan=0.0) > rest + 0.02).astype(float)
+    loud = (np.interp(vt, at, rms) > LOUD_RMS).astype(float) if len(at) > 1 else \
+        np.zeros(len(vt))
+    moving = (np.nan_to_num(opening, nan=0.0) > rest + MOVING_MARGIN).astype(float)
     best, best_r = 0, -2.0
     for lag in range(-reach, reach + 1):  # positive = mouth after sound
         x = loud[: len(loud) - lag] if lag >= 0 else loud[-lag:]
@@ -146,12 +153,12 @@ def _analyse(logs: list[ClientLog]) -> dict:
         idle = opening[: max(1, int(np.searchsorted(vt, c.says[0])))]
         rest = np.nanmax(idle) if np.isfinite(idle).any() else 0.0
         intervals += list(np.diff(vt) * 1000)
-        loud = rms > 0.01
+        loud = rms > LOUD_RMS
         for s in c.says:
             a = np.nonzero((at > s) & loud)[0]
             if len(a):
                 first_audio.append((at[a[0]] - s) * 1000)
-            moving = np.nan_to_num(opening, nan=0.0) > rest + 0.02
+            moving = np.nan_to_num(opening, nan=0.0) > rest + MOVING_MARGIN
             both = moving & np.r_[moving[1:], False]
             v = np.nonzero((vt > s) & both)[0]
             if len(v):

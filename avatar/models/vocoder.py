@@ -78,7 +78,6 @@ class Vocoder(nn.Module):
         wav = F.pad(wav, (0, self.cfg.hop))
         return wav.clamp(-1.0, 1.0)
 
-
     @property
     def context(self) -> int:
         """Mel frames either side that reach a frame's samples: the input convolution and

@@ -25,6 +25,8 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyzü012345"
 _IPA = ("ɑɐɒæɓʙβɔɕçɗɖðʤəɘɚɛɜɝɞɟʄɡɠɢʛɦɧħɥʜɨɪʝɭɬɫɮʟɱɯɰŋɳɲɴøɵɸθœɶʘɹɺɾɻʀʁɽʂʃʈʧʉʊʋⱱʌɣɤʍχʎʏʑʐʒʔʡʕʢǀǁǂǃ"
         "ˈˌːˑʼʴʰʱʲʷˠˤ˞↓↑→↗↘ᵻ̩̃")
 SYMBOLS: tuple[str, ...] = tuple(dict.fromkeys(PAD + _PUNCT + _LETTERS + _IPA))
+NOT_PHONES = frozenset(PAD + _PUNCT)
+"""Symbols that are no sound of their own: padding, the word separator, punctuation."""
 
 
 @dataclass(frozen=True)

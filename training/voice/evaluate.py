@@ -312,13 +312,12 @@ Span = tuple[float, float] | None
 def phone_count(frontend: TextFrontend, text: str, marks: bool = True) -> int:
     """Phones the voice's frontend makes of ``text`` (word separators, punctuation and
     stress or length marks not counted)."""
-    from avatar.models.voice import N_SYMBOLS, SYMBOLS, encode
+    from avatar.models.voice import NOT_PHONES, encode, symbol_of
 
-    quiet = set(" ,.!?;:-'\"()_")
     n = 0
     for piece in frontend.pieces(text):
         ids, _ = encode(piece.phonemes, marks)
-        n += sum(SYMBOLS[i % N_SYMBOLS] not in quiet for i in ids)
+        n += sum(symbol_of(i) not in NOT_PHONES for i in ids)
     return n
 
 

@@ -335,7 +335,8 @@ def calibrate_durations(model: AcousticModel, utts: list, device: torch.device,
     """One factor on every predicted duration so that the training sentences, said piece by
     piece as at synthesis, last as long as their recordings. A duration model fitted in the
     log domain predicts geometric means (short), and pieces lose the pauses between them;
-    both make the voice speak too fast without it."""
+    both make the voice speak too fast without it. The runtime's cap on the silence before
+    the first word is left out here: it shortens the lead-in, not the speaking rate."""
     from avatar.models.voice import encode
     from avatar.text.frontend import TextFrontend
 
