@@ -4,6 +4,7 @@ streaming synthesis, ``say``/``render --text``/``bench voice`` and bad text."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -454,3 +455,99 @@ def test_phone_count_leaves_out_separators_punctuation_and_marks() -> None:
     one = phone_count(fe, "cat")
     assert one == 3  # k, a, t: no stress mark, no word separator
     assert phone_count(fe, "Cat, cat. Cat!") == 3 * one
+
+
+def test_packed_cache_needs_no_text_frontend(bundle: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache packed for a GPU machine (no phonemizer, no espeak-ng there) gives training
+    the same utterances, pieces included, without building a text frontend."""
+    from training.voice import data
+    from training.voice.pack import pack
+
+    packed = pack(bundle.parent.parent, tmp_path / "p")
+    assert packed == tmp_path / "p" / "voice_features"
+    assert not list(packed.rglob("crops")) and not list(packed.rglob("frames.npz"))
+    src = data.load_utterances(bundle.parent.parent / "features", marks=True)
+
+    class NoFrontend:
+        def __init__(self, *args: object, **kwargs: object):
+            raise AssertionError("a packed cache should need no text frontend")
+
+    monkeypatch.setattr(data, "TextFrontend", NoFrontend)
+    got = data.load_utterances(packed, marks=True)
+    assert [u.text for u in got] == [u.text for u in src] and got
+    for a, b in zip(src, got, strict=True):
+        assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.mel, b.mel)
+        assert a.first_frame == b.first_frame and b.audio is not None and b.audio.exists()
+        assert len(a.pieces) == len(b.pieces) >= 1
+        assert all(np.array_equal(p, q) for p, q in zip(a.pieces, b.pieces, strict=True))
+    with pytest.raises(AssertionError, match="no text frontend"):
+        data.load_utterances(bundle.parent.parent / "features", marks=True)
+
+
+def test_voice_stages_train_side_by_side_then_finish(bundle: Path, tmp_path: Path) -> None:
+    """``train voice --only acoustic`` and ``--only vocoder`` at once, then a run without
+    ``--only`` that resumes both (training no further), adapts the vocoder and writes a
+    voice-only bundle where the workdir has none."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from training.voice.pack import pack
+
+    work = tmp_path / "p"
+    pack(bundle.parent.parent, work)
+    caps = ("--preset", "cpu", "--max-minutes", "0.05", "--vocoder-minutes", "0.05")
+    with ThreadPoolExecutor(2) as ex:
+        acoustic, vocoder = ex.map(lambda stage: run_cli("train", "voice", work, *caps,
+                                                         "--only", stage),
+                                   ("acoustic", "vocoder"))
+    assert acoustic.returncode == 0, acoustic.stderr
+    assert vocoder.returncode == 0, vocoder.stderr
+    assert "vocoder" not in acoustic.stderr.replace("--only", "")
+    assert "voice training" not in vocoder.stderr
+    assert (work / "voice" / "checkpoint.pt").exists() and (work / "voice" / "vocoder.pt").exists()
+    assert not (work / "avatars").exists()
+    steps = torch.load(work / "voice" / "checkpoint.pt", weights_only=True)["step"]
+    done = run_cli("train", "voice", work, *caps, "--name", "reader")
+    assert done.returncode == 0, done.stderr
+    assert "resuming voice training" in done.stderr
+    assert "resuming vocoder training" in done.stderr and "holds no avatar bundle" in done.stderr
+    manifest = json.loads((work / "avatars" / "reader" / "manifest.json").read_text())
+    assert "head" not in manifest and manifest["voice"]["steps"] == steps
+    assert manifest["voice"]["vocoder"]["kind"] == "vocos"
+    assert manifest["voice"]["vocoder"]["adapt_steps"] > 0
+    out = tmp_path / "a.wav"
+    assert run_cli("say", work / "avatars" / "reader", "Hello.", "-o", out).returncode == 0
+    # The ci preset synthesises with Griffin-Lim: it has no vocoder to train alone.
+    proc = run_cli("train", "voice", work, "--preset", "ci", "--only", "vocoder")
+    assert proc.returncode == 2 and "no trained vocoder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_voice_weights_can_travel_in_half_precision(bundle: Path, tmp_path: Path) -> None:
+    """scripts/half_voice.py (what the voice GPU check brings back): float16 weights, the
+    manifest's digests rewritten, and the voice still loads and speaks nearly the same."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from avatar.voice import Voice
+    from tests.conftest import ROOT
+
+    half = tmp_path / "half"
+    shutil.copytree(bundle, half)
+    proc = subprocess.run([sys.executable, "scripts/half_voice.py", str(half)], cwd=ROOT,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((half / "manifest.json").read_text())
+    assert manifest["voice"]["weights"] == "float16"
+    weights = load_file(str(half / manifest["voice"]["file"]))
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
+    text = "The weights travelled in half precision."
+    said = []
+    for b in (bundle, half):
+        torch.manual_seed(0)  # Griffin-Lim (the ci voice's vocoder) starts from random phases
+        said.append(Voice.load(b).say(text))
+    a, b = said
+    assert len(a) == len(b) and np.sum((a - b) ** 2) < 1e-3 * np.sum(a ** 2)

@@ -135,33 +135,48 @@ def _has_text(features_dir: Path) -> bool:
 
 
 def train_voice_stage(workdir: Path, preset: str, device: str = "cpu",
-                      name: str | None = None, max_minutes: float | None = None) -> dict:
+                      name: str | None = None, max_minutes: float | None = None,
+                      only: str | None = None, vocoder_minutes: float | None = None
+                      ) -> dict:
     """``twincast train voice``: train (or resume) the voice on an existing enrolment cache
-    and put it into the enrolment's avatar bundle."""
+    and put it into the enrolment's avatar bundle, or into a new voice-only bundle
+    (WORKDIR/avatars/NAME) where WORKDIR has none (a cache packed for another machine).
+    ``only``: train that stage alone and export nothing (see ``train_voice``)."""
     import dataclasses
 
-    from training.voice.export import add_voice
+    from training.voice.export import add_voice, export_voice_bundle
     from training.voice.train import train_voice, voice_preset
 
     cfg = voice_preset(preset)
     if max_minutes is not None:
         cfg = dataclasses.replace(cfg, max_minutes=max_minutes)
-    bundles = sorted(p.parent for p in (workdir / "avatars").glob("*/manifest.json"))
-    if name:
-        bundles = [b for b in bundles if b.name == name]
-    if len(bundles) != 1:
-        raise path_error(workdir / "avatars", "holds no avatar bundle to add the voice to; "
-                         "run 'twincast train head' first" if not bundles else
-                         "holds several bundles; say which with --name")
+    if vocoder_minutes is not None and cfg.vocoder is not None:
+        cfg = dataclasses.replace(cfg, vocoder=dataclasses.replace(
+            cfg.vocoder, max_minutes=min(cfg.vocoder.max_minutes, vocoder_minutes),
+            adapt_minutes=min(cfg.vocoder.adapt_minutes, vocoder_minutes)))
+    every = sorted(p.parent for p in (workdir / "avatars").glob("*/manifest.json"))
+    bundles = [b for b in every if not name or b.name == name]
+    if len(bundles) > 1:
+        raise path_error(workdir / "avatars", "holds several bundles; say which with --name")
+    if every and not bundles:
+        raise path_error(workdir / "avatars", f"holds no bundle named {name!r} (it has "
+                         f"{', '.join(b.name for b in every)})")
     from training.voice.features import voice_sources
 
     sources = [d for d in voice_sources(workdir) if _has_text(d)]
     if not sources:
         raise TwincastError(f"{workdir}: no utterance has a transcript, so there is "
                             "nothing to learn a voice from; enrol with --transcript")
-    voice = train_voice(sources, workdir / "voice", cfg, device=device)
-    add_voice(bundles[0], voice, preset)
-    return {"bundle": bundles[0], "voice_seconds": voice.seconds}
+    voice = train_voice(sources, workdir / "voice", cfg, device=device, only=only)
+    if voice is None:
+        return {"bundle": None, "voice_seconds": 0.0}
+    if bundles:
+        add_voice(bundles[0], voice, preset)
+        return {"bundle": bundles[0], "voice_seconds": voice.seconds}
+    out = workdir / "avatars" / (name or _default_name([workdir]))
+    log.info("%s holds no avatar bundle: writing a voice-only one", workdir / "avatars")
+    export_voice_bundle(voice, out, out.name, preset)
+    return {"bundle": out, "voice_seconds": voice.seconds}
 
 
 def _default_name(footage: Sequence[Path]) -> str:

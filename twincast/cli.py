@@ -103,8 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     tv.add_argument("workdir", type=Path)
     tv.add_argument("--preset", choices=("ci", "cpu", "gpu"), default="cpu")
     tv.add_argument("--device", default="cpu")
-    tv.add_argument("--name", help="which bundle in WORKDIR/avatars (if several)")
-    tv.add_argument("--max-minutes", type=_positive, help="cap the training's wall time")
+    tv.add_argument("--name", help="which bundle in WORKDIR/avatars (if several), or the "
+                    "name of a new voice-only one (where there is none)")
+    tv.add_argument("--max-minutes", type=_positive,
+                    help="cap the acoustic model's wall time (the vocoder has its own)")
+    tv.add_argument("--vocoder-minutes", type=_positive,
+                    help="cap each of the vocoder's two stages' wall time")
+    tv.add_argument("--only", choices=("acoustic", "vocoder"),
+                    help="train one stage alone and export nothing: run one process of each "
+                    "side by side, then once more without --only to finish and export")
     tv.set_defaults(func=cmd_train_voice)
 
     sy = sub.add_parser("say", help="speak text in the avatar's voice to a .wav file")
@@ -375,8 +382,13 @@ def cmd_train_voice(args: argparse.Namespace) -> int:
     from training.enrol import train_voice_stage
 
     out = train_voice_stage(args.workdir, args.preset, args.device, args.name,
-                            max_minutes=args.max_minutes)
-    log.info("voice added to %s (trained in %.0f s)", out["bundle"], out["voice_seconds"])
+                            max_minutes=args.max_minutes, only=args.only,
+                            vocoder_minutes=args.vocoder_minutes)
+    if out["bundle"] is None:
+        log.info("voice: the %s stage is trained; run again without --only to finish",
+                 args.only)
+    else:
+        log.info("voice added to %s (trained in %.0f s)", out["bundle"], out["voice_seconds"])
     return 0
 
 

@@ -1,5 +1,8 @@
 """Training data for the voice, read from the enrolment cache: every utterance with text,
-as symbol ids (from the runtime's own text frontend) and its 22.05 kHz log-mel frames."""
+as symbol ids (from the runtime's own text frontend) and its 22.05 kHz log-mel frames.
+
+A cache packed for another machine (``training.voice.pack``) carries each utterance's
+phonemes already, so training there needs no phonemizer or espeak-ng."""
 
 from __future__ import annotations
 
@@ -33,6 +36,14 @@ class Utterance:
     """The clip's 22.05 kHz recording in the cache (the vocoder's adaptation reads it)."""
     first_frame: int = 0
     """Where ``mel`` starts in that recording, in frames of ``hop`` samples."""
+    pieces: tuple[np.ndarray, ...] = ()
+    """Symbol ids of each piece the runtime says the text in (``TextFrontend.pieces``):
+    the speaking-rate calibration synthesises the text as the runtime would."""
+
+
+def utterance_phonemes(frontend: TextFrontend, text: str) -> list[str]:
+    """The phonemes of each piece ``text`` is said in (what a packed cache stores)."""
+    return [p.phonemes for p in frontend.pieces(text)]
 
 
 def load_utterances(features_dir: Path, rate: int = 22050, hop: int = 256,
@@ -52,7 +63,6 @@ def load_utterances(features_dir: Path, rate: int = 22050, hop: int = 256,
     if not rows:
         raise TwincastError(f"{features_dir}: no utterance has a transcript; the voice "
                             "learns from text with its audio (pass --transcript to enrol)")
-    frontend = frontend or TextFrontend()
     mels: dict[str, np.ndarray] = {}
     out: list[Utterance] = []
     unknown: set[str] = set()
@@ -69,13 +79,17 @@ def load_utterances(features_dir: Path, rate: int = 22050, hop: int = 256,
             mel = mels[clip]
             a = max(0, int((r["start"] - PAD_SECONDS) * rate / hop))
             b = min(mel.shape[1], int(np.ceil((r["end"] + PAD_SECONDS) * rate / hop)))
-            phonemes = " ".join(p.phonemes for p in frontend.pieces(r["text"]))
-            ids, unk = encode(phonemes, marks)
+            said = r.get("phonemes")
+            if said is None:
+                frontend = frontend or TextFrontend()
+                said = utterance_phonemes(frontend, r["text"])
+            ids, unk = encode(" ".join(said), marks)
             unknown |= unk
             if b - a >= len(ids):  # the alignment needs a frame per symbol
+                pieces = tuple(np.array(encode(p, marks)[0], np.int64) for p in said)
                 out.append(Utterance(f"{clip}@{r['start']}", r["text"],
                                      np.array(ids, np.int64), mel[:, a:b].copy(),
-                                     dirs[clip] / "audio22k.wav", a))
+                                     dirs[clip] / "audio22k.wav", a, pieces))
             pb.update(1)
     if unknown:
         log.warning("phoneme symbols outside the voice's table were dropped: %s",

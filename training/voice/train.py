@@ -20,6 +20,7 @@ import torch
 
 from avatar import atomic
 from avatar.devices import compute_dtype
+from avatar.errors import TwincastError
 from avatar.models.vocoder import VocoderConfig
 from avatar.models.voice import VOICE_PRESETS, AcousticModel, VoiceConfig
 from training.progress import bar
@@ -165,14 +166,31 @@ def train_step(state: VoiceState, batcher: Batcher, mean: np.ndarray, std: np.nd
     return {k: float(v.detach()) for k, v in losses.items()}
 
 
+STAGES = ("acoustic", "vocoder")
+"""Stages that can be trained alone (``train_voice(only=...)``)."""
+
+
 def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainConfig,
-                device: str = "cpu") -> TrainedVoice:
+                device: str = "cpu", only: str | None = None) -> TrainedVoice | None:
     """Train (or resume) in ``out_dir`` on the utterances of one or more enrolment caches
     (a video enrolment's ``features``, a voice-only ``voice_features``): writes
-    checkpoint.pt, history.json, curves.png."""
+    checkpoint.pt, history.json, curves.png.
+
+    ``only`` (one of STAGES) trains that stage alone and returns None: the acoustic model
+    and the vocoder's first stage are independent, so two processes can train them side by
+    side (on one GPU, which neither fills); a later call without ``only`` resumes both,
+    already finished, then adapts the vocoder, calibrates and returns the voice."""
+    if only not in (None, *STAGES):
+        raise ValueError(f"unknown stage {only!r}")
     dev = training_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     dirs = [sources] if isinstance(sources, Path) else list(sources)
+    if only == "vocoder":
+        if cfg.vocoder is None:
+            raise TwincastError("this preset has no trained vocoder (it synthesises with "
+                                "Griffin-Lim); train its acoustic model alone or all of it")
+        train_vocoder(dirs, out_dir, cfg.vocoder, dev)
+        return None
     utts = sorted((u for d in dirs for u in load_utterances(d, marks=cfg.model.marks)),
                   key=lambda u: -u.mel.shape[1])
     ckpt = out_dir / "checkpoint.pt"
@@ -242,6 +260,8 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     if held:
         log.info("voice: lowest held-out loss %.3f at step %d of %d", state.best_loss,
                  state.best_step, state.step)
+    if only == "acoustic":
+        return None
     vocoder = None
     if cfg.vocoder is not None:
         vocoder = train_vocoder(dirs, out_dir, cfg.vocoder, dev)
@@ -337,16 +357,11 @@ def calibrate_durations(model: AcousticModel, utts: list, device: torch.device,
     log domain predicts geometric means (short), and pieces lose the pauses between them;
     both make the voice speak too fast without it. The runtime's cap on the silence before
     the first word is left out here: it shortens the lead-in, not the speaking rate."""
-    from avatar.models.voice import encode
-    from avatar.text.frontend import TextFrontend
-
-    frontend = TextFrontend()
     model.eval()
     real = synth = 0.0
     for u in utts[:limit]:
-        for piece in frontend.pieces(u.text):
-            ids, _ = encode(piece.phonemes, model.cfg.marks)
-            _, frames = model.synthesise(torch.tensor([ids], device=device))
+        for ids in u.pieces:
+            _, frames = model.synthesise(torch.from_numpy(ids)[None].to(device))
             synth += float(frames.sum())
         real += u.mel.shape[1] - 2 * PAD_FRAMES
     return float(np.clip(real / max(synth, 1.0), 0.5, 2.5))
