@@ -130,6 +130,11 @@ class Avatar:
         n = int(np.ceil(len(audio16k) / 16000 * self.fps))
         return mel_windows(log_mel(audio16k), n, self.fps, self.mel_frames)
 
+    def silent_requests(self, n: int) -> list[FrameRequest]:
+        """``n`` requests of silence over the first idle frames (to warm a renderer up)."""
+        window = self.mel_windows(np.zeros(16000 // self.fps, np.float32))[0]
+        return [FrameRequest(idle_index=i, mel=window) for i in range(n)]
+
     def over(self, frames: list[np.ndarray], crop_affines: np.ndarray) -> Avatar:
         """The same avatar standing in other footage (frames with their crop transforms):
         for evaluation over held-out frames. Shares the model; nothing is copied."""

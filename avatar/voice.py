@@ -66,13 +66,14 @@ class _TrainedVocoder:
         return self.model.segment(log_mel, a, b).cpu().numpy().astype(np.float32)
 
 
-LEAD_FRAMES = 6
-"""Frames of silence (about 70 ms) at most before the first word of what is said: the
-recordings' own lead-in, which the voice learns (a quarter of a second before some GRID
-sentences), is only delay in a live answer. Pauses between sentences are kept as learned.
-Two frames (23 ms) moved the first moving mouth another ~100 ms earlier in ``bench serve``
-but left two sessions with more late frames (median 1.5 % over nine runs, against 0.6 % over
-four with six frames and 0.8 % over five with no cap), for a reason not yet found."""
+LEAD_FRAMES = 2
+"""Frames of silence (23 ms) at most before the first word of what is said: the recordings'
+own lead-in, which the voice learns (a quarter of a second before some GRID sentences), is
+only delay in a live answer. Pauses between sentences are kept as learned. In ``bench serve``
+(GRID voice, three runs each) the first moving mouth came at a median of 258-277 ms against
+326-333 ms with six frames. Two frames once seemed to cost two sessions late frames; the
+cause was the renderer's first calls at each batch size, not the lead-in (see
+``Scheduler.warm_up``): with the warm-up, 0.42 % late with two frames and 0.08-0.38 % with six."""
 
 FIRST_CHUNK_FRAMES = 48
 """About 0.56 s: the first audio of each piece. A video frame needs 0.23 s of audio past

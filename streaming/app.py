@@ -102,6 +102,7 @@ class Server:
                 log.warning("avatar %s: %s; it can only be driven by audio", name, e)
                 self.voices[name] = None
         self.scheduler = Scheduler(lanes, SchedulerConfig(max_batch=self.cfg.max_batch))
+        self.scheduler.warm_up(lambda name, n: self.avatars[name].silent_requests(n))
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.cfg.max_body_bytes,

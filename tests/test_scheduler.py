@@ -153,3 +153,39 @@ def test_cost_model_learns_fixed_and_per_frame_parts() -> None:
 def test_lanes_must_hold_the_same_avatars() -> None:
     with pytest.raises(ValueError, match="same avatars"):
         Scheduler([Lane("a", {"x": FakeRenderer()}), Lane("b", {"y": FakeRenderer()})])
+
+
+class FirstCallSlowRenderer:
+    """2 ms + 1 ms a frame, and 30 ms more the first time a batch size is seen (as oneDNN
+    plans kernels for each new shape)."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def render(self, requests: list[FrameRequest]) -> list[np.ndarray]:
+        n = len(requests)
+        time.sleep(0.002 + 0.001 * n + (0.03 if n not in self.sizes else 0.0))
+        self.sizes.append(n)
+        return [np.zeros((2, 2, 3), np.uint8) for _ in requests]
+
+
+def test_warm_up_renders_every_batch_size_and_times_the_second_pass() -> None:
+    renderers = [FirstCallSlowRenderer(), FirstCallSlowRenderer()]
+    lanes = [Lane(f"cpu{i}", {"a": r}, Cost(fixed=0.01, per_frame=0.01))
+             for i, r in enumerate(renderers)]
+    sch = Scheduler(lanes, SchedulerConfig(max_batch=64))
+    asked: list[tuple[str, int]] = []
+
+    def requests(avatar: str, n: int) -> list[FrameRequest]:
+        asked.append((avatar, n))
+        return [req("warm", 0.0, i) for i in range(n)]
+
+    sch.warm_up(requests)
+    sizes = [*range(1, 17), 32, 64]
+    for r in renderers:  # each size twice, on every lane
+        assert sorted(set(r.sizes)) == sizes and all(r.sizes.count(n) == 2 for n in sizes)
+    assert {n for _, n in asked} == set(sizes) and {a for a, _ in asked} == {"a"}
+    for lane in lanes:
+        # The second pass's timings, not the first calls' 30 ms, nor the initial guess.
+        assert lane.cost.predict(1) < 0.012
+        assert lane.cost.predict(64) == pytest.approx(0.002 + 0.064, rel=0.3)

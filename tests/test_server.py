@@ -34,6 +34,22 @@ async def _connect(http, url: str):  # noqa: ANN001, ANN202
     return v.pc, v.tracks, v.location
 
 
+def test_load_warms_the_renderers_up(bundle: Path) -> None:
+    """Before any session, each lane has rendered every batch size and measured its cost
+    (the scheduler's initial guess is 10 ms + 10 ms a frame); none of it counts as frames
+    served."""
+    from streaming.app import Server, ServerConfig
+    from streaming.scheduler import Cost
+
+    srv = Server({"presenter": bundle}, ServerConfig(devices=("cpu", "cpu"), max_batch=4))
+    srv.load()
+    guess = Cost()
+    assert len(srv.scheduler.lanes) == 2
+    for lane in srv.scheduler.lanes:
+        assert lane.cost.predict(4) != guess.predict(4) and lane.cost.predict(1) < 0.5
+        assert lane.stats.frames == 0 and lane.stats.batches == 0
+
+
 def test_session_end_to_end(server) -> None:  # noqa: ANN001
     url, srv = server
 
