@@ -7,7 +7,11 @@
 #   .venv/bin/python -m training.voice.pack build/lj8 gpu/voice_lj      # ~41 MB
 #   .venv/bin/python -m training.voice.pack build/grid gpu/voice_grid   # ~14 MB
 #   (gpu/ is git-ignored: name gpu/voice_lj and gpu/voice_grid in the device tool's `carry`.)
-# Run there:  bash scripts/gpu_voice_check.sh     (about 8.5 minutes with MINUTES=6)
+# Run there:  bash scripts/gpu_voice_check.sh
+#   Not yet run on a GPU. Budgeted at about 8.5 minutes with MINUTES=6: six for the acoustic
+#   models (the vocoders' first stages, capped at 4, run beside them), then each voice's
+#   adaptation (1 minute), calibration and export; give the device call timeout_s 560. The
+#   full gpu preset (9 + 4 + 1 minutes) does not fit one 10-minute call.
 # Both voices train at once. For each, the acoustic model and the vocoder's first stage train
 # side by side in two processes (neither fills the GPU); a third run then resumes both,
 # adapts the vocoder, calibrates the speaking rate and exports a voice-only bundle. The
