@@ -265,7 +265,9 @@ class Session:
         """Worker thread: the voice's chunks go to the event loop as they come."""
         import torch
 
-        # Per thread (an OpenMP setting): the renderer's lane keeps all its threads.
+        # Per thread (an OpenMP setting): the renderer's lane keeps all its threads. The
+        # executor's thread gets its own count back for whatever it runs next.
+        threads = torch.get_num_threads()
         torch.set_num_threads(self.cfg.synthesis_threads)
         try:
             for chunk in self.voice.speak(u.text, u.pace):  # type: ignore[attr-defined]
@@ -277,6 +279,8 @@ class Session:
         except Exception as e:  # noqa: BLE001 - reported as the utterance's error event
             log.exception("synthesis failed in session %s", self.id)
             u.error = f"synthesis failed: {e}"
+        finally:
+            torch.set_num_threads(threads)
         loop.call_soon_threadsafe(u.speech.finish)
 
     def _on_rendered(self, job: Job, frame: np.ndarray | None, status: str) -> None:
