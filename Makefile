@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.twincast-installed
 SAMPLE ?= build/sample
 WORK   ?= build/demo
 
-.PHONY: help setup demo test bench lint clean
+.PHONY: help setup system-deps demo test bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -28,7 +28,10 @@ demo: setup ## synthetic sample -> enrol (ci preset) -> render the avatar speaki
 	$(VENV)/bin/twincast render $(WORK)/avatars/sample --text "Hello, I am the sample's \
 		digital double." -o $(WORK)/demo_text.mp4
 
-test: setup ## run the test suite
+system-deps: ## Debian packages of the browser and livestream tests (chromium, nginx-rtmp)
+	@bash scripts/system-deps.sh
+
+test: setup system-deps ## run the test suite (installs what its tests drive, as CI does)
 	$(PY) -m pytest -q
 
 bench: setup ## measure the features stage on the real GRID clips (prints JSON)

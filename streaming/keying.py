@@ -19,7 +19,7 @@ class Keyer:
         except ImportError:
             raise TwincastError("keyed output needs mediapipe (pip install "
                                 "mediapipe==0.10.21)") from None
-        from training.quiet import native_stderr_silenced
+        from avatar.quiet import native_stderr_silenced
 
         with native_stderr_silenced():
             # Model 1 (landscape, 144x256) is the fast one, made for video calls.

@@ -10,7 +10,7 @@ import sys
 async def main(url: str, token: str) -> None:
     import aiohttp
 
-    from streaming.client import open_session
+    from bench.client import open_session
 
     async with aiohttp.ClientSession() as http:
         viewer = await open_session(http, url, token)

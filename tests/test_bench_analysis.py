@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streaming.bench import av_lag
+from bench.serve import av_lag
 
 
 def _session(shift: int, seed: int = 0) -> tuple[np.ndarray, ...]:

@@ -77,7 +77,7 @@ def test_utterances_have_aligned_text(enrolled: Path) -> None:
 
 
 def test_alignment_matches_grid_timings(enrolled: Path) -> None:
-    from training.bench import bench_align
+    from bench.features import bench_align
 
     res = bench_align(enrolled / "features", GRID / "align")
     assert res["boundaries"] >= 30

@@ -50,7 +50,7 @@ def test_sample_cli_size_and_bad_size(tmp_path: Path) -> None:
 
 
 def test_features_recover_the_sample_truth(sample, tmp_path: Path) -> None:
-    from training.bench import bench_align, compare_sample_truth
+    from bench.features import bench_align, compare_sample_truth
     from training.config import features_preset
     from training.enrol import enrol_features
 

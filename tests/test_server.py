@@ -28,7 +28,7 @@ AUTH = {"Authorization": "Bearer t0ken"}
 
 
 async def _connect(http, url: str):  # noqa: ANN001, ANN202
-    from streaming.client import open_session
+    from bench.client import open_session
 
     v = await open_session(http, url, "t0ken")
     return v.pc, v.tracks, v.location
@@ -89,7 +89,7 @@ def test_microphone_drives_the_avatar(server) -> None:  # noqa: ANN001
     hears it, speaks it with the avatar's mouth and sends it back on the audio track."""
     from aiortc.contrib.media import MediaPlayer
 
-    from streaming.client import open_session
+    from bench.client import open_session
 
     url, srv = server
     clip = sorted((Path(__file__).parents[1] / ".." / "shared" / "data" / "grid_s1" /

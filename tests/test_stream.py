@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streaming.localrtmp import free_port
+from bench.localrtmp import free_port
 
 aiohttp = pytest.importorskip("aiohttp")
 
@@ -31,7 +31,7 @@ idle = 6
 
 @pytest.fixture()
 def nginx(tmp_path):  # noqa: ANN201
-    from streaming.localrtmp import LocalRtmp, available
+    from bench.localrtmp import LocalRtmp, available
 
     if not available():
         pytest.skip("nginx with libnginx-mod-rtmp is not installed (.ci/run installs it)")

@@ -64,7 +64,7 @@ def _sample_truth(path: Path, n: int) -> np.ndarray | None:
 
 def _openings(frames: list[np.ndarray], cfg: FaceConfig, want_affines: bool = False
               ) -> tuple[np.ndarray, np.ndarray | None]:
-    from training.quiet import native_stderr_silenced
+    from avatar.quiet import native_stderr_silenced
 
     with native_stderr_silenced():
         tracker = F.FaceTracker(cfg)

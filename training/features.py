@@ -96,7 +96,7 @@ def _init_worker(q: Any, quiet_native: bool = False) -> None:
     global _progress_queue
     _progress_queue = q
     if quiet_native:
-        from training.quiet import silence_native_stderr_for_good
+        from avatar.quiet import silence_native_stderr_for_good
 
         silence_native_stderr_for_good()
     os.environ.setdefault("GLOG_minloglevel", "2")
@@ -294,7 +294,7 @@ def run_features(jobs: list[ClipJob], features_dir: Path, cfg: FeaturesConfig,
         # training stages ask for a new enrolment instead of learning from it.
         (features_dir / "manifest.json").unlink(missing_ok=True)
         quality.raise_for_gates(report, strict, features_dir)
-    from twincast import __version__
+    from avatar.version import __version__
 
     atomic.write_json(features_dir / "manifest.json", {
         "schema": 1, "tool": f"twincast {__version__}", "fps": cfg.fps,

@@ -1,3 +1,5 @@
 """twincast: a live digital double of one person, learned from their own footage."""
 
-__version__ = "0.1.0"
+from avatar.version import __version__
+
+__all__ = ["__version__"]

@@ -421,7 +421,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_render(args: argparse.Namespace) -> int:
-    from avatar.offline import bench_render
+    from bench.runtime import bench_render
 
     print(json.dumps(bench_render(args.bundle, args.device, _batches(args.batches),
                                          seconds=args.seconds, preset=args.preset,
@@ -430,7 +430,7 @@ def cmd_bench_render(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_stream(args: argparse.Namespace) -> int:
-    from streaming.bench_stream import bench_stream
+    from bench.stream import bench_stream
 
     try:
         sizes = tuple(_size(s.strip()) for s in args.sizes.split(",") if s.strip())
@@ -441,7 +441,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from streaming.bench import bench_serve
+    from bench.serve import bench_serve
 
     if args.sessions < 1 or args.max_batch < 1:
         raise TwincastError("--sessions and --max-batch must be at least 1")
@@ -452,7 +452,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_voice(args: argparse.Namespace) -> int:
-    from avatar.offline import bench_voice
+    from bench.runtime import bench_voice
 
     if args.repeats < 1:
         raise TwincastError(f"--repeats {args.repeats}: must be at least 1")
@@ -461,7 +461,7 @@ def cmd_bench_voice(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_features(args: argparse.Namespace) -> int:
-    from training.bench import bench_features
+    from bench.features import bench_features
 
     result = bench_features(args.footage, _features_config(args.workers),
                             transcript=args.transcript, workdir=args.workdir)
@@ -470,7 +470,7 @@ def cmd_bench_features(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_align(args: argparse.Namespace) -> int:
-    from training.bench import bench_align
+    from bench.features import bench_align
 
     print(json.dumps(bench_align(args.features, args.truth), indent=2))
     return 0

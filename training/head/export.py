@@ -78,7 +78,7 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
 
             voice_section, voice_files = write_voice(voice, tmp, preset)
             files.update(voice_files)
-        from twincast import __version__
+        from avatar.version import __version__
 
         manifest = {
             "schema": SCHEMA_VERSION,

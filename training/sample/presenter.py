@@ -181,7 +181,7 @@ def _detect(img: np.ndarray) -> np.ndarray:
     os.environ.setdefault("GLOG_minloglevel", "2")
     import mediapipe as mp
 
-    from training.quiet import native_stderr_silenced
+    from avatar.quiet import native_stderr_silenced
 
     with native_stderr_silenced(), mp.solutions.face_mesh.FaceMesh(
             static_image_mode=True, refine_landmarks=True, max_num_faces=1) as mesh:

@@ -69,7 +69,7 @@ def export_voice_bundle(voice: TrainedVoice, out: Path, name: str, preset: str) 
     import datetime as dt
 
     from avatar.bundle import KIND, SCHEMA_VERSION
-    from twincast import __version__
+    from avatar.version import __version__
 
     with atomic.atomic_dir(out) as tmp:
         section, files = write_voice(voice, tmp, preset)

@@ -41,7 +41,7 @@ class ClientLog:
 async def _client(url: str, token: str, seconds: float, index: int) -> ClientLog:
     import aiohttp
 
-    from streaming.client import open_session
+    from bench.client import open_session
 
     out = ClientLog()
     auth = {"Authorization": f"Bearer {token}"}
@@ -91,10 +91,10 @@ async def _client(url: str, token: str, seconds: float, index: int) -> ClientLog
     return out
 
 
-def _mouth_openings(frames: list[np.ndarray]) -> np.ndarray:
+def mouth_openings(frames: list[np.ndarray]) -> np.ndarray:
+    from avatar.quiet import native_stderr_silenced
     from training import face as F
     from training.config import FaceConfig
-    from training.quiet import native_stderr_silenced
 
     out = np.full(len(frames), np.nan)
     with native_stderr_silenced():  # MediaPipe's native logging, on its first frames too
@@ -147,7 +147,7 @@ def _analyse(logs: list[ClientLog]) -> dict:
         vt = np.array([t for t, _ in c.video])
         at = np.array([t for t, _ in c.audio])
         rms = np.array([v for _, v in c.audio])
-        opening = _mouth_openings([g for _, g in c.video])
+        opening = mouth_openings([g for _, g in c.video])
         # The idle loop moves the mouth a little too: "moving" means opening beyond the
         # widest idle opening seen before the first sentence, on two frames in a row.
         idle = opening[: max(1, int(np.searchsorted(vt, c.says[0])))]

@@ -1,7 +1,7 @@
 """A stream viewer for ``twincast bench stream``, run in a process of its own so that its
 decoding is not counted in the server's CPU time.
 
-    python -m streaming.rtmp_reader URL OUT.npz SECONDS
+    python -m bench.rtmp_reader URL OUT.npz SECONDS
 
 Writes the arrival time (``time.time()``) and a grey, 640-wide copy of every video frame,
 and the arrival time and loudness of every audio frame."""

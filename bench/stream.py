@@ -62,9 +62,9 @@ def _first_moving(vt: np.ndarray, opening: np.ndarray, says: list[float]) -> lis
 def _one(bundle: Path, size: tuple[int, int], idle_s: float, work: Path) -> dict:
     import aiohttp
 
+    from bench.localrtmp import LocalRtmp
+    from bench.serve import mouth_openings
     from streaming.app import RunningServer, Server, ServerConfig, bundle_names
-    from streaming.bench import _mouth_openings
-    from streaming.localrtmp import LocalRtmp
 
     rtmp = LocalRtmp(work / f"nginx{size[1]}")
     rtmp.start()
@@ -75,7 +75,7 @@ def _one(bundle: Path, size: tuple[int, int], idle_s: float, work: Path) -> dict
     speak_s = 5.0 * len(SENTENCES)
     total = 2.0 + idle_s + speak_s + 2.0
     out = work / f"read{size[1]}.npz"
-    reader = subprocess.Popen([sys.executable, "-m", "streaming.rtmp_reader", url, str(out),
+    reader = subprocess.Popen([sys.executable, "-m", "bench.rtmp_reader", url, str(out),
                                str(total)])
     try:
         time.sleep(1.0)  # the viewer waits on the ingest before the stream starts
@@ -116,7 +116,7 @@ def _one(bundle: Path, size: tuple[int, int], idle_s: float, work: Path) -> dict
         rtmp.kill()
     with np.load(out) as z:
         vt, frames = z["video_t"], list(z["frames"])
-    opening = _mouth_openings(frames)
+    opening = mouth_openings(frames)
     firsts = _first_moving(vt, opening, says)
     return {"size": f"{size[0]}x{size[1]}",
             "cpu_core_s_per_s_idle": round(cpu["cpu"] / cpu["wall"], 3),

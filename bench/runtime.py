@@ -1,0 +1,88 @@
+"""Benchmarks of the runtime: the renderer's frames per second by batch size and the
+voice's real-time factor and first-chunk latency (``twincast bench render|voice``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from avatar.avatar import Avatar, FrameRequest
+from avatar.errors import TwincastError
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+BENCH_SENTENCE = "Please call me back this afternoon when you have read the new report."
+"""Twelve words, as the voice benchmark asks."""
+
+
+def bench_voice(bundle: Path, device: str = "cpu", repeats: int = 7) -> dict:
+    """Real-time factor (synthesis seconds per second of audio, acoustic model and vocoder
+    together) and the latency of the first chunk, medians over ``repeats`` runs."""
+    import torch
+
+    from avatar.voice import Voice
+
+    voice = Voice.load(bundle, device)
+    voice.say("Warm up.")  # first calls load espeak-ng and pick kernels
+    firsts, rtfs = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        audio_s = 0.0
+        for i, chunk in enumerate(voice.speak(BENCH_SENTENCE)):
+            if voice.device.type == "cuda":
+                torch.cuda.synchronize()
+            if i == 0:
+                firsts.append((time.perf_counter() - t0) * 1000)
+            audio_s += chunk.duration
+        rtfs.append((time.perf_counter() - t0) / max(audio_s, 1e-6))
+    return {"device": str(voice.device), "threads": torch.get_num_threads(),
+            "sentence": BENCH_SENTENCE, "rtf": round(float(np.median(rtfs)), 4),
+            "first_chunk_ms": round(float(np.median(firsts)), 1),
+            "audio_seconds": round(audio_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (1, 4, 16, 64),
+                 seconds: float = 3.0, preset: str | None = None,
+                 precision: str = "auto") -> dict:
+    """Frames per second of ``Avatar.render`` (generator and compositing) per batch size.
+    With ``preset``, a fresh model of that preset's size stands in for the bundle's."""
+    import torch
+
+    from avatar.models.head import HEAD_PRESETS
+
+    if preset is not None and preset not in HEAD_PRESETS:
+        raise TwincastError(f"--preset {preset}: choose one of {', '.join(HEAD_PRESETS)}")
+    avatar = Avatar.load(bundle, device, HEAD_PRESETS[preset] if preset else None,
+                         precision)
+    rng = np.random.default_rng(0)
+    # Real speech-like input: mel windows of noise shaped like the training statistics.
+    mel = (avatar.mel_mean + avatar.mel_std * rng.standard_normal(
+        (256, avatar.gen.cfg.mel_bins, avatar.mel_frames))).astype(np.float32)
+    result: dict[str, float] = {}
+    for b in batches:
+        reqs = [FrameRequest(idle_index=i, mel=mel[i % len(mel)]) for i in range(b)]
+        avatar.render(reqs)  # warm-up
+        if avatar.device.type == "cuda":
+            torch.cuda.synchronize()
+        frames, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            avatar.render(reqs)
+            frames += b
+        if avatar.device.type == "cuda":
+            torch.cuda.synchronize()
+        result[str(b)] = round(frames / (time.perf_counter() - t0), 1)
+    w, h = avatar.manifest["frame_size"]
+    return {"device": str(avatar.device), "frame_size": [w, h],
+            "precision": str(avatar.dtype).removeprefix("torch."),
+            "weights": f"untrained {preset} architecture" if preset else "bundle",
+            "model_size": avatar.size, "model_width": avatar.gen.cfg.width,
+            "threads": torch.get_num_threads(), "fps_by_batch": result,
+            "peak_rss_mb": round(peak_rss_mb(), 1)}
