@@ -4,19 +4,56 @@ the model sees the same features in both)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-MEL_RATE = 16000
-MEL_HOP = 160
-"""10 ms: four mel frames per 25 fps video frame."""
-MEL_BINS = 80
+SPEECH_RATE = 16000
+"""The face model's audio, forced alignment and the recognisers work at 16 kHz."""
+VOICE_RATE = 22050
+"""The voice is trained on and speaks at 22.05 kHz (the LJ Speech convention)."""
 
 
-def log_mel(x: np.ndarray, rate: int = MEL_RATE, n_fft: int = 512, win: int = 400,
-            hop: int = MEL_HOP, n_mels: int = MEL_BINS, f_max: float | None = None
-            ) -> np.ndarray:
+@dataclass(frozen=True)
+class MelSpec:
+    """A log-mel spectrogram's settings (slaney mel scale and norm, magnitude, centred)."""
+
+    rate: int
+    n_fft: int
+    hop: int
+    n_mels: int = 80
+    f_max: float | None = None
+    """Top of the mel filterbank; None: half the sample rate."""
+    win: int | None = None
+    """Window length; None: ``n_fft``."""
+
+    def to_dict(self) -> dict:
+        """The voice manifest's form (``win`` only where it differs from ``n_fft``)."""
+        d = {"rate": self.rate, "n_fft": self.n_fft, "hop": self.hop, "n_mels": self.n_mels,
+             "f_max": self.f_max}
+        if self.win is not None:
+            d["win"] = self.win
+        return d
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(n_mels, N) log-mel of mono float audio at ``rate``."""
+        return log_mel(x, self.rate, self.n_fft, self.win or self.n_fft, self.hop,
+                       self.n_mels, self.f_max)
+
+
+FACE_MEL = MelSpec(rate=SPEECH_RATE, n_fft=512, hop=160, n_mels=80, win=400)
+"""What the talking head hears: 10 ms hop, four mel frames per 25 fps video frame (the
+enrolment cache's ``mel16``)."""
+VOICE_MEL = MelSpec(rate=VOICE_RATE, n_fft=1024, hop=256, n_mels=80, f_max=8000.0)
+"""What the voice speaks in (the enrolment cache's ``mel22``, the vocoder's input)."""
+
+
+
+
+def log_mel(x: np.ndarray, rate: int = FACE_MEL.rate, n_fft: int = FACE_MEL.n_fft,
+            win: int = FACE_MEL.win or 400, hop: int = FACE_MEL.hop, n_mels: int = FACE_MEL.n_mels,
+            f_max: float | None = None) -> np.ndarray:
     """(n_mels, N) natural-log mel magnitude spectrogram, centred frames."""
     import torch
     import torchaudio
@@ -42,7 +79,7 @@ def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
     return resample_poly(x, dst // g, src // g).astype(np.float32)
 
 
-def load_audio(path: Path, rate: int = MEL_RATE) -> np.ndarray:
+def load_audio(path: Path, rate: int = SPEECH_RATE) -> np.ndarray:
     """Any audio (or video) file PyAV reads -> mono float32 at ``rate``."""
     import av
 
@@ -69,7 +106,7 @@ def load_audio(path: Path, rate: int = MEL_RATE) -> np.ndarray:
 
 
 def mel_windows(mel: np.ndarray, n_frames: int, fps: int = 25, width: int = 20,
-                hop_s: float = MEL_HOP / MEL_RATE) -> np.ndarray:
+                hop_s: float = FACE_MEL.hop / FACE_MEL.rate) -> np.ndarray:
     """(n_frames, bins, width) windows of ``mel`` centred on each video frame's middle;
     beyond the ends the spectrogram is padded with silence (its floor, log 1e-5)."""
     bins, n = mel.shape

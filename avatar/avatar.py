@@ -21,9 +21,10 @@ import torch
 from safetensors.torch import load_file
 
 from avatar import devices
-from avatar.audio import mel_windows
-from avatar.bundle import read_manifest, require
+from avatar.audio import FACE_MEL, mel_windows
+from avatar.bundle import read_manifest
 from avatar.errors import TwincastError, path_error
+from avatar.manifest import Manifest
 from avatar.models.fold import fold_batchnorm
 from avatar.models.head import HeadConfig, HeadGenerator, blank_lower, region_keep_mask
 
@@ -62,7 +63,7 @@ class _IdleFrame:
 
 
 class Avatar:
-    def __init__(self, path: Path, manifest: dict, gen: HeadGenerator, device: torch.device,
+    def __init__(self, path: Path, manifest: Manifest, gen: HeadGenerator, device: torch.device,
                  idle: list[_IdleFrame], reference: torch.Tensor, mel_mean: float,
                  mel_std: float, dtype: torch.dtype = torch.float32):
         self.path = path
@@ -73,7 +74,7 @@ class Avatar:
         self.idle = idle
         self.reference = reference
         self.mel_mean, self.mel_std = mel_mean, mel_std
-        self.fps = int(manifest["fps"])
+        self.fps = int(manifest.fps or 25)
         self.size = gen.cfg.size
         self.mel_frames = gen.cfg.mel_frames
         self._pool: ThreadPoolExecutor | None = None
@@ -89,18 +90,21 @@ class Avatar:
         path = Path(path)
         manifest = read_manifest(path)
         dev = devices.device(device)
-        if "head" not in manifest:
+        head = manifest.head
+        if head is None:
             raise path_error(path / "manifest.json", "this bundle has a voice but no face "
                              "(a voice-only enrolment); enrol video footage for one")
-        head = require(manifest, "head")
+        if head.mel.spec != FACE_MEL:
+            raise path_error(path / "manifest.json", f"the head hears {head.mel.spec}, but "
+                             f"this twincast makes {FACE_MEL}; re-export the avatar")
         try:
-            cfg = HeadConfig.from_dict(require(manifest, "head", "config"))
+            cfg = HeadConfig.from_dict(head.config)
         except TypeError as e:
             raise path_error(path / "manifest.json", f"head.config is invalid ({e})") from None
         if architecture is not None:
             cfg = architecture
         gen = HeadGenerator(cfg)
-        weights = path / require(manifest, "head", "file")
+        weights = path / head.file
         try:
             if architecture is None:
                 gen.load_state_dict(load_file(str(weights)))
@@ -109,14 +113,13 @@ class Avatar:
                              ) from None
         gen = fold_batchnorm(gen).to(dev)
         dtype = devices.compute_dtype(dev, precision)
-        mel = require(manifest, "head", "mel")
-        ref_img = _read_rgb(path / head["reference"], (cfg.size, cfg.size))
+        ref_img = _read_rgb(path / head.reference, (cfg.size, cfg.size))
         reference = torch.from_numpy(ref_img).permute(2, 0, 1).float().div(255).to(dev)
         idle, geometry = _load_idle(path, manifest, cfg)
-        log.info("avatar %s loaded on %s (%s): %d idle frames", manifest.get("name"), dev,
+        log.info("avatar %s loaded on %s (%s): %d idle frames", manifest.name, dev,
                  str(dtype).removeprefix("torch."), len(idle))
-        avatar = cls(path, manifest, gen, dev, idle, reference, float(mel["mean"]),
-                     float(mel["std"]), dtype)
+        avatar = cls(path, manifest, gen, dev, idle, reference, head.mel.mean, head.mel.std,
+                     dtype)
         avatar._geometry = geometry
         return avatar
 
@@ -127,12 +130,12 @@ class Avatar:
 
         if audio16k.size == 0:
             raise TwincastError("the audio is empty: nothing to say")
-        n = int(np.ceil(len(audio16k) / 16000 * self.fps))
+        n = int(np.ceil(len(audio16k) / FACE_MEL.rate * self.fps))
         return mel_windows(log_mel(audio16k), n, self.fps, self.mel_frames)
 
     def silent_requests(self, n: int) -> list[FrameRequest]:
         """``n`` requests of silence over the first idle frames (to warm a renderer up)."""
-        window = self.mel_windows(np.zeros(16000 // self.fps, np.float32))[0]
+        window = self.mel_windows(np.zeros(FACE_MEL.rate // self.fps, np.float32))[0]
         return [FrameRequest(idle_index=i, mel=window) for i in range(n)]
 
     def over(self, frames: list[np.ndarray], crop_affines: np.ndarray) -> Avatar:
@@ -203,20 +206,21 @@ def _read_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     return img
 
 
-def _load_idle(path: Path, manifest: dict, cfg: HeadConfig
+def _load_idle(path: Path, manifest: Manifest, cfg: HeadConfig
                ) -> tuple[list[_IdleFrame], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    assert manifest.head is not None and manifest.idle is not None  # checked by the loader
     size = cfg.size
-    idle_file = path / require(manifest, "idle", "file")
-    with np.load(path / require(manifest, "idle", "transforms"), allow_pickle=False) as z:
+    idle_file = path / manifest.idle.file
+    with np.load(path / manifest.idle.transforms, allow_pickle=False) as z:
         affines = z["crop_affine"].astype(np.float64)
-    crop_size = int(require(manifest, "crop_size"))
+    crop_size = int(manifest.crop_size or 0)
     x0r, y0r, side_r = cfg.region
     rx, ry, rs = x0r * crop_size, y0r * crop_size, side_r * crop_size
     # Region pixels -> crop pixels.
     reg_to_crop = np.array([[rs / size, 0, rx], [0, rs / size, ry], [0, 0, 1]])
-    crop_mask = cv2.imread(str(path / require(manifest, "head", "mask")), cv2.IMREAD_GRAYSCALE)
+    crop_mask = cv2.imread(str(path / manifest.head.mask), cv2.IMREAD_GRAYSCALE)
     if crop_mask is None:
-        raise path_error(path / manifest["head"]["mask"], "cannot be read; bundle damaged")
+        raise path_error(path / manifest.head.mask, "cannot be read; bundle damaged")
     region_mask = cv2.resize(crop_mask[int(ry): int(ry + rs), int(rx): int(rx + rs)],
                              (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
     # Blend only where the generator paints, fading in over its soft edge.

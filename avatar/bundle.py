@@ -1,8 +1,9 @@
 """The avatar bundle on disk: the one contract between training and the runtime.
 
-``avatars/NAME/manifest.json`` names every file with its sha256; weights are safetensors
-(never pickles), media are plain files. Loading checks the schema version and every digest,
-so a truncated or tampered bundle is refused with the file's name.
+``avatars/NAME/manifest.json`` (typed in ``avatar.manifest``) names every file with its
+sha256; weights are safetensors (never pickles), media are plain files. Loading checks the
+schema version and every digest, so a truncated or tampered bundle is refused with the
+file's name.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
-from avatar.errors import TwincastError, path_error
+from avatar import atomic
+from avatar.errors import path_error
+from avatar.manifest import KIND, READS, SCHEMA_VERSION, Manifest, ManifestError
 
-SCHEMA_VERSION = 1
-KIND = "twincast-avatar"
+__all__ = ["KIND", "READS", "SCHEMA_VERSION", "Manifest", "read_manifest", "sha256_file",
+           "write_manifest"]
+
 
 
 def sha256_file(path: Path) -> str:
@@ -26,7 +29,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_manifest(bundle: Path, verify: bool = True) -> dict[str, Any]:
+def read_manifest(bundle: Path, verify: bool = True) -> Manifest:
+    """The bundle's typed manifest; with ``verify``, every file it lists is checked against
+    its digest. Any fault is one error naming the file and what to do."""
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise path_error(bundle, "no such avatar bundle (expected a folder with "
@@ -35,20 +40,15 @@ def read_manifest(bundle: Path, verify: bool = True) -> dict[str, Any]:
     if not mpath.is_file():
         raise path_error(mpath, "missing; this folder is not an avatar bundle")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        raw = json.loads(mpath.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise path_error(mpath, f"is not valid JSON ({e}); the bundle is damaged") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        raise path_error(mpath, f"is not a {KIND} manifest")
-    version = manifest.get("schema")
-    if version != SCHEMA_VERSION:
-        raise path_error(mpath, f"has schema version {version!r}, but this twincast reads "
-                         f"version {SCHEMA_VERSION}; re-export the avatar or upgrade twincast")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise path_error(mpath, "lists no files")
+    try:
+        manifest = Manifest.from_dict(raw)
+    except ManifestError as e:
+        raise path_error(mpath, str(e).removeprefix("manifest.json").lstrip(": ")) from None
     if verify:
-        for name, digest in files.items():
+        for name, digest in manifest.files.items():
             f = bundle / name
             if not f.is_file():
                 raise path_error(f, "missing from the avatar bundle")
@@ -58,12 +58,6 @@ def read_manifest(bundle: Path, verify: bool = True) -> dict[str, Any]:
     return manifest
 
 
-def require(manifest: dict[str, Any], *keys: str) -> Any:
-    """manifest[k1][k2]..., or a clear error naming the missing key."""
-    node: Any = manifest
-    for i, k in enumerate(keys):
-        if not isinstance(node, dict) or k not in node:
-            raise TwincastError(f"manifest.json lacks {'.'.join(keys[: i + 1])}; the bundle "
-                                "is damaged or from another tool")
-        node = node[k]
-    return node
+def write_manifest(bundle: Path, manifest: Manifest) -> None:
+    """Replace ``manifest.json`` in one atomic write (the last step of any export)."""
+    atomic.write_json(Path(bundle) / "manifest.json", manifest.to_dict())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar.audio import load_audio
+from avatar.audio import SPEECH_RATE, load_audio
 from avatar.avatar import Avatar, FrameRequest
 from avatar.errors import TwincastError, path_error
 from avatar.video_io import VideoWriter
@@ -30,7 +30,7 @@ def render_file(bundle: Path, audio_path: Path, out: Path, device: str = "cpu",
     if batch < 1:
         raise TwincastError(f"--batch {batch}: must be at least 1")
     avatar = Avatar.load(bundle, device, precision=precision)
-    audio = load_audio(audio_path, 16000)
+    audio = load_audio(audio_path, SPEECH_RATE)
     if np.abs(audio).max(initial=0.0) == 0.0:
         log.info("%s is silent: the mouth stays closed", audio_path)
     return render_audio(avatar, audio, out, batch)
@@ -47,7 +47,7 @@ def render_text(bundle: Path, text: str, out: Path, device: str = "cpu", batch: 
     voice = Voice.load(bundle, device)
     avatar = Avatar.load(bundle, device, precision=precision)
     speech = voice.say(text, pace)
-    return render_audio(avatar, resample(speech, voice.rate, 16000), out, batch)
+    return render_audio(avatar, resample(speech, voice.rate, SPEECH_RATE), out, batch)
 
 
 def render_show(bundle: Path, show_path: Path, out: Path, device: str = "cpu",
@@ -78,10 +78,10 @@ def render_show(bundle: Path, show_path: Path, out: Path, device: str = "cpu",
             assert voice is not None
             key = (seg.text, seg.rate)
             if key not in said:  # a repeated line is synthesised once
-                said[key] = resample(voice.say(seg.text, seg.rate), voice.rate, 16000)
+                said[key] = resample(voice.say(seg.text, seg.rate), voice.rate, SPEECH_RATE)
             parts.append(said[key])
         else:
-            parts.append(np.zeros(int(seg.seconds * 16000), np.float32))
+            parts.append(np.zeros(int(seg.seconds * SPEECH_RATE), np.float32))
     speech_s = time.perf_counter() - t0
     res = render_audio(avatar, np.concatenate(parts), out, batch)
     res["speech_seconds"] = round(speech_s, 2)
@@ -119,10 +119,10 @@ def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16) 
 
     windows = avatar.mel_windows(audio)
     n = len(windows)
-    w, h = avatar.manifest["frame_size"]
+    w, h = avatar.manifest.frame_size or (0, 0)
     t0 = time.perf_counter()
     try:
-        writer = VideoWriter(out, avatar.fps, int(w), int(h), audio_rate=16000)
+        writer = VideoWriter(out, avatar.fps, int(w), int(h), audio_rate=SPEECH_RATE)
     except OSError as e:
         raise path_error(out, f"cannot be written ({e.strerror})") from None
     with writer, tqdm(total=n, desc="render", unit="frame", disable=not _bars()) as pb:
@@ -130,7 +130,8 @@ def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16) 
             reqs = [FrameRequest(idle_index=i, mel=windows[i]) for i in range(a, min(n, a + batch))]
             for i, frame in zip(range(a, a + len(reqs)), avatar.render(reqs), strict=True):
                 writer.write(frame)
-                s0, s1 = int(i * 16000 / avatar.fps), int((i + 1) * 16000 / avatar.fps)
+                s0 = int(i * SPEECH_RATE / avatar.fps)
+                s1 = int((i + 1) * SPEECH_RATE / avatar.fps)
                 writer.write_audio(audio[s0:s1])
             pb.update(len(reqs))
     seconds = time.perf_counter() - t0

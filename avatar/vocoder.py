@@ -8,25 +8,10 @@ trained vocoder but is always available.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class MelSpec:
-    """The mel spectrogram the voice works in (the enrolment cache's ``mel22``)."""
-
-    rate: int = 22050
-    n_fft: int = 1024
-    hop: int = 256
-    n_mels: int = 80
-    f_max: float = 8000.0
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MelSpec:
-        return cls(**{k: d[k] for k in ("rate", "n_fft", "hop", "n_mels", "f_max")})
+from avatar.audio import MelSpec
 
 
 class GriffinLim:
@@ -36,8 +21,8 @@ class GriffinLim:
         self.spec = spec
         self.device = torch.device(device)
         fb = torchaudio.functional.melscale_fbanks(
-            spec.n_fft // 2 + 1, 0.0, spec.f_max, spec.n_mels, spec.rate, norm="slaney",
-            mel_scale="slaney")  # (freqs, mels)
+            spec.n_fft // 2 + 1, 0.0, spec.f_max or spec.rate / 2, spec.n_mels, spec.rate,
+            norm="slaney", mel_scale="slaney")  # (freqs, mels)
         self.inverse = torch.linalg.pinv(fb.T).to(self.device)  # (freqs, mels)
         self.gl = torchaudio.transforms.GriffinLim(
             n_fft=spec.n_fft, hop_length=spec.hop, win_length=spec.n_fft, power=1.0,

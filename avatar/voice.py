@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from avatar import devices
-from avatar.bundle import read_manifest, require
+from avatar.audio import MelSpec
+from avatar.bundle import read_manifest
 from avatar.errors import TwincastError, path_error
+from avatar.manifest import VocoderSection
 from avatar.models.voice import (
     SYMBOLS,
     AcousticModel,
@@ -28,7 +30,7 @@ from avatar.models.voice import (
     symbol_of,
 )
 from avatar.text.frontend import TextConfig, TextFrontend
-from avatar.vocoder import GriffinLim, MelSpec
+from avatar.vocoder import GriffinLim
 
 log = logging.getLogger(__name__)
 
@@ -105,21 +107,19 @@ def chunk_spans(ends: np.ndarray, first: int = FIRST_CHUNK_FRAMES,
     return spans
 
 
-def _load_vocoder(path: Path, voc: dict, spec: MelSpec, dev: torch.device):  # noqa: ANN202
-    kind = voc.get("kind", "griffin-lim")
-    if kind == "griffin-lim":
-        return GriffinLim(spec, int(voc.get("n_iter", 32)), dev)
-    if kind != "vocos":
-        raise path_error(path / "manifest.json", f"unknown vocoder {kind!r}")
+def _load_vocoder(path: Path, voc: VocoderSection, spec: MelSpec, dev: torch.device
+                  ) -> GriffinLim | _TrainedVocoder:
+    if voc.kind == "griffin-lim":
+        return GriffinLim(spec, voc.n_iter, dev)
     from safetensors.torch import load_file
 
     from avatar.models.vocoder import Vocoder, VocoderConfig
 
     try:
-        model = Vocoder(VocoderConfig.from_dict(voc["config"]))
+        model = Vocoder(VocoderConfig.from_dict(voc.config))
     except (TypeError, KeyError) as e:
         raise path_error(path / "manifest.json", f"vocoder config is invalid ({e})") from None
-    weights = path / voc.get("file", "vocoder.safetensors")
+    weights = path / voc.file
     try:
         model.load_state_dict(load_file(str(weights)))
     except (RuntimeError, OSError, ValueError) as e:
@@ -152,35 +152,32 @@ class Voice:
         from safetensors.torch import load_file
 
         path = Path(path)
-        manifest = read_manifest(path)
-        if "voice" not in manifest:
+        v = read_manifest(path).voice
+        if v is None:
             raise path_error(path / "manifest.json", "this bundle has no voice; enrol with "
                              "a transcript so that one is trained")
-        v = manifest["voice"]
         dev = devices.device(device)
-        if tuple(require(manifest, "voice", "symbols")) != SYMBOLS:
+        if tuple(v.symbols) != SYMBOLS:
             raise path_error(path / "manifest.json", "the voice was made with another "
                              "phoneme table; re-export it with this version of twincast")
         try:
-            cfg = VoiceConfig.from_dict(require(manifest, "voice", "config"))
-            spec = MelSpec.from_dict(require(manifest, "voice", "mel"))
+            cfg = VoiceConfig.from_dict(v.config)
         except (TypeError, KeyError) as e:
             raise path_error(path / "manifest.json", f"voice config is invalid ({e})") from None
         model = AcousticModel(cfg)
-        weights = path / require(manifest, "voice", "file")
+        weights = path / v.file
         try:
             model.load_state_dict(load_file(str(weights)))
         except (RuntimeError, OSError, ValueError) as e:
             raise path_error(weights, f"does not hold this voice's weights ({str(e)[:120]})"
                              ) from None
         model.eval().to(dev)
-        mean = np.asarray(v["mel"]["mean"], np.float32)
-        std = np.asarray(v["mel"]["std"], np.float32)
-        vocoder = _load_vocoder(path, v.get("vocoder", {}), spec, dev)
+        mean = np.asarray(v.mel.mean, np.float32)
+        std = np.asarray(v.mel.std, np.float32)
+        vocoder = _load_vocoder(path, v.vocoder, v.mel.spec, dev)
         frontend = TextFrontend(text or TextConfig(
-            english_voice=v.get("text", {}).get("english_voice", "en-us")))
-        return cls(model, spec, mean, std, vocoder, frontend, dev,
-                   float(v.get("duration_scale", 1.0)))
+            english_voice=v.text.get("english_voice", "en-us")))
+        return cls(model, v.mel.spec, mean, std, vocoder, frontend, dev, v.duration_scale)
 
     def speak(self, text: str, pace: float = 1.0) -> Iterator[AudioChunk]:
         """Audio chunks of ``text`` in order, each yielded as soon as it is made.

@@ -79,7 +79,7 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
         if avatar.device.type == "cuda":
             torch.cuda.synchronize()
         result[str(b)] = round(frames / (time.perf_counter() - t0), 1)
-    w, h = avatar.manifest["frame_size"]
+    w, h = avatar.manifest.frame_size or (0, 0)
     return {"device": str(avatar.device), "frame_size": [w, h],
             "precision": str(avatar.dtype).removeprefix("torch."),
             "weights": f"untrained {preset} architecture" if preset else "bundle",

@@ -8,27 +8,31 @@ one frame (a duration that sat on a rounding edge)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
 from avatar import atomic
-from avatar.bundle import read_manifest, sha256_file
+from avatar.bundle import read_manifest, sha256_file, write_manifest
 
 
 def halve(bundle: Path) -> None:
     manifest = read_manifest(bundle)
-    voice = manifest["voice"]
-    names = [voice["file"]] + ([voice["vocoder"]["file"]] if "file" in voice["vocoder"] else [])
+    voice = manifest.voice
+    if voice is None:
+        sys.exit(f"{bundle}: this bundle has no voice")
+    names = [voice.file] + ([voice.vocoder.file] if voice.vocoder.kind == "vocos" else [])
+    files = dict(manifest.files)
     for name in names:
         weights = load_file(str(bundle / name))
         half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
         with atomic.atomic_path(bundle / name, ".safetensors") as tmp:
             save_file(half, str(tmp))
-        manifest["files"][name] = sha256_file(bundle / name)
-    voice["weights"] = "float16"
-    atomic.write_json(bundle / "manifest.json", manifest)
+        files[name] = sha256_file(bundle / name)
+    write_manifest(bundle, manifest.replace(
+        voice=dataclasses.replace(voice, weights="float16"), files=files))
 
 
 if __name__ == "__main__":

@@ -536,7 +536,7 @@ def bundle_names(bundles: list[Path]) -> dict[str, Path]:
     """Each bundle under the name its manifest gives it (or its folder's)."""
     from avatar.bundle import read_manifest
 
-    return {str(read_manifest(b).get("name") or b.name): b for b in bundles}
+    return {read_manifest(b).name or b.name: b for b in bundles}
 
 
 class RunningServer:

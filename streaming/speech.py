@@ -17,7 +17,7 @@ from math import gcd
 
 import numpy as np
 
-from avatar.audio import MEL_HOP, MEL_RATE, resample
+from avatar.audio import FACE_MEL, VOICE_RATE, resample
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def warm_up() -> None:
     """Load what the first sentence would otherwise load on the event loop (scipy's
     resampler, torchaudio's mel: together about a second on a busy CPU)."""
     sf = SpeechFrames()
-    sf.feed(np.zeros(4410, np.float32), 22050)
+    sf.feed(np.zeros(VOICE_RATE // 5, np.float32), VOICE_RATE)
     sf.finish()
     sf.ready_video()
     sf.ready_audio()
@@ -165,10 +165,10 @@ class SpeechFrames:
         # Only the spectrogram around the new frames is computed (a live utterance grows
         # without end); it starts a few hops early, past the centred STFT's edge effects.
         first = self.video_sent
-        hop_s = MEL_HOP / MEL_RATE
+        hop_s = FACE_MEL.hop / FACE_MEL.rate
         lo = int(np.round((first + 0.5) / c.fps / hop_s)) - c.mel_frames // 2
         h0 = max(0, lo - 4)
-        mel = log_mel(self._at(MEL_RATE)[h0 * MEL_HOP:])
+        mel = log_mel(self._at(FACE_MEL.rate)[h0 * FACE_MEL.hop:])
         windows = _windows(mel, h0, first, last, c.fps, c.mel_frames, hop_s)
         out = [(n, windows[n - first]) for n in range(first, last)]
         self.video_sent = last

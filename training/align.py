@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avatar.audio import SPEECH_RATE
 from avatar.text.numbers import cardinal
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class Aligner:
 
         # Wide beams: forced alignment of minutes-long audio is pruned away (no result at
         # all) with the recognition defaults; the search stays linear in the audio length.
-        self._decoder = Decoder(samprate=16000, bestpath=False, loglevel="FATAL",
+        self._decoder = Decoder(samprate=SPEECH_RATE, bestpath=False, loglevel="FATAL",
                                 beam=1e-100, wbeam=1e-80, pbeam=1e-100)
         self._added: set[str] = set()
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from avatar.audio import log_mel
+from avatar.audio import VOICE_MEL, log_mel
 from training.config import AudioConfig
 from training.vad import voice_activity
 
@@ -108,7 +108,7 @@ def compute(audio16: np.ndarray, audio22: np.ndarray, cfg: AudioConfig) -> Audio
     vad = voice_activity(db, hop_s)
     mel16 = log_mel(audio16, rate16, 512, 400, hop, cfg.n_mels)
     mel22 = log_mel(audio22, cfg.rates[1], cfg.mel22_n_fft, cfg.mel22_n_fft, cfg.mel22_hop,
-                    cfg.n_mels, f_max=8000.0)
+                    cfg.n_mels, f_max=VOICE_MEL.f_max)
     f0 = pitch_yin(audio16, rate16, hop, cfg.f0_min, cfg.f0_max)
     n = min(len(db), len(f0), mel16.shape[1])
     db, vad, f0, mel16 = db[:n], vad[:n], f0[:n], mel16[:, :n]

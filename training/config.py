@@ -11,6 +11,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from avatar.audio import SPEECH_RATE, VOICE_MEL, VOICE_RATE
+
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".avi", ".m4v", ".ts")
 
 
@@ -53,14 +55,14 @@ class PoseConfig:
 class AudioConfig:
     """Voice features."""
 
-    rates: tuple[int, int] = (16000, 22050)
+    rates: tuple[int, int] = (SPEECH_RATE, VOICE_RATE)
     """Sample rates written: 16 kHz for the talking head and alignment, 22.05 kHz for TTS."""
     hop_ms: float = 10.0
     """Hop of VAD, loudness, f0 and the 16 kHz log-mel (100 frames/s, 4 per video frame)."""
-    n_mels: int = 80
-    mel22_hop: int = 256
+    n_mels: int = VOICE_MEL.n_mels
+    mel22_hop: int = VOICE_MEL.hop
     """Hop of the 22.05 kHz log-mel used by the voice model (the LJ Speech convention)."""
-    mel22_n_fft: int = 1024
+    mel22_n_fft: int = VOICE_MEL.n_fft
     f0_min: float = 60.0
     f0_max: float = 500.0
     max_utterance_s: float = 12.0

@@ -23,6 +23,7 @@ from training.ingest import (
 )
 from training.progress import bar
 from training.transcript import read_transcript
+from training.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def plan(footage: Sequence[Path], workdir: Path, cfg: FeaturesConfig,
             infos.append(probe(f, cid, cfg.fps, cfg.min_clip_seconds))
             pb.update(1)
     require_writable_dir(workdir)
-    features_dir = workdir / "features"
+    features_dir = Workdir(workdir).features
     jobs = []
     with bar(len(infos), "hashing footage", "clip") as pb:
         for info in infos:
@@ -63,7 +64,7 @@ def enrol_features(footage: Sequence[Path], workdir: Path, cfg: FeaturesConfig,
     if not transcript:
         log.warning("no transcript: utterances will have no text, so the voice cannot be "
                     "trained from this footage (pass --transcript FILE)")
-    return run_features(jobs, workdir / "features", cfg, strict=strict)
+    return run_features(jobs, Workdir(workdir).features, cfg, strict=strict)
 
 
 def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
@@ -104,16 +105,16 @@ def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
     if feats is not None:
         from training.head.train import head_preset, train_head
 
-        result = train_head(feats.dir, workdir / "head", head_preset(preset), device=device)
+        result = train_head(feats.dir, Workdir(workdir).head, head_preset(preset), device=device)
         out["head_seconds"] = result.seconds
     voice = None
     if sources:
-        voice = train_voice(sources, workdir / "voice", voice_preset(preset), device=device)
+        voice = train_voice(sources, Workdir(workdir).voice, voice_preset(preset), device=device)
         out["voice_seconds"] = voice.seconds
     else:
         log.warning("no utterance has a transcript: the bundle gets no voice (it can still "
                     "be driven by audio); pass --transcript to train one")
-    bundle = workdir / "avatars" / name
+    bundle = Workdir(workdir).bundle(name)
     if result is not None:
         from training.head.export import export_bundle
 
@@ -154,12 +155,13 @@ def train_voice_stage(workdir: Path, preset: str, device: str = "cpu",
         cfg = dataclasses.replace(cfg, vocoder=dataclasses.replace(
             cfg.vocoder, max_minutes=min(cfg.vocoder.max_minutes, vocoder_minutes),
             adapt_minutes=min(cfg.vocoder.adapt_minutes, vocoder_minutes)))
-    every = sorted(p.parent for p in (workdir / "avatars").glob("*/manifest.json"))
+    wd = Workdir(workdir)
+    every = wd.bundles()
     bundles = [b for b in every if not name or b.name == name]
     if len(bundles) > 1:
-        raise path_error(workdir / "avatars", "holds several bundles; say which with --name")
+        raise path_error(wd.avatars, "holds several bundles; say which with --name")
     if every and not bundles:
-        raise path_error(workdir / "avatars", f"holds no bundle named {name!r} (it has "
+        raise path_error(wd.avatars, f"holds no bundle named {name!r} (it has "
                          f"{', '.join(b.name for b in every)})")
     from training.voice.features import voice_sources
 
@@ -167,14 +169,14 @@ def train_voice_stage(workdir: Path, preset: str, device: str = "cpu",
     if not sources:
         raise TwincastError(f"{workdir}: no utterance has a transcript, so there is "
                             "nothing to learn a voice from; enrol with --transcript")
-    voice = train_voice(sources, workdir / "voice", cfg, device=device, only=only)
+    voice = train_voice(sources, wd.voice, cfg, device=device, only=only)
     if voice is None:
         return {"bundle": None, "voice_seconds": 0.0}
     if bundles:
         add_voice(bundles[0], voice, preset)
         return {"bundle": bundles[0], "voice_seconds": voice.seconds}
-    out = workdir / "avatars" / (name or _default_name([workdir]))
-    log.info("%s holds no avatar bundle: writing a voice-only one", workdir / "avatars")
+    out = wd.bundle(name or _default_name([workdir]))
+    log.info("%s holds no avatar bundle: writing a voice-only one", wd.avatars)
     export_voice_bundle(voice, out, out.name, preset)
     return {"bundle": out, "voice_seconds": voice.seconds}
 
@@ -198,20 +200,21 @@ def train_and_export(workdir: Path, preset: str, device: str = "cpu",
     from training.head.export import export_bundle
     from training.head.train import head_preset, load_trained, train_head
 
-    feats = workdir / "features"
+    wd = Workdir(workdir)
+    feats = wd.features
     out: dict = {"head_seconds": 0.0}
     main = True
     if train:
         cfg = head_preset(preset)
         if max_minutes is not None:
             cfg = dataclasses.replace(cfg, max_minutes=max_minutes)
-        result = train_head(feats, workdir / "head", cfg, device=device)
+        result = train_head(feats, wd.head, cfg, device=device)
         out["head_seconds"] = result.seconds
         main = result.dist.main
     if export and main:
-        head = load_trained(workdir / "head")
+        head = load_trained(wd.head)
         out["head_seconds"] = head.seconds
         manifest = json.loads((feats / "manifest.json").read_text())
         name = name or manifest["clips"][0]["id"]
-        out["bundle"] = export_bundle(feats, head, workdir / "avatars" / name, name, preset)
+        out["bundle"] = export_bundle(feats, head, wd.bundle(name), name, preset)
     return out

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from avatar import atomic
-from avatar.audio import mel_windows
+from avatar.audio import FACE_MEL, SPEECH_RATE, mel_windows
 from avatar.avatar import Avatar, FrameRequest
 from avatar.errors import TwincastError
 from avatar.video_io import VideoWriter
@@ -103,10 +103,11 @@ def load_held_out(paths: list[Path], fps: int, cfg: FaceConfig) -> list[HeldOut]
     for f, cid in zip(files, clip_ids(files), strict=True):
         info = probe(f, cid, fps, 1.0)
         frames = [rgb for _, rgb in iter_frames(info, fps, 0, info.n_frames)]
-        audio = decode_audio(f, [16000])[16000]
+        audio = decode_audio(f, [SPEECH_RATE])[SPEECH_RATE]
         opening, affines = _openings(frames, cfg, want_affines=True)
         level = _level_per_frame(audio, len(frames), fps)
-        vad = voice_activity(loudness(audio, 16000, 160), 160 / 16000)
+        hop = FACE_MEL.hop
+        vad = voice_activity(loudness(audio, SPEECH_RATE, hop), hop / SPEECH_RATE)
         idx = np.clip(np.round((np.arange(len(frames)) + 0.5) / fps * 100).astype(int), 0,
                       len(vad) - 1)
         out.append(HeldOut(cid, frames, audio, opening, affines, level, ~vad[idx],
@@ -115,7 +116,7 @@ def load_held_out(paths: list[Path], fps: int, cfg: FaceConfig) -> list[HeldOut]
 
 
 def _level_per_frame(audio: np.ndarray, n: int, fps: int) -> np.ndarray:
-    spf = 16000 / fps
+    spf = SPEECH_RATE / fps
     return np.array([20 * np.log10(np.sqrt(np.mean(
         audio[int(i * spf): int((i + 1) * spf)] ** 2) + 1e-10) + 1e-10) for i in range(n)])
 

@@ -14,9 +14,10 @@ import numpy as np
 from safetensors.torch import save_file
 
 from avatar import atomic
-from avatar.audio import MEL_BINS, MEL_HOP, MEL_RATE
-from avatar.bundle import KIND, SCHEMA_VERSION, sha256_file
+from avatar.audio import FACE_MEL
+from avatar.bundle import sha256_file, write_manifest
 from avatar.errors import path_error
+from avatar.manifest import HeadMel, HeadSection, IdleSection, Manifest
 from avatar.models.head import HeadConfig
 from avatar.video_io import VideoWriter
 from training.face import mouth_opening
@@ -80,39 +81,21 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
             files.update(voice_files)
         from avatar.version import __version__
 
-        manifest = {
-            "schema": SCHEMA_VERSION,
-            "kind": KIND,
-            "name": name,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "tool": f"twincast {__version__}",
-            "fps": fps,
-            "frame_size": [width, height],
-            "crop_size": int(meta["crop_size"]),
-            "source": {"clips": [{"id": c["id"], "digest": c["digest"]}
-                                 for c in manifest_in["clips"]]},
-            "head": {
-                "file": "head.safetensors",
-                "config": dataclasses.asdict(model),
-                "region": list(model.region),
-                "mask_top": model.mask_top,
-                "mel": {"rate": MEL_RATE, "hop": MEL_HOP, "bins": MEL_BINS, "n_fft": 512,
-                        "win": 400, "mean": head.mel_stats[0], "std": head.mel_stats[1]},
-                "reference": "reference.png",
-                "mask": "mask.png",
-                "preset": preset,
-                "train_seconds": round(head.seconds, 1),
-                "expert_steps": head.expert_steps,
-                "gen_steps": head.gen_steps,
-                "lips": head.lips,
-            },
-            "idle": {"file": "idle.mp4", "transforms": "idle.npz", "frames": idle.stop -
-                     idle.start, "loop": "pingpong", "clip": idle.clip, "start": idle.start},
-            "files": files,
-        }
-        if voice_section is not None:
-            manifest["voice"] = voice_section
-        atomic.write_json(tmp / "manifest.json", manifest)
+        manifest = Manifest(
+            name=name, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            tool=f"twincast {__version__}", files=files, fps=fps, frame_size=(width, height),
+            crop_size=int(meta["crop_size"]),
+            source={"clips": [{"id": c["id"], "digest": c["digest"]}
+                              for c in manifest_in["clips"]]},
+            head=HeadSection(
+                config=dataclasses.asdict(model), region=list(model.region),
+                mask_top=model.mask_top,
+                mel=HeadMel(mean=head.mel_stats[0], std=head.mel_stats[1], spec=FACE_MEL),
+                preset=preset, train_seconds=round(head.seconds, 1),
+                expert_steps=head.expert_steps, gen_steps=head.gen_steps, lips=head.lips),
+            idle=IdleSection(frames=idle.stop - idle.start, clip=idle.clip, start=idle.start),
+            voice=voice_section)
+        write_manifest(tmp, manifest)
     log.info("avatar bundle written: %s", out)
     return out
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avatar.audio import VOICE_MEL
 from avatar.errors import TwincastError
 from avatar.models.voice import encode
 from avatar.text.frontend import TextFrontend
@@ -46,7 +47,7 @@ def utterance_phonemes(frontend: TextFrontend, text: str) -> list[str]:
     return [p.phonemes for p in frontend.pieces(text)]
 
 
-def load_utterances(features_dir: Path, rate: int = 22050, hop: int = 256,
+def load_utterances(features_dir: Path, rate: int = VOICE_MEL.rate, hop: int = VOICE_MEL.hop,
                     frontend: TextFrontend | None = None, marks: bool = False
                     ) -> list[Utterance]:
     """Every utterance of the cache that has text, longest first, encoded as the voice's

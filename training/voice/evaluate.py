@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from avatar import atomic
-from avatar.audio import resample
+from avatar.audio import SPEECH_RATE, VOICE_MEL, VOICE_RATE, resample
 from avatar.errors import TwincastError, path_error
 from avatar.text.frontend import TextFrontend
 from avatar.voice import Voice
@@ -116,7 +116,7 @@ class Recogniser:
 
         from training.align import add_pronunciations
 
-        self.decoder = Decoder(samprate=16000, loglevel="FATAL")
+        self.decoder = Decoder(samprate=SPEECH_RATE, loglevel="FATAL")
         add_pronunciations(self.decoder, sorted(words), set())
         self.decoder.set_lm_file("eval", str(lm_path))
         self.decoder.activate_search("eval")
@@ -158,9 +158,8 @@ def _cepstra(audio22: np.ndarray) -> np.ndarray:
     """(T, 24) mel-cepstral coefficients 1-24 of the voice's own log-mel."""
     from scipy.fft import dct
 
-    from avatar.audio import log_mel
 
-    mel = log_mel(audio22, 22050, 1024, 1024, 256, 80, f_max=8000.0)
+    mel = VOICE_MEL(audio22)
     # Coefficients of the cosine series of the log-mel envelope (the mel-cepstrum).
     return (dct(mel, type=2, axis=0) / mel.shape[0])[1:25].T
 
@@ -177,8 +176,8 @@ def mcd_and_f0(real22: np.ndarray, synth22: np.ndarray) -> tuple[float, float]:
     path = path[::-1]
     diff = a[path[:, 0]] - b[path[:, 1]]
     mcd = float(np.mean((10 / np.log(10)) * np.sqrt(2 * (diff ** 2).sum(1))))
-    fa = pitch_yin(real22, 22050, 256, 60.0, 500.0)
-    fb = pitch_yin(synth22, 22050, 256, 60.0, 500.0)
+    fa = pitch_yin(real22, VOICE_MEL.rate, VOICE_MEL.hop, 60.0, 500.0)
+    fb = pitch_yin(synth22, VOICE_MEL.rate, VOICE_MEL.hop, 60.0, 500.0)
     i = np.clip(path[:, 0], 0, len(fa) - 1)
     j = np.clip(path[:, 1], 0, len(fb) - 1)
     both = (fa[i] > 0) & (fb[j] > 0)
@@ -235,9 +234,10 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
                 chunks.append(c.audio)
             synth_s = time.perf_counter() - t0
             synth22 = np.concatenate(chunks)
-            synth16 = resample(synth22, voice.rate, 16000)
-            hyp_real, hyp_synth = recognise_real(real[16000]), recognise_synth(synth16)
-            r22 = _cut(real[22050], 22050, span)
+            synth16 = resample(synth22, voice.rate, SPEECH_RATE)
+            hyp_real = recognise_real(real[SPEECH_RATE])
+            hyp_synth = recognise_synth(synth16)
+            r22 = _cut(real[VOICE_RATE], VOICE_RATE, span)
             s22 = _cut(synth22, voice.rate, _speech_span(aligner, synth16, text))
             mcd, f0 = mcd_and_f0(r22, s22)
             rows.append({
@@ -247,9 +247,10 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
                 "hyp_synth": " ".join(hyp_synth),
                 # Likeness on the level-trimmed recordings, as before: cut to the words,
                 # clips of a second or two give resemblyzer too little to go on.
-                "emb_real": encoder.embed_utterance(_trim(real[16000], 16000)),
-                "emb_synth": encoder.embed_utterance(_trim(synth16, 16000)),
-                "seconds_real": len(r22) / 22050, "seconds_synth": len(s22) / 22050,
+                "emb_real": encoder.embed_utterance(_trim(real[SPEECH_RATE], SPEECH_RATE)),
+                "emb_synth": encoder.embed_utterance(_trim(synth16, SPEECH_RATE)),
+                "seconds_real": len(r22) / VOICE_RATE,
+                "seconds_synth": len(s22) / VOICE_RATE,
                 "phones": phone_count(voice.frontend, text, voice.model.cfg.marks),
                 "mcd_db": mcd, "f0_rmse_hz": f0,
                 "rtf": synth_s / (len(synth22) / voice.rate), "first_chunk_ms": first * 1000,
@@ -352,9 +353,9 @@ def _references(aligner: object, files: list[Path], texts: dict[str, str],
     out, left_out = [], 0
     with bar(len(files), "checking transcripts", "clip") as pb:
         for f in files:
-            real = decode_audio(f, [16000, 22050])
-            seconds = len(real[16000]) / 16000
-            said = aligner.spoken_prefix(real[16000], texts[f.stem])  # type: ignore[attr-defined]
+            real = decode_audio(f, [SPEECH_RATE, VOICE_RATE])
+            seconds = len(real[SPEECH_RATE]) / SPEECH_RATE
+            said = aligner.spoken_prefix(real[SPEECH_RATE], texts[f.stem])  # type: ignore[attr-defined]
             pb.update(1)
             if whole:
                 span = (said.timing[0].start, said.timing[-1].end) if said.timing else None

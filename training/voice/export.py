@@ -1,55 +1,56 @@
-"""The voice's part of the avatar bundle: ``voice.safetensors`` and the manifest's ``voice``
-section (model config, phoneme table, mel settings and scaling, vocoder, text frontend)."""
+"""The voice's part of the avatar bundle: ``voice.safetensors`` (and the vocoder's) and
+the manifest's typed ``voice`` section (model config, phoneme table, mel settings and
+scaling, vocoder, text frontend)."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from pathlib import Path
 
 from safetensors.torch import save_file
 
 from avatar import atomic
-from avatar.bundle import read_manifest, sha256_file
+from avatar.audio import VOICE_MEL
+from avatar.bundle import read_manifest, sha256_file, write_manifest
+from avatar.manifest import Manifest, VocoderSection, VoiceMel, VoiceSection
 from avatar.models.voice import SYMBOLS
-from avatar.vocoder import MelSpec
+from avatar.version import __version__
 from training.voice.train import TrainedVoice
 
 VOICE_FILE = "voice.safetensors"
 VOCODER_FILE = "vocoder.safetensors"
 
 
-def write_voice(voice: TrainedVoice, folder: Path, preset: str) -> tuple[dict, dict[str, str]]:
+def _save(model: object, path: Path) -> str:
+    """Write a model's weights as safetensors, atomically; returns their sha256."""
+    weights = {k: v.detach().cpu().contiguous()
+               for k, v in model.state_dict().items()}  # type: ignore[attr-defined]
+    with atomic.atomic_path(path, ".safetensors") as tmp:
+        save_file(weights, str(tmp))
+    return sha256_file(path)
+
+
+def write_voice(voice: TrainedVoice, folder: Path, preset: str
+                ) -> tuple[VoiceSection, dict[str, str]]:
     """Write the voice's weights into ``folder``; returns its manifest section and the
     digests of the files written."""
-    weights = {k: v.detach().cpu().contiguous() for k, v in voice.model.state_dict().items()}
-    with atomic.atomic_path(folder / VOICE_FILE, ".safetensors") as tmp:
-        save_file(weights, str(tmp))
-    section = {
-        "file": VOICE_FILE,
-        "config": dataclasses.asdict(voice.model.cfg),
-        "symbols": list(SYMBOLS),
-        "mel": {**dataclasses.asdict(MelSpec()), "mean": voice.mel_mean.tolist(),
-                "std": voice.mel_std.tolist()},
-        "vocoder": {"kind": "griffin-lim", "n_iter": 32},  # replaced below when trained
-        "text": {"english_voice": "en-us"},
-        "preset": preset,
-        "train_seconds": round(voice.seconds, 1),
-        "steps": voice.steps,
-        "utterances": voice.utterances,
-        "duration_scale": round(voice.duration_scale, 4),
-    }
-    files = {VOICE_FILE: sha256_file(folder / VOICE_FILE)}
+    files = {VOICE_FILE: _save(voice.model, folder / VOICE_FILE)}
+    vocoder = VocoderSection("griffin-lim", n_iter=32)
     if voice.vocoder is not None:
         voc = voice.vocoder
-        weights = {k: v.detach().cpu().contiguous() for k, v in voc.model.state_dict().items()}
-        with atomic.atomic_path(folder / VOCODER_FILE, ".safetensors") as tmp:
-            save_file(weights, str(tmp))
-        section["vocoder"] = {"kind": "vocos", "file": VOCODER_FILE,
-                              "config": dataclasses.asdict(voc.model.cfg),
-                              "train_seconds": round(voc.seconds, 1), "steps": voc.steps,
-                              "adapt_seconds": round(voc.adapt_seconds, 1),
-                              "adapt_steps": voc.adapt_steps}
-        files[VOCODER_FILE] = sha256_file(folder / VOCODER_FILE)
+        files[VOCODER_FILE] = _save(voc.model, folder / VOCODER_FILE)
+        vocoder = VocoderSection("vocos", file=VOCODER_FILE,
+                                 config=dataclasses.asdict(voc.model.cfg),
+                                 train_seconds=round(voc.seconds, 1), steps=voc.steps,
+                                 adapt_seconds=round(voc.adapt_seconds, 1),
+                                 adapt_steps=voc.adapt_steps)
+    section = VoiceSection(
+        file=VOICE_FILE, config=dataclasses.asdict(voice.model.cfg), symbols=list(SYMBOLS),
+        mel=VoiceMel(VOICE_MEL, voice.mel_mean.tolist(), voice.mel_std.tolist()),
+        vocoder=vocoder, text={"english_voice": "en-us"}, preset=preset,
+        train_seconds=round(voice.seconds, 1), steps=voice.steps,
+        utterances=voice.utterances, duration_scale=round(voice.duration_scale, 4))
     return section, files
 
 
@@ -58,23 +59,15 @@ def add_voice(bundle: Path, voice: TrainedVoice, preset: str) -> None:
     atomic write, so a failure leaves the old bundle working."""
     manifest = read_manifest(bundle)
     section, files = write_voice(voice, bundle, preset)
-    manifest["voice"] = section
-    kept = {k: v for k, v in manifest["files"].items() if k not in (VOICE_FILE, VOCODER_FILE)}
-    manifest["files"] = {**kept, **files}
-    atomic.write_json(bundle / "manifest.json", manifest)
+    kept = {k: v for k, v in manifest.files.items() if k not in (VOICE_FILE, VOCODER_FILE)}
+    write_manifest(bundle, manifest.replace(voice=section, files={**kept, **files}))
 
 
 def export_voice_bundle(voice: TrainedVoice, out: Path, name: str, preset: str) -> Path:
     """A bundle with a voice and no face (a voice-only enrolment), written atomically."""
-    import datetime as dt
-
-    from avatar.bundle import KIND, SCHEMA_VERSION
-    from avatar.version import __version__
-
     with atomic.atomic_dir(out) as tmp:
         section, files = write_voice(voice, tmp, preset)
-        atomic.write_json(tmp / "manifest.json", {
-            "schema": SCHEMA_VERSION, "kind": KIND, "name": name,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "tool": f"twincast {__version__}", "voice": section, "files": files})
+        write_manifest(tmp, Manifest(
+            name=name, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            tool=f"twincast {__version__}", files=files, voice=section))
     return out

@@ -23,6 +23,7 @@ from avatar.errors import TwincastError, path_error
 from training.config import FeaturesConfig
 from training.ingest import file_digest, require_writable_dir
 from training.progress import bar
+from training.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def enrol_voice_features(folder: Path, transcript: Path, workdir: Path,
         log.warning("%d recordings have no transcript line and are left out",
                     len(files) - len(matched))
     require_writable_dir(workdir)
-    out = workdir / "voice_features"
+    out = Workdir(workdir).voice_features
     digest_cfg = cfg.audio_digest()
     jobs, results = [], {}
     with bar(len(matched), "hashing recordings", "file") as pb:
@@ -202,7 +203,8 @@ def enrol_voice_features(folder: Path, transcript: Path, workdir: Path,
 def voice_sources(workdir: Path) -> list[Path]:
     """The caches of an enrolment the voice learns from: the video enrolment's and the
     voice-only one's, whichever exist."""
-    found = [d for d in (workdir / "features", workdir / "voice_features")
+    wd = Workdir(workdir)
+    found = [d for d in (wd.features, wd.voice_features)
              if (d / "manifest.json").exists()]
     if not found:
         raise TwincastError(f"{workdir}: no enrolment cache here; run 'twincast enrol' first")

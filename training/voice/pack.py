@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from avatar import atomic
+from avatar.audio import VOICE_RATE
 from avatar.errors import TwincastError
 from avatar.text.frontend import TextFrontend
 from training.voice.data import utterance_phonemes
+from training.workdir import Workdir
 
 
 def pack(workdir: Path, out: Path) -> Path:
@@ -31,7 +33,7 @@ def pack(workdir: Path, out: Path) -> Path:
         raise TwincastError(f"{workdir}: no enrolment cache with transcripts to pack; run "
                             "'twincast enrol' with a transcript first")
     frontend = TextFrontend()
-    dst = out / "voice_features"
+    dst = Workdir(out).voice_features
     clips, rows = [], []
     with atomic.atomic_dir(dst) as tmp:
         for d in sources:
@@ -58,7 +60,7 @@ def pack(workdir: Path, out: Path) -> Path:
                              "text": r["text"],
                              "phonemes": utterance_phonemes(frontend, r["text"])})
         atomic.write_json(tmp / "manifest.json", {
-            "schema": 1, "kind": "voice", "rates": [22050], "clips": clips,
+            "schema": 1, "kind": "voice", "rates": [VOICE_RATE], "clips": clips,
             "packed_from": [str(d) for d in sources]})
         (tmp / "utterances.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return dst

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from avatar import atomic
+from avatar.audio import VOICE_MEL
 from avatar.devices import compute_dtype
 from avatar.errors import TwincastError
 from avatar.models.vocoder import VocoderConfig
@@ -43,7 +44,7 @@ from training.voice.vocoder import (
 
 log = logging.getLogger(__name__)
 
-PAD_FRAMES = round(PAD_SECONDS * 22050 / 256)
+PAD_FRAMES = round(PAD_SECONDS * VOICE_MEL.rate / VOICE_MEL.hop)
 """Frames of silence the training utterances carry either side (not speech to match)."""
 
 
@@ -323,7 +324,7 @@ def weights_digest(model: torch.nn.Module) -> str:
 @torch.no_grad()
 def teacher_forced_mels(model: AcousticModel, utts: list[Utterance], mean: np.ndarray,
                         std: np.ndarray, device: torch.device, max_frames: int,
-                        hop: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
+                        hop: int = VOICE_MEL.hop) -> list[tuple[np.ndarray, np.ndarray]]:
     """(the model's mel, the real waveform) for each utterance: the mel is predicted with
     the model's own alignment to the recording (its durations are the real ones), so it
     lines up with the real audio frame for frame, and it is as smooth as at synthesis."""

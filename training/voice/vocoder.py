@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from avatar import atomic
+from avatar.audio import VOICE_MEL
 from avatar.errors import TwincastError
 from avatar.models.vocoder import Vocoder, VocoderConfig, stft_loss
 from training.progress import bar
@@ -112,8 +113,8 @@ class SegmentSampler:
                     with np.load(dirs[cid] / "audio.npz") as z:
                         cache[cid] = (read_wav(wav), z["mel22"])
                 audio, mel = cache[cid]
-                a = int(u["start"] * 22050 / hop)
-                b = min(mel.shape[1], int(u["end"] * 22050 / hop), len(audio) // hop)
+                a = int(u["start"] * VOICE_MEL.rate / hop)
+                b = min(mel.shape[1], int(u["end"] * VOICE_MEL.rate / hop), len(audio) // hop)
                 items.append((audio, mel, a, b))
         return cls(items, frames, hop, seed)
 
@@ -147,9 +148,7 @@ def _fit(model: Vocoder, sampler: SegmentSampler, stage: _Stage, cfg: VocoderTra
     for the same digest); returns the stage's steps and seconds."""
     import torchaudio
 
-    from avatar.vocoder import MelSpec
-
-    spec = MelSpec()
+    spec = VOICE_MEL
     opt = torch.optim.AdamW(model.parameters(), lr=stage.lr(0), betas=(0.8, 0.99))
     mel_fn = torchaudio.transforms.MelSpectrogram(
         sample_rate=spec.rate, n_fft=spec.n_fft, hop_length=spec.hop, n_mels=spec.n_mels,

@@ -1,0 +1,101 @@
+"""The bundle contract: the typed manifest reads every schema-1 manifest written so far
+(``tests/data/manifest_v1.json`` was written by the exporter before the types existed),
+writes the same JSON back, and refuses what it cannot read with one line."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avatar.audio import FACE_MEL, VOICE_MEL, MelSpec, log_mel
+from avatar.bundle import read_manifest, sha256_file
+from avatar.errors import TwincastError
+from avatar.manifest import READS, Manifest, ManifestError
+
+OLD = json.loads((Path(__file__).parent / "data" / "manifest_v1.json").read_text())
+
+
+def test_a_schema_1_manifest_reads_and_writes_back_the_same():
+    m = Manifest.from_dict(copy.deepcopy(OLD))
+    assert m.name == "presenter" and m.fps == 25 and m.frame_size == (256, 256)
+    assert m.head is not None and m.head.mel.spec == FACE_MEL
+    assert m.voice is not None and m.voice.mel.spec == VOICE_MEL
+    assert m.voice.vocoder.kind == "griffin-lim"
+    assert m.to_dict() == OLD
+
+
+def test_vocos_and_voice_only_sections_round_trip():
+    d = copy.deepcopy(OLD)
+    d["voice"]["vocoder"] = {"kind": "vocos", "file": "vocoder.safetensors",
+                             "config": {"dim": 8}, "train_seconds": 1.5, "steps": 3,
+                             "adapt_seconds": 0.5, "adapt_steps": 2}
+    d["voice"]["weights"] = "float16"
+    assert Manifest.from_dict(copy.deepcopy(d)).to_dict() == d
+    voice_only = {k: d[k] for k in ("schema", "kind", "name", "created", "tool", "voice",
+                                    "files")}
+    m = Manifest.from_dict(copy.deepcopy(voice_only))
+    assert m.head is None and m.idle is None and m.to_dict() == voice_only
+
+
+def test_an_unknown_schema_names_what_it_found_and_what_it_reads():
+    with pytest.raises(ManifestError, match=r"schema version 7, but this twincast reads "
+                       rf"version {READS[0]}"):
+        Manifest.from_dict({**OLD, "schema": 7})
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["head"].pop("config"), "lacks head.config"),
+    (lambda d: d["head"]["mel"].update(mean="loud"), "head.mel.mean should be a float"),
+    (lambda d: d["voice"]["vocoder"].update(kind="wavenet"), "unknown vocoder 'wavenet'"),
+    (lambda d: d["voice"]["mel"].update(mean=[0.0]), "1 means and 80 deviations"),
+    (lambda d: d.update(frame_size=[256]), "frame_size should be"),
+    (lambda d: d.pop("fps"), "lacks fps, frame_size or crop_size"),
+])
+def test_a_damaged_manifest_is_one_clear_error(change, message):
+    d = copy.deepcopy(OLD)
+    change(d)
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_dict(d)
+
+
+def test_a_damaged_bundle_names_its_manifest(tmp_path: Path):
+    d = copy.deepcopy(OLD)
+    d["voice"].pop("symbols")
+    (tmp_path / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(TwincastError) as e:
+        read_manifest(tmp_path, verify=False)
+    assert str(e.value).startswith(str(tmp_path / "manifest.json"))
+    assert "lacks voice.symbols" in str(e.value)
+
+
+def test_the_face_mel_is_the_one_log_mel_computes():
+    x = np.random.default_rng(0).standard_normal(FACE_MEL.rate // 2).astype(np.float32)
+    assert np.array_equal(FACE_MEL(x), log_mel(x))
+    assert VOICE_MEL.to_dict() == {"rate": 22050, "n_fft": 1024, "hop": 256, "n_mels": 80,
+                                   "f_max": 8000.0}
+    assert MelSpec(16000, 512, 160, win=400).to_dict()["win"] == 400
+
+
+@pytest.mark.slow
+def test_a_bundle_with_the_old_manifest_loads_speaks_and_renders(bundle: Path,
+                                                                  tmp_path: Path):
+    """The weights of today's ci bundle under the manifest written before the types: the
+    loaders read it as they read a new one."""
+    from avatar.avatar import Avatar
+    from avatar.voice import Voice
+
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    d = copy.deepcopy(OLD)
+    d["files"] = {name: sha256_file(old / name) for name in d["files"]}
+    (old / "manifest.json").write_text(json.dumps(d, indent=2))
+    avatar = Avatar.load(old)
+    frames = avatar.render(avatar.silent_requests(2))
+    assert len(frames) == 2 and frames[0].shape == (256, 256, 3)
+    audio = Voice.load(old).say("Hello.")
+    assert audio.size > 0 and np.abs(audio).max() > 0.01
