@@ -92,7 +92,7 @@ def _one(bundle: Path, size: tuple[int, int], idle_s: float, work: Path) -> dict
                 made = await post(http, "/v1/streams", {"rtmp": url, "width": size[0],
                                                         "height": size[1]})
                 await asyncio.sleep(2.0)  # connected, encoder warm
-                output = srv.streams[made["id"]][0]
+                output = srv.registry.get(made["id"]).output.push
                 pids = (output.pid,)  # type: ignore[attr-defined]
                 c0, w0 = _cpu_s(pids), time.monotonic()
                 await asyncio.sleep(idle_s)

@@ -1,8 +1,9 @@
-"""The realtime server: an aiohttp application with WebRTC sessions (aiortc).
+"""The realtime server's core: avatars loaded once per device, one render scheduler for
+every session, and sessions opened for a WebRTC peer or an RTMP ingest into one registry.
 
-Avatars are loaded once per device at start; one scheduler renders every session's frames
-(see ``streaming.scheduler``). The HTTP API lives under ``/v1``; every answer to a bad
-request is a 4xx with a JSON ``{"error": ...}`` body, and no request can stop the others.
+HTTP lives in ``streaming.routes``; requests are parsed by ``streaming.requests``; where a
+session's media goes is an ``streaming.outputs.Output``. Nothing here knows HTTP, so the
+same core can serve behind another front (a cluster worker, the command line).
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ import logging
 import os
 import secrets
 import threading
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from avatar.errors import TwincastError
+from streaming.registry import Registry
+from streaming.requests import BadRequest, Interrupt, Say, StreamRequest, parse_command
 from streaming.scheduler import Lane, Scheduler, SchedulerConfig
 from streaming.session import Session, SessionConfig, listen
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
@@ -55,14 +54,6 @@ class ServerConfig:
     receiver) for this long has gone without closing: its session is closed."""
 
 
-EMBED_FILES = {"twincast.js": "application/javascript", "example.html": "text/html",
-               "example.js": "application/javascript"}
-
-
-def _error(status: int, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers or None)
-
-
 class Server:
     def __init__(self, bundles: dict[str, Path], cfg: ServerConfig | None = None):
         if not bundles:
@@ -73,14 +64,14 @@ class Server:
         self.bundles = bundles
         self.avatars: dict[str, object] = {}
         self.voices: dict[str, object | None] = {}
-        self.sessions: dict[str, Session] = {}
-        self.peers: dict[str, object] = {}
         self.scheduler: Scheduler | None = None
-        self._opening = 0
-        self._listeners: dict[str, asyncio.Future] = {}
-        self._opened_at: dict[str, float] = {}
+        self.registry = Registry(self.cfg.max_sessions, self.cfg.capacity_share)
         self._watchdog: asyncio.Task | None = None
-        self.streams: dict[str, tuple[object, list[asyncio.Task]]] = {}
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        """The open sessions, WebRTC and livestreams alike."""
+        return self.registry.sessions
 
     # ------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -105,431 +96,158 @@ class Server:
         self.scheduler.warm_up(lambda name, n: self.avatars[name].silent_requests(n))
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.cfg.max_body_bytes,
-                              middlewares=[self._cors, self._errors, self._auth])
-        r = app.router
-        r.add_get("/", self.page)
-        r.add_get("/app.js", self.page_js)
-        for name in EMBED_FILES:
-            r.add_get(f"/embed/{name}", self.embed_file)
-        r.add_get("/healthz", self.healthz)
-        r.add_get("/metrics", self.metrics)
-        r.add_get("/v1/openapi.json", self.openapi)
-        r.add_get("/v1/avatars", self.list_avatars)
-        r.add_post("/v1/sessions", self.create_session)
-        r.add_get("/v1/sessions/{id}", self.get_session)
-        r.add_delete("/v1/sessions/{id}", self.delete_session)
-        r.add_post("/v1/sessions/{id}/say", self.say)
-        r.add_post("/v1/sessions/{id}/interrupt", self.interrupt)
-        r.add_post("/v1/streams", self.create_stream)
-        app.on_startup.append(self._startup)
-        app.on_shutdown.append(self._shutdown)
-        return app
+        from streaming.routes import build_app
 
-    async def _startup(self, app: web.Application) -> None:
+        return build_app(self)
+
+    async def start(self) -> None:
         if self.scheduler is None:
             self.load()
         assert self.scheduler is not None
         self.scheduler.start()
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
-    async def _shutdown(self, app: web.Application) -> None:
+    async def stop(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
-        for sid in list(self.sessions):
-            await self._close(sid)
+        await self.registry.close_all()
         if self.scheduler is not None:
             self.scheduler.stop()
 
-    # ------------------------------------------------------------ middlewares
-    @web.middleware
-    async def _cors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Pages from the configured origins may call the API (and read ``Location``)."""
-        origin = request.headers.get("Origin")
-        allowed = origin is not None and request.path.startswith("/v1/") and (
-            "*" in self.cfg.cors_origins or origin in self.cfg.cors_origins)
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            if not allowed:
-                return _error(403, f"origin {origin!r} may not call this API; add it with "
-                              "--cors-origin")
-            return web.Response(status=204, headers={
-                "Access-Control-Allow-Origin": origin, "Vary": "Origin",
-                "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
-                "Access-Control-Allow-Headers": "Authorization, Content-Type",
-                "Access-Control-Max-Age": "600"})
-        response = await handler(request)
-        if allowed:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "Location"
-            response.headers["Vary"] = "Origin"
-        return response
+    async def _watch(self) -> None:
+        period = min(2.0, self.cfg.vanished_after_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            await self.registry.sweep()
 
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException as e:
-            if e.status < 400:
-                raise
-            return _error(e.status, e.reason)
-        except TwincastError as e:
-            return _error(400, str(e))
+    # ------------------------------------------------------------ sessions
+    def avatar_name(self, name: str | None) -> str:
+        """``name``, or the first avatar when None; a 404 for one this server lacks."""
+        name = name or next(iter(self.avatars))
+        if name not in self.avatars:
+            raise BadRequest(f"no avatar {name!r}; this server has {', '.join(self.avatars)}",
+                             404)
+        return name
 
-    @web.middleware
-    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/v1/") and request.path != "/v1/openapi.json":
-            given = request.headers.get("Authorization", "")
-            if not secrets.compare_digest(given, f"Bearer {self.token}"):
-                return _error(401, "missing or wrong bearer token", **{
-                    "WWW-Authenticate": "Bearer"})
-        return await handler(request)
-
-    # ------------------------------------------------------------ handlers
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "sessions": len(self.sessions)})
-
-    async def create_session(self, request: web.Request) -> web.Response:
-
-
-        if len(self.sessions) + self._opening >= self.cfg.max_sessions:
-            return _error(503, f"the server holds its maximum of {self.cfg.max_sessions} "
-                          "sessions; try again later", **{"Retry-After": "10"})
+    def _new_session(self, avatar: str) -> Session:
         assert self.scheduler is not None
-        need = (len(self.sessions) + self._opening + 1) * SessionConfig().fps
-        if need > self.cfg.capacity_share * self.scheduler.capacity_fps():
-            return _error(503, "rendering capacity is taken by the open sessions "
-                          f"(measured {self.scheduler.capacity_fps():.0f} frames/s); try "
-                          "again later", **{"Retry-After": "10"})
-        # Hold a place while the offer is negotiated (it awaits): a burst of requests must
-        # not all pass the checks above before any of them is counted.
-        self._opening += 1
-        try:
-            return await self._open(request)
-        finally:
-            self._opening -= 1
+        return Session(avatar, self.avatars[avatar], self.voices.get(avatar), self.scheduler,
+                       SessionConfig())
 
-    async def _open(self, request: web.Request) -> web.Response:
+    def _reserve(self):  # noqa: ANN202 - the registry's admission context
+        assert self.scheduler is not None
+        return self.registry.reserve(SessionConfig().fps, self.scheduler.capacity_fps())
+
+    async def open_webrtc(self, sdp: object, avatar: str | None) -> tuple[Session, str]:
+        """A session for a WebRTC peer's SDP offer; returns it and the SDP answer."""
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
+        from streaming.outputs import WebRtcOutput
         from streaming.tracks import AvatarAudioTrack, AvatarVideoTrack
 
-        as_json = request.content_type == "application/json"
-        if as_json:
-            body = await self._json(request)
-            sdp, avatar = body.get("sdp"), body.get("avatar")
-        else:
-            sdp, avatar = await request.text(), request.query.get("avatar")
-        avatar = avatar or next(iter(self.avatars))
-        if avatar not in self.avatars:
-            return _error(404, f"no avatar {avatar!r}; this server has "
-                          f"{', '.join(self.avatars)}")
-        if not isinstance(sdp, str) or "v=0" not in sdp[:200] or "m=" not in sdp:
-            return _error(400, "the body must be an SDP offer (application/sdp, or JSON "
-                          "with an 'sdp' field)")
-        assert self.scheduler is not None
-        session = Session(avatar, self.avatars[avatar], self.voices.get(avatar),
-                          self.scheduler, SessionConfig())
-        pc = RTCPeerConnection()
+        with self._reserve():
+            avatar = self.avatar_name(avatar)
+            if not isinstance(sdp, str) or "v=0" not in sdp[:200] or "m=" not in sdp:
+                raise BadRequest("the body must be an SDP offer (application/sdp, or JSON "
+                                 "with an 'sdp' field)")
+            session = self._new_session(avatar)
+            pc = RTCPeerConnection()
+            output = WebRtcOutput(pc, self.cfg.connect_timeout_s, self.cfg.vanished_after_s)
 
-        @pc.on("track")
-        def _incoming(track) -> None:  # noqa: ANN001 - aiortc's remote track
-            # Audio-driven mode: the client's microphone drives the mouth (and is heard).
-            if track.kind == "audio":
-                self._listeners[session.id] = asyncio.ensure_future(
-                    listen(session, track))
+            @pc.on("track")
+            def _incoming(track) -> None:  # noqa: ANN001 - aiortc's remote track
+                # Audio-driven mode: the client's microphone drives the mouth (and is heard).
+                if track.kind == "audio":
+                    output.listener = asyncio.ensure_future(listen(session, track))
 
-        # Send what the offer asks to receive.
-        if "m=video" in sdp:
-            pc.addTrack(AvatarVideoTrack(session))
-        if "m=audio" in sdp:
-            pc.addTrack(AvatarAudioTrack(session))
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
-            await pc.setLocalDescription(await pc.createAnswer())
-        except (ValueError, TypeError, AttributeError, IndexError) as e:
-            await pc.close()
-            return _error(400, f"the SDP offer cannot be used ({str(e)[:160]})")
-        session.start()
-        self.sessions[session.id] = session
-        self.peers[session.id] = pc
-        self._opened_at[session.id] = time.monotonic()
+            # Send what the offer asks to receive.
+            if "m=video" in sdp:
+                pc.addTrack(AvatarVideoTrack(session))
+            if "m=audio" in sdp:
+                pc.addTrack(AvatarAudioTrack(session))
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
+                await pc.setLocalDescription(await pc.createAnswer())
+            except (ValueError, TypeError, AttributeError, IndexError) as e:
+                await pc.close()
+                raise BadRequest(f"the SDP offer cannot be used ({str(e)[:160]})") from None
+            session.start()
+            self.registry.add(session, output)
 
         @pc.on("datachannel")
         def _channel(channel) -> None:  # noqa: ANN001 - aiortc's RTCDataChannel
-            self._attach_channel(session, channel)
+            self.attach_channel(session, channel)
 
         @pc.on("connectionstatechange")
         async def _state() -> None:
             if pc.connectionState in ("failed", "closed"):
-                await self._close(session.id)
+                await self.registry.close(session.id)
 
-        answer = pc.localDescription.sdp
-        location = f"/v1/sessions/{session.id}"
         log.info("session %s opened (avatar %s)", session.id, avatar,
                  extra={"session": session.id})
-        if as_json:
-            return web.json_response({"id": session.id, "sdp": answer, "type": "answer"},
-                                     status=201, headers={"Location": location})
-        return web.Response(text=answer, status=201, content_type="application/sdp",
-                            headers={"Location": location})
+        return session, pc.localDescription.sdp
 
-    async def create_stream(self, request: web.Request) -> web.Response:
-        """Start pushing a new session to an RTMP ingest (a stream is a session whose
-        output is RTMP): JSON ``{"rtmp": URL, "avatar": ..., "show": TOML text, "width",
-        "height", "video_kbps", "keyframe_s", "key_colour": [r, g, b]}``."""
-        from avatar.show import parse_show
-        from streaming.rtmp import RtmpConfig, check_url
-
-        body = await self._json(request)
-        url = body.get("rtmp")
-        if not isinstance(url, str):
-            return _error(400, "'rtmp' must be the ingest URL (rtmp://... or rtmps://...)")
-        check_url(url)
-        avatar = body.get("avatar") or next(iter(self.avatars))
-        if avatar not in self.avatars:
-            return _error(404, f"no avatar {avatar!r}; this server has "
-                          f"{', '.join(self.avatars)}")
-        show = None
-        if body.get("show") is not None:
-            if not isinstance(body["show"], str):
-                return _error(400, "'show' must be the text of a show file (TOML)")
-            show = parse_show(body["show"], "show")
-        ints: dict[str, float] = {}
-        for key, lo, hi in (("width", 64, 3840), ("height", 64, 2160),
-                            ("video_kbps", 100, 50000)):
-            v = body.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or
-                                  not lo <= v <= hi or (key != "video_kbps" and v % 2)):
-                return _error(400, f"'{key}' must be a whole number from {lo} to {hi}"
-                              + (" (even)" if key != "video_kbps" else ""))
-            if v is not None:
-                ints[key] = v
-        kf = body.get("keyframe_s")
-        if kf is not None:
-            if isinstance(kf, bool) or not isinstance(kf, int | float) or not 0.5 <= kf <= 10:
-                return _error(400, "'keyframe_s' must be a number of seconds from 0.5 to 10")
-            ints["keyframe_s"] = float(kf)
-        key = body.get("key_colour")
-        if key is not None and not (isinstance(key, list) and len(key) == 3 and all(
-                isinstance(c, int) and 0 <= c <= 255 for c in key)):
-            return _error(400, "'key_colour' must be [r, g, b] with values 0-255")
-        if len(self.sessions) + self._opening >= self.cfg.max_sessions:
-            return _error(503, f"the server holds its maximum of {self.cfg.max_sessions} "
-                          "sessions; try again later", **{"Retry-After": "10"})
-        cfg = RtmpConfig(url=url, key_colour=tuple(key) if key else None, **ints)
-        session = await self.open_stream(avatar, cfg, show)
-        location = f"/v1/sessions/{session.id}"
-        return web.json_response({"id": session.id, "location": location}, status=201,
-                                 headers={"Location": location})
-
-    async def open_stream(self, avatar: str, cfg: object, show: object | None = None
-                          ) -> Session:
-        """A session whose output goes to an RTMP ingest instead of a WebRTC peer."""
+    async def open_stream(self, req: StreamRequest, show: object | None = None) -> Session:
+        """A session whose output is pushed to an RTMP ingest (``show``: a parsed show to
+        run on it, else the request's show text)."""
+        from streaming.outputs import RtmpStream
         from streaming.rtmp import RtmpOutput, pump
         from streaming.show import run_show
 
-        assert self.scheduler is not None
-        session = Session(avatar, self.avatars[avatar], self.voices.get(avatar),
-                          self.scheduler, SessionConfig())
-        keyer = None
-        if cfg.key_colour is not None:  # type: ignore[attr-defined]
-            from streaming.keying import Keyer
+        show = show if show is not None else req.parsed_show()
+        cfg = req.rtmp_config()
+        with self._reserve():
+            avatar = self.avatar_name(req.avatar)
+            session = self._new_session(avatar)
+            keyer = None
+            if cfg.key_colour is not None:
+                from streaming.keying import Keyer
 
-            keyer = await asyncio.get_running_loop().run_in_executor(
-                None, Keyer, cfg.key_colour)  # type: ignore[attr-defined]
-        output = RtmpOutput(cfg, session.cfg.fps, session.cfg.audio_rate,  # type: ignore[arg-type]
-                            keyer=keyer)
-        session.start()
-        output.start()
-        tasks = [asyncio.ensure_future(pump(session, output))]
-        if show is not None:
-            tasks.append(asyncio.ensure_future(run_show(session, show)))
-        self.sessions[session.id] = session
-        self.streams[session.id] = (output, tasks)
-        session.describe_extra = lambda: {"output": "rtmp", "rtmp_state": output.state,
-                                          **{f"rtmp_{k}": v for k, v in output.stats.items()}}
-        log.info("session %s streams to %s", session.id, output.redacted_url(),
+                keyer = await asyncio.get_running_loop().run_in_executor(
+                    None, Keyer, cfg.key_colour)
+            push = RtmpOutput(cfg, session.cfg.fps, session.cfg.audio_rate, keyer=keyer)
+            session.start()
+            push.start()
+            tasks = [asyncio.ensure_future(pump(session, push))]
+            if show is not None:
+                tasks.append(asyncio.ensure_future(run_show(session, show)))
+            self.registry.add(session, RtmpStream(push, tasks))
+        log.info("session %s streams to %s", session.id, push.redacted_url(),
                  extra={"session": session.id})
         return session
 
-    def _session(self, request: web.Request) -> Session:
-        s = self.sessions.get(request.match_info["id"])
-        if s is None:
-            raise web.HTTPNotFound(reason="no such session (unknown or closed)")
-        return s
+    def session(self, sid: str) -> Session:
+        entry = self.registry.get(sid)
+        if entry is None:
+            raise BadRequest("no such session (unknown or closed)", 404)
+        return entry.session
 
-    async def _json(self, request: web.Request) -> dict:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise web.HTTPBadRequest(reason="the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise web.HTTPBadRequest(reason="the body must be a JSON object")
-        return body
+    def say(self, session: Session, req: Say) -> str:
+        return session.say(req.text, interrupt=req.interrupt, pace=req.rate)
 
-    async def get_session(self, request: web.Request) -> web.Response:
-        return web.json_response(self._session(request).describe())
+    async def close(self, sid: str) -> None:
+        await self.registry.close(sid)
 
-    async def delete_session(self, request: web.Request) -> web.Response:
-        s = self._session(request)
-        await self._close(s.id)
-        return web.Response(status=204)
-
-    async def say(self, request: web.Request) -> web.Response:
-        s = self._session(request)
-        body = await self._json(request)
-        text = body.get("text")
-        if not isinstance(text, str):
-            return _error(400, "'text' must be a string")
-        if len(text) > self.cfg.max_text_chars:
-            return _error(413, f"the text is {len(text)} characters; the limit is "
-                          f"{self.cfg.max_text_chars}")
-        policy = body.get("policy", "interrupt" if body.get("interrupt") else "append")
-        if policy not in ("append", "interrupt"):
-            return _error(400, "'policy' is 'append' (after what is queued) or 'interrupt'")
-        pace = body.get("rate", 1.0)
-        if isinstance(pace, bool) or not isinstance(pace, int | float) or \
-                not 0.5 <= pace <= 2.0:
-            return _error(400, "'rate' must be a number from 0.5 to 2.0")
-        uid = s.say(text, interrupt=policy == "interrupt", pace=float(pace))
-        return web.json_response({"utterance": uid}, status=202)
-
-    async def interrupt(self, request: web.Request) -> web.Response:
-        s = self._session(request)
-        return web.json_response({"dropped": s.interrupt()})
-
-    def _attach_channel(self, session: Session, channel) -> None:  # noqa: ANN001
+    def attach_channel(self, session: Session, channel) -> None:  # noqa: ANN001
         """The data channel carries the same commands as the API and the session's
         events (speech started/ended, interrupted, errors) with their stream times."""
 
-        def send(ev: dict) -> None:
+        def send(message: dict) -> None:
             if channel.readyState == "open":
-                channel.send(json.dumps(ev))
+                channel.send(json.dumps(message))
 
-        session.listeners.append(send)
+        session.listeners.append(lambda ev: send(ev.to_json()))
 
         @channel.on("message")
         def _message(message: object) -> None:
             try:
-                cmd = json.loads(message) if isinstance(message, str) else None
-                if not isinstance(cmd, dict):
-                    raise ValueError("a command is a JSON object")
-                kind = cmd.get("type")
-                if kind == "say":
-                    text = cmd.get("text")
-                    if not isinstance(text, str) or len(text) > self.cfg.max_text_chars:
-                        raise ValueError("'text' must be a string of at most "
-                                         f"{self.cfg.max_text_chars} characters")
-                    pace = cmd.get("rate", 1.0)
-                    if isinstance(pace, bool) or not isinstance(pace, int | float) or \
-                            not 0.5 <= pace <= 2.0:
-                        raise ValueError("'rate' must be a number from 0.5 to 2.0")
-                    uid = session.say(text, interrupt=bool(cmd.get("interrupt")),
-                                      pace=float(pace))
-                    send({"type": "accepted", "utterance": uid})
-                elif kind == "interrupt":
+                cmd = parse_command(message, self.cfg.max_text_chars)
+                if isinstance(cmd, Interrupt):
                     session.interrupt()
                 else:
-                    raise ValueError(f"unknown command {kind!r} (say, interrupt)")
-            except (ValueError, TwincastError) as e:
+                    send({"type": "accepted", "utterance": self.say(session, cmd)})
+            except TwincastError as e:
                 send({"type": "error", "message": str(e)})
-
-    async def page(self, request: web.Request) -> web.Response:
-        return self._static("index.html", "text/html")
-
-    async def page_js(self, request: web.Request) -> web.Response:
-        return self._static("app.js", "application/javascript")
-
-    async def embed_file(self, request: web.Request) -> web.Response:
-        """The embed kit: the client script, and an example page that uses it."""
-        name = request.path.rsplit("/", 1)[1]
-        return self._static(name, EMBED_FILES[name])
-
-    def _static(self, name: str, content_type: str) -> web.Response:
-        body = (Path(__file__).parent / "web" / name).read_text(encoding="utf-8")
-        csp = ("default-src 'none'; script-src 'self'; connect-src 'self'; "
-               "media-src 'self' blob:; img-src 'self' data:; style-src 'self' "
-               "'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-        return web.Response(text=body, content_type=content_type,
-                            headers={"Content-Security-Policy": csp,
-                                     "X-Content-Type-Options": "nosniff",
-                                     "Cache-Control": "no-store"})
-
-    async def list_avatars(self, request: web.Request) -> web.Response:
-        return web.json_response({"avatars": [
-            {"name": n, "voice": self.voices.get(n) is not None} for n in self.avatars]})
-
-    async def openapi(self, request: web.Request) -> web.Response:
-        from streaming.openapi import document
-
-        return web.json_response(document())
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        from streaming.metrics import registry_for
-
-        body = generate_latest(registry_for(self))
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def _watch(self) -> None:
-        """Close the sessions of clients that never connected or went away without a
-        word (a closed laptop lid, a lost network): their renders and tracks are freed."""
-        period = min(2.0, self.cfg.vanished_after_s / 4)
-        while True:
-            await asyncio.sleep(period)
-            now = time.monotonic()
-            for sid, pc in list(self.peers.items()):
-                age = now - self._opened_at.get(sid, now)
-                why = None
-                try:
-                    if pc.connectionState != "connected":  # type: ignore[attr-defined]
-                        if age > self.cfg.connect_timeout_s:
-                            why = f"its peer did not connect within {age:.0f} s"
-                    else:
-                        silent = await _last_report_age(pc)
-                        if (silent if silent is not None else age) > self.cfg.vanished_after_s:
-                            why = "its client vanished (no RTCP report for " \
-                                  f"{silent if silent is not None else age:.0f} s)"
-                except Exception:  # noqa: BLE001 - one odd peer must not stop the watch
-                    log.exception("watchdog: session %s", sid, extra={"session": sid})
-                if why is not None:
-                    log.warning("session %s closed: %s", sid, why, extra={"session": sid})
-                    await self._close(sid)
-
-    async def _close(self, sid: str) -> None:
-        s = self.sessions.pop(sid, None)
-        pc = self.peers.pop(sid, None)
-        self._opened_at.pop(sid, None)
-        listener = self._listeners.pop(sid, None)
-        if listener is not None:
-            listener.cancel()
-        stream = self.streams.pop(sid, None)
-        if stream is not None:
-            for task in stream[1]:
-                task.cancel()
-        if s is not None:
-            await s.close()
-            log.info("session %s closed", sid, extra={"session": sid})
-        if pc is not None:
-            await pc.close()  # type: ignore[attr-defined]
-
-
-async def _last_report_age(pc) -> float | None:  # noqa: ANN001 - RTCPeerConnection
-    """Seconds since the peer's last RTCP receiver report on any of our tracks (None when
-    it has sent none yet)."""
-    import datetime as dt
-
-    newest = None
-    for sender in pc.getSenders():
-        if sender.track is None:
-            continue
-        for st in (await sender.getStats()).values():
-            if st.type == "remote-inbound-rtp" and (newest is None or st.timestamp > newest):
-                newest = st.timestamp
-    if newest is None:
-        return None
-    return (dt.datetime.now(dt.UTC) - newest).total_seconds()
 
 
 def bundle_names(bundles: list[Path]) -> dict[str, Path]:
@@ -570,22 +288,20 @@ class RunningServer:
 
 
 def serve(bundles: list[Path], cfg: ServerConfig,
-          stream: tuple[object, object | None] | None = None) -> None:
+          stream: tuple[StreamRequest, object | None] | None = None) -> None:
     """``twincast serve``: load, print the token and a local link, serve until Ctrl-C.
-    ``stream`` (an RtmpConfig and a Show or None): also push one stream from the start
-    (``twincast stream``)."""
+    ``stream`` (a StreamRequest and a parsed show or None): also push one stream from the
+    start (``twincast stream``)."""
     names = bundle_names(bundles)
     server = Server(names, cfg)
     server.load()
+    app = server.app()
     if stream is not None:
         async def start_stream(app: web.Application) -> None:
-            s = await server.open_stream(next(iter(names)), *stream)
+            s = await server.open_stream(*stream)
             log.info("stream session %s: inject text with POST /v1/sessions/%s/say", s.id,
                      s.id)
-        app = server.app()
         app.on_startup.append(start_stream)
-    else:
-        app = server.app()
     # The token rides in the link's fragment: the browser never sends it to a server.
     log.info("serving %s: open http://%s:%d/#token=%s", ", ".join(names), cfg.host,
              cfg.port, server.token)

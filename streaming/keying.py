@@ -17,8 +17,8 @@ class Keyer:
         try:
             import mediapipe as mp
         except ImportError:
-            raise TwincastError("keyed output needs mediapipe (pip install "
-                                "mediapipe==0.10.21)") from None
+            raise TwincastError("keyed output needs mediapipe; install it with: pip install "
+                                "'twincast[key]'") from None
         from avatar.quiet import native_stderr_silenced
 
         with native_stderr_silenced():

@@ -19,7 +19,7 @@ class ServerCollector:
     def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
         srv = self.server
         sessions = GaugeMetricFamily("twincast_sessions", "Open sessions")
-        sessions.add_metric([], len(srv.sessions))
+        sessions.add_metric([], len(srv.registry))
         yield sessions
         sch = srv.scheduler
         if sch is None:
@@ -62,7 +62,7 @@ class ServerCollector:
                                        "ingest", labels=["session"])
         live = GaugeMetricFamily("twincast_stream_live", "1 while the push is live",
                                  labels=["session"])
-        for sid, (output, _) in list(srv.streams.items()):
+        for sid, output in srv.registry.of_kind("rtmp"):
             st = output.stats  # type: ignore[attr-defined]
             sent.add_metric([sid], st["frames_sent"])
             dropped.add_metric([sid], st["frames_dropped"])

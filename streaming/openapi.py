@@ -1,6 +1,10 @@
-"""The OpenAPI document of the HTTP API (``GET /v1/openapi.json``)."""
+"""The OpenAPI document of the HTTP API (``GET /v1/openapi.json``); the request bodies'
+schemas come from the request types themselves (``streaming.requests``)."""
 
 from __future__ import annotations
+
+from streaming.events import EVENTS
+from streaming.requests import schemas
 
 
 def _error(desc: str) -> dict:
@@ -17,26 +21,7 @@ def document() -> dict:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
-                "Say": {"type": "object", "required": ["text"], "properties": {
-                    "text": {"type": "string"},
-                    "policy": {"enum": ["append", "interrupt"], "default": "append",
-                               "description": "after what is queued, or cut it off"},
-                    "interrupt": {"type": "boolean", "default": False,
-                                  "description": "the same as policy: interrupt"},
-                    "rate": {"type": "number", "minimum": 0.5, "maximum": 2.0,
-                             "default": 1.0, "description": "speaking rate"}}},
-                "Stream": {"type": "object", "required": ["rtmp"], "properties": {
-                    "rtmp": {"type": "string", "description": "rtmp:// or rtmps:// "
-                             "ingest URL with its stream key"},
-                    "avatar": {"type": "string"},
-                    "show": {"type": "string", "description": "a show file's TOML text"},
-                    "width": {"type": "integer", "default": 1280},
-                    "height": {"type": "integer", "default": 720},
-                    "video_kbps": {"type": "integer", "default": 2500},
-                    "keyframe_s": {"type": "number", "default": 2.0},
-                    "key_colour": {"type": "array", "items": {"type": "integer"},
-                                   "description": "[r, g, b]: background replaced by "
-                                   "this colour for chroma keying"}}},
+                **schemas(),
             },
         },
         "security": [{"bearer": []}],
@@ -85,7 +70,8 @@ def document() -> dict:
                 "responses": {"200": {"description": "how many utterances were dropped"}}}},
         },
         "x-data-channel": "Commands {type: say, text, interrupt, rate} and "
-                          "{type: interrupt}; "
-                          "events {type: speech_started | speech_ended | interrupted | "
-                          "error | accepted, utterance, stream_time}.",
+                          "{type: interrupt}; events {type: "
+                          + " | ".join(e.type for e in EVENTS) + ", session, utterance, "
+                          "stream_time} and replies {type: accepted, utterance} or "
+                          "{type: error, message}.",
     }

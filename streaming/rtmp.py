@@ -30,8 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar.errors import TwincastError
-
 log = logging.getLogger(__name__)
 
 
@@ -53,12 +51,6 @@ class RtmpConfig:
     max_backoff_s: float = 30.0
     key_colour: tuple[int, int, int] | None = None
     """Replace the background with this colour (for chroma keying in streaming software)."""
-
-
-def check_url(url: str) -> None:
-    if not url.startswith(("rtmp://", "rtmps://")):
-        raise TwincastError(f"--rtmp {url!r}: an ingest URL starts with rtmp:// or rtmps:// "
-                            "(for example rtmp://live.example.com/app/STREAM-KEY)")
 
 
 def fit(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -83,7 +75,6 @@ class RtmpOutput:
 
     def __init__(self, cfg: RtmpConfig, fps: int = 25, audio_rate: int = 48000,
                  keyer: object | None = None):
-        check_url(cfg.url)
         self.cfg, self.fps, self.audio_rate = cfg, fps, audio_rate
         self.keyer = keyer
         self.stats: dict[str, float] = {"frames_sent": 0, "frames_dropped": 0, "connects": 0,

@@ -25,6 +25,13 @@ import numpy as np
 
 from avatar.avatar import Avatar, FrameRequest
 from avatar.errors import TwincastError
+from streaming.events import (
+    Interrupted,
+    SessionEvent,
+    SpeechEnded,
+    SpeechFailed,
+    SpeechStarted,
+)
 from streaming.scheduler import Job, Scheduler
 from streaming.speech import SpeechConfig, SpeechFrames
 
@@ -123,8 +130,8 @@ class Session:
         self.state = "new"
         self.queue: deque[Utterance] = deque()
         self.rendered: dict[int, np.ndarray] = {}
-        self.events: deque[dict] = deque(maxlen=self.cfg.max_events)
-        self.listeners: list[Callable[[dict], None]] = []
+        self.events: deque[SessionEvent] = deque(maxlen=self.cfg.max_events)
+        self.listeners: list[Callable[[SessionEvent], None]] = []
         self.stats = {"frames_shown": 0, "frames_rendered": 0, "frames_late": 0,
                       "frames_late_at_start": 0, "frames_dropped_late": 0,
                       "utterances": 0, "interrupts": 0}
@@ -225,7 +232,7 @@ class Session:
         self.rendered.clear()
         if emit and dropped:
             self.stats["interrupts"] += 1
-            self._emit("interrupted", None)
+            self._emit(Interrupted, None)
         return dropped
 
     # ------------------------------------------------------------ media side
@@ -253,10 +260,10 @@ class Session:
         return u.audio.pop(j, self._silence)
 
     # ------------------------------------------------------------ internals
-    def _emit(self, kind: str, u: Utterance | None, at: float | None = None,
+    def _emit(self, kind: type[SessionEvent], u: Utterance | None, at: float | None = None,
               **extra: str) -> None:
-        ev = {"type": kind, "session": self.id, "utterance": u.id if u else None,
-              "stream_time": round(self.clock.now() if at is None else at, 3), **extra}
+        ev = kind(session=self.id, utterance=u.id if u else None,
+                  stream_time=round(self.clock.now() if at is None else at, 3), **extra)
         self.events.append(ev)
         for fn in list(self.listeners):
             fn(ev)
@@ -306,7 +313,7 @@ class Session:
                 continue
             u = self.queue[0]
             if u.error is not None and u.speech.finished and u.speech.seconds == 0:
-                self._emit("error", u, message=u.error)
+                self._emit(SpeechFailed, u, message=u.error)
                 self.queue.popleft().done.set()
                 continue
             now = self.clock.now()
@@ -323,7 +330,7 @@ class Session:
             self._collect_audio(u)
             if not u.started_event and now >= s / fps:
                 u.started_event = True
-                self._emit("speech_started", u, s / fps)
+                self._emit(SpeechStarted, u, s / fps)
             current = int(now * fps)
             while u.submitted in u.windows:
                 k = s + u.submitted
@@ -336,7 +343,7 @@ class Session:
                 u.submitted += 1
             total = u.speech.total_video_frames
             if total is not None and u.submitted >= total and now >= (s + total) / fps:
-                self._emit("speech_ended", u, (s + total) / fps)
+                self._emit(SpeechEnded, u, (s + total) / fps)
                 self.queue.popleft().done.set()
 
     def _collect_audio(self, u: Utterance) -> None:

@@ -192,3 +192,16 @@ def test_server_runs_with_the_serve_install_alone(bundle: Path):
     assert out["avatars"] == [{"name": "presenter", "voice": True}]
     assert out["speech_samples"] > 0
     assert out["leaked"] == []
+
+
+def test_a_missing_role_is_one_line_naming_the_install(monkeypatch, capsys):
+    import twincast.cli as cli
+
+    def needs_aiortc(args: object) -> int:
+        raise ModuleNotFoundError("No module named 'aiortc'", name="aiortc")
+
+    monkeypatch.setattr(cli, "cmd_serve", needs_aiortc)
+    assert cli.main(["serve", "some/bundle"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("twincast: error: 'serve' needs aiortc, which this install lacks; install "
+                   "it with: pip install 'twincast[serve]'")

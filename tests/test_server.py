@@ -113,7 +113,7 @@ def test_microphone_drives_the_avatar(server) -> None:  # noqa: ANN001
             pump.cancel()
             sid = location.rsplit("/", 1)[1]
             session = srv.sessions[sid]
-            kinds = [e["type"] for e in session.events]
+            kinds = [e.type for e in session.events]
             async with http.get(f"{url}{location}", headers=AUTH) as r:
                 state = await r.json()
             async with http.delete(f"{url}{location}", headers=AUTH) as r:
@@ -147,7 +147,7 @@ def test_vanished_client_is_freed_within_30_s(server) -> None:  # noqa: ANN001
         while sid in srv.sessions and time.monotonic() - killed < 40:
             time.sleep(0.25)
         gone = time.monotonic() - killed
-        assert sid not in srv.sessions and sid not in srv.peers
+        assert sid not in srv.sessions and sid not in srv.registry
         assert gone <= 30, f"freed after {gone:.1f} s"
     finally:
         proc.kill()

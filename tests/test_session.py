@@ -86,11 +86,11 @@ def test_speech_starts_soon_and_sound_and_mouth_share_the_timeline() -> None:
         finally:
             await s.close()
             sch.stop()
-        types = [e["type"] for e in s.events]
+        types = [e.type for e in s.events]
         assert types == ["speech_started", "speech_ended"]
-        start = s.events[0]["stream_time"]
+        start = s.events[0].stream_time
         assert start < 0.5  # placed just ahead of the first ready audio
-        assert abs(s.events[1]["stream_time"] - start - 1.2) < 0.05
+        assert abs(s.events[1].stream_time - start - 1.2) < 0.05
         # Sound and rendered mouths begin at the same time and last as long.
         assert audio[0] * 0.02 == pytest.approx(start, abs=0.021)
         assert video[0] / 25 == pytest.approx(start, abs=0.041)
@@ -117,7 +117,7 @@ def test_barge_in_silences_within_a_frame() -> None:
         after_v = [k for k in video if k / 25 > t_cut + 0.04]
         after_a = [j for j in audio if j * 0.02 > t_cut + 0.04]
         assert after_v == [] and after_a == []
-        assert "interrupted" in [e["type"] for e in s.events]
+        assert "interrupted" in [e.type for e in s.events]
 
     asyncio.run(run())
 
@@ -165,10 +165,10 @@ def test_microphone_speech_is_gated_and_interrupts_text() -> None:
         finally:
             await s.close()
             sch.stop()
-        types = [e["type"] for e in s.events]
+        types = [e.type for e in s.events]
         assert "interrupted" in types and types.count("speech_started") == 2
         assert types[-1] == "speech_ended"
-        live_start = [e for e in s.events if e["type"] == "speech_started"][1]["stream_time"]
+        live_start = [e for e in s.events if e.type == "speech_started"][1].stream_time
         assert 0.2 < live_start - t_mic < 0.5  # the live margin
         mic_audio = [j for j in audio if j * 0.02 >= live_start - 0.001]
         assert len(mic_audio) == pytest.approx(50, abs=3)  # 1 s of voice played back

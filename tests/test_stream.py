@@ -127,7 +127,7 @@ def test_show_pushed_and_read_back(server, nginx) -> None:  # noqa: ANN001
     assert rms.max() > 0.01  # the voice, not silence
     assert abs(at[0] - vt[0]) < 0.1 and abs((at[-1] - at[0]) - (vt[-1] - vt[0])) < 0.2
     # The speech sits where the session placed it on its timeline.
-    started = [e["stream_time"] for e in session.events if e["type"] == "speech_started"]
+    started = [e.stream_time for e in session.events if e.type == "speech_started"]
     assert started, list(session.events)
     onset = at[np.argmax(rms > 0.01)]
     assert abs(onset - (started[0] - state["rtmp_connected_at"])) < 0.15

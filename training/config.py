@@ -116,15 +116,11 @@ def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-PRESETS = ("ci", "cpu", "gpu")
-
-
 def features_preset(name: str, workers: int = 2) -> FeaturesConfig:
-    """The features settings of a training preset. ``ci`` accepts seconds of footage (for
-    tests); ``cpu`` and ``gpu`` extract the same features and keep the real gates."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    if name == "ci":
-        return FeaturesConfig(workers=workers, gates=GateConfig(min_usable_minutes=0.05,
-                                                                min_speech_minutes=0.1))
-    return FeaturesConfig(workers=workers)
+    """The features settings of a training preset (``[NAME.features]`` in
+    ``training/presets.toml``): ``ci`` accepts seconds of footage (for tests); ``cpu`` and
+    ``gpu`` extract the same features and keep the real gates."""
+    from training import presets
+
+    changes = presets.overrides(name, "features")
+    return presets.apply(FeaturesConfig(workers=workers), changes, "features.")

@@ -17,6 +17,11 @@ from avatar.errors import TwincastError
 
 log = logging.getLogger("twincast")
 
+EXTRA_OF = {"aiortc": "serve", "aiohttp": "serve", "prometheus_client": "serve",
+            "mediapipe": "train", "pocketsphinx": "train", "librosa": "train",
+            "skimage": "train", "matplotlib": "train", "resemblyzer": "eval"}
+"""Which install role (pyproject's optional dependencies) brings each optional module."""
+
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -49,6 +54,9 @@ def _positive(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from training.presets import names  # the standard library and one TOML file
+
+    preset_names = names()
     p = argparse.ArgumentParser(prog="twincast", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -67,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", type=Path, required=True, help="where the cache is written")
     e.add_argument("--transcript", type=Path,
                    help="plain text (one clip) or 'clip<TAB>text' lines (a folder)")
-    e.add_argument("--preset", choices=("ci", "cpu", "gpu"), default="cpu",
+    e.add_argument("--preset", choices=preset_names, default="cpu",
                    help="ci: tiny and fast, for tests; cpu (default); gpu")
     e.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     e.add_argument("--strict", action="store_true", help="treat quality warnings as errors")
@@ -88,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     th = tsub.add_parser("head", help="talking head from WORKDIR/features, then export "
                          "(works under torchrun for several GPUs)")
     th.add_argument("workdir", type=Path)
-    th.add_argument("--preset", choices=("ci", "cpu", "gpu"), default="cpu")
+    th.add_argument("--preset", choices=preset_names, default="cpu")
     th.add_argument("--device", default="cpu")
     th.add_argument("--name", help="avatar name (default: the first clip's id)")
     th.add_argument("--max-minutes", type=_positive, help="cap the training's wall time")
@@ -101,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     tv = tsub.add_parser("voice", help="voice from WORKDIR/features, added to the "
                          "enrolment's bundle")
     tv.add_argument("workdir", type=Path)
-    tv.add_argument("--preset", choices=("ci", "cpu", "gpu"), default="cpu")
+    tv.add_argument("--preset", choices=preset_names, default="cpu")
     tv.add_argument("--device", default="cpu")
     tv.add_argument("--name", help="which bundle in WORKDIR/avatars (if several), or the "
                     "name of a new voice-only one (where there is none)")
@@ -215,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--seconds", type=_positive, default=3.0, help="per batch size (3)")
     br.add_argument("--batches", default="1,4,16,64",
                     help="comma-separated batch sizes (1,4,16,64)")
-    br.add_argument("--preset", choices=("ci", "cpu", "gpu"),
+    br.add_argument("--preset", choices=preset_names,
                     help="time a fresh model of this preset's size over the bundle's idle "
                     "footage instead of the bundle's own model")
     br.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -328,29 +336,33 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     from avatar.show import load_show
     from streaming.app import ServerConfig, serve
-    from streaming.rtmp import RtmpConfig, check_url
+    from streaming.requests import BadRequest, StreamRequest
 
-    check_url(args.rtmp)
     key = None
     if args.key is not None:
         if not re.fullmatch(r"#?[0-9a-fA-F]{6}", args.key):
             raise TwincastError(f"--key {args.key!r}: a colour as RRGGBB, e.g. 00ff00")
         h = args.key.lstrip("#")
-        key = (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))
-    if args.video_kbps < 100 or args.audio_kbps < 16:
-        raise TwincastError("--video-kbps must be at least 100 and --audio-kbps at least 16")
+        key = [int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)]
+    body = {"rtmp": args.rtmp, "width": args.size[0], "height": args.size[1],
+            "video_kbps": args.video_kbps, "audio_kbps": args.audio_kbps,
+            "keyframe_s": args.keyframe_s, "key_colour": key}
+    try:
+        req = StreamRequest.parse(body)
+    except BadRequest as e:  # the API's words, the command line's flags
+        message = str(e)
+        for name in body:
+            message = message.replace(f"'{name}'", "--" + name.replace("_", "-"), 1)
+        raise TwincastError(message) from None
     show = load_show(args.show) if args.show else None
     if args.log_format == "json":
         from twincast.logs import use_json_logs
 
         use_json_logs()
     devices = tuple(d.strip() for d in args.devices.split(",") if d.strip()) or ("cpu",)
-    rtmp = RtmpConfig(url=args.rtmp, width=args.size[0], height=args.size[1],
-                      video_kbps=args.video_kbps, audio_kbps=args.audio_kbps,
-                      keyframe_s=args.keyframe_s, key_colour=key)
     serve([args.bundle], ServerConfig(host=args.host, port=args.port, token=args.token,
                                       devices=devices, precision=args.precision),
-          stream=(rtmp, show))
+          stream=(req, show))
     return 0
 
 
@@ -488,6 +500,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("twincast: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in EXTRA_OF:
+            raise
+        extra = EXTRA_OF[top]
+        print(f"twincast: error: '{args.command}' needs {top}, which this install lacks; "
+              f"install it with: pip install 'twincast[{extra}]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +30,10 @@ from avatar.models.head import (
     blank_lower,
 )
 from avatar.models.lips import LIP_POINTS, lip_loss
+from training import presets
 from training.head.data import Sampler, lip_split, load_cache
-from training.progress import bar
-from training.runs import config_digest, plot_curves, training_device
+from training.loop import Checkpoint, LoopConfig, Progress, train_loop, write_history
+from training.runs import config_digest, training_device
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +72,10 @@ class HeadTrainConfig:
 
 
 def head_preset(name: str) -> HeadTrainConfig:
-    if name == "ci":
-        return HeadTrainConfig(model=HEAD_PRESETS["ci"], batch=4, lip_steps=40, expert_steps=25,
-                               gen_steps=40, max_minutes=1.0, sync_from=0.5)
-    if name == "cpu":
-        return HeadTrainConfig(model=HEAD_PRESETS["cpu"])
-    if name == "gpu":
-        return HeadTrainConfig(model=HEAD_PRESETS["gpu"], batch=48,
-                               lip_steps=10000, lip_batch=256,
-                               expert_steps=3000, gen_steps=12000, max_minutes=14.0,
-                               lr=5e-4, gan_weight=0.01)
-    raise ValueError(f"unknown preset {name!r}")
+    """The ``[NAME.head]`` table of ``training/presets.toml`` over the defaults, with the
+    runtime's model of the same name."""
+    changes = presets.overrides(name, "head")
+    return presets.apply(HeadTrainConfig(model=HEAD_PRESETS[name]), changes, "head.")
 
 
 class PatchDiscriminator(nn.Module):
@@ -157,28 +150,40 @@ class State:
     opt_gen: torch.optim.Optimizer
     opt_expert: torch.optim.Optimizer
     opt_lips: torch.optim.Optimizer
+    cfg: HeadTrainConfig
     disc: PatchDiscriminator | None = None
     opt_disc: torch.optim.Optimizer | None = None
-    lip_step: int = 0
-    expert_step: int = 0
-    gen_step: int = 0
-    seconds: float = 0.0
-    history: list[dict] = field(default_factory=list)
-
-    @property
-    def step(self) -> int:
-        return self.lip_step + self.expert_step + self.gen_step
+    progress: Progress = field(default_factory=Progress)
     gen_train: nn.Module | None = None
     """The generator as trained: itself, or its DistributedDataParallel wrapper."""
     expert_train: nn.Module | None = None
     disc_train: nn.Module | None = None
 
+    # The three stages run one after another, so one step count says where each stands.
+    @property
+    def step(self) -> int:
+        return self.progress.step
+
+    @property
+    def lip_step(self) -> int:
+        return min(self.step, self.cfg.lip_steps)
+
+    @property
+    def expert_step(self) -> int:
+        return min(max(self.step - self.cfg.lip_steps, 0), self.cfg.expert_steps)
+
+    @property
+    def gen_step(self) -> int:
+        return max(self.step - self.cfg.lip_steps - self.cfg.expert_steps, 0)
+
+    @property
+    def seconds(self) -> float:
+        return self.progress.seconds
+
     def state_dict(self) -> dict:
         d = {"gen": self.gen.state_dict(), "expert": self.expert.state_dict(),
              "opt_gen": self.opt_gen.state_dict(), "opt_expert": self.opt_expert.state_dict(),
-             "opt_lips": self.opt_lips.state_dict(), "lip_step": self.lip_step,
-             "expert_step": self.expert_step, "gen_step": self.gen_step,
-             "seconds": self.seconds, "history": json.dumps(self.history)}
+             "opt_lips": self.opt_lips.state_dict(), **self.progress.state_dict()}
         if self.disc is not None and self.opt_disc is not None:
             d["disc"] = self.disc.state_dict()
             d["opt_disc"] = self.opt_disc.state_dict()
@@ -190,13 +195,12 @@ class State:
         self.opt_gen.load_state_dict(d["opt_gen"])
         self.opt_expert.load_state_dict(d["opt_expert"])
         self.opt_lips.load_state_dict(d["opt_lips"])
-        self.lip_step = int(d["lip_step"])
         if self.disc is not None and "disc" in d:
             self.disc.load_state_dict(d["disc"])
             self.opt_disc.load_state_dict(d["opt_disc"])
-        self.expert_step, self.gen_step = int(d["expert_step"]), int(d["gen_step"])
-        self.seconds = float(d["seconds"])
-        self.history = json.loads(d["history"])
+        if "step" not in d:  # checkpoints made before the shared loop counted each stage
+            d = {**d, "step": int(d["lip_step"]) + int(d["expert_step"]) + int(d["gen_step"])}
+        self.progress.load_state_dict(d)
 
 
 def _tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -299,20 +303,11 @@ def build_state(cfg: HeadTrainConfig, device: torch.device) -> State:
     st = State(gen=gen, expert=expert,
                opt_gen=torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(0.5, 0.999)),
                opt_expert=torch.optim.Adam(expert.parameters(), lr=cfg.lr),
-               opt_lips=torch.optim.Adam(gen.lips.parameters(), lr=1e-3))
+               opt_lips=torch.optim.Adam(gen.lips.parameters(), lr=1e-3), cfg=cfg)
     if cfg.gan_weight > 0:
         st.disc = PatchDiscriminator().to(device)
         st.opt_disc = torch.optim.Adam(st.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     return st
-
-
-def _save(state: State, path: Path, cfg: HeadTrainConfig, mel_stats: tuple[float, float]
-          ) -> None:
-    d = state.state_dict()
-    d["config_digest"] = cfg.digest()
-    d["mel_stats"] = list(mel_stats)
-    with atomic.atomic_path(path, ".pt") as tmp:
-        torch.save(d, tmp)
 
 
 @dataclass
@@ -389,13 +384,8 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    ckpt = out_dir / "checkpoint.pt"
-    saved = None
-    if ckpt.exists():
-        saved = torch.load(ckpt, map_location=dev, weights_only=True)
-        if saved.get("config_digest") != cfg.digest():
-            log.warning("%s was made with other settings; starting over", ckpt)
-            saved = None
+    ckpt = Checkpoint(out_dir / "checkpoint.pt", cfg.digest())
+    saved = ckpt.load(dev)
     mel_stats = tuple(saved["mel_stats"]) if saved else None
     clips, mel_stats = load_cache(features_dir, cfg.model.size, cfg.model.mel_frames,
                                   cfg.model.region, mel_stats)
@@ -404,8 +394,7 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
     set_lip_stats(state.gen, clips)
     if saved:
         state.load_state_dict(saved)
-        sampler.rng = np.random.default_rng(cfg.seed + 1000 * dist.rank + state.lip_step
-                                            + state.expert_step + state.gen_step)
+        sampler.rng = np.random.default_rng(cfg.seed + 1000 * dist.rank + state.step)
         log.info("resuming head training at lip step %d, expert step %d, generator step %d",
                  state.lip_step, state.expert_step, state.gen_step)
     if state.expert_step >= cfg.expert_steps:
@@ -419,40 +408,24 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
             state.expert_train = DDP(state.expert, device_ids=ids)
         if state.disc is not None:
             state.disc_train = DDP(state.disc, device_ids=ids)
-    start = time.monotonic() - state.seconds
-    last_ckpt = time.monotonic()
-    deadline = start + cfg.max_minutes * 60
-    total = cfg.lip_steps + cfg.expert_steps + cfg.gen_steps
-    with bar(total if dist.main else 0, "head", "step",
-             initial=state.lip_step + state.expert_step + state.gen_step) as pb:
-        while state.step < total:
-            if dist.any(time.monotonic() > deadline):
-                log.warning("head training stopped at its %g-minute cap", cfg.max_minutes)
-                break
-            if state.lip_step < cfg.lip_steps:
-                losses = lip_step(state, sampler, cfg, dev, dist)
-                state.lip_step += 1
-            elif state.expert_step < cfg.expert_steps:
-                losses = expert_step(state, sampler, cfg, dev)
-                state.expert_step += 1
-                if state.expert_step == cfg.expert_steps:
-                    # From here the expert only judges: it must not learn from the generator.
-                    state.expert.requires_grad_(False)
-            else:
-                losses = gen_step(state, sampler, cfg, dev)
-                state.gen_step += 1
-            state.seconds = time.monotonic() - start
-            step = state.step
-            if step % 10 == 0 or step == total:
-                state.history.append({"step": step, "seconds": round(state.seconds, 1),
-                                      **{k: round(v, 5) for k, v in losses.items()}})
-            pb.update(1)
-            pb.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in losses.items()},
-                           refresh=False)
-            if dist.main and time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
-                _save(state, ckpt, cfg, mel_stats)
-                last_ckpt = time.monotonic()
-    state.seconds = time.monotonic() - start
+
+    def step() -> dict[str, float]:
+        if state.lip_step < cfg.lip_steps:
+            return lip_step(state, sampler, cfg, dev, dist)
+        if state.expert_step < cfg.expert_steps:
+            losses = expert_step(state, sampler, cfg, dev)
+            if state.expert_step + 1 == cfg.expert_steps:
+                # From here the expert only judges: it must not learn from the generator.
+                state.expert.requires_grad_(False)
+            return losses
+        return gen_step(state, sampler, cfg, dev)
+
+    def save() -> None:
+        ckpt.save({**state.state_dict(), "mel_stats": list(mel_stats)})
+
+    loop = LoopConfig("head", cfg.lip_steps + cfg.expert_steps + cfg.gen_steps,
+                      cfg.max_minutes, cfg.checkpoint_minutes)
+    train_loop(loop, state.progress, step, save, any_rank=dist.any, main=dist.main)
     lips: dict = {}
     if dist.main:
         lips = calibrate_lips(state.gen, clips, dev)
@@ -460,9 +433,8 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
             log.info("lip predictor on %d held-out frames: mouth-opening correlation %.3f, "
                      "gain %.2f", lips["val_frames"], lips["val_opening_corr"],
                      lips["gain_mean"])
-        _save(state, ckpt, cfg, mel_stats)
-        atomic.write_json(out_dir / "history.json", state.history)
-        plot_curves(state.history, out_dir / "curves.png")
+        save()
+        write_history(state.progress, out_dir)
     result = HeadTrainResult(state, mel_stats, state.seconds, saved is not None, dist, lips)
     if dist.main:
         save_trained(result.trained(), out_dir)

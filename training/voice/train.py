@@ -8,9 +8,7 @@ last checkpoint; each step returns a flat dict of named losses.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avatar import atomic
 from avatar.audio import VOICE_MEL
 from avatar.devices import compute_dtype
 from avatar.errors import TwincastError
-from avatar.models.vocoder import VocoderConfig
 from avatar.models.voice import VOICE_PRESETS, AcousticModel, VoiceConfig
+from training import presets
+from training.loop import Checkpoint, Every, LoopConfig, Progress, train_loop, write_history
 from training.progress import bar
-from training.runs import config_digest, plot_curves, training_device
+from training.runs import config_digest, training_device
 from training.voice.data import (
     PAD_SECONDS,
     Batcher,
@@ -80,42 +78,34 @@ class VoiceTrainConfig:
 
 
 def voice_preset(name: str) -> VoiceTrainConfig:
-    if name == "ci":
-        return VoiceTrainConfig(model=VOICE_PRESETS["ci"], steps=60, max_frames=2500,
-                                max_minutes=0.75, vocoder=None)
-    if name == "cpu":
-        return VoiceTrainConfig(model=VOICE_PRESETS["cpu"])
-    if name == "gpu":
-        return VoiceTrainConfig(model=VOICE_PRESETS["gpu"], steps=20000, max_frames=20000,
-                                lr=1e-3, max_minutes=9.0, vocoder=VocoderTrainConfig(
-                                    model=VocoderConfig(dim=384, blocks=8, intermediate=1152),
-                                    steps=30000, batch=32, max_minutes=4.0,
-                                    adapt_minutes=1.0))
-    raise ValueError(f"unknown preset {name!r}")
+    """The ``[NAME.voice]`` table of ``training/presets.toml`` over the defaults, with the
+    runtime's model of the same name."""
+    changes = presets.overrides(name, "voice")
+    return presets.apply(VoiceTrainConfig(model=VOICE_PRESETS[name]), changes, "voice.")
 
 
 @dataclass
 class VoiceState:
     model: AcousticModel
     opt: torch.optim.Optimizer
-    step: int = 0
-    seconds: float = 0.0
-    history: list[dict] = field(default_factory=list)
+    progress: Progress = field(default_factory=Progress)
     best_loss: float = float("inf")
     """The lowest held-out loss so far, and its step (reported, not used to choose)."""
     best_step: int = 0
 
+    @property
+    def step(self) -> int:
+        return self.progress.step
+
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
-                "step": self.step, "seconds": self.seconds,
-                "history": json.dumps(self.history), "best_loss": self.best_loss,
+                **self.progress.state_dict(), "best_loss": self.best_loss,
                 "best_step": self.best_step}
 
     def load_state_dict(self, d: dict) -> None:
         self.model.load_state_dict(d["model"])
         self.opt.load_state_dict(d["opt"])
-        self.step, self.seconds = int(d["step"]), float(d["seconds"])
-        self.history = json.loads(d["history"])
+        self.progress.load_state_dict(d)
         self.best_loss = float(d.get("best_loss", float("inf")))
         self.best_step = int(d.get("best_step", 0))
 
@@ -194,13 +184,8 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
         return None
     utts = sorted((u for d in dirs for u in load_utterances(d, marks=cfg.model.marks)),
                   key=lambda u: -u.mel.shape[1])
-    ckpt = out_dir / "checkpoint.pt"
-    saved = None
-    if ckpt.exists():
-        saved = torch.load(ckpt, map_location=dev, weights_only=True)
-        if saved.get("config_digest") != cfg.digest():
-            log.warning("%s was made with other settings; starting over", ckpt)
-            saved = None
+    ckpt = Checkpoint(out_dir / "checkpoint.pt", cfg.digest())
+    saved = ckpt.load(dev)
     if saved:
         mean, std = saved["mel_mean"].numpy(), saved["mel_std"].numpy()
     else:
@@ -219,45 +204,22 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     dtype = compute_dtype(dev, cfg.precision)
     log.info("voice training in %s", "bfloat16 autocast" if dtype == torch.bfloat16 else
              "float32")
-    start = time.monotonic() - state.seconds
-    deadline = start + cfg.max_minutes * 60
-    last_ckpt = time.monotonic()
 
     def save() -> None:
-        d = state.state_dict()
-        d["config_digest"] = cfg.digest()
-        d["mel_mean"], d["mel_std"] = torch.from_numpy(mean), torch.from_numpy(std)
-        with atomic.atomic_path(ckpt, ".pt") as tmp:
-            torch.save(d, tmp)
+        ckpt.save({**state.state_dict(), "mel_mean": torch.from_numpy(mean),
+                   "mel_std": torch.from_numpy(std)})
 
-    with bar(cfg.steps, "voice", "step", initial=state.step) as pb:
-        while state.step < cfg.steps:
-            if time.monotonic() > deadline:
-                log.warning("voice training stopped at its %g-minute cap", cfg.max_minutes)
-                break
-            for g in state.opt.param_groups:
-                g["lr"] = cfg.lr * _lr_factor(
-                    state.step, cfg.steps, (time.monotonic() - start) / max(deadline - start, 1e-6))
-            losses = train_step(state, batcher, mean, std, dev, dtype)
-            state.step += 1
-            state.seconds = time.monotonic() - start
-            if held and state.step % cfg.held_every == 0:
-                scores = held_out_loss(state.model, held, mean, std, dev)
-                state.score_held_out(scores["held/mel"] + scores["held/duration"])
-                losses = {**losses, **scores}
-            if state.step % 10 == 0 or state.step == cfg.steps:
-                state.history.append({"step": state.step, "seconds": round(state.seconds, 1),
-                                      **{k: round(v, 5) for k, v in losses.items()}})
-            pb.update(1)
-            pb.set_postfix({k.removeprefix("voice/"): f"{v:.3f}" for k, v in losses.items()},
-                           refresh=False)
-            if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
-                save()
-                last_ckpt = time.monotonic()
-    state.seconds = time.monotonic() - start
+    def score() -> dict[str, float]:
+        scores = held_out_loss(state.model, held, mean, std, dev)
+        state.score_held_out(scores["held/mel"] + scores["held/duration"])
+        return scores
+
+    train_loop(LoopConfig("voice", cfg.steps, cfg.max_minutes, cfg.checkpoint_minutes),
+               state.progress, lambda: train_step(state, batcher, mean, std, dev, dtype),
+               save, lr=lambda step, used: cfg.lr * _lr_factor(step, cfg.steps, used),
+               optimizers=[state.opt], hooks=[Every(cfg.held_every, score)] if held else [])
     save()
-    atomic.write_json(out_dir / "history.json", state.history)
-    plot_curves(state.history, out_dir / "curves.png")
+    write_history(state.progress, out_dir)
     if held:
         log.info("voice: lowest held-out loss %.3f at step %d of %d", state.best_loss,
                  state.best_step, state.step)
@@ -276,8 +238,8 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     scale = calibrate_durations(state.model, held or utts, dev)
     log.info("speaking-rate calibration on %d %s sentences: durations x %.3f",
              len(held or utts), "held-out" if held else "training", scale)
-    return TrainedVoice(state.model, mean, std, state.seconds, state.step, len(utts),
-                        vocoder, scale)
+    return TrainedVoice(state.model, mean, std, state.progress.seconds, state.step,
+                        len(utts), vocoder, scale)
 
 
 HOLDOUT_EVERY = 10

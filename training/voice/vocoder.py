@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avatar import atomic
 from avatar.audio import VOICE_MEL
 from avatar.errors import TwincastError
 from avatar.models.vocoder import Vocoder, VocoderConfig, stft_loss
-from training.progress import bar
-from training.runs import config_digest, plot_curves
+from training.loop import Checkpoint, LoopConfig, Progress, train_loop, write_history
+from training.runs import config_digest
 
 log = logging.getLogger(__name__)
 
@@ -153,63 +151,41 @@ def _fit(model: Vocoder, sampler: SegmentSampler, stage: _Stage, cfg: VocoderTra
     mel_fn = torchaudio.transforms.MelSpectrogram(
         sample_rate=spec.rate, n_fft=spec.n_fft, hop_length=spec.hop, n_mels=spec.n_mels,
         f_max=spec.f_max, power=1.0, norm="slaney", mel_scale="slaney").to(device)
-    step, seconds, history = 0, 0.0, []
-    if stage.ckpt.exists():
-        saved = torch.load(stage.ckpt, map_location=device, weights_only=True)
-        if saved.get("config_digest") == stage.digest:
-            model.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["opt"])
-            step, seconds = int(saved["step"]), float(saved["seconds"])
-            history = json.loads(saved["history"])
-            sampler.rng = np.random.default_rng(cfg.seed + step)
-            log.info("resuming %s training at step %d", stage.name, step)
+    progress = Progress()
+    ckpt = Checkpoint(stage.ckpt, stage.digest)
+    saved = ckpt.load(device)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        progress.load_state_dict(saved)
+        sampler.rng = np.random.default_rng(cfg.seed + progress.step)
+        log.info("resuming %s training at step %d", stage.name, progress.step)
 
     def save() -> None:
-        with atomic.atomic_path(stage.ckpt, ".pt") as tmp:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "seconds": seconds, "history": json.dumps(history),
-                        "config_digest": stage.digest}, tmp)
+        ckpt.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                   **progress.state_dict()})
 
-    start = time.monotonic() - seconds
-    deadline = start + stage.minutes * 60
-    last = time.monotonic()
+    def step() -> dict[str, float]:
+        m, w = (torch.from_numpy(x).to(device) for x in sampler.batch(cfg.batch))
+        pred = model(m)
+        spec_loss = stft_loss(pred, w)
+        mel_loss = F.l1_loss(torch.log(mel_fn(pred).clamp(min=1e-5)),
+                             torch.log(mel_fn(w).clamp(min=1e-5)))
+        loss = spec_loss + cfg.mel_weight * mel_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        return {f"{stage.name}/stft": float(spec_loss.detach()),
+                f"{stage.name}/mel": float(mel_loss.detach())}
+
     model.train()
-    with bar(stage.steps, stage.name, "step", initial=step) as pb:
-        while step < stage.steps:
-            if time.monotonic() > deadline:
-                log.info("%s training stopped at its %g-minute cap", stage.name, stage.minutes)
-                break
-            for g in opt.param_groups:
-                g["lr"] = stage.lr(step)
-            m, w = (torch.from_numpy(x).to(device) for x in sampler.batch(cfg.batch))
-            pred = model(m)
-            spec_loss = stft_loss(pred, w)
-            mel_loss = F.l1_loss(torch.log(mel_fn(pred).clamp(min=1e-5)),
-                                 torch.log(mel_fn(w).clamp(min=1e-5)))
-            loss = spec_loss + cfg.mel_weight * mel_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
-            step += 1
-            seconds = time.monotonic() - start
-            losses = {f"{stage.name}/stft": float(spec_loss.detach()),
-                      f"{stage.name}/mel": float(mel_loss.detach())}
-            if step % 10 == 0 or step == stage.steps:
-                history.append({"step": step, "seconds": round(seconds, 1),
-                                **{k: round(v, 5) for k, v in losses.items()}})
-            pb.update(1)
-            pb.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in losses.items()},
-                           refresh=False)
-            if time.monotonic() - last > cfg.checkpoint_minutes * 60:
-                save()
-                last = time.monotonic()
-    seconds = time.monotonic() - start
+    train_loop(LoopConfig(stage.name, stage.steps, stage.minutes, cfg.checkpoint_minutes),
+               progress, step, save, lr=lambda step, _used: stage.lr(step), optimizers=[opt])
     save()
-    atomic.write_json(stage.ckpt.parent / f"{stage.name}_history.json", history)
-    plot_curves(history, stage.ckpt.parent / f"{stage.name}_curves.png")
+    write_history(progress, stage.ckpt.parent, f"{stage.name}_")
     model.eval()
-    return step, seconds
+    return progress.step, progress.seconds
 
 
 def train_vocoder(sources: Sequence[Path], out_dir: Path, cfg: VocoderTrainConfig,

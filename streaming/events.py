@@ -1,0 +1,59 @@
+"""What a session tells its listeners (the data channel, logs, tests), as typed values.
+
+Each event says which session and utterance it concerns and when on the session's stream
+clock it happened (the time the viewer sees it, not the time it was computed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    session: str
+    utterance: str | None
+    stream_time: float
+    type: ClassVar[str] = ""
+
+    def to_json(self) -> dict:
+        """The data channel's form: ``{"type", "session", "utterance", "stream_time"}``."""
+        return {"type": self.type, "session": self.session, "utterance": self.utterance,
+                "stream_time": self.stream_time}
+
+
+@dataclass(frozen=True)
+class SpeechStarted(SessionEvent):
+    """The first frame of an utterance is on screen."""
+
+    type: ClassVar[str] = "speech_started"
+
+
+@dataclass(frozen=True)
+class SpeechEnded(SessionEvent):
+    """The last frame of an utterance was shown."""
+
+    type: ClassVar[str] = "speech_ended"
+
+
+@dataclass(frozen=True)
+class Interrupted(SessionEvent):
+    """What was being said and queued was dropped (barge-in)."""
+
+    type: ClassVar[str] = "interrupted"
+
+
+@dataclass(frozen=True)
+class SpeechFailed(SessionEvent):
+    """An utterance could not be synthesised; the session goes on."""
+
+    message: str = ""
+    type: ClassVar[str] = "error"
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "message": self.message}
+
+
+EVENTS = (SpeechStarted, SpeechEnded, Interrupted, SpeechFailed)
+"""Every event type, for the documentation."""

@@ -1,0 +1,104 @@
+"""Every open session with its output: admission, lookup, the watchdog and teardown, the
+same for WebRTC viewers and livestreams."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from streaming.outputs import Output
+from streaming.requests import BadRequest
+from streaming.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class Full(BadRequest):
+    """The server cannot take another session now (503, with Retry-After)."""
+
+    retry_after_s = 10
+
+    def __init__(self, message: str):
+        super().__init__(message, 503)
+
+
+@dataclass
+class Entry:
+    session: Session
+    output: Output
+
+
+class Registry:
+    def __init__(self, max_sessions: int, capacity_share: float):
+        self.max_sessions = max_sessions
+        self.capacity_share = capacity_share
+        """Sessions are admitted while all their frames stay under this share of the
+        scheduler's measured frames per second (each needing every frame rendered)."""
+        self.entries: dict[str, Entry] = {}
+        self._opening = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self.entries
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        return {sid: e.session for sid, e in self.entries.items()}
+
+    def get(self, sid: str) -> Entry | None:
+        return self.entries.get(sid)
+
+    def of_kind(self, kind: str) -> list[tuple[str, Output]]:
+        return [(sid, e.output) for sid, e in list(self.entries.items())
+                if e.output.kind == kind]
+
+    @contextlib.contextmanager
+    def reserve(self, fps: int, capacity_fps: float) -> Iterator[None]:
+        """Admit one more session of ``fps`` or raise Full; the place is held while it is
+        opened (negotiating awaits: a burst of requests must not all pass the check before
+        any of them is counted)."""
+        held = len(self.entries) + self._opening
+        if held >= self.max_sessions:
+            raise Full(f"the server holds its maximum of {self.max_sessions} sessions; try "
+                       "again later")
+        if (held + 1) * fps > self.capacity_share * capacity_fps:
+            raise Full(f"rendering capacity is taken by the open sessions (measured "
+                       f"{capacity_fps:.0f} frames/s); try again later")
+        self._opening += 1
+        try:
+            yield
+        finally:
+            self._opening -= 1
+
+    def add(self, session: Session, output: Output) -> None:
+        self.entries[session.id] = Entry(session, output)
+        session.describe_extra = output.describe
+
+    async def close(self, sid: str) -> None:
+        entry = self.entries.pop(sid, None)
+        if entry is None:
+            return
+        await entry.session.close()
+        log.info("session %s closed", sid, extra={"session": sid})
+        await entry.output.close()
+
+    async def close_all(self) -> None:
+        for sid in list(self.entries):
+            await self.close(sid)
+
+    async def sweep(self) -> None:
+        """Close the sessions whose viewers are gone without a word (a closed lid, a lost
+        network): their renders and tracks are freed."""
+        for sid, entry in list(self.entries.items()):
+            try:
+                why = await entry.output.vanished()
+            except Exception:  # noqa: BLE001 - one odd peer must not stop the watch
+                log.exception("watchdog: session %s", sid, extra={"session": sid})
+                continue
+            if why is not None:
+                log.warning("session %s closed: %s", sid, why, extra={"session": sid})
+                await self.close(sid)

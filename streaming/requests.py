@@ -1,0 +1,219 @@
+"""What clients ask of the server, as types validated in one place.
+
+The HTTP API, the WebRTC data channel and the command line all parse through these, so a
+limit or a message is written once; the OpenAPI document's schemas are generated from the
+same field specs (``schemas()``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from avatar.errors import TwincastError
+
+REQUIRED = object()
+
+
+class BadRequest(TwincastError):
+    """A request the server refuses: ``status`` is its HTTP status (400 unless said)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a JSON request: its type, range and documentation."""
+
+    kind: type
+    description: str
+    default: Any = REQUIRED
+    minimum: float | None = None
+    maximum: float | None = None
+    even: bool = False
+    enum: tuple[str, ...] | None = None
+
+    def schema(self) -> dict:
+        kind = {str: "string", int: "integer", float: "number", bool: "boolean",
+                list: "array"}[self.kind]
+        s: dict[str, Any] = {"enum": list(self.enum)} if self.enum else {"type": kind}
+        if self.kind is list:
+            s["items"] = {"type": "integer"}
+        if self.minimum is not None:
+            s["minimum"] = self.minimum
+        if self.maximum is not None:
+            s["maximum"] = self.maximum
+        if self.default is not REQUIRED and self.default is not None:
+            s["default"] = self.default
+        s["description"] = self.description + (" (even)" if self.even else "")
+        return s
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` as this field's type, or a BadRequest saying what it should be."""
+        if self.kind is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            value = float(value) if ok else value
+            what = f"a number from {_num(self.minimum)} to {_num(self.maximum)}"
+        elif self.kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and \
+                not (self.even and value % 2)
+            what = f"a whole number from {_num(self.minimum)} to {_num(self.maximum)}" + \
+                (" (even)" if self.even else "")
+        else:
+            ok = isinstance(value, self.kind)
+            what = {str: "a string", bool: "true or false", list: "a list"}[self.kind]
+        if ok and self.minimum is not None and value < self.minimum:
+            ok = False
+        if ok and self.maximum is not None and value > self.maximum:
+            ok = False
+        if ok and self.enum is not None and value not in self.enum:
+            ok, what = False, " or ".join(repr(v) for v in self.enum)
+            raise BadRequest(f"'{name}' is {what}")
+        if not ok:
+            raise BadRequest(f"'{name}' must be {what}")
+        return value
+
+
+def _num(v: float | None) -> str:
+    return "any" if v is None else f"{v:g}"
+
+
+def _fields(body: object, fields: dict[str, Field]) -> dict[str, Any]:
+    """The fields of a JSON object, checked; absent optional ones take their defaults."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    out = {}
+    for name, f in fields.items():
+        if name not in body or body[name] is None:
+            if f.default is REQUIRED:
+                raise BadRequest(f"'{name}' is missing")
+            out[name] = f.default
+        else:
+            out[name] = f.check(name, body[name])
+    return out
+
+
+MAX_TEXT_CHARS = 5000
+"""The longest text one request may say (a server may lower it)."""
+
+
+@dataclass(frozen=True)
+class Say:
+    """Say ``text``: after what is queued, or cutting it off (``interrupt``)."""
+
+    text: str
+    interrupt: bool = False
+    rate: float = 1.0
+
+    FIELDS = {
+        "text": Field(str, "what to say"),
+        "policy": Field(str, "after what is queued, or cut it off", "append",
+                        enum=("append", "interrupt")),
+        "interrupt": Field(bool, "the same as policy: interrupt", False),
+        "rate": Field(float, "speaking rate", 1.0, minimum=0.5, maximum=2.0),
+    }
+
+    @classmethod
+    def parse(cls, body: object, max_chars: int = MAX_TEXT_CHARS) -> Say:
+        if isinstance(body, dict) and "text" in body and not isinstance(body["text"], str):
+            raise BadRequest("'text' must be a string")
+        v = _fields(body, cls.FIELDS)
+        if len(v["text"]) > max_chars:
+            raise BadRequest(f"the text is {len(v['text'])} characters; the limit is "
+                             f"{max_chars}", 413)
+        return cls(v["text"], v["policy"] == "interrupt" or v["interrupt"], v["rate"])
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """Stop speaking now (barge-in)."""
+
+
+Command = Say | Interrupt
+
+
+def parse_command(message: object, max_chars: int = MAX_TEXT_CHARS) -> Command:
+    """A data-channel message: ``{"type": "say", "text", "interrupt", "rate"}`` or
+    ``{"type": "interrupt"}``."""
+    try:
+        cmd = json.loads(message) if isinstance(message, str) else None
+    except json.JSONDecodeError:
+        cmd = None
+    if not isinstance(cmd, dict):
+        raise BadRequest("a command is a JSON object")
+    kind = cmd.get("type")
+    if kind == "say":
+        return Say.parse({k: v for k, v in cmd.items() if k != "type"}, max_chars)
+    if kind == "interrupt":
+        return Interrupt()
+    raise BadRequest(f"unknown command {kind!r} (say, interrupt)")
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """Push a new session to an RTMP(S) ingest."""
+
+    rtmp: str
+    avatar: str | None = None
+    show: str | None = None
+    """A show file's TOML text."""
+    width: int = 1280
+    height: int = 720
+    video_kbps: int = 2500
+    audio_kbps: int = 128
+    keyframe_s: float = 2.0
+    key_colour: tuple[int, int, int] | None = None
+
+    FIELDS = {
+        "rtmp": Field(str, "rtmp:// or rtmps:// ingest URL with its stream key"),
+        "avatar": Field(str, "which avatar (default: the first)", None),
+        "show": Field(str, "a show file's TOML text", None),
+        "width": Field(int, "frame width", 1280, minimum=64, maximum=3840, even=True),
+        "height": Field(int, "frame height", 720, minimum=64, maximum=2160, even=True),
+        "video_kbps": Field(int, "video bit rate", 2500, minimum=100, maximum=50000),
+        "audio_kbps": Field(int, "audio bit rate", 128, minimum=16, maximum=512),
+        "keyframe_s": Field(float, "seconds between keyframes", 2.0, minimum=0.5,
+                            maximum=10),
+        "key_colour": Field(list, "[r, g, b]: background replaced by this colour for "
+                            "chroma keying", None),
+    }
+
+    @classmethod
+    def parse(cls, body: object) -> StreamRequest:
+        v = _fields(body, cls.FIELDS)
+        if not v["rtmp"].startswith(("rtmp://", "rtmps://")):
+            raise BadRequest(f"'rtmp' {v['rtmp']!r}: an ingest URL starts with rtmp:// or "
+                             "rtmps:// (for example rtmp://live.example.com/app/STREAM-KEY)")
+        key = v["key_colour"]
+        if key is not None:
+            if not (len(key) == 3 and all(isinstance(c, int) and not isinstance(c, bool)
+                                          and 0 <= c <= 255 for c in key)):
+                raise BadRequest("'key_colour' must be [r, g, b] with values 0-255")
+            v["key_colour"] = tuple(key)
+        return cls(**v)
+
+    def rtmp_config(self):  # noqa: ANN201 - streaming.rtmp.RtmpConfig, imported lazily
+        from streaming.rtmp import RtmpConfig
+
+        return RtmpConfig(url=self.rtmp, width=self.width, height=self.height,
+                          video_kbps=self.video_kbps, audio_kbps=self.audio_kbps,
+                          keyframe_s=self.keyframe_s, key_colour=self.key_colour)
+
+    def parsed_show(self):  # noqa: ANN201 - avatar.show.Show or None
+        from avatar.show import parse_show
+
+        return None if self.show is None else parse_show(self.show, "show")
+
+
+def _schema(fields: dict[str, Field]) -> dict:
+    return {"type": "object",
+            "required": [n for n, f in fields.items() if f.default is REQUIRED],
+            "properties": {n: f.schema() for n, f in fields.items()}}
+
+
+def schemas() -> dict[str, dict]:
+    """The OpenAPI component schemas of the request bodies."""
+    return {"Say": _schema(Say.FIELDS), "Stream": _schema(StreamRequest.FIELDS)}

@@ -1,0 +1,213 @@
+"""The HTTP API (``/v1``), the page and the embed kit, over a ``streaming.app.Server``.
+
+Handlers only translate: HTTP in, a parsed request (``streaming.requests``) to the server,
+its answer out. Every refusal is a 4xx (or a 503 with Retry-After) with a JSON
+``{"error": ...}`` body, and no request can stop the others.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from avatar.errors import TwincastError
+from streaming.registry import Full
+from streaming.requests import BadRequest, Say, StreamRequest
+
+if TYPE_CHECKING:
+    from streaming.app import Server
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+EMBED_FILES = {"twincast.js": "application/javascript", "example.html": "text/html",
+               "example.js": "application/javascript"}
+WEB = Path(__file__).parent / "web"
+CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; media-src 'self' blob:; "
+       "img-src 'self' data:; style-src 'self' 'unsafe-inline'; base-uri 'none'; "
+       "form-action 'none'; frame-ancestors 'none'")
+
+
+def error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+async def json_body(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+class Routes:
+    def __init__(self, server: Server):
+        self.server = server
+
+    # ------------------------------------------------------------ middlewares
+    @web.middleware
+    async def cors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Pages from the configured origins may call the API (and read ``Location``)."""
+        origins = self.server.cfg.cors_origins
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and request.path.startswith("/v1/") and (
+            "*" in origins or origin in origins)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            if not allowed:
+                return error(403, f"origin {origin!r} may not call this API; add it with "
+                             "--cors-origin")
+            return web.Response(status=204, headers={
+                "Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                "Access-Control-Max-Age": "600"})
+        response = await handler(request)
+        if allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "Location"
+            response.headers["Vary"] = "Origin"
+        return response
+
+    @web.middleware
+    async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return error(e.status, e.reason)
+        except Full as e:
+            return error(e.status, str(e), **{"Retry-After": str(e.retry_after_s)})
+        except BadRequest as e:
+            return error(e.status, str(e))
+        except TwincastError as e:
+            return error(400, str(e))
+
+    @web.middleware
+    async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/") and request.path != "/v1/openapi.json":
+            given = request.headers.get("Authorization", "")
+            if not secrets.compare_digest(given, f"Bearer {self.server.token}"):
+                return error(401, "missing or wrong bearer token",
+                             **{"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    # ------------------------------------------------------------ sessions
+    async def create_session(self, request: web.Request) -> web.Response:
+        as_json = request.content_type == "application/json"
+        if as_json:
+            body = await json_body(request)
+            sdp, avatar = body.get("sdp"), body.get("avatar")
+        else:
+            sdp, avatar = await request.text(), request.query.get("avatar")
+        if avatar is not None and not isinstance(avatar, str):
+            raise BadRequest("'avatar' must be a string")
+        session, answer = await self.server.open_webrtc(sdp, avatar)
+        location = f"/v1/sessions/{session.id}"
+        if as_json:
+            return web.json_response({"id": session.id, "sdp": answer, "type": "answer"},
+                                     status=201, headers={"Location": location})
+        return web.Response(text=answer, status=201, content_type="application/sdp",
+                            headers={"Location": location})
+
+    async def create_stream(self, request: web.Request) -> web.Response:
+        req = StreamRequest.parse(await json_body(request))
+        session = await self.server.open_stream(req)
+        location = f"/v1/sessions/{session.id}"
+        return web.json_response({"id": session.id, "location": location}, status=201,
+                                 headers={"Location": location})
+
+    async def get_session(self, request: web.Request) -> web.Response:
+        return web.json_response(self.server.session(request.match_info["id"]).describe())
+
+    async def delete_session(self, request: web.Request) -> web.Response:
+        session = self.server.session(request.match_info["id"])
+        await self.server.close(session.id)
+        return web.Response(status=204)
+
+    async def say(self, request: web.Request) -> web.Response:
+        session = self.server.session(request.match_info["id"])
+        req = Say.parse(await json_body(request), self.server.cfg.max_text_chars)
+        return web.json_response({"utterance": self.server.say(session, req)}, status=202)
+
+    async def interrupt(self, request: web.Request) -> web.Response:
+        session = self.server.session(request.match_info["id"])
+        return web.json_response({"dropped": session.interrupt()})
+
+    # ------------------------------------------------------------ the rest
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "sessions": len(self.server.registry)})
+
+    async def list_avatars(self, request: web.Request) -> web.Response:
+        voices = self.server.voices
+        return web.json_response({"avatars": [
+            {"name": n, "voice": voices.get(n) is not None} for n in self.server.avatars]})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        from streaming.openapi import document
+
+        return web.json_response(document())
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from streaming.metrics import registry_for
+
+        body = generate_latest(registry_for(self.server))
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def page(self, request: web.Request) -> web.Response:
+        return static("index.html", "text/html")
+
+    async def page_js(self, request: web.Request) -> web.Response:
+        return static("app.js", "application/javascript")
+
+    async def embed_file(self, request: web.Request) -> web.Response:
+        """The embed kit: the client script, and an example page that uses it."""
+        name = request.path.rsplit("/", 1)[1]
+        return static(name, EMBED_FILES[name])
+
+
+def static(name: str, content_type: str) -> web.Response:
+    body = (WEB / name).read_text(encoding="utf-8")
+    return web.Response(text=body, content_type=content_type,
+                        headers={"Content-Security-Policy": CSP,
+                                 "X-Content-Type-Options": "nosniff",
+                                 "Cache-Control": "no-store"})
+
+
+def build_app(server: Server) -> web.Application:
+    routes = Routes(server)
+    app = web.Application(client_max_size=server.cfg.max_body_bytes,
+                          middlewares=[routes.cors, routes.errors, routes.auth])
+    r = app.router
+    r.add_get("/", routes.page)
+    r.add_get("/app.js", routes.page_js)
+    for name in EMBED_FILES:
+        r.add_get(f"/embed/{name}", routes.embed_file)
+    r.add_get("/healthz", routes.healthz)
+    r.add_get("/metrics", routes.metrics)
+    r.add_get("/v1/openapi.json", routes.openapi)
+    r.add_get("/v1/avatars", routes.list_avatars)
+    r.add_post("/v1/sessions", routes.create_session)
+    r.add_get("/v1/sessions/{id}", routes.get_session)
+    r.add_delete("/v1/sessions/{id}", routes.delete_session)
+    r.add_post("/v1/sessions/{id}/say", routes.say)
+    r.add_post("/v1/sessions/{id}/interrupt", routes.interrupt)
+    r.add_post("/v1/streams", routes.create_stream)
+
+    async def startup(app: web.Application) -> None:
+        await server.start()
+
+    async def shutdown(app: web.Application) -> None:
+        await server.stop()
+
+    app.on_startup.append(startup)
+    app.on_shutdown.append(shutdown)
+    return app
