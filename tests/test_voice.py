@@ -399,9 +399,9 @@ def test_held_out_scores_are_tracked_across_a_checkpoint() -> None:
 
     model = AcousticModel(VOICE_PRESETS["ci"])
     state = VoiceState(model, torch.optim.SGD(model.parameters(), lr=0.1))
-    state.step = 100
+    state.progress.step = 100
     assert state.score_held_out(1.0)
-    state.step = 200
+    state.progress.step = 200
     assert not state.score_held_out(1.5)
     assert state.best_step == 100 and state.best_loss == 1.0
     other = AcousticModel(VOICE_PRESETS["ci"])
