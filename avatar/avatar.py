@@ -18,11 +18,10 @@ import av
 import cv2
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from avatar import devices
 from avatar.audio import FACE_MEL, mel_windows
-from avatar.bundle import read_manifest
+from avatar.bundle import load_weights, read_manifest
 from avatar.errors import TwincastError, path_error
 from avatar.manifest import Manifest
 from avatar.models.fold import fold_batchnorm
@@ -104,13 +103,8 @@ class Avatar:
         if architecture is not None:
             cfg = architecture
         gen = HeadGenerator(cfg)
-        weights = path / head.file
-        try:
-            if architecture is None:
-                gen.load_state_dict(load_file(str(weights)))
-        except (RuntimeError, OSError, ValueError) as e:
-            raise path_error(weights, f"does not hold this head's weights ({str(e)[:120]})"
-                             ) from None
+        if architecture is None:
+            load_weights(gen, path / head.file, "head")
         gen = fold_batchnorm(gen).to(dev)
         dtype = devices.compute_dtype(dev, precision)
         ref_img = _read_rgb(path / head.reference, (cfg.size, cfg.size))

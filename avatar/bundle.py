@@ -16,8 +16,8 @@ from avatar import atomic
 from avatar.errors import path_error
 from avatar.manifest import KIND, READS, SCHEMA_VERSION, Manifest, ManifestError
 
-__all__ = ["KIND", "READS", "SCHEMA_VERSION", "Manifest", "read_manifest", "sha256_file",
-           "write_manifest"]
+__all__ = ["KIND", "READS", "SCHEMA_VERSION", "Manifest", "load_weights", "read_manifest",
+           "sha256_file", "write_manifest"]
 
 
 
@@ -61,3 +61,15 @@ def read_manifest(bundle: Path, verify: bool = True) -> Manifest:
 def write_manifest(bundle: Path, manifest: Manifest) -> None:
     """Replace ``manifest.json`` in one atomic write (the last step of any export)."""
     atomic.write_json(Path(bundle) / "manifest.json", manifest.to_dict())
+
+
+def load_weights(model: object, path: Path, what: str) -> None:
+    """Load a bundle's safetensors file into ``model`` (never a pickle), or one error naming
+    the file: a missing file, another model's weights, a damaged file."""
+    from safetensors.torch import load_file
+
+    try:
+        model.load_state_dict(load_file(str(path)))  # type: ignore[attr-defined]
+    except (RuntimeError, OSError, ValueError) as e:
+        raise path_error(path, f"does not hold this {what}'s weights ({str(e)[:120]})"
+                         ) from None

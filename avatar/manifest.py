@@ -3,9 +3,9 @@
 ``manifest.json`` is the one contract between training and the runtime (DESIGN.md §2).
 Each section is a frozen dataclass with ``from_dict``/``to_dict``; ``to_dict`` writes the
 same schema-1 JSON object as before the types existed (key order aside), so every bundle
-made since schema 1 still loads and re-exports unchanged. The model configs stay plain dicts here: each model
-reads its own (``HeadConfig.from_dict``, ``VoiceConfig.from_dict``), which keeps this
-module free of torch.
+made since schema 1 still loads and re-exports unchanged. The model configs stay plain
+dicts here: each model reads its own (``HeadConfig.from_dict``, ``VoiceConfig.from_dict``),
+which keeps this module free of torch.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch
 
 from avatar import devices
 from avatar.audio import MelSpec
-from avatar.bundle import read_manifest
+from avatar.bundle import load_weights, read_manifest
 from avatar.errors import TwincastError, path_error
 from avatar.manifest import VocoderSection
 from avatar.models.voice import (
@@ -111,7 +111,6 @@ def _load_vocoder(path: Path, voc: VocoderSection, spec: MelSpec, dev: torch.dev
                   ) -> GriffinLim | _TrainedVocoder:
     if voc.kind == "griffin-lim":
         return GriffinLim(spec, voc.n_iter, dev)
-    from safetensors.torch import load_file
 
     from avatar.models.vocoder import Vocoder, VocoderConfig
 
@@ -119,12 +118,7 @@ def _load_vocoder(path: Path, voc: VocoderSection, spec: MelSpec, dev: torch.dev
         model = Vocoder(VocoderConfig.from_dict(voc.config))
     except (TypeError, KeyError) as e:
         raise path_error(path / "manifest.json", f"vocoder config is invalid ({e})") from None
-    weights = path / voc.file
-    try:
-        model.load_state_dict(load_file(str(weights)))
-    except (RuntimeError, OSError, ValueError) as e:
-        raise path_error(weights, f"does not hold this vocoder's weights ({str(e)[:120]})"
-                         ) from None
+    load_weights(model, path / voc.file, "vocoder")
     return _TrainedVocoder(model.eval().to(dev))
 
 
@@ -149,7 +143,6 @@ class Voice:
     @classmethod
     def load(cls, path: Path | str, device: str = "cpu",
              text: TextConfig | None = None) -> Voice:
-        from safetensors.torch import load_file
 
         path = Path(path)
         v = read_manifest(path).voice
@@ -165,12 +158,7 @@ class Voice:
         except (TypeError, KeyError) as e:
             raise path_error(path / "manifest.json", f"voice config is invalid ({e})") from None
         model = AcousticModel(cfg)
-        weights = path / v.file
-        try:
-            model.load_state_dict(load_file(str(weights)))
-        except (RuntimeError, OSError, ValueError) as e:
-            raise path_error(weights, f"does not hold this voice's weights ({str(e)[:120]})"
-                             ) from None
+        load_weights(model, path / v.file, "voice")
         model.eval().to(dev)
         mean = np.asarray(v.mel.mean, np.float32)
         std = np.asarray(v.mel.std, np.float32)

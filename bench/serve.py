@@ -195,7 +195,8 @@ def _analyse(logs: list[ClientLog]) -> dict:
 
 def bench_serve(bundle: Path, sessions: int, seconds: float, devices: tuple[str, ...] = (
         "cpu",), max_batch: int = 16, precision: str = "auto") -> dict:
-    from streaming.app import RunningServer, Server, ServerConfig, bundle_names
+    from streaming.app import Server, ServerConfig, bundle_names
+    from streaming.routes import RunningServer
 
     srv = Server(bundle_names([bundle]), ServerConfig(
         devices=devices, max_batch=max_batch, max_sessions=256, capacity_share=1e9,

@@ -64,7 +64,8 @@ def _one(bundle: Path, size: tuple[int, int], idle_s: float, work: Path) -> dict
 
     from bench.localrtmp import LocalRtmp
     from bench.serve import mouth_openings
-    from streaming.app import RunningServer, Server, ServerConfig, bundle_names
+    from streaming.app import Server, ServerConfig, bundle_names
+    from streaming.routes import RunningServer
 
     rtmp = LocalRtmp(work / f"nginx{size[1]}")
     rtmp.start()

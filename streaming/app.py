@@ -13,11 +13,8 @@ import json
 import logging
 import os
 import secrets
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-
-from aiohttp import web
 
 from avatar.errors import TwincastError
 from streaming.registry import Registry
@@ -95,7 +92,7 @@ class Server:
         self.scheduler = Scheduler(lanes, SchedulerConfig(max_batch=self.cfg.max_batch))
         self.scheduler.warm_up(lambda name, n: self.avatars[name].silent_requests(n))
 
-    def app(self) -> web.Application:
+    def app(self):  # noqa: ANN201 - an aiohttp Application (streaming.routes)
         from streaming.routes import build_app
 
         return build_app(self)
@@ -255,55 +252,3 @@ def bundle_names(bundles: list[Path]) -> dict[str, Path]:
     from avatar.bundle import read_manifest
 
     return {read_manifest(b).name or b.name: b for b in bundles}
-
-
-class RunningServer:
-    """A server serving from a thread of its own (benchmarks, tests): ``url``, ``stop()``."""
-
-    def __init__(self, server: Server, host: str = "127.0.0.1", port: int = 0):
-        self.server = server
-        self._loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        box: dict = {}
-
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            runner = web.AppRunner(server.app())
-            self._loop.run_until_complete(runner.setup())
-            self._loop.run_until_complete(web.TCPSite(runner, host, port).start())
-            box["port"] = runner.addresses[0][1]
-            ready.set()
-            self._loop.run_forever()
-            self._loop.run_until_complete(runner.cleanup())
-
-        self._thread = threading.Thread(target=run, name="twincast-server", daemon=True)
-        self._thread.start()
-        if not ready.wait(120):
-            raise TwincastError("the server did not start within 2 minutes")
-        self.url = f"http://{host}:{box['port']}"
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
-
-
-def serve(bundles: list[Path], cfg: ServerConfig,
-          stream: tuple[StreamRequest, object | None] | None = None) -> None:
-    """``twincast serve``: load, print the token and a local link, serve until Ctrl-C.
-    ``stream`` (a StreamRequest and a parsed show or None): also push one stream from the
-    start (``twincast stream``)."""
-    names = bundle_names(bundles)
-    server = Server(names, cfg)
-    server.load()
-    app = server.app()
-    if stream is not None:
-        async def start_stream(app: web.Application) -> None:
-            s = await server.open_stream(*stream)
-            log.info("stream session %s: inject text with POST /v1/sessions/%s/say", s.id,
-                     s.id)
-        app.on_startup.append(start_stream)
-    # The token rides in the link's fragment: the browser never sends it to a server.
-    log.info("serving %s: open http://%s:%d/#token=%s", ", ".join(names), cfg.host,
-             cfg.port, server.token)
-    web.run_app(app, host=cfg.host, port=cfg.port, print=None,
-                handle_signals=True, loop=asyncio.new_event_loop())

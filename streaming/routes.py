@@ -7,20 +7,22 @@ its answer out. Every refusal is a 4xx (or a 503 with Retry-After) with a JSON
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import secrets
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from avatar.errors import TwincastError
+from streaming.app import Server, ServerConfig, bundle_names
 from streaming.registry import Full
 from streaming.requests import BadRequest, Say, StreamRequest
 
-if TYPE_CHECKING:
-    from streaming.app import Server
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -211,3 +213,55 @@ def build_app(server: Server) -> web.Application:
     app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)
     return app
+
+
+class RunningServer:
+    """A server serving from a thread of its own (benchmarks, tests): ``url``, ``stop()``."""
+
+    def __init__(self, server: Server, host: str = "127.0.0.1", port: int = 0):
+        self.server = server
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        box: dict = {}
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            runner = web.AppRunner(server.app())
+            self._loop.run_until_complete(runner.setup())
+            self._loop.run_until_complete(web.TCPSite(runner, host, port).start())
+            box["port"] = runner.addresses[0][1]
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(runner.cleanup())
+
+        self._thread = threading.Thread(target=run, name="twincast-server", daemon=True)
+        self._thread.start()
+        if not ready.wait(120):
+            raise TwincastError("the server did not start within 2 minutes")
+        self.url = f"http://{host}:{box['port']}"
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+
+
+def serve(bundles: list[Path], cfg: ServerConfig,
+          stream: tuple[StreamRequest, object | None] | None = None) -> None:
+    """``twincast serve``: load, print the token and a local link, serve until Ctrl-C.
+    ``stream`` (a StreamRequest and a parsed show or None): also push one stream from the
+    start (``twincast stream``)."""
+    names = bundle_names(bundles)
+    server = Server(names, cfg)
+    server.load()
+    app = server.app()
+    if stream is not None:
+        async def start_stream(app: web.Application) -> None:
+            s = await server.open_stream(*stream)
+            log.info("stream session %s: inject text with POST /v1/sessions/%s/say", s.id,
+                     s.id)
+        app.on_startup.append(start_stream)
+    # The token rides in the link's fragment: the browser never sends it to a server.
+    log.info("serving %s: open http://%s:%d/#token=%s", ", ".join(names), cfg.host,
+             cfg.port, server.token)
+    web.run_app(app, host=cfg.host, port=cfg.port, print=None,
+                handle_signals=True, loop=asyncio.new_event_loop())

@@ -148,7 +148,8 @@ SERVE_ONLY = textwrap.dedent("""
             return None
 
     sys.meta_path.insert(0, NotInstalled())
-    from streaming.app import RunningServer, Server, ServerConfig, bundle_names
+    from streaming.app import Server, ServerConfig, bundle_names
+    from streaming.routes import RunningServer
     import streaming.metrics, streaming.openapi, streaming.rtmp, streaming.show
     import streaming.tracks
 

@@ -14,7 +14,8 @@ aiohttp = pytest.importorskip("aiohttp")
 
 @pytest.fixture(scope="module")
 def server(bundle: Path):  # noqa: ANN201
-    from streaming.app import RunningServer, Server, ServerConfig
+    from streaming.app import Server, ServerConfig
+    from streaming.routes import RunningServer
 
     srv = Server({"presenter": bundle}, ServerConfig(
         token="t0ken", max_sessions=3, cors_origins=("https://shop.example",)))

@@ -43,7 +43,8 @@ def nginx(tmp_path):  # noqa: ANN201
 
 @pytest.fixture(scope="module")
 def server(bundle: Path):  # noqa: ANN201
-    from streaming.app import RunningServer, Server, ServerConfig
+    from streaming.app import Server, ServerConfig
+    from streaming.routes import RunningServer
 
     srv = Server({"presenter": bundle}, ServerConfig(token="t0ken", max_sessions=4))
     srv.load()

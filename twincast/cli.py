@@ -313,7 +313,8 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from streaming.app import ServerConfig, serve
+    from streaming.app import ServerConfig
+    from streaming.routes import serve
 
     devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
     if not devices:
@@ -335,8 +336,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
     import re
 
     from avatar.show import load_show
-    from streaming.app import ServerConfig, serve
+    from streaming.app import ServerConfig
     from streaming.requests import BadRequest, StreamRequest
+    from streaming.routes import serve
 
     key = None
     if args.key is not None:
