@@ -206,3 +206,19 @@ def test_a_missing_role_is_one_line_naming_the_install(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("twincast: error: 'serve' needs aiortc, which this install lacks; install "
                    "it with: pip install 'twincast[serve]'")
+
+
+def test_a_command_checks_its_role_before_it_starts(monkeypatch, tmp_path: Path, capsys):
+    """Nothing is made when the role's packages are missing: the check comes first."""
+    import importlib.util
+
+    import twincast.cli as cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mediapipe" else real(name, *a))
+    work = tmp_path / "work"
+    assert cli.main(["enrol", str(tmp_path), "--workdir", str(work)]) == 2
+    assert "'enrol' needs mediapipe" in capsys.readouterr().err
+    assert not work.exists()
+    assert cli._missing_role("serve") is None and cli._missing_role("render") is None

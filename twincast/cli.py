@@ -21,6 +21,23 @@ EXTRA_OF = {"aiortc": "serve", "aiohttp": "serve", "prometheus_client": "serve",
             "mediapipe": "train", "pocketsphinx": "train", "librosa": "train",
             "skimage": "train", "matplotlib": "train", "resemblyzer": "eval"}
 """Which install role (pyproject's optional dependencies) brings each optional module."""
+ROLE_OF = {"serve": "serve", "stream": "serve", "enrol": "train", "train": "train",
+           "sample": "train", "eval": "eval"}
+"""The install role each command needs: checked before it starts, so a command that cannot
+finish leaves nothing half-made behind."""
+
+
+def _missing_role(command: str) -> str | None:
+    """The error for a command whose role's packages are not installed, else None."""
+    from importlib.util import find_spec
+
+    role = ROLE_OF.get(command)
+    for module, extra in EXTRA_OF.items():
+        if extra == role or (role == "eval" and extra == "train"):
+            if find_spec(module) is None:
+                return (f"'{command}' needs {module}, which this install lacks; install it "
+                        f"with: pip install 'twincast[{role}]'")
+    return None
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -494,6 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    missing = _missing_role(args.command)
+    if missing is not None:
+        print(f"twincast: error: {missing}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except TwincastError as e:
