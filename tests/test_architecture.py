@@ -222,3 +222,31 @@ def test_a_command_checks_its_role_before_it_starts(monkeypatch, tmp_path: Path,
     assert "'enrol' needs mediapipe" in capsys.readouterr().err
     assert not work.exists()
     assert cli._missing_role("serve") is None and cli._missing_role("render") is None
+
+
+GPU_MACHINE_LACKS = ["mediapipe", "aiortc", "aiohttp", "phonemizer", "espeakng_loader",
+                     "pocketsphinx", "pypinyin", "resemblyzer", "prometheus_client"]
+
+
+def test_the_gpu_training_path_needs_torch_alone():
+    """scripts/gpu_check.sh and gpu_voice_check.sh train from packed caches on a machine
+    with torch and torchaudio but none of these: their modules must import without them."""
+    code = textwrap.dedent("""
+        import importlib.abc, json, sys
+        LACKS = set(json.loads(sys.argv[1]))
+
+        class Lacks(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in LACKS:
+                    raise ModuleNotFoundError(name, name=name)
+
+        sys.meta_path.insert(0, Lacks())
+        import bench.runtime, training.head.pack, training.head.train  # noqa: F401
+        import training.voice.pack, training.voice.train, training.voice.vocoder  # noqa
+        import twincast.cli
+        twincast.cli.build_parser().parse_args(["train", "voice", "w", "--preset", "gpu"])
+        assert twincast.cli._missing_role("train") is None
+    """)
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(GPU_MACHINE_LACKS)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -21,10 +21,11 @@ EXTRA_OF = {"aiortc": "serve", "aiohttp": "serve", "prometheus_client": "serve",
             "mediapipe": "train", "pocketsphinx": "train", "librosa": "train",
             "skimage": "train", "matplotlib": "train", "resemblyzer": "eval"}
 """Which install role (pyproject's optional dependencies) brings each optional module."""
-ROLE_OF = {"serve": "serve", "stream": "serve", "enrol": "train", "train": "train",
+ROLE_OF = {"serve": "serve", "stream": "serve", "enrol": "train",
            "sample": "train", "eval": "eval"}
 """The install role each command needs: checked before it starts, so a command that cannot
-finish leaves nothing half-made behind."""
+finish leaves nothing half-made behind. ``train`` is not here: it also runs on a GPU machine
+with torch alone, from a packed cache (scripts/gpu_check.sh)."""
 
 
 def _missing_role(command: str) -> str | None:
