@@ -38,8 +38,7 @@ class MelSpec:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """(n_mels, N) log-mel of mono float audio at ``rate``."""
-        return log_mel(x, self.rate, self.n_fft, self.win or self.n_fft, self.hop,
-                       self.n_mels, self.f_max)
+        return log_mel(x, self.rate, self.n_fft, self.win, self.hop, self.n_mels, self.f_max)
 
 
 FACE_MEL = MelSpec(rate=SPEECH_RATE, n_fft=512, hop=160, n_mels=80, win=400)
@@ -52,14 +51,15 @@ VOICE_MEL = MelSpec(rate=VOICE_RATE, n_fft=1024, hop=256, n_mels=80, f_max=8000.
 
 
 def log_mel(x: np.ndarray, rate: int = FACE_MEL.rate, n_fft: int = FACE_MEL.n_fft,
-            win: int = FACE_MEL.win or 400, hop: int = FACE_MEL.hop, n_mels: int = FACE_MEL.n_mels,
+            win: int | None = FACE_MEL.win, hop: int = FACE_MEL.hop,
+            n_mels: int = FACE_MEL.n_mels,
             f_max: float | None = None) -> np.ndarray:
     """(n_mels, N) natural-log mel magnitude spectrogram, centred frames."""
     import torch
     import torchaudio
 
     mel = torchaudio.transforms.MelSpectrogram(
-        sample_rate=rate, n_fft=n_fft, win_length=win, hop_length=hop, n_mels=n_mels,
+        sample_rate=rate, n_fft=n_fft, win_length=win or n_fft, hop_length=hop, n_mels=n_mels,
         f_min=0.0, f_max=f_max, power=1.0, norm="slaney", mel_scale="slaney", center=True)
     with torch.inference_mode():
         m = mel(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
