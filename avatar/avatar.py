@@ -149,6 +149,14 @@ class Avatar:
         """The plain idle frame shown at loop position ``n`` (silence, no rendering)."""
         return self.idle[pingpong(n, len(self.idle))].frame
 
+    def paint_area(self, n: int) -> tuple[tuple[int, int, int, int], np.ndarray, float]:
+        """Where idle frame ``n`` is painted: the box in frame pixels (x0, y0, x1, y1), the
+        blend weight over that box, and screen pixels per generator pixel (how much the
+        painted region is enlarged on screen)."""
+        f = self.idle[pingpong(n, len(self.idle))]
+        scale = float(np.sqrt(abs(np.linalg.det(f.to_frame[:, :2]))))
+        return f.box, f.blend[..., 0], scale
+
     def render(self, requests: list[FrameRequest]) -> list[np.ndarray]:
         """Render a batch of requests (any sessions, any idle frames) in one model call."""
         if not requests:

@@ -91,6 +91,10 @@ class HeadSection:
     gen_steps: int = 0
     lips: dict = field(default_factory=dict)
     """The lip predictor on its held-out frames (empty when too few were held out)."""
+    plan: dict = field(default_factory=dict)
+    """How much of the preset's training plan ran within its cap on the host that trained
+    it (``training.head.plan``): nominal and run step counts, share, measured speeds. Empty
+    for bundles made before planning."""
 
     @classmethod
     def from_dict(cls, d: dict) -> HeadSection:
@@ -103,14 +107,17 @@ class HeadSection:
                    train_seconds=_get(d, "train_seconds", float, w, 0.0),
                    expert_steps=_get(d, "expert_steps", int, w, 0),
                    gen_steps=_get(d, "gen_steps", int, w, 0),
-                   lips=_get(d, "lips", dict, w, {}))
+                   lips=_get(d, "lips", dict, w, {}), plan=_get(d, "plan", dict, w, {}))
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "config": self.config, "region": list(self.region),
-                "mask_top": self.mask_top, "mel": self.mel.to_dict(),
-                "reference": self.reference, "mask": self.mask, "preset": self.preset,
-                "train_seconds": self.train_seconds, "expert_steps": self.expert_steps,
-                "gen_steps": self.gen_steps, "lips": self.lips}
+        out = {"file": self.file, "config": self.config, "region": list(self.region),
+               "mask_top": self.mask_top, "mel": self.mel.to_dict(),
+               "reference": self.reference, "mask": self.mask, "preset": self.preset,
+               "train_seconds": self.train_seconds, "expert_steps": self.expert_steps,
+               "gen_steps": self.gen_steps, "lips": self.lips}
+        if self.plan:  # an optional key: schema-1 bundles without it re-export unchanged
+            out["plan"] = self.plan
+        return out
 
 
 @dataclass(frozen=True)

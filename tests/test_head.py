@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -139,6 +140,14 @@ def test_eval_head_report(bundle: Path, grid_train: Path, tmp_path: Path) -> Non
     assert report["clips"] == 2 and report["face_found_generated"] > 0.9
     assert np.isfinite(report["silent_opening_real"])
     assert (out / "side_by_side.mp4").exists() and (out / "contact_sheet.png").exists()
+    fid = report["fidelity"]
+    assert fid["frames"] > 100 and fid["model_size"] == 48
+    for key in ("sharpness_ratio", "ssim", "colour_delta_e", "seam_ratio", "psnr_db"):
+        assert np.isfinite(fid[key]), key
+    # GRID's face is small: the ci model's 48 px are shrunk on screen, not enlarged.
+    assert 0 < fid["upscale"] < 1.5
+    mouths = cv2.imread(str(out / "mouths.png"))
+    assert mouths is not None and mouths.shape[0] >= 2 * 30
     proc = run_cli("eval", "head", bundle, "--footage", clips[0], "-o", tmp_path / "one")
     assert proc.returncode == 2 and "at least two" in proc.stderr
 

@@ -81,6 +81,9 @@ class GateConfig:
     min_clip_one_face_share: float = 0.8
     """A clip with a single face in fewer of its frames is rejected (no face, two faces)."""
     min_face_px: float = 100.0
+    min_eye_px: float = 80.0
+    """Distance between the outer eye corners below which the mouth (about half as wide)
+    has too few source pixels for teeth and lip texture to show."""
     min_blur: float = 30.0
     min_snr_db: float = 15.0
     max_clipping_share: float = 0.001

@@ -107,6 +107,7 @@ def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
 
         result = train_head(feats.dir, Workdir(workdir).head, head_preset(preset), device=device)
         out["head_seconds"] = result.seconds
+        out["head_plan"] = result.plan
     voice = None
     if sources:
         voice = train_voice(sources, Workdir(workdir).voice, voice_preset(preset), device=device)
@@ -210,6 +211,7 @@ def train_and_export(workdir: Path, preset: str, device: str = "cpu",
             cfg = dataclasses.replace(cfg, max_minutes=max_minutes)
         result = train_head(feats, wd.head, cfg, device=device)
         out["head_seconds"] = result.seconds
+        out["head_plan"] = result.plan
         main = result.dist.main
     if export and main:
         head = load_trained(wd.head)

@@ -24,6 +24,7 @@ from avatar.video_io import VideoWriter
 from training import face as F
 from training.audio_features import loudness
 from training.config import FaceConfig
+from training.head.fidelity import Area, Tally
 from training.ingest import clip_ids, decode_audio, find_footage, iter_frames, probe
 from training.progress import bar
 from training.smoothing import OneEuroFilter
@@ -192,6 +193,8 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
     per_clip, gen_all, real_all, leak_all, envs = [], [], [], [], []
     silent_gen, silent_real = [], []
     side_by_side: list[tuple[np.ndarray, np.ndarray]] = []
+    mouths: list[tuple[np.ndarray, np.ndarray]] = []
+    fidelity = Tally()
     partners = leak_partners(clips)
     with bar(len(clips), "evaluating", "clip") as pb:
         for k, c in enumerate(clips):
@@ -205,6 +208,12 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
             l_open, _ = _openings(leaked, cfg)
             r = _corr(g_open, c.opening)
             rl = _corr(l_open, c.opening)
+            # Reconstruction: the clip's own frames and its own audio, compared pixel for
+            # pixel with the real frames (texture, colour, seam, stillness; not lip sync).
+            rebuilt = _drive(own, c.audio16, n)
+            areas = [Area(*own.paint_area(i)) for i in range(n)]
+            fidelity.add_clip(c.frames, rebuilt, areas, c.silent)
+            mouths += _mouth_pairs(c.frames, rebuilt, areas, 2)
             per_clip.append({"clip": c.clip, "corr": round(r, 4), "leak_corr": round(rl, 4),
                              "leak_partner": other.clip,
                              "leak_chance_corr": round(partners[k][1], 4)})
@@ -239,6 +248,7 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
         "leakage_chance_corr": round(float(np.nanmean([p["leak_chance_corr"]
                                                        for p in per_clip])), 4),
         "face_found_generated": round(float(np.isfinite(g).mean()), 4),
+        "fidelity": {"model_size": avatar.size, **fidelity.figures()},
         **({"mouth_opening_corr_truth": round(float(np.mean(truths)), 4)} if truths else {}),
         "per_clip": per_clip,
         "method": "audio of each held-out clip drives the bundle's idle footage; the face "
@@ -250,7 +260,42 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
     atomic.write_json(out_dir / "report.json", report)
     _write_side_by_side(side_by_side, out_dir / "side_by_side.mp4", avatar.fps)
     _write_contact_sheet(side_by_side, out_dir / "contact_sheet.png")
+    _write_mouth_sheet(mouths, out_dir / "mouths.png")
     return report
+
+
+def _mouth_pairs(real: list[np.ndarray], gen: list[np.ndarray], areas: list[Area],
+                 count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` real and generated painted areas of one clip at 1:1 pixels, the frames
+    with the widest real mouths first (where detail shows)."""
+    scores = []
+    for r, a in zip(real, areas, strict=True):
+        x0, y0, x1, y1 = a.box
+        grey = r[y0:y1, x0:x1].mean(2)
+        scores.append(float(grey[a.blend >= 0.9].std()) if (a.blend >= 0.9).any() else 0.0)
+    picks = np.argsort(scores)[::-1][:count]
+    out = []
+    for i in sorted(int(k) for k in picks):
+        x0, y0, x1, y1 = areas[i].box
+        out.append((real[i][y0:y1, x0:x1], gen[i][y0:y1, x0:x1]))
+    return out
+
+
+def _write_mouth_sheet(pairs: list[tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    """Columns of real (top) over generated (bottom) mouth areas, unscaled."""
+    if not pairs:
+        return
+    h = max(p[0].shape[0] for p in pairs)
+    w = max(p[0].shape[1] for p in pairs)
+
+    def pad(img: np.ndarray) -> np.ndarray:
+        tile = np.zeros((h, w, 3), np.uint8)
+        tile[:img.shape[0], :img.shape[1]] = img
+        return tile
+
+    rows = [np.concatenate([pad(p[j]) for p in pairs], 1) for j in (0, 1)]
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
+    atomic.write_bytes(path, png.tobytes())
 
 
 def _fit(img: np.ndarray, h: int) -> np.ndarray:

@@ -104,14 +104,17 @@ def train_loop(cfg: LoopConfig, progress: Progress, step: Callable[[], Losses],
                optimizers: Sequence[torch.optim.Optimizer] = (),
                hooks: Sequence[Every] = (),
                any_rank: Callable[[bool], bool] = lambda flag: flag,
-               main: bool = True) -> bool:
+               main: bool = True,
+               until: Callable[[], bool] | None = None) -> bool:
     """Run ``step`` until ``cfg.steps`` or the cap; returns whether the cap stopped it.
 
     ``lr(step, share_of_cap_used)``, when given, sets the learning rate of ``optimizers``
     before each step. ``save`` writes the trainer's checkpoint (every
     ``cfg.checkpoint_minutes`` and at the end; only on the ``main`` process). Under data
     parallelism ``any_rank`` makes every process stop at the cap together: one that went
-    on alone would wait forever in the next gradient exchange.
+    on alone would wait forever in the next gradient exchange. ``until``, when given, ends
+    the run early (not a cap) once it returns True: a trainer that plans its own step count
+    from its measured speed (the head) says there when its plan is done.
     """
     start = time.monotonic() - progress.seconds
     deadline = start + cfg.max_minutes * 60
@@ -119,6 +122,8 @@ def train_loop(cfg: LoopConfig, progress: Progress, step: Callable[[], Losses],
     capped = False
     with bar(cfg.steps if main else 0, cfg.name, "step", initial=progress.step) as pb:
         while progress.step < cfg.steps:
+            if until is not None and until():
+                break
             if any_rank(time.monotonic() > deadline):
                 log.warning("%s training stopped at its %g-minute cap (step %d of %d)",
                             cfg.name, cfg.max_minutes, progress.step, cfg.steps)

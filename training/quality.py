@@ -61,6 +61,22 @@ def _gate(name: str, value: float, threshold: float, ok: bool, severity: str,
             "message": None if ok else message}
 
 
+MOUTH_PER_EYE = 0.55
+"""Mouth width over the distance between the outer eye corners, for a face seen from the
+front (about 50 mm over 90 mm)."""
+
+
+def _eye_distance(frames: dict) -> np.ndarray:
+    """Per frame: pixels between the outer eye corners (NaN without a face)."""
+    from training.face import LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+
+    lm = frames.get("landmarks")
+    if lm is None or len(lm) == 0:
+        return np.full(1, np.nan)
+    d = lm[:, RIGHT_EYE_OUTER, :2] - lm[:, LEFT_EYE_OUTER, :2]
+    return np.linalg.norm(d.astype(np.float64), axis=1)
+
+
 def build_report(clips: list[dict], utterances: list[dict], cfg: FeaturesConfig,
                  features_dir: Path, have_transcript: bool) -> dict:
     fps = cfg.fps
@@ -88,6 +104,7 @@ def build_report(clips: list[dict], utterances: list[dict], cfg: FeaturesConfig,
     usable_min = one_face / fps / 60
     speech_min = speech_s / 60
     face_px = _nanmedian(cat["face_width_px"])
+    eye_px = round(_nanmedian(np.concatenate([_eye_distance(c["_frames"]) for c in clips])), 1)
     blur = _nanmedian(cat["blur"])
     snr = audio_wmean("snr_db")
     clipping = audio_wmean("clipping_share")
@@ -102,7 +119,12 @@ def build_report(clips: list[dict], utterances: list[dict], cfg: FeaturesConfig,
               f"{g.min_speech_minutes:g} are needed for a good voice"),
         _gate("face_size", face_px, g.min_face_px, face_px >= g.min_face_px, "warning",
               f"the face is only {face_px:.0f} px wide; at least {g.min_face_px:g} px "
-              "keeps teeth and lips sharp (move closer or film at a higher resolution)"),
+              "keeps the face tracking steady (move closer or film at a higher resolution)"),
+        _gate("mouth_detail", eye_px, g.min_eye_px, eye_px >= g.min_eye_px, "warning",
+              f"the eyes are only {eye_px:.0f} px apart, so the mouth spans about "
+              f"{MOUTH_PER_EYE * eye_px:.0f} px: teeth and lip texture cannot be sharper "
+              f"than that (at least {g.min_eye_px:g} px between the eyes; move closer or "
+              "film at a higher resolution)"),
         _gate("sharpness", blur, g.min_blur, blur >= g.min_blur, "warning",
               f"the face is blurred (sharpness {blur:.0f}, want {g.min_blur:g}); "
               "focus the camera and light the face"),
@@ -121,6 +143,7 @@ def build_report(clips: list[dict], utterances: list[dict], cfg: FeaturesConfig,
         "minutes_usable": round(usable_min, 3),
         "one_face_share": round(one_face / max(total_frames, 1), 4),
         "face_width_px": round(face_px, 1),
+        "eye_distance_px": round(eye_px, 1),
         "blur_laplacian_var": round(blur, 1),
         "brightness_mean": round(_nanmedian(cat["brightness"]), 1),
         "exposure_clipped_share": round(_nanmedian(cat["clipped_share"]), 4),
@@ -162,7 +185,8 @@ def summary(report: dict) -> str:
         f"footage   {report['minutes_footage']:.1f} min in {report['clips']} clips, "
         f"{report['minutes_usable']:.1f} min usable ({report['one_face_share']:.1%} of frames "
         "with one face)",
-        f"face      {report['face_width_px']:.0f} px wide, sharpness "
+        f"face      {report['face_width_px']:.0f} px wide, eyes "
+        f"{report.get('eye_distance_px', float('nan')):.0f} px apart, sharpness "
         f"{report['blur_laplacian_var']:.0f}, brightness {report['brightness_mean']:.0f}/255",
         f"audio     speech at {report['audio_level_dbfs']:.0f} dBFS, peak "
         f"{report['peak_dbfs']:.1f} dBFS, SNR {report['snr_db']:.0f} dB, clipping "

@@ -316,7 +316,21 @@ def cmd_enrol(args: argparse.Namespace) -> int:
         trained = [f"{k.split('_')[0]} trained in {out[k]:.0f} s"
                    for k in ("head_seconds", "voice_seconds") if k in out]
         log.info("avatar bundle: %s (%s)", out["bundle"], ", ".join(trained))
+    _say_plan(out)
     return 0
+
+
+def _say_plan(out: dict) -> None:
+    """The last word of a head training: how much of its plan ran and what that costs."""
+    from training.head.plan import describe
+
+    plan = out.get("head_plan")
+    if plan:
+        line = describe(plan)
+        if plan["generator_share"] < 0.999:
+            log.warning("%s", line)
+        else:
+            log.info("%s", line)
 
 
 def cmd_eval_head(args: argparse.Namespace) -> int:
@@ -407,6 +421,7 @@ def cmd_train_head(args: argparse.Namespace) -> int:
     if "bundle" in out:
         log.info("avatar bundle: %s (head trained in %.0f s)", out["bundle"],
                  out["head_seconds"])
+    _say_plan(out)
     return 0
 
 

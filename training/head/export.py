@@ -92,7 +92,8 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
                 mask_top=model.mask_top,
                 mel=HeadMel(mean=head.mel_stats[0], std=head.mel_stats[1], spec=FACE_MEL),
                 preset=preset, train_seconds=round(head.seconds, 1),
-                expert_steps=head.expert_steps, gen_steps=head.gen_steps, lips=head.lips),
+                expert_steps=head.expert_steps, gen_steps=head.gen_steps, lips=head.lips,
+                plan=head.plan),
             idle=IdleSection(frames=idle.stop - idle.start, clip=idle.clip, start=idle.start),
             voice=voice_section)
         write_manifest(tmp, manifest)

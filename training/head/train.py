@@ -8,10 +8,12 @@ the last checkpoint. Each step returns a flat dict of named losses.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from avatar.models.head import (
 from avatar.models.lips import LIP_POINTS, lip_loss
 from training import presets
 from training.head.data import Sampler, lip_split, load_cache
+from training.head.plan import KINDS, Allocation, Planner, describe
 from training.loop import Checkpoint, LoopConfig, Progress, train_loop, write_history
 from training.runs import config_digest, training_device
 
@@ -131,6 +134,17 @@ class Dist:
                 tdist.all_reduce(p.grad, op=tdist.ReduceOp.SUM)
                 p.grad /= self.world
 
+    def max_values(self, values: list[float]) -> list[float]:
+        """The largest of each value over the processes (one process: the values), so
+        that every process plans from the same figures."""
+        if self.world == 1:
+            return values
+        import torch.distributed as tdist
+
+        t = torch.tensor(values, dtype=torch.float64)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return [float(v) for v in t]
+
     def any(self, flag: bool) -> bool:
         """True on every process if it is true on any: all ranks must stop together, or the
         others would wait forever in the next gradient exchange."""
@@ -154,6 +168,8 @@ class State:
     disc: PatchDiscriminator | None = None
     opt_disc: torch.optim.Optimizer | None = None
     progress: Progress = field(default_factory=Progress)
+    plan: Allocation | None = None
+    """The planned step counts (``training.head.plan``); the preset's until planned."""
     gen_train: nn.Module | None = None
     """The generator as trained: itself, or its DistributedDataParallel wrapper."""
     expert_train: nn.Module | None = None
@@ -165,16 +181,40 @@ class State:
         return self.progress.step
 
     @property
+    def planned(self) -> Allocation:
+        if self.plan is None:
+            c = self.cfg
+            return Allocation(c.lip_steps, c.expert_steps, c.gen_steps,
+                              int(round(c.sync_from * c.gen_steps)))
+        return self.plan
+
+    @property
     def lip_step(self) -> int:
-        return min(self.step, self.cfg.lip_steps)
+        return min(self.step, self.planned.lips)
 
     @property
     def expert_step(self) -> int:
-        return min(max(self.step - self.cfg.lip_steps, 0), self.cfg.expert_steps)
+        return min(max(self.step - self.planned.lips, 0), self.planned.expert)
 
     @property
     def gen_step(self) -> int:
-        return max(self.step - self.cfg.lip_steps - self.cfg.expert_steps, 0)
+        return max(self.step - self.planned.lips - self.planned.expert, 0)
+
+    @property
+    def stage(self) -> str:
+        p = self.planned
+        if self.step < p.lips:
+            return "lips"
+        return "expert" if self.step < p.lips + p.expert else "gen"
+
+    @property
+    def sync_on(self) -> bool:
+        return self.cfg.sync_weight > 0 and self.gen_step >= self.planned.sync_at
+
+    @property
+    def done(self) -> bool:
+        p = self.planned
+        return self.step >= p.lips + p.expert + p.gen
 
     @property
     def seconds(self) -> float:
@@ -183,7 +223,8 @@ class State:
     def state_dict(self) -> dict:
         d = {"gen": self.gen.state_dict(), "expert": self.expert.state_dict(),
              "opt_gen": self.opt_gen.state_dict(), "opt_expert": self.opt_expert.state_dict(),
-             "opt_lips": self.opt_lips.state_dict(), **self.progress.state_dict()}
+             "opt_lips": self.opt_lips.state_dict(), **self.progress.state_dict(),
+             **{f"plan_{k}": v for k, v in self.planned.to_dict().items()}}
         if self.disc is not None and self.opt_disc is not None:
             d["disc"] = self.disc.state_dict()
             d["opt_disc"] = self.opt_disc.state_dict()
@@ -201,6 +242,9 @@ class State:
         if "step" not in d:  # checkpoints made before the shared loop counted each stage
             d = {**d, "step": int(d["lip_step"]) + int(d["expert_step"]) + int(d["gen_step"])}
         self.progress.load_state_dict(d)
+        if "plan_gen" in d:  # checkpoints made before planning ran the preset's counts
+            self.plan = Allocation(*(int(d[f"plan_{k}"]) for k in ("lips", "expert", "gen",
+                                                                  "sync_at")))
 
 
 def _tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -251,7 +295,7 @@ def expert_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
 
 
 def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
-             device: torch.device) -> dict[str, float]:
+             device: torch.device, sync: bool) -> dict[str, float]:
     b = _tensors(sampler.batch(cfg.batch), device)
     n, w = b["regions"].shape[:2]
     s = cfg.model.size
@@ -269,7 +313,7 @@ def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
     lip = lip_loss(lip_z.view(n, w, -1), lip_target, b["lip_train"], state.gen.lips.weights())
     losses = {"gen/l1": l1, "lips/loss": lip}
     total = l1 + lip
-    if state.gen_step >= cfg.sync_from * cfg.gen_steps and cfg.sync_weight > 0:
+    if sync:
         state.expert.eval()
         p = ((state.expert(out.reshape(n, w, 3, s, s), b["sync_mel"]) + 1) / 2)
         sync = F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), torch.ones_like(p))
@@ -294,6 +338,72 @@ def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
         state.opt_disc.step()
         losses["disc/loss"] = d_loss
     return {k: float(v.detach()) for k, v in losses.items()}
+
+
+PROBE_STEPS = {"lips": 12, "expert": 3, "gen": 3, "sync": 3}
+"""Timed steps per kind and thread count (after one untimed warm-up step)."""
+
+
+def probe_speeds(state: State, sampler: Sampler, cfg: HeadTrainConfig, dev: torch.device,
+                 dist: Dist, planner: Planner) -> None:
+    """Time each kind of step still to come on a throwaway copy of the models, at each
+    thread count worth trying, so the first plan is made from this host's speed. The
+    training itself is untouched: its models, optimisers, data order and random numbers
+    are the same with or without the probe."""
+    t_start = time.perf_counter()
+    max_threads = torch.get_num_threads()
+    # One thread first: with another process busy on a core, a step on two threads can
+    # take twenty times as long, and a first step that slow ends that option's probe.
+    options = [1, max_threads] if dev.type == "cpu" and dist.world == 1 and max_threads > 1 \
+        else [max_threads]
+    trial = copy.deepcopy(state)
+    data = copy.copy(sampler)
+    data.rng = np.random.default_rng(cfg.seed + 7919)
+    stage = state.stage
+    kinds = [k for k in KINDS if KINDS.index(k) >= KINDS.index(stage)]
+    if cfg.sync_weight <= 0:
+        kinds = [k for k in kinds if k != "sync"]
+    run = {"lips": lambda: lip_step(trial, data, cfg, dev, dist),
+           "expert": lambda: expert_step(trial, data, cfg, dev),
+           "gen": lambda: gen_step(trial, data, cfg, dev, False),
+           "sync": lambda: gen_step(trial, data, cfg, dev, True)}
+    devices = [dev] if dev.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            for kind in kinds:
+                if kind == "gen":
+                    trial.expert.requires_grad_(False)  # as in the generator's stage
+                fastest = float("inf")
+                for threads in options:
+                    torch.set_num_threads(threads)
+                    t0 = time.perf_counter()
+                    run[kind]()  # warm-up: first calls allocate and pick kernels
+                    _wait(dev)
+                    first = time.perf_counter() - t0
+                    if first > 3 * fastest:
+                        planner.set_probe(kind, threads, first)
+                        continue
+                    t0 = time.perf_counter()
+                    for _ in range(PROBE_STEPS[kind]):
+                        run[kind]()
+                    _wait(dev)
+                    took = (time.perf_counter() - t0) / PROBE_STEPS[kind]
+                    planner.set_probe(kind, threads, took)
+                    fastest = min(fastest, took)
+    finally:
+        torch.set_num_threads(max_threads)
+    if "sync" not in kinds:  # no sync loss: its steps are generator steps
+        planner.set_probe("sync", max_threads, planner.speed("gen"))
+    planner.choose_threads()
+    log.info("head step speed on this host: %s (%.0f s to measure)",
+             ", ".join(f"{k} {planner.speed(k):.3f} s on {planner.threads.get(k)} thread(s)"
+                       for k in kinds), time.perf_counter() - t_start)
+
+
+def _wait(dev: torch.device) -> None:
+    """Let queued GPU work finish, so a timing covers it."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def build_state(cfg: HeadTrainConfig, device: torch.device) -> State:
@@ -321,6 +431,8 @@ class TrainedHead:
     gen_steps: int
     lips: dict = field(default_factory=dict)
     """The lip predictor on its held-out frames (see ``calibrate_lips``)."""
+    plan: dict = field(default_factory=dict)
+    """How much of the preset's plan ran within the cap (``plan.Planner.summary``)."""
 
 
 @dataclass
@@ -332,10 +444,11 @@ class HeadTrainResult:
     dist: Dist = field(default_factory=Dist)
 
     lips: dict = field(default_factory=dict)
+    plan: dict = field(default_factory=dict)
 
     def trained(self) -> TrainedHead:
         return TrainedHead(self.state.gen, self.mel_stats, self.seconds,
-                           self.state.expert_step, self.state.gen_step, self.lips)
+                           self.state.expert_step, self.state.gen_step, self.lips, self.plan)
 
 
 def save_trained(head: TrainedHead, out_dir: Path) -> None:
@@ -349,7 +462,7 @@ def save_trained(head: TrainedHead, out_dir: Path) -> None:
     atomic.write_json(out_dir / "generator.json", {
         "config": dataclasses.asdict(head.gen.cfg), "mel_stats": list(head.mel_stats),
         "seconds": round(head.seconds, 1), "expert_steps": head.expert_steps,
-        "gen_steps": head.gen_steps, "lips": head.lips})
+        "gen_steps": head.gen_steps, "lips": head.lips, "plan": head.plan})
 
 
 def load_trained(out_dir: Path) -> TrainedHead:
@@ -364,7 +477,7 @@ def load_trained(out_dir: Path) -> TrainedHead:
     gen.load_state_dict(load_file(str(out_dir / "generator.safetensors")))
     return TrainedHead(gen, tuple(meta["mel_stats"]), float(meta["seconds"]),
                        int(meta["expert_steps"]), int(meta["gen_steps"]),
-                       meta.get("lips", {}))
+                       meta.get("lips", {}), meta.get("plan", {}))
 
 
 def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
@@ -392,40 +505,96 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
     sampler = Sampler(clips, cfg.model.sync_frames, seed=cfg.seed + 1000 * dist.rank)
     state = build_state(cfg, dev)
     set_lip_stats(state.gen, clips)
+    planner = Planner({"lips": cfg.lip_steps, "expert": cfg.expert_steps,
+                       "gen": cfg.gen_steps}, cfg.sync_from, cfg.max_minutes * 60)
     if saved:
         state.load_state_dict(saved)
         sampler.rng = np.random.default_rng(cfg.seed + 1000 * dist.rank + state.step)
+        planner.spent.update({k: float(saved.get(f"plan_spent_{k}", 0.0)) for k in
+                              planner.spent})
         log.info("resuming head training at lip step %d, expert step %d, generator step %d",
                  state.lip_step, state.expert_step, state.gen_step)
-    if state.expert_step >= cfg.expert_steps:
+    if state.stage == "gen":
         state.expert.requires_grad_(False)
+    max_threads = torch.get_num_threads()
+    if not state.done:
+        probe_speeds(state, sampler, cfg, dev, dist, planner)
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [dev.index] if dev.type == "cuda" else None
         state.gen_train = DDP(state.gen, device_ids=ids)
-        if state.expert_step < cfg.expert_steps:
+        if state.stage != "gen":
             state.expert_train = DDP(state.expert, device_ids=ids)
         if state.disc is not None:
             state.disc_train = DDP(state.disc, device_ids=ids)
 
-    def step() -> dict[str, float]:
-        if state.lip_step < cfg.lip_steps:
-            return lip_step(state, sampler, cfg, dev, dist)
-        if state.expert_step < cfg.expert_steps:
-            losses = expert_step(state, sampler, cfg, dev)
-            if state.expert_step + 1 == cfg.expert_steps:
+    def replan() -> None:
+        before = state.planned
+        stage = state.stage
+        order = ("lips", "expert", "gen")
+        fixed = {k: getattr(before, k) for k in order[:order.index(stage)]}
+        done = {"lips": state.lip_step, "expert": state.expert_step, "gen": state.gen_step}
+        # Every process plans from the same figures: the slowest speeds, the longest time.
+        figures = dist.max_values([planner.speed(k) for k in KINDS] + [state.seconds])
+        joined = before.sync_at if stage == "gen" and state.sync_on else None
+        state.plan = planner.replan(done, figures[-1], fixed, joined,
+                                    dict(zip(KINDS, figures[:-1], strict=False)))
+
+    last_stage = [""]
+
+    def until() -> bool:
+        stage = state.stage
+        if stage != last_stage[0] or state.step % planner.cfg.replan_steps == 0:
+            if stage == "gen" and last_stage[0] == "expert":
                 # From here the expert only judges: it must not learn from the generator.
                 state.expert.requires_grad_(False)
-            return losses
-        return gen_step(state, sampler, cfg, dev)
+            replan()
+            stage = state.stage  # a re-plan can end the current stage
+            if stage != last_stage[0]:
+                p = state.planned
+                log.info("head stage %s: %d steps planned%s", stage, getattr(p, stage),
+                         f" (the sync loss from step {p.sync_at})" if stage == "gen" else "")
+                if stage == "gen":
+                    state.expert.requires_grad_(False)
+                last_stage[0] = stage
+        return state.done
+
+    def step() -> dict[str, float]:
+        stage = state.stage
+        kind = "sync" if stage == "gen" and state.sync_on else stage
+        threads = max_threads
+        if dev.type == "cpu" and dist.world == 1:
+            threads = planner.threads_for(kind, time.monotonic(), max_threads)
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        if stage == "lips":
+            losses = lip_step(state, sampler, cfg, dev, dist)
+        elif stage == "expert":
+            losses = expert_step(state, sampler, cfg, dev)
+        else:
+            losses = gen_step(state, sampler, cfg, dev, kind == "sync")
+        _wait(dev)
+        planner.after_step(kind, threads, time.perf_counter() - t0, stage, time.monotonic())
+        return losses
 
     def save() -> None:
-        ckpt.save({**state.state_dict(), "mel_stats": list(mel_stats)})
+        ckpt.save({**state.state_dict(), "mel_stats": list(mel_stats),
+                   **{f"plan_spent_{k}": v for k, v in planner.spent.items()}})
 
     loop = LoopConfig("head", cfg.lip_steps + cfg.expert_steps + cfg.gen_steps,
                       cfg.max_minutes, cfg.checkpoint_minutes)
-    train_loop(loop, state.progress, step, save, any_rank=dist.any, main=dist.main)
+    try:
+        train_loop(loop, state.progress, step, save, any_rank=dist.any, main=dist.main,
+                   until=until)
+    finally:
+        torch.set_num_threads(max_threads)
+    ran = {"lips": state.lip_step, "expert": state.expert_step, "gen": state.gen_step}
+    sync_steps = max(state.gen_step - state.planned.sync_at, 0) if cfg.sync_weight > 0 else 0
+    plan = planner.summary(ran, sync_steps)
+    if dist.main:
+        log.info("%s", describe(plan))
     lips: dict = {}
     if dist.main:
         lips = calibrate_lips(state.gen, clips, dev)
@@ -435,7 +604,8 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
                      lips["gain_mean"])
         save()
         write_history(state.progress, out_dir)
-    result = HeadTrainResult(state, mel_stats, state.seconds, saved is not None, dist, lips)
+    result = HeadTrainResult(state, mel_stats, state.seconds, saved is not None, dist, lips,
+                             plan)
     if dist.main:
         save_trained(result.trained(), out_dir)
     return result

@@ -1,0 +1,83 @@
+"""The image-fidelity figures of ``eval head`` (training.head.fidelity) on frames whose
+answer is known."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from training.head.fidelity import Area, Tally
+
+
+def textured(n: int, seed: int = 0, size: int = 96) -> list[np.ndarray]:
+    """Frames of a fine random texture, drifting a little from frame to frame."""
+    rng = np.random.default_rng(seed)
+    base = cv2.GaussianBlur(rng.uniform(0, 255, (size + 8, size + 8, 3)).astype(np.float32),
+                            (0, 0), 1.0)
+    return [np.clip(base[k % 3: k % 3 + size, 0:size] + 60, 0, 255).astype(np.uint8)
+            for k in range(n)]
+
+
+def area(size: int = 96) -> Area:
+    blend = np.zeros((size, size), np.float32)
+    blend[16:80, 16:80] = 1.0
+    blend = cv2.GaussianBlur(blend, (0, 0), 3.0)
+    return Area((0, 0, size, size), blend, 1.0)
+
+
+def figures(real: list[np.ndarray], gen: list[np.ndarray]) -> dict:
+    t = Tally()
+    t.add_clip(real, gen, [area()] * len(real), np.ones(len(real), bool))
+    return t.figures()
+
+
+def test_the_real_frames_score_as_perfect():
+    real = textured(6)
+    f = figures(real, [r.copy() for r in real])
+    assert f["sharpness_ratio"] == pytest.approx(1.0)
+    assert f["seam_ratio"] == pytest.approx(1.0)
+    assert f["silence_change_ratio"] == pytest.approx(1.0)
+    assert f["ssim"] == pytest.approx(1.0)
+    assert f["colour_delta_e"] == pytest.approx(0.0, abs=1e-4)
+    assert f["psnr_db"] is None  # no error at all
+    assert f["silent_pairs"] == 5
+
+
+def test_a_soft_mouth_loses_sharpness_and_structure():
+    real = textured(4)
+    soft = [cv2.resize(cv2.resize(r, (32, 32), interpolation=cv2.INTER_AREA), (96, 96),
+                       interpolation=cv2.INTER_LINEAR) for r in real]
+    f = figures(real, soft)
+    assert f["sharpness_ratio"] < 0.5
+    assert f["ssim"] < 0.9
+    assert f["psnr_db"] < 40
+
+
+def test_a_colour_cast_and_a_box_show():
+    real = textured(4)
+    cast = [np.clip(r.astype(np.int16) + (12, 0, -12), 0, 255).astype(np.uint8) for r in real]
+    f = figures(real, cast)
+    assert f["colour_delta_e"] > 5
+    # A hard-edged square pasted without feathering: a step along the blend's edge.
+    boxed = []
+    for r in real:
+        g = r.copy()
+        g[14:82, 14:82] = np.clip(g[14:82, 14:82].astype(np.int16) + 40, 0, 255)
+        boxed.append(g)
+    assert figures(real, boxed)["seam_ratio"] > 1.2
+
+
+def test_shimmer_in_silence_shows():
+    real = [textured(1)[0]] * 5  # a still face
+    rng = np.random.default_rng(1)
+    shimmer = [np.clip(r.astype(np.int16) + rng.integers(-6, 7, r.shape), 0,
+                       255).astype(np.uint8) for r in real]
+    t = Tally()
+    t.add_clip(real, shimmer, [area()] * 5, np.ones(5, bool))
+    # A perfectly still real mouth: the ratio has no denominator, the change is reported.
+    assert t.figures()["silence_change_ratio"] is None
+    moving = textured(5)
+    noisy = [np.clip(r.astype(np.int16) + rng.integers(-12, 13, r.shape), 0,
+                     255).astype(np.uint8) for r in moving]
+    assert figures(moving, noisy)["silence_change_ratio"] > 1.2
