@@ -254,7 +254,10 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
         "method": "audio of each held-out clip drives the bundle's idle footage; the face "
                   "mesh measures both mouths (13-14 over 33-263). Leakage control: the "
                   "clip's own frames driven by the audio of the other clip whose real "
-                  "mouth correlates least with this one's (leakage_chance_corr).",
+                  "mouth correlates least with this one's (leakage_chance_corr). "
+                  "fidelity: each clip's own frames re-rendered with its own audio, compared "
+                  "with the real frames over the painted area at the footage's own scale "
+                  "(training/head/fidelity.py).",
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out_dir / "report.json", report)

@@ -34,6 +34,7 @@ from avatar.models.head import (
 from avatar.models.lips import LIP_POINTS, lip_loss
 from training import presets
 from training.head.data import Sampler, lip_split, load_cache
+from training.head.losses import gradient_loss, temporal_loss
 from training.head.plan import KINDS, Allocation, Planner, describe
 from training.loop import Checkpoint, LoopConfig, Progress, train_loop, write_history
 from training.runs import config_digest, training_device
@@ -67,6 +68,12 @@ class HeadTrainConfig:
     cannot draw a face yet gets no use from it)."""
     gan_weight: float = 0.0
     """Patch-discriminator weight; 0 disables it (ci, cpu)."""
+    detail_weight: float = 0.5
+    """Weight of the multi-scale gradient loss (``losses.gradient_loss``): keeps teeth, lip
+    lines and skin texture that L1 alone blurs away."""
+    temporal_weight: float = 0.5
+    """Weight of the frame-to-frame change loss (``losses.temporal_loss``): no shimmer
+    where the real mouth is still."""
     checkpoint_minutes: float = 3.0
     seed: int = 0
 
@@ -313,6 +320,14 @@ def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
     lip = lip_loss(lip_z.view(n, w, -1), lip_target, b["lip_train"], state.gen.lips.weights())
     losses = {"gen/l1": l1, "lips/loss": lip}
     total = l1 + lip
+    if cfg.detail_weight > 0:
+        detail = gradient_loss(out, target)
+        losses["gen/detail"] = detail
+        total = total + cfg.detail_weight * detail
+    if cfg.temporal_weight > 0:
+        temporal = temporal_loss(out.view(n, w, 3, s, s), target.view(n, w, 3, s, s))
+        losses["gen/temporal"] = temporal
+        total = total + cfg.temporal_weight * temporal
     if sync:
         state.expert.eval()
         p = ((state.expert(out.reshape(n, w, 3, s, s), b["sync_mel"]) + 1) / 2)
@@ -541,9 +556,19 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
         state.plan = planner.replan(done, figures[-1], fixed, joined,
                                     dict(zip(KINDS, figures[:-1], strict=False)))
 
+    if planner.speeds and not state.done:
+        replan()
+        p = state.planned
+        if p.gen < cfg.gen_steps and dist.main:
+            log.warning("this host fits %d of the generator's %d steps in the %g-minute cap "
+                        "(%.0f%%; %d with the sync loss); the plan keeps every stage and the "
+                        "sync loss their shares", p.gen, cfg.gen_steps, cfg.max_minutes,
+                        100 * p.gen / cfg.gen_steps, p.gen - p.sync_at)
     last_stage = [""]
 
     def until() -> bool:
+        if not planner.speeds:  # resumed after its plan was done: nothing was measured
+            return state.done
         stage = state.stage
         if stage != last_stage[0] or state.step % planner.cfg.replan_steps == 0:
             if stage == "gen" and last_stage[0] == "expert":
