@@ -22,6 +22,7 @@ import torch
 from avatar import devices
 from avatar.audio import FACE_MEL, mel_windows
 from avatar.bundle import load_weights, read_manifest
+from avatar.colour import match_colour
 from avatar.errors import TwincastError, path_error
 from avatar.manifest import Manifest
 from avatar.models.fold import fold_batchnorm
@@ -77,6 +78,8 @@ class Avatar:
         self.size = gen.cfg.size
         self.mel_frames = gen.cfg.mel_frames
         self._pool: ThreadPoolExecutor | None = None
+        self.colour = "field"
+        """How the painted region's colour is matched to its frame (``avatar.colour``)."""
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -172,23 +175,22 @@ class Avatar:
             out = self.gen.generate(ref, blank_lower(regions, self.gen.cfg.mask_top), mel_t)
         painted = (out.float().clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
         if len(requests) < 8 or (os.cpu_count() or 1) < 2:
-            return [_composite(f, p) for f, p in zip(idle, painted, strict=True)]
+            return [_composite(f, p, self.colour) for f, p in zip(idle, painted, strict=True)]
         # Compositing is per-frame OpenCV/numpy work that releases the GIL: on a large
         # batch from a GPU it is the bottleneck unless the CPU cores share it.
         if self._pool is None:
             self._pool = ThreadPoolExecutor(min(16, os.cpu_count() or 1),
                                             thread_name_prefix="composite")
-        return list(self._pool.map(_composite, idle, painted))
+        return list(self._pool.map(_composite, idle, painted, [self.colour] * len(idle)))
 
 
-def _composite(idle: _IdleFrame, painted: np.ndarray) -> np.ndarray:
+def _composite(idle: _IdleFrame, painted: np.ndarray, colour: str = "field") -> np.ndarray:
     frame = idle.frame.copy()
     x0, y0, x1, y1 = idle.box
-    # Colour match: shift the painted region so that, where it meets the untouched face
-    # (the ring), its mean colour equals the idle frame's.
-    orig = (idle.region.transpose(1, 2, 0) * 255)[idle.ring]
-    shift = orig.mean(0) - painted[idle.ring].astype(np.float32).mean(0)
-    patch = np.clip(painted.astype(np.float32) + shift, 0, 255)
+    # Colour and light match against the idle frame where the paint fades into it (the
+    # ring): see avatar/colour.py.
+    real = idle.region.transpose(1, 2, 0) * 255
+    patch = np.clip(match_colour(painted.astype(np.float32), real, idle.ring, colour), 0, 255)
     m = idle.to_frame.copy()
     m[:, 2] -= (x0, y0)
     warped = cv2.warpAffine(patch, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,

@@ -81,3 +81,21 @@ def test_shimmer_in_silence_shows():
     noisy = [np.clip(r.astype(np.int16) + rng.integers(-12, 13, r.shape), 0,
                      255).astype(np.uint8) for r in moving]
     assert figures(moving, noisy)["silence_change_ratio"] > 1.2
+
+
+def test_colour_field_follows_light_across_the_region():
+    from avatar.colour import match_colour
+
+    size = 96
+    real = np.stack([textured(1, size=size)[0].astype(np.float32)] * 1)[0]
+    # The paint is the real region without a light gradient running left to right.
+    ramp = np.linspace(-20, 20, size, dtype=np.float32)[None, :, None]
+    painted = real - ramp
+    ring = np.zeros((size, size), bool)
+    ring[:6], ring[-6:], ring[:, :6], ring[:, -6:] = True, True, True, True
+    inner = (slice(20, 76), slice(20, 76))
+    err = {mode: np.abs(match_colour(painted, real, ring, mode) - real)[inner].mean()
+           for mode in ("mean", "field")}
+    assert err["field"] < 0.5 * err["mean"]
+    with pytest.raises(ValueError):
+        match_colour(painted, real, ring, "nope")
