@@ -123,7 +123,7 @@ def test_presets_are_one_table_shared_by_models_and_command_line():
     from avatar.models.voice import VOICE_PRESETS
     from twincast.cli import build_parser
 
-    assert presets.names() == ("ci", "cpu", "gpu")
+    assert presets.names() == ("ci", "demo", "cpu", "gpu")
     assert tuple(HEAD_PRESETS) == tuple(VOICE_PRESETS) == presets.names()
     enrol = build_parser().parse_args(["enrol", "x", "--workdir", "w", "--preset", "gpu"])
     assert enrol.preset == "gpu"

@@ -60,6 +60,7 @@ class HeadConfig:
 # Model sizes of the training presets (training adds steps and loss weights on top).
 HEAD_PRESETS: dict[str, HeadConfig] = {
     "ci": HeadConfig(size=48, width=8, audio_dim=64, sync_dim=32, lip_dim=32),
+    "demo": HeadConfig(),
     "cpu": HeadConfig(),
     "gpu": HeadConfig(size=128, width=32),
 }

@@ -56,6 +56,7 @@ class VoiceConfig:
 # 500 with 0.4 (one core per run).
 VOICE_PRESETS: dict[str, VoiceConfig] = {
     "ci": VoiceConfig(dim=64, enc_layers=2, dec_dim=96, dec_layers=3, marks=True),
+    "demo": VoiceConfig(dim=64, enc_layers=2, dec_dim=96, dec_layers=3, marks=True),
     "cpu": VoiceConfig(dropout=0.4, marks=True),
     "gpu": VoiceConfig(dim=256, enc_layers=6, dec_dim=384, dec_layers=8, dropout=0.4,
                        marks=True),
