@@ -87,7 +87,7 @@ def test_colour_field_follows_light_across_the_region():
     from avatar.colour import match_colour
 
     size = 96
-    real = np.stack([textured(1, size=size)[0].astype(np.float32)] * 1)[0]
+    real = textured(1, size=size)[0].astype(np.float32)
     # The paint is the real region without a light gradient running left to right.
     ramp = np.linspace(-20, 20, size, dtype=np.float32)[None, :, None]
     painted = real - ramp

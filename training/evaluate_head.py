@@ -132,6 +132,14 @@ def _drive(avatar: Avatar, audio: np.ndarray, n: int, batch: int = 16) -> list[n
     return frames
 
 
+def reconstruct(own: Avatar, clip: HeldOut) -> tuple[list[np.ndarray], list[Area]]:
+    """The clip re-rendered over its own frames (``own``: the avatar ``over`` them) with
+    its own audio, and where each frame was painted: the reconstruction setting of the
+    fidelity figures."""
+    n = len(clip.frames)
+    return _drive(own, clip.audio16, n), [Area(*own.paint_area(i)) for i in range(n)]
+
+
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 3 or np.std(a[ok]) < 1e-9 or np.std(b[ok]) < 1e-9:
@@ -210,8 +218,7 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
             rl = _corr(l_open, c.opening)
             # Reconstruction: the clip's own frames and its own audio, compared pixel for
             # pixel with the real frames (texture, colour, seam, stillness; not lip sync).
-            rebuilt = _drive(own, c.audio16, n)
-            areas = [Area(*own.paint_area(i)) for i in range(n)]
+            rebuilt, areas = reconstruct(own, c)
             fidelity.add_clip(c.frames, rebuilt, areas, c.silent)
             mouths += _mouth_pairs(c.frames, rebuilt, areas, 2)
             per_clip.append({"clip": c.clip, "corr": round(r, 4), "leak_corr": round(rl, 4),

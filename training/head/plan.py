@@ -132,7 +132,6 @@ class Planner:
     """The thread count each kind runs at (empty: leave torch's)."""
     spent: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
     plan: Allocation | None = None
-    first_plan: Allocation | None = None
     _check: tuple[str, int, int, float] | None = None
     """A thread check under way: kind, thread count tried, steps left, when it began."""
     _last_check: dict[str, float] = field(default_factory=dict)
@@ -171,8 +170,6 @@ class Planner:
         speed = speed or {k: self.speed(k) for k in KINDS}
         self.plan = allocate(self.nominal, self.sync_from, done, self.spent, speed,
                              self.cap_seconds, elapsed, fixed, sync_at, self.cfg)
-        if self.first_plan is None:
-            self.first_plan = self.plan
         return self.plan
 
     # --------------------------------------------------------------- thread checks

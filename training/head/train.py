@@ -176,7 +176,8 @@ class State:
     opt_disc: torch.optim.Optimizer | None = None
     progress: Progress = field(default_factory=Progress)
     plan: Allocation | None = None
-    """The planned step counts (``training.head.plan``); the preset's until planned."""
+    """The planned step counts (``training.head.plan``); None until the first plan (the
+    preset's counts stand until then)."""
     gen_train: nn.Module | None = None
     """The generator as trained: itself, or its DistributedDataParallel wrapper."""
     expert_train: nn.Module | None = None
@@ -331,9 +332,9 @@ def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
     if sync:
         state.expert.eval()
         p = ((state.expert(out.reshape(n, w, 3, s, s), b["sync_mel"]) + 1) / 2)
-        sync = F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), torch.ones_like(p))
-        losses["gen/sync"] = sync
-        total = total + cfg.sync_weight * sync
+        sync_loss = F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), torch.ones_like(p))
+        losses["gen/sync"] = sync_loss
+        total = total + cfg.sync_weight * sync_loss
     disc = state.disc_train or state.disc
     if disc is not None and state.opt_disc is not None:
         fake_score = disc(out)
@@ -362,9 +363,9 @@ PROBE_STEPS = {"lips": 12, "expert": 3, "gen": 3, "sync": 3}
 def probe_speeds(state: State, sampler: Sampler, cfg: HeadTrainConfig, dev: torch.device,
                  dist: Dist, planner: Planner) -> None:
     """Time each kind of step still to come on a throwaway copy of the models, at each
-    thread count worth trying, so the first plan is made from this host's speed. The
-    training itself is untouched: its models, optimisers, data order and random numbers
-    are the same with or without the probe."""
+    thread count worth trying, so the first plan is made from this host's speed. The probe
+    does not touch the training's models, optimisers, data order or random numbers (it
+    works on copies, its own sampler and a forked RNG)."""
     t_start = time.perf_counter()
     max_threads = torch.get_num_threads()
     # One thread first: with another process busy on a core, a step on two threads can
@@ -571,9 +572,6 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
             return state.done
         stage = state.stage
         if stage != last_stage[0] or state.step % planner.cfg.replan_steps == 0:
-            if stage == "gen" and last_stage[0] == "expert":
-                # From here the expert only judges: it must not learn from the generator.
-                state.expert.requires_grad_(False)
             replan()
             stage = state.stage  # a re-plan can end the current stage
             if stage != last_stage[0]:
@@ -581,6 +579,7 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
                 log.info("head stage %s: %d steps planned%s", stage, getattr(p, stage),
                          f" (the sync loss from step {p.sync_at})" if stage == "gen" else "")
                 if stage == "gen":
+                    # From here the expert only judges: it must not learn from the generator.
                     state.expert.requires_grad_(False)
                 last_stage[0] = stage
         return state.done
