@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from avatar import devices
+from avatar import devices, resample
 from avatar.audio import FACE_MEL, mel_windows
 from avatar.bundle import load_weights, read_manifest
 from avatar.colour import match_colour
@@ -193,10 +193,10 @@ def _composite(idle: _IdleFrame, painted: np.ndarray, colour: str = "field") -> 
     patch = np.clip(match_colour(painted.astype(np.float32), real, idle.ring, colour), 0, 255)
     m = idle.to_frame.copy()
     m[:, 2] -= (x0, y0)
-    warped = cv2.warpAffine(patch, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_REPLICATE)
+    # Bicubic: a bilinear warp back at about 1:1 blurs the mouth (avatar/resample.py).
+    warped = np.clip(resample.warp(patch, m, (x1 - x0, y1 - y0)), 0, 255)
     roi = frame[y0:y1, x0:x1].astype(np.float32)
-    frame[y0:y1, x0:x1] = (roi + (warped - roi) * idle.blend).astype(np.uint8)
+    frame[y0:y1, x0:x1] = np.rint(roi + (warped - roi) * idle.blend).astype(np.uint8)
     return frame
 
 
@@ -252,8 +252,7 @@ def prepare_frames(decoded: list[np.ndarray], affines: np.ndarray, reg_to_crop: 
         to_frame = (np.linalg.inv(crop_from_frame) @ reg_to_crop)[:2]
         # The model's view: the region, straight from the idle frame.
         from_frame = np.linalg.inv(np.vstack([to_frame, [0, 0, 1]]))[:2]
-        region = cv2.warpAffine(frame, from_frame, (size, size), flags=cv2.INTER_AREA,
-                                borderMode=cv2.BORDER_REPLICATE)
+        region = resample.warp(frame, from_frame, (size, size))
         corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]]).T
         pts = to_frame @ corners
         h, w = frame.shape[:2]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from avatar import resample
 from training.config import FaceConfig
 
 # Face-mesh landmark indices used here (MediaPipe's 478-point topology).
@@ -128,8 +129,9 @@ def crop_transform(lm: np.ndarray, size: int) -> np.ndarray:
 
 
 def warp_crop(rgb: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
-    return cv2.warpAffine(rgb, m.astype(np.float32), (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
+    """The aligned crop: bicubic, area-reduced first from large faces, so the training
+    targets keep the detail the footage has (``avatar.resample``)."""
+    return resample.warp(rgb, m, (size, size))
 
 
 def head_pose(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
