@@ -51,17 +51,30 @@ def bench_voice(bundle: Path, device: str = "cpu", repeats: int = 7) -> dict:
 
 def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (1, 4, 16, 64),
                  seconds: float = 3.0, preset: str | None = None,
-                 precision: str = "auto") -> dict:
+                 precision: str = "auto", model_size: int | None = None) -> dict:
     """Frames per second of ``Avatar.render`` (generator and compositing) per batch size.
-    With ``preset``, a fresh model of that preset's size stands in for the bundle's."""
+    With ``preset``, a fresh model of that preset's size stands in for the bundle's; with
+    ``model_size``, one painting that many pixels (the preset's, else the bundle's,
+    architecture otherwise): what a footage-chosen working size costs."""
+    import dataclasses
+
     import torch
 
-    from avatar.models.head import HEAD_PRESETS
+    from avatar.bundle import read_manifest
+    from avatar.models.head import HEAD_PRESETS, HeadConfig
 
     if preset is not None and preset not in HEAD_PRESETS:
         raise TwincastError(f"--preset {preset}: choose one of {', '.join(HEAD_PRESETS)}")
-    avatar = Avatar.load(bundle, device, HEAD_PRESETS[preset] if preset else None,
-                         precision)
+    if model_size is not None and (model_size < 16 or model_size % 16):
+        raise TwincastError(f"--model-size {model_size}: use a multiple of 16 (the "
+                            "generator halves its input four times)")
+    arch = HEAD_PRESETS[preset] if preset else None
+    if model_size is not None:
+        if arch is None:
+            head = read_manifest(Path(bundle)).head
+            arch = HeadConfig.from_dict(head.config) if head else HeadConfig()
+        arch = dataclasses.replace(arch, size=model_size)
+    avatar = Avatar.load(bundle, device, arch, precision)
     rng = np.random.default_rng(0)
     # Real speech-like input: mel windows of noise shaped like the training statistics.
     mel = (avatar.mel_mean + avatar.mel_std * rng.standard_normal(
@@ -82,7 +95,8 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
     w, h = avatar.manifest.frame_size or (0, 0)
     return {"device": str(avatar.device), "frame_size": [w, h],
             "precision": str(avatar.dtype).removeprefix("torch."),
-            "weights": f"untrained {preset} architecture" if preset else "bundle",
+            "weights": "bundle" if arch is None else
+            f"untrained {preset or 'bundle'} architecture",
             "model_size": avatar.size, "model_width": avatar.gen.cfg.width,
             "threads": torch.get_num_threads(), "fps_by_batch": result,
             "peak_rss_mb": round(peak_rss_mb(), 1)}

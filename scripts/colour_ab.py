@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 from avatar.avatar import Avatar
-from training.config import FaceConfig
-from training.evaluate_head import load_held_out, reconstruct
+from training.evaluate_head import face_config, load_held_out, reconstruct
 from training.head.fidelity import Tally
 
 avatar = Avatar.load(sys.argv[1])
-clips = load_held_out([Path("../shared/data/grid_s1/eval")], avatar.fps, FaceConfig())
+clips = load_held_out([Path("../shared/data/grid_s1/eval")], avatar.fps, face_config(avatar))
 out = {}
 for mode in sys.argv[2:]:
     tally = Tally()

@@ -289,3 +289,37 @@ def test_folded_batchnorm_and_precision(bundle: Path) -> None:
     assert compute_dtype(torch.device("cpu"), "fp32") == torch.float32
     with pytest.raises(TwincastError, match="precision"):
         compute_dtype(torch.device("cpu"), "fp8")
+
+
+def test_the_speed_probe_leaves_training_untouched(bundle: Path) -> None:
+    """probe_speeds times real steps, but on copies: the models, optimisers, the sampler's
+    draws and torch's random numbers are as they were, so a probed run trains exactly as
+    an unprobed one would."""
+    import torch
+
+    from training.head.data import Sampler, load_cache
+    from training.head.plan import Planner
+    from training.head.train import Dist, build_state, head_preset, probe_speeds
+
+    cfg = head_preset("ci")
+    clips, _ = load_cache(bundle.parent.parent / "features", cfg.model.size,
+                          cfg.model.mel_frames, cfg.model.region)
+    sampler = Sampler(clips, cfg.model.sync_frames, seed=1)
+    state = build_state(cfg, torch.device("cpu"))
+    before = {k: v.clone() for k, v in state.state_dict()["gen"].items()}
+    expert = {k: v.clone() for k, v in state.expert.state_dict().items()}
+    rng_state = sampler.rng.bit_generator.state
+    torch.manual_seed(5)
+    planner = Planner({"lips": cfg.lip_steps, "expert": cfg.expert_steps,
+                       "gen": cfg.gen_steps}, cfg.sync_from, cfg.max_minutes * 60)
+    probe_speeds(state, sampler, cfg, torch.device("cpu"), Dist(), planner)
+    assert all(planner.speed(k) > 0 for k in ("lips", "expert", "gen", "sync"))
+    after = state.gen.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(expert[k], v) for k, v in state.expert.state_dict().items())
+    assert not state.opt_gen.state and not state.opt_expert.state  # no step was taken
+    assert sampler.rng.bit_generator.state == rng_state
+    probed = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(probed, torch.rand(3))
+    assert state.step == 0

@@ -21,7 +21,14 @@ class FaceConfig:
     """Face tracking, smoothing and the aligned crop."""
 
     crop_size: int = 256
-    """Side of the aligned face crop, in pixels."""
+    """Side of the aligned face crop, in pixels, for faces no larger than that."""
+    max_crop_size: int = 512
+    """A larger face gets a larger crop, up to this side, so that the crop keeps the detail
+    the footage has (``features.choose_crop_size``); 0 or ``crop_size`` keeps every crop
+    at ``crop_size``."""
+    crop_shrink: float = 1.25
+    """Most source pixels per crop pixel before the crop grows: a face that would be
+    shrunk more than this into a ``crop_size`` crop gets a larger one."""
     crop_points: str = "eyes+nose"
     """Landmarks the crop is fitted to (see ``training.face.CROP_TEMPLATE``); named here so
     that a cache made with other crop points is recomputed, not reused."""

@@ -190,10 +190,16 @@ def leak_partners(clips: list[HeldOut]) -> list[tuple[int, float]]:
     return out
 
 
+def face_config(avatar: Avatar) -> FaceConfig:
+    """Face tracking for held-out footage, with crops at the bundle's crop size so they
+    line up with its mouth region."""
+    return FaceConfig(crop_size=int(avatar.manifest.crop_size or FaceConfig.crop_size))
+
+
 def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str = "cpu",
                   precision: str = "auto") -> dict:
     avatar = Avatar.load(bundle, device, precision=precision)
-    cfg = FaceConfig()
+    cfg = face_config(avatar)
     clips = load_held_out(footage, avatar.fps, cfg)
     if len(clips) < 2:
         raise TwincastError("evaluation needs at least two held-out clips (the leakage "

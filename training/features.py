@@ -229,9 +229,10 @@ class FeaturesResult:
 
 def run_features(jobs: list[ClipJob], features_dir: Path, cfg: FeaturesConfig,
                  strict: bool = False) -> FeaturesResult:
-    from training import quality
+    from training import crop_size, quality
 
     _remove_leftovers(features_dir)
+    cfg = crop_size.sized([j.info for j in jobs], cfg)
     ctx = mp.get_context("spawn")
     q = ctx.Queue() if cfg.workers > 0 else _LocalQueue()
     vdig, adig = cfg.visual_digest(), cfg.audio_digest()

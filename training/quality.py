@@ -25,8 +25,9 @@ def _nanmedian(x: np.ndarray) -> float:
 
 
 def landmark_jitter(frames: dict[str, np.ndarray], crop_size: int) -> tuple[float, float, int]:
-    """Median std (px at crop scale) of stable face points over still stretches, for the raw
-    and the smoothed landmarks; and the number of still windows measured.
+    """Median std (px at the scale of a 256 px crop) of stable face points over still
+    stretches, for the raw and the smoothed landmarks; and the number of still windows
+    measured.
 
     A window is still when the smoothed nose bridge moves less than 2% of the inter-ocular
     distance across it. Positions are in source pixels, scaled by the crop's own scale, so
@@ -46,7 +47,8 @@ def landmark_jitter(frames: dict[str, np.ndarray], crop_size: int) -> tuple[floa
         bridge = smooth[sl, 168, :2]
         if np.ptp(bridge, axis=0).max() > 0.02 * iod:
             continue
-        k = float(scale[sl].mean())
+        # In pixels of a 256 px crop whatever the crop's size: the gates are set there.
+        k = float(scale[sl].mean()) * 256 / crop_size
         stds_raw.append(float(raw[sl][:, idx, :2].std(axis=0).mean()) * k)
         stds_smooth.append(float(smooth[sl][:, idx, :2].std(axis=0).mean()) * k)
     if not stds_raw:

@@ -24,6 +24,8 @@ from training.smoothing import OneEuroFilter
 log = logging.getLogger(__name__)
 
 N_LANDMARKS = 478
+MEASURE_SIZE = 256
+"""Crop side the image measures (blur, exposure) are taken at."""
 WARMUP_FRAMES = 12
 """Frames decoded before a segment's first frame so tracking and smoothing are settled."""
 
@@ -78,8 +80,10 @@ def process_segment(info: ClipInfo, start: int, stop: int, cfg: FeaturesConfig,
     first = max(0, start - WARMUP_FRAMES)
     try:
         with VideoWriter(crops_path, cfg.fps, size, size) as writer:
-            for n, rgb in iter_frames(info, cfg.fps, first, stop, cfg.face.analysis_max_side):
-                obs = trackers.face(rgb, src_size)
+            for n, rgb in iter_frames(info, cfg.fps, first, stop):
+                # The mesh sees a reduced frame (it only costs time to give it more); the
+                # crop is cut from the full frame, so a large face keeps its detail.
+                obs = trackers.face(_downscale(rgb, cfg.face.analysis_max_side), src_size)
                 if obs.landmarks is not None:
                     scale = F.interocular(obs.landmarks)
                     smooth = smoother(obs.landmarks, scale).astype(np.float32)
@@ -92,8 +96,6 @@ def process_segment(info: ClipInfo, start: int, stop: int, cfg: FeaturesConfig,
                 if progress is not None:
                     progress(1)
                 out["n_faces"][i] = obs.n_faces
-                # The crop is taken from the analysed frame: map source pixels into it.
-                k = rgb.shape[1] / info.width
                 if smooth is not None:
                     out["landmarks_raw"][i] = obs.landmarks
                     out["landmarks"][i] = smooth
@@ -111,7 +113,7 @@ def process_segment(info: ClipInfo, start: int, stop: int, cfg: FeaturesConfig,
                     out["crop_affine"][i - pending] = last_m
                     pending -= 1
                 out["crop_affine"][i] = last_m
-                crop = F.warp_crop(rgb, _scaled(last_m, k), size)
+                crop = F.warp_crop(rgb, last_m, size)
                 if writer.frames < i:
                     # Crops of faceless frames before the first face: repeat this one so the
                     # crop stream stays frame-aligned with the arrays.
@@ -132,13 +134,6 @@ def process_segment(info: ClipInfo, start: int, stop: int, cfg: FeaturesConfig,
     return out
 
 
-def _scaled(m: np.ndarray, k: float) -> np.ndarray:
-    """A source-pixel crop transform applied to a frame downscaled by ``k``."""
-    m2 = m.copy()
-    m2[:, :2] /= k
-    return m2
-
-
 def _downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     if max(h, w) <= max_side:
@@ -149,7 +144,10 @@ def _downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
 
 def _image_measures(crop: np.ndarray, out: dict[str, np.ndarray], i: int) -> None:
     """Blur (variance of the Laplacian) and exposure of the face's central region."""
-    s = crop.shape[0]
+    if crop.shape[0] != MEASURE_SIZE:
+        # Measured at one crop size whatever the crop's: the gates' thresholds are set there.
+        crop = cv2.resize(crop, (MEASURE_SIZE, MEASURE_SIZE), interpolation=cv2.INTER_AREA)
+    s = MEASURE_SIZE
     centre = crop[s // 4: 3 * s // 4, s // 4: 3 * s // 4]
     gray = cv2.cvtColor(centre, cv2.COLOR_RGB2GRAY)
     out["blur"][i] = cv2.Laplacian(gray, cv2.CV_32F).var()

@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "footage instead of the bundle's own model")
     br.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="render precision (auto: bf16 where the device has it natively)")
+    br.add_argument("--model-size", type=int, help="time a fresh model painting this many "
+                    "pixels (a multiple of 16) over the bundle's idle footage")
     br.set_defaults(func=cmd_bench_render)
     bst = bsub.add_parser("stream", help="CPU cost and say-to-mouth latency of one RTMP "
                           "stream (needs nginx with its RTMP module)")
@@ -331,6 +333,11 @@ def _say_plan(out: dict) -> None:
             log.warning("%s", line)
         else:
             log.info("%s", line)
+        res = plan.get("resolution")
+        if res and res.get("region_screen_px") == res.get("region_screen_px"):  # not nan
+            log.info("the head paints the mouth at %d px; on screen it spans %.0f px, "
+                     "so it is enlarged %.2fx", res["size"],
+                     res["region_screen_px"], res["upscale"])
 
 
 def cmd_eval_head(args: argparse.Namespace) -> int:
@@ -472,7 +479,8 @@ def cmd_bench_render(args: argparse.Namespace) -> int:
 
     print(json.dumps(bench_render(args.bundle, args.device, _batches(args.batches),
                                          seconds=args.seconds, preset=args.preset,
-                                         precision=args.precision), indent=2))
+                                         precision=args.precision,
+                                         model_size=args.model_size), indent=2))
     return 0
 
 

@@ -23,14 +23,12 @@ from avatar.video_io import VideoWriter
 from training.face import mouth_opening
 from training.head.data import cut_region
 from training.head.idle import choose_idle
-from training.head.train import TrainedHead
+from training.head.train import TrainedHead, head_preset
 from training.ingest import iter_frames, probe
 from training.voice.train import TrainedVoice
 
 log = logging.getLogger(__name__)
 
-IDLE_MAX_SIDE = 1280
-"""Idle footage is stored at most this large: the stream is encoded at this size or less."""
 
 
 def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, preset: str,
@@ -52,7 +50,9 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
         # chosen for a closed mouth, the reference wants the teeth showing.
         raw = np.where((z["n_faces"] == 1)[:, None, None], z["landmarks_raw"], np.nan)
     info = probe(source, idle.clip, fps, 0.0)
-    scale = min(1.0, IDLE_MAX_SIDE / max(info.width, info.height))
+    # The idle footage is stored at most this large: the stream is encoded at this size.
+    max_side = head_preset(preset).output_max_side
+    scale = min(1.0, max_side / max(info.width, info.height))
     width = int(round(info.width * scale)) // 2 * 2
     height = int(round(info.height * scale)) // 2 * 2
     # The crop transforms map source pixels; the idle video may be smaller.

@@ -34,8 +34,9 @@ from avatar.models.head import (
 from avatar.models.lips import LIP_POINTS, lip_loss
 from training import presets
 from training.head.data import Sampler, lip_split, load_cache
-from training.head.losses import gradient_loss, temporal_loss
+from training.head.losses import gradient_loss, spectral_loss, temporal_loss
 from training.head.plan import KINDS, Allocation, Planner, describe
+from training.head.resolution import resolve
 from training.loop import Checkpoint, LoopConfig, Progress, train_loop, write_history
 from training.runs import config_digest, training_device
 
@@ -74,6 +75,17 @@ class HeadTrainConfig:
     temporal_weight: float = 0.5
     """Weight of the frame-to-frame change loss (``losses.temporal_loss``): no shimmer
     where the real mouth is still."""
+    max_size: int = 0
+    """Largest working size the footage may ask for (``training.head.resolution``): the
+    model paints at ``model.size`` unless the mouth region spans more source pixels than
+    ``max_upscale`` times that; 0 keeps ``model.size`` whatever the footage."""
+    max_upscale: float = 1.25
+    output_max_side: int = 1280
+    """The bundle's idle footage (and so the stream) is at most this large: a 1080p source
+    streams at 720p on a CPU, where encoding 1080p live does not keep up. The working size
+    follows the mouth's size in this output, not in the source."""
+    spectral_weight: float = 0.0
+    """Weight of the spectrum-magnitude loss (``losses.spectral_loss``)."""
     checkpoint_minutes: float = 3.0
     seed: int = 0
 
@@ -325,6 +337,10 @@ def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
         detail = gradient_loss(out, target)
         losses["gen/detail"] = detail
         total = total + cfg.detail_weight * detail
+    if cfg.spectral_weight > 0:
+        spectral = spectral_loss(out, target)
+        losses["gen/spectral"] = spectral
+        total = total + cfg.spectral_weight * spectral
     if cfg.temporal_weight > 0:
         temporal = temporal_loss(out.view(n, w, 3, s, s), target.view(n, w, 3, s, s))
         losses["gen/temporal"] = temporal
@@ -513,6 +529,10 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    # The working size follows the footage (before the digest: a checkpoint is of one size).
+    model, resolution = resolve(features_dir, cfg.model, cfg.max_size, cfg.max_upscale,
+                                cfg.output_max_side)
+    cfg = dataclasses.replace(cfg, model=model)
     ckpt = Checkpoint(out_dir / "checkpoint.pt", cfg.digest())
     saved = ckpt.load(dev)
     mel_stats = tuple(saved["mel_stats"]) if saved else None
@@ -616,7 +636,7 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
         torch.set_num_threads(max_threads)
     ran = {"lips": state.lip_step, "expert": state.expert_step, "gen": state.gen_step}
     sync_steps = max(state.gen_step - state.planned.sync_at, 0) if cfg.sync_weight > 0 else 0
-    plan = planner.summary(ran, sync_steps)
+    plan = {**planner.summary(ran, sync_steps), "resolution": resolution.to_dict()}
     if dist.main:
         log.info("%s", describe(plan))
     lips: dict = {}
