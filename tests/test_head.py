@@ -323,3 +323,15 @@ def test_the_speed_probe_leaves_training_untouched(bundle: Path) -> None:
     torch.manual_seed(5)
     assert torch.equal(probed, torch.rand(3))
     assert state.step == 0
+
+
+def test_bench_render_at_another_working_size(bundle: Path) -> None:
+    proc = run_cli("bench", "render", bundle, "--model-size", "64", "--batches", "1,2",
+                   "--seconds", "0.2")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["model_size"] == 64 and set(out["fps_by_batch"]) == {"1", "2"}
+    assert out["weights"].startswith("untrained")
+    bad = run_cli("bench", "render", bundle, "--model-size", "100")
+    assert bad.returncode == 2 and "multiple of 16" in bad.stderr
+    assert "Traceback" not in bad.stderr
