@@ -132,10 +132,15 @@ def test_presets_are_one_table_shared_by_models_and_command_line():
 
 
 def test_preset_tables_override_defaults():
+    import dataclasses
+
     from training.head.train import HeadTrainConfig, head_preset
     from training.voice.train import voice_preset
 
-    assert head_preset("cpu") == HeadTrainConfig(model=head_preset("cpu").model)
+    # cpu is the defaults but for how large the footage may make its mouth.
+    cpu = head_preset("cpu")
+    assert cpu.max_size == 160 and head_preset("gpu").max_size == 288
+    assert dataclasses.replace(cpu, max_size=0) == HeadTrainConfig(model=cpu.model)
     assert head_preset("ci").gen_steps == 40 and head_preset("gpu").gan_weight == 0.01
     assert voice_preset("ci").vocoder is None  # `vocoder = false`
     assert voice_preset("gpu").vocoder.model.dim == 384
