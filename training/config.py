@@ -24,7 +24,7 @@ class FaceConfig:
     """Side of the aligned face crop, in pixels, for faces no larger than that."""
     max_crop_size: int = 512
     """A larger face gets a larger crop, up to this side, so that the crop keeps the detail
-    the footage has (``features.choose_crop_size``); 0 or ``crop_size`` keeps every crop
+    the footage has (``training.crop_size``); 0 or ``crop_size`` keeps every crop
     at ``crop_size``."""
     crop_shrink: float = 1.25
     """Most source pixels per crop pixel before the crop grows: a face that would be

@@ -196,7 +196,7 @@ def summary(report: dict) -> str:
         f"speech    {report['minutes_speech']:.1f} min in {report['utterances']} utterances, "
         f"{report['aligned_words']} words aligned",
         f"jitter    {report['landmark_jitter_px']['raw']:.2f} px raw -> "
-        f"{report['landmark_jitter_px']['smoothed']:.2f} px smoothed (crop scale)",
+        f"{report['landmark_jitter_px']['smoothed']:.2f} px smoothed (256 px crop scale)",
     ]
     if report["transcript_note"]:
         lines.append(f"note      {report['transcript_note']}")

@@ -5,8 +5,6 @@ teeth, lip lines and stubble are high frequencies that averaging removes. Matchi
 gradients at several scales puts a price on losing them. Matching the change from one
 frame to the next (the windows are consecutive frames) puts a price on a mouth that
 shimmers while the real one is still, and on one that jumps while the real one glides.
-Matching the magnitude of the image's spectrum (not its phase) puts a price on missing
-texture energy even where the generator cannot place each stubble hair where it was.
 """
 
 from __future__ import annotations
@@ -32,10 +30,3 @@ def temporal_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     W) windows of consecutive frames."""
     return (torch.diff(out, dim=1) - torch.diff(target, dim=1)).abs().mean()
 
-
-def spectral_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean L1 distance between the log-magnitude spectra of ``out`` and ``target`` (B, C,
-    H, W): blur lowers the high-frequency magnitudes wherever the detail sits."""
-    def mag(x: torch.Tensor) -> torch.Tensor:
-        return torch.log1p(torch.fft.rfft2(x, norm="ortho").abs())
-    return (mag(out) - mag(target)).abs().mean()

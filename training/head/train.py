@@ -34,7 +34,7 @@ from avatar.models.head import (
 from avatar.models.lips import LIP_POINTS, lip_loss
 from training import presets
 from training.head.data import Sampler, lip_split, load_cache
-from training.head.losses import gradient_loss, spectral_loss, temporal_loss
+from training.head.losses import gradient_loss, temporal_loss
 from training.head.plan import KINDS, Allocation, Planner, describe
 from training.head.resolution import resolve
 from training.loop import Checkpoint, LoopConfig, Progress, train_loop, write_history
@@ -77,15 +77,13 @@ class HeadTrainConfig:
     where the real mouth is still."""
     max_size: int = 0
     """Largest working size the footage may ask for (``training.head.resolution``): the
-    model paints at ``model.size`` unless the mouth region spans more source pixels than
+    model paints at ``model.size`` unless the mouth region spans more pixels on screen than
     ``max_upscale`` times that; 0 keeps ``model.size`` whatever the footage."""
     max_upscale: float = 1.25
     output_max_side: int = 1280
     """The bundle's idle footage (and so the stream) is at most this large: a 1080p source
     streams at 720p on a CPU, where encoding 1080p live does not keep up. The working size
     follows the mouth's size in this output, not in the source."""
-    spectral_weight: float = 0.0
-    """Weight of the spectrum-magnitude loss (``losses.spectral_loss``)."""
     checkpoint_minutes: float = 3.0
     seed: int = 0
 
@@ -337,10 +335,6 @@ def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
         detail = gradient_loss(out, target)
         losses["gen/detail"] = detail
         total = total + cfg.detail_weight * detail
-    if cfg.spectral_weight > 0:
-        spectral = spectral_loss(out, target)
-        losses["gen/spectral"] = spectral
-        total = total + cfg.spectral_weight * spectral
     if cfg.temporal_weight > 0:
         temporal = temporal_loss(out.view(n, w, 3, s, s), target.view(n, w, 3, s, s))
         losses["gen/temporal"] = temporal
