@@ -17,9 +17,10 @@ out = {}
 for mode in sys.argv[2:]:
     tally = Tally()
     for clip in clips:
-        own = avatar.over(clip.frames, clip.affines)
+        real = list(clip.frames())
+        own = avatar.over(real, clip.affines)
         own.colour = mode
         frames, areas = reconstruct(own, clip)
-        tally.add_clip(clip.frames, frames, areas, clip.silent)
+        tally.add_clip(real, frames, areas, clip.silent)
     out[mode] = tally.figures()
 print(json.dumps(out, indent=1))

@@ -10,6 +10,7 @@ control, with *another* clip's audio: its correlation with the real mouth must s
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,21 +26,26 @@ from training import face as F
 from training.audio_features import loudness
 from training.config import FaceConfig
 from training.head.fidelity import Area, Tally
-from training.ingest import clip_ids, decode_audio, find_footage, iter_frames, probe
+from training.ingest import ClipInfo, clip_ids, decode_audio, find_footage, iter_frames, probe
 from training.progress import bar
 from training.smoothing import OneEuroFilter
 from training.vad import voice_activity
 
 log = logging.getLogger(__name__)
 MAX_LAG = 4
+SHEET_COLUMNS = 8
 """Frames searched either way for the audio-visual lag (160 ms): wider windows alias onto
 the syllable rhythm (~5 frames), which correlates almost as well as the true lag."""
 
 
 @dataclass
 class HeldOut:
+    """One held-out clip's measurements. Its frames are decoded again when needed
+    (``decode``) rather than kept, so 1080p footage fits in memory one clip at a time."""
+
     clip: str
-    frames: list[np.ndarray]
+    info: ClipInfo
+    fps: int
     audio16: np.ndarray
     opening: np.ndarray
     """Real mouth opening per frame (NaN where no face)."""
@@ -50,6 +56,13 @@ class HeldOut:
     truth: np.ndarray | None = None
     """Ground-truth mouth opening per frame, for ``twincast sample`` footage (its
     truth.npz), on the same scale."""
+
+    @property
+    def n(self) -> int:
+        return len(self.opening)
+
+    def frames(self) -> Iterator[np.ndarray]:
+        return (rgb for _, rgb in iter_frames(self.info, self.fps, 0, self.n))
 
 
 def _sample_truth(path: Path, n: int) -> np.ndarray | None:
@@ -63,39 +76,64 @@ def _sample_truth(path: Path, n: int) -> np.ndarray | None:
     return t[:n] if len(t) >= n else None
 
 
-def _openings(frames: list[np.ndarray], cfg: FaceConfig, want_affines: bool = False
-              ) -> tuple[np.ndarray, np.ndarray | None]:
-    from avatar.quiet import native_stderr_silenced
+class _Mouths:
+    """Mouth openings measured frame by frame as frames stream past (face mesh), with the
+    crop transforms when asked for."""
 
-    with native_stderr_silenced():
-        tracker = F.FaceTracker(cfg)
-        tracker(frames[0], (frames[0].shape[1], frames[0].shape[0]))  # first call logs
-    smoother = OneEuroFilter(25, cfg.smooth_min_cutoff, cfg.smooth_beta)
-    out = np.full(len(frames), np.nan)
-    affines = np.zeros((len(frames), 2, 3)) if want_affines else None
-    last = None
-    try:
-        for i, fr in enumerate(frames):
-            obs = tracker(fr, (fr.shape[1], fr.shape[0]))
-            if obs.landmarks is None:
-                continue
-            out[i] = F.mouth_opening(obs.landmarks)
-            if affines is not None:
-                sm = smoother(obs.landmarks, F.interocular(obs.landmarks))
-                last = F.crop_transform(sm, cfg.crop_size)
-                affines[i] = last
-    finally:
-        tracker.close()
-    if affines is not None:
-        ok = np.isfinite(out)
-        if not ok.any():
+    def __init__(self, cfg: FaceConfig, want_affines: bool = False) -> None:
+        self.cfg = cfg
+        self.tracker: F.FaceTracker | None = None
+        self.smoother = OneEuroFilter(25, cfg.smooth_min_cutoff, cfg.smooth_beta) \
+            if want_affines else None
+        self.opening: list[float] = []
+        self.affines: list[np.ndarray | None] = []
+
+    def __enter__(self) -> _Mouths:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+
+    def add(self, frame: np.ndarray) -> None:
+        size = (frame.shape[1], frame.shape[0])
+        if self.tracker is None:
+            from avatar.quiet import native_stderr_silenced
+
+            with native_stderr_silenced():
+                self.tracker = F.FaceTracker(self.cfg)
+                self.tracker(frame, size)  # the first call logs
+        obs = self.tracker(frame, size)
+        if obs.landmarks is None:
+            self.opening.append(np.nan)
+            self.affines.append(None)
+            return
+        self.opening.append(F.mouth_opening(obs.landmarks))
+        if self.smoother is not None:
+            sm = self.smoother(obs.landmarks, F.interocular(obs.landmarks))
+            self.affines.append(F.crop_transform(sm, self.cfg.crop_size))
+
+    def openings(self) -> np.ndarray:
+        return np.array(self.opening, dtype=np.float64)
+
+    def crop_affines(self) -> np.ndarray:
+        """Per-frame crop transforms; frames without a face hold the nearest earlier one
+        (the first found, before any)."""
+        found = [a for a in self.affines if a is not None]
+        if not found:
             raise TwincastError("no face found in a held-out clip")
-        first = int(np.argmax(ok))
-        affines[:first] = affines[first]
-        for i in range(first + 1, len(affines)):
-            if not ok[i]:
-                affines[i] = affines[i - 1]
-    return out, affines
+        out, last = [], found[0]
+        for a in self.affines:
+            last = a if a is not None else last
+            out.append(last)
+        return np.stack(out)
+
+
+def _openings(frames: Iterable[np.ndarray], cfg: FaceConfig) -> np.ndarray:
+    with _Mouths(cfg) as m:
+        for fr in frames:
+            m.add(fr)
+    return m.openings()
 
 
 def load_held_out(paths: list[Path], fps: int, cfg: FaceConfig) -> list[HeldOut]:
@@ -103,16 +141,19 @@ def load_held_out(paths: list[Path], fps: int, cfg: FaceConfig) -> list[HeldOut]
     out = []
     for f, cid in zip(files, clip_ids(files), strict=True):
         info = probe(f, cid, fps, 1.0)
-        frames = [rgb for _, rgb in iter_frames(info, fps, 0, info.n_frames)]
+        with _Mouths(cfg, want_affines=True) as m:
+            for _, rgb in iter_frames(info, fps, 0, info.n_frames):
+                m.add(rgb)
+        opening, affines = m.openings(), m.crop_affines()
+        n = len(opening)
         audio = decode_audio(f, [SPEECH_RATE])[SPEECH_RATE]
-        opening, affines = _openings(frames, cfg, want_affines=True)
-        level = _level_per_frame(audio, len(frames), fps)
+        level = _level_per_frame(audio, n, fps)
         hop = FACE_MEL.hop
         vad = voice_activity(loudness(audio, SPEECH_RATE, hop), hop / SPEECH_RATE)
-        idx = np.clip(np.round((np.arange(len(frames)) + 0.5) / fps * 100).astype(int), 0,
+        idx = np.clip(np.round((np.arange(n) + 0.5) / fps * 100).astype(int), 0,
                       len(vad) - 1)
-        out.append(HeldOut(cid, frames, audio, opening, affines, level, ~vad[idx],
-                           _sample_truth(f, len(frames))))
+        out.append(HeldOut(cid, info, fps, audio, opening, affines, level, ~vad[idx],
+                           _sample_truth(f, n)))
     return out
 
 
@@ -122,22 +163,23 @@ def _level_per_frame(audio: np.ndarray, n: int, fps: int) -> np.ndarray:
         audio[int(i * spf): int((i + 1) * spf)] ** 2) + 1e-10) + 1e-10) for i in range(n)])
 
 
-def _drive(avatar: Avatar, audio: np.ndarray, n: int, batch: int = 16) -> list[np.ndarray]:
+def _drive(avatar: Avatar, audio: np.ndarray, n: int, batch: int = 16
+           ) -> Iterator[np.ndarray]:
+    """The avatar's frames for ``audio``, rendered in batches and yielded one by one."""
     from avatar.audio import log_mel
 
     windows = mel_windows(log_mel(audio), n, avatar.fps, avatar.mel_frames)
-    frames: list[np.ndarray] = []
     for a in range(0, n, batch):
-        frames += avatar.render([FrameRequest(i, windows[i]) for i in range(a, min(n, a + batch))])
-    return frames
+        yield from avatar.render([FrameRequest(i, windows[i])
+                                  for i in range(a, min(n, a + batch))])
 
 
-def reconstruct(own: Avatar, clip: HeldOut) -> tuple[list[np.ndarray], list[Area]]:
+def reconstruct(own: Avatar, clip: HeldOut) -> tuple[Iterator[np.ndarray], Iterator[Area]]:
     """The clip re-rendered over its own frames (``own``: the avatar ``over`` them) with
     its own audio, and where each frame was painted: the reconstruction setting of the
-    fidelity figures."""
-    n = len(clip.frames)
-    return _drive(own, clip.audio16, n), [Area(*own.paint_area(i)) for i in range(n)]
+    fidelity figures. Both stream."""
+    return (_drive(own, clip.audio16, clip.n),
+            (Area(*own.paint_area(i)) for i in range(clip.n)))
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -206,27 +248,56 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
                             "control drives each clip's frames with another clip's audio)")
     per_clip, gen_all, real_all, leak_all, envs = [], [], [], [], []
     silent_gen, silent_real = [], []
-    side_by_side: list[tuple[np.ndarray, np.ndarray]] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The first two clips, real beside generated: a video and a sheet of evenly spaced
+    # frames, written as the frames stream past.
+    shown = clips[:2]
+    picks = set(np.linspace(0, sum(c.n for c in shown) - 1, SHEET_COLUMNS).astype(int).tolist())
+    sheet: list[tuple[np.ndarray, np.ndarray]] = []
     mouths: list[tuple[np.ndarray, np.ndarray]] = []
     fidelity = Tally()
     partners = leak_partners(clips)
-    with bar(len(clips), "evaluating", "clip") as pb:
+    offset = 0
+    with bar(len(clips), "evaluating", "clip") as pb, \
+            _SideBySide(out_dir / "side_by_side.mp4", avatar.fps) as video:
         for k, c in enumerate(clips):
-            n = len(c.frames)
-            generated = _drive(avatar, c.audio16, n)
-            g_open, _ = _openings(generated, cfg)
+            n = c.n
+            # One clip's frames in memory at a time (a 1080p half minute is ~4.7 GB).
+            frames = list(c.frames())
+            with _Mouths(cfg) as m:
+                for i, gen in enumerate(_drive(avatar, c.audio16, n)):
+                    m.add(gen)
+                    if k < len(shown):
+                        video.write(frames[i], gen)
+                        if offset + i in picks:
+                            sheet.append((frames[i], gen))
+            g_open = m.openings()
+            if k < len(shown):
+                offset += n
             # Leakage control: this clip's own frames, another clip's audio.
             other = clips[partners[k][0]]
-            own = avatar.over(c.frames, c.affines)
-            leaked = _drive(own, other.audio16, n)
-            l_open, _ = _openings(leaked, cfg)
+            own = avatar.over(frames, c.affines)
+            l_open = _openings(_drive(own, other.audio16, n), cfg)
             r = _corr(g_open, c.opening)
             rl = _corr(l_open, c.opening)
             # Reconstruction: the clip's own frames and its own audio, compared pixel for
             # pixel with the real frames (texture, colour, seam, stillness; not lip sync).
             rebuilt, areas = reconstruct(own, c)
-            fidelity.add_clip(c.frames, rebuilt, areas, c.silent)
-            mouths += _mouth_pairs(c.frames, rebuilt, areas, 2)
+            areas = list(areas)
+            widest = _widest_mouths(frames, areas, 2)
+
+            def keep_mouths(gen: Iterable[np.ndarray], widest: set[int] = widest,
+                            frames: list[np.ndarray] = frames, areas: list[Area] = areas
+                            ) -> Iterator[np.ndarray]:
+                for i, g in enumerate(gen):
+                    if i in widest:
+                        x0, y0, x1, y1 = areas[i].box
+                        mouths.append((frames[i][y0:y1, x0:x1].copy(),
+                                       g[y0:y1, x0:x1].copy()))
+                    yield g
+
+            fidelity.add_clip(frames, keep_mouths(rebuilt), areas, c.silent)
+            del frames, own, areas
             per_clip.append({"clip": c.clip, "corr": round(r, 4), "leak_corr": round(rl, 4),
                              "leak_partner": other.clip,
                              "leak_chance_corr": round(partners[k][1], 4)})
@@ -238,8 +309,6 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
             envs.append(c.envelope)
             silent_gen.append(g_open[c.silent])
             silent_real.append(c.opening[c.silent])
-            if k < 2:
-                side_by_side += list(zip(c.frames, generated, strict=True))
             pb.update(1)
     g, rr, lk = (np.concatenate(x) for x in (gen_all, real_all, leak_all))
     # On synthetic samples: the generated mouth against the mouth the sample was drawn with.
@@ -272,29 +341,21 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
                   "with the real frames over the painted area at the footage's own scale "
                   "(training/head/fidelity.py).",
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out_dir / "report.json", report)
-    _write_side_by_side(side_by_side, out_dir / "side_by_side.mp4", avatar.fps)
-    _write_contact_sheet(side_by_side, out_dir / "contact_sheet.png")
+    _write_contact_sheet(sheet, out_dir / "contact_sheet.png")
     _write_mouth_sheet(mouths, out_dir / "mouths.png")
     return report
 
 
-def _mouth_pairs(real: list[np.ndarray], gen: list[np.ndarray], areas: list[Area],
-                 count: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``count`` real and generated painted areas of one clip at 1:1 pixels, the frames
-    with the widest real mouths first (where detail shows)."""
+def _widest_mouths(real: list[np.ndarray], areas: list[Area], count: int) -> set[int]:
+    """The ``count`` frames of one clip whose painted area varies most in the real frame
+    (the widest mouths, where detail shows): shown at 1:1 pixels in mouths.png."""
     scores = []
     for r, a in zip(real, areas, strict=True):
         x0, y0, x1, y1 = a.box
-        grey = r[y0:y1, x0:x1].mean(2)
-        scores.append(float(grey[a.blend >= 0.9].std()) if (a.blend >= 0.9).any() else 0.0)
-    picks = np.argsort(scores)[::-1][:count]
-    out = []
-    for i in sorted(int(k) for k in picks):
-        x0, y0, x1, y1 = areas[i].box
-        out.append((real[i][y0:y1, x0:x1], gen[i][y0:y1, x0:x1]))
-    return out
+        inner = a.blend >= 0.9
+        scores.append(float(r[y0:y1, x0:x1].mean(2)[inner].std()) if inner.any() else 0.0)
+    return {int(k) for k in np.argsort(scores)[::-1][:count]}
 
 
 def _write_mouth_sheet(pairs: list[tuple[np.ndarray, np.ndarray]], path: Path) -> None:
@@ -324,24 +385,35 @@ def _fit(img: np.ndarray, h: int) -> np.ndarray:
     return tile
 
 
-def _write_side_by_side(pairs: list[tuple[np.ndarray, np.ndarray]], path: Path,
-                        fps: int) -> None:
-    if not pairs:
-        return
-    h = min(360, pairs[0][0].shape[0]) // 2 * 2
-    first = np.concatenate([_fit(pairs[0][0], h), _fit(pairs[0][1], h)], 1)
-    with VideoWriter(path, fps, first.shape[1], first.shape[0]) as w:
-        for real, gen in pairs:
-            w.write(np.concatenate([_fit(real, h), _fit(gen, h)], 1))
+class _SideBySide:
+    """real | generated video, written frame by frame; nothing is written if no frame
+    comes."""
+
+    def __init__(self, path: Path, fps: int) -> None:
+        self.path, self.fps = path, fps
+        self.writer: VideoWriter | None = None
+        self.h = 0
+
+    def __enter__(self) -> _SideBySide:
+        return self
+
+    def write(self, real: np.ndarray, gen: np.ndarray) -> None:
+        if self.writer is None:
+            self.h = min(360, real.shape[0]) // 2 * 2
+            self.writer = VideoWriter(self.path, self.fps, 2 * self.h, self.h).__enter__()
+        self.writer.write(np.concatenate([_fit(real, self.h), _fit(gen, self.h)], 1))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.writer is not None:
+            self.writer.__exit__(*exc)
 
 
-def _write_contact_sheet(pairs: list[tuple[np.ndarray, np.ndarray]], path: Path,
-                         columns: int = 8) -> None:
+def _write_contact_sheet(pairs: list[tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    """Real (top) over generated (bottom) frames, letterboxed to 160 px tiles."""
     if not pairs:
         return
-    picks = np.linspace(0, len(pairs) - 1, columns).astype(int)
     h = 160
-    rows = [np.concatenate([_fit(pairs[i][j], h) for i in picks], 1) for j in (0, 1)]
+    rows = [np.concatenate([_fit(p[j], h) for p in pairs], 1) for j in (0, 1)]
     ok, png = cv2.imencode(".png", cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
     atomic.write_bytes(path, png.tobytes())
 
