@@ -244,6 +244,23 @@ def test_eval_voice_tells_real_from_untrained(bundle: Path, tmp_path: Path) -> N
     assert report["similarity_real_real"] > report["similarity_synth_real"] + 0.1
     assert np.isfinite(report["mcd_db"]) and report["rtf"] > 0
     assert (out / "report.png").exists() and (out / "eval_bigram.arpa").exists()
+    unseen = report["unseen"]
+    assert unseen["sentences"] == 3 and unseen["words"] > 10
+    assert unseen["wer_synth"] > report["wer_real"] and (out / "unseen_bigram.arpa").exists()
+    assert unseen["worst"][0]["errors"] > 0
+
+
+def test_unseen_sentences_cover_what_a_livestream_says() -> None:
+    from training.voice.evaluate import unseen_sentences
+
+    sentences = unseen_sentences()
+    assert len(sentences) >= 100
+    texts = [t for t, _ in sentences]
+    assert sum(t.endswith("?") for t in texts) >= 15
+    assert sum(any(ch.isdigit() for ch in t) for t in texts) >= 15
+    assert any(len(words) > 25 for _, words in sentences)
+    # Digits are read out in the reference words, never left as digits.
+    assert all(w.isalpha() or "'" in w for _, words in sentences for w in words)
 
 
 def test_trained_vocoder_in_the_bundle(bundle: Path, tmp_path: Path) -> None:

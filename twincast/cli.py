@@ -220,7 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     evv.add_argument("-o", "--out", type=Path,
                      help="report folder (default: BUNDLE/../eval-voice-NAME)")
     evv.add_argument("--device", default="cpu")
-    evv.add_argument("--limit", type=int, help="only the first N recordings")
+    evv.add_argument("--limit", type=int,
+                     help="only the first N recordings (and N unseen sentences)")
+    evv.add_argument("--no-unseen", action="store_true",
+                     help="skip the sentences unlike the training text")
     evv.add_argument("--whole-transcripts", action="store_true",
                      help="score every recording against its whole transcript, even one "
                      "that stops early (as figures measured before the check were)")
@@ -412,7 +415,7 @@ def cmd_eval_voice(args: argparse.Namespace) -> int:
 
     out = args.out or args.bundle.parent / f"eval-voice-{args.bundle.name}"
     report = evaluate_voice(args.bundle, args.data, out, args.transcript, args.device,
-                            args.limit, args.whole_transcripts)
+                            args.limit, args.whole_transcripts, not args.no_unseen)
     report.pop("per_clip")
     print(json.dumps(report, indent=2))
     log.info("report and plots in %s", out)
