@@ -246,8 +246,11 @@ def test_eval_voice_tells_real_from_untrained(bundle: Path, tmp_path: Path) -> N
     assert (out / "report.png").exists() and (out / "eval_bigram.arpa").exists()
     unseen = report["unseen"]
     assert unseen["sentences"] == 3 and unseen["words"] > 10
-    assert unseen["wer_synth"] > report["wer_real"] and (out / "unseen_bigram.arpa").exists()
-    assert unseen["worst"][0]["errors"] > 0
+    # The tiny voice is unintelligible on unseen text too, and the gap is the difference.
+    assert unseen["wer_synth"] > 0.5 and (out / "unseen_bigram.arpa").exists()
+    assert unseen["gap_to_in_domain_points"] == round(
+        100 * (unseen["wer_synth"] - report["wer_synth"]), 1)
+    assert unseen["worst"][0]["errors"] > 0 and "heard" in unseen["worst"][0]
 
 
 def test_unseen_sentences_cover_what_a_livestream_says() -> None:

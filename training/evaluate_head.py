@@ -33,15 +33,16 @@ from training.vad import voice_activity
 
 log = logging.getLogger(__name__)
 MAX_LAG = 4
-SHEET_COLUMNS = 8
 """Frames searched either way for the audio-visual lag (160 ms): wider windows alias onto
 the syllable rhythm (~5 frames), which correlates almost as well as the true lag."""
+SHEET_COLUMNS = 8
+"""Frames of the contact sheet, evenly spaced over the first two held-out clips."""
 
 
 @dataclass
 class HeldOut:
     """One held-out clip's measurements. Its frames are decoded again when needed
-    (``decode``) rather than kept, so 1080p footage fits in memory one clip at a time."""
+    (``frames``) rather than kept, so 1080p footage fits in memory one clip at a time."""
 
     clip: str
     info: ClipInfo
