@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from avatar import devices, resample
 from avatar.audio import FACE_MEL, mel_windows
 from avatar.bundle import load_weights, read_manifest
 from avatar.colour import match_colour
+from avatar.decode import DecodeError, rgb_frames
 from avatar.errors import TwincastError, path_error
 from avatar.manifest import Manifest
 from avatar.models.fold import fold_batchnorm
@@ -232,9 +232,8 @@ def _load_idle(path: Path, manifest: Manifest, cfg: HeadConfig
     region_mask *= paint
     ring = (region_mask > 0.15) & (region_mask < 0.6)
     try:
-        with av.open(str(idle_file)) as c:
-            decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    except av.error.FFmpegError as e:
+        decoded = list(rgb_frames(idle_file))
+    except DecodeError as e:
         raise path_error(idle_file, f"cannot be decoded ({e}); bundle damaged") from None
     if len(decoded) != len(affines) or not decoded:
         raise path_error(idle_file, f"has {len(decoded)} frames but its transforms "

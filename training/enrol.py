@@ -188,35 +188,3 @@ def _default_name(footage: Sequence[Path]) -> str:
     first = Path(footage[0])
     stem = first.name if first.is_dir() else first.stem
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "avatar"
-
-
-def train_and_export(workdir: Path, preset: str, device: str = "cpu",
-                     name: str | None = None, export: bool = True, train: bool = True,
-                     max_minutes: float | None = None) -> dict:
-    """``twincast train head``: the head stage alone, on an existing enrolment cache. Safe
-    under ``torchrun`` (every rank trains; rank 0 exports). ``train=False`` exports the
-    generator a previous training left in WORKDIR/head (for one trained elsewhere)."""
-    import dataclasses
-
-    from training.head.export import export_bundle
-    from training.head.train import head_preset, load_trained, train_head
-
-    wd = Workdir(workdir)
-    feats = wd.features
-    out: dict = {"head_seconds": 0.0}
-    main = True
-    if train:
-        cfg = head_preset(preset)
-        if max_minutes is not None:
-            cfg = dataclasses.replace(cfg, max_minutes=max_minutes)
-        result = train_head(feats, wd.head, cfg, device=device)
-        out["head_seconds"] = result.seconds
-        out["head_plan"] = result.plan
-        main = result.dist.main
-    if export and main:
-        head = load_trained(wd.head)
-        out["head_seconds"] = head.seconds
-        manifest = json.loads((feats / "manifest.json").read_text())
-        name = name or manifest["clips"][0]["id"]
-        out["bundle"] = export_bundle(feats, head, wd.bundle(name), name, preset)
-    return out

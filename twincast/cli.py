@@ -423,7 +423,7 @@ def cmd_eval_voice(args: argparse.Namespace) -> int:
 
 
 def cmd_train_head(args: argparse.Namespace) -> int:
-    from training.enrol import train_and_export
+    from training.head.stage import train_and_export
 
     out = train_and_export(args.workdir, args.preset, args.device, args.name,
                            export=not args.no_export, train=not args.export_only,

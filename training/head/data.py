@@ -12,11 +12,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
 from avatar.audio import mel_windows
+from avatar.decode import DecodeError, rgb_frames
 from avatar.errors import TwincastError
 from avatar.models.lips import LIP_POINTS
 from training.progress import bar
@@ -93,21 +93,24 @@ def load_cache(features_dir: Path, size: int, mel_frames: int,
                     lips = crop_lips(z["landmarks_raw"], z["crop_affine"],
                                      int(meta["crop_size"]))
                 with np.load(d / "audio.npz") as z:
-                    mel, vad = z["mel16"], z["vad"]
+                    # A packed cache (training.head.pack) keeps the mel in float16.
+                    mel, vad = z["mel16"].astype(np.float32), z["vad"]
             except (OSError, KeyError, ValueError) as e:
                 raise TwincastError(f"{d}: enrolment cache is incomplete ({e}); re-run "
                                     "'twincast enrol'") from None
             t = meta["n_frames"]
             regions = np.zeros((t, size, size, 3), np.uint8)
             for seg in meta["crops"]:
-                with av.open(str(d / seg["file"])) as container:
-                    for i, frame in enumerate(container.decode(video=0)):
+                try:
+                    for i, frame in enumerate(rgb_frames(d / seg["file"])):
                         n = seg["start"] + i
                         if n >= seg["stop"]:
                             break
-                        regions[n] = cut_region(frame.to_ndarray(format="rgb24"), size,
-                                                region)
+                        regions[n] = cut_region(frame, size, region)
                         pb.update(1)
+                except DecodeError as e:
+                    raise TwincastError(f"{d / seg['file']}: cannot be decoded ({e}); re-run "
+                                        "'twincast enrol'") from None
             windows = mel_windows(mel, t, fps, mel_frames)
             hops = np.clip(np.round((np.arange(t) + 0.5) / fps * 100).astype(int), 0,
                            len(vad) - 1)

@@ -1,0 +1,49 @@
+"""A video file's frames as RGB arrays: PyAV where it is installed, OpenCV otherwise.
+
+PyAV is what every machine the README sets up has. The OpenCV path exists for the GPU
+machine the device checks run on: it has torch and OpenCV but no PyAV, and PyAV's wheel
+(36 MB) would leave no room for the training data that can travel there. Head training and
+the render benchmark only ever decode with it; writing video always needs PyAV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+
+class DecodeError(Exception):
+    """The file could not be opened or decoded; the message says why."""
+
+
+def rgb_frames(path: Path) -> Iterator[np.ndarray]:
+    """Each frame of the first video stream of ``path``, as HxWx3 uint8 RGB."""
+    try:
+        import av
+    except ImportError:
+        yield from _opencv_frames(path)
+        return
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as e:
+        raise DecodeError(str(e)) from None
+
+
+def _opencv_frames(path: Path) -> Iterator[np.ndarray]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise DecodeError("OpenCV cannot open it")
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                return
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    finally:
+        cap.release()
