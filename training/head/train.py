@@ -342,7 +342,9 @@ def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
     if sync:
         state.expert.eval()
         p = ((state.expert(out.reshape(n, w, 3, s, s), b["sync_mel"]) + 1) / 2)
-        sync_loss = F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), torch.ones_like(p))
+        with torch.autocast(device.type, enabled=False):  # BCE refuses reduced precision
+            sync_loss = F.binary_cross_entropy(p.float().clamp(1e-6, 1 - 1e-6),
+                                               torch.ones_like(p, dtype=torch.float32))
         losses["gen/sync"] = sync_loss
         total = total + cfg.sync_weight * sync_loss
     disc = state.disc_train or state.disc
