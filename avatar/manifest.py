@@ -229,6 +229,10 @@ class VoiceSection:
     weights: str | None = None
     """``float16`` when the weights were halved for transport (``scripts/half_voice.py``);
     absent for float32."""
+    plan: dict = field(default_factory=dict)
+    """Per training stage (acoustic, vocoder, vocoder_adapt): nominal and run step counts,
+    share, measured seconds per step and threads on the host that trained it
+    (``training.voice.plan``). Empty for bundles made before."""
 
     @classmethod
     def from_dict(cls, d: dict) -> VoiceSection:
@@ -242,7 +246,8 @@ class VoiceSection:
                    steps=_get(d, "steps", int, w, 0),
                    utterances=_get(d, "utterances", int, w, 0),
                    duration_scale=_get(d, "duration_scale", float, w, 1.0),
-                   weights=_get(d, "weights", str, w, None))
+                   weights=_get(d, "weights", str, w, None),
+                   plan=_get(d, "plan", dict, w, {}))
 
     def to_dict(self) -> dict:
         d = {"file": self.file, "config": self.config, "symbols": list(self.symbols),
@@ -251,6 +256,8 @@ class VoiceSection:
              "utterances": self.utterances, "duration_scale": self.duration_scale}
         if self.weights is not None:
             d["weights"] = self.weights
+        if self.plan:  # optional: bundles without it re-export unchanged
+            d["plan"] = self.plan
         return d
 
 

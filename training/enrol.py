@@ -112,6 +112,7 @@ def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
     if sources:
         voice = train_voice(sources, Workdir(workdir).voice, voice_preset(preset), device=device)
         out["voice_seconds"] = voice.seconds
+        out["voice_plan"] = voice.plan
     else:
         log.warning("no utterance has a transcript: the bundle gets no voice (it can still "
                     "be driven by audio); pass --transcript to train one")
@@ -151,7 +152,7 @@ def train_voice_stage(workdir: Path, preset: str, device: str = "cpu",
 
     cfg = voice_preset(preset)
     if max_minutes is not None:
-        cfg = dataclasses.replace(cfg, max_minutes=max_minutes)
+        cfg = dataclasses.replace(cfg, max_minutes=max_minutes, refuse_short=False)
     if vocoder_minutes is not None and cfg.vocoder is not None:
         cfg = dataclasses.replace(cfg, vocoder=dataclasses.replace(
             cfg.vocoder, max_minutes=min(cfg.vocoder.max_minutes, vocoder_minutes),
@@ -175,11 +176,11 @@ def train_voice_stage(workdir: Path, preset: str, device: str = "cpu",
         return {"bundle": None, "voice_seconds": 0.0}
     if bundles:
         add_voice(bundles[0], voice, preset)
-        return {"bundle": bundles[0], "voice_seconds": voice.seconds}
+        return {"bundle": bundles[0], "voice_seconds": voice.seconds, "voice_plan": voice.plan}
     out = wd.bundle(name or _default_name([workdir]))
     log.info("%s holds no avatar bundle: writing a voice-only one", wd.avatars)
     export_voice_bundle(voice, out, out.name, preset)
-    return {"bundle": out, "voice_seconds": voice.seconds}
+    return {"bundle": out, "voice_seconds": voice.seconds, "voice_plan": voice.plan}
 
 
 def _default_name(footage: Sequence[Path]) -> str:

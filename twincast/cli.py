@@ -326,9 +326,14 @@ def cmd_enrol(args: argparse.Namespace) -> int:
 
 
 def _say_plan(out: dict) -> None:
-    """The last word of a head training: how much of its plan ran and what that costs."""
+    """The last word of a training: how much of its plan ran and what that costs."""
     from training.head.plan import describe
+    from training.voice.plan import describe as describe_voice
 
+    voice = out.get("voice_plan")
+    if voice:
+        line = describe_voice(voice)
+        (log.info if "whole plan" in line else log.warning)("%s", line)
     plan = out.get("head_plan")
     if plan:
         line = describe(plan)
@@ -446,6 +451,7 @@ def cmd_train_voice(args: argparse.Namespace) -> int:
                  args.only)
     else:
         log.info("voice added to %s (trained in %.0f s)", out["bundle"], out["voice_seconds"])
+        _say_plan(out)
     return 0
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from training.threads import ThreadClock
+
 log = logging.getLogger(__name__)
 
 STAGES = ("lips", "expert", "gen")
@@ -105,63 +107,19 @@ def allocate(nominal: dict[str, int], sync_from: float, done: dict[str, int],
 
 
 @dataclass
-class Speed:
-    """Seconds per step of one kind at one thread count: the probe's figure, then a moving
-    average of the real steps."""
-
-    seconds: float
-    samples: int = 0
-
-    def add(self, seconds: float, weight: float = 0.1) -> None:
-        self.samples += 1
-        # The first real steps replace the probe quickly; later ones move it slowly.
-        w = max(weight, 1.0 / self.samples)
-        self.seconds += w * (seconds - self.seconds)
-
-
-@dataclass
-class Planner:
-    """Keeps the measured speeds and the current plan of one head training."""
+class Planner(ThreadClock):
+    """Keeps the measured speeds (and thread counts, see ``training.threads``) and the
+    current plan of one head training."""
 
     nominal: dict[str, int]
     sync_from: float
     cap_seconds: float
     cfg: PlanConfig = field(default_factory=PlanConfig)
-    speeds: dict[tuple[str, int], Speed] = field(default_factory=dict)
-    threads: dict[str, int] = field(default_factory=dict)
-    """The thread count each kind runs at (empty: leave torch's)."""
-    spent: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
     plan: Allocation | None = None
-    _check: tuple[str, int, int, float] | None = None
-    """A thread check under way: kind, thread count tried, steps left, when it began."""
-    _last_check: dict[str, float] = field(default_factory=dict)
 
-    def speed(self, kind: str) -> float:
-        t = self.threads.get(kind, 0)
-        if (kind, t) in self.speeds:
-            return self.speeds[kind, t].seconds
-        known = [v.seconds for (k, _), v in self.speeds.items() if k == kind]
-        return min(known) if known else 0.0
-
-    def set_probe(self, kind: str, threads: int, seconds: float) -> None:
-        self.speeds[kind, threads] = Speed(seconds)
-
-    def choose_threads(self) -> None:
-        """Each kind at its fastest measured thread count; a single thread must be clearly
-        (10 %) faster to win, since an idle host is the usual case."""
-        for kind in KINDS:
-            options = {t: v.seconds for (k, t), v in self.speeds.items() if k == kind}
-            if not options:
-                continue
-            best = max(options)
-            for t, s in sorted(options.items(), reverse=True):
-                if s < 0.9 * options[best]:
-                    best = t
-            self.threads[kind] = best
-
-    def record(self, kind: str, threads: int, seconds: float, stage: str) -> None:
-        self.spent[stage] = self.spent.get(stage, 0.0) + seconds
-        self.speeds.setdefault((kind, threads), Speed(seconds)).add(seconds)
+    def __post_init__(self) -> None:
+        ThreadClock.__init__(self, self.cfg.thread_check_seconds, self.cfg.thread_check_steps)
+        self.spent.update({s: 0.0 for s in STAGES})
 
     def replan(self, done: dict[str, int], elapsed: float, fixed: dict[str, int],
                sync_at: int | None, speed: dict[str, float] | None = None) -> Allocation:
@@ -171,69 +129,6 @@ class Planner:
         self.plan = allocate(self.nominal, self.sync_from, done, self.spent, speed,
                              self.cap_seconds, elapsed, fixed, sync_at, self.cfg)
         return self.plan
-
-    # --------------------------------------------------------------- thread checks
-    def threads_for(self, kind: str, now: float, max_threads: int) -> int:
-        """The thread count for the next step of ``kind``: the chosen one, now and then the
-        other for a few steps (CPU, more than one thread available). A check comes every
-        ``thread_check_seconds``, and at once (30 s apart at most) when the steps have got
-        twice as slow as the best this kind has run at."""
-        current = self.threads.get(kind, max_threads)
-        if max_threads <= 1 or not self.threads:
-            return current
-        if self._check is not None:
-            if self._check[0] == kind:
-                return self._check[1]
-            self._check = None  # the stage moved on during a check: drop it
-        last = self._last_check.setdefault(kind, now)
-        mine = self.speeds.get((kind, current))
-        best = min((v.seconds for (k, _), v in self.speeds.items() if k == kind),
-                   default=0.0)
-        slowed = mine is not None and mine.samples >= 5 and mine.seconds > 2 * best
-        if now - last >= self.cfg.thread_check_seconds or (slowed and now - last >= 30):
-            other = 1 if current > 1 else max_threads
-            # One step more than counted: the first at a new count warms up and is not
-            # measured, unless it alone shows the other count is far slower.
-            self._check = (kind, other, self.cfg.thread_check_steps + 1, now)
-            return other
-        return current
-
-    def after_step(self, kind: str, threads: int, seconds: float, stage: str,
-                   now: float) -> None:
-        """Record a step; ends a thread check when its steps are done, or at once when the
-        first step at the other count is three times slower than the chosen count (with
-        another process busy, two threads can be twenty times slower than one)."""
-        check = self._check
-        if check is None or check[0] != kind or check[1] != threads:
-            self.record(kind, threads, seconds, stage)
-            return
-        _, t, left, began = check
-        before = self.threads.get(kind, t)
-        kept = self.speeds.get((kind, before))
-        warm_up = left > self.cfg.thread_check_steps
-        if warm_up and kept is not None and seconds > 3 * kept.seconds:
-            self.spent[stage] = self.spent.get(stage, 0.0) + seconds
-            self.speeds[kind, t] = Speed(seconds, 1)
-            self._check = None
-            self._last_check[kind] = now
-            return
-        if warm_up:
-            self.spent[stage] = self.spent.get(stage, 0.0) + seconds
-        else:
-            if left == self.cfg.thread_check_steps:  # a fresh figure, not the old average
-                self.speeds[kind, t] = Speed(seconds)
-            self.record(kind, threads, seconds, stage)
-        left -= 1
-        if left > 0:
-            self._check = (kind, t, left, began)
-            return
-        self._check = None
-        self._last_check[kind] = now
-        tried = self.speeds.get((kind, t))
-        if tried is not None and kept is not None and tried.seconds < 0.9 * kept.seconds:
-            self.threads[kind] = t
-            log.info("%s steps now run on %d thread(s): %.2f s a step against %.2f", kind,
-                     t, tried.seconds, kept.seconds)
 
     # --------------------------------------------------------------- reporting
     def summary(self, ran: dict[str, int], sync_steps: int) -> dict:

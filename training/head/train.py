@@ -39,6 +39,7 @@ from training.head.plan import KINDS, Allocation, Planner, describe
 from training.head.resolution import resolve
 from training.loop import Checkpoint, LoopConfig, Progress, train_loop, write_history
 from training.runs import config_digest, training_device
+from training.threads import probe_threads
 
 log = logging.getLogger(__name__)
 
@@ -396,30 +397,12 @@ def probe_speeds(state: State, sampler: Sampler, cfg: HeadTrainConfig, dev: torc
            "gen": lambda: gen_step(trial, data, cfg, dev, False),
            "sync": lambda: gen_step(trial, data, cfg, dev, True)}
     devices = [dev] if dev.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            for kind in kinds:
-                if kind == "gen":
-                    trial.expert.requires_grad_(False)  # as in the generator's stage
-                fastest = float("inf")
-                for threads in options:
-                    torch.set_num_threads(threads)
-                    t0 = time.perf_counter()
-                    run[kind]()  # warm-up: first calls allocate and pick kernels
-                    _wait(dev)
-                    first = time.perf_counter() - t0
-                    if first > 3 * fastest:
-                        planner.set_probe(kind, threads, first)
-                        continue
-                    t0 = time.perf_counter()
-                    for _ in range(PROBE_STEPS[kind]):
-                        run[kind]()
-                    _wait(dev)
-                    took = (time.perf_counter() - t0) / PROBE_STEPS[kind]
-                    planner.set_probe(kind, threads, took)
-                    fastest = min(fastest, took)
-    finally:
-        torch.set_num_threads(max_threads)
+    with torch.random.fork_rng(devices=devices):
+        for kind in kinds:
+            if kind == "gen":
+                trial.expert.requires_grad_(False)  # as in the generator's stage
+            probe_threads(planner, kind, run[kind], options, PROBE_STEPS[kind],
+                          lambda: _wait(dev))
     if "sync" not in kinds:  # no sync loss: its steps are generator steps
         planner.set_probe("sync", max_threads, planner.speed("gen"))
     planner.choose_threads()

@@ -50,7 +50,8 @@ def write_voice(voice: TrainedVoice, folder: Path, preset: str
         mel=VoiceMel(VOICE_MEL, voice.mel_mean.tolist(), voice.mel_std.tolist()),
         vocoder=vocoder, text={"english_voice": "en-us"}, preset=preset,
         train_seconds=round(voice.seconds, 1), steps=voice.steps,
-        utterances=voice.utterances, duration_scale=round(voice.duration_scale, 4))
+        utterances=voice.utterances, duration_scale=round(voice.duration_scale, 4),
+        plan=voice.plan)
     return section, files
 
 

@@ -23,6 +23,8 @@ from avatar.errors import TwincastError
 from avatar.models.vocoder import Vocoder, VocoderConfig, stft_loss
 from training.loop import Checkpoint, LoopConfig, Progress, train_loop, write_history
 from training.runs import config_digest
+from training.threads import ThreadClock
+from training.voice.plan import stage_summary
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class TrainedVocoder:
     steps: int
     adapt_seconds: float = 0.0
     adapt_steps: int = 0
+    plan: dict = field(default_factory=dict)
+    """Per stage (vocoder, vocoder_adapt): planned and run steps, measured speed."""
 
 
 def read_wav(path: Path) -> np.ndarray:
@@ -137,17 +141,20 @@ class _Stage:
     digest: str
     steps: int
     minutes: float
-    lr: Callable[[int], float]
+    lr: Callable[[int, float], float]
+    """Learning rate at a step, given the share of the cap used."""
 
 
 def _fit(model: Vocoder, sampler: SegmentSampler, stage: _Stage, cfg: VocoderTrainConfig,
-         device: torch.device) -> tuple[int, float]:
+         device: torch.device) -> tuple[int, float, dict]:
     """Train ``model`` through one stage (resuming from its checkpoint when that was made
-    for the same digest); returns the stage's steps and seconds."""
+    for the same digest); returns the stage's steps, seconds and plan summary. On a CPU the
+    stage starts on all threads and tries one thread after half a minute and every few
+    minutes (``training.threads``): with another process busy, one can be faster."""
     import torchaudio
 
     spec = VOICE_MEL
-    opt = torch.optim.AdamW(model.parameters(), lr=stage.lr(0), betas=(0.8, 0.99))
+    opt = torch.optim.AdamW(model.parameters(), lr=stage.lr(0, 0.0), betas=(0.8, 0.99))
     mel_fn = torchaudio.transforms.MelSpectrogram(
         sample_rate=spec.rate, n_fft=spec.n_fft, hop_length=spec.hop, n_mels=spec.n_mels,
         f_max=spec.f_max, power=1.0, norm="slaney", mel_scale="slaney").to(device)
@@ -180,12 +187,20 @@ def _fit(model: Vocoder, sampler: SegmentSampler, stage: _Stage, cfg: VocoderTra
                 f"{stage.name}/mel": float(mel_loss.detach())}
 
     model.train()
-    train_loop(LoopConfig(stage.name, stage.steps, stage.minutes, cfg.checkpoint_minutes),
-               progress, step, save, lr=lambda step, _used: stage.lr(step), optimizers=[opt])
+    max_threads = torch.get_num_threads() if device.type == "cpu" else 1
+    clock = ThreadClock()
+    clock.start(stage.name, max_threads)
+    try:
+        train_loop(LoopConfig(stage.name, stage.steps, stage.minutes, cfg.checkpoint_minutes),
+                   progress, clock.timed(stage.name, step, max_threads), save, lr=stage.lr,
+                   optimizers=[opt])
+    finally:
+        torch.set_num_threads(max(torch.get_num_threads(), max_threads))
     save()
     write_history(progress, stage.ckpt.parent, f"{stage.name}_")
     model.eval()
-    return progress.step, progress.seconds
+    return progress.step, progress.seconds, stage_summary(stage.steps, progress.step, clock,
+                                                          stage.name)
 
 
 def train_vocoder(sources: Sequence[Path], out_dir: Path, cfg: VocoderTrainConfig,
@@ -194,10 +209,13 @@ def train_vocoder(sources: Sequence[Path], out_dir: Path, cfg: VocoderTrainConfi
     sampler = SegmentSampler.from_caches(sources, cfg.segment_frames, cfg.model.hop, cfg.seed)
     torch.manual_seed(cfg.seed)
     model = Vocoder(cfg.model).to(device)
+    # The decay ends at whichever comes first, the step count or the cap (as the acoustic
+    # model's): a stage its cap stops on a slow host has annealed too.
     stage = _Stage("vocoder", out_dir / "vocoder.pt", cfg.digest(), cfg.steps,
-                   cfg.max_minutes, lambda step: cfg.lr * max(0.1, 1 - step / cfg.steps))
-    steps, seconds = _fit(model, sampler, stage, cfg, device)
-    return TrainedVocoder(model, seconds, steps)
+                   cfg.max_minutes,
+                   lambda step, used: cfg.lr * max(0.1, 1 - max(step / cfg.steps, used)))
+    steps, seconds, plan = _fit(model, sampler, stage, cfg, device)
+    return TrainedVocoder(model, seconds, steps, plan={"vocoder": plan})
 
 
 def adapt_vocoder(vocoder: TrainedVocoder, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -209,6 +227,7 @@ def adapt_vocoder(vocoder: TrainedVocoder, pairs: Sequence[tuple[np.ndarray, np.
     sampler = SegmentSampler([(w, m, 0, min(m.shape[1], len(w) // cfg.model.hop))
                               for m, w in pairs], cfg.segment_frames, cfg.model.hop, cfg.seed)
     stage = _Stage("vocoder_adapt", out_dir / "vocoder_adapt.pt", cfg.adapt_digest(acoustic),
-                   cfg.adapt_steps, cfg.adapt_minutes, lambda step: cfg.adapt_lr)
-    steps, seconds = _fit(vocoder.model, sampler, stage, cfg, device)
-    return TrainedVocoder(vocoder.model, vocoder.seconds, vocoder.steps, seconds, steps)
+                   cfg.adapt_steps, cfg.adapt_minutes, lambda step, used: cfg.adapt_lr)
+    steps, seconds, plan = _fit(vocoder.model, sampler, stage, cfg, device)
+    return TrainedVocoder(vocoder.model, vocoder.seconds, vocoder.steps, seconds, steps,
+                          {**vocoder.plan, "vocoder_adapt": plan})

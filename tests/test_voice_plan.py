@@ -1,0 +1,57 @@
+"""The voice's budget: steps that fit the cap, the refusal before training, the summary."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from avatar.errors import TwincastError
+from training.threads import ThreadClock
+from training.voice import plan
+
+
+def test_steps_that_fit_count_what_ran_and_leave_a_margin():
+    assert plan.steps_that_fit(0.5, 100.0) == int(97.0 / 0.5)
+    assert plan.steps_that_fit(0.5, 100.0, done=40, used_seconds=20.0) == 40 + int(77.0 / 0.5)
+    assert plan.steps_that_fit(0.5, 100.0, done=40, used_seconds=500.0) == 40
+
+
+def test_check_fits_plans_at_most_the_preset_and_refuses_a_cap_too_short():
+    assert plan.check_fits(0.37, 33.0, 8000, 0.35) == int(0.97 * 33 * 60 / 0.37)  # idle EPYC
+    assert plan.check_fits(0.01, 33.0, 8000, 0.35) == 8000
+    with pytest.raises(TwincastError) as e:
+        plan.check_fits(0.95, 33.0, 8000, 0.35)  # the busy Xeon's speed
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "fits 2021 of the preset's 8000 steps" in msg and "the 2800 a usable" in msg
+    # 2800 steps at 0.95 s, over the margin: 45.7 minutes.
+    assert "about 46 minutes" in msg and "--max-minutes 46" in msg
+
+
+def test_stage_summary_and_describe():
+    clock = ThreadClock()
+    clock.set_probe("acoustic", 2, 0.4)
+    clock.set_probe("acoustic", 1, 0.3)
+    clock.choose_threads()
+    whole = {"acoustic": plan.stage_summary(8000, 8000, clock, "acoustic"),
+             "vocoder": plan.stage_summary(100, 100, ThreadClock(), "vocoder")}
+    assert whole["acoustic"] == {"nominal": 8000, "ran": 8000, "share": 1.0,
+                                 "seconds_per_step": 0.3, "threads": 1}
+    assert "whole plan" in plan.describe(whole)
+    part = {**whole, "acoustic": plan.stage_summary(8000, 4000, clock, "acoustic")}
+    line = plan.describe(part)
+    assert "50% of the acoustic model's plan" in line and "4000 of 8000" in line
+    assert "less clear" in line and "--max-minutes" in line
+
+
+def test_a_clock_started_without_probe_tries_the_other_count_soon():
+    clock = ThreadClock(check_seconds=300, check_steps=2)
+    clock.start("vocoder", 2, first_check_after=30)
+    now = time.monotonic()
+    assert clock.threads_for("vocoder", now, 2) == 2
+    clock.after_step("vocoder", 2, 1.0, "vocoder", now)
+    assert [clock.threads_for("vocoder", now + 31, 2) for _ in range(3)] == [1, 1, 1]
+    for _ in range(3):
+        clock.after_step("vocoder", 1, 0.5, "vocoder", now + 31)
+    assert clock.threads["vocoder"] == 1
