@@ -2,10 +2,11 @@
 
 With another process busy on one of two cores, two threads wait on each other at every
 operation and one thread can be several (up to twenty) times faster; on an idle host two are
-faster. So each kind of step is timed at both counts before training (on throwaway copies),
-runs at the faster, and every few minutes tries the other count for a few steps again (the
-load of the host changes during an hour). The head's stage planner and the voice's trainers
-share this.
+faster. So each kind of step is timed at both counts before training (on throwaway copies;
+a stage that starts without that probe tries the other count within its first half
+minute), runs at the faster, and every few minutes tries the other count for a few steps
+again (the load of the host changes during an hour). The head's stage planner and the
+voice's trainers share this.
 """
 
 from __future__ import annotations
