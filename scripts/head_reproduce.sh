@@ -13,16 +13,12 @@ W=${1:-build/grid-repro}
 DATA=${DATA:-../shared/data/grid_s1}
 TW=${TWINCAST:-.venv/bin/twincast}
 rm -rf "$W"
-busy=""
-if [ "${BUSY:-0}" = 1 ]; then
-  python3 -c 'while True: pass' &
-  busy=$!
-  trap '[ -n "$busy" ] && kill "$busy" 2>/dev/null || true' EXIT
-fi
+. "$(dirname "$0")/busy.sh"
+busy_start
 start=$(date +%s)
 "$TW" enrol "$DATA/train" --transcript "$DATA/transcripts.tsv" --workdir "$W" \
   --preset cpu --features-only
 "$TW" train head "$W" --preset cpu --name grid_s1 2>&1 | tee "$W/train-head.log"
 echo "enrolment (features + head) took $(( $(date +%s) - start )) s"
-if [ -n "$busy" ]; then kill "$busy"; busy=""; fi
+busy_stop
 "$TW" eval head "$W/avatars/grid_s1" --footage "$DATA/eval" -o "$W/eval"

@@ -18,15 +18,11 @@ TRANSCRIPT=${TRANSCRIPT:-metadata.csv}
 TW=${TWINCAST:-.venv/bin/twincast}
 rm -rf "$W"
 mkdir -p "$W"
-busy=""
-if [ "${BUSY:-0}" = 1 ]; then
-  python3 -c 'while True: pass' &
-  busy=$!
-  trap '[ -n "$busy" ] && kill "$busy" 2>/dev/null || true' EXIT
-fi
+. "$(dirname "$0")/busy.sh"
+busy_start
 start=$(date +%s)
 "$TW" enrol --voice "$DATA/$TRAIN" --transcript "$DATA/$TRANSCRIPT" --workdir "$W" \
   --preset cpu --name voice 2>&1 | tee "$W/enrol.log"
 echo "enrolment took $(( $(date +%s) - start )) s" | tee -a "$W/enrol.log"
-if [ -n "$busy" ]; then kill "$busy"; busy=""; fi
+busy_stop
 "$TW" eval voice "$W/avatars/voice" --data "$DATA/$EVAL" -o "$W/eval" | tee "$W/eval.json"

@@ -11,9 +11,10 @@ voice's trainers share this.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -165,15 +166,25 @@ class ThreadClock:
         return run
 
 
+@contextlib.contextmanager
+def threads_kept() -> Iterator[None]:
+    """Whatever a trainer's thread choices do inside, torch's thread count is as it was
+    after."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def probe_threads(clock: ThreadClock, kind: str, run: Callable[[], object],
                   options: list[int], steps: int, wait: Callable[[], None] = lambda: None
                   ) -> None:
     """Time ``run`` (a step on throwaway copies) at each thread count in ``options`` after
     one untimed warm-up step; a count whose warm-up alone is three times slower than the
     fastest so far is not timed further. Leaves torch's thread count as it found it."""
-    before = torch.get_num_threads()
     fastest = float("inf")
-    try:
+    with threads_kept():
         for threads in options:
             torch.set_num_threads(threads)
             t0 = time.perf_counter()
@@ -190,6 +201,4 @@ def probe_threads(clock: ThreadClock, kind: str, run: Callable[[], object],
             took = (time.perf_counter() - t0) / steps
             clock.set_probe(kind, threads, took)
             fastest = min(fastest, took)
-    finally:
-        torch.set_num_threads(before)
 

@@ -39,7 +39,7 @@ from training.head.plan import KINDS, Allocation, Planner, describe
 from training.head.resolution import resolve
 from training.loop import Checkpoint, LoopConfig, Progress, train_loop, write_history
 from training.runs import config_digest, training_device
-from training.threads import probe_threads
+from training.threads import probe_threads, threads_kept
 
 log = logging.getLogger(__name__)
 
@@ -608,11 +608,9 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
 
     loop = LoopConfig("head", cfg.lip_steps + cfg.expert_steps + cfg.gen_steps,
                       cfg.max_minutes, cfg.checkpoint_minutes)
-    try:
+    with threads_kept():
         train_loop(loop, state.progress, step, save, any_rank=dist.any, main=dist.main,
                    until=until)
-    finally:
-        torch.set_num_threads(max_threads)
     ran = {"lips": state.lip_step, "expert": state.expert_step, "gen": state.gen_step}
     sync_steps = max(state.gen_step - state.planned.sync_at, 0) if cfg.sync_weight > 0 else 0
     plan = {**planner.summary(ran, sync_steps), "resolution": resolution.to_dict()}

@@ -26,7 +26,7 @@ from training import presets
 from training.loop import Checkpoint, Every, LoopConfig, Progress, train_loop, write_history
 from training.progress import bar
 from training.runs import config_digest, training_device
-from training.threads import ThreadClock, probe_threads
+from training.threads import ThreadClock, probe_threads, threads_kept
 from training.voice import plan as voice_plan
 from training.voice.data import (
     PAD_SECONDS,
@@ -234,14 +234,12 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
 
     step = clock.timed("acoustic", lambda: train_step(state, batcher, mean, std, dev, dtype),
                        max_threads)
-    try:
+    with threads_kept():
         train_loop(LoopConfig("voice", cfg.steps, cfg.max_minutes, cfg.checkpoint_minutes),
                    state.progress, step, save,
                    lr=lambda step, used: cfg.lr * _lr_factor(step, cfg.steps, used),
                    optimizers=[state.opt],
                    hooks=[Every(cfg.held_every, score)] if held else [])
-    finally:
-        torch.set_num_threads(max(torch.get_num_threads(), max_threads))
     save()
     plan = {"acoustic": voice_plan.stage_summary(cfg.steps, state.step, clock, "acoustic")}
     write_history(state.progress, out_dir)

@@ -23,7 +23,7 @@ from avatar.errors import TwincastError
 from avatar.models.vocoder import Vocoder, VocoderConfig, stft_loss
 from training.loop import Checkpoint, LoopConfig, Progress, train_loop, write_history
 from training.runs import config_digest
-from training.threads import ThreadClock
+from training.threads import ThreadClock, threads_kept
 from training.voice.plan import stage_summary
 
 log = logging.getLogger(__name__)
@@ -190,12 +190,10 @@ def _fit(model: Vocoder, sampler: SegmentSampler, stage: _Stage, cfg: VocoderTra
     max_threads = torch.get_num_threads() if device.type == "cpu" else 1
     clock = ThreadClock()
     clock.start(stage.name, max_threads)
-    try:
+    with threads_kept():
         train_loop(LoopConfig(stage.name, stage.steps, stage.minutes, cfg.checkpoint_minutes),
                    progress, clock.timed(stage.name, step, max_threads), save, lr=stage.lr,
                    optimizers=[opt])
-    finally:
-        torch.set_num_threads(max(torch.get_num_threads(), max_threads))
     save()
     write_history(progress, stage.ckpt.parent, f"{stage.name}_")
     model.eval()
