@@ -583,3 +583,26 @@ def test_voice_weights_can_travel_in_half_precision(bundle: Path, tmp_path: Path
     a, b = said
     if np.array_equal(frames[0], frames[1]):
         assert len(a) == len(b) and np.sum((a - b) ** 2) < 1e-3 * np.sum(a ** 2)
+
+
+def test_voice_folder_takes_videos_and_a_tab_transcript(grid_train: Path, tmp_path: Path
+                                                        ) -> None:
+    """GRID's clips (videos, ``ID<TAB>text``) enrol a voice as LJ Speech's wavs do."""
+    from training.ingest import decode_audio
+    from training.voice.features import find_audio, read_texts
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for f in sorted(grid_train.glob("*.mpg"))[:2]:
+        (folder / f.name).symlink_to(f)
+    (folder / "notes.txt").write_text("not a recording")
+    files = find_audio(folder)
+    assert [f.suffix for f in files] == [".mpg", ".mpg"]
+    texts = read_texts(grid_train.parent / "transcripts.tsv")
+    assert texts[files[0].stem].split()[0] in {"bin", "lay", "place", "set"}
+    audio = decode_audio(files[0], (16000,))[16000]
+    assert 2.5 < len(audio) / 16000 < 3.5
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(Exception, match="holds no recordings"):
+        find_audio(empty)

@@ -35,26 +35,6 @@ MEDIA_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".mpg", ".
                     ".webm", ".mov", ".avi")
 
 
-def read_texts(path: Path) -> dict[str, str]:
-    """``ID|text``/``ID|raw|normalized`` (voice datasets) or ``ID<TAB>text`` lines."""
-    from training.voice.features import read_voice_transcript
-
-    if not path.is_file():
-        raise path_error(path, "transcript not found")
-    first = path.read_text(encoding="utf-8", errors="replace").splitlines()[0]
-    if "|" in first:
-        return read_voice_transcript(path)
-    table = {}
-    for n, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not ln.strip():
-            continue
-        if "\t" not in ln:
-            raise path_error(path, f"line {n} is neither 'ID|text' nor 'ID<TAB>text'")
-        k, v = ln.split("\t", 1)
-        table[Path(k.strip()).stem] = v.strip()
-    return table
-
-
 def find_transcript(data: Path) -> Path:
     for name in ("metadata.csv", "transcripts.tsv", "transcript.tsv"):
         for d in (data, data.parent):
@@ -240,6 +220,8 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
     voice = Voice.load(bundle, device)
     if not data.is_dir():
         raise path_error(data, "no such folder of held-out recordings")
+    from training.voice.features import read_texts
+
     texts = read_texts(transcript or find_transcript(data))
     files = sorted(f for f in data.iterdir()
                    if f.suffix.lower() in MEDIA_EXTENSIONS and f.stem in texts)

@@ -1,5 +1,6 @@
-"""Voice-only enrolment features: a folder of recordings with an ``ID|text`` transcript
-(``ID|raw|normalized`` as LJ Speech writes it) -> ``WORKDIR/voice_features``.
+"""Voice-only enrolment features: a folder of recordings (audio files, or videos for their
+sound) with an ``ID|text`` transcript (``ID|raw|normalized`` as LJ Speech writes it, or
+``ID<TAB>text`` as for footage) -> ``WORKDIR/voice_features``.
 
 Each recording is one utterance (sentence-length files, as voice datasets are cut), trimmed
 to its speech by the voice activity detector. The cache has the layout the voice trainer
@@ -20,7 +21,7 @@ import numpy as np
 
 from avatar import atomic
 from avatar.errors import TwincastError, path_error
-from training.config import FeaturesConfig
+from training.config import VIDEO_EXTENSIONS, FeaturesConfig
 from training.ingest import file_digest, require_writable_dir
 from training.progress import bar
 from training.workdir import Workdir
@@ -28,6 +29,8 @@ from training.workdir import Workdir
 log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
+MEDIA_EXTENSIONS = AUDIO_EXTENSIONS + VIDEO_EXTENSIONS
+"""A video file in a voice folder lends its sound track (a creator's clips, GRID's)."""
 MAX_UTTERANCE_S = 20.0
 """Longer recordings have no word timing to cut them by: they are skipped with a warning."""
 
@@ -52,13 +55,31 @@ def read_voice_transcript(path: Path) -> dict[str, str]:
     return table
 
 
+def read_texts(path: Path) -> dict[str, str]:
+    """``ID|text``/``ID|raw|normalized`` (voice datasets) or ``ID<TAB>text`` lines."""
+    if not path.is_file():
+        raise path_error(path, "transcript not found")
+    first = path.read_text(encoding="utf-8", errors="replace").splitlines()[0]
+    if "|" in first:
+        return read_voice_transcript(path)
+    table = {}
+    for n, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not ln.strip():
+            continue
+        if "\t" not in ln:
+            raise path_error(path, f"line {n} is neither 'ID|text' nor 'ID<TAB>text'")
+        k, v = ln.split("\t", 1)
+        table[Path(k.strip()).stem] = v.strip()
+    return table
+
+
 def find_audio(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise path_error(folder, "no such folder of recordings")
     files = sorted(f for f in folder.iterdir()
-                   if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+                   if f.is_file() and f.suffix.lower() in MEDIA_EXTENSIONS)
     if not files:
-        raise path_error(folder, f"holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+        raise path_error(folder, f"holds no recordings ({', '.join(MEDIA_EXTENSIONS)})")
     return files
 
 
@@ -123,7 +144,7 @@ def enrol_voice_features(folder: Path, transcript: Path, workdir: Path,
                          cfg: FeaturesConfig) -> Path:
     """Build (or reuse) ``workdir/voice_features``; returns its path."""
     files = find_audio(folder)
-    texts = read_voice_transcript(transcript)
+    texts = read_texts(transcript)
     matched = [f for f in files if f.stem in texts]
     if not matched:
         raise path_error(transcript, f"names none of the recordings in {folder} (first: "
