@@ -23,6 +23,7 @@ from avatar.audio import FACE_MEL, mel_windows
 from avatar.bundle import load_weights, read_manifest
 from avatar.colour import match_colour
 from avatar.decode import DecodeError, rgb_frames
+from avatar.detail import keep_detail
 from avatar.errors import TwincastError, path_error
 from avatar.manifest import Manifest
 from avatar.models.fold import fold_batchnorm
@@ -80,6 +81,9 @@ class Avatar:
         self._pool: ThreadPoolExecutor | None = None
         self.colour = "field"
         """How the painted region's colour is matched to its frame (``avatar.colour``)."""
+        self.detail = "keep"
+        """Whether the frame's own fine detail is kept where the paint agrees with it
+        (``avatar.detail``): ``keep`` or ``off``."""
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -175,16 +179,19 @@ class Avatar:
             out = self.gen.generate(ref, blank_lower(regions, self.gen.cfg.mask_top), mel_t)
         painted = (out.float().clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
         if len(requests) < 8 or (os.cpu_count() or 1) < 2:
-            return [_composite(f, p, self.colour) for f, p in zip(idle, painted, strict=True)]
+            return [_composite(f, p, self.colour, self.detail)
+                    for f, p in zip(idle, painted, strict=True)]
         # Compositing is per-frame OpenCV/numpy work that releases the GIL: on a large
         # batch from a GPU it is the bottleneck unless the CPU cores share it.
         if self._pool is None:
             self._pool = ThreadPoolExecutor(min(16, os.cpu_count() or 1),
                                             thread_name_prefix="composite")
-        return list(self._pool.map(_composite, idle, painted, [self.colour] * len(idle)))
+        return list(self._pool.map(_composite, idle, painted, [self.colour] * len(idle),
+                                   [self.detail] * len(idle)))
 
 
-def _composite(idle: _IdleFrame, painted: np.ndarray, colour: str = "field") -> np.ndarray:
+def _composite(idle: _IdleFrame, painted: np.ndarray, colour: str = "field",
+               detail: str = "keep") -> np.ndarray:
     frame = idle.frame.copy()
     x0, y0, x1, y1 = idle.box
     # Colour and light match against the idle frame where the paint fades into it (the
@@ -196,6 +203,9 @@ def _composite(idle: _IdleFrame, painted: np.ndarray, colour: str = "field") -> 
     # Bicubic: a bilinear warp back at about 1:1 blurs the mouth (avatar/resample.py).
     warped = np.clip(resample.warp(patch, m, (x1 - x0, y1 - y0)), 0, 255)
     roi = frame[y0:y1, x0:x1].astype(np.float32)
+    if detail == "keep":
+        upscale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+        warped = np.clip(keep_detail(warped, roi, upscale), 0, 255)
     frame[y0:y1, x0:x1] = np.rint(roi + (warped - roi) * idle.blend).astype(np.uint8)
     return frame
 

@@ -240,8 +240,9 @@ def face_config(avatar: Avatar) -> FaceConfig:
 
 
 def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str = "cpu",
-                  precision: str = "auto") -> dict:
+                  precision: str = "auto", detail: str = "keep") -> dict:
     avatar = Avatar.load(bundle, device, precision=precision)
+    avatar.detail = detail
     cfg = face_config(avatar)
     clips = load_held_out(footage, avatar.fps, cfg)
     if len(clips) < 2:
@@ -278,13 +279,14 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
             # Leakage control: this clip's own frames, another clip's audio.
             other = clips[partners[k][0]]
             own = avatar.over(frames, c.affines)
-            l_open = _openings(_drive(own, other.audio16, n), cfg)
-            r = _corr(g_open, c.opening)
-            rl = _corr(l_open, c.opening)
             # Reconstruction: the clip's own frames and its own audio, compared pixel for
             # pixel with the real frames (texture, colour, seam, stillness; not lip sync).
             rebuilt, areas = reconstruct(own, c)
             areas = list(areas)
+            l_open = _openings(fidelity.add_other_audio(
+                frames, _drive(own, other.audio16, n), areas), cfg)
+            r = _corr(g_open, c.opening)
+            rl = _corr(l_open, c.opening)
             widest = _widest_mouths(frames, areas, 2)
 
             def keep_mouths(gen: Iterable[np.ndarray], widest: set[int] = widest,
@@ -318,6 +320,7 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
     report = {
         "bundle": str(bundle),
         "precision": str(avatar.dtype).removeprefix("torch."),
+        "detail": detail,
         "clips": len(clips),
         "frames": int(len(g)),
         "mouth_opening_corr": round(float(np.nanmean([p["corr"] for p in per_clip])), 4),

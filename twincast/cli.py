@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     eh.add_argument("--device", default="cpu")
     eh.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="render precision (auto: bf16 where the device has it natively)")
+    eh.add_argument("--detail", choices=("keep", "off"), default="keep",
+                    help="keep the frame's own fine detail where the paint agrees with it "
+                         "(keep, as rendering does) or composite the paint as it is (off)")
     eh.set_defaults(func=cmd_eval_head)
     evv = evsub.add_parser("voice", help="intelligibility, likeness and timing of the voice "
                            "on held-out recordings")
@@ -352,7 +355,8 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
     from training.evaluate_head import evaluate_head
 
     out = args.out or args.bundle.parent / f"eval-head-{args.bundle.name}"
-    report = evaluate_head(args.bundle, args.footage, out, args.device, args.precision)
+    report = evaluate_head(args.bundle, args.footage, out, args.device, args.precision,
+                           args.detail)
     report.pop("per_clip")
     print(json.dumps(report, indent=2))
     log.info("report, side-by-side video and contact sheet in %s", out)

@@ -34,7 +34,7 @@ from avatar.models.head import (
 from avatar.models.lips import LIP_POINTS, lip_loss
 from training import presets
 from training.head.data import Sampler, lip_split, load_cache
-from training.head.losses import gradient_loss, temporal_loss
+from training.head.losses import gradient_loss, temporal_loss, texture_loss
 from training.head.plan import KINDS, Allocation, Planner, describe
 from training.head.resolution import resolve
 from training.loop import Checkpoint, LoopConfig, Progress, train_loop, write_history
@@ -73,6 +73,9 @@ class HeadTrainConfig:
     detail_weight: float = 0.5
     """Weight of the multi-scale gradient loss (``losses.gradient_loss``): keeps teeth, lip
     lines and skin texture that L1 alone blurs away."""
+    texture_weight: float = 0.0
+    """Weight of the local detail-energy loss (``losses.texture_loss``): a price on a mouth
+    with less fine detail than the real one, wherever exactly the detail sits."""
     temporal_weight: float = 0.5
     """Weight of the frame-to-frame change loss (``losses.temporal_loss``): no shimmer
     where the real mouth is still."""
@@ -336,6 +339,10 @@ def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
         detail = gradient_loss(out, target)
         losses["gen/detail"] = detail
         total = total + cfg.detail_weight * detail
+    if cfg.texture_weight > 0:
+        texture = texture_loss(out, target)
+        losses["gen/texture"] = texture
+        total = total + cfg.texture_weight * texture
     if cfg.temporal_weight > 0:
         temporal = temporal_loss(out.view(n, w, 3, s, s), target.view(n, w, 3, s, s))
         losses["gen/temporal"] = temporal
