@@ -99,3 +99,30 @@ def test_colour_field_follows_light_across_the_region():
     assert err["field"] < 0.5 * err["mean"]
     with pytest.raises(ValueError):
         match_colour(painted, real, ring, "nope")
+
+
+def test_the_frames_detail_comes_back_only_where_the_paint_agrees():
+    from avatar.detail import keep_detail
+
+    frame = textured(1)[0].astype(np.float32)
+    soft = cv2.GaussianBlur(frame, (0, 0), 1.0)
+    # The paint agrees with the frame everywhere but a dark mouth it drew where the frame
+    # has none: the frame's detail returns around it, not inside it.
+    painted = soft.copy()
+    cv2.ellipse(painted, (48, 48), (18, 10), 0, 0, 360, (20, 10, 10), -1)
+    out = keep_detail(painted, frame, 1.0)
+    lap = lambda x, m: cv2.Laplacian(x.mean(2), cv2.CV_32F)[m].var()  # noqa: E731
+    mouth = np.zeros((96, 96), np.uint8)
+    cv2.ellipse(mouth, (48, 48), (14, 7), 0, 0, 360, 1, -1)
+    skin = np.ones((96, 96), bool)
+    skin[20:76, 16:80] = False
+    mouth = mouth.astype(bool)
+    assert lap(out, skin) > 0.7 * lap(frame, skin) > 2 * lap(soft, skin)
+    assert np.abs(out - painted)[mouth].max() < 4
+    # Sharpness with another clip's audio is tallied on the frames passed through.
+    t = Tally()
+    real = textured(3)
+    passed = list(t.add_other_audio(real, [cv2.GaussianBlur(r, (0, 0), 1.5) for r in real],
+                                    [area()] * 3))
+    assert len(passed) == 3
+    assert t.figures()["sharpness_ratio_other_audio"] < 0.5
