@@ -29,8 +29,10 @@ def _paint_back(frames: list[np.ndarray], scale: float, size: int = 48) -> dict:
         a = np.array([[1 / scale, 0, -(100.37 + i * 0.21) / scale],
                       [0, 1 / scale, -(80.61 + i * 0.13) / scale]])
         (idle,) = prepare_frames([frame], a[None], np.eye(3), mask, ring, size)
+        # Detail off: this measures the warps alone (kept detail would hand the frame's own
+        # pixels back wherever the paint agrees, and the paint here is the frame itself).
         out = _composite(idle, np.rint(idle.region.transpose(1, 2, 0) * 255).astype(np.uint8),
-                         "mean")
+                         "mean", "off")
         tally.add_clip([frame], [out], [Area(idle.box, idle.blend[..., 0], scale)],
                        np.zeros(1, bool))
     return tally.figures()
