@@ -22,8 +22,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-MODES = ("keep", "off")
-
 
 @dataclass(frozen=True)
 class DetailConfig:
@@ -33,8 +31,6 @@ class DetailConfig:
     tolerance: float = 8.0
     """Coarse difference (0-255 levels, the largest channel) at which the frame's detail
     is down to 1/e of full weight: the paint and the frame no longer show the same thing."""
-    structure: float = 0.0
-    """Weight of the difference in the next coarser band (contours) in that test."""
 
 
 def keep_detail(painted: np.ndarray, frame: np.ndarray, upscale: float,
@@ -45,12 +41,6 @@ def keep_detail(painted: np.ndarray, frame: np.ndarray, upscale: float,
     low_p = cv2.GaussianBlur(painted, (0, 0), s)
     low_f = cv2.GaussianBlur(frame, (0, 0), s)
     diff = np.abs(low_p - low_f).max(axis=2)
-    if cfg.structure > 0:
-        # A contour (a lip line) the frame has and the paint has elsewhere differs little in
-        # mean colour but clearly in the band just coarser than the detail moved across.
-        mid_p = low_p - cv2.GaussianBlur(painted, (0, 0), 3 * s)
-        mid_f = low_f - cv2.GaussianBlur(frame, (0, 0), 3 * s)
-        diff = np.maximum(diff, cfg.structure * np.abs(mid_p - mid_f).max(axis=2))
     agree = np.exp(-(diff / cfg.tolerance) ** 2)
     # Smoothed so the weight has no edges of its own (a hard one would draw a line).
     agree = cv2.GaussianBlur(agree, (0, 0), s)[..., None]

@@ -126,3 +126,17 @@ def test_the_frames_detail_comes_back_only_where_the_paint_agrees():
                                     [area()] * 3))
     assert len(passed) == 3
     assert t.figures()["sharpness_ratio_other_audio"] < 0.5
+
+
+def test_texture_loss_prices_missing_detail_not_its_exact_place():
+    import torch
+
+    from training.head.losses import gradient_loss, texture_loss
+
+    target = torch.from_numpy(np.stack(textured(2, size=48))).permute(0, 3, 1, 2).float() / 255
+    soft = torch.nn.functional.avg_pool2d(target, 3, 1, 1)
+    moved = torch.roll(target, shifts=(1, 1), dims=(-2, -1))  # the same detail, 1 px off
+    # Sample-by-sample, the moved detail costs more than none; by local energy, less.
+    assert gradient_loss(moved, target) > gradient_loss(soft, target)
+    assert texture_loss(moved, target) < 0.5 * texture_loss(soft, target)
+    assert float(texture_loss(target, target)) == 0.0

@@ -588,6 +588,7 @@ def test_voice_weights_can_travel_in_half_precision(bundle: Path, tmp_path: Path
 def test_voice_folder_takes_videos_and_a_tab_transcript(grid_train: Path, tmp_path: Path
                                                         ) -> None:
     """GRID's clips (videos, ``ID<TAB>text``) enrol a voice as LJ Speech's wavs do."""
+    from avatar.errors import TwincastError
     from training.ingest import decode_audio
     from training.voice.features import find_audio, read_texts
 
@@ -604,5 +605,5 @@ def test_voice_folder_takes_videos_and_a_tab_transcript(grid_train: Path, tmp_pa
     assert 2.5 < len(audio) / 16000 < 3.5
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(Exception, match="holds no recordings"):
+    with pytest.raises(TwincastError, match="holds no recordings"):
         find_audio(empty)

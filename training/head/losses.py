@@ -31,7 +31,6 @@ def temporal_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (torch.diff(out, dim=1) - torch.diff(target, dim=1)).abs().mean()
 
 
-
 def _bands(x: torch.Tensor, scales: int) -> list[torch.Tensor]:
     """Laplacian-pyramid bands of ``x``: each level minus its blurred, halved and
     re-enlarged self (the detail that level adds), finest first."""
