@@ -28,6 +28,7 @@ from avatar.errors import TwincastError, path_error
 from avatar.manifest import Manifest
 from avatar.models.fold import fold_batchnorm
 from avatar.models.head import HeadConfig, HeadGenerator, blank_lower, region_keep_mask
+from avatar.motion import Entry, MotionConfig, Walker
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ class FrameRequest:
     """(bins, frames) raw log-mel window centred on this frame (see ``Avatar.mel_windows``)."""
     session: str = ""
     deadline: float = 0.0
+    base: Entry | None = None
+    """The motion bank's frame to paint over (avatars with a bank); None: the idle loop's
+    frame ``idle_index``."""
 
 
 def pingpong(n: int, length: int) -> int:
@@ -84,6 +88,8 @@ class Avatar:
         self.detail = "keep"
         """Whether the frame's own fine detail is kept where the paint agrees with it
         (``avatar.detail``): ``keep`` or ``off``."""
+        self.bank = None
+        """The motion bank (``avatar.bank.MotionBank``), or None for a bundle without one."""
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -122,7 +128,18 @@ class Avatar:
         avatar = cls(path, manifest, gen, dev, idle, reference, head.mel.mean, head.mel.std,
                      dtype)
         avatar._geometry = geometry
+        if manifest.motion is not None:
+            avatar.bank = _load_bank(path, manifest, geometry, cfg.size)
         return avatar
+
+    def walker(self, seed: int = 0, cfg: MotionConfig | None = None) -> Walker | None:
+        """A fresh walk through the motion bank (one per session); None without a bank."""
+        return Walker(self.bank.graph, cfg, seed) if self.bank is not None else None
+
+    def base_frame(self, e: Entry) -> np.ndarray:
+        """The plain frame a motion entry shows (silence, no rendering)."""
+        assert self.bank is not None
+        return self.bank.show(e)
 
     # ------------------------------------------------------------------ audio
     def mel_windows(self, audio16k: np.ndarray) -> np.ndarray:
@@ -168,7 +185,8 @@ class Avatar:
         """Render a batch of requests (any sessions, any idle frames) in one model call."""
         if not requests:
             return []
-        idle = [self.idle[pingpong(r.idle_index, len(self.idle))] for r in requests]
+        idle = [self.bank.background(r.base) if r.base is not None and self.bank is not None
+                else self.idle[pingpong(r.idle_index, len(self.idle))] for r in requests]
         regions = torch.from_numpy(np.stack([f.region for f in idle])).to(self.device)
         mels = np.stack([r.mel for r in requests]).astype(np.float32)
         mels = (mels - self.mel_mean) / self.mel_std
@@ -250,6 +268,26 @@ def _load_idle(path: Path, manifest: Manifest, cfg: HeadConfig
                          f"{len(affines)}; the bundle is damaged")
     geometry = (reg_to_crop, region_mask, ring)
     return prepare_frames(decoded, affines, *geometry, size), geometry
+
+
+def _load_bank(path: Path, manifest: Manifest,
+               geometry: tuple[np.ndarray, np.ndarray, np.ndarray], size: int):  # noqa: ANN202
+    from avatar.bank import MotionBank
+
+    m = manifest.motion
+    assert m is not None
+    try:
+        with np.load(path / m.index, allow_pickle=False) as z:
+            index = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise path_error(path / m.index, f"cannot be read ({e}); bundle damaged") from None
+    if len(index.get("state", ())) != m.frames:
+        raise path_error(path / m.index, f"holds {len(index.get('state', ()))} frames but the "
+                         f"manifest says {m.frames}; the bundle is damaged")
+    bank = MotionBank(path, index, m.files, int(manifest.fps or 25), geometry, size)
+    log.info("motion bank: %d frames (%s)", m.frames,
+             ", ".join(f"{k} {v:.0f} s" for k, v in m.seconds.items()))
+    return bank
 
 
 def prepare_frames(decoded: list[np.ndarray], affines: np.ndarray, reg_to_crop: np.ndarray,

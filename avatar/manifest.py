@@ -146,6 +146,39 @@ class IdleSection:
 
 
 @dataclass(frozen=True)
+class MotionSection:
+    """The motion bank (``training.motion.bank``): the footage's usable stretches the
+    runtime walks through, as chunks of ``chunk`` frames, and their per-frame index."""
+
+    frames: int
+    chunk: int
+    files: list[str]
+    """The chunk videos, in order."""
+    index: str = "motion.npz"
+    seconds: dict = field(default_factory=dict)
+    """Seconds of each state (speaking, listening, idle) in the bank."""
+    short: list[str] = field(default_factory=list)
+    """States with less footage than a lively walk needs."""
+    bytes: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MotionSection:
+        w = "motion."
+        files = _get(d, "files", list, w)
+        if not files or not all(isinstance(f, str) for f in files):
+            raise ManifestError("manifest.json: motion.files should list the chunk videos")
+        return cls(frames=_get(d, "frames", int, w), chunk=_get(d, "chunk", int, w),
+                   files=files, index=_get(d, "index", str, w, "motion.npz"),
+                   seconds=_get(d, "seconds", dict, w, {}),
+                   short=list(_get(d, "short", list, w, [])), bytes=_get(d, "bytes", int, w, 0))
+
+    def to_dict(self) -> dict:
+        return {"frames": self.frames, "chunk": self.chunk, "files": list(self.files),
+                "index": self.index, "seconds": dict(self.seconds), "short": list(self.short),
+                "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
 class VocoderSection:
     """How the voice's mels become audio: ``griffin-lim`` (no weights) or ``vocos``."""
 
@@ -280,6 +313,8 @@ class Manifest:
     head: HeadSection | None = None
     idle: IdleSection | None = None
     voice: VoiceSection | None = None
+    motion: MotionSection | None = None
+    """Absent in bundles made before the motion bank: they stand in their idle loop."""
     schema: int = SCHEMA_VERSION
     kind: str = KIND
 
@@ -309,6 +344,8 @@ class Manifest:
                 head=HeadSection.from_dict(head) if isinstance(head, dict) else None,
                 idle=IdleSection.from_dict(_section(d, "idle")) if head is not None else None,
                 voice=VoiceSection.from_dict(_section(d, "voice")) if "voice" in d else None,
+                motion=MotionSection.from_dict(_section(d, "motion"))
+                if head is not None and "motion" in d else None,
                 schema=version)
         if m.head is not None and (m.fps is None or m.frame_size is None or
                                    m.crop_size is None):
@@ -325,6 +362,8 @@ class Manifest:
             d.update(fps=self.fps, frame_size=list(self.frame_size or ()),
                      crop_size=self.crop_size, source=self.source, head=self.head.to_dict(),
                      idle=self.idle.to_dict() if self.idle else None)
+            if self.motion is not None:
+                d["motion"] = self.motion.to_dict()
         if self.voice is not None:
             d["voice"] = self.voice.to_dict()
         d["files"] = dict(self.files)

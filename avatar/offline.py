@@ -113,12 +113,20 @@ def say_file(bundle: Path, text: str, out: Path, device: str = "cpu", pace: floa
             "out": str(out)}
 
 
-def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16) -> dict:
-    """Speak 16 kHz ``audio`` over the avatar's idle loop into ``out`` with the audio."""
+def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16,
+                 seed: int = 0) -> dict:
+    """Speak 16 kHz ``audio`` into ``out`` with the audio: over the person's own speaking
+    and silent footage where the bundle has a motion bank, else over its idle loop."""
     from tqdm import tqdm
+
+    from avatar.motion import plan_walk, speech_activity
 
     windows = avatar.mel_windows(audio)
     n = len(windows)
+    walker = avatar.walker(seed)
+    bases: list = [None] * n
+    if walker is not None:
+        bases = plan_walk(walker, *speech_activity(audio, n, avatar.fps, SPEECH_RATE))
     w, h = avatar.manifest.frame_size or (0, 0)
     t0 = time.perf_counter()
     try:
@@ -127,7 +135,11 @@ def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16) 
         raise path_error(out, f"cannot be written ({e.strerror})") from None
     with writer, tqdm(total=n, desc="render", unit="frame", disable=not _bars()) as pb:
         for a in range(0, n, batch):
-            reqs = [FrameRequest(idle_index=i, mel=windows[i]) for i in range(a, min(n, a + batch))]
+            reqs = [FrameRequest(idle_index=i, mel=windows[i], base=bases[i])
+                    for i in range(a, min(n, a + batch))]
+            if avatar.bank is not None:  # decode the next batch's frames meanwhile
+                avatar.bank.prefetch([f for b in bases[a + batch: a + 2 * batch]
+                                      for f in b.frames()])
             for i, frame in zip(range(a, a + len(reqs)), avatar.render(reqs), strict=True):
                 writer.write(frame)
                 s0 = int(i * SPEECH_RATE / avatar.fps)

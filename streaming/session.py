@@ -25,6 +25,7 @@ import numpy as np
 
 from avatar.avatar import Avatar, FrameRequest
 from avatar.errors import TwincastError
+from avatar.motion import Entry
 from streaming.events import (
     Interrupted,
     SessionEvent,
@@ -114,6 +115,8 @@ class Utterance:
     pace: float = 1.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once it has been spoken, or dropped."""
+    planned_end: bool = False
+    """Whether the walk back to silent footage has been planned (once its length is known)."""
 
 
 class Session:
@@ -145,6 +148,11 @@ class Session:
         """More state for ``describe`` (an RTMP output's, for a stream)."""
         self._preroll: deque[tuple[np.ndarray, int]] = deque()
         self._quiet_s = 0.0
+        self.motion = MotionTimeline(avatar, int(self.id, 16) % 2**31) \
+            if getattr(avatar, "bank", None) is not None else None
+        """The walk through the avatar's own footage (avatars with a motion bank)."""
+        self._silent_window: np.ndarray | None = None
+        self._painted: set[int] = set()
 
     # ------------------------------------------------------------ control
     def start(self) -> None:
@@ -230,6 +238,11 @@ class Session:
         self.queue.clear()
         self.scheduler.cancel(self.id)
         self.rendered.clear()
+        self._painted.clear()
+        if self.motion is not None:
+            # The frames planned as speech were never rendered: walk to silence from the
+            # next frame (its first frames are painted shut, see _paint_silence).
+            self.motion.replan(self.motion.shown + 1)
         if emit and dropped:
             self.stats["interrupts"] += 1
             self._emit(Interrupted, None)
@@ -250,6 +263,8 @@ class Session:
             self.stats["frames_late"] += 1
             if k - u.start_frame < 5:
                 self.stats["frames_late_at_start"] += 1
+        if self.motion is not None:
+            return self.avatar.base_frame(self.motion.shown_at(k, self._mode))
         return self.avatar.idle_frame(k)
 
     def audio_frame(self, j: int) -> np.ndarray:
@@ -294,14 +309,62 @@ class Session:
         """Scheduler thread -> event loop."""
         if self._loop is None or self._loop.is_closed():
             return
-        self._loop.call_soon_threadsafe(self._store, job.request.idle_index, frame, status)
+        self._loop.call_soon_threadsafe(self._store, job.request.idle_index, frame, status,
+                                        job.request.base)
 
-    def _store(self, k: int, frame: np.ndarray | None, status: str) -> None:
+    def _store(self, k: int, frame: np.ndarray | None, status: str,
+               base: Entry | None = None) -> None:
         if status == "late":  # the scheduler gave up on it: it could not be in time
             self.stats["frames_dropped_late"] += 1
+        if self.motion is not None and base is not None and \
+                self.motion.entries.get(k, base) != base:
+            return  # painted over a plan that has changed since (speech placed, barge-in)
         if frame is not None and self.state != "closed":
             self.rendered[k] = frame
             self.stats["frames_rendered"] += 1
+
+    def _mode(self, k: int) -> str:
+        """Whether frame ``k`` is planned as speech: from the first queued utterance's start
+        to a cross-fade's length before its end (so the walk is back in silent footage by
+        the time the painted mouth stops), or on while its length is unknown."""
+        u = self.queue[0] if self.queue else None
+        if u is None or u.start_frame is None or k < u.start_frame:
+            return "silent"
+        total = u.speech.total_video_frames
+        if total is None:
+            return "speaking"
+        lead = self.motion.fade if self.motion is not None and total > 3 * \
+            self.motion.fade else 0
+        return "speaking" if k < u.start_frame + total - lead else "silent"
+
+    def _speech_frame(self, k: int) -> bool:
+        """Whether frame ``k`` belongs to the speech being said (rendered with it)."""
+        u = self.queue[0] if self.queue else None
+        if u is None or u.start_frame is None or k < u.start_frame:
+            return False
+        total = u.speech.total_video_frames
+        return total is None or k < u.start_frame + total
+
+    def _paint_silence(self, current: int) -> None:
+        """Frames about to be shown whose footage has a talking mouth (a speaking stretch
+        fading out, or a listener's open mouth) get a closed mouth painted, like speech."""
+        assert self.motion is not None
+        fps = self.cfg.fps
+        for k in range(current + 1, current + 1 + self.cfg.render_ahead_frames):
+            if k in self._painted or self._speech_frame(k):
+                continue
+            e = self.motion.at(k, self._mode)
+            if not self.motion.mouthy(e):
+                continue
+            if self._silent_window is None:
+                self._silent_window = self.avatar.silent_requests(1)[0].mel
+            req = FrameRequest(k, self._silent_window, self.id,
+                               self.clock.absolute(k / fps - self.cfg.deadline_margin_s),
+                               base=e)
+            self._painted.add(k)
+            self.scheduler.submit(self.avatar_name, req, self._on_rendered)
+        for old in [i for i in self._painted if i < current - fps]:
+            self._painted.discard(old)
 
     async def _produce(self) -> None:
         """Every few milliseconds: place new speech, collect its ready audio and frames,
@@ -309,6 +372,10 @@ class Session:
         fps = self.cfg.fps
         while True:
             await asyncio.sleep(0.005)
+            if self.clock.t0 is not None and self.motion is not None:
+                current = int(self.clock.now() * fps)
+                self.motion.prefetch(current, self._mode)
+                self._paint_silence(current)
             if self.clock.t0 is None or not self.queue:
                 continue
             u = self.queue[0]
@@ -324,7 +391,14 @@ class Session:
                 margin = max(margin, self.scheduler.lead_time(self.cfg.first_frames)
                              + self.cfg.start_safety_s)
                 u.start_frame = math.ceil((now + margin) * fps)
+                if self.motion is not None:  # the walk turns to speaking footage here
+                    self.motion.replan(u.start_frame)
             s = u.start_frame
+            if self.motion is not None and u.speech.total_video_frames is not None and \
+                    not u.planned_end:
+                u.planned_end = True  # its length is known: plan the way back to silence
+                self.motion.replan(max(s + u.submitted, s + u.speech.total_video_frames
+                                       - self.motion.fade))
             for n, window in u.speech.ready_video():
                 u.windows[n] = window
             self._collect_audio(u)
@@ -336,8 +410,10 @@ class Session:
                 k = s + u.submitted
                 if k > current + self.cfg.render_ahead_frames:
                     break
+                base = self.motion.at(k, self._mode) if self.motion is not None else None
                 req = FrameRequest(k, u.windows.pop(u.submitted), self.id,
-                                   self.clock.absolute(k / fps - self.cfg.deadline_margin_s))
+                                   self.clock.absolute(k / fps - self.cfg.deadline_margin_s),
+                                   base=base)
                 if self.scheduler.submit(self.avatar_name, req, self._on_rendered) is None:
                     self.stats["frames_late"] += 1
                 u.submitted += 1
@@ -360,6 +436,66 @@ class Session:
                 "speaking": bool(u and u.start_frame is not None),
                 "queued": len(self.queue), "stream_time": round(self.clock.now(), 3),
                 **self.stats, **(self.describe_extra() if self.describe_extra else {})}
+
+
+class MotionTimeline:
+    """One session's walk through the motion bank, frame by frame: decided as late as
+    possible and re-planned from any frame not yet shown or handed to the renderer (when
+    speech is placed, when its length becomes known, on barge-in)."""
+
+    KEEP = 100
+    """Frames of history kept (for a replan a little into the past, and late lookups)."""
+
+    def __init__(self, avatar: Avatar, seed: int):
+        walker = avatar.walker(seed)
+        assert walker is not None and avatar.bank is not None
+        self.walker = walker
+        self.bank = avatar.bank
+        self.fade = walker.cfg.fade
+        self.entries: dict[int, Entry] = {}
+        self._snaps: dict[int, tuple] = {}
+        self.next = 0
+        """The first frame not yet planned."""
+        self.shown = -1
+        """The last frame shown (never re-planned)."""
+        self.prefetch_s = 1.0
+
+    def at(self, k: int, mode: Callable[[int], str]) -> Entry:
+        """The entry frame ``k`` shows, planning up to it with ``mode`` where needed."""
+        if k < self.next - self.KEEP:  # far in the past (not asked for in practice)
+            k = self.next - self.KEEP
+        while self.next <= k:
+            self._snaps[self.next] = self.walker.snapshot()
+            self.entries[self.next] = self.walker.next(mode(self.next))
+            self.next += 1
+        for old in [i for i in self.entries if i < self.next - self.KEEP]:
+            del self.entries[old]
+            self._snaps.pop(old, None)
+        return self.entries[k]
+
+    def shown_at(self, k: int, mode: Callable[[int], str]) -> Entry:
+        self.shown = max(self.shown, k)
+        return self.at(k, mode)
+
+    def replan(self, k: int) -> None:
+        """Forget the plan from frame ``k`` on (never a frame already shown)."""
+        k = max(k, self.shown + 1)
+        if k >= self.next or k not in self._snaps:
+            return
+        self.walker.restore(self._snaps[k])
+        for i in range(k, self.next):
+            self.entries.pop(i, None)
+            self._snaps.pop(i, None)
+        self.next = k
+
+    def mouthy(self, e: Entry) -> bool:
+        return bool(self.bank.graph.mouthy[list(e.frames())].any())
+
+    def prefetch(self, current: int, mode: Callable[[int], str]) -> None:
+        """Plan the next second and have its frames decoded before they are due."""
+        ahead = current + int(self.prefetch_s * self.bank.graph.fps)
+        self.bank.prefetch([f for k in range(max(current, self.shown + 1), ahead)
+                            for f in self.at(k, mode).frames()])
 
 
 async def listen(session: Session, track) -> None:  # noqa: ANN001 - aiortc's remote track

@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "side by side, then once more without --only to finish and export")
     tv.set_defaults(func=cmd_train_voice)
 
+    tm = tsub.add_parser("motion", help="(re)build the motion bank of the enrolment's bundle "
+                         "from WORKDIR/features and the source footage")
+    tm.add_argument("workdir", type=Path)
+    tm.add_argument("--name", help="which bundle in WORKDIR/avatars (if several)")
+    tm.set_defaults(func=cmd_train_motion)
+
     sy = sub.add_parser("say", help="speak text in the avatar's voice to a .wav file")
     sy.add_argument("bundle", type=Path)
     sy.add_argument("text", help="what to say")
@@ -213,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the frame's own fine detail where the paint agrees with it "
                          "(keep, as rendering does) or composite the paint as it is (off)")
     eh.set_defaults(func=cmd_eval_head)
+    em = evsub.add_parser("motion", help="head motion, seams and repetition of the motion "
+                          "bank's walk, driven by held-out clips' audio")
+    em.add_argument("bundle", type=Path)
+    em.add_argument("--footage", type=Path, nargs="+", required=True,
+                    help="held-out clips of the same person (their audio drives the walk, "
+                    "their head motion is the reference)")
+    em.add_argument("-o", "--out", type=Path, required=True, help="folder for the report")
+    em.add_argument("--device", default="cpu")
+    em.add_argument("--passes", type=int, default=3,
+                    help="times the clips are played, each pass in a new order")
+    em.add_argument("--seed", type=int, default=0)
+    em.add_argument("--no-video", action="store_true", help="skip writing motion.mp4")
+    em.set_defaults(func=cmd_eval_motion)
     evv = evsub.add_parser("voice", help="intelligibility, likeness and timing of the voice "
                            "on held-out recordings")
     evv.add_argument("bundle", type=Path)
@@ -441,6 +460,34 @@ def cmd_train_head(args: argparse.Namespace) -> int:
         log.info("avatar bundle: %s (head trained in %.0f s)", out["bundle"],
                  out["head_seconds"])
     _say_plan(out)
+    return 0
+
+
+def cmd_eval_motion(args: argparse.Namespace) -> int:
+    from training.evaluate_motion import MotionEvalConfig, evaluate_motion
+
+    if args.passes < 1:
+        raise TwincastError(f"--passes {args.passes}: must be at least 1")
+    report = evaluate_motion(args.bundle, args.footage, args.out, args.device,
+                             MotionEvalConfig(passes=args.passes, seed=args.seed),
+                             video=not args.no_video)
+    print(json.dumps(report, indent=2))
+    log.info("report, head-angle plot and worst seams in %s", args.out)
+    return 0
+
+
+def cmd_train_motion(args: argparse.Namespace) -> int:
+    from training.head.export import add_motion
+    from training.workdir import Workdir
+
+    wd = Workdir(args.workdir)
+    bundles = [b for b in wd.bundles() if not args.name or b.name == args.name]
+    if len(bundles) != 1:
+        raise TwincastError(f"{wd.avatars}: " + ("holds several bundles; say which with "
+                            "--name" if bundles else "no such bundle; enrol first"))
+    section = add_motion(bundles[0], wd.features)
+    print(json.dumps({"bundle": str(bundles[0]), **section.to_dict(),
+                      "files": len(section.files)}, indent=2))
     return 0
 
 

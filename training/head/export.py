@@ -17,7 +17,7 @@ from avatar import atomic
 from avatar.audio import FACE_MEL
 from avatar.bundle import sha256_file, write_manifest
 from avatar.errors import path_error
-from avatar.manifest import HeadMel, HeadSection, IdleSection, Manifest
+from avatar.manifest import HeadMel, HeadSection, IdleSection, Manifest, MotionSection
 from avatar.models.head import HeadConfig
 from avatar.video_io import VideoWriter
 from training.face import mouth_opening
@@ -25,6 +25,7 @@ from training.head.data import cut_region
 from training.head.idle import choose_idle
 from training.head.train import TrainedHead, head_preset
 from training.ingest import iter_frames, probe
+from training.motion.bank import MIN_SECONDS
 from training.voice.train import TrainedVoice
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, preset: str,
-                  idle_seconds: float = 6.0, voice: TrainedVoice | None = None) -> Path:
+                  idle_seconds: float = 6.0, voice: TrainedVoice | None = None,
+                  motion: bool = True) -> Path:
     """Write the bundle to ``out`` atomically (a failed export leaves no half bundle)."""
     model = head.gen.cfg
     manifest_in = json.loads((features_dir / "manifest.json").read_text())
@@ -71,8 +73,12 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
         cv2.imwrite(str(tmp / "mask.png"), mask)
         gen = {k: v.detach().cpu().contiguous() for k, v in head.gen.state_dict().items()}
         save_file(gen, str(tmp / "head.safetensors"))
-        files = {f: sha256_file(tmp / f) for f in ("head.safetensors", "idle.mp4", "idle.npz",
-                                                    "reference.png", "mask.png")}
+        names = ["head.safetensors", "idle.mp4", "idle.npz", "reference.png", "mask.png"]
+        motion_section = _write_bank(features_dir, tmp, (width, height), fps) if motion \
+            else None
+        if motion_section is not None:
+            names += motion_section.files + [motion_section.index]
+        files = {f: sha256_file(tmp / f) for f in names}
         voice_section = None
         if voice is not None:
             from training.voice.export import write_voice
@@ -95,10 +101,72 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
                 expert_steps=head.expert_steps, gen_steps=head.gen_steps, lips=head.lips,
                 plan=head.plan),
             idle=IdleSection(frames=idle.stop - idle.start, clip=idle.clip, start=idle.start),
-            voice=voice_section)
+            voice=voice_section, motion=motion_section)
         write_manifest(tmp, manifest)
     log.info("avatar bundle written: %s", out)
     return out
+
+
+def add_motion(bundle: Path, features_dir: Path) -> MotionSection:
+    """Build the motion bank into an existing bundle (one made before banks existed, or to
+    rebuild it): new files under new names, the manifest replaced last in one atomic
+    write, then the old bank removed; a failure leaves the old bundle working."""
+    import shutil
+    import time
+
+    from avatar.bundle import read_manifest
+
+    manifest = read_manifest(bundle)
+    if manifest.head is None or manifest.frame_size is None:
+        raise path_error(bundle, "has no face (a voice-only bundle): nothing to move")
+    tag = f"{int(time.time())}"
+    folder, index = f"motion-{tag}", f"motion-{tag}.npz"
+    try:
+        section = _write_bank(features_dir, bundle, tuple(manifest.frame_size),
+                              int(manifest.fps or 25), folder, index)
+    except BaseException:
+        shutil.rmtree(bundle / folder, ignore_errors=True)
+        (bundle / index).unlink(missing_ok=True)
+        raise
+    old = manifest.motion
+    kept = {k: v for k, v in manifest.files.items()
+            if old is None or (k not in old.files and k != old.index)}
+    new = {f: sha256_file(bundle / f) for f in section.files + [section.index]}
+    write_manifest(bundle, manifest.replace(motion=section, files={**kept, **new}))
+    if old is not None:
+        for f in old.files + [old.index]:
+            (bundle / f).unlink(missing_ok=True)
+        for d in {str(Path(f).parent) for f in old.files}:
+            if d not in (".", folder):
+                shutil.rmtree(bundle / d, ignore_errors=True)
+    return section
+
+
+def _write_bank(features_dir: Path, tmp: Path, size: tuple[int, int], fps: int,
+                folder: str = "motion", index: str = "motion.npz") -> MotionSection:
+    """The motion bank (training/motion/bank.py) at the bundle's output size."""
+    from training.motion.bank import BankConfig, build_bank
+    from training.progress import bar
+
+    manifest_in = json.loads((features_dir / "manifest.json").read_text())
+    total = sum(int(c.get("frames", 0)) for c in manifest_in["clips"]) or None
+    cfg = BankConfig()
+    with bar(total, "motion bank", "frame") as pb:
+        try:
+            res = build_bank(features_dir, tmp, size, fps, cfg, progress=pb.update,
+                             folder=folder, index=index)
+        except ValueError as e:
+            raise path_error(features_dir, f"cannot make a motion bank: {e}") from None
+    log.info("motion bank: %d frames in %d chunks, %.1f MB (%s)", res.frames, res.chunks,
+             res.bytes / 1e6, ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items()))
+    for state in res.short:
+        log.warning("the footage has only %.0f s of %s (a lively walk wants at least "
+                    "%.0f s): the avatar repeats itself sooner there", res.seconds[state],
+                    state, MIN_SECONDS[state])
+    return MotionSection(frames=res.frames, chunk=cfg.chunk,
+                         files=[f for f in res.files if f.endswith(".mp4")],
+                         index=index, seconds=res.seconds, short=res.short,
+                         bytes=res.bytes)
 
 
 def _write_reference(clip_dir: Path, meta: dict, start: int, raw: np.ndarray,

@@ -1,0 +1,181 @@
+"""Reading the motion bank at run time: frames decoded a chunk at a time, kept in a small
+cache, and made ready for compositing (``avatar.avatar.prepare_frames``).
+
+A chunk is ``chunk`` frames (32 by default): reaching any frame decodes at most that many.
+Sessions ask ``prefetch`` for the frames they will show next, so the decoding happens on
+the bank's own thread, ahead of the frame's time, not on the event loop or in the middle of
+a render batch. The cache is bounded in bytes; the least recently used frames go first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from avatar.avatar import _IdleFrame, prepare_frames
+from avatar.decode import DecodeError, rgb_frames
+from avatar.errors import path_error
+from avatar.motion import Entry, MotionGraph
+
+log = logging.getLogger(__name__)
+
+
+class MotionBank:
+    def __init__(self, path: Path, index: dict[str, np.ndarray], files: list[str], fps: int,
+                 geometry: tuple[np.ndarray, np.ndarray, np.ndarray], size: int,
+                 cache_mb: float = 512.0):
+        self.path = path
+        self.index = index
+        self.files = files
+        self.chunk = int(index["chunk"])
+        self.n = len(index["state"])
+        self.graph = MotionGraph(index, fps)
+        self._geometry = geometry
+        self._size = size
+        self._affine = index["crop_affine"].astype(np.float64)
+        self._frames: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._prepared: OrderedDict[Entry, _IdleFrame] = OrderedDict()
+        self._bytes = 0
+        self._limit = int(cache_mb * 2**20)
+        self._lock = threading.Lock()
+        self._decode_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._queued: set[int] = set()
+        self.decoded_chunks = 0
+
+    # ------------------------------------------------------------------ frames
+    def rgb(self, i: int) -> np.ndarray:
+        """Bank frame ``i`` (H, W, 3) uint8 at the output size."""
+        with self._lock:
+            f = self._frames.get(i)
+            if f is not None:
+                self._frames.move_to_end(i)
+                return f
+        self._decode(i)
+        with self._lock:
+            f = self._frames.get(i)
+        if f is None:  # evicted at once: a cache smaller than one chunk
+            raise path_error(self.path / self.files[i // self.chunk],
+                             "frame missing after decoding; the bundle is damaged")
+        return f
+
+    def _decode(self, i: int) -> None:
+        c = i // self.chunk
+        with self._decode_lock:  # one decoder at a time; a second caller waits for it
+            with self._lock:
+                if i in self._frames:
+                    return
+            name = self.files[c]
+            first = c * self.chunk
+            try:
+                got = []
+                for j, rgb in enumerate(rgb_frames(self.path / name)):
+                    # Frames before the one asked for were shown already (the walk plays
+                    # forwards): keep from it on.
+                    if first + j >= i:
+                        got.append((first + j, rgb))
+            except DecodeError as e:
+                raise path_error(self.path / name, f"cannot be decoded ({e}); bundle "
+                                 "damaged") from None
+            self.decoded_chunks += 1
+            with self._lock:
+                for j, rgb in got:
+                    if j not in self._frames:
+                        self._frames[j] = rgb
+                        self._bytes += rgb.nbytes
+                self._frames.move_to_end(i)
+                while self._bytes > self._limit and len(self._frames) > self.chunk:
+                    _, old = self._frames.popitem(last=False)
+                    self._bytes -= old.nbytes
+                self._queued.discard(c)
+
+    def prefetch(self, frames: list[int]) -> None:
+        """Decode the chunks holding ``frames`` on the bank's thread (returns at once)."""
+        with self._lock:
+            todo = sorted({f for f in frames if f not in self._frames})
+        if not todo:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="bank")
+        for f in todo:
+            c = f // self.chunk
+            with self._lock:
+                if c in self._queued:
+                    continue
+                self._queued.add(c)
+            self._pool.submit(self._safe_decode, f)
+
+    def _safe_decode(self, i: int) -> None:
+        try:
+            self._decode(i)
+        except Exception:  # noqa: BLE001 - the frame is decoded again (and fails loudly) when shown
+            log.exception("prefetching bank frame %d failed", i)
+            with self._lock:
+                self._queued.discard(i // self.chunk)
+
+    # ------------------------------------------------------------------ entries
+    def show(self, e: Entry) -> np.ndarray:
+        """The plain frame an entry shows (no painted mouth)."""
+        return self._compose(e)[0]
+
+    def _compose(self, e: Entry) -> tuple[np.ndarray, np.ndarray]:
+        """The entry's frame and its crop transform (frame pixels -> crop pixels).
+
+        A cross-fade is a morph, not a dissolve: both frames are moved toward a face
+        position between theirs (the leaving frame toward the entering one's by ``w``,
+        the entering one from the leaving one's), then mixed, so the face slides from one
+        place to the other instead of showing twice. The crop transforms are similarities
+        ([[a, -b], [b, a]]), a linear family, so a mix of two is one too.
+        """
+        a = self.rgb(e.a)
+        if e.b < 0:
+            return a, self._affine[e.a]
+        b = self.rgb(e.b)
+        ca, cb = _h(self._affine[e.a]), _h(self._affine[e.b])
+        b_to_a = np.linalg.inv(ca) @ cb        # b's frame pixels -> where a has that face
+        a_to_b = np.linalg.inv(b_to_a)
+        eye = np.eye(3)
+        move_a = (1 - e.w) * eye + e.w * a_to_b
+        move_b = (1 - e.w) * b_to_a + e.w * eye
+        h, w = a.shape[:2]
+        wa = _warp(a, move_a, (w, h))
+        wb = _warp(b, move_b, (w, h))
+        mixed = wa.astype(np.float32) * (1 - e.w) + wb.astype(np.float32) * e.w
+        crop = (1 - e.w) * (ca @ np.linalg.inv(move_a)) + e.w * (cb @ np.linalg.inv(move_b))
+        return np.rint(mixed).astype(np.uint8), crop[:2]
+
+    def background(self, e: Entry) -> _IdleFrame:
+        """Everything compositing needs for an entry (cached: a frame is usually painted
+        once and shown once)."""
+        with self._lock:
+            p = self._prepared.get(e)
+            if p is not None:
+                return p
+        frame, affine = self._compose(e)
+        p = prepare_frames([frame], affine[None], *self._geometry, self._size)[0]
+        with self._lock:
+            self._prepared[e] = p
+            while len(self._prepared) > 96:
+                self._prepared.popitem(last=False)
+        return p
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _h(m: np.ndarray) -> np.ndarray:
+    return np.vstack([m, [0.0, 0.0, 1.0]])
+
+
+def _warp(img: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if np.allclose(m, np.eye(3), atol=1e-4):
+        return img
+    return cv2.warpAffine(img, m[:2], size, flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)

@@ -1,0 +1,345 @@
+"""The motion graph: which of the person's own frames the avatar shows next.
+
+The bank (``training.motion.bank``) holds the enrolment footage's usable stretches, each
+frame labelled speaking, listening or idle. The runtime plays a stretch forwards while it
+fits what the avatar is doing, and leaves it for another frame of the right state whose
+pose, position, landmarks, shoulders and face-area pixels (and their velocities) agree
+with the frame it leaves, cross-fading over a few frames so no jump shows. Nothing is ever
+played backwards. Frames used within the last minute are priced out, so a 2-second stretch
+does not come back while the viewer might remember it, and among the few best transitions
+one is drawn at random. While speaking, the stretch's own speech loudness is matched to
+the new speech's where it is known (a larger movement where the new speech is louder, as
+in the person's own footage).
+
+The graph is implicit: the cost from one frame to every frame of the bank is a few
+thousand multiply-adds a frame, so a transition is priced when it is needed and nothing
+quadratic is stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+IDLE, LISTENING, SPEAKING = 0, 1, 2
+OPEN_MOUTH = 0.04
+"""Mouth opening (inner-lip gap over eye distance) above which a frame's own mouth reads as
+talking: such a frame is never shown without a painted mouth."""
+
+
+WANTS = {"speaking": (SPEAKING,), "silent": (LISTENING, IDLE)}
+"""The footage states each mode of the avatar may show."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What one output frame shows: bank frame ``a``, cross-faded toward ``b`` by ``w``."""
+
+    a: int
+    b: int = -1
+    w: float = 0.0
+
+    def frames(self) -> tuple[int, ...]:
+        return (self.a,) if self.b < 0 else (self.a, self.b)
+
+
+@dataclass(frozen=True)
+class MotionConfig:
+    fade: int = 8
+    """Most frames of cross-fade at a seam (320 ms at 25 fps): the change between two
+    stretches is spread over as many frames as keep each frame's change within the
+    footage's usual one (``accept_quantile``), at least ``min_fade``."""
+    min_fade: int = 2
+    group_weights: tuple[float, ...] = (1.0, 1.0, 0.5, 1.0, 0.5, 3.0)
+    """How much pose, position, size, landmarks, shoulders and face-area pixels count in
+    a transition's cost. Pixels most: what a viewer sees jump is the picture."""
+    min_stay_s: float = 0.6
+    """A stretch entered is played at least this long (no flicker between stretches)."""
+    max_stay_s: float = 4.0
+    """After this long in one stretch the walk looks for a good way out (variety)."""
+    leave_quantile: float = 75.0
+    """A voluntary transition is taken only if it costs no more than this percentile of
+    the footage's own frame-to-frame costs; a forced one takes the best there is."""
+    recent_s: float = 60.0
+    repeat_window_s: float = 2.0
+    """A frame whose next ``repeat_window_s`` hold a frame shown within ``recent_s`` is
+    priced out of the next choice: no 2-second stretch twice in a minute."""
+    accept_quantile: float = 75.0
+    """The next stretch is drawn uniformly among all frames whose transition, spread over
+    the cross-fade, changes each frame no more than this percentile of the footage's own
+    frame-to-frame changes: the cheapest alone would steer the walk toward the stillest
+    footage (still frames match anything)."""
+    choices: int = 3
+    """Where none is that cheap: drawn among this many of the cheapest..."""
+    choice_slack: float = 1.5
+    """...that cost at most this many times the cheapest."""
+    velocity_weight: float = 0.5
+    envelope_weight: float = 2.0
+    envelope_s: float = 1.0
+
+
+@dataclass
+class _State:
+    cur: int
+    stay: int
+    pending: list[Entry] = field(default_factory=list)
+    reused: int = 0
+    """Frames in a row shown again within the last minute."""
+
+
+class MotionGraph:
+    """The bank's per-frame features, standardised so a cost of 1 is a typical change
+    between two consecutive frames of the footage."""
+
+    def __init__(self, index: dict[str, np.ndarray], fps: int,
+                 group_weights: tuple[float, ...] = MotionConfig.group_weights):
+        self.fps = fps
+        self.n = len(index["state"])
+        self.state = index["state"].astype(np.int8)
+        self.cont = index["cont"].astype(bool)
+        self.loud = np.clip((index["loudness_db"].astype(np.float32) + 60) / 20, 0, 3)
+        opening = index["opening"].astype(np.float32)
+        self.mouthy = (self.state == SPEAKING) | ~(np.nan_to_num(opening, nan=1.0)
+                                                    <= OPEN_MOUTH)
+        iod = np.maximum(index["iod"].astype(np.float32), 1.0)[:, None]
+        centre = index["centre"].astype(np.float32)
+        lm = (index["landmarks"].astype(np.float32) - centre[:, None, :]) / iod[:, :, None]
+        sh = index["shoulders"].astype(np.float32).reshape(self.n, -1)
+        sh_ok = np.isfinite(sh).all(1)
+        sh = np.where(sh_ok[:, None], sh, np.nanmedian(sh, axis=0) if sh_ok.any() else 0.0)
+        thumb = index["thumb"].astype(np.float32)
+        t = thumb.shape[1] // 8 * 8
+        pooled = thumb[:, :t, :t].reshape(self.n, 8, t // 8, 8, t // 8).mean((2, 4))
+        groups = {"pose": index["euler"].astype(np.float32), "position": centre,
+                  "size": np.log(iod), "landmarks": lm.reshape(self.n, -1),
+                  "shoulders": np.nan_to_num(sh), "pixels": pooled.reshape(self.n, -1)}
+        pairs = np.flatnonzero(self.cont[:-1]) if self.n > 1 else np.zeros(0, int)
+        cols, weights = [], []
+        for x, gw in zip(groups.values(), group_weights, strict=True):
+            x = np.nan_to_num(x.astype(np.float32))
+            d = np.abs(x[pairs + 1] - x[pairs]) if pairs.size else np.ones_like(x[:1])
+            # One scale per group: a typical frame-to-frame change of that group.
+            scale = max(float(np.median(d)), 1e-3) if d.size else 1.0
+            cols.append(x / scale)
+            weights.append(np.full(x.shape[1], gw / x.shape[1], np.float32))
+        self.x = np.concatenate(cols, 1)
+        self.w = np.concatenate(weights) / sum(group_weights)
+        vel = np.zeros_like(self.x)
+        if pairs.size:
+            vel[pairs + 1] = self.x[pairs + 1] - self.x[pairs]
+        # A stretch's first frame moves as its second does.
+        first = np.flatnonzero(~np.concatenate([[False], self.cont[:-1]]))
+        ok = first[(first + 1 < self.n)]
+        ok = ok[self.cont[ok]]
+        vel[ok] = vel[ok + 1]
+        self.vel = vel
+        # Frames of uninterrupted playback from each frame on (itself included).
+        left = np.ones(self.n, np.int32)
+        for i in range(self.n - 2, -1, -1):
+            if self.cont[i]:
+                left[i] = left[i + 1] + 1
+        self.left = left
+        # The same, counting only frames of one state group (speaking, or silent).
+        self.left_in: dict[tuple[int, ...], np.ndarray] = {}
+        for want in WANTS.values():
+            inside = np.isin(self.state, want)
+            run = inside.astype(np.int32)
+            for i in range(self.n - 2, -1, -1):
+                if inside[i] and self.cont[i]:
+                    run[i] = run[i + 1] + 1
+            self.left_in[want] = run
+
+    def costs(self, src: int, vel_weight: float) -> np.ndarray:
+        """Cost of showing each bank frame right after frame ``src``'s successor would
+        have been: how far its look and its motion are from continuing ``src``."""
+        nxt = self.x[src] + self.vel[src]
+        d = np.square(self.x - nxt) @ self.w
+        dv = np.square(self.vel - self.vel[src]) @ self.w
+        return d + vel_weight * dv
+
+    def consecutive_cost(self) -> np.ndarray:
+        """The same cost between each frame and its own successor in the footage: the
+        yardstick transitions are compared with."""
+        i = np.flatnonzero(self.cont[:-1])
+        if not i.size:
+            return np.zeros(1, np.float32)
+        return np.square(self.x[i + 1] - (self.x[i] + self.vel[i])) @ self.w
+
+
+class Walker:
+    """One viewer's walk through the bank. ``next(mode)`` gives the next output frame;
+    ``snapshot``/``restore`` let a timeline re-plan from a frame already decided."""
+
+    def __init__(self, graph: MotionGraph, cfg: MotionConfig | None = None, seed: int = 0,
+                 start: int | None = None):
+        self.g = graph
+        self.cfg = cfg or MotionConfig()
+        self.rng = np.random.default_rng(seed)
+        fps = graph.fps
+        self.min_stay = max(1, int(round(self.cfg.min_stay_s * fps)))
+        self.max_stay = max(self.min_stay, int(round(self.cfg.max_stay_s * fps)))
+        self.recent = int(round(self.cfg.recent_s * fps))
+        self.ahead = max(1, int(round(self.cfg.repeat_window_s * fps)))
+        self.last_used = np.full(graph.n, -10**9, np.int64)
+        self.k = 0
+        silent = np.isin(graph.state, WANTS["silent"]) & ~graph.mouthy
+        pool = np.flatnonzero(silent) if silent.any() else np.arange(graph.n)
+        first = int(pool[np.argmax(graph.left[pool])]) if start is None else start
+        self.s = _State(cur=first, stay=1, pending=[Entry(first)])
+        self.transitions = 0
+        natural = graph.consecutive_cost()
+        self.leave_cost = float(np.percentile(natural, self.cfg.leave_quantile))
+        # A difference spread over a fade of f frames changes each by 1/(f+1) of it, and
+        # the cost is squared.
+        self.step_cost = float(np.percentile(natural, self.cfg.accept_quantile))
+        self.accept_cost = self.step_cost * (self.cfg.fade + 1) ** 2
+
+    def snapshot(self) -> tuple:
+        return (dataclasses.replace(self.s, pending=list(self.s.pending)), self.k)
+
+    def restore(self, snap: tuple) -> None:
+        s, self.k = snap
+        self.s = dataclasses.replace(s, pending=list(s.pending))
+
+    def next(self, mode: str, envelope: np.ndarray | None = None) -> Entry:
+        """The next output frame while the avatar is ``speaking`` or ``silent``.
+        ``envelope``: the coming speech's loudness (dB per frame), where known."""
+        s = self.s
+        if s.pending:
+            e = s.pending.pop(0)
+        else:
+            e = self._step(WANTS[mode], envelope)
+        for f in e.frames():
+            self.last_used[f] = self.k
+        self.k += 1
+        return e
+
+    def _step(self, want: tuple[int, ...], envelope: np.ndarray | None) -> Entry:
+        g, s, c = self.g, self.s, self.cfg
+        cur = s.cur
+        nxt = cur + 1 if 0 <= cur < g.n - 1 and g.cont[cur] else -1
+        # Frames shown within the last minute may come back for a moment, never for
+        # long: a run of them ends the stretch.
+        fresh = nxt >= 0 and self.k - self.last_used[nxt] >= self.recent
+        s.reused = 0 if fresh else s.reused + 1
+        fits = nxt >= 0 and g.left_in[want][nxt] > c.fade and s.reused < self.ahead // 3
+        if fits and s.stay < self.max_stay:
+            s.cur, s.stay = nxt, s.stay + 1
+            return Entry(nxt)
+        target, cost = self._choose(cur if cur >= 0 else 0, want, envelope)
+        if fits and (target < 0 or cost > self.leave_cost):
+            s.cur, s.stay = nxt, s.stay + 1  # no good way out yet: play on
+            return Entry(nxt)
+        if target < 0:  # nothing of this state at all: play on, or restart the walk
+            if nxt >= 0:
+                s.cur, s.stay = nxt, s.stay + 1
+                return Entry(nxt)
+            target = int(np.argmax(g.left))
+        self.transitions += 1
+        s.reused = 0  # a bank too small to avoid repeats repeats rather than fade for ever
+        need = int(np.ceil(np.sqrt(max(cost, 0.0) / max(self.step_cost, 1e-6)))) - 1 \
+            if np.isfinite(cost) else c.fade
+        fade = min(max(c.min_fade, need), c.fade, int(g.left[nxt]) if nxt >= 0 else 0,
+                   int(g.left[target]) - 1)
+        if fade <= 0:
+            s.cur, s.stay = target, 1
+            return Entry(target)
+        s.pending = [Entry(nxt + j, target + j, (j + 1) / (fade + 1)) for j in range(fade)]
+        s.cur, s.stay = target + fade - 1, fade
+        return s.pending.pop(0)
+
+    def _choose(self, src: int, want: tuple[int, ...], envelope: np.ndarray | None
+                ) -> tuple[int, float]:
+        g, c = self.g, self.cfg
+        cost = g.costs(src, c.velocity_weight)
+        ok = g.left_in[want] >= self.min_stay + c.fade
+        # Not a little further along, or back, in the stretch it is in: that is no
+        # transition, or a replay.
+        lo, hi = max(0, src - 4 * self.max_stay), min(g.n, src + 2 * self.max_stay)
+        ok[lo:hi] &= ~_same_run(g, src, lo, hi)
+        if not ok.any():
+            return -1, float("inf")
+        # Left out: a target whose next few seconds were shown within the last minute
+        # (unless nothing else is left).
+        used = np.concatenate([[0], np.cumsum(self.k - self.last_used < self.recent)])
+        ahead = np.minimum(np.arange(g.n) + self.ahead, g.n)
+        fresh = ok & ((used[ahead] - used[:-1]) <= self.ahead // 4)
+        if fresh.any():
+            ok = fresh
+        if envelope is not None and envelope.size:
+            cost = cost + c.envelope_weight * self._envelope_cost(envelope)
+        idx = np.flatnonzero(ok)
+        good = idx[cost[idx] <= self.accept_cost]
+        if good.size:
+            pick = int(self.rng.choice(good))
+            return pick, float(cost[pick])
+        best = idx[np.argsort(cost[idx])[: c.choices]]
+        best = best[cost[best] <= c.choice_slack * max(float(cost[best[0]]), 1e-6)]
+        pick = int(self.rng.choice(best))
+        return pick, float(cost[pick])
+
+    def _envelope_cost(self, envelope: np.ndarray) -> np.ndarray:
+        g = self.g
+        m = min(len(envelope), int(self.cfg.envelope_s * g.fps))
+        if m == 0:
+            return np.zeros(g.n, np.float32)
+        env = np.clip((np.asarray(envelope[:m], np.float32) + 60) / 20, 0, 3)
+        # Each frame's own next m frames of loudness (cut at the bank's end).
+        idx = np.minimum(np.arange(g.n)[:, None] + np.arange(m)[None, :], g.n - 1)
+        return np.abs(g.loud[idx] - env[None, :]).mean(1)
+
+
+def _same_run(g: MotionGraph, src: int, lo: int, hi: int) -> np.ndarray:
+    """Which frames in [lo, hi) lie in the same uninterrupted stretch as ``src``."""
+    out = np.zeros(hi - lo, bool)
+    if not lo <= src < hi:
+        return out
+    out[src - lo] = True
+    j = src - 1
+    while j >= lo and g.cont[j]:
+        out[j - lo] = True
+        j -= 1
+    j = src
+    while j < hi - 1 and g.cont[j]:
+        j += 1
+        out[j - lo] = True
+    return out
+
+
+def speech_activity(audio16k: np.ndarray, n_frames: int, fps: int, rate: int = 16000,
+                    bridge_s: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Per video frame: whether the avatar is speaking, and the speech's loudness (dB).
+
+    Loudness is the frame's RMS; speech is louder than 35 dB under the loudest frame and
+    than -50 dBFS, with pauses shorter than ``bridge_s`` bridged (one utterance, one walk
+    through speaking footage, not a switch at every breath).
+    """
+    hop = rate / fps
+    db = np.full(n_frames, -100.0, np.float32)
+    for i in range(n_frames):
+        x = audio16k[int(i * hop): int((i + 1) * hop)]
+        if x.size:
+            db[i] = 20 * np.log10(float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+                                  + 1e-9)
+    if not n_frames:
+        return np.zeros(0, bool), db
+    active = db > max(-50.0, float(db.max()) - 35.0)
+    idx = np.flatnonzero(active)
+    bridge = int(round(bridge_s * fps))
+    for a, b in zip(idx[:-1], idx[1:], strict=True):
+        if 1 < b - a <= bridge + 1:
+            active[a:b] = True
+    return active, db
+
+
+def plan_walk(walker: Walker, active: np.ndarray, db: np.ndarray) -> list[Entry]:
+    """The whole walk for speech known in advance (a file, a show): the walker sees each
+    utterance's coming loudness as it enters it."""
+    out = []
+    span = int(walker.cfg.envelope_s * walker.g.fps)
+    for i, speaking in enumerate(active):
+        out.append(walker.next("speaking" if speaking else "silent",
+                               db[i: i + span] if speaking else None))
+    return out

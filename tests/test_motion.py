@@ -1,0 +1,244 @@
+"""The motion bank and its walk: states from voice activity, a walk that never plays
+backwards, keeps to the state it is asked for and blends every seam; the bank in a real
+bundle, in rendering, in a live session, in `eval motion`; old bundles without one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avatar.motion import IDLE, LISTENING, SPEAKING, Entry, MotionConfig, MotionGraph, Walker
+from tests.conftest import read_frames, run_cli
+from training.motion.bank import BankConfig, frame_states
+
+
+def _index(runs: int = 8, length: int = 120, seed: int = 0) -> dict[str, np.ndarray]:
+    """A synthetic bank: ``runs`` stretches, each half listening then half speaking, with
+    features that drift smoothly within a stretch."""
+    rng = np.random.default_rng(seed)
+    n = runs * length
+    state = np.tile(np.r_[np.full(length // 2, LISTENING), np.full(length - length // 2,
+                                                                    SPEAKING)], runs)
+    cont = np.ones(n, bool)
+    cont[length - 1::length] = False
+
+    def drift(dims: tuple[int, ...], step: float) -> np.ndarray:
+        x = np.cumsum(rng.normal(0, step, (n, *dims)), axis=0)
+        return x.astype(np.float32)
+
+    return {"state": state, "cont": cont, "loudness_db": np.where(state == SPEAKING, -20.0, -70.0),
+            "opening": np.where(state == SPEAKING, 0.1, 0.01), "iod": np.full(n, 60.0),
+            "centre": 200 + drift((2,), 0.3), "euler": drift((3,), 0.2),
+            "landmarks": 200 + drift((8, 2), 0.3), "shoulders": 300 + drift((4,), 0.3),
+            "thumb": np.clip(128 + drift((24, 24), 0.5), 0, 255).astype(np.uint8)}
+
+
+def _walk(walker: Walker, modes: list[str]) -> list[Entry]:
+    return [walker.next(m) for m in modes]
+
+
+def test_states_bridge_pauses_and_split_listening_from_idle() -> None:
+    fps = 25
+    vad = np.zeros(1000, bool)  # 10 s at 100 Hz
+    vad[200:300] = True          # 2.0-3.0 s speech
+    vad[310:400] = True          # a 0.1 s breath, then speech to 4.0 s
+    st = frame_states(vad, 250, fps, BankConfig())
+    assert (st[52:98] == SPEAKING).all()           # the breath is bridged
+    assert st[40] == LISTENING and st[120] == LISTENING   # within 1.5 s of speech
+    assert st[10] == IDLE and st[200] == IDLE
+
+
+def test_the_walk_goes_forwards_keeps_its_state_and_blends_seams() -> None:
+    g = MotionGraph(_index(), 25)
+    cfg = MotionConfig()
+    w = Walker(g, cfg, seed=1)
+    modes = (["silent"] * 90 + ["speaking"] * 160) * 6
+    entries = _walk(w, modes)
+    a = np.array([e.a for e in entries])
+    fading = np.array([e.b >= 0 for e in entries])
+    for k in range(1, len(entries)):
+        e, p = entries[k], entries[k - 1]
+        if e.b < 0 and p.b < 0:
+            # Plain frames follow the footage, or jump (a hard cut) only where a stretch ended.
+            assert e.a == p.a + 1 or not g.cont[p.a]
+        if e.b >= 0:
+            assert 0 < e.w < 1 and g.cont[e.a - 1] or e.a == p.a + 1
+    assert not np.any((np.diff(a) < 0) & (np.diff(a) > -3))  # never a step backwards
+    # Outside cross-fades, the footage shown is in the state asked for (a mode switch
+    # is followed by at most one fade into the new state).
+    want = np.array([m == "speaking" for m in modes])
+    plain = ~fading
+    agree = (g.state[a] == SPEAKING) == want
+    assert agree[plain].mean() > 0.95
+    runs = np.diff(np.flatnonzero(np.diff(np.r_[0, fading.astype(int), 0])))[::2]
+    # One fade at a time; two back to back only where the mode changed during the first.
+    assert runs.max() <= 2 * cfg.fade and np.mean(runs <= cfg.fade) > 0.9
+    assert w.transitions >= 10
+
+
+def test_a_replan_resumes_from_the_snapshot() -> None:
+    g = MotionGraph(_index(), 25)
+    w = Walker(g, seed=2)
+    _walk(w, ["silent"] * 30)
+    snap = w.snapshot()
+    first = _walk(w, ["silent"] * 5)
+    w.restore(snap)
+    again = _walk(w, ["silent"] * 5)
+    assert first[0] == again[0]  # the same frame follows: the walk resumed where it was
+    w.restore(snap)
+    speaking = _walk(w, ["speaking"] * 40)
+    assert any(g.state[e.a] == SPEAKING for e in speaking[-20:])
+
+
+def test_the_walk_does_not_repeat_within_a_minute_when_the_bank_allows() -> None:
+    from training.evaluate_motion import repetition
+
+    g = MotionGraph(_index(runs=40, length=150), 25)   # 4 minutes of footage
+    w = Walker(g, seed=3)
+    modes = (["silent"] * 100 + ["speaking"] * 200) * 10  # 2 minutes
+    rep = repetition(_walk(w, modes), 25, 2.0, 60.0)
+    assert rep["reversed_steps"] == 0
+    assert rep["repeated_share"] <= 0.02, rep
+
+
+def test_the_bundle_has_a_bank_and_renders_over_it(bundle: Path, sample) -> None:
+    from avatar.audio import load_audio
+    from avatar.avatar import Avatar, FrameRequest
+    from avatar.motion import plan_walk, speech_activity
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    motion = manifest["motion"]
+    assert motion["frames"] > 50 and motion["files"]
+    for f in motion["files"] + [motion["index"]]:
+        assert f in manifest["files"] and (bundle / f).is_file()
+    assert motion["seconds"]["speaking"] > 0 and motion["bytes"] > 0
+    av = Avatar.load(bundle)
+    assert av.bank is not None and av.bank.n == motion["frames"]
+    audio = load_audio(sample.video, 16000)[: 16000 * 4]
+    windows = av.mel_windows(audio)
+    active, db = speech_activity(audio, len(windows), av.fps)
+    assert active.any() and not active.all()
+    entries = plan_walk(av.walker(0), active, db)
+    state = av.bank.graph.state
+    plain = np.array([e.b < 0 for e in entries])
+    agree = (state[[e.a for e in entries]] == SPEAKING) == active
+    assert agree[plain].mean() > 0.8
+    frames = av.render([FrameRequest(i, windows[i], base=entries[i]) for i in range(0, 40, 4)])
+    w, h = manifest["frame_size"]
+    assert all(f.shape == (h, w, 3) for f in frames)
+    # A cross-fade's frame is made from both of its frames.
+    fade = next((e for e in entries if e.b >= 0), None)
+    if fade is not None:
+        mixed = av.base_frame(fade).astype(float)
+        assert not np.array_equal(mixed, av.bank.rgb(fade.a))
+
+
+def test_a_bundle_without_a_bank_plays_its_idle_loop(bundle: Path, sample,
+                                                      tmp_path: Path) -> None:
+    from avatar.avatar import Avatar
+
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    m = json.loads((old / "manifest.json").read_text())
+    motion = m.pop("motion")
+    for f in motion["files"] + [motion["index"]]:
+        m["files"].pop(f)
+        (old / f).unlink()
+    (old / "manifest.json").write_text(json.dumps(m))
+    assert Avatar.load(old).bank is None
+    out = tmp_path / "o.mp4"
+    proc = run_cli("render", old, "--audio", sample.video, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert len(read_frames(out)) > 100
+    proc = run_cli("eval", "motion", old, "--footage", sample.video, "-o", tmp_path / "e")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no motion bank" in proc.stderr and "train motion" in proc.stderr
+
+
+def test_train_motion_rebuilds_the_bank_in_place(bundle: Path, tmp_path: Path) -> None:
+    from avatar.avatar import Avatar
+
+    work = tmp_path / "w"
+    (work / "avatars").mkdir(parents=True)
+    shutil.copytree(bundle, work / "avatars" / bundle.name)
+    (work / "features").symlink_to(bundle.parent.parent / "features")
+    before = json.loads((work / "avatars" / bundle.name / "manifest.json").read_text())
+    proc = run_cli("train", "motion", work)
+    assert proc.returncode == 0, proc.stderr
+    after = json.loads((work / "avatars" / bundle.name / "manifest.json").read_text())
+    assert after["motion"]["index"] != before["motion"]["index"]
+    assert after["motion"]["frames"] == before["motion"]["frames"]
+    for f in before["motion"]["files"]:
+        assert not (work / "avatars" / bundle.name / f).exists()  # the old bank is gone
+    assert Avatar.load(work / "avatars" / bundle.name).bank is not None
+
+
+def test_eval_motion_report(bundle: Path, sample, tmp_path: Path) -> None:
+    out = tmp_path / "ev"
+    proc = run_cli("eval", "motion", bundle, "--footage", sample.video, "--passes", "1",
+                   "--no-video", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((out / "report.json").read_text())
+    assert r["frames"] > 100 and r["face_found"] > 0.9
+    assert 0 <= r["seams"]["over_p99_share"] <= 1 and r["seams"]["mad_p99_footage"] > 0
+    assert r["repetition"]["reversed_steps"] == 0
+    for ref in ("behaviour_vs_held_out", "behaviour_vs_enrolment"):
+        assert 0 <= r[ref]["ks_speaking"] <= 1 and 0 <= r[ref]["ks_silent"] <= 1
+    assert np.isfinite(r["lips_corr"])
+    assert (out / "head_angles.png").stat().st_size > 1000
+
+
+def test_a_live_session_walks_the_bank(bundle: Path) -> None:
+    """A real avatar and scheduler: silent frames come from listening footage, speech is
+    painted over speaking footage, and barge-in walks back to silence at once."""
+    from avatar.avatar import Avatar
+    from streaming.scheduler import Lane, Scheduler, SchedulerConfig
+    from streaming.session import Session, SessionConfig
+    from tests.test_session import FakeVoice
+
+    av = Avatar.load(bundle)
+    sch = Scheduler([Lane("cpu0", {"a": av})], SchedulerConfig(max_batch=8))
+    sch.start()
+    state = av.bank.graph.state
+
+    async def run() -> tuple[list[Entry], list[int], Session]:
+        s = Session("a", av, FakeVoice(), sch, SessionConfig())
+        s.start()
+        s.clock.start()
+        shown: list[Entry] = []
+        rendered: list[int] = []
+        said = False
+        for k in range(100):
+            await s.clock.wait_until(k / 25)
+            if k == 10 and not said:
+                s.say("one two three four five six seven eight nine ten eleven twelve")
+                said = True
+            frame = s.video_frame(k)
+            assert frame.shape[2] == 3
+            shown.append(s.motion.entries[k])
+            rendered.append(s.stats["frames_rendered"])
+        s.interrupt()
+        after = []
+        for k in range(100, 130):
+            await s.clock.wait_until(k / 25)
+            s.video_frame(k)
+            after.append(s.motion.entries[k])
+        await s.close()
+        return shown + after, rendered, s
+
+    try:
+        entries, rendered, s = asyncio.run(run())
+    finally:
+        sch.stop()
+    plain = [e for e in entries[:10] if e.b < 0]
+    assert all(state[e.a] != SPEAKING for e in plain)     # silent before speech
+    speaking = [e for e in entries[30:90] if e.b < 0]
+    assert np.mean([state[e.a] == SPEAKING for e in speaking]) > 0.7
+    assert s.stats["frames_rendered"] > 30
+    tail = [e for e in entries[100 + MotionConfig().fade + 2:] if e.b < 0]
+    assert tail and all(state[e.a] != SPEAKING for e in tail)  # barge-in: silent footage

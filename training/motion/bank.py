@@ -1,0 +1,276 @@
+"""The motion bank: the person's own footage, cut into usable stretches, for the runtime to
+walk through (``avatar.motion``).
+
+Every frame of the enrolment footage is labelled from the features already extracted:
+``speaking`` (voice activity, with short pauses bridged), ``listening`` (silent, within a
+moment of speech) or ``idle`` (longer silence). Frames the runtime must not show are
+dropped: no face or more than one, blur far below the clip's own, and the frame after a cut
+(an edited video's jump is never treated as motion). What remains is written at the output
+size as short H.264 chunks (``motion/NNNN.mp4``, ``chunk`` frames each), so the runtime can
+start reading at any frame by decoding at most one chunk, and ``motion.npz`` holds what the
+motion graph matches on: head pose, face position and size, a few landmarks, the shoulders,
+a small grey thumbnail of the face area, the state and the speech loudness of each frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from avatar import atomic
+from avatar.video_io import VideoWriter
+from training.face import mouth_opening
+from training.ingest import iter_frames, probe
+
+log = logging.getLogger(__name__)
+
+IDLE, LISTENING, SPEAKING = 0, 1, 2
+STATE_NAMES = ("idle", "listening", "speaking")
+LANDMARKS = (1, 33, 263, 61, 291, 152, 105, 334)
+"""Nose tip, outer eye corners, mouth corners, chin, brows: the points matched across a
+transition and whose speed the seam figure measures."""
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    chunk: int = 32
+    """Frames per stored chunk: the most the runtime decodes to reach any frame."""
+    crf: int = 20
+    min_run_s: float = 0.5
+    """Stretches of usable frames shorter than this are dropped (no room to blend)."""
+    bridge_s: float = 0.3
+    """Pauses in speech shorter than this still count as speaking."""
+    listen_s: float = 1.5
+    """Silence within this of speech is listening; beyond it, idle."""
+    blur_floor: float = 0.35
+    """A frame sharper than this share of its clip's median Laplacian variance is kept."""
+    cut_factor: float = 6.0
+    cut_floor: float = 10.0
+    """A frame-to-frame change (mean absolute grey level, 32x32 thumbnail) over both this
+    many times the clip's median change and this many levels is a cut."""
+    thumb: int = 24
+    want: dict | None = None
+    """Seconds each state should have for a lively bank (``MIN_SECONDS`` by default)."""
+
+
+MIN_SECONDS = {"speaking": 20.0, "listening": 5.0, "idle": 5.0}
+"""Below this much of a state the bank reports it short: the walk through it repeats
+itself sooner than the repetition figure allows."""
+
+
+@dataclass
+class BankResult:
+    frames: int
+    chunks: int
+    seconds: dict[str, float]
+    dropped: dict[str, int]
+    bytes: int
+    short: list[str]
+    files: list[str]
+
+
+def frame_states(vad100: np.ndarray, n: int, fps: int, cfg: BankConfig) -> np.ndarray:
+    """Per video frame: SPEAKING, LISTENING or IDLE from the 100 Hz voice activity."""
+    hops = np.clip(np.round((np.arange(n) + 0.5) / fps * 100).astype(int), 0,
+                   max(0, len(vad100) - 1))
+    speech = vad100[hops].astype(bool) if len(vad100) else np.zeros(n, bool)
+    # Bridge short pauses inside speech: a breath between words is still speaking.
+    bridge = int(round(cfg.bridge_s * fps))
+    idx = np.flatnonzero(speech)
+    for a, b in zip(idx[:-1], idx[1:], strict=True):
+        if 1 < b - a <= bridge + 1:
+            speech[a:b] = True
+    states = np.full(n, IDLE, np.int8)
+    if idx.size:
+        # Distance in frames to the nearest speech frame.
+        pos = np.arange(n)
+        near = np.min(np.abs(pos[:, None] - idx[None, :]), axis=1) if n * idx.size < 4e7 \
+            else _distance_to(speech)
+        states[near <= cfg.listen_s * fps] = LISTENING
+    states[speech] = SPEAKING
+    return states
+
+
+def _distance_to(mask: np.ndarray) -> np.ndarray:
+    """Frames to the nearest True (two passes; for long clips)."""
+    n = len(mask)
+    d = np.full(n, n, np.int64)
+    last = -n
+    for i in range(n):
+        if mask[i]:
+            last = i
+        d[i] = i - last
+    last = 2 * n
+    for i in range(n - 1, -1, -1):
+        if mask[i]:
+            last = i
+        d[i] = min(d[i], last - i)
+    return d
+
+
+def _runs(ok: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.diff(np.concatenate([[0], ok.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
+
+
+def build_bank(features_dir: Path, out_dir: Path, size: tuple[int, int], fps: int,
+               cfg: BankConfig | None = None,
+               progress: Callable[[int], None] | None = None, folder: str = "motion",
+               index: str = "motion.npz") -> BankResult:
+    """Write ``FOLDER/*.mp4`` and ``INDEX`` under ``out_dir`` (the bundle being written) at
+    ``size`` (width, height). Returns what was kept."""
+    cfg = cfg or BankConfig()
+    width, height = size
+    manifest = json.loads((features_dir / "manifest.json").read_text())
+    clips = manifest["clips"]
+    # Pass 1 (features only): what to keep, and the face area all thumbnails are cut from.
+    plans = []
+    boxes = []
+    for ci, c in enumerate(clips):
+        d = features_dir / c["dir"]
+        meta = json.loads((d / "meta.json").read_text())
+        with np.load(d / "frames.npz") as z:
+            f = {k: z[k] for k in ("n_faces", "crop_affine", "head_euler", "landmarks_raw",
+                                   "pose", "blur")}
+        with np.load(d / "audio.npz") as z:
+            vad, loud = z["vad"], z["loudness_db"]
+        n = len(f["n_faces"])
+        sx, sy = width / meta["width"], height / meta["height"]
+        lm = f["landmarks_raw"][:, :, :2] * (sx, sy)
+        ok = (f["n_faces"] == 1) & np.isfinite(f["head_euler"]).all(1) & \
+            np.isfinite(lm).all((1, 2))
+        blur = f["blur"]
+        med = np.nanmedian(blur[ok]) if ok.any() else 0.0
+        sharp = np.nan_to_num(blur, nan=0.0) >= cfg.blur_floor * med
+        states = frame_states(vad, n, fps, cfg)
+        hops = np.clip(np.round((np.arange(n) + 0.5) / fps * 100).astype(int), 0,
+                       max(0, len(loud) - 1))
+        plans.append(dict(clip=ci, dir=d, meta=meta, n=n, ok=ok, sharp=sharp, states=states,
+                          lm=lm, f=f, sx=sx, sy=sy,
+                          loud=loud[hops] if len(loud) else np.full(n, -80.0)))
+        if ok.any():
+            pts = lm[ok]
+            boxes.append(np.stack([pts[..., 0].min(1), pts[..., 1].min(1),
+                                   pts[..., 0].max(1), pts[..., 1].max(1)], 1))
+    if not boxes:
+        raise ValueError("no frame with one face: nothing for the motion bank")
+    bx = np.median(np.concatenate(boxes), axis=0)
+    cx, cy = (bx[0] + bx[2]) / 2, (bx[1] + bx[3]) / 2
+    half = 0.6 * max(bx[2] - bx[0], bx[3] - bx[1])
+    face_box = np.array([max(0, cx - half), max(0, cy - half), min(width, cx + half),
+                         min(height, cy + half)], np.float32)
+
+    cols: dict[str, list] = {k: [] for k in (
+        "clip", "source_frame", "crop_affine", "state", "cont", "euler", "centre", "iod",
+        "landmarks", "shoulders", "thumb", "loudness_db", "opening")}
+    dropped = {"no_face": 0, "blur": 0, "cut": 0, "short": 0}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / folder).mkdir(exist_ok=True)
+    files: list[str] = []
+    writer: VideoWriter | None = None
+    written = 0
+    min_run = max(2, int(round(cfg.min_run_s * fps)))
+    try:
+        for p in plans:
+            meta = p["meta"]
+            info = probe(Path(meta["source"]), meta["clip"], fps, 0.0)
+            # Pass A (small frames): where the cuts are. Pass B writes the kept frames, so
+            # a long clip is never held in memory.
+            grey = [cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (32, 32),
+                               interpolation=cv2.INTER_AREA).astype(np.float32)
+                    for _, rgb in iter_frames(info, fps, 0, p["n"], max_side=160)]
+            n = min(len(grey), p["n"])
+            change = np.array([0.0] + [float(np.abs(grey[i] - grey[i - 1]).mean())
+                                       for i in range(1, n)])
+            med = float(np.median(change[1:])) if n > 2 else 0.0
+            cut = (change > cfg.cut_factor * med) & (change > cfg.cut_floor)
+            ok, sharp = p["ok"][:n], p["sharp"][:n]
+            dropped["no_face"] += int((~ok).sum())
+            dropped["blur"] += int((ok & ~sharp).sum())
+            dropped["cut"] += int(cut.sum())
+            keep = ok & sharp
+            # A cut ends a run: the frames either side are never played in a row.
+            runs = []
+            for a, b in _runs(keep):
+                starts = [a] + [i for i in range(a + 1, b) if cut[i]] + [b]
+                runs += [(s, e) for s, e in zip(starts[:-1], starts[1:], strict=True)]
+            last = np.full(n, -1)
+            for a, b in runs:
+                if b - a < min_run:
+                    dropped["short"] += b - a
+                else:
+                    last[a:b] = b - 1
+            f = p["f"]
+            for i, rgb in iter_frames(info, fps, 0, n):
+                if progress:
+                    progress(1)
+                if last[i] < 0:
+                    continue
+                if rgb.shape[1] != width or rgb.shape[0] != height:
+                    rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+                if writer is None or writer.frames == cfg.chunk:
+                    if writer is not None:
+                        writer.close()
+                    name = f"{folder}/{len(files):04d}.mp4"
+                    files.append(name)
+                    writer = VideoWriter(out_dir / name, fps, width, height, crf=cfg.crf)
+                writer.write(rgb)
+                written += 1
+                _append_frame(cols, p, f, i, i < last[i], face_box, rgb, cfg.thumb)
+        if writer is not None:
+            writer.close()
+            writer = None
+    finally:
+        if writer is not None:
+            writer.abort()
+    if not written:
+        raise ValueError("no stretch of usable frames long enough for the motion bank")
+    arrays = {k: np.asarray(v) for k, v in cols.items()}
+    arrays["crop_affine"] = arrays["crop_affine"].astype(np.float32)
+    atomic.save_npz(out_dir / index, face_box=face_box, fps=np.int32(fps),
+                    chunk=np.int32(cfg.chunk), **arrays)
+    states = arrays["state"]
+    seconds = {name: round(float((states == s).sum()) / fps, 1)
+               for s, name in enumerate(STATE_NAMES)}
+    want = cfg.want or MIN_SECONDS
+    short = [k for k, v in seconds.items() if v < want.get(k, 0.0)]
+    size_bytes = sum((out_dir / f).stat().st_size for f in files) + \
+        (out_dir / index).stat().st_size
+    return BankResult(frames=written, chunks=len(files), seconds=seconds, dropped=dropped,
+                      bytes=size_bytes, short=short, files=files + [index])
+
+
+def _append_frame(cols: dict[str, list], p: dict, f: dict, i: int, cont: bool,
+                  face_box: np.ndarray, rgb: np.ndarray, thumb: int) -> None:
+    sx, sy = p["sx"], p["sy"]
+    a = f["crop_affine"][i].astype(np.float64).copy()
+    # The crop transform maps source pixels; the bank is stored at the output size.
+    a[:, 0] /= sx
+    a[:, 1] /= sy
+    lm = p["lm"][i]
+    iod = float(np.linalg.norm(lm[33] - lm[263]))
+    pose = f["pose"][i]
+    sh = np.full(4, np.nan, np.float32)
+    if np.isfinite(pose[11:13]).all() and pose[11:13, 3].min() > 0.5:
+        sh = (pose[11:13, :2] * (sx, sy)).reshape(-1).astype(np.float32)
+    x0, y0, x1, y1 = face_box.astype(int)
+    grey = cv2.cvtColor(rgb[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY)
+    cols["clip"].append(p["clip"])
+    cols["source_frame"].append(i)
+    cols["crop_affine"].append(a)
+    cols["state"].append(int(p["states"][i]))
+    cols["cont"].append(bool(cont))
+    cols["euler"].append(f["head_euler"][i].astype(np.float32))
+    cols["centre"].append(lm[list(LANDMARKS)].mean(0).astype(np.float32))
+    cols["iod"].append(np.float32(iod))
+    cols["landmarks"].append(lm[list(LANDMARKS)].astype(np.float32))
+    cols["shoulders"].append(sh)
+    cols["thumb"].append(cv2.resize(grey, (thumb, thumb), interpolation=cv2.INTER_AREA))
+    cols["loudness_db"].append(np.float32(p["loud"][i]))
+    cols["opening"].append(np.float32(mouth_opening(f["landmarks_raw"][i])))
