@@ -51,11 +51,15 @@ def bench_voice(bundle: Path, device: str = "cpu", repeats: int = 7) -> dict:
 
 def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (1, 4, 16, 64),
                  seconds: float = 3.0, preset: str | None = None,
-                 precision: str = "auto", model_size: int | None = None) -> dict:
+                 precision: str = "auto", model_size: int | None = None,
+                 motion: bool = False) -> dict:
     """Frames per second of ``Avatar.render`` (generator and compositing) per batch size.
     With ``preset``, a fresh model of that preset's size stands in for the bundle's; with
     ``model_size``, one painting that many pixels (the preset's, else the bundle's,
-    architecture otherwise): what a footage-chosen working size costs."""
+    architecture otherwise): what a footage-chosen working size costs. With ``motion``,
+    each of the batch's frames belongs to its own session walking the motion bank, so every
+    frame is a new one to decode, blend and prepare (the next batch's frames decoded on the
+    bank's thread meanwhile, as sessions prefetch them)."""
     import dataclasses
 
     import torch
@@ -79,14 +83,29 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
     # Real speech-like input: mel windows of noise shaped like the training statistics.
     mel = (avatar.mel_mean + avatar.mel_std * rng.standard_normal(
         (256, avatar.gen.cfg.mel_bins, avatar.mel_frames))).astype(np.float32)
+    if motion and avatar.bank is None:
+        raise TwincastError(f"{bundle}: --motion needs a bundle with a motion bank (add one "
+                            "with `twincast train motion WORKDIR`)")
     result: dict[str, float] = {}
     for b in batches:
-        reqs = [FrameRequest(idle_index=i, mel=mel[i % len(mel)]) for i in range(b)]
-        avatar.render(reqs)  # warm-up
+        walkers = [avatar.walker(seed) for seed in range(b)] if motion else []
+
+        def batch(b: int = b, walkers: list = walkers) -> list[FrameRequest]:
+            if not walkers:
+                return [FrameRequest(idle_index=i, mel=mel[i % len(mel)]) for i in range(b)]
+            reqs = [FrameRequest(idle_index=i, mel=mel[i % len(mel)], base=w.next("speaking"))
+                    for i, w in enumerate(walkers)]
+            return reqs
+
+        pending = batch()
+        avatar.render(pending)  # warm-up
         if avatar.device.type == "cuda":
             torch.cuda.synchronize()
         frames, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
+            reqs, pending = pending, batch() if walkers else pending
+            if walkers:
+                avatar.bank.prefetch([f for r in pending for f in r.base.frames()])
             avatar.render(reqs)
             frames += b
         if avatar.device.type == "cuda":
@@ -99,4 +118,5 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
             f"untrained {preset or 'bundle'} architecture",
             "model_size": avatar.size, "model_width": avatar.gen.cfg.width,
             "threads": torch.get_num_threads(), "fps_by_batch": result,
+            "background": "motion bank walk" if motion else "idle loop",
             "peak_rss_mb": round(peak_rss_mb(), 1)}

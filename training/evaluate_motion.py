@@ -162,6 +162,72 @@ def seams(entries: list[Entry]) -> list[int]:
     return out
 
 
+NOD_DIP = 0.04
+"""A nod: the face centre dips at least this far (inter-ocular distances) under its running
+mean; the sample's nods dip 0.10."""
+
+
+def _nod_peaks(lm: np.ndarray, fps: int) -> np.ndarray:
+    """Frames where a nod peaks: the face centre's height (landmarks over inter-ocular
+    distance, image y down) at a local maximum at least ``NOD_DIP`` over its 1.2 s
+    running mean, peaks at least 0.3 s apart."""
+    y = np.nanmean(lm[:, :, 1], axis=1)
+    ok = np.isfinite(y)
+    if ok.sum() < fps:
+        return np.zeros(0, int)
+    y = np.interp(np.arange(len(y)), np.flatnonzero(ok), y[ok])
+    win = int(1.2 * fps) | 1
+    pad = np.pad(y, win // 2, mode="edge")
+    base = np.convolve(pad, np.ones(win) / win, mode="valid")
+    hp = y - base
+    peaks = [i for i in range(1, len(y) - 1)
+             if hp[i] >= NOD_DIP and hp[i] >= hp[i - 1] and hp[i] > hp[i + 1]]
+    out: list[int] = []
+    for i in peaks:
+        if out and i - out[-1] < 0.3 * fps:
+            if hp[i] > hp[out[-1]]:
+                out[-1] = i
+            continue
+        out.append(i)
+    return np.array(out, int)
+
+
+def nod_hits(lm: np.ndarray, stressed_s: list[float], fps: int) -> tuple[int, int]:
+    """(stressed words followed by a nod peak within 0-0.4 s, stressed words) in footage
+    ``lm`` whose stressed words start at ``stressed_s`` seconds."""
+    peaks = _nod_peaks(lm, fps) / fps
+    inside = [t for t in stressed_s if t * fps < len(lm)]
+    hits = sum(bool(np.any((peaks >= t) & (peaks <= t + 0.4))) for t in inside)
+    return hits, len(inside)
+
+
+def _chance_rate(lm: np.ndarray, fps: int) -> float:
+    """The hit rate at random word times (what a walk that ignored the words would
+    score): the share of 0.4 s windows holding a nod peak."""
+    peaks = _nod_peaks(lm, fps)
+    n = len(lm)
+    if n < fps:
+        return float("nan")
+    starts = np.arange(0, n - int(0.4 * fps), max(1, fps // 5))
+    return float(np.mean([np.any((peaks >= s) & (peaks <= s + 0.4 * fps)) for s in starts]))
+
+
+def _stressed_words(video: Path) -> list[float] | None:
+    """Start times of the stressed words of a ``twincast sample`` clip (its words.json:
+    the words its presenter nods on); None for other footage."""
+    words = video.parent / "words.json"
+    if video.name != "sample.mp4" or not words.exists():
+        return None
+    import json
+
+    d = json.loads(words.read_text())
+    letters = int(d.get("config", {}).get("nod_letters", 0))
+    if not letters:
+        return None
+    return [float(w["start"]) for w in d["words"]
+            if sum(ch.isalpha() for ch in w["word"]) >= letters]
+
+
 def transitions(entries: list[Entry]) -> int:
     """Cross-fades begun and hard jumps."""
     count = 0
@@ -231,7 +297,8 @@ def evaluate_motion(bundle: Path, footage: list[Path], out_dir: Path, device: st
         vad = voice_activity(loudness(audio, SPEECH_RATE, hop), hop / SPEECH_RATE)
         n = len(real["euler"])
         at = np.clip(np.round((np.arange(n) + 0.5) / fps * 100).astype(int), 0, len(vad) - 1)
-        clips.append({"id": cid, "audio": audio, "real": real, "speaking": vad[at], "n": n})
+        clips.append({"id": cid, "audio": audio, "real": real, "speaking": vad[at], "n": n,
+                      "stressed": _stressed_words(f)})
     if not clips:
         raise TwincastError("no held-out footage to drive the avatar with")
     # The drive: every clip once per pass, in a new order each pass, silences between.
@@ -328,6 +395,19 @@ def _figures(entries: list[Entry], g: dict, active: np.ndarray, clips: list[dict
     ok = np.isfinite(go) & np.isfinite(ro)
     lips = float(np.corrcoef(go[ok], ro[ok])[0, 1]) if ok.sum() > 2 else float("nan")
     b_speed, b_speak = ref["speed"], ref["speaking"]
+    nods = None
+    if all(c["stressed"] is not None for c in clips):
+        real_hits = [nod_hits(c["real"]["lm"], c["stressed"], fps) for c in clips]
+        gen_y = g["lm"]
+        gen_hits = [nod_hits(gen_y, [start / SPEECH_RATE + t for t in clips[ci]["stressed"]],
+                             fps) for ci, start in spans]
+        r_h, r_n = sum(h for h, _ in real_hits), sum(m for _, m in real_hits)
+        g_h, g_n = sum(h for h, _ in gen_hits), sum(m for _, m in gen_hits)
+        nods = {"stressed_words": r_n, "real_hit_rate": round(r_h / max(1, r_n), 3),
+                "generated_hit_rate": round(g_h / max(1, g_n), 3),
+                "chance_rate": round(_chance_rate(gen_y, fps), 3),
+                "rule": "a nod (head dipping by 0.04 inter-ocular distances or more against "
+                        "its 1.2 s running mean) peaking 0-0.4 s after a stressed word's start"}
 
     def behaviour(real_speed: np.ndarray, real_speaking: np.ndarray) -> dict:
         gen_ratio = _energy_ratio(speed, active)
@@ -360,6 +440,7 @@ def _figures(entries: list[Entry], g: dict, active: np.ndarray, clips: list[dict
         "repetition": repetition(entries, fps, cfg.window_s, cfg.horizon_s),
         "behaviour_vs_held_out": behaviour(r_speed, r_speak),
         "behaviour_vs_enrolment": behaviour(b_speed, b_speak),
+        "nods": nods,
         "lips_corr": round(lips, 3),
         "face_found": round(float(np.isfinite(g["euler"][:, 0]).mean()), 4),
         "speaking_share": round(float(active.mean()), 3),

@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="render precision (auto: bf16 where the device has it natively)")
     br.add_argument("--model-size", type=int, help="time a fresh model painting this many "
                     "pixels (a multiple of 16) over the bundle's idle footage")
+    br.add_argument("--motion", action="store_true",
+                    help="each frame from its own session's walk through the motion bank "
+                    "(decoded, blended, prepared per frame) instead of the idle loop")
     br.set_defaults(func=cmd_bench_render)
     bst = bsub.add_parser("stream", help="CPU cost and say-to-mouth latency of one RTMP "
                           "stream (needs nginx with its RTMP module)")
@@ -540,7 +543,8 @@ def cmd_bench_render(args: argparse.Namespace) -> int:
     print(json.dumps(bench_render(args.bundle, args.device, _batches(args.batches),
                                          seconds=args.seconds, preset=args.preset,
                                          precision=args.precision,
-                                         model_size=args.model_size), indent=2))
+                                         model_size=args.model_size,
+                                         motion=args.motion), indent=2))
     return 0
 
 

@@ -2,7 +2,9 @@
 
 A real, public-domain portrait that ships inside scikit-image (NASA's photo of Eileen
 Collins, ``skimage.data.astronaut()``) is animated: the jaw opens as the phonemes of
-espeak-ng's speech call for, the eyes blink at random, and the head sways a little. The
+espeak-ng's speech call for, the eyes blink at random, and the head sways a little, more
+while speaking than while silent, with a nod on every long word (the presenter's known
+mannerism, for ``twincast eval motion`` to recover). The
 per-frame ground truth (mouth opening on MediaPipe's 13-14 / 33-263 scale, blink closure,
 word timings) is saved beside the video, so features and models can be checked against it.
 """
@@ -43,6 +45,14 @@ class SampleConfig:
     """Widest jaw opening, in inter-ocular distances."""
     blink_every_s: tuple[float, float] = (2.0, 6.0)
     crf: int = 20
+    nod_letters: int = 7
+    """The presenter's mannerism: a nod on every word this long or longer (a stressed,
+    content-heavy word), and a livelier sway while speaking than while silent."""
+    nod_depth: float = 0.10
+    """How far the head dips in a nod, in inter-ocular distances."""
+    nod_s: float = 0.4
+    speaking_sway: float = 1.8
+    """Sway while speaking over sway while silent."""
 
 
 @dataclass
@@ -203,6 +213,31 @@ def _smooth_noise(n: int, fps: int, rng: np.random.Generator, amp: float) -> np.
     return (amp * out / 1.75).astype(np.float32)
 
 
+def _liveliness(sentences: list[tuple[float, float, str]], n: int, cfg: SampleConfig
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame: whether a sentence is being spoken, and the sway's gain (1 in silence,
+    ``speaking_sway`` in speech, eased over half a second)."""
+    t = np.arange(n) / cfg.fps
+    speaking = np.zeros(n, bool)
+    for a, b, _ in sentences:
+        speaking |= (t >= a) & (t < b)
+    k = np.hanning(int(cfg.fps * 0.5) * 2 + 1)
+    eased = np.convolve(speaking.astype(np.float32), k / k.sum(), mode="same")
+    return speaking, (1.0 + (cfg.speaking_sway - 1.0) * eased).astype(np.float32)
+
+
+def _nods(onsets: list[float], n: int, cfg: SampleConfig) -> np.ndarray:
+    """Downward head offset (inter-ocular distances): a smooth dip and return of
+    ``nod_s`` seconds from each onset."""
+    out = np.zeros(n, np.float32)
+    t = np.arange(n) / cfg.fps
+    for t0 in onsets:
+        u = (t - t0) / cfg.nod_s
+        inside = (u > 0) & (u < 1)
+        out[inside] = np.maximum(out[inside], cfg.nod_depth * np.sin(np.pi * u[inside]) ** 2)
+    return out
+
+
 def _blinks(n: int, fps: int, rng: random.Random, every: tuple[float, float]) -> np.ndarray:
     closure = np.zeros(n, np.float32)
     t = rng.uniform(*every)
@@ -238,11 +273,14 @@ def write_sample(out_dir: Path, cfg: SampleConfig) -> SampleFiles:
     frame_t = np.arange(n) / cfg.fps
     opening = np.interp(frame_t, np.arange(len(smooth)) / 100, smooth).astype(np.float32)
     blink = _blinks(n, cfg.fps, rng, cfg.blink_every_s)
-    angle = _smooth_noise(n, cfg.fps, nrng, 2.5)
     portrait = _Portrait(cfg.width, cfg.height)
+    speaking, lively = _liveliness(script.sentences, n, cfg)
+    angle = _smooth_noise(n, cfg.fps, nrng, 2.5) * lively
     sway = portrait.iod * 0.12
-    shift_x = _smooth_noise(n, cfg.fps, nrng, sway)
-    shift_y = _smooth_noise(n, cfg.fps, nrng, sway * 0.6)
+    shift_x = _smooth_noise(n, cfg.fps, nrng, sway) * lively
+    nod_times = [t for t, w in script.words if sum(ch.isalpha() for ch in w) >= cfg.nod_letters]
+    shift_y = _smooth_noise(n, cfg.fps, nrng, sway * 0.6) * lively + \
+        _nods(nod_times, n, cfg) * portrait.iod
     opening_px = opening * cfg.max_opening * portrait.iod
     samples_per_frame = script.rate / cfg.fps
     files = SampleFiles(video=out_dir / "sample.mp4", transcript=out_dir / "transcript.txt",
@@ -264,7 +302,9 @@ def write_sample(out_dir: Path, cfg: SampleConfig) -> SampleFiles:
     atomic.save_npz(files.truth, mouth_opening=truth_opening.astype(np.float32),
                     blink_closure=blink, blink=(blink >= 0.5),
                     head_roll_deg=angle, head_shift_px=np.stack([shift_x, shift_y], 1),
-                    speech_opening=opening, fps=np.array(cfg.fps))
+                    speech_opening=opening, fps=np.array(cfg.fps), speaking=speaking,
+                    nod_onsets_s=np.array(nod_times, np.float64),
+                    nod_s=np.array(cfg.nod_s), iod_px=np.array(portrait.iod))
     atomic.write_text(files.transcript, script.text + "\n")
     atomic.write_json(files.words, {
         "config": asdict(cfg),
