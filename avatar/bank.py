@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class MotionBank:
     def __init__(self, path: Path, index: dict[str, np.ndarray], files: list[str], fps: int,
                  geometry: tuple[np.ndarray, np.ndarray, np.ndarray], size: int,
-                 cache_mb: float = 512.0):
+                 cache_mb: float = 1024.0):
         self.path = path
         self.index = index
         self.files = files

@@ -42,6 +42,21 @@ def test_vocos_and_voice_only_sections_round_trip():
     assert m.head is None and m.idle is None and m.to_dict() == voice_only
 
 
+def test_the_motion_section_round_trips_and_is_optional():
+    d = copy.deepcopy(OLD)
+    d["motion"] = {"frames": 64, "chunk": 32, "files": ["motion/0000.mp4", "motion/0001.mp4"],
+                   "index": "motion.npz", "seconds": {"idle": 0.0, "listening": 1.0,
+                                                      "speaking": 1.6},
+                   "short": ["speaking", "silent"], "bytes": 1234}
+    m = Manifest.from_dict(copy.deepcopy(d))
+    assert m.motion is not None and m.motion.files[1] == "motion/0001.mp4"
+    assert m.to_dict() == d
+    assert Manifest.from_dict(copy.deepcopy(OLD)).motion is None  # older bundles
+    d["motion"]["files"] = []
+    with pytest.raises(ManifestError, match="motion.files"):
+        Manifest.from_dict(d)
+
+
 def test_an_unknown_schema_names_what_it_found_and_what_it_reads():
     with pytest.raises(ManifestError, match=r"schema version 7, but this twincast reads "
                        rf"version {READS[0]}"):

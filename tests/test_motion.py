@@ -242,3 +242,26 @@ def test_a_live_session_walks_the_bank(bundle: Path) -> None:
     assert s.stats["frames_rendered"] > 30
     tail = [e for e in entries[100 + MotionConfig().fade + 2:] if e.b < 0]
     assert tail and all(state[e.a] != SPEAKING for e in tail)  # barge-in: silent footage
+
+
+def test_a_cut_in_the_footage_is_never_played_through(sample, tmp_path: Path) -> None:
+    """An edited clip: the second half is the same presenter moved sideways (a jump cut).
+    The bank detects the cut and never treats the two sides as consecutive frames."""
+    from tests.conftest import read_audio, write_av
+    from training.config import features_preset
+    from training.enrol import enrol_features
+    from training.motion.bank import build_bank
+
+    frames = read_frames(sample.video)[:150]
+    half = len(frames) // 2
+    cut = frames[:half] + [np.roll(f, 24, axis=1) for f in frames[half:]]
+    video = write_av(tmp_path / "cut.mp4", cut, audio=read_audio(sample.video)[: 16000 * 6])
+    feats = enrol_features([video], tmp_path / "w", features_preset("ci", workers=1))
+    res = build_bank(feats.dir, tmp_path / "b", (256, 256), 25)
+    assert res.dropped["cut"] >= 1
+    with np.load(tmp_path / "b" / "motion.npz") as z:
+        src, cont = z["source_frame"], z["cont"]
+    at = int(np.flatnonzero(src == half - 1)[0]) if (src == half - 1).any() else None
+    assert at is None or not cont[at]      # the frame before the cut does not continue
+    assert all(not c or b == a + 1 for a, b, c in zip(src[:-1], src[1:], cont[:-1],
+                                                       strict=True))

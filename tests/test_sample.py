@@ -23,6 +23,25 @@ def test_sample_files(sample) -> None:
     assert sample.transcript.read_text().strip()
 
 
+def test_the_sample_has_a_known_mannerism(sample) -> None:
+    """It nods on long words (the head dips, then comes back) and sways more while
+    speaking than while silent."""
+    with np.load(sample.truth) as t:
+        onsets, fps = t["nod_onsets_s"], int(t["fps"])
+        y, iod = t["head_shift_px"][:, 1], float(t["iod_px"])
+        speaking, roll = t["speaking"], t["head_roll_deg"]
+    letters = json.loads(sample.words.read_text())["config"]["nod_letters"]
+    long_words = [w["start"] for w in json.loads(sample.words.read_text())["words"]
+                  if sum(c.isalpha() for c in w["word"]) >= letters]
+    assert len(onsets) == len(long_words) >= 1
+    for t0 in onsets:
+        i = int(round((t0 + 0.2) * fps))   # mid-nod
+        if i + 8 < len(y):
+            assert y[i] - min(y[max(0, i - 8)], y[i + 8]) > 0.03 * iod
+    step = np.abs(np.diff(roll))
+    assert step[speaking[1:]].mean() > 1.2 * step[~speaking[1:]].mean()
+
+
 def test_same_seed_same_bytes_other_seed_other_script(tmp_path: Path) -> None:
     # Fresh processes, as a user runs it: espeak-ng keeps state between sentences within
     # one process, so only a fresh run is byte-for-byte repeatable.

@@ -31,7 +31,7 @@ from avatar import atomic
 from avatar.audio import SPEECH_RATE
 from avatar.avatar import Avatar, FrameRequest
 from avatar.errors import TwincastError
-from avatar.motion import Entry, plan_walk, speech_activity
+from avatar.motion import Entry, MotionConfig, plan_walk, speech_activity
 from avatar.video_io import VideoWriter
 from training import face as F
 from training.audio_features import loudness
@@ -53,6 +53,8 @@ class MotionEvalConfig:
     window_s: float = 2.0
     horizon_s: float = 60.0
     seed: int = 0
+    walk: MotionConfig | None = None
+    """The walk's settings (``avatar.motion.MotionConfig``; None: the runtime's)."""
 
 
 class _Measure:
@@ -317,7 +319,7 @@ def evaluate_motion(bundle: Path, footage: list[Path], out_dir: Path, device: st
     windows = avatar.mel_windows(audio)
     n = len(windows)
     active, db = speech_activity(audio, n, fps, SPEECH_RATE)
-    walker = avatar.walker(cfg.seed)
+    walker = avatar.walker(cfg.seed, cfg.walk)
     assert walker is not None
     entries = plan_walk(walker, active, db)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -159,10 +159,15 @@ def _write_bank(features_dir: Path, tmp: Path, size: tuple[int, int], fps: int,
             raise path_error(features_dir, f"cannot make a motion bank: {e}") from None
     log.info("motion bank: %d frames in %d chunks, %.1f MB (%s)", res.frames, res.chunks,
              res.bytes / 1e6, ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items()))
-    for state in res.short:
-        log.warning("the footage has only %.0f s of %s (a lively walk wants at least "
-                    "%.0f s): the avatar repeats itself sooner there", res.seconds[state],
-                    state, MIN_SECONDS[state])
+    have = {"speaking": res.seconds["speaking"],
+            "silent": res.seconds["listening"] + res.seconds["idle"]}
+    for mode in res.short:
+        other = "silent" if mode == "speaking" else "speaking"
+        log.warning("the footage holds %.0f s of %s behaviour; a walk that does not repeat "
+                    "itself within a minute wants %.0f s (%.0f s more)%s", have[mode], mode,
+                    MIN_SECONDS[mode], MIN_SECONDS[mode] - have[mode],
+                    f": the avatar will use {other} footage there" if not have[mode] else
+                    ": the avatar repeats itself sooner there")
     return MotionSection(frames=res.frames, chunk=cfg.chunk,
                          files=[f for f in res.files if f.endswith(".mp4")],
                          index=index, seconds=res.seconds, short=res.short,

@@ -59,9 +59,9 @@ class BankConfig:
     """Seconds each state should have for a lively bank (``MIN_SECONDS`` by default)."""
 
 
-MIN_SECONDS = {"speaking": 20.0, "listening": 5.0, "idle": 5.0}
-"""Below this much of a state the bank reports it short: the walk through it repeats
-itself sooner than the repetition figure allows."""
+MIN_SECONDS = {"speaking": 20.0, "silent": 10.0}
+"""Below this much footage of the avatar's speaking or silent (listening and idle) behaviour
+the bank reports it short: the walk through it repeats itself within a minute."""
 
 
 @dataclass
@@ -239,7 +239,8 @@ def build_bank(features_dir: Path, out_dir: Path, size: tuple[int, int], fps: in
     seconds = {name: round(float((states == s).sum()) / fps, 1)
                for s, name in enumerate(STATE_NAMES)}
     want = cfg.want or MIN_SECONDS
-    short = [k for k, v in seconds.items() if v < want.get(k, 0.0)]
+    have = {"speaking": seconds["speaking"], "silent": seconds["listening"] + seconds["idle"]}
+    short = [k for k, v in have.items() if v < want.get(k, 0.0)]
     size_bytes = sum((out_dir / f).stat().st_size for f in files) + \
         (out_dir / index).stat().st_size
     return BankResult(frames=written, chunks=len(files), seconds=seconds, dropped=dropped,
