@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from avatar.motion import IDLE, LISTENING, SPEAKING, Entry, MotionConfig, MotionGraph, Walker
 from tests.conftest import read_frames, run_cli
