@@ -146,9 +146,10 @@ class MotionBank:
         h, w = a.shape[:2]
         wa = _warp(a, move_a, (w, h))
         wb = _warp(b, move_b, (w, h))
-        mixed = wa.astype(np.float32) * (1 - e.w) + wb.astype(np.float32) * e.w
+        # One uint8 pass (OpenCV rounds and saturates): a fifth of float arithmetic's time.
+        mixed = cv2.addWeighted(wa, 1.0 - e.w, wb, e.w, 0.0)
         crop = (1 - e.w) * (ca @ np.linalg.inv(move_a)) + e.w * (cb @ np.linalg.inv(move_b))
-        return np.rint(mixed).astype(np.uint8), crop[:2]
+        return mixed, crop[:2]
 
     def background(self, e: Entry) -> _IdleFrame:
         """Everything compositing needs for an entry (cached: a frame is usually painted
@@ -175,7 +176,10 @@ def _h(m: np.ndarray) -> np.ndarray:
 
 
 def _warp(img: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if np.allclose(m, np.eye(3), atol=1e-4):
+    # A move of under a tenth of a pixel anywhere in the frame is no move.
+    h, w = img.shape[:2]
+    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64).T
+    if np.abs((m - np.eye(3)) @ corners)[:2].max() < 0.1:
         return img
     return cv2.warpAffine(img, m[:2], size, flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)

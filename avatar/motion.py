@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 IDLE, LISTENING, SPEAKING = 0, 1, 2
-OPEN_MOUTH = 0.04
-"""Mouth opening (inner-lip gap over eye distance) above which a frame's own mouth reads as
-talking: such a frame is never shown without a painted mouth."""
+OPEN_MOUTH = 0.015
+"""Mouth opening (inner-lip gap over eye distance) above which a frame's own mouth is not
+shut (a shut mouth reads about 0.002): such a frame is never shown without a painted
+mouth, so the mouth is still and closed whenever the avatar is silent (GRID's listening
+frames: 0.032 at the 90th percentile)."""
 
 
 WANTS = {"speaking": (SPEAKING,), "silent": (LISTENING, IDLE)}

@@ -324,6 +324,10 @@ def evaluate_motion(bundle: Path, footage: list[Path], out_dir: Path, device: st
     entries = plan_walk(walker, active, db)
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = _Measure(fps, face_box)
+    # The walk's own frames (the footage it shows, before the mouth is painted), measured
+    # the same way: head motion is the walk's doing; the painted jaw moves the face mesh's
+    # chin, and so its head angles, a little on its own.
+    base = _Measure(fps, face_box)
     writer = VideoWriter(out_dir / "motion.mp4", fps, *map(int, avatar.manifest.frame_size),
                          audio_rate=SPEECH_RATE) if video else None
     try:
@@ -334,6 +338,7 @@ def evaluate_motion(bundle: Path, footage: list[Path], out_dir: Path, device: st
                 avatar.bank.prefetch([f for e in entries[a + 16: a + 32] for f in e.frames()])
                 for i, frame in zip(range(a, a + len(reqs)), avatar.render(reqs), strict=True):
                     gen.add(frame)
+                    base.add(avatar.base_frame(entries[i]))
                     if writer is not None:
                         writer.write(frame)
                         writer.write_audio(audio[int(i * SPEECH_RATE / fps):
@@ -347,10 +352,14 @@ def evaluate_motion(bundle: Path, footage: list[Path], out_dir: Path, device: st
         raise
     finally:
         gen.close()
+        base.close()
     g = gen.arrays()
+    g["base_euler"] = base.arrays()["euler"]
+    g["base_lm"] = base.arrays()["lm"]
     ref = _bank_reference(avatar)
     report = _figures(entries, g, active, clips, spans, ref, fps, cfg, n)
-    atomic.save_npz(out_dir / "frames.npz", euler=g["euler"], opening=g["opening"],
+    atomic.save_npz(out_dir / "frames.npz", euler=g["euler"], base_euler=g["base_euler"],
+                    opening=g["opening"],
                     landmarks=g["lm"], active=active,
                     mad=np.concatenate([[np.nan], np.abs(np.diff(g["grey"], axis=0)).mean((1, 2))]),
                     a=np.array([e.a for e in entries]), b=np.array([e.b for e in entries]),
@@ -359,7 +368,7 @@ def evaluate_motion(bundle: Path, footage: list[Path], out_dir: Path, device: st
     report["drive_seconds"] = round(n / fps, 1)
     report["bank"] = {"frames": avatar.bank.n, **avatar.manifest.motion.seconds,
                       "bytes": avatar.manifest.motion.bytes}
-    _write_traces(g["euler"], active, clips, out_dir / "head_angles.png", fps)
+    _write_traces(g["base_euler"], active, clips, out_dir / "head_angles.png", fps)
     worst = report["seams"].pop("_worst")
     # The strip: the worst seams rendered again (the walk is fixed, so the same frames).
     strips = []
@@ -382,7 +391,8 @@ def _figures(entries: list[Entry], g: dict, active: np.ndarray, clips: list[dict
     over = [k for k in seam_frames if mad[k] > ref["mad_p99"] or lm_speed[k] > ref["lm_p99"]]
     plain = np.setdiff1d(np.arange(1, n), seam_frames)
     worst = sorted(seam_frames, key=lambda k: -np.nan_to_num(mad[k] / ref["mad_p99"]))[:4]
-    speed = angular_speed(g["euler"], fps)
+    painted_speed = angular_speed(g["euler"], fps)
+    speed = angular_speed(g["base_euler"], fps)
     # The real held-out reference, clip by clip (no step across two clips).
     r_speed = np.concatenate([angular_speed(c["real"]["euler"], fps) for c in clips])
     r_speak = np.concatenate([c["speaking"] for c in clips])
@@ -400,7 +410,7 @@ def _figures(entries: list[Entry], g: dict, active: np.ndarray, clips: list[dict
     nods = None
     if all(c["stressed"] is not None for c in clips):
         real_hits = [nod_hits(c["real"]["lm"], c["stressed"], fps) for c in clips]
-        gen_y = g["lm"]
+        gen_y = g["base_lm"]
         gen_hits = [nod_hits(gen_y, [start / SPEECH_RATE + t for t in clips[ci]["stressed"]],
                              fps) for ci, start in spans]
         r_h, r_n = sum(h for h, _ in real_hits), sum(m for _, m in real_hits)
@@ -411,7 +421,8 @@ def _figures(entries: list[Entry], g: dict, active: np.ndarray, clips: list[dict
                 "rule": "a nod (head dipping by 0.04 inter-ocular distances or more against "
                         "its 1.2 s running mean) peaking 0-0.4 s after a stressed word's start"}
 
-    def behaviour(real_speed: np.ndarray, real_speaking: np.ndarray) -> dict:
+    def behaviour(real_speed: np.ndarray, real_speaking: np.ndarray,
+                  speed: np.ndarray = speed) -> dict:
         gen_ratio = _energy_ratio(speed, active)
         real_ratio = _energy_ratio(real_speed, real_speaking)
         return {"ks_speaking": round(ks_distance(speed[active], real_speed[real_speaking]), 3),
@@ -442,6 +453,7 @@ def _figures(entries: list[Entry], g: dict, active: np.ndarray, clips: list[dict
         "repetition": repetition(entries, fps, cfg.window_s, cfg.horizon_s),
         "behaviour_vs_held_out": behaviour(r_speed, r_speak),
         "behaviour_vs_enrolment": behaviour(b_speed, b_speak),
+        "behaviour_painted_vs_held_out": behaviour(r_speed, r_speak, painted_speed),
         "nods": nods,
         "lips_corr": round(lips, 3),
         "face_found": round(float(np.isfinite(g["euler"][:, 0]).mean()), 4),
