@@ -114,6 +114,9 @@ LOUD_RMS = 0.01
 """Received audio louder than this (RMS of a 20 ms frame) counts as sound."""
 MOVING_MARGIN = 0.02
 """A mouth opening this far beyond the widest idle opening counts as moving."""
+OPEN = 0.05
+"""An absolute opening (a spoken vowel reads 0.08-0.15) for ``first_open_ms``: the same
+bar whatever the silent footage before the first sentence looked like."""
 
 
 def av_lag(vt: np.ndarray, opening: np.ndarray, at: np.ndarray, rms: np.ndarray,
@@ -142,6 +145,7 @@ def av_lag(vt: np.ndarray, opening: np.ndarray, at: np.ndarray, rms: np.ndarray,
 
 def _analyse(logs: list[ClientLog]) -> dict:
     first_audio, first_frame, intervals, interrupt_ms, offsets = [], [], [], [], []
+    first_open, rests = [], []
     late = shown = late_start = dropped = 0
     for c in logs:
         vt = np.array([t for t, _ in c.video])
@@ -152,6 +156,7 @@ def _analyse(logs: list[ClientLog]) -> dict:
         # widest idle opening seen before the first sentence, on two frames in a row.
         idle = opening[: max(1, int(np.searchsorted(vt, c.says[0])))]
         rest = np.nanmax(idle) if np.isfinite(idle).any() else 0.0
+        rests.append(rest)
         intervals += list(np.diff(vt) * 1000)
         loud = rms > LOUD_RMS
         for s in c.says:
@@ -163,6 +168,10 @@ def _analyse(logs: list[ClientLog]) -> dict:
             v = np.nonzero((vt > s) & both)[0]
             if len(v):
                 first_frame.append((vt[v[0]] - s) * 1000)
+            wide = np.nan_to_num(opening, nan=0.0) > OPEN
+            v = np.nonzero((vt > s) & wide & np.r_[wide[1:], False])[0]
+            if len(v):
+                first_open.append((vt[v[0]] - s) * 1000)
         for t in c.interrupts:
             after = np.nonzero(at > t)[0]
             # Silence that lasts: the first frame after which nothing is loud for 200 ms.
@@ -181,6 +190,8 @@ def _analyse(logs: list[ClientLog]) -> dict:
 
     return {"first_audio_ms_p50": pct(first_audio, 50), "first_frame_ms_p50":
             pct(first_frame, 50), "first_frame_ms_p95": pct(first_frame, 95),
+            "first_open_ms_p50": pct(first_open, 50),
+            "rest_opening": round(float(np.median(rests)), 4) if rests else None,
             "av_offset_ms": float(np.median(offsets)) if offsets else None,
             "frame_interval_ms_p99": pct(intervals, 99),
             "late_frame_ratio": round(late / max(shown, 1), 4),

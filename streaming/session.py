@@ -65,6 +65,9 @@ class SessionConfig:
     """Microphone speech ends after this long below the gate."""
     live_max_s: float = 30.0
     """A longer stretch of microphone speech is ended and the next one begins."""
+    motion_lead_in: int = 4
+    """Frames of speech shown over the footage already planned before the walk turns to
+    speaking footage (avatars with a motion bank)."""
     synthesis_threads: int = 1
     """CPU threads each sentence's synthesis may use. One leaves the cores to the renderer:
     with the default two on this 2-core machine (``bench serve``, GRID voice, six runs each)
@@ -328,7 +331,10 @@ class Session:
         to a cross-fade's length before its end (so the walk is back in silent footage by
         the time the painted mouth stops), or on while its length is unknown."""
         u = self.queue[0] if self.queue else None
-        if u is None or u.start_frame is None or k < u.start_frame:
+        # The walk turns to speaking footage a few frames into the speech: the mouth is
+        # painted from the first frame whatever the footage, and those frames give the
+        # bank's thread time to decode the speaking stretch before it is needed.
+        if u is None or u.start_frame is None or k < u.start_frame + self.cfg.motion_lead_in:
             return "silent"
         total = u.speech.total_video_frames
         if total is None:
@@ -392,7 +398,8 @@ class Session:
                              + self.cfg.start_safety_s)
                 u.start_frame = math.ceil((now + margin) * fps)
                 if self.motion is not None:  # the walk turns to speaking footage here
-                    self.motion.replan(u.start_frame)
+                    self.motion.replan(u.start_frame + self.cfg.motion_lead_in)
+                    self.motion.prefetch(int(now * fps), self._mode)
             s = u.start_frame
             if self.motion is not None and u.speech.total_video_frames is not None and \
                     not u.planned_end:
