@@ -118,3 +118,16 @@ def mel_windows(mel: np.ndarray, n_frames: int, fps: int = 25, width: int = 20,
     starts = centre - width // 2 + pad
     idx = starts[:, None] + np.arange(width)[None, :]
     return np.transpose(padded[:, idx], (1, 0, 2))
+
+
+def frame_levels_db(audio: np.ndarray, n_frames: int, fps: int, rate: int = SPEECH_RATE
+                    ) -> np.ndarray:
+    """RMS level (dBFS) of each video frame's stretch of ``audio`` (-100 where empty)."""
+    hop = rate / fps
+    out = np.full(n_frames, -100.0, np.float32)
+    for i in range(n_frames):
+        x = audio[int(i * hop): int((i + 1) * hop)]
+        if x.size:
+            out[i] = 20 * np.log10(float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+                                   + 1e-9)
+    return out

@@ -13,6 +13,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,6 +30,9 @@ from avatar.manifest import Manifest
 from avatar.models.fold import fold_batchnorm
 from avatar.models.head import HeadConfig, HeadGenerator, blank_lower, region_keep_mask
 from avatar.motion import Entry, MotionConfig, Walker
+
+if TYPE_CHECKING:
+    from avatar.bank import MotionBank
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,7 @@ class Avatar:
         self.detail = "keep"
         """Whether the frame's own fine detail is kept where the paint agrees with it
         (``avatar.detail``): ``keep`` or ``off``."""
-        self.bank = None
+        self.bank: MotionBank | None = None
         """The motion bank (``avatar.bank.MotionBank``), or None for a bundle without one."""
 
     # ------------------------------------------------------------------ loading
@@ -271,8 +275,8 @@ def _load_idle(path: Path, manifest: Manifest, cfg: HeadConfig
 
 
 def _load_bank(path: Path, manifest: Manifest,
-               geometry: tuple[np.ndarray, np.ndarray, np.ndarray], size: int):  # noqa: ANN202
-    from avatar.bank import MotionBank
+               geometry: tuple[np.ndarray, np.ndarray, np.ndarray], size: int) -> MotionBank:
+    from avatar.bank import MotionBank  # it builds on this module's prepare_frames
 
     m = manifest.motion
     assert m is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class MotionBank:
         self._affine = index["crop_affine"].astype(np.float64)
         self._frames: OrderedDict[int, np.ndarray] = OrderedDict()
         self._prepared: OrderedDict[Entry, _IdleFrame] = OrderedDict()
+        self._mixed: OrderedDict[Entry, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._bytes = 0
         self._limit = int(cache_mb * 2**20)
         self._lock = threading.Lock()
@@ -95,11 +97,14 @@ class MotionBank:
                     self._bytes -= old.nbytes
                 self._queued.discard(c)
 
-    def prefetch(self, frames: list[int]) -> None:
-        """Decode the chunks holding ``frames`` on the bank's thread (returns at once)."""
+    def prefetch(self, frames: list[int], fades: Sequence[Entry] = ()) -> None:
+        """Decode the chunks holding ``frames`` on the bank's thread (returns at once), then
+        mix the cross-fade ``fades``: frames shown unpainted are not made on the caller's
+        thread (the server's event loop)."""
         with self._lock:
             todo = sorted({f for f in frames if f not in self._frames})
-        if not todo:
+            mixes = [e for e in fades if e not in self._mixed]
+        if not todo and not mixes:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="bank")
@@ -110,6 +115,14 @@ class MotionBank:
                     continue
                 self._queued.add(c)
             self._pool.submit(self._safe_decode, f)
+        for e in mixes:  # after the decodes, on the same thread: their frames are ready
+            self._pool.submit(self._safe_mix, e)
+
+    def _safe_mix(self, e: Entry) -> None:
+        try:
+            self._mixed_frame(e)
+        except Exception:  # noqa: BLE001 - mixed again (and fails loudly) when shown
+            log.exception("preparing bank cross-fade %s failed", e)
 
     def _safe_decode(self, i: int) -> None:
         try:
@@ -121,8 +134,23 @@ class MotionBank:
 
     # ------------------------------------------------------------------ entries
     def show(self, e: Entry) -> np.ndarray:
-        """The plain frame an entry shows (no painted mouth)."""
-        return self._compose(e)[0]
+        """The plain frame an entry shows (no painted mouth). A cross-fade's frame is
+        mixed once (on the bank's thread when prefetched) and kept for both showing and
+        painting."""
+        if e.b < 0:
+            return self.rgb(e.a)
+        return self._mixed_frame(e)[0]
+
+    def _mixed_frame(self, e: Entry) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            m = self._mixed.get(e)
+        if m is None:
+            m = self._compose(e)
+            with self._lock:
+                self._mixed[e] = m
+                while len(self._mixed) > 64:
+                    self._mixed.popitem(last=False)
+        return m
 
     def _compose(self, e: Entry) -> tuple[np.ndarray, np.ndarray]:
         """The entry's frame and its crop transform (frame pixels -> crop pixels).
@@ -158,17 +186,13 @@ class MotionBank:
             p = self._prepared.get(e)
             if p is not None:
                 return p
-        frame, affine = self._compose(e)
+        frame, affine = self._compose(e) if e.b < 0 else self._mixed_frame(e)
         p = prepare_frames([frame], affine[None], *self._geometry, self._size)[0]
         with self._lock:
             self._prepared[e] = p
             while len(self._prepared) > 96:
                 self._prepared.popitem(last=False)
         return p
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _h(m: np.ndarray) -> np.ndarray:

@@ -4,12 +4,12 @@ The bank (``training.motion.bank``) holds the enrolment footage's usable stretch
 frame labelled speaking, listening or idle. The runtime plays a stretch forwards while it
 fits what the avatar is doing, and leaves it for another frame of the right state whose
 pose, position, landmarks, shoulders and face-area pixels (and their velocities) agree
-with the frame it leaves, cross-fading over a few frames so no jump shows. Nothing is ever
-played backwards. Frames used within the last minute are priced out, so a 2-second stretch
-does not come back while the viewer might remember it, and among the few best transitions
-one is drawn at random. While speaking, the stretch's own speech loudness is matched to
-the new speech's where it is known (a larger movement where the new speech is louder, as
-in the person's own footage).
+with the frame it leaves, morphing over a few frames so no jump shows. Nothing is ever
+played backwards. Frames whose next two seconds were shown within the last minute are
+left out, so a stretch does not come back while the viewer might remember it, and the
+next one is drawn uniformly among all good enough. While speaking, the stretch's own
+speech loudness is matched to the new speech's where it is known (a larger movement where
+the new speech is louder, as in the person's own footage).
 
 The graph is implicit: the cost from one frame to every frame of the bank is a few
 thousand multiply-adds a frame, so a transition is priced when it is needed and nothing
@@ -22,6 +22,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from avatar.audio import frame_levels_db
 
 IDLE, LISTENING, SPEAKING = 0, 1, 2
 OPEN_MOUTH = 0.015
@@ -186,9 +188,17 @@ class Walker:
         self.ahead = max(1, int(round(self.cfg.repeat_window_s * fps)))
         self.last_used = np.full(graph.n, -10**9, np.int64)
         self.k = 0
-        silent = np.isin(graph.state, WANTS["silent"]) & ~graph.mouthy
-        pool = np.flatnonzero(silent) if silent.any() else np.arange(graph.n)
-        first = int(pool[np.argmax(graph.left[pool])]) if start is None else start
+        # Each walk starts somewhere else in the silent footage (sessions opened together
+        # do not move in step), where a stretch long enough to stay in begins.
+        # (Best with the mouth shut; then any silent footage; then anything.)
+        silent = np.isin(graph.state, WANTS["silent"])
+        long = graph.left_in[WANTS["silent"]] >= self.min_stay
+        pool = np.arange(graph.n)
+        for wanted in (silent & long & ~graph.mouthy, silent & long, silent):
+            if wanted.any():
+                pool = np.flatnonzero(wanted)
+                break
+        first = int(self.rng.choice(pool)) if start is None else start
         self.s = _State(cur=first, stay=1, pending=[Entry(first)])
         self.transitions = 0
         natural = graph.consecutive_cost()
@@ -257,9 +267,10 @@ class Walker:
         g, c = self.g, self.cfg
         cost = g.costs(src, c.velocity_weight)
         ok = g.left_in[want] >= self.min_stay + c.fade
-        # Not a little further along, or back, in the stretch it is in: that is no
-        # transition, or a replay.
-        lo, hi = max(0, src - 4 * self.max_stay), min(g.n, src + 2 * self.max_stay)
+        # Not a few frames back or on in the stretch it is in (that is a stutter, not a
+        # transition); further away in the same stretch is a transition like another, and
+        # what was shown lately is left out below.
+        lo, hi = max(0, src - self.min_stay), min(g.n, src + self.min_stay + c.fade)
         ok[lo:hi] &= ~_same_run(g, src, lo, hi)
         if not ok.any():
             return -1, float("inf")
@@ -318,22 +329,21 @@ def speech_activity(audio16k: np.ndarray, n_frames: int, fps: int, rate: int = 1
     than -50 dBFS, with pauses shorter than ``bridge_s`` bridged (one utterance, one walk
     through speaking footage, not a switch at every breath).
     """
-    hop = rate / fps
-    db = np.full(n_frames, -100.0, np.float32)
-    for i in range(n_frames):
-        x = audio16k[int(i * hop): int((i + 1) * hop)]
-        if x.size:
-            db[i] = 20 * np.log10(float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
-                                  + 1e-9)
+    db = frame_levels_db(audio16k, n_frames, fps, rate)
     if not n_frames:
         return np.zeros(0, bool), db
     active = db > max(-50.0, float(db.max()) - 35.0)
-    idx = np.flatnonzero(active)
-    bridge = int(round(bridge_s * fps))
+    return bridge_gaps(active, int(round(bridge_s * fps))), db
+
+
+def bridge_gaps(mask: np.ndarray, gap: int) -> np.ndarray:
+    """``mask`` with runs of False of at most ``gap`` between two Trues filled in."""
+    out = mask.astype(bool).copy()
+    idx = np.flatnonzero(out)
     for a, b in zip(idx[:-1], idx[1:], strict=True):
-        if 1 < b - a <= bridge + 1:
-            active[a:b] = True
-    return active, db
+        if 1 < b - a <= gap + 1:
+            out[a:b] = True
+    return out
 
 
 def plan_walk(walker: Walker, active: np.ndarray, db: np.ndarray) -> list[Entry]:

@@ -93,9 +93,8 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
         def batch(b: int = b, walkers: list = walkers) -> list[FrameRequest]:
             if not walkers:
                 return [FrameRequest(idle_index=i, mel=mel[i % len(mel)]) for i in range(b)]
-            reqs = [FrameRequest(idle_index=i, mel=mel[i % len(mel)], base=w.next("speaking"))
+            return [FrameRequest(idle_index=i, mel=mel[i % len(mel)], base=w.next("speaking"))
                     for i, w in enumerate(walkers)]
-            return reqs
 
         pending = batch()
         avatar.render(pending)  # warm-up

@@ -255,6 +255,8 @@ class Session:
     def video_frame(self, k: int) -> np.ndarray:
         """The frame shown at index k (called by the video track at its time)."""
         self.stats["frames_shown"] += 1
+        if self.motion is not None:
+            self.motion.shown = max(self.motion.shown, k)  # never re-planned from now on
         frame = self.rendered.pop(k, None)
         for old in [i for i in self.rendered if i < k]:
             del self.rendered[old]
@@ -267,7 +269,7 @@ class Session:
             if k - u.start_frame < 5:
                 self.stats["frames_late_at_start"] += 1
         if self.motion is not None:
-            return self.avatar.base_frame(self.motion.shown_at(k, self._mode))
+            return self.avatar.base_frame(self.motion.at(k, self._mode))
         return self.avatar.idle_frame(k)
 
     def audio_frame(self, j: int) -> np.ndarray:
@@ -466,6 +468,8 @@ class MotionTimeline:
         self.shown = -1
         """The last frame shown (never re-planned)."""
         self.prefetch_s = 1.0
+        self._prefetched = 0
+        """Frames before this one were handed to the bank to decode."""
 
     def at(self, k: int, mode: Callable[[int], str]) -> Entry:
         """The entry frame ``k`` shows, planning up to it with ``mode`` where needed."""
@@ -474,15 +478,10 @@ class MotionTimeline:
         while self.next <= k:
             self._snaps[self.next] = self.walker.snapshot()
             self.entries[self.next] = self.walker.next(mode(self.next))
+            self.entries.pop(self.next - self.KEEP, None)  # frames are planned in order
+            self._snaps.pop(self.next - self.KEEP, None)
             self.next += 1
-        for old in [i for i in self.entries if i < self.next - self.KEEP]:
-            del self.entries[old]
-            self._snaps.pop(old, None)
         return self.entries[k]
-
-    def shown_at(self, k: int, mode: Callable[[int], str]) -> Entry:
-        self.shown = max(self.shown, k)
-        return self.at(k, mode)
 
     def replan(self, k: int) -> None:
         """Forget the plan from frame ``k`` on (never a frame already shown)."""
@@ -494,15 +493,22 @@ class MotionTimeline:
             self.entries.pop(i, None)
             self._snaps.pop(i, None)
         self.next = k
+        self._prefetched = min(self._prefetched, k)
 
     def mouthy(self, e: Entry) -> bool:
         return bool(self.bank.graph.mouthy[list(e.frames())].any())
 
     def prefetch(self, current: int, mode: Callable[[int], str]) -> None:
-        """Plan the next second and have its frames decoded before they are due."""
+        """Plan the next second and have its frames decoded before they are due (called
+        every few milliseconds: only frames not handed to the bank yet are)."""
         ahead = current + int(self.prefetch_s * self.bank.graph.fps)
-        self.bank.prefetch([f for k in range(max(current, self.shown + 1), ahead)
-                            for f in self.at(k, mode).frames()])
+        first = max(current, self.shown + 1, self._prefetched)
+        if first >= ahead:
+            return
+        planned = [self.at(k, mode) for k in range(first, ahead)]
+        self.bank.prefetch([f for e in planned for f in e.frames()],
+                           [e for e in planned if e.b >= 0])
+        self._prefetched = ahead
 
 
 async def listen(session: Session, track) -> None:  # noqa: ANN001 - aiortc's remote track

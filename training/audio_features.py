@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from avatar.audio import VOICE_MEL, log_mel
+from avatar.audio import FACE_MEL, SPEECH_RATE, VOICE_MEL, log_mel
 from training.config import AudioConfig
 from training.vad import voice_activity
 
@@ -34,6 +34,20 @@ class AudioFeatures:
     def arrays(self) -> dict[str, np.ndarray]:
         return {"vad": self.vad, "loudness_db": self.loudness_db, "f0_hz": self.f0_hz,
                 "mel16": self.mel16, "mel22": self.mel22}
+
+
+def frame_hops(n_frames: int, fps: int, length: int, hop_rate: int = 100) -> np.ndarray:
+    """For each of ``n_frames`` video frames, the index of the hop (``hop_rate`` per
+    second) at its centre, within an array of ``length`` hops."""
+    at = np.round((np.arange(n_frames) + 0.5) / fps * hop_rate).astype(int)
+    return np.clip(at, 0, max(0, length - 1))
+
+
+def speech_per_frame(audio16k: np.ndarray, n_frames: int, fps: int) -> np.ndarray:
+    """Voice activity (the 10 ms VAD of enrolment) of 16 kHz audio at each video frame."""
+    hop = FACE_MEL.hop
+    vad = voice_activity(loudness(audio16k, SPEECH_RATE, hop), hop / SPEECH_RATE)
+    return vad[frame_hops(n_frames, fps, len(vad))]
 
 
 def frame_signal(x: np.ndarray, win: int, hop: int) -> np.ndarray:

@@ -18,18 +18,17 @@ import cv2
 import numpy as np
 
 from avatar import atomic
-from avatar.audio import FACE_MEL, SPEECH_RATE, mel_windows
+from avatar.audio import SPEECH_RATE, frame_levels_db, mel_windows
 from avatar.avatar import Avatar, FrameRequest
 from avatar.errors import TwincastError
 from avatar.video_io import VideoWriter
 from training import face as F
-from training.audio_features import loudness
+from training.audio_features import speech_per_frame
 from training.config import FaceConfig
 from training.head.fidelity import Area, Tally
 from training.ingest import ClipInfo, clip_ids, decode_audio, find_footage, iter_frames, probe
 from training.progress import bar
 from training.smoothing import OneEuroFilter
-from training.vad import voice_activity
 
 log = logging.getLogger(__name__)
 MAX_LAG = 4
@@ -99,11 +98,7 @@ class _Mouths:
     def add(self, frame: np.ndarray) -> None:
         size = (frame.shape[1], frame.shape[0])
         if self.tracker is None:
-            from avatar.quiet import native_stderr_silenced
-
-            with native_stderr_silenced():
-                self.tracker = F.FaceTracker(self.cfg)
-                self.tracker(frame, size)  # the first call logs
+            self.tracker = F.FaceTracker.quiet(self.cfg, frame)
         obs = self.tracker(frame, size)
         if obs.landmarks is None:
             self.opening.append(np.nan)
@@ -148,20 +143,10 @@ def load_held_out(paths: list[Path], fps: int, cfg: FaceConfig) -> list[HeldOut]
         opening, affines = m.openings(), m.crop_affines()
         n = len(opening)
         audio = decode_audio(f, [SPEECH_RATE])[SPEECH_RATE]
-        level = _level_per_frame(audio, n, fps)
-        hop = FACE_MEL.hop
-        vad = voice_activity(loudness(audio, SPEECH_RATE, hop), hop / SPEECH_RATE)
-        idx = np.clip(np.round((np.arange(n) + 0.5) / fps * 100).astype(int), 0,
-                      len(vad) - 1)
-        out.append(HeldOut(cid, info, fps, audio, opening, affines, level, ~vad[idx],
-                           _sample_truth(f, n)))
+        level = frame_levels_db(audio, n, fps)
+        out.append(HeldOut(cid, info, fps, audio, opening, affines, level,
+                           ~speech_per_frame(audio, n, fps), _sample_truth(f, n)))
     return out
-
-
-def _level_per_frame(audio: np.ndarray, n: int, fps: int) -> np.ndarray:
-    spf = SPEECH_RATE / fps
-    return np.array([20 * np.log10(np.sqrt(np.mean(
-        audio[int(i * spf): int((i + 1) * spf)] ** 2) + 1e-10) + 1e-10) for i in range(n)])
 
 
 def _drive(avatar: Avatar, audio: np.ndarray, n: int, batch: int = 16

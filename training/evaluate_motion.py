@@ -20,6 +20,7 @@ frame of the held-out clips themselves. Figures (see docs in README):
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +35,12 @@ from avatar.errors import TwincastError
 from avatar.motion import Entry, MotionConfig, plan_walk, speech_activity
 from avatar.video_io import VideoWriter
 from training import face as F
-from training.audio_features import loudness
+from training.audio_features import speech_per_frame
 from training.config import FaceConfig
 from training.ingest import clip_ids, decode_audio, find_footage, iter_frames, probe
+from training.motion.bank import LANDMARKS
 from training.progress import bar
 from training.smoothing import OneEuroFilter
-from training.vad import voice_activity
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +76,9 @@ class _Measure:
     def add(self, rgb: np.ndarray) -> None:
         size = (rgb.shape[1], rgb.shape[0])
         if self.tracker is None:
-            from avatar.quiet import native_stderr_silenced
-
-            with native_stderr_silenced():
-                self.tracker = F.FaceTracker(self.cfg)
-                self.tracker(rgb, size)
+            self.tracker = F.FaceTracker.quiet(self.cfg, rgb)
         obs = self.tracker(rgb, size)
-        x0, y0, x1, y1 = self.box
-        self.grey.append(cv2.resize(cv2.cvtColor(rgb[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY),
-                                    (64, 64), interpolation=cv2.INTER_AREA))
+        self.grey.append(_face_area(rgb, self.box))
         if obs.landmarks is None:
             self.smoother.reset()
             self.euler.append(np.full(3, np.nan))
@@ -93,8 +88,6 @@ class _Measure:
         sm = self.smoother(obs.landmarks, F.interocular(obs.landmarks))
         rot, _ = F.head_pose(sm)
         self.euler.append(F.euler_degrees(rot))
-        from training.motion.bank import LANDMARKS
-
         iod = max(F.interocular(obs.landmarks), 1.0)
         self.lm.append(obs.landmarks[list(LANDMARKS), :2] / iod)
         self.opening.append(F.mouth_opening(obs.landmarks))
@@ -106,6 +99,18 @@ class _Measure:
     def arrays(self) -> dict[str, np.ndarray]:
         return {"euler": np.array(self.euler, np.float64), "lm": np.array(self.lm),
                 "opening": np.array(self.opening), "grey": np.array(self.grey, np.float32)}
+
+
+def _face_area(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The fixed face box of a frame, grey, 64x64: what the seam figure compares."""
+    x0, y0, x1, y1 = box
+    return cv2.resize(cv2.cvtColor(rgb[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY), (64, 64),
+                      interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def _area_change(grey: np.ndarray) -> np.ndarray:
+    """Mean absolute change of the face area from the frame before (NaN at 0)."""
+    return np.concatenate([[np.nan], np.abs(np.diff(grey, axis=0)).mean((1, 2))])
 
 
 def angular_speed(euler: np.ndarray, fps: int) -> np.ndarray:
@@ -220,8 +225,6 @@ def _stressed_words(video: Path) -> list[float] | None:
     words = video.parent / "words.json"
     if video.name != "sample.mp4" or not words.exists():
         return None
-    import json
-
     d = json.loads(words.read_text())
     letters = int(d.get("config", {}).get("nod_letters", 0))
     if not letters:
@@ -249,14 +252,12 @@ def _bank_reference(avatar: Avatar) -> dict:
     assert bank is not None
     idx = bank.index
     box = idx["face_box"].astype(int)
-    x0, y0, x1, y1 = box
     cont = idx["cont"].astype(bool)
     mad = []
     prev = None
     with bar(bank.n, "bank footage", "frame") as pb:
         for i in range(bank.n):
-            g = cv2.resize(cv2.cvtColor(bank.rgb(i)[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY),
-                           (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
+            g = _face_area(bank.rgb(i), box)
             if prev is not None and cont[i - 1]:
                 mad.append(float(np.abs(g - prev).mean()))
             prev = g
@@ -295,11 +296,9 @@ def evaluate_motion(bundle: Path, footage: list[Path], out_dir: Path, device: st
         m.close()
         real = m.arrays()
         audio = decode_audio(f, [SPEECH_RATE])[SPEECH_RATE]
-        hop = 160
-        vad = voice_activity(loudness(audio, SPEECH_RATE, hop), hop / SPEECH_RATE)
         n = len(real["euler"])
-        at = np.clip(np.round((np.arange(n) + 0.5) / fps * 100).astype(int), 0, len(vad) - 1)
-        clips.append({"id": cid, "audio": audio, "real": real, "speaking": vad[at], "n": n,
+        clips.append({"id": cid, "audio": audio, "real": real, "n": n,
+                      "speaking": speech_per_frame(audio, n, fps),
                       "stressed": _stressed_words(f)})
     if not clips:
         raise TwincastError("no held-out footage to drive the avatar with")
@@ -354,14 +353,14 @@ def evaluate_motion(bundle: Path, footage: list[Path], out_dir: Path, device: st
         gen.close()
         base.close()
     g = gen.arrays()
-    g["base_euler"] = base.arrays()["euler"]
-    g["base_lm"] = base.arrays()["lm"]
+    walked = base.arrays()
+    g["base_euler"], g["base_lm"] = walked["euler"], walked["lm"]
     ref = _bank_reference(avatar)
-    report = _figures(entries, g, active, clips, spans, ref, fps, cfg, n)
+    report, worst = _figures(entries, g, active, clips, spans, ref, fps, cfg, n)
     atomic.save_npz(out_dir / "frames.npz", euler=g["euler"], base_euler=g["base_euler"],
                     opening=g["opening"],
                     landmarks=g["lm"], active=active,
-                    mad=np.concatenate([[np.nan], np.abs(np.diff(g["grey"], axis=0)).mean((1, 2))]),
+                    mad=_area_change(g["grey"]),
                     a=np.array([e.a for e in entries]), b=np.array([e.b for e in entries]),
                     w=np.array([e.w for e in entries]))
     report["bundle"] = str(bundle)
@@ -369,7 +368,6 @@ def evaluate_motion(bundle: Path, footage: list[Path], out_dir: Path, device: st
     report["bank"] = {"frames": avatar.bank.n, **avatar.manifest.motion.seconds,
                       "bytes": avatar.manifest.motion.bytes}
     _write_traces(g["base_euler"], active, clips, out_dir / "head_angles.png", fps)
-    worst = report["seams"].pop("_worst")
     # The strip: the worst seams rendered again (the walk is fixed, so the same frames).
     strips = []
     for k in worst:
@@ -383,9 +381,10 @@ def evaluate_motion(bundle: Path, footage: list[Path], out_dir: Path, device: st
 
 def _figures(entries: list[Entry], g: dict, active: np.ndarray, clips: list[dict],
              spans: list[tuple[int, int]], ref: dict, fps: int, cfg: MotionEvalConfig,
-             n: int) -> dict:
+             n: int) -> tuple[dict, list[int]]:
+    """The report's figures, and the output frames of the worst seams (for the strip)."""
     grey, lm = g["grey"], g["lm"]
-    mad = np.concatenate([[np.nan], np.abs(np.diff(grey, axis=0)).mean((1, 2))])
+    mad = _area_change(grey)
     lm_speed = np.concatenate([[np.nan], np.linalg.norm(np.diff(lm, axis=0), axis=2).mean(1)])
     seam_frames = seams(entries)
     over = [k for k in seam_frames if mad[k] > ref["mad_p99"] or lm_speed[k] > ref["lm_p99"]]
@@ -448,8 +447,7 @@ def _figures(entries: list[Entry], g: dict, active: np.ndarray, clips: list[dict
                   if seam_frames else None,
                   "mad_seam_median": round(float(np.nanmedian(mad[seam_frames])), 3)
                   if seam_frames else None,
-                  "mad_plain_median": round(float(np.nanmedian(mad[plain])), 3),
-                  "_worst": worst},
+                  "mad_plain_median": round(float(np.nanmedian(mad[plain])), 3)},
         "repetition": repetition(entries, fps, cfg.window_s, cfg.horizon_s),
         "behaviour_vs_held_out": behaviour(r_speed, r_speak),
         "behaviour_vs_enrolment": behaviour(b_speed, b_speak),
@@ -462,7 +460,7 @@ def _figures(entries: list[Entry], g: dict, active: np.ndarray, clips: list[dict
                   "output frame rendered and measured with the enrolment's face mesh and "
                   "smoothing; seams against the bank footage's own 99th percentile "
                   "consecutive change (training/evaluate_motion.py)",
-    }
+    }, worst
 
 
 def _write_traces(euler: np.ndarray, active: np.ndarray, clips: list[dict], path: Path,

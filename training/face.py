@@ -63,6 +63,17 @@ class FaceTracker:
             min_detection_confidence=cfg.min_detection_confidence,
             min_tracking_confidence=cfg.min_tracking_confidence)
 
+    @classmethod
+    def quiet(cls, cfg: FaceConfig, first: np.ndarray) -> FaceTracker:
+        """A tracker opened, and run once on ``first``, with MediaPipe's start-up chatter
+        on the native stderr silenced (its first call logs)."""
+        from avatar.quiet import native_stderr_silenced
+
+        with native_stderr_silenced():
+            tracker = cls(cfg)
+            tracker(first, (first.shape[1], first.shape[0]))
+        return tracker
+
     def close(self) -> None:
         self._mesh.close()
 

@@ -488,6 +488,9 @@ def cmd_train_motion(args: argparse.Namespace) -> int:
     if len(bundles) != 1:
         raise TwincastError(f"{wd.avatars}: " + ("holds several bundles; say which with "
                             "--name" if bundles else "no such bundle; enrol first"))
+    if not (wd.features / "manifest.json").is_file():
+        raise TwincastError(f"{wd.features}: no enrolment cache; the bank is cut from it "
+                            "and the source footage (run `twincast enrol` first)")
     section = add_motion(bundles[0], wd.features)
     print(json.dumps({"bundle": str(bundles[0]), **section.to_dict(),
                       "files": len(section.files)}, indent=2))

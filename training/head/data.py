@@ -19,6 +19,7 @@ from avatar.audio import mel_windows
 from avatar.decode import DecodeError, rgb_frames
 from avatar.errors import TwincastError
 from avatar.models.lips import LIP_POINTS
+from training.audio_features import frame_hops
 from training.progress import bar
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,7 @@ def load_cache(features_dir: Path, size: int, mel_frames: int,
                     raise TwincastError(f"{d / seg['file']}: cannot be decoded ({e}); re-run "
                                         "'twincast enrol'") from None
             windows = mel_windows(mel, t, fps, mel_frames)
-            hops = np.clip(np.round((np.arange(t) + 0.5) / fps * 100).astype(int), 0,
-                           len(vad) - 1)
+            hops = frame_hops(t, fps, len(vad))
             usable = (n_faces == 1) & np.isfinite(lips).all(axis=(1, 2))
             n_clips = len(manifest["clips"])
             if n_clips >= round(1 / LIP_HOLDOUT):

@@ -33,8 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, preset: str,
-                  idle_seconds: float = 6.0, voice: TrainedVoice | None = None,
-                  motion: bool = True) -> Path:
+                  idle_seconds: float = 6.0, voice: TrainedVoice | None = None) -> Path:
     """Write the bundle to ``out`` atomically (a failed export leaves no half bundle)."""
     model = head.gen.cfg
     manifest_in = json.loads((features_dir / "manifest.json").read_text())
@@ -74,10 +73,8 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
         gen = {k: v.detach().cpu().contiguous() for k, v in head.gen.state_dict().items()}
         save_file(gen, str(tmp / "head.safetensors"))
         names = ["head.safetensors", "idle.mp4", "idle.npz", "reference.png", "mask.png"]
-        motion_section = _write_bank(features_dir, tmp, (width, height), fps) if motion \
-            else None
-        if motion_section is not None:
-            names += motion_section.files + [motion_section.index]
+        motion_section = _write_bank(features_dir, tmp, (width, height), fps)
+        names += motion_section.files + [motion_section.index]
         files = {f: sha256_file(tmp / f) for f in names}
         voice_section = None
         if voice is not None:
@@ -118,7 +115,8 @@ def add_motion(bundle: Path, features_dir: Path) -> MotionSection:
 
     manifest = read_manifest(bundle)
     if manifest.head is None or manifest.frame_size is None:
-        raise path_error(bundle, "has no face (a voice-only bundle): nothing to move")
+        raise path_error(bundle, "has no face (a voice-only bundle): a motion bank needs "
+                         "footage of the person; enrol video")
     tag = f"{int(time.time())}"
     folder, index = f"motion-{tag}", f"motion-{tag}.npz"
     try:
@@ -157,10 +155,10 @@ def _write_bank(features_dir: Path, tmp: Path, size: tuple[int, int], fps: int,
                              folder=folder, index=index)
         except ValueError as e:
             raise path_error(features_dir, f"cannot make a motion bank: {e}") from None
-    log.info("motion bank: %d frames in %d chunks, %.1f MB (%s)", res.frames, res.chunks,
-             res.bytes / 1e6, ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items()))
-    have = {"speaking": res.seconds["speaking"],
-            "silent": res.seconds["listening"] + res.seconds["idle"]}
+    log.info("motion bank: %d frames in %d chunks, %.1f MB (%s)", res.frames,
+             len(res.chunk_files), res.bytes / 1e6,
+             ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items()))
+    have = res.behaviour
     for mode in res.short:
         other = "silent" if mode == "speaking" else "speaking"
         log.warning("the footage holds %.0f s of %s behaviour; a walk that does not repeat "
@@ -168,9 +166,8 @@ def _write_bank(features_dir: Path, tmp: Path, size: tuple[int, int], fps: int,
                     MIN_SECONDS[mode], MIN_SECONDS[mode] - have[mode],
                     f": the avatar will use {other} footage there" if not have[mode] else
                     ": the avatar repeats itself sooner there")
-    return MotionSection(frames=res.frames, chunk=cfg.chunk,
-                         files=[f for f in res.files if f.endswith(".mp4")],
-                         index=index, seconds=res.seconds, short=res.short,
+    return MotionSection(frames=res.frames, chunk=cfg.chunk, files=res.chunk_files,
+                         index=res.index, seconds=res.seconds, short=res.short,
                          bytes=res.bytes)
 
 

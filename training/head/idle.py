@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from avatar.errors import TwincastError
+from training.audio_features import frame_hops
 from training.face import mouth_opening
 
 OPEN_MOUTH = 0.04
@@ -52,7 +53,7 @@ def choose_idle(features_dir: Path, seconds: float = 6.0, fps: int = 25) -> Idle
         t = len(one)
         if t < fps:  # under a second is no loop
             continue
-        hops = np.clip(np.round((np.arange(t) + 0.5) / fps * 100).astype(int), 0, len(vad) - 1)
+        hops = frame_hops(t, fps, len(vad))
         speech = vad[hops].astype(float)
         opening = np.array([mouth_opening(lm) if ok else 1.0 for lm, ok in
                             zip(raw, one, strict=True)])

@@ -24,13 +24,14 @@ import cv2
 import numpy as np
 
 from avatar import atomic
+from avatar.motion import IDLE, LISTENING, SPEAKING, bridge_gaps
 from avatar.video_io import VideoWriter
+from training.audio_features import frame_hops
 from training.face import mouth_opening
 from training.ingest import iter_frames, probe
 
 log = logging.getLogger(__name__)
 
-IDLE, LISTENING, SPEAKING = 0, 1, 2
 STATE_NAMES = ("idle", "listening", "speaking")
 LANDMARKS = (1, 33, 263, 61, 291, 152, 105, 334)
 """Nose tip, outer eye corners, mouth corners, chin, brows: the points matched across a
@@ -55,8 +56,6 @@ class BankConfig:
     """A frame-to-frame change (mean absolute grey level, 32x32 thumbnail) over both this
     many times the clip's median change and this many levels is a cut."""
     thumb: int = 24
-    want: dict | None = None
-    """Seconds each state should have for a lively bank (``MIN_SECONDS`` by default)."""
 
 
 MIN_SECONDS = {"speaking": 20.0, "silent": 10.0}
@@ -67,51 +66,35 @@ the bank reports it short: the walk through it repeats itself within a minute.""
 @dataclass
 class BankResult:
     frames: int
-    chunks: int
+    chunk_files: list[str]
+    index: str
     seconds: dict[str, float]
+    """Seconds of each state (idle, listening, speaking)."""
+    behaviour: dict[str, float]
+    """Seconds of what the avatar does with them: speaking, silent (listening + idle)."""
+    short: list[str]
+    """Behaviours with less than ``MIN_SECONDS``."""
     dropped: dict[str, int]
     bytes: int
-    short: list[str]
-    files: list[str]
 
 
 def frame_states(vad100: np.ndarray, n: int, fps: int, cfg: BankConfig) -> np.ndarray:
     """Per video frame: SPEAKING, LISTENING or IDLE from the 100 Hz voice activity."""
-    hops = np.clip(np.round((np.arange(n) + 0.5) / fps * 100).astype(int), 0,
-                   max(0, len(vad100) - 1))
-    speech = vad100[hops].astype(bool) if len(vad100) else np.zeros(n, bool)
+    speech = vad100[frame_hops(n, fps, len(vad100))].astype(bool) if len(vad100) \
+        else np.zeros(n, bool)
     # Bridge short pauses inside speech: a breath between words is still speaking.
-    bridge = int(round(cfg.bridge_s * fps))
-    idx = np.flatnonzero(speech)
-    for a, b in zip(idx[:-1], idx[1:], strict=True):
-        if 1 < b - a <= bridge + 1:
-            speech[a:b] = True
+    speech = bridge_gaps(speech, int(round(cfg.bridge_s * fps)))
     states = np.full(n, IDLE, np.int8)
+    idx = np.flatnonzero(speech)
     if idx.size:
-        # Distance in frames to the nearest speech frame.
+        # Frames to the nearest speech frame: the speech frames either side of each.
         pos = np.arange(n)
-        near = np.min(np.abs(pos[:, None] - idx[None, :]), axis=1) if n * idx.size < 4e7 \
-            else _distance_to(speech)
-        states[near <= cfg.listen_s * fps] = LISTENING
+        j = np.searchsorted(idx, pos)
+        after = np.abs(idx[np.minimum(j, idx.size - 1)] - pos)
+        before = np.abs(pos - idx[np.maximum(j - 1, 0)])
+        states[np.minimum(before, after) <= cfg.listen_s * fps] = LISTENING
     states[speech] = SPEAKING
     return states
-
-
-def _distance_to(mask: np.ndarray) -> np.ndarray:
-    """Frames to the nearest True (two passes; for long clips)."""
-    n = len(mask)
-    d = np.full(n, n, np.int64)
-    last = -n
-    for i in range(n):
-        if mask[i]:
-            last = i
-        d[i] = i - last
-    last = 2 * n
-    for i in range(n - 1, -1, -1):
-        if mask[i]:
-            last = i
-        d[i] = min(d[i], last - i)
-    return d
 
 
 def _runs(ok: np.ndarray) -> list[tuple[int, int]]:
@@ -149,8 +132,7 @@ def build_bank(features_dir: Path, out_dir: Path, size: tuple[int, int], fps: in
         med = np.nanmedian(blur[ok]) if ok.any() else 0.0
         sharp = np.nan_to_num(blur, nan=0.0) >= cfg.blur_floor * med
         states = frame_states(vad, n, fps, cfg)
-        hops = np.clip(np.round((np.arange(n) + 0.5) / fps * 100).astype(int), 0,
-                       max(0, len(loud) - 1))
+        hops = frame_hops(n, fps, len(loud))
         plans.append(dict(clip=ci, dir=d, meta=meta, n=n, ok=ok, sharp=sharp, states=states,
                           lm=lm, f=f, sx=sx, sy=sy,
                           loud=loud[hops] if len(loud) else np.full(n, -80.0)))
@@ -238,13 +220,11 @@ def build_bank(features_dir: Path, out_dir: Path, size: tuple[int, int], fps: in
     states = arrays["state"]
     seconds = {name: round(float((states == s).sum()) / fps, 1)
                for s, name in enumerate(STATE_NAMES)}
-    want = cfg.want or MIN_SECONDS
     have = {"speaking": seconds["speaking"], "silent": seconds["listening"] + seconds["idle"]}
-    short = [k for k, v in have.items() if v < want.get(k, 0.0)]
-    size_bytes = sum((out_dir / f).stat().st_size for f in files) + \
-        (out_dir / index).stat().st_size
-    return BankResult(frames=written, chunks=len(files), seconds=seconds, dropped=dropped,
-                      bytes=size_bytes, short=short, files=files + [index])
+    size_bytes = sum((out_dir / f).stat().st_size for f in files + [index])
+    return BankResult(frames=written, chunk_files=files, index=index, seconds=seconds,
+                      behaviour=have, short=[k for k, v in have.items() if v < MIN_SECONDS[k]],
+                      dropped=dropped, bytes=size_bytes)
 
 
 def _append_frame(cols: dict[str, list], p: dict, f: dict, i: int, cont: bool,
