@@ -12,10 +12,7 @@ PRESET=${2:-cpu}
 TW=${TWINCAST:-.venv/bin/twincast}
 rm -rf "$W"
 mkdir -p "$W"
-"$TW" sample --out "$W/sample" --minutes 10 --size 1920x1080 --seed 0
-for s in 11 12; do
-  "$TW" sample --out "$W/held/$s" --minutes 0.5 --size 1920x1080 --seed "$s"
-done
+scripts/hd_sample.sh "$W"
 start=$(date +%s)
 "$TW" enrol "$W/sample/sample.mp4" --transcript "$W/sample/transcript.txt" --workdir "$W" \
   --preset "$PRESET" --features-only
