@@ -23,6 +23,7 @@ from avatar import devices, resample
 from avatar.audio import FACE_MEL, mel_windows
 from avatar.bundle import load_weights, read_manifest
 from avatar.colour import match_colour
+from avatar.cues import NodCues, frame_rows
 from avatar.decode import DecodeError, rgb_frames
 from avatar.detail import keep_detail
 from avatar.errors import TwincastError, path_error
@@ -94,6 +95,8 @@ class Avatar:
         (``avatar.detail``): ``keep`` or ``off``."""
         self.bank: MotionBank | None = None
         """The motion bank (``avatar.bank.MotionBank``), or None for a bundle without one."""
+        self.cues: NodCues | None = None
+        """When the person nods, from their speech (``avatar.cues``); None: not known."""
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -134,6 +137,8 @@ class Avatar:
         avatar._geometry = geometry
         if manifest.motion is not None:
             avatar.bank = _load_bank(path, manifest, geometry, cfg.size)
+            if manifest.motion.cues:
+                avatar.cues = _load_cues(path / manifest.motion.cues)
         return avatar
 
     def walker(self, seed: int = 0, cfg: MotionConfig | None = None) -> Walker | None:
@@ -154,6 +159,13 @@ class Avatar:
             raise TwincastError("the audio is empty: nothing to say")
         n = int(np.ceil(len(audio16k) / FACE_MEL.rate * self.fps))
         return mel_windows(log_mel(audio16k), n, self.fps, self.mel_frames)
+
+    def nods(self, windows: np.ndarray) -> np.ndarray | None:
+        """Per frame of ``windows`` (``mel_windows``): whether the person would nod at its
+        lowest there; None for a bundle that does not know (no cue model)."""
+        if self.cues is None:
+            return None
+        return self.cues.peaks(self.cues.probability(frame_rows(windows, self.fps)), self.fps)
 
     def silent_requests(self, n: int) -> list[FrameRequest]:
         """``n`` requests of silence over the first idle frames (to warm a renderer up)."""
@@ -292,6 +304,13 @@ def _load_bank(path: Path, manifest: Manifest,
     log.info("motion bank: %d frames (%s)", m.frames,
              ", ".join(f"{k} {v:.0f} s" for k, v in m.seconds.items()))
     return bank
+
+
+def _load_cues(path: Path) -> NodCues:
+    try:
+        return NodCues.load(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise path_error(path, f"cannot be read ({e}); bundle damaged") from None
 
 
 def prepare_frames(decoded: list[np.ndarray], affines: np.ndarray, reg_to_crop: np.ndarray,

@@ -160,6 +160,10 @@ class MotionSection:
     short: list[str] = field(default_factory=list)
     """States with less footage than a lively walk needs."""
     bytes: int = 0
+    cues: str | None = None
+    """The speech-to-nod model (``avatar.cues``); None: the walk ignores nods."""
+    cue_report: dict = field(default_factory=dict)
+    """How many nods the footage holds and how well the model finds later ones."""
 
     @classmethod
     def from_dict(cls, d: dict) -> MotionSection:
@@ -170,12 +174,14 @@ class MotionSection:
         return cls(frames=_get(d, "frames", int, w), chunk=_get(d, "chunk", int, w),
                    files=files, index=_get(d, "index", str, w, "motion.npz"),
                    seconds=_get(d, "seconds", dict, w, {}),
-                   short=list(_get(d, "short", list, w, [])), bytes=_get(d, "bytes", int, w, 0))
+                   short=list(_get(d, "short", list, w, [])), bytes=_get(d, "bytes", int, w, 0),
+                   cues=_get(d, "cues", (str, type(None)), w, None),
+                   cue_report=_get(d, "cue_report", dict, w, {}))
 
     def to_dict(self) -> dict:
         return {"frames": self.frames, "chunk": self.chunk, "files": list(self.files),
                 "index": self.index, "seconds": dict(self.seconds), "short": list(self.short),
-                "bytes": self.bytes}
+                "bytes": self.bytes, "cues": self.cues, "cue_report": dict(self.cue_report)}
 
 
 @dataclass(frozen=True)

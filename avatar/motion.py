@@ -82,6 +82,12 @@ class MotionConfig:
     velocity_weight: float = 0.5
     envelope_weight: float = 2.0
     envelope_s: float = 1.0
+    nod_tolerance: int = 2
+    """A footage nod within this many frames of where the speech wants one is on time."""
+    nod_settle: int = 3
+    """Frames between a cross-fade's end and the lowest point of the nod it leads to (the
+    dip begins about five frames before it; the fade's last frames are nearly all the
+    new stretch)."""
 
 
 @dataclass
@@ -91,6 +97,11 @@ class _State:
     pending: list[Entry] = field(default_factory=list)
     reused: int = 0
     """Frames in a row shown again within the last minute."""
+    nods_upto: int = -1
+    """Nods the speech wants at output frames up to this one have been seen to."""
+    hold_until: int = -1
+    """Until this output frame the walk stays in its stretch unless it must leave (a nod
+    it was placed for is coming)."""
 
 
 class MotionGraph:
@@ -146,6 +157,10 @@ class MotionGraph:
                 left[i] = left[i + 1] + 1
         self.left = left
         # The same, counting only frames of one state group (speaking, or silent).
+        from avatar.cues import bank_nods
+
+        self.nod = bank_nods(index, fps)
+        """Frames where one of the person's nods is at its lowest."""
         self.left_in: dict[tuple[int, ...], np.ndarray] = {}
         for want in WANTS.values():
             inside = np.isin(self.state, want)
@@ -215,14 +230,21 @@ class Walker:
         s, self.k = snap
         self.s = dataclasses.replace(s, pending=list(s.pending))
 
-    def next(self, mode: str, envelope: np.ndarray | None = None) -> Entry:
+    def next(self, mode: str, envelope: np.ndarray | None = None,
+             nods: np.ndarray | None = None) -> Entry:
         """The next output frame while the avatar is ``speaking`` or ``silent``.
-        ``envelope``: the coming speech's loudness (dB per frame), where known."""
+        ``envelope``: the coming speech's loudness (dB per frame), where known; ``nods``:
+        whether a nod should peak at this frame and each of the next (``avatar.cues``),
+        as far as known."""
         s = self.s
         if s.pending:
             e = s.pending.pop(0)
         else:
-            e = self._step(WANTS[mode], envelope)
+            e = None
+            if mode == "speaking" and nods is not None and nods.any():
+                e = self._nod_step(WANTS[mode], nods)
+            if e is None:
+                e = self._step(WANTS[mode], envelope)
         for f in e.frames():
             self.last_used[f] = self.k
         self.k += 1
@@ -237,7 +259,7 @@ class Walker:
         fresh = nxt >= 0 and self.k - self.last_used[nxt] >= self.recent
         s.reused = 0 if fresh else s.reused + 1
         fits = nxt >= 0 and g.left_in[want][nxt] > c.fade and s.reused < self.ahead // 3
-        if fits and s.stay < self.max_stay:
+        if fits and (s.stay < self.max_stay or self.k <= s.hold_until):
             s.cur, s.stay = nxt, s.stay + 1
             return Entry(nxt)
         target, cost = self._choose(cur if cur >= 0 else 0, want, envelope)
@@ -249,12 +271,25 @@ class Walker:
                 s.cur, s.stay = nxt, s.stay + 1
                 return Entry(nxt)
             target = int(np.argmax(g.left))
-        self.transitions += 1
-        s.reused = 0  # a bank too small to avoid repeats repeats rather than fade for ever
+        return self._transition(nxt, target, cost)
+
+    def _fade(self, nxt: int, target: int, cost: float) -> int:
+        """Frames of cross-fade from ``nxt`` into ``target``: enough to keep each frame's
+        change within the footage's usual one, within the bounds and both stretches."""
+        c = self.cfg
         need = int(np.ceil(np.sqrt(max(cost, 0.0) / max(self.step_cost, 1e-6)))) - 1 \
             if np.isfinite(cost) else c.fade
-        fade = min(max(c.min_fade, need), c.fade, int(g.left[nxt]) if nxt >= 0 else 0,
-                   int(g.left[target]) - 1)
+        return min(max(c.min_fade, need), c.fade, int(self.g.left[nxt]) if nxt >= 0 else 0,
+                   int(self.g.left[target]) - 1)
+
+    def _transition(self, nxt: int, target: int, cost: float, most: int | None = None
+                    ) -> Entry:
+        s = self.s
+        self.transitions += 1
+        s.reused = 0  # a bank too small to avoid repeats repeats rather than fade for ever
+        fade = self._fade(nxt, target, cost)
+        if most is not None:
+            fade = max(0, min(fade, most))
         if fade <= 0:
             s.cur, s.stay = target, 1
             return Entry(target)
@@ -262,8 +297,59 @@ class Walker:
         s.cur, s.stay = target + fade - 1, fade
         return s.pending.pop(0)
 
-    def _choose(self, src: int, want: tuple[int, ...], envelope: np.ndarray | None
-                ) -> tuple[int, float]:
+    def _nod_step(self, want: tuple[int, ...], nods: np.ndarray) -> Entry | None:
+        """Where the speech wants a nod far enough ahead to reach one in time: play on if
+        the stretch nods there anyway, else enter the footage where one of the person's
+        nods lands on that frame (and on as many of the following wanted ones as can be).
+        None: nothing to do for nods now (the plain step decides)."""
+        g, s, c = self.g, self.s, self.cfg
+        tol = c.nod_tolerance
+        offs = np.flatnonzero(nods)
+        offs = offs[self.k + offs > s.nods_upto]
+        # Too close to enter a stretch for (the shortest cross-fade and the dip's start
+        # come first); nearer than a full fade, the fade is shortened.
+        reach = c.min_fade + c.nod_settle
+        late = offs[offs < reach]
+        if late.size:
+            s.nods_upto = self.k + int(late.max())
+        offs = offs[offs >= reach]
+        if not offs.size or self.k <= s.hold_until:
+            return None
+        o = int(offs[0])
+        s.nods_upto = self.k + o
+        cur = s.cur
+        nxt = cur + 1 if 0 <= cur < g.n - 1 and g.cont[cur] else -1
+        if nxt >= 0 and g.left_in[want][nxt] > o + tol and \
+                g.nod[max(0, nxt + o - tol): nxt + o + tol + 1].any():
+            s.hold_until = self.k + o
+            return None
+        if nxt < 0:
+            return None
+        ok, cost = self._pool(cur, want, None)
+        # Entering at T puts bank frame T + j on output frame k + j.
+        t = np.flatnonzero(g.nod) - o
+        t = t[(t >= 0)]
+        t = t[ok[t] & (g.left_in[want][t] > o + tol) & (cost[t] <= self.accept_cost)]
+        if not t.size:
+            return None
+        # Of those, the ones that also bring the person's nods where the next wanted ones
+        # are (within the stretch).
+        score = np.zeros(len(t))
+        for extra in offs[1:]:
+            j = t + int(extra)
+            inside = g.left_in[want][t] > extra + tol
+            near = np.zeros(len(t), bool)
+            for d in range(-tol, tol + 1):
+                near |= g.nod[np.clip(j + d, 0, g.n - 1)]
+            score += inside & near
+        best = t[score == score.max()]
+        target = int(self.rng.choice(best))
+        s.hold_until = self.k + o
+        return self._transition(nxt, target, float(cost[target]), o - c.nod_settle)
+
+    def _pool(self, src: int, want: tuple[int, ...], envelope: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Which frames may be entered from ``src`` now, and each one's cost."""
         g, c = self.g, self.cfg
         cost = g.costs(src, c.velocity_weight)
         ok = g.left_in[want] >= self.min_stay + c.fade
@@ -273,7 +359,7 @@ class Walker:
         lo, hi = max(0, src - self.min_stay), min(g.n, src + self.min_stay + c.fade)
         ok[lo:hi] &= ~_same_run(g, src, lo, hi)
         if not ok.any():
-            return -1, float("inf")
+            return ok, cost
         # Left out: a target whose next few seconds were shown within the last minute
         # (unless nothing else is left).
         used = np.concatenate([[0], np.cumsum(self.k - self.last_used < self.recent)])
@@ -283,6 +369,14 @@ class Walker:
             ok = fresh
         if envelope is not None and envelope.size:
             cost = cost + c.envelope_weight * self._envelope_cost(envelope)
+        return ok, cost
+
+    def _choose(self, src: int, want: tuple[int, ...], envelope: np.ndarray | None
+                ) -> tuple[int, float]:
+        c = self.cfg
+        ok, cost = self._pool(src, want, envelope)
+        if not ok.any():
+            return -1, float("inf")
         idx = np.flatnonzero(ok)
         good = idx[cost[idx] <= self.accept_cost]
         if good.size:
@@ -346,12 +440,23 @@ def bridge_gaps(mask: np.ndarray, gap: int) -> np.ndarray:
     return out
 
 
-def plan_walk(walker: Walker, active: np.ndarray, db: np.ndarray) -> list[Entry]:
+def plan_walk(walker: Walker, active: np.ndarray, db: np.ndarray,
+              nods: np.ndarray | None = None) -> list[Entry]:
     """The whole walk for speech known in advance (a file, a show): the walker sees each
-    utterance's coming loudness as it enters it."""
+    utterance's coming loudness as it enters it, and where nods should land (``nods``,
+    per frame, from ``avatar.cues``) within the next ``NOD_HORIZON_S``."""
     out = []
-    span = int(walker.cfg.envelope_s * walker.g.fps)
+    fps = walker.g.fps
+    span = int(walker.cfg.envelope_s * fps)
+    horizon = int(NOD_HORIZON_S * fps)
     for i, speaking in enumerate(active):
         out.append(walker.next("speaking" if speaking else "silent",
-                               db[i: i + span] if speaking else None))
+                               db[i: i + span] if speaking else None,
+                               nods[i: i + horizon] & active[i: i + horizon]
+                               if speaking and nods is not None else None))
     return out
+
+
+NOD_HORIZON_S = 1.5
+"""How far ahead a walk looks for the nods the speech wants: the first far enough off to
+reach, and those after it that the same stretch could also bring."""

@@ -126,7 +126,8 @@ def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16,
     walker = avatar.walker(seed)
     bases: list = [None] * n
     if walker is not None:
-        bases = plan_walk(walker, *speech_activity(audio, n, avatar.fps, SPEECH_RATE))
+        bases = plan_walk(walker, *speech_activity(audio, n, avatar.fps, SPEECH_RATE),
+                          nods=avatar.nods(windows))
     w, h = avatar.manifest.frame_size or (0, 0)
     t0 = time.perf_counter()
     try:

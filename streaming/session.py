@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avatar.avatar import Avatar, FrameRequest
+from avatar.cues import AFTER, frame_rows
 from avatar.errors import TwincastError
-from avatar.motion import Entry
+from avatar.motion import NOD_HORIZON_S, Entry
 from streaming.events import (
     Interrupted,
     SessionEvent,
@@ -120,6 +121,10 @@ class Utterance:
     """Set once it has been spoken, or dropped."""
     planned_end: bool = False
     """Whether the walk back to silent footage has been planned (once its length is known)."""
+    rows: list[np.ndarray] = field(default_factory=list)
+    """Each frame's speech summary for the nod cues (``avatar.cues.frame_rows``), in order."""
+    nods: np.ndarray | None = None
+    """Frames (from its start) where the person would nod, as far as settled."""
 
 
 class Session:
@@ -154,6 +159,8 @@ class Session:
         self.motion = MotionTimeline(avatar, int(self.id, 16) % 2**31) \
             if getattr(avatar, "bank", None) is not None else None
         """The walk through the avatar's own footage (avatars with a motion bank)."""
+        if self.motion is not None and getattr(avatar, "cues", None) is not None:
+            self.motion.nods = self._nods
         self._silent_window: np.ndarray | None = None
         self._painted: set[int] = set()
 
@@ -345,6 +352,33 @@ class Session:
             self.motion.fade else 0
         return "speaking" if k < u.start_frame + total - lead else "silent"
 
+    def _nods(self, k: int, horizon: int) -> np.ndarray | None:
+        """Whether the person would nod at frame ``k`` and each of the ``horizon - 1``
+        after it, as far as the speech being said is known."""
+        u = self.queue[0] if self.queue else None
+        if u is None or u.start_frame is None or u.nods is None:
+            return None
+        out = np.zeros(horizon, bool)
+        n0 = k - u.start_frame
+        lo, hi = max(0, n0), min(len(u.nods), n0 + horizon)
+        if hi > lo:
+            out[lo - n0: hi - n0] = u.nods[lo:hi]
+        return out
+
+    def _update_nods(self, u: Utterance) -> None:
+        """Call the nods of the speech known so far: a frame's call needs the speech a
+        quarter second after it, so the last few wait for more unless the speech is
+        complete."""
+        cues = self.avatar.cues
+        if cues is None or not u.rows:
+            return
+        settled = len(u.rows) if u.speech.finished else len(u.rows) - AFTER - 1
+        if settled <= (0 if u.nods is None else len(u.nods)):
+            return
+        # Recomputed over the whole utterance so far: a few hundred frames, microseconds each.
+        peaks = cues.peaks(cues.probability(np.stack(u.rows)), self.cfg.fps)
+        u.nods = peaks[:max(0, settled)]
+
     def _speech_frame(self, k: int) -> bool:
         """Whether frame ``k`` belongs to the speech being said (rendered with it)."""
         u = self.queue[0] if self.queue else None
@@ -408,8 +442,13 @@ class Session:
                 u.planned_end = True  # its length is known: plan the way back to silence
                 self.motion.replan(max(s + u.submitted, s + u.speech.total_video_frames
                                        - self.motion.fade))
-            for n, window in u.speech.ready_video():
+            ready = u.speech.ready_video()
+            for n, window in ready:
                 u.windows[n] = window
+            if self.motion is not None and self.motion.nods is not None:
+                if ready:
+                    u.rows.extend(frame_rows(np.stack([w for _, w in ready]), self.cfg.fps))
+                self._update_nods(u)
             self._collect_audio(u)
             if not u.started_event and now >= s / fps:
                 u.started_event = True
@@ -470,6 +509,9 @@ class MotionTimeline:
         self.prefetch_s = 1.0
         self._prefetched = 0
         """Frames before this one were handed to the bank to decode."""
+        self.nods: Callable[[int, int], np.ndarray | None] | None = None
+        """Where the speech wants nods from a frame on (``Session._nods``); None: never."""
+        self._horizon = int(NOD_HORIZON_S * walker.g.fps)
 
     def at(self, k: int, mode: Callable[[int], str]) -> Entry:
         """The entry frame ``k`` shows, planning up to it with ``mode`` where needed."""
@@ -477,7 +519,10 @@ class MotionTimeline:
             k = self.next - self.KEEP
         while self.next <= k:
             self._snaps[self.next] = self.walker.snapshot()
-            self.entries[self.next] = self.walker.next(mode(self.next))
+            m = mode(self.next)
+            nods = self.nods(self.next, self._horizon) if m == "speaking" and \
+                self.nods is not None else None
+            self.entries[self.next] = self.walker.next(m, None, nods)
             self.entries.pop(self.next - self.KEEP, None)  # frames are planned in order
             self._snaps.pop(self.next - self.KEEP, None)
             self.next += 1

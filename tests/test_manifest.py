@@ -47,11 +47,17 @@ def test_the_motion_section_round_trips_and_is_optional():
     d["motion"] = {"frames": 64, "chunk": 32, "files": ["motion/0000.mp4", "motion/0001.mp4"],
                    "index": "motion.npz", "seconds": {"idle": 0.0, "listening": 1.0,
                                                       "speaking": 1.6},
-                   "short": ["speaking", "silent"], "bytes": 1234}
+                   "short": ["speaking", "silent"], "bytes": 1234, "cues": "nods.npz",
+                   "cue_report": {"nods": 30, "used": True}}
     m = Manifest.from_dict(copy.deepcopy(d))
     assert m.motion is not None and m.motion.files[1] == "motion/0001.mp4"
+    assert m.motion.cues == "nods.npz"
     assert m.to_dict() == d
     assert Manifest.from_dict(copy.deepcopy(OLD)).motion is None  # older bundles
+    # Banks made before nod cues: none.
+    older = copy.deepcopy(d)
+    del older["motion"]["cues"], older["motion"]["cue_report"]
+    assert Manifest.from_dict(older).motion.cues is None
     d["motion"]["files"] = []
     with pytest.raises(ManifestError, match="motion.files"):
         Manifest.from_dict(d)

@@ -31,6 +31,7 @@ import numpy as np
 from avatar import atomic
 from avatar.audio import SPEECH_RATE
 from avatar.avatar import Avatar, FrameRequest
+from avatar.cues import nod_peaks
 from avatar.errors import TwincastError
 from avatar.motion import Entry, MotionConfig, plan_walk, speech_activity
 from avatar.video_io import VideoWriter
@@ -169,40 +170,10 @@ def seams(entries: list[Entry]) -> list[int]:
     return out
 
 
-NOD_DIP = 0.04
-"""A nod: the face centre dips at least this far (inter-ocular distances) under its running
-mean; the sample's nods dip 0.10."""
-
-
-def _nod_peaks(lm: np.ndarray, fps: int) -> np.ndarray:
-    """Frames where a nod peaks: the face centre's height (landmarks over inter-ocular
-    distance, image y down) at a local maximum at least ``NOD_DIP`` over its 1.2 s
-    running mean, peaks at least 0.3 s apart."""
-    y = np.nanmean(lm[:, :, 1], axis=1)
-    ok = np.isfinite(y)
-    if ok.sum() < fps:
-        return np.zeros(0, int)
-    y = np.interp(np.arange(len(y)), np.flatnonzero(ok), y[ok])
-    win = int(1.2 * fps) | 1
-    pad = np.pad(y, win // 2, mode="edge")
-    base = np.convolve(pad, np.ones(win) / win, mode="valid")
-    hp = y - base
-    peaks = [i for i in range(1, len(y) - 1)
-             if hp[i] >= NOD_DIP and hp[i] >= hp[i - 1] and hp[i] > hp[i + 1]]
-    out: list[int] = []
-    for i in peaks:
-        if out and i - out[-1] < 0.3 * fps:
-            if hp[i] > hp[out[-1]]:
-                out[-1] = i
-            continue
-        out.append(i)
-    return np.array(out, int)
-
-
 def nod_hits(lm: np.ndarray, stressed_s: list[float], fps: int) -> tuple[int, int]:
     """(stressed words followed by a nod peak within 0-0.4 s, stressed words) in footage
     ``lm`` whose stressed words start at ``stressed_s`` seconds."""
-    peaks = _nod_peaks(lm, fps) / fps
+    peaks = nod_peaks(lm, fps) / fps
     inside = [t for t in stressed_s if t * fps < len(lm)]
     hits = sum(bool(np.any((peaks >= t) & (peaks <= t + 0.4))) for t in inside)
     return hits, len(inside)
@@ -211,7 +182,7 @@ def nod_hits(lm: np.ndarray, stressed_s: list[float], fps: int) -> tuple[int, in
 def _chance_rate(lm: np.ndarray, fps: int) -> float:
     """The hit rate at random word times (what a walk that ignored the words would
     score): the share of 0.4 s windows holding a nod peak."""
-    peaks = _nod_peaks(lm, fps)
+    peaks = nod_peaks(lm, fps)
     n = len(lm)
     if n < fps:
         return float("nan")
@@ -320,7 +291,7 @@ def evaluate_motion(bundle: Path, footage: list[Path], out_dir: Path, device: st
     active, db = speech_activity(audio, n, fps, SPEECH_RATE)
     walker = avatar.walker(cfg.seed, cfg.walk)
     assert walker is not None
-    entries = plan_walk(walker, active, db)
+    entries = plan_walk(walker, active, db, nods=avatar.nods(windows))
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = _Measure(fps, face_box)
     # The walk's own frames (the footage it shows, before the mouth is painted), measured

@@ -74,7 +74,8 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
         save_file(gen, str(tmp / "head.safetensors"))
         names = ["head.safetensors", "idle.mp4", "idle.npz", "reference.png", "mask.png"]
         motion_section = _write_bank(features_dir, tmp, (width, height), fps)
-        names += motion_section.files + [motion_section.index]
+        names += motion_section.files + [motion_section.index] + \
+            ([motion_section.cues] if motion_section.cues else [])
         files = {f: sha256_file(tmp / f) for f in names}
         voice_section = None
         if voice is not None:
@@ -125,14 +126,17 @@ def add_motion(bundle: Path, features_dir: Path) -> MotionSection:
     except BaseException:
         shutil.rmtree(bundle / folder, ignore_errors=True)
         (bundle / index).unlink(missing_ok=True)
+        (bundle / index.replace("motion", "nods", 1)).unlink(missing_ok=True)
         raise
     old = manifest.motion
-    kept = {k: v for k, v in manifest.files.items()
-            if old is None or (k not in old.files and k != old.index)}
-    new = {f: sha256_file(bundle / f) for f in section.files + [section.index]}
+    old_names = set(old.files + [old.index] + ([old.cues] if old.cues else [])) \
+        if old is not None else set()
+    kept = {k: v for k, v in manifest.files.items() if k not in old_names}
+    new = {f: sha256_file(bundle / f) for f in section.files + [section.index] +
+           ([section.cues] if section.cues else [])}
     write_manifest(bundle, manifest.replace(motion=section, files={**kept, **new}))
     if old is not None:
-        for f in old.files + [old.index]:
+        for f in old_names:
             (bundle / f).unlink(missing_ok=True)
         for d in {str(Path(f).parent) for f in old.files}:
             if d not in (".", folder):
@@ -166,9 +170,30 @@ def _write_bank(features_dir: Path, tmp: Path, size: tuple[int, int], fps: int,
                     MIN_SECONDS[mode], MIN_SECONDS[mode] - have[mode],
                     f": the avatar will use {other} footage there" if not have[mode] else
                     ": the avatar repeats itself sooner there")
+    cues, report = _write_cues(features_dir, tmp, res.index, fps)
     return MotionSection(frames=res.frames, chunk=cfg.chunk, files=res.chunk_files,
                          index=res.index, seconds=res.seconds, short=res.short,
-                         bytes=res.bytes)
+                         bytes=res.bytes, cues=cues, cue_report=report)
+
+
+def _write_cues(features_dir: Path, tmp: Path, index: str, fps: int) -> tuple[str | None, dict]:
+    """The person's speech-to-nod model (training/motion/cues.py) beside the bank index;
+    None where their footage does not support one (the report says why)."""
+    from training.motion.cues import fit_nod_cues, speech_rows
+
+    clips = json.loads((features_dir / "manifest.json").read_text())["clips"]
+    with np.load(tmp / index) as z:
+        bank = {k: z[k] for k in ("state", "iod", "landmarks", "cont", "clip", "source_frame")}
+    frames = [max(int(c.get("frames", 0)), int(bank["source_frame"][bank["clip"] == i].max(
+        initial=-1)) + 1) for i, c in enumerate(clips)]
+    rows = speech_rows(features_dir, [c["dir"] for c in clips], frames, fps, width=20)
+    cues, report = fit_nod_cues(rows, bank, fps)
+    if cues is None:
+        log.info("no nod cues: %s", report.get("why"))
+        return None, report
+    name = index.replace("motion", "nods", 1) if "motion" in index else f"nods-{index}"
+    cues.save(tmp / name)
+    return name, report
 
 
 def _write_reference(clip_dir: Path, meta: dict, start: int, raw: np.ndarray,
