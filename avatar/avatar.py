@@ -194,7 +194,7 @@ class Avatar:
         blend weight over that box, and screen pixels per generator pixel (how much the
         painted region is enlarged on screen)."""
         f = self.idle[pingpong(n, len(self.idle))]
-        scale = float(np.sqrt(abs(np.linalg.det(f.to_frame[:, :2]))))
+        scale = resample.scale_of(f.to_frame)
         return f.box, f.blend[..., 0], scale
 
     def render(self, requests: list[FrameRequest]) -> list[np.ndarray]:
@@ -238,7 +238,7 @@ def _composite(idle: _IdleFrame, painted: np.ndarray, colour: str = "field",
     warped = np.clip(resample.warp(patch, m, (x1 - x0, y1 - y0)), 0, 255)
     roi = frame[y0:y1, x0:x1].astype(np.float32)
     if detail == "keep":
-        upscale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+        upscale = resample.scale_of(m)
         warped = np.clip(keep_detail(warped, roi, upscale), 0, 255)
     frame[y0:y1, x0:x1] = np.rint(roi + (warped - roi) * idle.blend).astype(np.uint8)
     return frame
@@ -319,9 +319,9 @@ def prepare_frames(decoded: list[np.ndarray], affines: np.ndarray, reg_to_crop: 
     frames: list[_IdleFrame] = []
     for frame, a in zip(decoded, affines, strict=True):
         crop_from_frame = np.vstack([a, [0, 0, 1]])
-        to_frame = (np.linalg.inv(crop_from_frame) @ reg_to_crop)[:2]
+        to_frame = (resample.invert(crop_from_frame) @ reg_to_crop)[:2]
         # The model's view: the region, straight from the idle frame.
-        from_frame = np.linalg.inv(np.vstack([to_frame, [0, 0, 1]]))[:2]
+        from_frame = resample.invert(to_frame)
         region = resample.warp(frame, from_frame, (size, size))
         corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]]).T
         pts = to_frame @ corners

@@ -18,17 +18,20 @@ class DecodeError(Exception):
     """The file could not be opened or decoded; the message says why."""
 
 
-def rgb_frames(path: Path) -> Iterator[np.ndarray]:
-    """Each frame of the first video stream of ``path``, as HxWx3 uint8 RGB."""
+def rgb_frames(path: Path, skip: int = 0) -> Iterator[np.ndarray | None]:
+    """Each frame of the first video stream of ``path``, as HxWx3 uint8 RGB; the first
+    ``skip`` come as None (decoded, as they must be to reach the rest, but not converted:
+    the conversion costs about as much as the decoding)."""
     try:
         import av
     except ImportError:
-        yield from _opencv_frames(path)
+        for i, rgb in enumerate(_opencv_frames(path)):
+            yield None if i < skip else rgb
         return
     try:
         with av.open(str(path)) as container:
-            for frame in container.decode(video=0):
-                yield frame.to_ndarray(format="rgb24")
+            for i, frame in enumerate(container.decode(video=0)):
+                yield None if i < skip else frame.to_ndarray(format="rgb24")
     except av.error.FFmpegError as e:
         raise DecodeError(str(e)) from None
 
