@@ -84,6 +84,11 @@ class MotionConfig:
     envelope_s: float = 1.0
     nod_tolerance: int = 2
     """A footage nod within this many frames of where the speech wants one is on time."""
+    switch_window: int = 25
+    """How far (frames) beyond the shortest reachable distance a coming change between
+    speaking and silence is looked for: the walk then enters footage where the person
+    falls silent (or starts speaking) at that very frame, so the change needs no seam and
+    looks as theirs does."""
     nod_settle: int = 3
     """Frames between a cross-fade's end and the lowest point of the nod it leads to (the
     dip begins about five frames before it; the fade's last frames are nearly all the
@@ -102,6 +107,11 @@ class _State:
     hold_until: int = -1
     """Until this output frame the walk stays in its stretch unless it must leave (a nod
     it was placed for is coming)."""
+    switch_at: int = -1
+    """The output frame where the mode changes and the stretch played changes state with
+    it (a planned switch): the stretch is played up to there."""
+    switch_tried: int = -1
+    """The coming switch already planned for (or found impossible)."""
 
 
 class MotionGraph:
@@ -169,6 +179,15 @@ class MotionGraph:
                 if inside[i] and self.cont[i]:
                     run[i] = run[i + 1] + 1
             self.left_in[want] = run
+        # Where the footage changes between speaking and silent in one stretch: the first
+        # frame of the new state (with room to stay in it), keyed by the state left.
+        prev = np.concatenate([[False], self.cont[:-1]])
+        self.switch_into: dict[tuple[int, ...], np.ndarray] = {}
+        for want, other in ((WANTS["speaking"], WANTS["silent"]),
+                            (WANTS["silent"], WANTS["speaking"])):
+            was = np.concatenate([[False], np.isin(self.state[:-1], want)])
+            self.switch_into[want] = prev & was & np.isin(self.state, other) & \
+                (self.left_in[other] >= 2 * fps // 5)
 
     def costs(self, src: int, vel_weight: float) -> np.ndarray:
         """Cost of showing each bank frame right after frame ``src``'s successor would
@@ -231,11 +250,12 @@ class Walker:
         self.s = dataclasses.replace(s, pending=list(s.pending))
 
     def next(self, mode: str, envelope: np.ndarray | None = None,
-             nods: np.ndarray | None = None) -> Entry:
+             nods: np.ndarray | None = None, switch_in: int | None = None) -> Entry:
         """The next output frame while the avatar is ``speaking`` or ``silent``.
         ``envelope``: the coming speech's loudness (dB per frame), where known; ``nods``:
         whether a nod should peak at this frame and each of the next (``avatar.cues``),
-        as far as known."""
+        as far as known; ``switch_in``: frames from this one to the next change of mode,
+        where known (None: not within sight)."""
         s = self.s
         if s.pending:
             e = s.pending.pop(0)
@@ -243,6 +263,8 @@ class Walker:
             e = None
             if mode == "speaking" and nods is not None and nods.any():
                 e = self._nod_step(WANTS[mode], nods)
+            if e is None and switch_in is not None:
+                e = self._switch_step(WANTS[mode], switch_in)
             if e is None:
                 e = self._step(WANTS[mode], envelope)
         for f in e.frames():
@@ -258,9 +280,14 @@ class Walker:
         # long: a run of them ends the stretch.
         fresh = nxt >= 0 and self.k - self.last_used[nxt] >= self.recent
         s.reused = 0 if fresh else s.reused + 1
-        fits = nxt >= 0 and g.left_in[want][nxt] > c.fade and s.reused < self.ahead // 3
-        if fits and (s.stay < self.max_stay or self.k <= s.hold_until):
-            s.cur, s.stay = nxt, s.stay + 1
+        # A stretch ending within a fade is left, unless it ends where the mode changes
+        # (a planned switch: then it ends at the change, or a frame or two before it).
+        left = int(g.left_in[want][nxt]) if nxt >= 0 else 0
+        fits = nxt >= 0 and s.reused < self.ahead // 3 and (
+            left > c.fade or self.k <= s.switch_at <= self.k + left + c.nod_tolerance)
+        if fits and (s.stay < self.max_stay or self.k <= max(s.hold_until, s.switch_at)):
+            # Through a planned switch the footage's new state is a stretch of its own.
+            s.cur, s.stay = nxt, 1 if self.k == s.switch_at else s.stay + 1
             return Entry(nxt)
         target, cost = self._choose(cur if cur >= 0 else 0, want, envelope)
         if fits and (target < 0 or cost > self.leave_cost):
@@ -345,14 +372,51 @@ class Walker:
         best = t[score == score.max()]
         target = int(self.rng.choice(best))
         s.hold_until = self.k + o
+        # Nods first: a switch planned through the old stretch is planned again (if there
+        # is still time) once this nod has passed.
+        s.switch_at = s.switch_tried = -1
         return self._transition(nxt, target, float(cost[target]), o - c.nod_settle)
 
-    def _pool(self, src: int, want: tuple[int, ...], envelope: np.ndarray | None
-              ) -> tuple[np.ndarray, np.ndarray]:
-        """Which frames may be entered from ``src`` now, and each one's cost."""
+    def _switch_step(self, want: tuple[int, ...], o: int) -> Entry | None:
+        """The mode changes ``o`` frames from now: play on if the stretch changes state
+        there too, else enter footage that does (the person's own way into silence or
+        speech, and no seam at the change). None: nothing to do now."""
+        g, s, c = self.g, self.s, self.cfg
+        tol = c.nod_tolerance
+        reach = c.min_fade + 2
+        if not reach <= o <= reach + c.switch_window or self.k + o == s.switch_tried or \
+                self.k <= s.hold_until:
+            return None
+        s.switch_tried = self.k + o
+        cur = s.cur
+        nxt = cur + 1 if 0 <= cur < g.n - 1 and g.cont[cur] else -1
+        if nxt < 0:
+            return None
+        into = g.switch_into[want]
+        # At or a little before the change (after it, the mode would have moved on while
+        # the footage had not).
+        for d in range(0, -tol - 1, -1):
+            j = nxt + o + d
+            if 0 <= j < g.n and into[j] and g.left_in[want][nxt] >= o + d:
+                s.switch_at = self.k + o + d
+                return None
+        ok, cost = self._pool(cur, want, None, need=1)
+        t = np.flatnonzero(into) - o
+        t = t[t >= 0]
+        t = t[ok[t] & (g.left_in[want][t] >= o) & (cost[t] <= self.accept_cost)]
+        if not t.size:
+            return None
+        target = int(self.rng.choice(t))
+        s.switch_at = self.k + o
+        return self._transition(nxt, target, float(cost[target]), o - 2)
+
+    def _pool(self, src: int, want: tuple[int, ...], envelope: np.ndarray | None,
+              need: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Which frames may be entered from ``src`` now, and each one's cost; ``need``:
+        frames of the state a target must have ahead (default: a stay and a fade)."""
         g, c = self.g, self.cfg
         cost = g.costs(src, c.velocity_weight)
-        ok = g.left_in[want] >= self.min_stay + c.fade
+        ok = g.left_in[want] >= (self.min_stay + c.fade if need is None else need)
         # Not a few frames back or on in the stretch it is in (that is a stutter, not a
         # transition); further away in the same stretch is a transition like another, and
         # what was shown lately is left out below.
@@ -449,11 +513,24 @@ def plan_walk(walker: Walker, active: np.ndarray, db: np.ndarray,
     fps = walker.g.fps
     span = int(walker.cfg.envelope_s * fps)
     horizon = int(NOD_HORIZON_S * fps)
+    switch = switch_distances(active)
     for i, speaking in enumerate(active):
         out.append(walker.next("speaking" if speaking else "silent",
                                db[i: i + span] if speaking else None,
                                nods[i: i + horizon] & active[i: i + horizon]
-                               if speaking and nods is not None else None))
+                               if speaking and nods is not None else None,
+                               int(switch[i]) if switch[i] >= 0 else None))
+    return out
+
+
+def switch_distances(active: np.ndarray) -> np.ndarray:
+    """Per frame: frames until ``active`` next changes (-1: it does not)."""
+    out = np.full(len(active), -1, np.int64)
+    nxt = -1
+    for i in range(len(active) - 2, -1, -1):
+        if active[i + 1] != active[i]:
+            nxt = i + 1
+        out[i] = nxt - i if nxt >= 0 else -1
     return out
 
 

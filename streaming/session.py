@@ -440,8 +440,10 @@ class Session:
             if self.motion is not None and u.speech.total_video_frames is not None and \
                     not u.planned_end:
                 u.planned_end = True  # its length is known: plan the way back to silence
+                # From far enough back that the walk can meet the change with footage
+                # where the person falls silent (frames already rendered stay as they are).
                 self.motion.replan(max(s + u.submitted, s + u.speech.total_video_frames
-                                       - self.motion.fade))
+                                       - self.motion.fade - self.motion.switch_sight))
             ready = u.speech.ready_video()
             for n, window in ready:
                 u.windows[n] = window
@@ -512,6 +514,8 @@ class MotionTimeline:
         self.nods: Callable[[int, int], np.ndarray | None] | None = None
         """Where the speech wants nods from a frame on (``Session._nods``); None: never."""
         self._horizon = int(NOD_HORIZON_S * walker.g.fps)
+        c = walker.cfg
+        self.switch_sight = c.min_fade + 2 + max(0, c.switch_window)
 
     def at(self, k: int, mode: Callable[[int], str]) -> Entry:
         """The entry frame ``k`` shows, planning up to it with ``mode`` where needed."""
@@ -522,11 +526,21 @@ class MotionTimeline:
             m = mode(self.next)
             nods = self.nods(self.next, self._horizon) if m == "speaking" and \
                 self.nods is not None else None
-            self.entries[self.next] = self.walker.next(m, None, nods)
+            self.entries[self.next] = self.walker.next(m, None, nods,
+                                                       self._switch_in(self.next, m, mode))
             self.entries.pop(self.next - self.KEEP, None)  # frames are planned in order
             self._snaps.pop(self.next - self.KEEP, None)
             self.next += 1
         return self.entries[k]
+
+    def _switch_in(self, k: int, m: str, mode: Callable[[int], str]) -> int | None:
+        """Frames from ``k`` to the next change of mode, as far as the walk plans
+        switches ahead (None: none that near; the plan is redone when speech is placed
+        or its end becomes known)."""
+        for j in range(1, self.switch_sight + 1):
+            if mode(k + j) != m:
+                return j
+        return None
 
     def replan(self, k: int) -> None:
         """Forget the plan from frame ``k`` on (never a frame already shown)."""

@@ -262,3 +262,42 @@ def test_a_cut_in_the_footage_is_never_played_through(sample, tmp_path: Path) ->
     assert at is None or not cont[at]      # the frame before the cut does not continue
     assert all(not c or b == a + 1 for a, b, c in zip(src[:-1], src[1:], cont[:-1],
                                                        strict=True))
+
+
+def test_a_change_of_mode_meets_the_footage_s_own_change() -> None:
+    """Speech starting or ending is met, where the bank allows, by footage where the
+    person starts or stops speaking at that frame: no seam at the change itself."""
+    from avatar.motion import plan_walk
+
+    base = _index(runs=30, length=300, seed=7)
+    # A person's head keeps coming back to where it was: features that wander about a
+    # rest position (not away for ever), so far-apart frames can match.
+    rng = np.random.default_rng(8)
+    for key, rest, spread in (("centre", 200, 3), ("euler", 0, 2), ("landmarks", 200, 3),
+                              ("shoulders", 300, 3)):
+        x = np.zeros_like(base[key], dtype=np.float32)
+        for i in range(1, len(x)):
+            x[i] = 0.97 * x[i - 1] + rng.normal(0, spread * 0.25, x.shape[1:])
+        base[key] = rest + x
+    # Each stretch: listening, speaking, listening (the person's own way in and out).
+    third = np.r_[np.full(100, LISTENING), np.full(100, SPEAKING), np.full(100, LISTENING)]
+    base["state"] = np.tile(third, 30)
+    base["loudness_db"] = np.where(base["state"] == SPEAKING, -20.0, -70.0)
+    base["opening"] = np.where(base["state"] == SPEAKING, 0.1, 0.01)
+    g = MotionGraph(base, 25)
+    n = 1200
+    active = np.zeros(n, bool)
+    for a in range(60, n - 150, 220):
+        active[a: a + 120] = True
+    db = np.where(active, -20.0, -80.0)
+    changes = np.flatnonzero(np.diff(active.astype(int))) + 1
+
+    def seamless(cfg: MotionConfig) -> float:
+        entries = plan_walk(Walker(g, cfg, seed=3), active, db)
+        ok = [entries[k].b < 0 and entries[k - 1].b < 0 and entries[k].a == entries[k - 1].a + 1
+              for k in changes]
+        return float(np.mean(ok))
+
+    planned = seamless(MotionConfig())
+    assert planned >= 0.8
+    assert planned > seamless(MotionConfig(switch_window=-100)) + 0.3  # switches not planned
