@@ -11,6 +11,12 @@ next one is drawn uniformly among all good enough. While speaking, the stretch's
 speech loudness is matched to the new speech's where it is known (a larger movement where
 the new speech is louder, as in the person's own footage).
 
+What is coming steers the walk where it is known in time. Where the person's nod model
+(``avatar.cues``) wants a nod, the walk enters their footage so that one of their own nods
+lands on that frame; where the avatar is about to fall silent or start speaking, it enters
+footage where the person does so at that very frame, so the change of state is theirs
+and needs no seam.
+
 The graph is implicit: the cost from one frame to every frame of the bank is a few
 thousand multiply-adds a frame, so a transition is priced when it is needed and nothing
 quadratic is stored.
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avatar.audio import frame_levels_db
+from avatar.cues import bank_nods
 
 IDLE, LISTENING, SPEAKING = 0, 1, 2
 OPEN_MOUTH = 0.015
@@ -75,6 +82,9 @@ class MotionConfig:
     the cross-fade, changes each frame no more than this percentile of the footage's own
     frame-to-frame changes: the cheapest alone would steer the walk toward the stillest
     footage (still frames match anything)."""
+    silent_accept_quantile: float = 25.0
+    """The same for silent footage: a listener is stiller than a speaker, and every
+    seam's morph moves the head, so silence takes the closer matches."""
     choices: int = 3
     """Where none is that cheap: drawn among this many of the cheapest..."""
     choice_slack: float = 1.5
@@ -166,11 +176,9 @@ class MotionGraph:
             if self.cont[i]:
                 left[i] = left[i + 1] + 1
         self.left = left
-        # The same, counting only frames of one state group (speaking, or silent).
-        from avatar.cues import bank_nods
-
         self.nod = bank_nods(index, fps)
         """Frames where one of the person's nods is at its lowest."""
+        # The same, counting only frames of one state group (speaking, or silent).
         self.left_in: dict[tuple[int, ...], np.ndarray] = {}
         for want in WANTS.values():
             inside = np.isin(self.state, want)
@@ -241,6 +249,8 @@ class Walker:
         # the cost is squared.
         self.step_cost = float(np.percentile(natural, self.cfg.accept_quantile))
         self.accept_cost = self.step_cost * (self.cfg.fade + 1) ** 2
+        self.accept_silent = float(np.percentile(natural, self.cfg.silent_accept_quantile)) \
+            * (self.cfg.fade + 1) ** 2
 
     def snapshot(self) -> tuple:
         return (dataclasses.replace(self.s, pending=list(self.s.pending)), self.k)
@@ -403,7 +413,7 @@ class Walker:
         ok, cost = self._pool(cur, want, None, need=1)
         t = np.flatnonzero(into) - o
         t = t[t >= 0]
-        t = t[ok[t] & (g.left_in[want][t] >= o) & (cost[t] <= self.accept_cost)]
+        t = t[ok[t] & (g.left_in[want][t] >= o) & (cost[t] <= self._accept(want))]
         if not t.size:
             return None
         target = int(self.rng.choice(t))
@@ -435,6 +445,9 @@ class Walker:
             cost = cost + c.envelope_weight * self._envelope_cost(envelope)
         return ok, cost
 
+    def _accept(self, want: tuple[int, ...]) -> float:
+        return self.accept_silent if want == WANTS["silent"] else self.accept_cost
+
     def _choose(self, src: int, want: tuple[int, ...], envelope: np.ndarray | None
                 ) -> tuple[int, float]:
         c = self.cfg
@@ -442,7 +455,7 @@ class Walker:
         if not ok.any():
             return -1, float("inf")
         idx = np.flatnonzero(ok)
-        good = idx[cost[idx] <= self.accept_cost]
+        good = idx[cost[idx] <= self._accept(want)]
         if good.size:
             pick = int(self.rng.choice(good))
             return pick, float(cost[pick])

@@ -195,3 +195,22 @@ def test_a_live_session_nods_where_its_speech_wants(bundle: Path) -> None:
     wanted[at[at < len(shown)]] = True
     assert wanted.sum() >= 3
     assert _on_time(g, shown, wanted) >= 0.6
+
+
+def test_a_damaged_cue_file_is_named(bundle: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    import pytest
+
+    from avatar.avatar import Avatar
+    from avatar.errors import TwincastError
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["motion"]["cues"] = "nods.npz"
+    (copy / "manifest.json").write_text(json.dumps(m))
+    (copy / "nods.npz").write_bytes(b"not an npz")
+    with pytest.raises(TwincastError, match="nods.npz.*cannot be read"):
+        Avatar.load(copy)

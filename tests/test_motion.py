@@ -175,6 +175,11 @@ def test_train_motion_rebuilds_the_bank_in_place(bundle: Path, tmp_path: Path) -
     for f in before["motion"]["files"]:
         assert not (work / "avatars" / bundle.name / f).exists()  # the old bank is gone
     assert Avatar.load(work / "avatars" / bundle.name).bank is not None
+    # Seven seconds of footage hold too few nods for a nod model: none, and the report
+    # says why (the walk then ignores nods).
+    report = after["motion"]["cue_report"]
+    assert after["motion"]["cues"] is None and report["used"] is False
+    assert "nods in the footage" in report["why"]
 
 
 def test_eval_motion_report(bundle: Path, sample, tmp_path: Path) -> None:
