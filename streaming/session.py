@@ -434,7 +434,15 @@ class Session:
                              + self.cfg.start_safety_s)
                 u.start_frame = math.ceil((now + margin) * fps)
                 if self.motion is not None:  # the walk turns to speaking footage here
-                    self.motion.replan(u.start_frame + self.cfg.motion_lead_in)
+                    # Re-planned from as early as leaves the bank's thread time to decode
+                    # a new stretch (``motion_lead_in`` frames from now), so the walk can
+                    # meet the speech's start with footage where the person starts to
+                    # speak; frames painted shut for the old plan are painted again.
+                    turn = u.start_frame + self.cfg.motion_lead_in
+                    first = min(turn, max(int(now * fps) + self.cfg.motion_lead_in,
+                                          turn - self.motion.switch_sight))
+                    self.motion.replan(first)
+                    self._painted = {k for k in self._painted if k < first}
                     self.motion.prefetch(int(now * fps), self._mode)
             s = u.start_frame
             if self.motion is not None and u.speech.total_video_frames is not None and \
