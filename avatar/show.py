@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 TOP_KEYS = {"repeat", "rate", "segment"}
 SEGMENT_KEYS = {"say", "pause", "idle", "rate", "repeat"}
 MAX_SECONDS = 3600.0
+MAX_SEGMENTS = 1000
+"""A show longer than this is refused (a script of an hour's talk is a few hundred)."""
 
 
 @dataclass(frozen=True)
@@ -68,22 +71,30 @@ def _key_line(lines: list[str], key: str, start: int) -> int | None:
     return None
 
 
-def _segment_line(text: str, index: int) -> int | None:
-    hits = [i + 1 for i, line in enumerate(text.splitlines())
+def _segment_lines(lines: list[str]) -> list[int]:
+    """1-based line of each ``[[segment]]`` header, in order."""
+    return [i + 1 for i, line in enumerate(lines)
             if re.match(r"\s*\[\[\s*segment\s*\]\]", line)]
-    return hits[index] if index < len(hits) else None
 
 
 def parse_show(text: str, name: str = "show") -> Show:
+    """The show in ``text``. Linear in its length: line numbers are looked up only for
+    an error (a 3,000-segment show once took 44 s, on the server's event loop)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise TwincastError(f"{name}: not valid TOML: {e}") from None
 
     lines = text.splitlines()
+    headers: list[int] = []
+
+    def seg_line(seg: int) -> int | None:
+        if not headers:
+            headers.extend(_segment_lines(lines) or [0])
+        return headers[seg] if seg < len(headers) and headers[seg] else None
 
     def where(key: str, seg: int | None = None) -> str:
-        start = 0 if seg is None else (_segment_line(text, seg) or 1) - 1
+        start = 0 if seg is None else (seg_line(seg) or 1) - 1
         line = _key_line(lines, key, start) or (start + 1 if seg is not None else None)
         return f"{name}, line {line}" if line else name
 
@@ -91,11 +102,14 @@ def parse_show(text: str, name: str = "show") -> Show:
         if key not in TOP_KEYS:
             raise TwincastError(f"{where(key)}: unknown key {key!r} (known: "
                                 f"{', '.join(sorted(TOP_KEYS))})")
-    repeat = _repeat(data.get("repeat", 1), where("repeat"), allow_forever=True)
-    rate = _rate(data.get("rate", 1.0), where("rate"))
+    repeat = _repeat(data.get("repeat", 1), lambda: where("repeat"), allow_forever=True)
+    rate = _rate(data.get("rate", 1.0), lambda: where("rate"))
     raw = data.get("segment", [])
     if not isinstance(raw, list):
         raise TwincastError(f"{where('segment')}: segments are [[segment]] tables")
+    if len(raw) > MAX_SEGMENTS:
+        raise TwincastError(f"{name}: {len(raw)} segments; a show holds at most "
+                            f"{MAX_SEGMENTS} (split it, or use repeat)")
     segments = []
     for i, seg in enumerate(raw):
         for key in seg:
@@ -104,12 +118,13 @@ def parse_show(text: str, name: str = "show") -> Show:
                                     f"{i + 1} (known: {', '.join(sorted(SEGMENT_KEYS))})")
         kinds = [k for k in ("say", "pause", "idle") if k in seg]
         if len(kinds) != 1:
-            at = f"{name}, line {_segment_line(text, i)}"
+            at = f"{name}, line {seg_line(i)}"
             raise TwincastError(f"{at}: segment {i + 1} needs exactly one of say, pause, "
                                 f"idle (it has {', '.join(kinds) or 'none'})")
         kind = kinds[0]
-        seg_rate = _rate(seg.get("rate", rate), where("rate", i))
-        seg_repeat = _repeat(seg.get("repeat", 1), where("repeat", i), allow_forever=False)
+        seg_rate = _rate(seg.get("rate", rate), lambda i=i: where("rate", i))
+        seg_repeat = _repeat(seg.get("repeat", 1), lambda i=i: where("repeat", i),
+                             allow_forever=False)
         if kind == "say":
             words = seg["say"]
             if not isinstance(words, str):
@@ -143,17 +158,17 @@ def load_show(path: Path) -> Show:
     return parse_show(text, str(path))
 
 
-def _repeat(value: object, where: str, allow_forever: bool) -> int | None:
+def _repeat(value: object, where: Callable[[], str], allow_forever: bool) -> int | None:
     if allow_forever and value == "forever":
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100000:
         extra = ' or "forever"' if allow_forever else ""
-        raise TwincastError(f"{where}: 'repeat' must be a whole number from 1{extra}")
+        raise TwincastError(f"{where()}: 'repeat' must be a whole number from 1{extra}")
     return value
 
 
-def _rate(value: object, where: str) -> float:
+def _rate(value: object, where: Callable[[], str]) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not \
             0.5 <= value <= 2.0:
-        raise TwincastError(f"{where}: 'rate' must be a number from 0.5 to 2.0")
+        raise TwincastError(f"{where()}: 'rate' must be a number from 0.5 to 2.0")
     return float(value)
