@@ -332,8 +332,15 @@ class Session:
                 self.motion.entries.get(k, base) != base:
             return  # painted over a plan that has changed since (speech placed, barge-in)
         if frame is not None and self.state != "closed":
-            self.rendered[k] = frame
             self.stats["frames_rendered"] += 1
+            # Frames are taken by the video track at their time; with no one taking them
+            # (an offer with no video), those whose time has passed would pile up.
+            stale = int(self.clock.now() * self.cfg.fps) - self.cfg.fps \
+                if self.clock.t0 is not None else -1
+            if k >= stale:
+                self.rendered[k] = frame
+            for old in [i for i in self.rendered if i < stale]:
+                del self.rendered[old]
 
     def _mode(self, k: int) -> str:
         """Whether frame ``k`` is planned as speech: from the first queued utterance's start

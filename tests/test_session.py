@@ -122,6 +122,25 @@ def test_barge_in_silences_within_a_frame() -> None:
     asyncio.run(run())
 
 
+def test_frames_nobody_takes_are_not_kept() -> None:
+    """An offer with only audio: no video track takes the rendered frames; they must not
+    pile up (497 frames took a server from 1.5 to 1.9 GB)."""
+    async def run() -> int:
+        s, sch = _session()
+        s.start()
+        s.clock.start()
+        try:
+            s.say("a b c d e f g h i j")  # 4 s of speech, no video_frame calls
+            await asyncio.sleep(4.5)
+            return len(s.rendered), s.stats["frames_rendered"]
+        finally:
+            await s.close()
+            sch.stop()
+
+    held, rendered = asyncio.run(run())
+    assert rendered > 80 and held <= 2 * 25 + SessionConfig().render_ahead_frames  # was all
+
+
 def test_bad_text_and_no_voice() -> None:
     async def run() -> None:
         s, sch = _session()
