@@ -56,7 +56,10 @@ def document() -> dict:
                     "$ref": "#/components/schemas/Say"}}}},
                 "responses": {"202": {"description": "accepted, with the utterance id"},
                               "400": _error("bad body or unspeakable text"),
-                              "413": _error("text over the limit")}}},
+                              "413": _error("text over the limit"),
+                              "429": _error("this session has as much speech queued as it "
+                                            "takes; retry after Retry-After seconds, or say "
+                                            "with interrupt")}}},
             "/v1/streams": {"post": {
                 "summary": "Start a livestream: a session whose output is pushed to an RTMP "
                            "ingest (inject text with its /say)",

@@ -87,7 +87,8 @@ class Routes:
         except Full as e:
             return error(e.status, str(e), **{"Retry-After": str(e.retry_after_s)})
         except BadRequest as e:
-            return error(e.status, str(e))
+            retry = getattr(e, "retry_after_s", None)
+            return error(e.status, str(e), **({"Retry-After": str(retry)} if retry else {}))
         except TwincastError as e:
             return error(400, str(e))
 

@@ -34,6 +34,7 @@ from streaming.events import (
     SpeechFailed,
     SpeechStarted,
 )
+from streaming.requests import BadRequest
 from streaming.scheduler import Job, Scheduler
 from streaming.speech import SpeechConfig, SpeechFrames
 
@@ -70,6 +71,12 @@ class SessionConfig:
     """Frames of speech shown over the footage already planned before the walk turns to
     speaking footage (avatars with a motion bank)."""
     synthesis_threads: int = 1
+    max_queued: int = 8
+    max_queued_chars: int = 10000
+    """A session takes at most this many utterances, and characters (two of the longest
+    ``say``), waiting to be said: more is refused (429) until some is spoken, so one caller
+    cannot fill the shared synthesis pool (16 say calls of 5,000 characters were all
+    synthesised at once)."""
     """CPU threads each sentence's synthesis may use. One leaves the cores to the renderer:
     with the default two on this 2-core machine (``bench serve``, GRID voice, six runs each)
     the first moving mouth came at a median of 277 ms against 243 ms with one, and the first
@@ -100,6 +107,15 @@ class SessionClock:
         delay = t - self.now()
         if delay > 0:
             await asyncio.sleep(delay)
+
+
+class SpeechBacklog(BadRequest):
+    """Too much speech queued in one session (429, with Retry-After)."""
+
+    retry_after_s = 2
+
+    def __init__(self, message: str):
+        super().__init__(message, 429)
 
 
 @dataclass
@@ -192,6 +208,14 @@ class Session:
             raise TwincastError("this session is closed")
         if interrupt:
             self.interrupt()
+        queued = sum(len(u.text) for u in self.queue)
+        if len(self.queue) >= self.cfg.max_queued or \
+                queued + len(text) > self.cfg.max_queued_chars:
+            raise SpeechBacklog(
+                f"this session already has {len(self.queue)} utterances ({queued} "
+                f"characters) waiting to be said (at most {self.cfg.max_queued}, "
+                f"{self.cfg.max_queued_chars} characters); wait for some to be spoken, or "
+                "say with interrupt")
         # Check the text now, so a bad one is refused with a clear error, not mid-stream.
         self.voice.frontend.check(text)  # type: ignore[attr-defined]
         u = Utterance(uuid.uuid4().hex[:8], text, SpeechFrames(self._speech_cfg), pace=pace)

@@ -7,6 +7,7 @@ import logging
 
 from avatar.errors import TwincastError
 from avatar.show import Show
+from streaming.session import SpeechBacklog
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +21,22 @@ async def run_show(session, show: Show) -> None:  # noqa: ANN001 - streaming.Ses
                 if session.state == "closed":
                     return
                 if seg.kind == "say":
-                    try:
-                        uid = session.say(seg.text, pace=seg.rate)
-                    except TwincastError as e:
-                        log.warning("show: %s", e)
-                        continue
-                    await session.wait_spoken(uid)
+                    if session.voice is None:
+                        log.error("show: avatar %s has no voice; the show's speech is "
+                                  "skipped", session.avatar_name)
+                        return
+                    uid = None
+                    while uid is None and session.state != "closed":
+                        try:
+                            uid = session.say(seg.text, pace=seg.rate)
+                        except SpeechBacklog:
+                            # Text injected meanwhile fills the queue: the show waits.
+                            await asyncio.sleep(SpeechBacklog.retry_after_s / 2)
+                        except TwincastError as e:
+                            log.warning("show: %s", e)
+                            await asyncio.sleep(0.5)  # never a busy loop on the event loop
+                            break
+                    if uid is not None:
+                        await session.wait_spoken(uid)
                 else:
                     await asyncio.sleep(seg.seconds)

@@ -208,6 +208,18 @@ def test_bad_requests_get_4xx(server) -> None:  # noqa: ANN001
             async with http.post(f"{url}{location}/say", json={"text": "hi", "policy": "x"},
                                  headers=AUTH) as r:
                 assert r.status == 400 and "policy" in (await r.json())["error"]
+            # Speech piled up faster than it is said: refused with a retry hint, not all
+            # synthesised at once; an interrupting say is still taken.
+            codes = []
+            for _ in range(10):
+                async with http.post(f"{url}{location}/say", json={"text": "one two three"},
+                                     headers=AUTH) as r:
+                    codes.append((r.status, r.headers.get("Retry-After")))
+            assert codes[0] == (202, None) and (429, "2") in codes
+            assert 4 <= codes.index((429, "2")) <= 8  # about max_queued taken first
+            async with http.post(f"{url}{location}/say", json={"text": "hi", "interrupt": True},
+                                 headers=AUTH) as r:
+                assert r.status == 202
             # WHEP players that trickle ICE learn that this server does not (405).
             async with http.patch(f"{url}{location}", data="a=candidate:1",
                                   headers={**AUTH, "Content-Type":

@@ -141,6 +141,29 @@ def test_frames_nobody_takes_are_not_kept() -> None:
     assert rendered > 80 and held <= 2 * 25 + SessionConfig().render_ahead_frames  # was all
 
 
+def test_queued_speech_is_bounded_per_session() -> None:
+    from streaming.session import SpeechBacklog
+
+    async def run() -> None:
+        s, sch = _session()
+        s.start()
+        try:
+            cfg = s.cfg
+            for _ in range(cfg.max_queued):
+                s.say("a b")
+            with pytest.raises(SpeechBacklog, match="wait for some to be spoken") as e:
+                s.say("one more")
+            assert e.value.status == 429
+            s.say("now", interrupt=True)  # interrupting empties the queue first
+            with pytest.raises(SpeechBacklog):
+                s.say("x " * (cfg.max_queued_chars // 2))  # characters count too
+        finally:
+            await s.close()
+            sch.stop()
+
+    asyncio.run(run())
+
+
 def test_bad_text_and_no_voice() -> None:
     async def run() -> None:
         s, sch = _session()
