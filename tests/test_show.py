@@ -103,3 +103,42 @@ def test_render_show_offline(bundle, tmp_path) -> None:  # noqa: ANN001
     speech = res["video_seconds"] - 0.5 - 1.4
     assert 0.3 < speech < 3.0, res
     assert res["realtime_x"] > 0
+
+
+def test_a_show_never_spins_on_speech_it_cannot_say() -> None:
+    """A voiceless avatar ends the show at once; a full queue makes it wait; another
+    refusal is logged and the show moves on, yielding to the event loop."""
+    import asyncio
+
+    from avatar.errors import TwincastError
+    from streaming.session import SpeechBacklog
+    from streaming.show import run_show
+
+    show = parse_show('repeat = "forever"\n[[segment]]\nsay = "hello"\n')
+
+    class Stub:
+        avatar_name, state = "a", "live"
+
+        def __init__(self, voice: object, refusals: list[Exception]) -> None:
+            self.voice, self.refusals, self.said = voice, refusals, 0
+
+        def say(self, text: str, pace: float = 1.0) -> str:
+            if self.refusals:
+                raise self.refusals.pop(0)
+            self.said += 1
+            if self.said == 2:
+                self.state = "closed"
+            return "u"
+
+        async def wait_spoken(self, uid: str) -> None:
+            await asyncio.sleep(0)
+
+    async def run(stub: Stub) -> None:
+        await asyncio.wait_for(run_show(stub, show), 10)
+
+    voiceless = Stub(None, [])
+    asyncio.run(run(voiceless))
+    assert voiceless.said == 0
+    busy = Stub(object(), [SpeechBacklog("full"), TwincastError("bad text")])
+    asyncio.run(run(busy))
+    assert busy.said == 2 and not busy.refusals
