@@ -165,9 +165,12 @@ class Server:
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
                 await pc.setLocalDescription(await pc.createAnswer())
-            except (ValueError, TypeError, AttributeError, IndexError) as e:
+            except Exception as e:  # noqa: BLE001 - aiortc fails on a bad offer in any way
+                # (an AssertionError for "v=0\r\nm="): the client's mistake, and the peer
+                # connection must not stay open.
                 await pc.close()
-                raise BadRequest(f"the SDP offer cannot be used ({str(e)[:160]})") from None
+                raise BadRequest(f"the SDP offer cannot be used ({type(e).__name__}: "
+                                 f"{str(e)[:160]})") from None
             session.start()
             self.registry.add(session, output)
 

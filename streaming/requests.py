@@ -135,13 +135,22 @@ class Interrupt:
 Command = Say | Interrupt
 
 
+def parse_json(text: str, what: str = "the body") -> object:
+    """``text`` as JSON, or a BadRequest: not JSON, nested too deep (Python's recursion
+    limit), or a number too long to convert (Python's 4,300-digit limit) are the client's
+    mistakes, never a server error."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise BadRequest(f"{what} is nested too deep") from None
+    except ValueError as e:  # JSONDecodeError, and the integer digit limit
+        raise BadRequest(f"{what} is not JSON ({str(e).splitlines()[0][:80]})") from None
+
+
 def parse_command(message: object, max_chars: int = MAX_TEXT_CHARS) -> Command:
     """A data-channel message: ``{"type": "say", "text", "interrupt", "rate"}`` or
     ``{"type": "interrupt"}``."""
-    try:
-        cmd = json.loads(message) if isinstance(message, str) else None
-    except json.JSONDecodeError:
-        cmd = None
+    cmd = parse_json(message, "a command") if isinstance(message, str) else None
     if not isinstance(cmd, dict):
         raise BadRequest("a command is a JSON object")
     kind = cmd.get("type")

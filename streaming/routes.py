@@ -8,7 +8,6 @@ its answer out. Every refusal is a 4xx (or a 503 with Retry-After) with a JSON
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import threading
@@ -20,7 +19,7 @@ from aiohttp import web
 from avatar.errors import TwincastError
 from streaming.app import Server, ServerConfig, bundle_names
 from streaming.registry import Full
-from streaming.requests import BadRequest, Say, StreamRequest
+from streaming.requests import BadRequest, Say, StreamRequest, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +37,20 @@ def error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers or None)
 
 
-async def json_body(request: web.Request) -> dict:
+async def text_body(request: web.Request) -> str:
+    """The body as text in its declared charset (UTF-8 unless said); a body that is not,
+    or a charset nobody knows, is the client's mistake (400)."""
+    raw = await request.read()
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("the body is not JSON") from None
+        return raw.decode(request.charset or "utf-8")
+    except LookupError:
+        raise BadRequest(f"unknown charset {request.charset!r}; send UTF-8") from None
+    except UnicodeDecodeError:
+        raise BadRequest(f"the body is not {request.charset or 'UTF-8'} text") from None
+
+
+async def json_body(request: web.Request) -> dict:
+    body = parse_json(await text_body(request))
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body
@@ -95,8 +103,10 @@ class Routes:
     @web.middleware
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/v1/") and request.path != "/v1/openapi.json":
-            given = request.headers.get("Authorization", "")
-            if not secrets.compare_digest(given, f"Bearer {self.server.token}"):
+            # As bytes: compare_digest refuses a non-ASCII str (a 500, not a 401).
+            given = request.headers.get("Authorization", "").encode("utf-8",
+                                                                    "surrogateescape")
+            if not secrets.compare_digest(given, f"Bearer {self.server.token}".encode()):
                 return error(401, "missing or wrong bearer token",
                              **{"WWW-Authenticate": "Bearer"})
         return await handler(request)
@@ -108,7 +118,7 @@ class Routes:
             body = await json_body(request)
             sdp, avatar = body.get("sdp"), body.get("avatar")
         else:
-            sdp, avatar = await request.text(), request.query.get("avatar")
+            sdp, avatar = await text_body(request), request.query.get("avatar")
         if avatar is not None and not isinstance(avatar, str):
             raise BadRequest("'avatar' must be a string")
         session, answer = await self.server.open_webrtc(sdp, avatar)

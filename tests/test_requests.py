@@ -39,10 +39,21 @@ def test_say_refuses_with_one_line(body, status, words):
     assert e.value.status == status and words in str(e.value)
 
 
+def test_hostile_json_is_a_bad_request_not_a_crash():
+    from streaming.requests import BadRequest, parse_command, parse_json
+
+    for text, words in [("[" * 20000 + "]" * 20000, "nested too deep"),
+                        ('{"n": ' + "9" * 5000 + "}", "not JSON"), ("{", "not JSON")]:
+        with pytest.raises(BadRequest, match=words):
+            parse_json(text)
+    with pytest.raises(BadRequest, match="a command is nested too deep"):
+        parse_command('{"type": "say", "text": ' + "[" * 20000 + "]" * 20000 + "}")
+
+
 def test_data_channel_commands_parse_like_the_api():
     assert parse_command('{"type": "say", "text": "hi", "rate": 1.5}') == Say("hi", False, 1.5)
     assert parse_command('{"type": "interrupt"}') == Interrupt()
-    for bad, words in (("not json", "JSON object"), ('{"type": "dance"}', "unknown command"),
+    for bad, words in (("not json", "not JSON"), ('{"type": "dance"}', "unknown command"),
                        ('{"type": "say", "rate": 0.1, "text": "a"}', "'rate'"), (b"x", "JSON")):
         with pytest.raises(BadRequest, match=words):
             parse_command(bad)

@@ -195,6 +195,22 @@ def test_bad_requests_get_4xx(server) -> None:  # noqa: ANN001
             async with http.post(f"{url}/v1/sessions/nope/say", json={"text": "hi"},
                                  headers=AUTH) as r:
                 assert r.status == 404 and "no such session" in (await r.json())["error"]
+            # What once answered 500 in plain text: each a JSON 4xx now.
+            async with http.post(f"{url}/v1/sessions", data="v=0",
+                                 headers={"Authorization": "Bearer \u00e9t\u00e9"}) as r:
+                assert r.status == 401
+            json_type = {**AUTH, "Content-Type": "application/json"}
+            for body, headers, words in [
+                (b'{"sdp": "\xff\xfe"}', json_type, "not UTF-8"),
+                (b'{"sdp": "x"}', {**AUTH, "Content-Type": "application/json; charset=nope"},
+                 "unknown charset"),
+                (b"[" * 20000 + b"]" * 20000, json_type, "nested too deep"),
+                (b'{"n": ' + b"9" * 5000 + b"}", json_type, "not JSON"),
+                (b"v=0\r\nm=", {**AUTH, "Content-Type": "application/sdp"}, "SDP offer"),
+            ]:
+                async with http.post(f"{url}/v1/sessions", data=body, headers=headers) as r:
+                    assert r.status == 400, (body[:20], r.status)
+                    assert words in (await r.json())["error"]
             pc, _, location = await _connect(http, url)
             async with http.post(f"{url}{location}/say", data="{not json",
                                  headers=AUTH) as r:
