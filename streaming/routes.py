@@ -74,7 +74,9 @@ class Routes:
                              "--cors-origin")
             return web.Response(status=204, headers={
                 "Access-Control-Allow-Origin": origin, "Vary": "Origin",
-                "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+                # PATCH: a WHEP player's trickle-ICE request must reach the server to
+                # learn it is not supported (405), not fail the preflight.
+                "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
                 "Access-Control-Allow-Headers": "Authorization, Content-Type",
                 "Access-Control-Max-Age": "600"})
         response = await handler(request)

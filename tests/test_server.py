@@ -166,6 +166,12 @@ def test_cors_for_configured_origins_only(server) -> None:  # noqa: ANN001
                 assert r.status == 204
                 assert r.headers["Access-Control-Allow-Origin"] == "https://shop.example"
                 assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+            # A WHEP player's trickle PATCH passes its preflight (and then hears 405).
+            async with http.options(f"{url}/v1/sessions/x", headers={
+                    **pre, "Access-Control-Request-Method": "PATCH",
+                    "Origin": "https://shop.example"}) as r:
+                assert r.status == 204
+                assert "PATCH" in r.headers["Access-Control-Allow-Methods"]
             async with http.options(f"{url}/v1/sessions", headers={
                     **pre, "Origin": "https://evil.example"}) as r:
                 assert r.status == 403 and "error" in await r.json()
