@@ -31,6 +31,7 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         # mkstemp makes the file private (0600); give it the usual permissions.
         os.chmod(tmp_path, 0o666 & ~_umask())
+        _fsync(tmp_path)  # its data on disk before its name: a crash leaves old or new
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -75,9 +76,35 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         os.chmod(tmp, mode | 0o111)
         for f in tmp.rglob("*"):
             os.chmod(f, mode | (0o111 if f.is_dir() else 0))
+            if f.is_file():
+                _fsync(f)
+        _fsync(tmp)
+        # The old folder is moved aside, not deleted, until the new one is in place: a
+        # failure in between leaves it whole (under its backup name), never nothing.
+        old = None
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old",
+                                        dir=target.parent))
+            os.replace(target, old / "x")
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old is not None:
+                os.replace(old / "x", target)
+                shutil.rmtree(old, ignore_errors=True)
+            raise
+        _fsync(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -48,6 +48,10 @@ def read_manifest(bundle: Path, verify: bool = True) -> Manifest:
     except ManifestError as e:
         raise path_error(mpath, str(e).removeprefix("manifest.json").lstrip(": ")) from None
     if verify:
+        unlisted = [n for n in manifest.referenced_files() if n not in manifest.files]
+        if unlisted:
+            raise path_error(bundle / unlisted[0], "is used by the manifest but has no digest "
+                             "in it; the bundle is damaged or tampered with (re-export it)")
         for name, digest in manifest.files.items():
             f = bundle / name
             if not f.is_file():

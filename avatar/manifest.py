@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 from avatar.audio import FACE_MEL, MelSpec
@@ -300,6 +301,14 @@ class VoiceSection:
         return d
 
 
+def _inside(name: object) -> bool:
+    """Whether ``name`` is a relative path that stays inside the bundle folder."""
+    if not isinstance(name, str) or not name or "\\" in name or ":" in name or "\0" in name:
+        return False
+    p = PurePosixPath(name)
+    return not p.is_absolute() and ".." not in p.parts
+
+
 @dataclass(frozen=True)
 class Manifest:
     """``manifest.json``: what the bundle holds. A voice-only bundle has no head, idle or
@@ -359,7 +368,29 @@ class Manifest:
                                 "crop_size; the bundle is damaged")
         if head is not None and m.head is None:
             raise ManifestError("manifest.json: head should be an object")
+        for name in list(m.files) + m.referenced_files():
+            if not _inside(name):
+                raise ManifestError(f"manifest.json names the file {name!r}, which is not a "
+                                    "plain path inside the bundle; the bundle is damaged or "
+                                    "tampered with")
         return m
+
+    def referenced_files(self) -> list[str]:
+        """Every file the runtime opens, as the sections name them (each must also be in
+        ``files``, so its digest is checked before it is read)."""
+        out: list[str] = []
+        if self.head is not None:
+            out += [self.head.file, self.head.reference, self.head.mask]
+        if self.idle is not None:
+            out += [self.idle.file, self.idle.transforms]
+        if self.motion is not None:
+            out += list(self.motion.files) + [self.motion.index] + \
+                ([self.motion.cues] if self.motion.cues else [])
+        if self.voice is not None:
+            out.append(self.voice.file)
+            if self.voice.vocoder.kind != "griffin-lim":
+                out.append(self.voice.vocoder.file)
+        return out
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"schema": self.schema, "kind": self.kind, "name": self.name,

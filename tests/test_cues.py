@@ -209,8 +209,11 @@ def test_a_damaged_cue_file_is_named(bundle: Path, tmp_path: Path) -> None:
     copy = tmp_path / "b"
     shutil.copytree(bundle, copy)
     m = json.loads((copy / "manifest.json").read_text())
-    m["motion"]["cues"] = "nods.npz"
-    (copy / "manifest.json").write_text(json.dumps(m))
+    from avatar.bundle import sha256_file
+
     (copy / "nods.npz").write_bytes(b"not an npz")
+    m["motion"]["cues"] = "nods.npz"
+    m["files"]["nods.npz"] = sha256_file(copy / "nods.npz")
+    (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(TwincastError, match="nods.npz.*cannot be read"):
         Avatar.load(copy)

@@ -120,3 +120,30 @@ def test_a_bundle_with_the_old_manifest_loads_speaks_and_renders(bundle: Path,
     assert len(frames) == 2 and frames[0].shape == (256, 256, 3)
     audio = Voice.load(old).say("Hello.")
     assert audio.size > 0 and np.abs(audio).max() > 0.01
+
+
+def test_file_names_stay_inside_the_bundle_and_have_digests(tmp_path):
+    """A manifest may not send the loader outside its folder, nor have it open a file whose
+    digest it does not give."""
+    import json
+
+    from avatar.bundle import read_manifest
+    from avatar.errors import TwincastError
+
+    for bad in ("../../etc/passwd", "/etc/passwd", "a\\..\\b", "c:x"):
+        d = copy.deepcopy(OLD)
+        d["head"]["file"] = bad
+        with pytest.raises(ManifestError, match="not a plain path inside the bundle"):
+            Manifest.from_dict(d)
+    d = copy.deepcopy(OLD)
+    d["files"] = {**d["files"], "../x": "0" * 64}
+    with pytest.raises(ManifestError, match="'../x'"):
+        Manifest.from_dict(d)
+    # Named by a section but missing from the digests: refused before anything is read.
+    d = copy.deepcopy(OLD)
+    d["head"]["file"] = "other.safetensors"
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(TwincastError, match="other.safetensors.*has no digest"):
+        read_manifest(bundle)

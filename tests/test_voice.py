@@ -290,7 +290,12 @@ def test_trained_vocoder_in_the_bundle(bundle: Path, tmp_path: Path) -> None:
     manifest = json.loads((b / "manifest.json").read_text())
     assert manifest["voice"]["vocoder"]["kind"] == "vocos"
     assert manifest["voice"]["vocoder"]["adapt_steps"] == 3
-    assert "vocoder.safetensors" in manifest["files"]
+    # The new weights went in beside the old under new names; the old ones are gone.
+    assert manifest["voice"]["vocoder"]["file"] in manifest["files"]
+    assert manifest["voice"]["file"] != "voice.safetensors"
+    assert not (b / "voice.safetensors").exists()
+    assert sorted(p.name for p in b.glob("*.safetensors")) == sorted(
+        f for f in manifest["files"] if f.endswith(".safetensors"))
     voice = Voice.load(b, "cpu")
     assert isinstance(voice.vocoder, _TrainedVocoder)
     mel = torch.full((80, 50), -5.0)

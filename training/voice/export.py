@@ -31,22 +31,25 @@ def _save(model: object, path: Path) -> str:
     return sha256_file(path)
 
 
-def write_voice(voice: TrainedVoice, folder: Path, preset: str
+def write_voice(voice: TrainedVoice, folder: Path, preset: str, tag: str = ""
                 ) -> tuple[VoiceSection, dict[str, str]]:
-    """Write the voice's weights into ``folder``; returns its manifest section and the
-    digests of the files written."""
-    files = {VOICE_FILE: _save(voice.model, folder / VOICE_FILE)}
+    """Write the voice's weights into ``folder`` (names with ``-TAG`` when given, beside
+    a voice already there); returns its manifest section and the digests of the files
+    written."""
+    voice_file = VOICE_FILE.replace(".", f"-{tag}.", 1) if tag else VOICE_FILE
+    vocoder_file = VOCODER_FILE.replace(".", f"-{tag}.", 1) if tag else VOCODER_FILE
+    files = {voice_file: _save(voice.model, folder / voice_file)}
     vocoder = VocoderSection("griffin-lim", n_iter=32)
     if voice.vocoder is not None:
         voc = voice.vocoder
-        files[VOCODER_FILE] = _save(voc.model, folder / VOCODER_FILE)
-        vocoder = VocoderSection("vocos", file=VOCODER_FILE,
+        files[vocoder_file] = _save(voc.model, folder / vocoder_file)
+        vocoder = VocoderSection("vocos", file=vocoder_file,
                                  config=dataclasses.asdict(voc.model.cfg),
                                  train_seconds=round(voc.seconds, 1), steps=voc.steps,
                                  adapt_seconds=round(voc.adapt_seconds, 1),
                                  adapt_steps=voc.adapt_steps)
     section = VoiceSection(
-        file=VOICE_FILE, config=dataclasses.asdict(voice.model.cfg), symbols=list(SYMBOLS),
+        file=voice_file, config=dataclasses.asdict(voice.model.cfg), symbols=list(SYMBOLS),
         mel=VoiceMel(VOICE_MEL, voice.mel_mean.tolist(), voice.mel_std.tolist()),
         vocoder=vocoder, text={"english_voice": "en-us"}, preset=preset,
         train_seconds=round(voice.seconds, 1), steps=voice.steps,
@@ -56,12 +59,29 @@ def write_voice(voice: TrainedVoice, folder: Path, preset: str
 
 
 def add_voice(bundle: Path, voice: TrainedVoice, preset: str) -> None:
-    """Put a (new) voice into an existing bundle; the manifest is replaced last, in one
-    atomic write, so a failure leaves the old bundle working."""
+    """Put a (new) voice into an existing bundle: its weights under new names beside the
+    old ones, the manifest replaced last in one atomic write, then the old weights
+    removed; a failure at any point leaves the old bundle working (the weights were once
+    overwritten in place before the manifest: a crash between left the digests wrong)."""
+    import time
+
     manifest = read_manifest(bundle)
-    section, files = write_voice(voice, bundle, preset)
-    kept = {k: v for k, v in manifest.files.items() if k not in (VOICE_FILE, VOCODER_FILE)}
+    old = manifest.voice
+    old_files = set()
+    if old is not None:
+        old_files = {old.file} | ({old.vocoder.file} if old.vocoder.kind != "griffin-lim"
+                                  else set())
+    tag = f"{int(time.time() * 1000)}"
+    try:
+        section, files = write_voice(voice, bundle, preset, tag)
+    except BaseException:
+        for f in bundle.glob(f"*-{tag}.safetensors"):
+            f.unlink(missing_ok=True)
+        raise
+    kept = {k: v for k, v in manifest.files.items() if k not in old_files}
     write_manifest(bundle, manifest.replace(voice=section, files={**kept, **files}))
+    for f in old_files - set(files):
+        (bundle / f).unlink(missing_ok=True)
 
 
 def export_voice_bundle(voice: TrainedVoice, out: Path, name: str, preset: str) -> Path:
