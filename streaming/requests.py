@@ -180,9 +180,11 @@ class StreamRequest:
         "rtmp": Field(str, "rtmp:// or rtmps:// ingest URL with its stream key"),
         "avatar": Field(str, "which avatar (default: the first)", None),
         "show": Field(str, "a show file's TOML text", None),
-        "width": Field(int, "frame width", 1280, minimum=64, maximum=3840, even=True),
-        "height": Field(int, "frame height", 720, minimum=64, maximum=2160, even=True),
-        "video_kbps": Field(int, "video bit rate", 2500, minimum=100, maximum=50000),
+        # At most 1080p and 12 Mbit/s (a platform's top for 1080p): the avatar is
+        # rendered at its bundle's size, and a 4K, 50 Mbit/s push only costs the host.
+        "width": Field(int, "frame width", 1280, minimum=64, maximum=1920, even=True),
+        "height": Field(int, "frame height", 720, minimum=64, maximum=1080, even=True),
+        "video_kbps": Field(int, "video bit rate", 2500, minimum=100, maximum=12000),
         "audio_kbps": Field(int, "audio bit rate", 128, minimum=16, maximum=512),
         "keyframe_s": Field(float, "seconds between keyframes", 2.0, minimum=0.5,
                             maximum=10),

@@ -66,7 +66,9 @@ def test_stream_requests_are_checked_and_become_rtmp_settings():
     assert (cfg.width, cfg.height, cfg.video_kbps, cfg.audio_kbps) == (640, 360, 2500, 128)
     assert cfg.key_colour == (0, 255, 0) and req.parsed_show() is None
     for body, words in (({"rtmp": "http://x"}, "rtmp://"),
-                        ({"rtmp": "rtmp://x", "width": 641}, r"from 64 to 3840 \(even\)"),
+                        ({"rtmp": "rtmp://x", "width": 641}, r"from 64 to 1920 \(even\)"),
+                        ({"rtmp": "rtmp://x", "width": 3840, "height": 2160}, "1920"),
+                        ({"rtmp": "rtmp://x", "video_kbps": 50000}, "12000"),
                         ({"rtmp": "rtmp://x", "key_colour": [0, 300, 0]}, "values 0-255"),
                         ({"rtmp": "rtmp://x", "keyframe_s": 20}, "'keyframe_s'"),
                         ({"rtmp": "rtmp://x", "show": "[[segment]]\nsay = 3\n"}, None)):
@@ -83,7 +85,7 @@ def test_the_openapi_schemas_are_the_request_fields():
     assert s["Say"]["required"] == ["text"]
     assert s["Say"]["properties"]["rate"]["minimum"] == 0.5
     assert s["Stream"]["required"] == ["rtmp"]
-    assert s["Stream"]["properties"]["width"]["maximum"] == 3840
+    assert s["Stream"]["properties"]["width"]["maximum"] == 1920
     assert set(s["Stream"]["properties"]) == set(StreamRequest.FIELDS)
 
 
