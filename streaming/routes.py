@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -273,8 +275,14 @@ def serve(bundles: list[Path], cfg: ServerConfig,
             log.info("stream session %s: inject text with POST /v1/sessions/%s/say", s.id,
                      s.id)
         app.on_startup.append(start_stream)
-    # The token rides in the link's fragment: the browser never sends it to a server.
-    log.info("serving %s: open http://%s:%d/#token=%s", ", ".join(names), cfg.host,
-             cfg.port, server.token)
+    # The token rides in the link's fragment (the browser never sends it to a server),
+    # and never in the log: log lines are shipped and kept. A token the operator chose
+    # they know; one generated here goes to the terminal alone.
+    log.info("serving %s: open http://%s:%d/#token=<the API token>", ", ".join(names),
+             cfg.host, cfg.port)
+    if not (cfg.token or os.environ.get("TWINCAST_TOKEN")):
+        print(f"twincast: generated API token (not logged): {server.token}\n"
+              f"          open http://{cfg.host}:{cfg.port}/#token={server.token}",
+              file=sys.stderr, flush=True)
     web.run_app(app, host=cfg.host, port=cfg.port, print=None,
                 handle_signals=True, loop=asyncio.new_event_loop())

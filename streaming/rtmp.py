@@ -53,6 +53,23 @@ class RtmpConfig:
     """Replace the background with this colour (for chroma keying in streaming software)."""
 
 
+def redact_url(url: str) -> str:
+    """An ingest URL fit for a log: scheme, host and port, and the application path
+    without its last element (the stream key), with no user info, query or control
+    characters (a URL with a line break once forged a log line)."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(url)
+        host = u.hostname or ""
+        port = f":{u.port}" if u.port else ""
+    except ValueError:
+        return "(an unreadable URL)"
+    path = u.path.rstrip("/").rpartition("/")[0]
+    out = f"{u.scheme}://{host}{port}{path}/***"
+    return "".join(ch if ch.isprintable() else "?" for ch in out)
+
+
 def fit(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     """Scale the frame to fit ``width`` x ``height`` and pad it (letterbox), no distortion."""
     import cv2
@@ -131,9 +148,7 @@ class RtmpOutput:
         return self._proc.pid if self._proc is not None else None
 
     def redacted_url(self) -> str:
-        # The last path element of an ingest URL is the stream key: keep it out of logs.
-        head, _, _key = self.cfg.url.rpartition("/")
-        return f"{head}/***"
+        return redact_url(self.cfg.url)
 
     def _launch(self) -> subprocess.Popen:
         c = self.cfg
@@ -143,10 +158,17 @@ class RtmpOutput:
         root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH",
                                                                               "")}
-        return subprocess.Popen([sys.executable, "-m", "streaming.rtmp_push",
-                                 json.dumps(spec)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-                                bufsize=0)
+        proc = subprocess.Popen([sys.executable, "-m", "streaming.rtmp_push"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=env, bufsize=0)
+        # The settings (the URL holds the stream key) go down the pipe, not on the
+        # command line where `ps` shows them to every user.
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps(spec).encode() + b"\n")
+        except OSError:
+            pass  # the child is gone already: the caller sees it end
+        return proc
 
     def _listen(self, proc: subprocess.Popen, first_t: list[float]) -> None:
         """The push process's word: ``live`` once the ingest took the stream."""

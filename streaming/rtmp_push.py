@@ -1,13 +1,15 @@
 """The RTMP push itself, in a process of its own (started by ``streaming.rtmp``).
 
-    python -m streaming.rtmp_push CONFIG_JSON   < records
+    python -m streaming.rtmp_push   < CONFIG_JSON_LINE records
 
 FFmpeg's RTMP client blocks while it connects, and PyAV holds Python's interpreter lock
 while it opens the connection: an ingest that accepts and then stays silent would freeze
 every thread of the server. Here it can only freeze this process, which the server kills
 and replaces. Only PyAV and numpy are needed.
 
-stdin carries fixed-size records, one per video frame: the frame as I420 (width x height
+stdin's first line is the configuration as JSON (the ingest URL holds the stream key: on
+the command line, any user's ``ps`` would show it); then come fixed-size records, one per
+video frame: the frame as I420 (width x height
 x 1.5 bytes) followed by its audio as 16-bit mono samples. stdout says ``live`` once the
 ingest has taken the stream header and the first frame.
 """
@@ -74,10 +76,12 @@ class Connection:
         self.out.close()
 
 
-def main(cfg: dict) -> int:
+def main(cfg: dict | None = None) -> int:
+    src = sys.stdin.buffer
+    if cfg is None:
+        cfg = json.loads(src.readline())
     vbytes, abytes = record_size(cfg)
     w, h = cfg["width"], cfg["height"]
-    src = sys.stdin.buffer
     conn = None
     try:
         while True:
@@ -101,4 +105,4 @@ def main(cfg: dict) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(json.loads(sys.argv[1])))
+    sys.exit(main())

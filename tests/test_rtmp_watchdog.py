@@ -52,3 +52,22 @@ def test_stuck_ingest_is_left_behind() -> None:
         server.close()
         for c in held:
             c.close()
+
+
+def test_the_stream_key_stays_out_of_logs_and_the_process_table() -> None:
+    from streaming.rtmp import redact_url
+
+    for url in ("rtmp://a.example/live/sk-123", "rtmp://a.example/live/sk-123/",
+                "rtmps://user:pw@a.example:443/live/sk-123?x=sk-123",
+                "rtmp://a.example/live/sk-123\r\nINFO forged line"):
+        safe = redact_url(url)
+        assert "sk-123" not in safe and "pw" not in safe and "\n" not in safe, safe
+        assert safe.startswith(("rtmp://a.example", "rtmps://a.example:443"))
+    out = RtmpOutput(RtmpConfig(url="rtmp://127.0.0.1:9/live/sk-secret", width=64,
+                                height=64))
+    proc = out._launch()
+    try:
+        assert not any("sk-secret" in str(a) for a in proc.args)  # what `ps` shows
+    finally:
+        proc.kill()
+        proc.wait()
