@@ -52,22 +52,22 @@ class ServerCollector:
                                     "idle because their render was late, open sessions")
         shown.add_metric([], sum(s.stats["frames_late"] for s in srv.sessions.values()))
         yield shown
-        # Livestreams: what reached each ingest, what was dropped, how often it reconnected.
+        # Livestreams: what reached the ingests, what was dropped, how often they
+        # reconnected, summed: /metrics is public and a session id is a capability (with
+        # the token it lets anyone say into or end that broadcast), so none is listed.
+        streams = [o for _, o in srv.registry.of_kind("rtmp")]
         sent = CounterMetricFamily("twincast_stream_frames_sent", "Video frames pushed to "
-                                   "the RTMP ingest", labels=["session"])
+                                   "RTMP ingests, open streams")
         dropped = CounterMetricFamily("twincast_stream_frames_dropped", "Video frames "
-                                      "dropped before the encoder (ingest slow or gone)",
-                                      labels=["session"])
+                                      "dropped before the encoder (ingest slow or gone), "
+                                      "open streams")
         connects = CounterMetricFamily("twincast_stream_connects", "Connections to the "
-                                       "ingest", labels=["session"])
-        live = GaugeMetricFamily("twincast_stream_live", "1 while the push is live",
-                                 labels=["session"])
-        for sid, output in srv.registry.of_kind("rtmp"):
-            st = output.stats  # type: ignore[attr-defined]
-            sent.add_metric([sid], st["frames_sent"])
-            dropped.add_metric([sid], st["frames_dropped"])
-            connects.add_metric([sid], st["connects"])
-            live.add_metric([sid], 1.0 if output.state == "live" else 0.0)  # type: ignore[attr-defined]
+                                       "ingests, open streams")
+        live = GaugeMetricFamily("twincast_streams_live", "Streams whose push is live")
+        sent.add_metric([], sum(o.stats["frames_sent"] for o in streams))  # type: ignore[attr-defined]
+        dropped.add_metric([], sum(o.stats["frames_dropped"] for o in streams))  # type: ignore[attr-defined]
+        connects.add_metric([], sum(o.stats["connects"] for o in streams))  # type: ignore[attr-defined]
+        live.add_metric([], sum(o.state == "live" for o in streams))  # type: ignore[attr-defined]
         yield from (sent, dropped, connects, live)
 
 

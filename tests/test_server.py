@@ -300,6 +300,7 @@ def test_data_channel_page_metrics_openapi(server) -> None:  # noqa: ANN001
             async with http.get(f"{url}/metrics") as r:
                 text = await r.text()
             assert "twincast_frames_rendered_total" in text and "twincast_sessions" in text
+            assert body["id"] not in text  # public: no session ids (capabilities) in it
             pump.cancel()
             async with http.delete(f"{url}/v1/sessions/{body['id']}", headers=AUTH) as r:
                 assert r.status == 204
