@@ -49,6 +49,9 @@ class ServerConfig:
     vanished_after_s: float = 15.0
     """A connected peer that has sent no RTCP report (every second or so from any WebRTC
     receiver) for this long has gone without closing: its session is closed."""
+    rtmp_allow: tuple[str, ...] = ()
+    """Ingest hosts or networks an API caller may stream to although they are not public
+    addresses (``streaming.ingest``); ``*`` for any."""
 
 
 class Server:

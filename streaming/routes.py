@@ -20,6 +20,7 @@ from aiohttp import web
 
 from avatar.errors import TwincastError
 from streaming.app import Server, ServerConfig, bundle_names
+from streaming.ingest import check_ingest
 from streaming.registry import Full
 from streaming.requests import BadRequest, Say, StreamRequest, parse_json
 
@@ -135,6 +136,7 @@ class Routes:
 
     async def create_stream(self, request: web.Request) -> web.Response:
         req = StreamRequest.parse(await json_body(request))
+        await check_ingest(req.rtmp, self.server.cfg.rtmp_allow)
         session = await self.server.open_stream(req)
         location = f"/v1/sessions/{session.id}"
         return web.json_response({"id": session.id, "location": location}, status=201,

@@ -151,3 +151,25 @@ def test_the_registry_closes_what_vanished_and_everything_at_the_end():
         assert len(reg) == 0 and kept.closed and out_kept.closed
 
     asyncio.run(scenario())
+
+
+def test_an_api_caller_streams_only_to_public_ingests_unless_allowed():
+    import asyncio
+
+    from streaming.ingest import check_ingest
+
+    async def check(url: str, allow: tuple[str, ...] = ()) -> None:
+        await check_ingest(url, allow)
+
+    for url in ("rtmp://127.0.0.1/live/k", "rtmp://10.1.2.3:1935/live/k",
+                "rtmps://169.254.169.254/latest/k", "rtmp://[::1]/live/k",
+                "rtmp://localhost/live/k"):
+        with pytest.raises(BadRequest, match="not a public address") as e:
+            asyncio.run(check(url))
+        assert e.value.status == 403
+    asyncio.run(check("rtmp://8.8.8.8/live/k"))                  # public: fine
+    asyncio.run(check("rtmp://127.0.0.1/live/k", ("127.0.0.1",)))  # allowed host
+    asyncio.run(check("rtmp://10.1.2.3/live/k", ("10.0.0.0/8",)))  # allowed network
+    asyncio.run(check("rtmp://10.1.2.3/live/k", ("*",)))
+    with pytest.raises(BadRequest, match="cannot be resolved"):
+        asyncio.run(check("rtmp://no-such-host.invalid/live/k"))

@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="render precision (auto: bf16 where the device has it natively)")
     sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                     help="a web origin whose pages may call the API (repeatable; * for any)")
+    sv.add_argument("--rtmp-allow", action="append", default=[], metavar="HOST|NETWORK",
+                    help="an RTMP ingest host or network API callers may stream to although "
+                         "it is not a public address (repeatable; * for any)")
     sv.add_argument("--log-format", choices=("text", "json"), default="text",
                     help="json: one JSON object per log line, for log collectors")
     sv.set_defaults(func=cmd_serve)
@@ -401,6 +404,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve(args.bundles, ServerConfig(host=args.host, port=args.port, token=args.token,
                                      devices=devices, max_sessions=args.max_sessions,
                                      cors_origins=tuple(args.cors_origin),
+                                     rtmp_allow=tuple(args.rtmp_allow),
                                      precision=args.precision))
     return 0
 
