@@ -276,7 +276,7 @@ def _load_idle(path: Path, manifest: Manifest, cfg: HeadConfig
     region_mask *= paint
     ring = (region_mask > 0.15) & (region_mask < 0.6)
     try:
-        decoded = list(rgb_frames(idle_file))
+        decoded = list(rgb_frames(idle_file, container="mp4"))
     except DecodeError as e:
         raise path_error(idle_file, f"cannot be decoded ({e}); bundle damaged") from None
     if len(decoded) != len(affines) or not decoded:

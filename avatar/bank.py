@@ -86,7 +86,8 @@ class MotionBank:
                 got = []
                 # Frames before the one asked for were shown already (the walk plays
                 # forwards): kept from it on.
-                for j, rgb in enumerate(rgb_frames(self.path / name, skip=i - first)):
+                frames = rgb_frames(self.path / name, skip=i - first, container="mp4")
+                for j, rgb in enumerate(frames):
                     if rgb is not None:
                         got.append((first + j, rgb))
             except DecodeError as e:

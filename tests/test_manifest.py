@@ -147,3 +147,18 @@ def test_file_names_stay_inside_the_bundle_and_have_digests(tmp_path):
     (bundle / "manifest.json").write_text(json.dumps(d))
     with pytest.raises(TwincastError, match="other.safetensors.*has no digest"):
         read_manifest(bundle)
+
+
+def test_bundle_videos_are_read_as_mp4_only(tmp_path):
+    """A file named .mp4 that is something else is not read as whatever FFmpeg guesses
+    (a crafted playlist could name other files or URLs): the bundle's videos are opened
+    with the MP4 demuxer only. A raw y4m stream stands in for the impostor: guessed, it
+    decodes."""
+    from avatar.decode import DecodeError, rgb_frames
+
+    fake = tmp_path / "idle.mp4"
+    frame = b"FRAME\n" + bytes(16 * 16) + bytes([128]) * (2 * 8 * 8)
+    fake.write_bytes(b"YUV4MPEG2 W16 H16 F25:1 Ip A1:1 C420jpeg\n" + frame * 3)
+    assert len(list(rgb_frames(fake))) == 3  # what a guess would have read
+    with pytest.raises(DecodeError):
+        list(rgb_frames(fake, container="mp4"))
