@@ -197,9 +197,9 @@ def test_ingest_killed_mid_stream_reconnects(server, nginx) -> None:  # noqa: AN
     import re
 
     # Summed over the open streams (one reconnected live, one refused): no session ids.
-    connects = re.search(r"twincast_stream_connects_total (\S+)", text)
+    connects = re.search(r"^twincast_stream_connects_total (\S+)$", text, re.M)
     assert connects and float(connects.group(1)) >= 2
-    live = re.search(r"twincast_streams_live (\S+)", text)
+    live = re.search(r"^twincast_streams_live (\S+)$", text, re.M)
     assert live and float(live.group(1)) <= 1.0  # the refused one is not live
     assert sid not in text and bad not in text
     asyncio.run(_delete(url, sid))
