@@ -13,6 +13,24 @@ def _error(desc: str) -> dict:
 
 
 def document() -> dict:
+    """The contract, with the statuses every operation can answer added to each: a wrong
+    token (401), an unknown session id (404), a bad or oversized body (400, 413), a PATCH
+    or other unsupported method (405). The fuzz test holds the server to it."""
+    doc = _paths()
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            r = op.setdefault("responses", {})
+            r.setdefault("401", _error("missing or wrong token"))
+            if "{id}" in path:
+                r.setdefault("404", _error("no such session"))
+            if method == "post":
+                r.setdefault("400", _error("a body or parameter the server cannot use"))
+                r.setdefault("413", _error("a body over the size limit"))
+            r.setdefault("405", _error("method not allowed"))
+    return doc
+
+
+def _paths() -> dict:
     sid = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
     return {
         "openapi": "3.1.0",
@@ -67,6 +85,9 @@ def document() -> dict:
                     "$ref": "#/components/schemas/Stream"}}}},
                 "responses": {"201": {"description": "started; Location names the session"},
                               "400": _error("bad URL, show or option"),
+                              "403": _error("the ingest is not a public address and the "
+                                            "server does not allow it (--rtmp-allow)"),
+                              "404": _error("no such avatar"),
                               "503": _error("full; see Retry-After")}}},
             "/v1/sessions/{id}/interrupt": {"post": {
                 "summary": "Stop speaking at once (barge-in)", "parameters": sid,
