@@ -21,6 +21,7 @@ from streaming.registry import Registry
 from streaming.requests import BadRequest, Interrupt, Say, StreamRequest, parse_command
 from streaming.scheduler import Lane, Scheduler, SchedulerConfig
 from streaming.session import Session, SessionConfig, listen
+from streaming.tokens import TokenBook
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class Server:
         if not bundles:
             raise TwincastError("serve needs at least one avatar bundle")
         self.cfg = cfg or ServerConfig()
+        self.tokens = TokenBook()
+        """Viewer tokens minted by the operator (``streaming.tokens``)."""
         self.token = self.cfg.token or os.environ.get("TWINCAST_TOKEN") or \
             secrets.token_urlsafe(18)
         self.bundles = bundles
@@ -138,8 +141,11 @@ class Server:
         assert self.scheduler is not None
         return self.registry.reserve(SessionConfig().fps, self.scheduler.capacity_fps())
 
-    async def open_webrtc(self, sdp: object, avatar: str | None) -> tuple[Session, str]:
-        """A session for a WebRTC peer's SDP offer; returns it and the SDP answer."""
+    async def open_webrtc(self, sdp: object, avatar: str | None, may_say: bool = True
+                          ) -> tuple[Session, str]:
+        """A session for a WebRTC peer's SDP offer; returns it and the SDP answer.
+        ``may_say``: whether its data channel may make the avatar speak (a viewer token's
+        grant)."""
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
         from streaming.outputs import WebRtcOutput
@@ -151,6 +157,7 @@ class Server:
                 raise BadRequest("the body must be an SDP offer (application/sdp, or JSON "
                                  "with an 'sdp' field)")
             session = self._new_session(avatar)
+            session.may_say = may_say
             pc = RTCPeerConnection()
             output = WebRtcOutput(pc, self.cfg.connect_timeout_s, self.cfg.vanished_after_s)
 
@@ -245,6 +252,8 @@ class Server:
         def _message(message: object) -> None:
             try:
                 cmd = parse_command(message, self.cfg.max_text_chars)
+                if not session.may_say:
+                    raise BadRequest("this session may watch, not make the avatar speak", 403)
                 if isinstance(cmd, Interrupt):
                     session.interrupt()
                 else:

@@ -20,7 +20,8 @@ def document() -> dict:
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             r = op.setdefault("responses", {})
-            r.setdefault("401", _error("missing or wrong token"))
+            r.setdefault("401", _error("missing, wrong or expired token"))
+            r.setdefault("403", _error("a viewer token's grant does not cover this"))
             if "{id}" in path:
                 r.setdefault("404", _error("no such session"))
             if method == "post":
@@ -89,6 +90,16 @@ def _paths() -> dict:
                                             "server does not allow it (--rtmp-allow)"),
                               "404": _error("no such avatar"),
                               "503": _error("full; see Retry-After")}}},
+            "/v1/tokens": {"post": {
+                "summary": "Mint a viewer token (operator token only): good for opening one "
+                           "session (of one avatar, or any) and then for that session alone: "
+                           "watch and close it, and say/interrupt only with say: true",
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "$ref": "#/components/schemas/Token"}}}},
+                "responses": {"201": {"description": "{token, ttl_s, avatar, say}"},
+                              "403": _error("a viewer token cannot mint tokens"),
+                              "404": _error("no such avatar"),
+                              "429": _error("too many viewer tokens alive")}}},
             "/v1/sessions/{id}/interrupt": {"post": {
                 "summary": "Stop speaking at once (barge-in)", "parameters": sid,
                 "responses": {"200": {"description": "how many utterances were dropped"}}}},

@@ -219,6 +219,30 @@ class StreamRequest:
         return None if self.show is None else parse_show(self.show, "show")
 
 
+MAX_TOKEN_TTL_S = 24 * 3600
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """Mint a viewer token (``streaming.tokens``)."""
+
+    avatar: str | None = None
+    say: bool = False
+    ttl_s: int = 600
+
+    FIELDS = {
+        "avatar": Field(str, "the avatar the viewer may open (default: any)", None),
+        "say": Field(bool, "whether the viewer may make it speak (and interrupt it)", False),
+        "ttl_s": Field(int, "seconds the token lasts", 600, minimum=10,
+                       maximum=MAX_TOKEN_TTL_S),
+    }
+
+    @classmethod
+    def parse(cls, body: object) -> TokenRequest:
+        v = _fields(body, cls.FIELDS)
+        return cls(v["avatar"], v["say"], v["ttl_s"])
+
+
 def _schema(fields: dict[str, Field]) -> dict:
     return {"type": "object",
             "required": [n for n, f in fields.items() if f.default is REQUIRED],
@@ -227,4 +251,5 @@ def _schema(fields: dict[str, Field]) -> dict:
 
 def schemas() -> dict[str, dict]:
     """The OpenAPI component schemas of the request bodies."""
-    return {"Say": _schema(Say.FIELDS), "Stream": _schema(StreamRequest.FIELDS)}
+    return {"Say": _schema(Say.FIELDS), "Stream": _schema(StreamRequest.FIELDS),
+            "Token": _schema(TokenRequest.FIELDS)}

@@ -22,7 +22,8 @@ from avatar.errors import TwincastError
 from streaming.app import Server, ServerConfig, bundle_names
 from streaming.ingest import check_ingest
 from streaming.registry import Full
-from streaming.requests import BadRequest, Say, StreamRequest, parse_json
+from streaming.requests import BadRequest, Say, StreamRequest, TokenRequest, parse_json
+from streaming.tokens import viewer_may
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +108,23 @@ class Routes:
 
     @web.middleware
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The operator's token may do everything; a viewer token (``streaming.tokens``)
+        opens one session and acts on that one only, as its grant allows."""
         if request.path.startswith("/v1/") and request.path != "/v1/openapi.json":
+            header = request.headers.get("Authorization", "")
             # As bytes: compare_digest refuses a non-ASCII str (a 500, not a 401).
-            given = request.headers.get("Authorization", "").encode("utf-8",
-                                                                    "surrogateescape")
-            if not secrets.compare_digest(given, f"Bearer {self.server.token}".encode()):
-                return error(401, "missing or wrong bearer token",
+            given = header.encode("utf-8", "surrogateescape")
+            if secrets.compare_digest(given, f"Bearer {self.server.token}".encode()):
+                request["grant"] = None
+                return await handler(request)
+            grant = self.server.tokens.find(header.removeprefix("Bearer "))
+            if grant is None:
+                return error(401, "missing, wrong or expired bearer token",
                              **{"WWW-Authenticate": "Bearer"})
+            why = viewer_may(grant, request.method, request.path)
+            if why is not None:
+                return error(403, why)
+            request["grant"] = grant
         return await handler(request)
 
     # ------------------------------------------------------------ sessions
@@ -126,7 +137,23 @@ class Routes:
             sdp, avatar = await text_body(request), request.query.get("avatar")
         if avatar is not None and not isinstance(avatar, str):
             raise BadRequest("'avatar' must be a string")
-        session, answer = await self.server.open_webrtc(sdp, avatar)
+        grant = request.get("grant")
+        if grant is not None:
+            if grant.avatar is not None and (avatar or grant.avatar) != grant.avatar:
+                raise BadRequest(f"this viewer token opens avatar {grant.avatar!r} only", 403)
+            avatar = grant.avatar or avatar
+            if grant.session is not None:  # two offers raced with one token
+                raise BadRequest("this viewer token has opened its session already", 403)
+            grant.session = "opening"
+        try:
+            session, answer = await self.server.open_webrtc(
+                sdp, avatar, may_say=grant is None or grant.say)
+        except BaseException:
+            if grant is not None:
+                grant.session = None
+            raise
+        if grant is not None:
+            grant.session = session.id
         location = f"/v1/sessions/{session.id}"
         if as_json:
             return web.json_response({"id": session.id, "sdp": answer, "type": "answer"},
@@ -141,6 +168,16 @@ class Routes:
         location = f"/v1/sessions/{session.id}"
         return web.json_response({"id": session.id, "location": location}, status=201,
                                  headers={"Location": location})
+
+    async def mint_token(self, request: web.Request) -> web.Response:
+        if request.get("grant") is not None:
+            raise BadRequest("only the operator's token mints viewer tokens", 403)
+        req = TokenRequest.parse(await json_body(request))
+        if req.avatar is not None:
+            self.server.avatar_name(req.avatar)  # 404 for an unknown avatar
+        token, _ = self.server.tokens.mint(req)
+        return web.json_response({"token": token, "ttl_s": req.ttl_s, "avatar": req.avatar,
+                                  "say": req.say}, status=201)
 
     async def get_session(self, request: web.Request) -> web.Response:
         return web.json_response(self.server.session(request.match_info["id"]).describe())
@@ -220,6 +257,7 @@ def build_app(server: Server) -> web.Application:
     r.add_post("/v1/sessions/{id}/say", routes.say)
     r.add_post("/v1/sessions/{id}/interrupt", routes.interrupt)
     r.add_post("/v1/streams", routes.create_stream)
+    r.add_post("/v1/tokens", routes.mint_token)
 
     async def startup(app: web.Application) -> None:
         await server.start()

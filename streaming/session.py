@@ -179,6 +179,9 @@ class Session:
             self.motion.nods = self._nods
         self._silent_window: np.ndarray | None = None
         self._painted: set[int] = set()
+        self.may_say = True
+        """Whether its viewer's data channel may make the avatar speak (a viewer token's
+        grant; the API's say is checked by the token itself)."""
 
     # ------------------------------------------------------------ control
     def start(self) -> None:

@@ -468,3 +468,81 @@ def test_headless_browser_page(server, tmp_path) -> None:  # noqa: ANN001
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_viewer_tokens_open_one_session_and_act_on_it_only(server) -> None:  # noqa: ANN001
+    """The operator mints viewer tokens for a page; a viewer token opens one session and
+    can watch, close and (only where allowed) make its avatar speak; nothing else."""
+    url, srv = server
+    from bench.client import open_session
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/v1/tokens", json={"ttl_s": 60}, headers=AUTH) as r:
+                assert r.status == 201
+                watch = (await r.json())["token"]
+            async with http.post(f"{url}/v1/tokens", json={"say": True}, headers=AUTH) as r:
+                talk = (await r.json())["token"]
+            v_auth = {"Authorization": f"Bearer {watch}"}
+            async with http.post(f"{url}/v1/tokens", json={}, headers=v_auth) as r:
+                assert r.status == 403  # viewers mint nothing
+            async with http.post(f"{url}/v1/streams", json={"rtmp": "rtmp://8.8.8.8/a/k"},
+                                 headers=v_auth) as r:
+                assert r.status == 403
+            async with http.get(f"{url}/v1/avatars", headers=v_auth) as r:
+                assert r.status == 200
+            async with http.post(f"{url}/v1/tokens", json={"avatar": "nobody"},
+                                 headers=AUTH) as r:
+                assert r.status == 404
+            # Watch-only: opens its session, reads it, cannot make it speak, cannot open
+            # a second one or touch another session.
+            v = await open_session(http, url, watch)
+            async with http.get(f"{url}{v.location}", headers=v_auth) as r:
+                assert r.status == 200
+            async with http.post(f"{url}{v.location}/say", json={"text": "hi"},
+                                 headers=v_auth) as r:
+                assert r.status == 403 and "not make the avatar speak" in \
+                    (await r.json())["error"]
+            async with http.post(f"{url}/v1/sessions", data="v=0\r\nm=audio",
+                                 headers={**v_auth, "Content-Type": "application/sdp"}) as r:
+                assert r.status == 403
+            t = await open_session(http, url, talk)
+            async with http.post(f"{url}{t.location}/say", json={"text": "hi"},
+                                 headers=v_auth) as r:
+                assert r.status == 403  # another viewer's session
+            async with http.post(f"{url}{t.location}/say", json={"text": "hi"},
+                                 headers={"Authorization": f"Bearer {talk}"}) as r:
+                assert r.status == 202
+            # Its data channel is held to the same grant.
+            sent: list[str] = []
+            handlers: dict = {}
+
+            class Channel:
+                readyState = "open"
+
+                def send(self, m: str) -> None:
+                    sent.append(m)
+
+                def on(self, event: str):  # noqa: ANN202
+                    return lambda fn: handlers.setdefault(event, fn)
+
+            srv.attach_channel(srv.session(v.location.rsplit("/", 1)[1]), Channel())
+            handlers["message"]('{"type": "say", "text": "hi"}')
+            assert "not make the avatar speak" in sent[-1]
+            async with http.delete(f"{url}{v.location}", headers=v_auth) as r:
+                assert r.status == 204
+            async with http.get(f"{url}{v.location}",
+                                headers={"Authorization": "Bearer tcv_forged"}) as r:
+                assert r.status == 401
+            await v.pc.close()
+            async with http.delete(f"{url}{t.location}", headers=AUTH) as r:
+                assert r.status == 204
+            await t.pc.close()
+        # An expired token is refused.
+        from streaming.requests import TokenRequest
+
+        tok, grant = srv.tokens.mint(TokenRequest())
+        grant.expires = 0.0
+        assert srv.tokens.find(tok) is None
+
+    asyncio.run(run())
