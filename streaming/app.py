@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avatar.errors import TwincastError
+from streaming.ratelimit import Bucket
 from streaming.registry import Registry
 from streaming.requests import BadRequest, Interrupt, Say, StreamRequest, parse_command
 from streaming.scheduler import Lane, Scheduler, SchedulerConfig
@@ -50,6 +51,11 @@ class ServerConfig:
     vanished_after_s: float = 15.0
     """A connected peer that has sent no RTCP report (every second or so from any WebRTC
     receiver) for this long has gone without closing: its session is closed."""
+    operator_rate: tuple[float, float] = (50.0, 200.0)
+    viewer_rate: tuple[float, float] = (5.0, 20.0)
+    channel_rate: tuple[float, float] = (5.0, 20.0)
+    """API requests a second and burst for the operator token, for each viewer token, and
+    data-channel commands for each session (``streaming.ratelimit``)."""
     rtmp_allow: tuple[str, ...] = ()
     """Ingest hosts or networks an API caller may stream to although they are not public
     addresses (``streaming.ingest``); ``*`` for any."""
@@ -248,9 +254,18 @@ class Server:
 
         session.listeners.append(lambda ev: send(ev.to_json()))
 
+        bucket = Bucket(*self.cfg.channel_rate)
+        # A command is a few hundred bytes of JSON around at most max_text_chars of text.
+        largest = 4 * self.cfg.max_text_chars + 1024
+
         @channel.on("message")
         def _message(message: object) -> None:
             try:
+                if isinstance(message, str | bytes) and len(message) > largest:
+                    raise BadRequest(f"a command is at most {largest} bytes", 413)
+                wait = bucket.take()
+                if wait:
+                    raise BadRequest(f"too many commands; wait {wait:.1f} s", 429)
                 cmd = parse_command(message, self.cfg.max_text_chars)
                 if not session.may_say:
                     raise BadRequest("this session may watch, not make the avatar speak", 403)

@@ -28,6 +28,8 @@ def document() -> dict:
                 r.setdefault("400", _error("a body or parameter the server cannot use"))
                 r.setdefault("413", _error("a body over the size limit"))
             r.setdefault("405", _error("method not allowed"))
+            r.setdefault("429", _error("too many requests with this token; see "
+                                       "Retry-After"))
     return doc
 
 

@@ -21,6 +21,7 @@ from aiohttp import web
 from avatar.errors import TwincastError
 from streaming.app import Server, ServerConfig, bundle_names
 from streaming.ingest import check_ingest
+from streaming.ratelimit import Bucket, retry_after
 from streaming.registry import Full
 from streaming.requests import BadRequest, Say, StreamRequest, TokenRequest, parse_json
 from streaming.tokens import viewer_may
@@ -63,6 +64,7 @@ async def json_body(request: web.Request) -> dict:
 class Routes:
     def __init__(self, server: Server):
         self.server = server
+        self.operator = Bucket(*server.cfg.operator_rate)
 
     # ------------------------------------------------------------ middlewares
     @web.middleware
@@ -116,7 +118,7 @@ class Routes:
             given = header.encode("utf-8", "surrogateescape")
             if secrets.compare_digest(given, f"Bearer {self.server.token}".encode()):
                 request["grant"] = None
-                return await handler(request)
+                return await self._limited(self.operator, request, handler)
             grant = self.server.tokens.find(header.removeprefix("Bearer "))
             if grant is None:
                 return error(401, "missing, wrong or expired bearer token",
@@ -125,6 +127,18 @@ class Routes:
             if why is not None:
                 return error(403, why)
             request["grant"] = grant
+            if grant.bucket is None:
+                grant.bucket = Bucket(*self.server.cfg.viewer_rate)
+            return await self._limited(grant.bucket, request, handler)
+        return await handler(request)
+
+    @staticmethod
+    async def _limited(bucket: Bucket, request: web.Request, handler: Handler
+                       ) -> web.StreamResponse:
+        wait = bucket.take()
+        if wait:
+            return error(429, f"too many requests with this token; wait {wait:.1f} s",
+                         **{"Retry-After": retry_after(wait)})
         return await handler(request)
 
     # ------------------------------------------------------------ sessions

@@ -15,6 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from streaming.ratelimit import Bucket
 from streaming.requests import BadRequest, TokenRequest
 
 PREFIX = "tcv_"
@@ -33,6 +34,8 @@ class Grant:
     """``time.monotonic()`` after which the token is refused."""
     session: str | None = None
     """The one session the token has opened (then it is good for that session only)."""
+    bucket: Bucket | None = None
+    """How often it may call the API (made on its first call)."""
 
 
 @dataclass

@@ -529,6 +529,18 @@ def test_viewer_tokens_open_one_session_and_act_on_it_only(server) -> None:  # n
             srv.attach_channel(srv.session(v.location.rsplit("/", 1)[1]), Channel())
             handlers["message"]('{"type": "say", "text": "hi"}')
             assert "not make the avatar speak" in sent[-1]
+            handlers["message"]("x" * 100_000)
+            assert "at most" in sent[-1]
+            for _ in range(30):  # a flood: refused once the burst is spent
+                handlers["message"]('{"type": "interrupt"}')
+            assert "too many commands" in sent[-1]
+            # The API likewise, per token: a viewer's burst is 20 requests.
+            codes = []
+            for _ in range(30):
+                async with http.get(f"{url}{v.location}", headers=v_auth) as r:
+                    codes.append((r.status, r.headers.get("Retry-After")))
+            assert codes[0][0] == 200 and (429, "1") in codes
+            await asyncio.sleep(1.0)  # refilled at 5 a second
             async with http.delete(f"{url}{v.location}", headers=v_auth) as r:
                 assert r.status == 204
             async with http.get(f"{url}{v.location}",
