@@ -179,6 +179,8 @@ class Session:
             self.motion.nods = self._nods
         self._silent_window: np.ndarray | None = None
         self._painted: set[int] = set()
+        self._to_synthesise: deque[Utterance] = deque()
+        self._synthesising = False
         self.may_say = True
         """Whether its viewer's data channel may make the avatar speak (a viewer token's
         grant; the API's say is checked by the token itself)."""
@@ -224,9 +226,30 @@ class Session:
         u = Utterance(uuid.uuid4().hex[:8], text, SpeechFrames(self._speech_cfg), pace=pace)
         self.queue.append(u)
         self.stats["utterances"] += 1
-        loop = self._loop or asyncio.get_running_loop()
-        loop.run_in_executor(None, self._synthesise, u, loop)
+        self._to_synthesise.append(u)
+        self._next_synthesis(self._loop or asyncio.get_running_loop())
         return u.id
+
+    def _next_synthesis(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the next queued utterance's synthesis unless one of this session's is
+        running: one at a time per session, so a session with a long queue takes one
+        worker of the shared pool, not all of them (it is still made faster than it is
+        said)."""
+        if self._synthesising:
+            return
+        while self._to_synthesise:
+            u = self._to_synthesise.popleft()
+            if u.cancel.is_set():
+                continue
+            self._synthesising = True
+
+            def done(_f: object) -> None:
+                self._synthesising = False
+                if self.state != "closed":
+                    self._next_synthesis(loop)
+
+            loop.run_in_executor(None, self._synthesise, u, loop).add_done_callback(done)
+            return
 
     async def wait_spoken(self, uid: str) -> None:
         """Until utterance ``uid`` has been spoken (or dropped by an interrupt)."""
@@ -273,6 +296,7 @@ class Session:
             u.cancel.set()
             u.done.set()
         self.queue.clear()
+        self._to_synthesise.clear()
         self.scheduler.cancel(self.id)
         self.rendered.clear()
         self._painted.clear()

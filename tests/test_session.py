@@ -164,6 +164,47 @@ def test_queued_speech_is_bounded_per_session() -> None:
     asyncio.run(run())
 
 
+def test_one_synthesis_at_a_time_per_session() -> None:
+    """Queued speech is synthesised in turn, so one session cannot take every worker of the
+    shared pool; each is still ready long before it is said."""
+    import threading
+    import time
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    class SlowVoice(FakeVoice):
+        def speak(self, text: str, pace: float = 1.0):  # noqa: ANN201
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            try:
+                time.sleep(0.1)
+                yield from super().speak(text, pace)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+    async def run() -> list[str]:
+        sch = Scheduler([Lane("cpu0", {"a": FakeAvatar()})], SchedulerConfig(max_batch=4))
+        sch.start()
+        s = Session("a", FakeAvatar(), SlowVoice(), sch, SessionConfig())
+        s.start()
+        s.clock.start()
+        try:
+            for _ in range(4):
+                s.say("one")
+            await _play(s, 2.4)
+            return [e.type for e in s.events]
+        finally:
+            await s.close()
+            sch.stop()
+
+    types = asyncio.run(run())
+    assert most[0] == 1
+    assert types.count("speech_ended") == 4
+
+
 def test_bad_text_and_no_voice() -> None:
     async def run() -> None:
         s, sch = _session()
