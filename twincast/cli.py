@@ -297,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="render precision (auto: bf16 where the device has it natively)")
     bs.set_defaults(func=cmd_bench_serve)
+    bk = bsub.add_parser("soak", help="hours under load: memory, late frames, descriptors "
+                         "and threads over time")
+    bk.add_argument("bundle", type=Path)
+    bk.add_argument("--minutes", type=_positive, default=60.0)
+    bk.add_argument("--window-seconds", type=_positive, default=300.0,
+                    help="late frames are counted per window (300)")
+    bk.add_argument("--churn-seconds", type=_positive, default=60.0,
+                    help="a third viewer comes and goes this often (60)")
+    bk.set_defaults(func=cmd_bench_soak)
     bv = bsub.add_parser("voice", help="real-time factor and first-chunk latency of the voice")
     bv.add_argument("bundle", type=Path)
     bv.add_argument("--device", default="cpu")
@@ -574,6 +583,14 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
     print(json.dumps(bench_serve(args.bundle, args.sessions, args.seconds, devices,
                                  args.max_batch, args.precision), indent=2))
+    return 0
+
+
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    from bench.soak import bench_soak
+
+    print(json.dumps(bench_soak(args.bundle, args.minutes, args.window_seconds,
+                                args.churn_seconds), indent=2))
     return 0
 
 

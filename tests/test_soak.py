@@ -1,0 +1,17 @@
+"""`bench soak` in miniature: it drives real viewers and reports what it measures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def test_a_short_soak_reports_memory_late_frames_and_handles(bundle: Path) -> None:
+    from bench.soak import bench_soak
+
+    r = bench_soak(bundle, minutes=0.3, window_s=6.0, churn_s=5.0, sample_s=2.0)
+    assert min(r["sentences_said"]) >= 1
+    assert r["viewers_churned"]["joined"] + r["viewers_churned"]["refused"] >= 1
+    assert len(r["late_ratio_by_window"]) >= 2
+    assert all(0.0 <= x <= 1.0 for x in r["late_ratio_by_window"])
+    assert r["rss_mb"]["end"] > 0 and r["fds"]["max"] >= r["fds"]["start"]
+    assert len(r["samples"]) >= 8
