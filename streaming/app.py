@@ -197,7 +197,7 @@ class Server:
         @pc.on("connectionstatechange")
         async def _state() -> None:
             if pc.connectionState in ("failed", "closed"):
-                await self.registry.close(session.id)
+                await self.registry.close(session.id, f"the connection {pc.connectionState}")
 
         log.info("session %s opened (avatar %s)", session.id, avatar,
                  extra={"session": session.id})

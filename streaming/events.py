@@ -55,5 +55,17 @@ class SpeechFailed(SessionEvent):
         return {**super().to_json(), "message": self.message}
 
 
-EVENTS = (SpeechStarted, SpeechEnded, Interrupted, SpeechFailed)
+@dataclass(frozen=True)
+class Closing(SessionEvent):
+    """The session is being closed (by its viewer, the watchdog, or the server shutting
+    down), with why: the last event a viewer gets."""
+
+    reason: str = ""
+    type: ClassVar[str] = "closing"
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "reason": self.reason}
+
+
+EVENTS = (SpeechStarted, SpeechEnded, Interrupted, SpeechFailed, Closing)
 """Every event type, for the documentation."""

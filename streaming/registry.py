@@ -3,6 +3,7 @@ same for WebRTC viewers and livestreams."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -78,17 +79,23 @@ class Registry:
         self.entries[session.id] = Entry(session, output)
         session.describe_extra = output.describe
 
-    async def close(self, sid: str) -> None:
+    async def close(self, sid: str, reason: str = "closed") -> None:
         entry = self.entries.pop(sid, None)
         if entry is None:
             return
-        await entry.session.close()
-        log.info("session %s closed", sid, extra={"session": sid})
+        await entry.session.close(reason)
+        log.info("session %s closed (%s)", sid, reason, extra={"session": sid})
         await entry.output.close()
 
-    async def close_all(self) -> None:
+    async def close_all(self, reason: str = "the server is shutting down") -> None:
+        """Every session told why (its data channel's last event), then closed."""
+        entries = list(self.entries.values())
+        for e in entries:
+            e.session.tell_closing(reason)
+        if entries:
+            await asyncio.sleep(0.2)  # the events leave before the connections close
         for sid in list(self.entries):
-            await self.close(sid)
+            await self.close(sid, reason)
 
     async def sweep(self) -> None:
         """Close the sessions whose viewers are gone without a word (a closed lid, a lost
@@ -101,4 +108,4 @@ class Registry:
                 continue
             if why is not None:
                 log.warning("session %s closed: %s", sid, why, extra={"session": sid})
-                await self.close(sid)
+                await self.close(sid, why)

@@ -28,6 +28,7 @@ from avatar.cues import AFTER, frame_rows
 from avatar.errors import TwincastError
 from avatar.motion import NOD_HORIZON_S, Entry
 from streaming.events import (
+    Closing,
     Interrupted,
     SessionEvent,
     SpeechEnded,
@@ -181,6 +182,7 @@ class Session:
         self._painted: set[int] = set()
         self._to_synthesise: deque[Utterance] = deque()
         self._synthesising = False
+        self._told_closing = False
         self.may_say = True
         """Whether its viewer's data channel may make the avatar speak (a viewer token's
         grant; the API's say is checked by the token itself)."""
@@ -194,7 +196,15 @@ class Session:
         self._task = self._loop.create_task(self._produce(), name=f"session-{self.id}")
         self.state = "connected"
 
-    async def close(self) -> None:
+    def tell_closing(self, reason: str) -> None:
+        """Tell the listeners (the viewer's data channel) the session is closing, and
+        why: once, and the last event they get."""
+        if not self._told_closing and self.state != "closed":
+            self._told_closing = True
+            self._emit(Closing, None, reason=reason)
+
+    async def close(self, reason: str = "closed") -> None:
+        self.tell_closing(reason)
         self.state = "closed"
         self.interrupt(emit=False)
         if self._task is not None:

@@ -99,8 +99,13 @@ def test_events_keep_the_data_channel_form():
 class FakeSession:
     def __init__(self, sid: str):
         self.id, self.closed, self.describe_extra = sid, False, None
+        self.told: list[str] = []
 
-    async def close(self) -> None:
+    def tell_closing(self, reason: str) -> None:
+        self.told.append(reason)
+
+    async def close(self, reason: str = "closed") -> None:
+        self.tell_closing(reason)
         self.closed = True
 
 
@@ -146,9 +151,12 @@ def test_the_registry_closes_what_vanished_and_everything_at_the_end():
         await reg.sweep()
         assert list(reg.sessions) == ["kept"] and gone.closed and out_gone.closed
         assert not kept.closed
+        assert gone.told == ["its client vanished"]
         await reg.close("unknown")  # nothing to do, no error
         await reg.close_all()
         assert len(reg) == 0 and kept.closed and out_kept.closed
+        # Told why before its connection closed (SIGTERM: the server shutting down).
+        assert kept.told[0] == "the server is shutting down"
 
     asyncio.run(scenario())
 

@@ -86,7 +86,8 @@ def test_speech_starts_soon_and_sound_and_mouth_share_the_timeline() -> None:
         finally:
             await s.close()
             sch.stop()
-        types = [e.type for e in s.events]
+        assert s.events[-1].type == "closing"  # closing is always the last word
+        types = [e.type for e in s.events][:-1]
         assert types == ["speech_started", "speech_ended"]
         start = s.events[0].stream_time
         assert start < 0.5  # placed just ahead of the first ready audio
@@ -205,6 +206,24 @@ def test_one_synthesis_at_a_time_per_session() -> None:
     assert types.count("speech_ended") == 4
 
 
+def test_closing_is_the_last_event_once() -> None:
+    async def run() -> list[dict]:
+        s, sch = _session()
+        seen: list[dict] = []
+        s.listeners.append(lambda ev: seen.append(ev.to_json()))
+        s.start()
+        try:
+            s.tell_closing("the server is shutting down")
+            await s.close("closed")
+        finally:
+            sch.stop()
+        return seen
+
+    seen = asyncio.run(run())
+    assert [e["type"] for e in seen] == ["closing"]
+    assert seen[0]["reason"] == "the server is shutting down"
+
+
 def test_bad_text_and_no_voice() -> None:
     async def run() -> None:
         s, sch = _session()
@@ -248,7 +267,8 @@ def test_microphone_speech_is_gated_and_interrupts_text() -> None:
         finally:
             await s.close()
             sch.stop()
-        types = [e.type for e in s.events]
+        assert s.events[-1].type == "closing"  # closing is always the last word
+        types = [e.type for e in s.events][:-1]
         assert "interrupted" in types and types.count("speech_started") == 2
         assert types[-1] == "speech_ended"
         live_start = [e for e in s.events if e.type == "speech_started"][1].stream_time

@@ -29,7 +29,8 @@
       this.handlers = {};
     }
 
-    // Events: speech_started, speech_ended, interrupted, error, accepted, connected,
+    // Events: speech_started, speech_ended, interrupted, error, closing (with a reason:
+    // the server is shutting down, the viewer vanished), accepted, connected,
     // closed; "*" receives them all. Each is the server's JSON event object.
     on(type, fn) {
       (this.handlers[type] = this.handlers[type] || []).push(fn);
