@@ -105,8 +105,7 @@ class MotionBank:
     def _evict(self) -> None:
         """Least recently used first, down to the bound (never under one chunk)."""
         while self._bytes > self._limit and len(self._frames) > self.chunk:
-            j = next(iter(self._frames))
-            old = self._frames.pop(j)
+            _, old = self._frames.popitem(last=False)
             self._bytes -= old.nbytes
 
     def prefetch(self, frames: list[int], fades: Sequence[Entry] = ()) -> None:

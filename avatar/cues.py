@@ -50,9 +50,11 @@ def _peaks(x: np.ndarray, floor: float, gap: float) -> np.ndarray:
     """Local maxima of ``x`` at least ``floor``, at least ``gap`` frames apart (the higher
     of two closer ones)."""
     out: list[int] = []
-    for i in range(1, len(x) - 1):
-        if not (x[i] >= floor and x[i] >= x[i - 1] and x[i] > x[i + 1]):
-            continue
+    inner = x[1:-1]
+    # Candidates found at once (the loop below sees only them: called per new chunk of a
+    # live utterance).
+    cand = np.flatnonzero((inner >= floor) & (inner >= x[:-2]) & (inner > x[2:])) + 1
+    for i in cand:
         if out and i - out[-1] < gap:
             if x[i] > x[out[-1]]:
                 out[-1] = i
@@ -110,13 +112,22 @@ class NodCues:
     std: np.ndarray
     threshold: float
 
-    def probability(self, rows: np.ndarray) -> np.ndarray:
-        """Per frame of ``rows`` (``frame_rows``): how likely a nod peaks there."""
-        if not len(rows):
+    def probability(self, rows: np.ndarray, start: int = 0, stop: int | None = None
+                    ) -> np.ndarray:
+        """How likely a nod peaks at each frame of ``rows`` (``frame_rows``) from ``start``
+        to ``stop`` (each frame seen with its neighbours, silence beyond the ends)."""
+        stop = len(rows) if stop is None else stop
+        if stop <= start:
             return np.zeros(0, np.float32)
-        z = (context(rows) - self.mean) / self.std
-        h = np.maximum(z @ self.w1 + self.b1, 0.0)
-        return (1.0 / (1.0 + np.exp(-(h @ self.w2 + self.b2)))).reshape(-1).astype(np.float32)
+        a = max(0, start - BEFORE)
+        part = context(rows[a: stop + AFTER])
+        return self.score(part[start - a: stop - a])
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """The network on ``context`` features: the probability per row."""
+        h = np.maximum(((x - self.mean) / self.std) @ self.w1 + self.b1, 0.0)
+        logit = np.clip(h @ self.w2 + self.b2, -60.0, 60.0)  # no overflow in exp
+        return (1.0 / (1.0 + np.exp(-logit))).reshape(-1).astype(np.float32)
 
     def peaks(self, probability: np.ndarray, fps: int) -> np.ndarray:
         """Per frame: whether a nod should peak there."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avatar.avatar import Avatar, FrameRequest
-from avatar.cues import AFTER, frame_rows
+from avatar.cues import AFTER, BEFORE, frame_rows
 from avatar.errors import TwincastError
 from avatar.motion import NOD_HORIZON_S, Entry
 from streaming.events import (
@@ -142,6 +142,8 @@ class Utterance:
     """Each frame's speech summary for the nod cues (``avatar.cues.frame_rows``), in order."""
     nods: np.ndarray | None = None
     """Frames (from its start) where the person would nod, as far as settled."""
+    nod_prob: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    """The nod model's probability for each settled frame."""
 
 
 class Session:
@@ -441,11 +443,16 @@ class Session:
         if cues is None or not u.rows:
             return
         settled = len(u.rows) if u.speech.finished else len(u.rows) - AFTER - 1
-        if settled <= (0 if u.nods is None else len(u.nods)):
+        done = len(u.nod_prob)
+        if settled <= done:
             return
-        # Recomputed over the whole utterance so far: a few hundred frames, microseconds each.
-        peaks = cues.peaks(cues.probability(np.stack(u.rows)), self.cfg.fps)
-        u.nods = peaks[:max(0, settled)]
+        # Only the newly settled frames go through the network (this runs on the event
+        # loop as a live utterance's audio arrives); a frame's peak needs the next one.
+        rows = np.stack(u.rows[max(0, done - BEFORE):])
+        first = min(done, BEFORE)
+        new = cues.probability(rows, first, first + settled - done)
+        u.nod_prob = np.concatenate([u.nod_prob, new])
+        u.nods = cues.peaks(u.nod_prob, self.cfg.fps)
 
     def _speech_frame(self, k: int) -> bool:
         """Whether frame ``k`` belongs to the speech being said (rendered with it)."""

@@ -100,9 +100,7 @@ def fit_nod_cues(rows: list[np.ndarray], index: dict[str, np.ndarray], fps: int,
                    w2=lin2.weight.detach().numpy().T.copy(), b2=lin2.bias.detach().numpy(),
                    mean=mean.astype(np.float32), std=std.astype(np.float32), threshold=0.5)
     # Called on the kept-out part: the threshold with the best F1 there.
-    zv = (x[cut:] - mean) / std
-    prob = (1 / (1 + np.exp(-(np.maximum(zv @ cues.w1 + cues.b1, 0) @ cues.w2 + cues.b2))))
-    prob = prob.reshape(-1)
+    prob = cues.score(x[cut:])
     real = np.flatnonzero(nods[cut:])
     tol = max(1, int(round(cfg.tolerance_s * fps)))
     best = (-1.0, 0.5, 0.0, 0.0)
