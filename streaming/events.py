@@ -46,7 +46,8 @@ class Interrupted(SessionEvent):
 
 @dataclass(frozen=True)
 class SpeechFailed(SessionEvent):
-    """An utterance could not be synthesised; the session goes on."""
+    """An utterance could not be synthesised or rendered: it is dropped where it stands
+    (none of a half-synthesised one is said); the session goes on."""
 
     message: str = ""
     type: ClassVar[str] = "error"

@@ -93,6 +93,7 @@ class RtmpStream:
 
     def describe(self) -> dict:
         return {"output": self.kind, "rtmp_state": self.push.state,
+                "rtmp_error": self.push.last_failure,
                 **{f"rtmp_{k}": v for k, v in self.push.stats.items()}}
 
     async def vanished(self) -> str | None:

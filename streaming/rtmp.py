@@ -51,6 +51,9 @@ class RtmpConfig:
     max_backoff_s: float = 30.0
     key_colour: tuple[int, int, int] | None = None
     """Replace the background with this colour (for chroma keying in streaming software)."""
+    cafile: str | None = None
+    """Certificates an ``rtmps://`` ingest's must chain to (None: the system's store, or
+    ``SSL_CERT_FILE``); the operator's setting, never an API caller's."""
 
 
 def redact_url(url: str) -> str:
@@ -68,6 +71,14 @@ def redact_url(url: str) -> str:
     path = u.path.rstrip("/").rpartition("/")[0]
     out = f"{u.scheme}://{host}{port}{path}/***"
     return "".join(ch if ch.isprintable() else "?" for ch in out)
+
+
+def _redact_text(text: str) -> str:
+    """``text`` with every RTMP URL in it redacted (FFmpeg's errors quote the URL, stream
+    key and all)."""
+    import re
+
+    return re.sub(r"rtmps?://[^\s'\"]+", lambda m: redact_url(m.group(0)), text)
 
 
 def fit(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -100,6 +111,8 @@ class RtmpOutput:
         FLV timestamps count from there)."""
         self.state = "starting"
         self.last_error: str | None = None
+        self.last_failure: str | None = None
+        """Why the last connection failed (URLs redacted), for the session's state."""
         self._q: queue.Queue = queue.Queue(maxsize=cfg.queue_frames)
         self._stop = threading.Event()
         self._progress = time.monotonic()
@@ -154,7 +167,8 @@ class RtmpOutput:
         c = self.cfg
         spec = {"url": c.url, "width": c.width, "height": c.height, "fps": self.fps,
                 "audio_rate": self.audio_rate, "video_kbps": c.video_kbps,
-                "audio_kbps": c.audio_kbps, "keyframe_s": c.keyframe_s, "preset": c.preset}
+                "audio_kbps": c.audio_kbps, "keyframe_s": c.keyframe_s, "preset": c.preset,
+                "cafile": c.cafile}
         root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH",
                                                                               "")}
@@ -199,8 +213,9 @@ class RtmpOutput:
             proc = self._launch()
             self._proc = proc
             first_t: list[float] = []
-            threading.Thread(target=self._listen, args=(proc, first_t), daemon=True,
-                             name="rtmp-listen").start()
+            listener = threading.Thread(target=self._listen, args=(proc, first_t),
+                                        daemon=True, name="rtmp-listen")
+            listener.start()
             self._progress = time.monotonic()
             try:
                 assert proc.stdin is not None
@@ -225,7 +240,11 @@ class RtmpOutput:
                 if self._stop.is_set():
                     break
                 self.stats["failures"] += 1
-                why = self.last_error or str(e)
+                # The child's last word (why it ended) may still be in its pipe.
+                if proc.poll() is not None:
+                    listener.join(timeout=2)
+                why = _redact_text(self.last_error or str(e))
+                self.last_failure = why
                 self.state = "reconnecting"
                 log.warning("rtmp %s: %s; retrying in %.0f s", self.redacted_url(), why[:200],
                             backoff)

@@ -19,8 +19,11 @@ from __future__ import annotations
 import json
 import sys
 from fractions import Fraction
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+
+from streaming.tls_relay import RelayRefused
 
 
 def record_size(cfg: dict) -> tuple[int, int]:
@@ -38,7 +41,15 @@ class Connection:
 
         self.cfg = cfg
         fps, rate = cfg["fps"], cfg["audio_rate"]
-        self.out = av.open(cfg["url"], mode="w", format="flv")
+        self.relay = None
+        url = cfg["url"]
+        if url.startswith("rtmps://"):
+            url = self._through_relay(url, cfg.get("cafile"))
+        try:
+            self.out = av.open(url, mode="w", format="flv")
+        except Exception:
+            self._close_relay()
+            raise
         v = self.out.add_stream("libx264", rate=fps)
         v.width, v.height, v.pix_fmt = cfg["width"], cfg["height"], "yuv420p"
         v.bit_rate = cfg["video_kbps"] * 1000
@@ -53,6 +64,23 @@ class Connection:
         self.v, self.a = v, a
         self.k = 0
         self.samples = 0
+
+    def _through_relay(self, url: str, cafile: str | None) -> str:
+        """The loopback URL FFmpeg pushes to, carried over TLS checked by the relay
+        (``streaming.tls_relay``). The RTMP handshake then names the loopback address as
+        its tcUrl (PyAV gives FFmpeg's protocol no options to set it); ingests route by the
+        application and stream key, which are unchanged."""
+        from streaming.tls_relay import TlsRelay
+
+        parts = urlsplit(url)
+        self.relay = TlsRelay(parts.hostname or "", parts.port or 443, cafile)
+        return urlunsplit(("rtmp", f"127.0.0.1:{self.relay.port}", parts.path, parts.query,
+                           ""))
+
+    def _close_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
 
     def write(self, i420: np.ndarray, pcm: np.ndarray) -> None:
         import av
@@ -74,6 +102,7 @@ class Connection:
             for p in s.encode():
                 self.out.mux(p)
         self.out.close()
+        self._close_relay()
 
 
 def main(cfg: dict | None = None) -> int:
@@ -98,6 +127,9 @@ def main(cfg: dict | None = None) -> int:
                 conn.write(i420, pcm)
         if conn is not None:
             conn.close()
+    except RelayRefused as e:
+        print(f"error {e}", flush=True)
+        return 3
     except Exception as e:  # noqa: BLE001 - any failure: the server reconnects
         print(f"error {str(e)[:300]}", flush=True)
         return 3

@@ -233,6 +233,14 @@ class Scheduler:
             frames = renderer.render([j.request for j in batch])
         except Exception:  # noqa: BLE001 - one bad batch must not stop the lane
             log.exception("rendering a batch of %d on %s failed", len(batch), lane.name)
+            sessions = sorted({j.request.session for j in batch})
+            if len(sessions) > 1:
+                # A batch holds several sessions' frames: one session's bad request must
+                # not cost the others theirs. Each session's part is tried on its own, so
+                # only the part that fails again is lost.
+                for s in sessions:
+                    self.render_batch(lane, [j for j in batch if j.request.session == s])
+                return
             lane.stats.errors += len(batch)
             for j in batch:
                 j.done(j, None, "error")

@@ -163,7 +163,7 @@ class Session:
         self.events: deque[SessionEvent] = deque(maxlen=self.cfg.max_events)
         self.listeners: list[Callable[[SessionEvent], None]] = []
         self.stats = {"frames_shown": 0, "frames_rendered": 0, "frames_late": 0,
-                      "frames_late_at_start": 0, "frames_dropped_late": 0,
+                      "frames_late_at_start": 0, "frames_dropped_late": 0, "frames_failed": 0,
                       "utterances": 0, "interrupts": 0}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -321,6 +321,26 @@ class Session:
             self._emit(Interrupted, None)
         return dropped
 
+    def _fail_current(self, message: str) -> None:
+        """The utterance being said cannot go on (its synthesis or its rendering failed):
+        it is dropped as a barge-in would drop it, with an error event saying why; what is
+        queued after it is said as usual."""
+        if not self.queue:
+            return
+        u = self.queue.popleft()
+        u.cancel.set()
+        u.done.set()
+        if self._live is u:
+            self._live = None
+        self.scheduler.cancel(self.id)
+        self.rendered.clear()
+        self._painted.clear()
+        if self.motion is not None and u.start_frame is not None:
+            self.motion.replan(self.motion.shown + 1)
+        log.warning("session %s: utterance %s dropped: %s", self.id, u.id, message,
+                    extra={"session": self.id})
+        self._emit(SpeechFailed, u, message=message)
+
     # ------------------------------------------------------------ media side
     def video_frame(self, k: int) -> np.ndarray:
         """The frame shown at index k (called by the video track at its time)."""
@@ -391,6 +411,12 @@ class Session:
                base: Entry | None = None) -> None:
         if status == "late":  # the scheduler gave up on it: it could not be in time
             self.stats["frames_dropped_late"] += 1
+        if status == "error":
+            self.stats["frames_failed"] += 1
+            if self._speech_frame(k):
+                self._fail_current("rendering failed; the next utterance is rendered "
+                                   "afresh")
+            return
         if self.motion is not None and base is not None and \
                 self.motion.entries.get(k, base) != base:
             return  # painted over a plan that has changed since (speech placed, barge-in)
@@ -496,9 +522,10 @@ class Session:
             if self.clock.t0 is None or not self.queue:
                 continue
             u = self.queue[0]
-            if u.error is not None and u.speech.finished and u.speech.seconds == 0:
-                self._emit(SpeechFailed, u, message=u.error)
-                self.queue.popleft().done.set()
+            if u.error is not None and u.speech.finished:
+                # Failed before or while being said: a sentence cut off mid-way would say
+                # something the text did not, so none of it is said from here on.
+                self._fail_current(u.error)
                 continue
             now = self.clock.now()
             if u.start_frame is None:

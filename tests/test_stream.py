@@ -208,7 +208,8 @@ def test_ingest_killed_mid_stream_reconnects(server, nginx) -> None:  # noqa: AN
 
 def test_rtmps_through_a_tls_ingest(nginx, tmp_path) -> None:  # noqa: ANN001
     """rtmps://: TLS to the ingest (a TLS-terminating proxy in front of nginx, as platforms
-    run it, with a self-signed certificate made here)."""
+    run it, with a certificate made here). A certificate that does not verify is refused
+    before the stream key is sent; one that chains to the configured CAs streams."""
     import shutil
     import ssl
     import subprocess
@@ -219,14 +220,19 @@ def test_rtmps_through_a_tls_ingest(nginx, tmp_path) -> None:  # noqa: ANN001
         pytest.skip("openssl is not installed")
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"],
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-addext", "basicConstraints=critical,CA:TRUE"],
                    check=True, capture_output=True)
     port = free_port()
     ready = threading.Event()
+    took: list[int] = []  # bytes the proxy received from each client
 
-    async def pipe(r, w) -> None:  # noqa: ANN001
+    async def pipe(r, w, count: bool = False) -> None:  # noqa: ANN001
         try:
             while data := await r.read(65536):
+                if count:
+                    took.append(len(data))
                 w.write(data)
                 await w.drain()
         except (ConnectionError, OSError):
@@ -236,7 +242,7 @@ def test_rtmps_through_a_tls_ingest(nginx, tmp_path) -> None:  # noqa: ANN001
 
     async def handle(cr, cw) -> None:  # noqa: ANN001
         ur, uw = await asyncio.open_connection("127.0.0.1", nginx.port)
-        await asyncio.gather(pipe(cr, uw), pipe(ur, cw))
+        await asyncio.gather(pipe(cr, uw, True), pipe(ur, cw))
 
     def proxy() -> None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -252,22 +258,54 @@ def test_rtmps_through_a_tls_ingest(nginx, tmp_path) -> None:  # noqa: ANN001
 
     threading.Thread(target=proxy, daemon=True).start()
     assert ready.wait(10)
-    out = RtmpOutput(RtmpConfig(url=f"rtmps://127.0.0.1:{port}/live/tls", width=320,
-                                height=180))
-    out.start()
-    reader = Reader(nginx.url("tls"), 1.5)
-    reader.start()
-    try:
+
+    def push(cafile: str | None, seconds: float) -> RtmpOutput:
+        out = RtmpOutput(RtmpConfig(url=f"rtmps://127.0.0.1:{port}/live/tls", width=320,
+                                    height=180, cafile=cafile))
+        out.start()
         t0 = time.monotonic()
         k = 0
-        while time.monotonic() - t0 < 5.0:
+        while time.monotonic() - t0 < seconds:
             out.offer(np.full((180, 320, 3), k % 255, np.uint8),
                       [np.zeros(960, np.int16)] * 2, k / 25)
             out.check()
             k += 1
             time.sleep(0.04)
+        return out
+
+    # Not trusted (a self-signed certificate, not in the store): nothing is sent.
+    with _no_env("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        out = push(None, 3.0)
+    try:
+        assert out.stats["connects"] == 0 and out.state != "live"
+        assert "certificate" in (out.last_failure or ""), out.last_failure
+        assert not took  # the handshake failed: no RTMP byte, no stream key
+    finally:
+        out.stop()
+
+    reader = Reader(nginx.url("tls"), 1.5)
+    reader.start()
+    out = push(str(cert), 5.0)
+    try:
         reader.join(20)
         assert out.stats["connects"] == 1 and out.state == "live", (out.stats, out.last_error)
         assert reader.error is None and len(reader.video) >= 20
     finally:
         out.stop()
+
+
+class _no_env:
+    """Without these environment variables (restored after)."""
+
+    def __init__(self, *names: str):
+        self.names, self.saved = names, {}
+
+    def __enter__(self) -> None:
+        import os
+
+        self.saved = {n: os.environ.pop(n) for n in self.names if n in os.environ}
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        os.environ.update(self.saved)

@@ -619,6 +619,25 @@ def cmd_bench_align(args: argparse.Namespace) -> int:
     return 0
 
 
+def _disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or what caused it) is a write that failed for want of space: an
+    OSError with ENOSPC or EDQUOT, or a library's own words for it (torch.save says "file
+    write failed", FFmpeg and numpy pass on the C library's message)."""
+    import errno
+
+    seen: BaseException | None = e
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen)
+        if "No space left on device" in text or "file write failed" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -635,6 +654,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("twincast: interrupted", file=sys.stderr)
         return 130
+    except (OSError, RuntimeError) as e:
+        if not _disk_full(e):
+            raise
+        print("twincast: error: the disk is full (no space left on device); free some space "
+              "or use a folder on another disk, then run the same command again: finished "
+              "work is kept and reused", file=sys.stderr)
+        return 2
     except ModuleNotFoundError as e:
         top = (e.name or "").split(".")[0]
         if top not in EXTRA_OF:
