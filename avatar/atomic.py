@@ -7,6 +7,7 @@ into place, so a run killed at any moment leaves either the old file or the new 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -57,10 +58,16 @@ def write_json(target: Path, obj: Any) -> None:
 
 
 def save_npz(target: Path, **arrays: np.ndarray) -> None:
-    """Save arrays uncompressed (they are read often and memory-mapped-ish sized)."""
+    """Save arrays uncompressed (they are read often and memory-mapped-ish sized).
+
+    The archive is built in memory and written in one go: numpy writing a zip straight into
+    a file that fills the disk leaves the zip half-open, and its clean-up then prints a
+    traceback from the garbage collector over the one-line "disk is full" error."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
     with atomic_path(target, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            f.write(buf.getbuffer())
 
 
 @contextlib.contextmanager

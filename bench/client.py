@@ -15,15 +15,33 @@ class Viewer:
     """The avatar's tracks by kind ("video", "audio")."""
     location: str
     """The session's path, /v1/sessions/{id}."""
+    events: list[dict] | None = None
+    """What the session's data channel said, in order (with ``events=True``)."""
+    channel: object | None = None
+    """The data channel (with ``events=True``)."""
 
 
 async def open_session(http, url: str, token: str, microphone=None,  # noqa: ANN001
-                       timeout: float = 20.0) -> Viewer:
+                       timeout: float = 20.0, events: bool = False) -> Viewer:
     """Open a session on the server at ``url`` with an aiohttp ``http`` client session.
-    ``microphone``: an aiortc audio track to send up (audio-driven mode)."""
+    ``microphone``: an aiortc audio track to send up (audio-driven mode). ``events``: open
+    the data channel and keep what it says (``Viewer.events``)."""
+    import json
+
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     pc = RTCPeerConnection()
+    said: list[dict] | None = None
+    channel = None
+    if events:
+        said = []
+        channel = pc.createDataChannel("events")
+
+        @channel.on("message")
+        def _said(message: object) -> None:
+            if isinstance(message, str):
+                said.append(json.loads(message))
+
     pc.addTransceiver("video", direction="recvonly")
     if microphone is None:
         pc.addTransceiver("audio", direction="recvonly")
@@ -49,4 +67,4 @@ async def open_session(http, url: str, token: str, microphone=None,  # noqa: ANN
         answer = await r.text()
     await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
     await asyncio.wait_for(both.wait(), timeout)
-    return Viewer(pc, tracks, location)
+    return Viewer(pc, tracks, location, said, channel)

@@ -7,7 +7,8 @@ measured rendering capacity holds only two: counted). Every ``sample_s`` the pro
 memory, open file descriptors and threads are read; every ``window_s`` the steady
 sessions' late frames (speech frames that had to be shown idle) over frames shown. What the
 figures are for: memory that stops growing after warm-up, no window with late frames over
-1 %, descriptors and threads flat.
+1 %, descriptors and threads flat, and the same audio-visual offset at the end as at the
+start (a window of what the first viewer received, early on and after the run).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -39,11 +41,35 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@dataclass
+class AvRecord:
+    """What one viewer received while a window was open: (arrival, JPEG of the grey
+    frame) and (arrival, RMS of 20 ms), kept compressed so a minute of 512 px video holds
+    about 30 MB (it is in the measured process)."""
+
+    windows: list[tuple[float, float]]
+    video: list[list[tuple[float, bytes]]] = field(default_factory=list)
+    audio: list[list[tuple[float, float]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.video = [[] for _ in self.windows]
+        self.audio = [[] for _ in self.windows]
+
+    def which(self, t: float) -> int | None:
+        for i, (a, b) in enumerate(self.windows):
+            if a <= t < b:
+                return i
+        return None
+
+
 async def _viewer(url: str, token: str, stop: asyncio.Event, says: int | None,
-                  log_sid: list[str]) -> int:
+                  log_sid: list[str], record: AvRecord | None = None) -> int:
     """A viewer that speaks ``says`` sentences (None: until ``stop``), each after the
-    previous one ended; returns how many it said."""
+    previous one ended; returns how many it said. ``record``: keep what arrives within its
+    windows, for the A/V offset."""
     import aiohttp
+    import cv2
+    import numpy as np
 
     from bench.client import open_session
 
@@ -55,7 +81,18 @@ async def _viewer(url: str, token: str, stop: asyncio.Event, says: int | None,
 
         async def drain(kind: str) -> None:
             while True:
-                await v.tracks[kind].recv()
+                f = await v.tracks[kind].recv()
+                now = time.monotonic()
+                i = record.which(now) if record is not None else None
+                if i is None:
+                    continue
+                assert record is not None
+                if kind == "video":
+                    grey = cv2.cvtColor(f.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY)
+                    record.video[i].append((now, cv2.imencode(".jpg", grey)[1].tobytes()))
+                else:
+                    pcm = f.to_ndarray().astype(np.float32) / 32768
+                    record.audio[i].append((now, float(np.sqrt(np.mean(pcm ** 2)))))
 
         pumps = [asyncio.ensure_future(drain("video")), asyncio.ensure_future(drain("audio"))]
         try:
@@ -80,8 +117,32 @@ async def _viewer(url: str, token: str, stop: asyncio.Event, says: int | None,
     return said
 
 
+def av_offset_ms(video: list[tuple[float, bytes]], audio: list[tuple[float, float]]
+                 ) -> float | None:
+    """How far the received mouth trails the received sound in one recorded window
+    (``bench.serve.av_lag``, whole frames of 40 ms). The viewers speak back to back, with
+    no long idle stretch to learn the mouth's rest from: the rest is the window's 10th
+    percentile of openings (the mouth shut between words and sentences)."""
+    import cv2
+    import numpy as np
+
+    from bench.serve import av_lag, mouth_openings
+
+    if len(video) < 50 or len(audio) < 50:
+        return None
+    frames = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE)
+              for _, b in video]
+    opening = mouth_openings(frames)
+    if not np.isfinite(opening).any():
+        return None
+    rest = float(np.nanpercentile(opening, 10))
+    lag = av_lag(np.array([t for t, _ in video]), opening, np.array([t for t, _ in audio]),
+                 np.array([r for _, r in audio]), rest)
+    return float(lag * 40)
+
+
 def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: float = 60.0,
-               sample_s: float = 10.0) -> dict:
+               sample_s: float = 10.0, av_window_s: float = 40.0) -> dict:
     from streaming.app import Server, ServerConfig, bundle_names
     from streaming.routes import RunningServer
 
@@ -92,6 +153,12 @@ def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: f
     windows: list[dict] = []
     steady: list[str] = []
     t0 = time.monotonic()
+    # A/V offset: a window early on (after the first sentences; what it keeps is held
+    # before the warm-up's reference sample) and one after the run's end.
+    early = min(20.0, minutes * 60 / 4)
+    av_window_s = min(av_window_s, minutes * 60 / 2 - early)
+    record = AvRecord([(t0 + early, t0 + early + av_window_s),
+                       (t0 + minutes * 60, t0 + minutes * 60 + av_window_s)])
 
     def sample() -> None:
         samples.append({"t_s": round(time.monotonic() - t0, 1), "rss_mb": round(_rss_mb(), 1),
@@ -100,8 +167,9 @@ def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: f
     async def run() -> dict:
         stop = asyncio.Event()
         churned: list[str] = []
-        tasks = [asyncio.ensure_future(_viewer(running.url, srv.token, stop, None, steady))
-                 for _ in range(2)]
+        tasks = [asyncio.ensure_future(_viewer(running.url, srv.token, stop, None, steady,
+                                               record if i == 0 else None))
+                 for i in range(2)]
 
         async def churn() -> dict:
             n = {"joined": 0, "refused": 0}
@@ -135,6 +203,9 @@ def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: f
                                 round(d_late / d_shown, 4) if d_shown else None})
                 last = {"shown": shown, "late": late}
                 next_window += window_s
+        # The end's A/V window comes after the last sample, so what it keeps is not in
+        # the memory figures.
+        await asyncio.sleep(max(0.0, record.windows[1][1] - time.monotonic()))
         stop.set()
         said = await asyncio.gather(*tasks)
         return {"said": list(said), "churned": await churner}
@@ -144,6 +215,7 @@ def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: f
         counts = asyncio.run(run())
     finally:
         running.stop()
+    av = [av_offset_ms(v, a) for v, a in zip(record.video, record.audio, strict=True)]
     warm = [s for s in samples if s["t_s"] >= min(600.0, minutes * 60 / 3)]
     growth = (warm[-1]["rss_mb"] / warm[0]["rss_mb"] - 1) if len(warm) >= 2 else None
     late = [w["late_ratio"] for w in windows if w["late_ratio"] is not None]
@@ -159,6 +231,8 @@ def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: f
                     "max": max(s["fds"] for s in samples)},
             "threads": {"start": samples[0]["threads"], "end": samples[-1]["threads"],
                         "max": max(s["threads"] for s in samples)},
+            "av_offset_ms": {"start": av[0], "end": av[1],
+                             "window_s": av_window_s},
             "samples": samples,
             "method": "in-process server, 2 aiortc viewers speaking back to back and one "
                       "joining, saying a sentence and leaving every churn_s; warm-up is the "

@@ -110,6 +110,8 @@ class RtmpOutput:
         """connected_at: the session time of the current connection's first frame (its
         FLV timestamps count from there)."""
         self.state = "starting"
+        self.closed_cleanly: bool | None = None
+        """At the end of a live stream: whether the push flushed and closed it."""
         self.last_error: str | None = None
         self.last_failure: str | None = None
         """Why the last connection failed (URLs redacted), for the session's state."""
@@ -250,6 +252,14 @@ class RtmpOutput:
                             backoff)
             finally:
                 self._finish(proc)
+                if self._stop.is_set() and self.state == "live":
+                    # The end of a stream: the child flushed its encoders and closed the
+                    # FLV (exit 0), or had to be killed (the ingest stopped taking data).
+                    clean = proc.returncode == 0
+                    self.closed_cleanly = clean
+                    log.info("rtmp %s: stream %s", self.redacted_url(),
+                             "flushed and closed" if clean else
+                             f"killed at the end (exit {proc.returncode})")
             # Wait, dropping what arrives meanwhile (old frames are no use after a gap).
             until = time.monotonic() + backoff
             while time.monotonic() < until and not self._stop.is_set():

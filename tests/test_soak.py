@@ -15,3 +15,7 @@ def test_a_short_soak_reports_memory_late_frames_and_handles(bundle: Path) -> No
     assert all(0.0 <= x <= 1.0 for x in r["late_ratio_by_window"])
     assert r["rss_mb"]["end"] > 0 and r["fds"]["max"] >= r["fds"]["start"]
     assert len(r["samples"]) >= 8
+    # An A/V window early on and one after the run, each measured (whole 40 ms frames).
+    offsets = r["av_offset_ms"]
+    assert offsets["start"] is not None and offsets["end"] is not None, offsets
+    assert offsets["start"] % 40 == 0 and abs(offsets["end"]) <= 320

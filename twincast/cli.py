@@ -21,6 +21,8 @@ EXTRA_OF = {"aiortc": "serve", "aiohttp": "serve", "prometheus_client": "serve",
             "mediapipe": "train", "pocketsphinx": "train", "librosa": "train",
             "skimage": "train", "matplotlib": "train", "resemblyzer": "eval"}
 """Which install role (pyproject's optional dependencies) brings each optional module."""
+FAULT_NAMES = ("renderer", "tts", "vanish", "sigterm", "disk_full", "killed_enrolment")
+"""``bench faults``' faults (bench.faults.FAULTS; here so ``--help`` imports nothing)."""
 ROLE_OF = {"serve": "serve", "stream": "serve", "enrol": "train",
            "sample": "train", "eval": "eval"}
 """The install role each command needs: checked before it starts, so a command that cannot
@@ -306,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--churn-seconds", type=_positive, default=60.0,
                     help="a third viewer comes and goes this often (60)")
     bk.set_defaults(func=cmd_bench_soak)
+    bf = bsub.add_parser("faults", help="inject faults (renderer, voice, vanishing client, "
+                         "SIGTERM, full disk, killed enrolment) and say what each cost")
+    bf.add_argument("bundle", type=Path, help="an avatar with a voice")
+    bf.add_argument("--faults", default=",".join(FAULT_NAMES),
+                    help=f"comma-separated, of {', '.join(FAULT_NAMES)} (all)")
+    bf.add_argument("--data", type=Path, default=Path("../shared/data/grid_s1/train"),
+                    help="a folder of .mpg clips for the enrolment faults")
+    bf.set_defaults(func=cmd_bench_faults)
     bv = bsub.add_parser("voice", help="real-time factor and first-chunk latency of the voice")
     bv.add_argument("bundle", type=Path)
     bv.add_argument("--device", default="cpu")
@@ -583,6 +593,23 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
     print(json.dumps(bench_serve(args.bundle, args.sessions, args.seconds, devices,
                                  args.max_batch, args.precision), indent=2))
+    return 0
+
+
+def cmd_bench_faults(args: argparse.Namespace) -> int:
+    from bench.faults import bench_faults
+
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    bad = [f for f in faults if f not in FAULT_NAMES]
+    if bad:
+        raise TwincastError(f"unknown fault {bad[0]!r}; choose from {', '.join(FAULT_NAMES)}")
+    if not (args.bundle / "manifest.json").exists():
+        raise TwincastError(f"{args.bundle} is not an avatar bundle (no manifest.json)")
+    if {"disk_full", "killed_enrolment"} & set(faults) and \
+            not any(args.data.glob("*.mpg")):
+        raise TwincastError(f"{args.data} has no .mpg clips for the enrolment faults; pass "
+                            "--data with GRID's train split")
+    print(json.dumps(bench_faults(args.bundle, faults, args.data), indent=2))
     return 0
 
 
