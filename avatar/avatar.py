@@ -150,6 +150,10 @@ class Avatar:
         assert self.bank is not None
         return self.bank.show(e)
 
+    def base_frame_ready(self, e: Entry) -> bool:
+        """Whether ``base_frame(e)`` answers without decoding video."""
+        return self.bank is not None and self.bank.ready(e)
+
     # ------------------------------------------------------------------ audio
     def mel_windows(self, audio16k: np.ndarray) -> np.ndarray:
         """(n_frames, bins, frames) raw log-mel windows, one per video frame of the audio."""

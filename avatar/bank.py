@@ -53,7 +53,8 @@ class MotionBank:
         self._lock = threading.Lock()
         self._decode_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._queued: set[int] = set()
+        self._queued: dict[int, int] = {}
+        """Chunks handed to the bank's thread, with the first frame each decode keeps."""
         self.decoded_chunks = 0
 
     # ------------------------------------------------------------------ frames
@@ -100,7 +101,8 @@ class MotionBank:
                         self._frames[j] = rgb
                         self._bytes += rgb.nbytes
                 self._evict()
-                self._queued.discard(c)
+                if self._queued.get(c, -1) >= i:
+                    del self._queued[c]
 
     def _evict(self) -> None:
         """Least recently used first, down to the bound (never under one chunk)."""
@@ -122,9 +124,11 @@ class MotionBank:
         for f in todo:
             c = f // self.chunk
             with self._lock:
-                if c in self._queued:
+                # A decode keeps its chunk's frames from the one asked for on: an earlier
+                # frame of a chunk already queued needs a decode of its own.
+                if self._queued.get(c, f + 1) <= f:
                     continue
-                self._queued.add(c)
+                self._queued[c] = f
             self._pool.submit(self._safe_decode, f)
         for e in mixes:  # after the decodes, on the same thread: their frames are ready
             self._pool.submit(self._safe_mix, e)
@@ -141,7 +145,7 @@ class MotionBank:
         except Exception:  # noqa: BLE001 - the frame is decoded again (and fails loudly) when shown
             log.exception("prefetching bank frame %d failed", i)
             with self._lock:
-                self._queued.discard(i // self.chunk)
+                self._queued.pop(i // self.chunk, None)
 
     # ------------------------------------------------------------------ entries
     def show(self, e: Entry) -> np.ndarray:
@@ -151,6 +155,14 @@ class MotionBank:
         if e.b < 0:
             return self.rgb(e.a)
         return self._mixed_frame(e)[0]
+
+    def ready(self, e: Entry) -> bool:
+        """Whether ``show(e)`` can answer from what is decoded and mixed already, without
+        decoding (tens of milliseconds a chunk: not for the server's event loop)."""
+        with self._lock:
+            if e.b < 0:
+                return e.a in self._frames
+            return e in self._mixed
 
     def _mixed_frame(self, e: Entry) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:

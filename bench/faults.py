@@ -293,10 +293,11 @@ def _sigterm(bundle: Path, work: Path) -> dict:
                                      json={"rtmp": nginx.url("live"), "width": 320,
                                            "height": 180}) as r:
                     stream_id = (await r.json()).get("id")
-                for _ in range(150):
+                for _ in range(300):
                     async with http.get(f"{url}/v1/sessions/{stream_id}",
                                         headers=viewer.auth) as r:
                         if (await r.json()).get("rtmp_state") == "live":
+                            out["stream_was_live"] = True
                             break
                     await asyncio.sleep(0.1)
             uid = await viewer.say(SENTENCES[0])
@@ -312,7 +313,8 @@ def _sigterm(bundle: Path, work: Path) -> dict:
             closing = [e for e in viewer.events if e["type"] == "closing"]
             out["viewer_told"] = closing[0]["reason"] if closing else None
             out["viewer_last_event"] = viewer.events[-1]["type"] if viewer.events else None
-            out["stream_was_live"] = stream_id is not None
+            out.setdefault("stream_was_live", False)
+            out["stream_started"] = stream_id is not None
             for p in viewer._pumps:
                 p.cancel()
             await viewer.v.pc.close()

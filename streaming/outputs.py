@@ -100,6 +100,9 @@ class RtmpStream:
         return None
 
     async def close(self) -> None:
-        # The pump stops the push (in an executor) as it is cancelled.
-        for task in self.tasks:
+        # The pump stops the push (in an executor) as it is cancelled; waited for, so that
+        # on shutdown the stream is flushed and closed before the process ends.
+        others = [t for t in self.tasks if t is not asyncio.current_task()]
+        for task in others:
             task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)

@@ -164,6 +164,7 @@ class Session:
         self.listeners: list[Callable[[SessionEvent], None]] = []
         self.stats = {"frames_shown": 0, "frames_rendered": 0, "frames_late": 0,
                       "frames_late_at_start": 0, "frames_dropped_late": 0, "frames_failed": 0,
+                      "frames_repeated": 0,
                       "utterances": 0, "interrupts": 0}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -185,6 +186,8 @@ class Session:
         self._to_synthesise: deque[Utterance] = deque()
         self._synthesising = False
         self._told_closing = False
+        self._last_frame: np.ndarray | None = None
+        """The frame shown last (shown again where a motion frame is not decoded yet)."""
         self.may_say = True
         """Whether its viewer's data channel may make the avatar speak (a viewer token's
         grant; the API's say is checked by the token itself)."""
@@ -351,6 +354,7 @@ class Session:
         for old in [i for i in self.rendered if i < k]:
             del self.rendered[old]
         if frame is not None:
+            self._last_frame = frame
             return frame
         u = self.queue[0] if self.queue else None
         if u is not None and u.start_frame is not None and k >= u.start_frame and \
@@ -359,7 +363,19 @@ class Session:
             if k - u.start_frame < 5:
                 self.stats["frames_late_at_start"] += 1
         if self.motion is not None:
-            return self.avatar.base_frame(self.motion.at(k, self._mode))
+            e = self.motion.at(k, self._mode)
+            # This runs on the event loop, which every session shares: a bank chunk not
+            # decoded yet (the bank's thread is behind) would stop them all for tens of
+            # milliseconds. The last frame is shown again instead until it is (the
+            # session's very first: the idle loop's, in memory); the bank is asked for
+            # it in case its decode was never queued.
+            if not self.avatar.base_frame_ready(e):
+                self.stats["frames_repeated"] += 1
+                self.motion.bank.prefetch(list(e.frames()), [e] if e.b >= 0 else [])
+                return self._last_frame if self._last_frame is not None else \
+                    self.avatar.idle_frame(k)
+            self._last_frame = self.avatar.base_frame(e)
+            return self._last_frame
         return self.avatar.idle_frame(k)
 
     def audio_frame(self, j: int) -> np.ndarray:

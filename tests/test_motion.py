@@ -306,3 +306,49 @@ def test_a_change_of_mode_meets_the_footage_s_own_change() -> None:
     planned = seamless(MotionConfig())
     assert planned >= 0.8
     assert planned > seamless(MotionConfig(switch_window=-100)) + 0.3  # switches not planned
+
+
+def test_the_event_loop_never_decodes_bank_video(bundle: Path) -> None:
+    """Frames shown unrendered come from the bank's cache; a chunk not decoded yet is
+    never decoded on the event loop that every session shares (tens of milliseconds a
+    chunk): the last frame is shown again until the bank's thread has it."""
+    import threading
+
+    from avatar.avatar import Avatar
+    from streaming.scheduler import Lane, Scheduler, SchedulerConfig
+    from streaming.session import Session, SessionConfig
+    from tests.test_session import FakeVoice
+
+    av = Avatar.load(bundle)
+    decoded_on: list[str] = []
+    real = av.bank._decode
+
+    def spy(i: int) -> None:
+        decoded_on.append(threading.current_thread().name)
+        real(i)
+
+    av.bank._decode = spy
+    sch = Scheduler([Lane("cpu0", {"a": av})], SchedulerConfig(max_batch=8))
+    sch.start()
+
+    async def run() -> Session:
+        s = Session("a", av, FakeVoice(), sch, SessionConfig())
+        s.start()
+        s.clock.start()
+        for k in range(150):
+            await s.clock.wait_until(k / 25)
+            if k == 10:
+                s.say("one two three four five six seven eight")
+            if k == 60:
+                s.interrupt()  # a re-plan: new footage wanted at once
+            s.video_frame(k)
+        await s.close()
+        return s
+
+    try:
+        s = asyncio.run(run())
+    finally:
+        sch.stop()
+    loop_thread = threading.main_thread().name
+    assert decoded_on and loop_thread not in decoded_on, decoded_on
+    assert s.stats["frames_repeated"] <= 15, s.stats  # a stall now and then, not a freeze
