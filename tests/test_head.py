@@ -197,10 +197,12 @@ def test_data_parallel_training_under_torchrun(bundle: Path, tmp_path: Path) -> 
     assert manifest["head"]["gen_steps"] == 40
     assert (work / "head" / "generator.safetensors").exists()
     history = json.loads((work / "head" / "history.json").read_text())
-    from training.head.train import head_preset
-
-    ci = head_preset("ci")
-    assert history[-1]["step"] == ci.lip_steps + ci.expert_steps + ci.gen_steps
+    # The processes plan from shared figures, so they ran one plan to its end (all of the
+    # preset's steps where the host fits them in the cap, fewer on a slow one).
+    # The history is kept every 10 steps: its last entry is within 10 of the plan's end.
+    ran = manifest["head"]["plan"]["ran"]
+    total = ran["lips"] + ran["expert"] + ran["gen"]
+    assert ran["gen"] > 0 and 0 <= total - history[-1]["step"] < 10, (ran, history[-1])
 
 
 def test_train_elsewhere_then_export_only(bundle: Path, tmp_path: Path) -> None:

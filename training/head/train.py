@@ -559,11 +559,17 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
         order = ("lips", "expert", "gen")
         fixed = {k: getattr(before, k) for k in order[:order.index(stage)]}
         done = {"lips": state.lip_step, "expert": state.expert_step, "gen": state.gen_step}
-        # Every process plans from the same figures: the slowest speeds, the longest time.
-        figures = dist.max_values([planner.speed(k) for k in KINDS] + [state.seconds])
+        # Every process plans from the same figures: the slowest speeds, the longest time
+        # spent per stage and in all. Any figure left to one process (its own time per
+        # stage did) gives the processes different plans; they then change stage at
+        # different steps and meet in different collectives (gloo aborted the run).
+        stages = sorted(planner.spent)
+        figures = dist.max_values([planner.speed(k) for k in KINDS] +
+                                  [planner.spent[k] for k in stages] + [state.seconds])
+        planner.spent.update(zip(stages, figures[len(KINDS):-1], strict=True))
         joined = before.sync_at if stage == "gen" and state.sync_on else None
         state.plan = planner.replan(done, figures[-1], fixed, joined,
-                                    dict(zip(KINDS, figures[:-1], strict=False)))
+                                    dict(zip(KINDS, figures[:len(KINDS)], strict=True)))
 
     if planner.speeds and not state.done:
         replan()
