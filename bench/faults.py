@@ -110,7 +110,7 @@ class _Viewer:
         async with self.http.post(f"{self.url}{self.v.location}/say", json={"text": text},
                                   headers=self.auth) as r:
             body = await r.json()
-            if r.status != 202 and r.status != 201 and r.status != 200:
+            if r.status >= 300:
                 raise RuntimeError(f"say refused: {r.status} {body}")
             return body["utterance"]
 

@@ -1,7 +1,8 @@
 """RTMPS with the ingest's certificate checked: TLS done by Python, not by FFmpeg.
 
 The FFmpeg inside PyAV's wheels takes an ``rtmps://`` ingest with a self-signed or
-wrong-host certificate even with ``tls_verify=1`` (seen on PyAV 14's build): a stream key
+wrong-host certificate even with ``tls_verify=1`` (an earlier probe of this
+project's PyAV; not re-checked on every release): a stream key
 sent there goes to whoever answers. So the TLS connection is opened here, with Python's
 default context (the system's CA store, or ``SSL_CERT_FILE``; the host name checked), and
 FFmpeg speaks plain RTMP to a loopback port that this relay carries over that connection.
