@@ -3,8 +3,10 @@
 Two real aiortc viewers make the avatar speak without pause (a sentence, then the next as
 soon as it ends) and receive its audio and video as a viewer would; a third viewer comes,
 says one sentence and leaves every ``churn_s`` (or is refused, 503, where the host's
-measured rendering capacity holds only two: counted). Every ``sample_s`` the process's resident
-memory, open file descriptors and threads are read; every ``window_s`` the steady
+measured rendering capacity holds only two: counted). The server is ``twincast serve`` in a
+child process (``bench.server_process``), so what is measured is the server alone: every
+``sample_s`` its resident memory, open file descriptors and threads are read; every
+``window_s`` the steady
 sessions' late frames (speech frames that had to be shown idle) over frames shown. What the
 figures are for: memory that stops growing after warm-up, no window with late frames over
 1 %, descriptors and threads flat, and the same audio-visual offset at the end as at the
@@ -16,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,18 +28,6 @@ SENTENCES = ["Welcome back to the stream, it is good to see so many of you here.
              "Today we look at the new collection, one piece at a time.",
              "If you have a question, write it in the chat and I will answer it.",
              "Let me show you the details of this one before we move on."]
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @dataclass
@@ -142,80 +131,36 @@ def av_offset_ms(video: list[tuple[float, bytes]], audio: list[tuple[float, floa
 
 
 def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: float = 60.0,
-               sample_s: float = 10.0, av_window_s: float = 40.0) -> dict:
-    from streaming.app import Server, ServerConfig, bundle_names
-    from streaming.routes import RunningServer
+               sample_s: float = 10.0, av_window_s: float = 40.0, viewer_nice: int = 10,
+               work: Path | None = None) -> dict:
+    import tempfile
 
-    srv = Server(bundle_names([bundle]), ServerConfig(token="soak", max_sessions=8))
-    srv.load()
-    running = RunningServer(srv)
+    import aiohttp
+
+    from bench.server_process import ServerProcess
+
+    work = Path(work or tempfile.mkdtemp(prefix="twincast-soak-"))
+    work.mkdir(parents=True, exist_ok=True)
+    server = ServerProcess(bundle, work / "serve.log", token="soak")
+    # The viewers stand in for people on other machines: on a host this small they share
+    # its cores with the server, so they yield them to it (a lower priority, set after the
+    # server started: it keeps the normal one).
+    if viewer_nice:
+        os.nice(viewer_nice)
     samples: list[dict] = []
     windows: list[dict] = []
     steady: list[str] = []
-    t0 = time.monotonic()
-    # A/V offset: a window early on (after the first sentences; what it keeps is held
-    # before the warm-up's reference sample) and one after the run's end.
-    early = min(20.0, minutes * 60 / 4)
-    av_window_s = min(av_window_s, minutes * 60 / 2 - early)
-    record = AvRecord([(t0 + early, t0 + early + av_window_s),
-                       (t0 + minutes * 60, t0 + minutes * 60 + av_window_s)])
-
-    def sample() -> None:
-        samples.append({"t_s": round(time.monotonic() - t0, 1), "rss_mb": round(_rss_mb(), 1),
-                        "fds": _fds(), "threads": threading.active_count()})
 
     async def run() -> dict:
-        stop = asyncio.Event()
-        churned: list[str] = []
-        tasks = [asyncio.ensure_future(_viewer(running.url, srv.token, stop, None, steady,
-                                               record if i == 0 else None))
-                 for i in range(2)]
-
-        async def churn() -> dict:
-            n = {"joined": 0, "refused": 0}
-            while not stop.is_set():
-                await asyncio.sleep(churn_s)
-                if stop.is_set():
-                    break
-                try:
-                    await _viewer(running.url, srv.token, stop, 1, churned)
-                    n["joined"] += 1
-                except RuntimeError as e:  # admission said no (a full host): counted
-                    if "503" not in str(e):
-                        raise
-                    n["refused"] += 1
-            return n
-
-        churner = asyncio.ensure_future(churn())
-        end = t0 + minutes * 60
-        last = {"shown": 0, "late": 0}
-        next_window = t0 + window_s
-        while time.monotonic() < end:
-            await asyncio.sleep(min(sample_s, max(0.1, end - time.monotonic())))
-            sample()
-            if time.monotonic() >= next_window or time.monotonic() >= end:
-                stats = [srv.sessions[s].stats for s in steady if s in srv.sessions]
-                shown = sum(s["frames_shown"] for s in stats)
-                late = sum(s["frames_late"] for s in stats)
-                d_shown, d_late = shown - last["shown"], late - last["late"]
-                windows.append({"end_s": round(time.monotonic() - t0, 1),
-                                "frames_shown": d_shown, "late_ratio":
-                                round(d_late / d_shown, 4) if d_shown else None})
-                last = {"shown": shown, "late": late}
-                next_window += window_s
-        # The end's A/V window comes after the last sample, so what it keeps is not in
-        # the memory figures.
-        await asyncio.sleep(max(0.0, record.windows[1][1] - time.monotonic()))
-        stop.set()
-        said = await asyncio.gather(*tasks)
-        return {"said": list(said), "churned": await churner}
+        async with aiohttp.ClientSession() as http:
+            await server.wait_ready(http)
+            return await _drive(http, server, minutes, window_s, churn_s, sample_s,
+                                av_window_s, samples, windows, steady)
 
     try:
-        sample()
         counts = asyncio.run(run())
     finally:
-        running.stop()
-    av = [av_offset_ms(v, a) for v, a in zip(record.video, record.audio, strict=True)]
+        exit_code = server.stop()
     warm = [s for s in samples if s["t_s"] >= min(600.0, minutes * 60 / 3)]
     growth = (warm[-1]["rss_mb"] / warm[0]["rss_mb"] - 1) if len(warm) >= 2 else None
     late = [w["late_ratio"] for w in windows if w["late_ratio"] is not None]
@@ -227,13 +172,100 @@ def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: f
             "rss_growth_after_warmup": None if growth is None else round(growth, 4),
             "late_ratio_by_window": late,
             "late_ratio_max": max(late) if late else None,
+            "windows": windows,
             "fds": {"start": samples[0]["fds"], "end": samples[-1]["fds"],
                     "max": max(s["fds"] for s in samples)},
             "threads": {"start": samples[0]["threads"], "end": samples[-1]["threads"],
                         "max": max(s["threads"] for s in samples)},
-            "av_offset_ms": {"start": av[0], "end": av[1],
-                             "window_s": av_window_s},
+            "av_offset_ms": counts["av"],
+            "server_exit_code": exit_code,
             "samples": samples,
-            "method": "in-process server, 2 aiortc viewers speaking back to back and one "
-                      "joining, saying a sentence and leaving every churn_s; warm-up is the "
-                      "first 10 minutes (a third of a shorter run) (bench/soak.py)"}
+            "method": "twincast serve in a child process (memory, descriptors and threads "
+                      "read from /proc; late frames from each session's own figures); 2 "
+                      "aiortc viewers in the benchmark's process, at nice "
+                      f"+{viewer_nice}, speaking back to back, and a third joining, saying "
+                      "a sentence and leaving every churn_s; warm-up is the first 10 "
+                      "minutes (a third of a shorter run) (bench/soak.py)"}
+
+
+async def _drive(http: object, server: object, minutes: float, window_s: float,
+                 churn_s: float, sample_s: float, av_window_s: float, samples: list[dict],
+                 windows: list[dict], steady: list[str]) -> dict:
+    """The run itself, once the server answers: viewers, churn, samples and windows."""
+    url, token = server.url, server.token  # type: ignore[attr-defined]
+    auth = {"Authorization": f"Bearer {token}"}
+    t0 = time.monotonic()
+    # A/V offset: a window early on (after the first sentences) and one after the run.
+    early = min(20.0, minutes * 60 / 4)
+    av_window_s = min(av_window_s, minutes * 60 / 2 - early)
+    record = AvRecord([(t0 + early, t0 + early + av_window_s),
+                       (t0 + minutes * 60, t0 + minutes * 60 + av_window_s)])
+
+    def sample() -> None:
+        samples.append({"t_s": round(time.monotonic() - t0, 1),
+                        **server.sample()})  # type: ignore[attr-defined]
+
+    async def totals() -> tuple[int, int, int, int]:
+        shown = late = dropped = at_start = 0
+        for sid in steady:
+            async with http.get(f"{url}/v1/sessions/{sid}",  # type: ignore[attr-defined]
+                                headers=auth) as r:
+                if r.status == 200:
+                    st = await r.json()
+                    shown += st["frames_shown"]
+                    late += st["frames_late"]
+                    dropped += st["frames_dropped_late"]
+                    at_start += st["frames_late_at_start"]
+        return shown, late, dropped, at_start
+
+    stop = asyncio.Event()
+    churned: list[str] = []
+    sample()
+    tasks = [asyncio.ensure_future(_viewer(url, token, stop, None, steady,
+                                           record if i == 0 else None)) for i in range(2)]
+
+    async def churn() -> dict:
+        n = {"joined": 0, "refused": 0}
+        while not stop.is_set():
+            try:  # the run may end before the next viewer is due
+                await asyncio.wait_for(stop.wait(), churn_s)
+                break
+            except TimeoutError:
+                pass
+            try:
+                await _viewer(url, token, stop, 1, churned)
+                n["joined"] += 1
+            except RuntimeError as e:  # admission said no (a full host): counted
+                if "503" not in str(e):
+                    raise
+                n["refused"] += 1
+        return n
+
+    churner = asyncio.ensure_future(churn())
+    end = t0 + minutes * 60
+    last = (0, 0, 0, 0)
+    next_window = t0 + window_s
+    while time.monotonic() < end:
+        await asyncio.sleep(min(sample_s, max(0.1, end - time.monotonic())))
+        sample()
+        if time.monotonic() >= next_window or time.monotonic() >= end:
+            now = await totals()
+            d_shown, d_late, d_dropped, d_start = (a - b for a, b in zip(now, last,
+                                                                        strict=True))
+            # Late: speech frames shown without their mouth; of those, the scheduler gave
+            # up on some before rendering (the rest came back after their time).
+            windows.append({"end_s": round(time.monotonic() - t0, 1),
+                            "frames_shown": d_shown, "frames_late": d_late,
+                            "dropped_unrendered": d_dropped,
+                            "late_in_first_5_of_a_sentence": d_start,
+                            "late_ratio": round(d_late / d_shown, 4) if d_shown else None})
+            last = now
+            next_window += window_s
+    # The end's A/V window comes after the last sample, so what it keeps is not in the
+    # memory figures.
+    await asyncio.sleep(max(0.0, record.windows[1][1] - time.monotonic()))
+    stop.set()
+    said = await asyncio.gather(*tasks)
+    av = [av_offset_ms(v, a) for v, a in zip(record.video, record.audio, strict=True)]
+    return {"said": list(said), "churned": await churner,
+            "av": {"start": av[0], "end": av[1], "window_s": av_window_s}}

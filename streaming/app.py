@@ -41,6 +41,12 @@ class ServerConfig:
     """Largest request body (an SDP offer is a few kB)."""
     max_text_chars: int = 5000
     max_batch: int = 16
+    render_threads: int = 0
+    """CPU threads each CPU lane's model calls use; 0: half the cores. The video encoders,
+    the event loop and the voice need the rest: on the 2-core host, two sessions speaking
+    back to back (``bench soak``, a minute, the GRID ci bundle without motion, two runs)
+    were late on 25 and 39 % of their frames with the lane on both cores, 12 and 15 % with
+    it on one (OpenMP threads wait for each other, and one of two was often off the CPU)."""
     capacity_share: float = 0.9
     """A new session is admitted while all sessions' frames stay under this share of the
     scheduler's measured frames per second (a session needing every frame rendered)."""
@@ -85,6 +91,7 @@ class Server:
     # ------------------------------------------------------------ lifecycle
     def load(self) -> None:
         """Load every bundle on every device (slow: call before serving)."""
+        from avatar import devices
         from avatar.avatar import Avatar
         from avatar.voice import Voice
 
@@ -92,7 +99,10 @@ class Server:
         for i, dev in enumerate(self.cfg.devices):
             renderers = {name: Avatar.load(path, dev, precision=self.cfg.precision)
                          for name, path in self.bundles.items()}
-            lanes.append(Lane(f"{dev}#{i}", renderers))
+            threads = None
+            if devices.device(dev).type == "cpu":
+                threads = self.cfg.render_threads or max(1, (os.cpu_count() or 1) // 2)
+            lanes.append(Lane(f"{dev}#{i}", renderers, threads=threads))
         self.avatars = dict(lanes[0].renderers)
         for name, path in self.bundles.items():
             try:

@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -41,6 +42,11 @@ class SchedulerConfig:
     """Most frames one model call renders."""
     max_pending: int = 512
     """Jobs waiting in all, over every session; beyond it new jobs are refused."""
+    hold_s: float = 0.1
+    """A lane waits for more jobs while its earliest one would still be done this long
+    before its deadline: sessions hand frames over one at a time, and rendering each as it
+    comes made batches of one or two (a model call per frame costs two to three times a
+    frame of a batch of 8 on a CPU). 0: render whatever is waiting at once."""
 
 
 @dataclass(order=True)
@@ -102,11 +108,26 @@ class LaneStats:
 class Lane:
     """One device with the avatars loaded on it."""
 
-    def __init__(self, name: str, renderers: dict[str, Renderer], cost: Cost | None = None):
+    def __init__(self, name: str, renderers: dict[str, Renderer], cost: Cost | None = None,
+                 threads: int | None = None):
         self.name = name
         self.renderers = renderers
         self.cost = cost or Cost()
         self.stats = LaneStats()
+        self.threads = threads
+        """CPU threads the lane's model calls use (None: torch's default)."""
+
+
+def _use_threads(n: int | None) -> int | None:
+    """Set this thread's torch thread count (an OpenMP setting, per thread); returns the
+    count before, for putting back."""
+    if n is None:
+        return None
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    return before
 
 
 class Scheduler:
@@ -121,6 +142,7 @@ class Scheduler:
         self.cfg = cfg or SchedulerConfig()
         self.clock = clock
         self._heap: list[Job] = []
+        self._arrivals: deque[float] = deque()
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -135,6 +157,7 @@ class Scheduler:
             if len(self._heap) >= self.cfg.max_pending:
                 return None
             heapq.heappush(self._heap, job)
+            self._arrivals.append(self.clock())
             self._cv.notify()
         return job
 
@@ -179,13 +202,18 @@ class Scheduler:
                         *(2 ** k for k in range(5, 12) if 2 ** k < top)})
         t0 = time.perf_counter()
         for lane in self.lanes:
-            for name, renderer in lane.renderers.items():
-                for n in sizes:
-                    batch = requests(name, n)
-                    renderer.render(batch)
-                    t = time.perf_counter()
-                    renderer.render(batch)
-                    lane.cost.observe(n, time.perf_counter() - t)
+            # Timed with the threads the lane will render with.
+            before = _use_threads(lane.threads)
+            try:
+                for name, renderer in lane.renderers.items():
+                    for n in sizes:
+                        batch = requests(name, n)
+                        renderer.render(batch)
+                        t = time.perf_counter()
+                        renderer.render(batch)
+                        lane.cost.observe(n, time.perf_counter() - t)
+            finally:
+                _use_threads(before)
         log.info("renderers warmed up in %.1f s: %s", time.perf_counter() - t0,
                  ", ".join(f"{lane.name} {lane.cost.capacity_fps(top):.0f} frames/s at "
                            f"batch {top}" for lane in self.lanes))
@@ -193,38 +221,78 @@ class Scheduler:
     # ------------------------------------------------------------ lanes' side
     def take_batch(self, lane: Lane) -> list[Job]:
         """Pop this lane's next batch (call with nothing held). Late jobs found on the way
-        are finished as "late". Returns [] when nothing can be rendered in time."""
+        are finished as "late". Returns [] when nothing can be rendered in time.
+
+        A batch must be done by its earliest job's deadline. When the lane is behind, the
+        earliest jobs have little time left and would allow only a batch of one or two:
+        under load a model call costs two to three times what a frame of a larger batch
+        does, so rendering those would keep the lane behind for good (every session late
+        on a fifth of its frames, and worse as the sessions went on). So the batch may
+        start further down the queue: it is chosen to render the most jobs in time less
+        those passed over, which stay queued (another lane may still make them)."""
         late: list[Job] = []
         batch: list[Job] = []
         with self._cv:
             now = self.clock()
-            # The earliest job this lane can still finish in time (every lane holds every
+            # Jobs this lane cannot finish in time even alone (every lane holds every
             # avatar: the server loads each bundle on each device).
-            while self._heap:
-                j = heapq.heappop(self._heap)
-                if now + lane.cost.predict(1) > j.deadline:
-                    late.append(j)
-                    continue
-                batch.append(j)
-                break
-            if batch:
-                first = batch[0]
-                skipped: list[Job] = []
-                while self._heap and len(batch) < self.cfg.max_batch:
+            while self._heap and now + lane.cost.predict(1) > self._heap[0].deadline:
+                late.append(heapq.heappop(self._heap))
+            if self._heap:
+                avatar = self._heap[0].avatar
+                popped: list[Job] = []
+                same: list[Job] = []
+                while self._heap and len(same) < 2 * self.cfg.max_batch:
                     j = heapq.heappop(self._heap)
-                    if j.avatar != first.avatar:
-                        skipped.append(j)
-                        continue
-                    if now + lane.cost.predict(len(batch) + 1) > first.deadline:
-                        skipped.append(j)
-                        break
-                    batch.append(j)
-                for j in skipped:
-                    heapq.heappush(self._heap, j)
+                    popped.append(j)
+                    if j.avatar == avatar:
+                        same.append(j)
+                start, size = self._choose(lane, now, same)
+                batch = same[start:start + size]
+                taken = {id(j) for j in batch}
+                for j in popped:
+                    if id(j) not in taken:
+                        heapq.heappush(self._heap, j)
         for j in late:
             lane.stats.late += 1
             j.done(j, None, "late")
         return batch
+
+    def _choose(self, lane: Lane, now: float, jobs: list[Job]) -> tuple[int, int]:
+        """(start, size) of the batch among ``jobs`` (one avatar, deadline order).
+
+        From the front of the queue while that keeps up with the jobs coming in. Where it
+        does not, the start that does most jobs in time per second of rendering: a job
+        passed over counts as lost unless it can still be done after the batch."""
+        def size_from(start: int) -> int:
+            size = 0
+            while start + size < len(jobs) and size < self.cfg.max_batch and \
+                    now + lane.cost.predict(size + 1) <= jobs[start].deadline:
+                size += 1
+            return size
+
+        def rate(start: int, size: int) -> float:
+            after = now + lane.cost.predict(size) + lane.cost.predict(start)
+            lost = sum(j.deadline < after for j in jobs[:start])
+            return (size - lost) / lane.cost.predict(size)
+
+        front = size_from(0)
+        need = self.arrival_fps(now) / len(self.lanes)
+        if front == len(jobs) or front == self.cfg.max_batch or \
+                (front and rate(0, front) >= 1.1 * need):
+            return 0, front
+        best = (rate(0, front) if front else 0.0, 0, front)
+        for start in range(1, len(jobs)):
+            size = size_from(start)
+            if size and (r := rate(start, size)) > best[0]:
+                best = (r, start, size)
+        return best[1], best[2]
+
+    def arrival_fps(self, now: float) -> float:
+        """Jobs submitted per second over the last second (call with the lock held)."""
+        while self._arrivals and self._arrivals[0] < now - 1.0:
+            self._arrivals.popleft()
+        return float(len(self._arrivals))
 
     def render_batch(self, lane: Lane, batch: list[Job]) -> None:
         renderer = lane.renderers[batch[0].avatar]
@@ -253,11 +321,25 @@ class Scheduler:
         for j, f in zip(batch, frames, strict=True):
             j.done(j, f, "ok")
 
+    def hold(self, lane: Lane) -> float:
+        """Seconds this lane may wait for more jobs before its next batch (call with the
+        lock held): 0 when the earliest job is due within its batch's time plus
+        ``hold_s``, or a full batch waits."""
+        if not self._heap or len(self._heap) >= self.cfg.max_batch:
+            return 0.0
+        first = self._heap[0]
+        done_by = self.clock() + lane.cost.predict(len(self._heap))
+        return max(0.0, first.deadline - done_by - self.cfg.hold_s)
+
     def _run(self, lane: Lane) -> None:
+        _use_threads(lane.threads)
         while True:
             with self._cv:
                 while not self._stop and not self._heap:
                     self._cv.wait(0.5)
+                # A new job wakes the lane (notify): it may fill the batch or be due sooner.
+                while not self._stop and (wait := self.hold(lane)) > 0:
+                    self._cv.wait(wait)
                 if self._stop:
                     return
             batch = self.take_batch(lane)

@@ -71,13 +71,13 @@ class SessionConfig:
     motion_lead_in: int = 4
     """Frames of speech shown over the footage already planned before the walk turns to
     speaking footage (avatars with a motion bank)."""
-    synthesis_threads: int = 1
     max_queued: int = 8
     max_queued_chars: int = 10000
     """A session takes at most this many utterances, and characters (two of the longest
     ``say``), waiting to be said: more is refused (429) until some is spoken, so one caller
     cannot fill the shared synthesis pool (16 say calls of 5,000 characters were all
     synthesised at once)."""
+    synthesis_threads: int = 1
     """CPU threads each sentence's synthesis may use. One leaves the cores to the renderer:
     with the default two on this 2-core machine (``bench serve``, GRID voice, six runs each)
     the first moving mouth came at a median of 277 ms against 243 ms with one, and the first

@@ -122,7 +122,7 @@ def test_admission_refuses_beyond_max_pending() -> None:
 
 def test_two_lanes_share_the_work_and_a_failure_stays_local() -> None:
     lanes = [Lane(f"cpu{i}", {"a": FakeRenderer(0.01, fail_on="bad")}) for i in range(2)]
-    sch = Scheduler(lanes, SchedulerConfig(max_batch=4))
+    sch = Scheduler(lanes, SchedulerConfig(max_batch=4, hold_s=0.0))
     res = Results()
     sch.start()
     try:
@@ -140,6 +140,47 @@ def test_two_lanes_share_the_work_and_a_failure_stays_local() -> None:
     # frame is lost, not the other sessions' frames that shared its batch.
     assert [s for s, _, st in res.items if st == "error"] == ["bad"]
     assert all(lane.stats.frames > 0 for lane in lanes)
+
+
+def test_a_lane_holds_for_a_fuller_batch_while_the_earliest_frame_can_wait() -> None:
+    sch, clock, (lane,) = make(max_batch=8)
+    res = Results()
+    with sch._cv:
+        assert sch.hold(lane) == 0.0  # nothing queued
+    sch.submit("a", req("s1", 0.5), res)
+    with sch._cv:
+        # Done at 0.02 s, due at 0.5: it may wait until 0.5 - 0.02 - hold_s.
+        assert sch.hold(lane) == pytest.approx(0.5 - 0.02 - 0.1)
+    clock.t = 0.38
+    with sch._cv:
+        assert sch.hold(lane) == 0.0
+    for k in range(7):
+        sch.submit("a", req("s2", 9.0, k), res)
+    clock.t = 0.0
+    with sch._cv:
+        assert sch.hold(lane) == 0.0  # a full batch goes at once
+
+
+def test_a_held_lane_renders_the_frames_that_came_meanwhile_in_one_batch() -> None:
+    renderer = FakeRenderer()
+    sch = Scheduler([Lane("cpu", {"a": renderer}, Cost(fixed=0.01, per_frame=0.001))],
+                    SchedulerConfig(max_batch=16, hold_s=0.1))
+    res = Results()
+    sch.start()
+    try:
+        now = time.monotonic()
+        # Frames a session hands over one at a time, 40 ms apart, each due 0.3 s later.
+        for k in range(4):
+            sch.submit("a", req("s", now + 0.3 + 0.04 * k, k), res)
+            time.sleep(0.04)
+        t0 = time.monotonic()
+        while len(res.items) < 4 and time.monotonic() - t0 < 5:
+            time.sleep(0.01)
+    finally:
+        sch.stop()
+    assert [st for _, _, st in res.items] == ["ok"] * 4
+    # Without the hold each frame would have been a model call of its own.
+    assert len(renderer.calls) < 4, renderer.calls
 
 
 def test_cost_model_learns_fixed_and_per_frame_parts() -> None:

@@ -5,16 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def test_a_short_soak_reports_memory_late_frames_and_handles(bundle: Path) -> None:
+def test_a_short_soak_reports_memory_late_frames_and_handles(bundle: Path,
+                                                            tmp_path: Path) -> None:
     from bench.soak import bench_soak
 
-    r = bench_soak(bundle, minutes=0.3, window_s=6.0, churn_s=5.0, sample_s=2.0)
+    r = bench_soak(bundle, minutes=0.3, window_s=6.0, churn_s=5.0, sample_s=2.0,
+                   viewer_nice=0, work=tmp_path)
     assert min(r["sentences_said"]) >= 1
     assert r["viewers_churned"]["joined"] + r["viewers_churned"]["refused"] >= 1
     assert len(r["late_ratio_by_window"]) >= 2
     assert all(0.0 <= x <= 1.0 for x in r["late_ratio_by_window"])
     assert r["rss_mb"]["end"] > 0 and r["fds"]["max"] >= r["fds"]["start"]
     assert len(r["samples"]) >= 8
+    assert r["server_exit_code"] == 0
     # An A/V window early on and one after the run, each measured (whole 40 ms frames).
     offsets = r["av_offset_ms"]
     assert offsets["start"] is not None and offsets["end"] is not None, offsets

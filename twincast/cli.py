@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-sessions", type=int, default=8)
     sv.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="render precision (auto: bf16 where the device has it natively)")
+    sv.add_argument("--render-threads", type=int, default=0,
+                    help="CPU threads each CPU render lane uses (0: half the cores)")
     sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                     help="a web origin whose pages may call the API (repeatable; * for any)")
     sv.add_argument("--rtmp-allow", action="append", default=[], metavar="HOST|NETWORK",
@@ -416,6 +418,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise TwincastError("--devices: name at least one device (cpu, cuda:0, ...)")
     if args.max_sessions < 1:
         raise TwincastError("--max-sessions must be at least 1")
+    if args.render_threads < 0:
+        raise TwincastError("--render-threads must be 0 (half the cores) or more")
     if args.log_format == "json":
         from twincast.logs import use_json_logs
 
@@ -424,7 +428,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                      devices=devices, max_sessions=args.max_sessions,
                                      cors_origins=tuple(args.cors_origin),
                                      rtmp_allow=tuple(args.rtmp_allow),
-                                     precision=args.precision))
+                                     precision=args.precision,
+                                     render_threads=args.render_threads))
     return 0
 
 
