@@ -14,6 +14,7 @@ import numpy as np
 from avatar.audio import SPEECH_RATE, load_audio
 from avatar.avatar import Avatar, FrameRequest
 from avatar.errors import TwincastError, path_error
+from avatar.label import Label, LabelConfig
 from avatar.video_io import VideoWriter
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ def _bars() -> bool:
 
 
 def render_file(bundle: Path, audio_path: Path, out: Path, device: str = "cpu",
-                batch: int = 16, precision: str = "auto") -> dict:
+                batch: int = 16, precision: str = "auto", label: LabelConfig | None = None
+                ) -> dict:
     """Speak ``audio_path`` over the avatar's idle loop; write ``out`` with the audio muxed."""
     if batch < 1:
         raise TwincastError(f"--batch {batch}: must be at least 1")
@@ -33,11 +35,12 @@ def render_file(bundle: Path, audio_path: Path, out: Path, device: str = "cpu",
     audio = load_audio(audio_path, SPEECH_RATE)
     if np.abs(audio).max(initial=0.0) == 0.0:
         log.info("%s is silent: the mouth stays closed", audio_path)
-    return render_audio(avatar, audio, out, batch)
+    return render_audio(avatar, audio, out, batch, label=label)
 
 
 def render_text(bundle: Path, text: str, out: Path, device: str = "cpu", batch: int = 16,
-                pace: float = 1.0, precision: str = "auto") -> dict:
+                pace: float = 1.0, precision: str = "auto", label: LabelConfig | None = None
+                ) -> dict:
     """The avatar's voice says ``text``, then its face speaks that audio (both muxed)."""
     from avatar.audio import resample
     from avatar.voice import Voice
@@ -47,11 +50,13 @@ def render_text(bundle: Path, text: str, out: Path, device: str = "cpu", batch: 
     voice = Voice.load(bundle, device)
     avatar = Avatar.load(bundle, device, precision=precision)
     speech = voice.say(text, pace)
-    return render_audio(avatar, resample(speech, voice.rate, SPEECH_RATE), out, batch)
+    return render_audio(avatar, resample(speech, voice.rate, SPEECH_RATE), out, batch,
+                        label=label)
 
 
 def render_show(bundle: Path, show_path: Path, out: Path, device: str = "cpu",
-                batch: int = 16, precision: str = "auto") -> dict:
+                batch: int = 16, precision: str = "auto", label: LabelConfig | None = None
+                ) -> dict:
     """``twincast render --show``: the whole show (speech, pauses, idle) to one video, in
     batches, as fast as the model allows."""
     from tqdm import tqdm
@@ -83,7 +88,7 @@ def render_show(bundle: Path, show_path: Path, out: Path, device: str = "cpu",
         else:
             parts.append(np.zeros(int(seg.seconds * SPEECH_RATE), np.float32))
     speech_s = time.perf_counter() - t0
-    res = render_audio(avatar, np.concatenate(parts), out, batch)
+    res = render_audio(avatar, np.concatenate(parts), out, batch, label=label)
     res["speech_seconds"] = round(speech_s, 2)
     res["video_seconds"] = round(res["frames"] / avatar.fps, 2)
     res["realtime_x"] = round(res["video_seconds"] / (res["seconds"] + speech_s), 2)
@@ -114,9 +119,11 @@ def say_file(bundle: Path, text: str, out: Path, device: str = "cpu", pace: floa
 
 
 def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, label: LabelConfig | None = None) -> dict:
     """Speak 16 kHz ``audio`` into ``out`` with the audio: over the person's own speaking
-    and silent footage where the bundle has a motion bank, else over its idle loop."""
+    and silent footage where the bundle has a motion bank, else over its idle loop. Every
+    frame carries the disclosure label (``avatar.label``; the default one when ``label`` is
+    None)."""
     from tqdm import tqdm
 
     from avatar.motion import plan_walk, speech_activity
@@ -129,6 +136,7 @@ def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16,
         bases = plan_walk(walker, *speech_activity(audio, n, avatar.fps, SPEECH_RATE),
                           nods=avatar.nods(windows))
     w, h = avatar.manifest.frame_size or (0, 0)
+    marker = Label(label)
     t0 = time.perf_counter()
     try:
         writer = VideoWriter(out, avatar.fps, int(w), int(h), audio_rate=SPEECH_RATE)
@@ -142,7 +150,7 @@ def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16,
                 avatar.bank.prefetch([f for b in bases[a + batch: a + 2 * batch]
                                       for f in b.frames()])
             for i, frame in zip(range(a, a + len(reqs)), avatar.render(reqs), strict=True):
-                writer.write(frame)
+                writer.write(marker.apply(frame))
                 s0 = int(i * SPEECH_RATE / avatar.fps)
                 s1 = int((i + 1) * SPEECH_RATE / avatar.fps)
                 writer.write_audio(audio[s0:s1])

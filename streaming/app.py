@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avatar.errors import TwincastError
+from avatar.label import Label, LabelConfig
 from streaming.ratelimit import Bucket
 from streaming.registry import Registry
 from streaming.requests import BadRequest, Interrupt, Say, StreamRequest, parse_command
@@ -62,6 +63,8 @@ class ServerConfig:
     channel_rate: tuple[float, float] = (5.0, 20.0)
     """API requests a second and burst for the operator token, for each viewer token, and
     data-channel commands for each session (``streaming.ratelimit``)."""
+    label: LabelConfig = LabelConfig()
+    """The visible disclosure on every frame sent, WebRTC and RTMP (``avatar.label``)."""
     rtmp_allow: tuple[str, ...] = ()
     """Ingest hosts or networks an API caller may stream to although they are not public
     addresses (``streaming.ingest``); ``*`` for any."""
@@ -82,6 +85,10 @@ class Server:
         self.scheduler: Scheduler | None = None
         self.registry = Registry(self.cfg.max_sessions, self.cfg.capacity_share)
         self._watchdog: asyncio.Task | None = None
+        self.label = Label(self.cfg.label) if self.cfg.label.enabled else None
+        if self.label is None:
+            log.warning("the visible AI-generated label is off: viewers are not told the "
+                        "video is synthetic")
 
     @property
     def sessions(self) -> dict[str, Session]:
@@ -185,7 +192,7 @@ class Server:
 
             # Send what the offer asks to receive.
             if "m=video" in sdp:
-                pc.addTrack(AvatarVideoTrack(session))
+                pc.addTrack(AvatarVideoTrack(session, self.label))
             if "m=audio" in sdp:
                 pc.addTrack(AvatarAudioTrack(session))
             try:
@@ -231,7 +238,8 @@ class Server:
 
                 keyer = await asyncio.get_running_loop().run_in_executor(
                     None, Keyer, cfg.key_colour)
-            push = RtmpOutput(cfg, session.cfg.fps, session.cfg.audio_rate, keyer=keyer)
+            push = RtmpOutput(cfg, session.cfg.fps, session.cfg.audio_rate, keyer=keyer,
+                              label=self.label)
             session.start()
             push.start()
             tasks = [asyncio.ensure_future(pump(session, push))]

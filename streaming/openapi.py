@@ -48,7 +48,9 @@ def _paths() -> dict:
         "security": [{"bearer": []}],
         "paths": {
             "/v1/avatars": {"get": {"summary": "The avatars this server offers",
-                                    "responses": {"200": {"description": "names"}}}},
+                                    "responses": {"200": {"description": "names, and "
+                                                          "the disclosure every frame "
+                                                          "carries (null: none)"}}}},
             "/v1/sessions": {"post": {
                 "summary": "Open a session: an SDP offer in, the SDP answer out (WHEP-style)",
                 "parameters": [{"name": "avatar", "in": "query", "schema": {
@@ -58,7 +60,8 @@ def _paths() -> dict:
                     "application/json": {"schema": {"type": "object", "properties": {
                         "sdp": {"type": "string"}, "avatar": {"type": "string"}}}}}},
                 "responses": {"201": {"description": "the answer; Location names the "
-                                      "session"},
+                                      "session; X-Twincast-Disclosure is the label its "
+                                      "frames carry (absent: none)"},
                               "400": _error("not a usable SDP offer"),
                               "401": _error("missing or wrong token"),
                               "404": _error("no such avatar"),

@@ -88,7 +88,8 @@ class Routes:
         response = await handler(request)
         if allowed:
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "Location"
+            response.headers["Access-Control-Expose-Headers"] = \
+                "Location, X-Twincast-Disclosure"
             response.headers["Vary"] = "Origin"
         return response
 
@@ -169,11 +170,16 @@ class Routes:
         if grant is not None:
             grant.session = session.id
         location = f"/v1/sessions/{session.id}"
+        headers = {"Location": location}
+        label = self.server.label
+        if label is not None:  # what the frames say, for a caption pages can read out
+            headers["X-Twincast-Disclosure"] = label.cfg.text
         if as_json:
-            return web.json_response({"id": session.id, "sdp": answer, "type": "answer"},
-                                     status=201, headers={"Location": location})
+            return web.json_response({"id": session.id, "sdp": answer, "type": "answer",
+                                      "disclosure": label.cfg.text if label else None},
+                                     status=201, headers=headers)
         return web.Response(text=answer, status=201, content_type="application/sdp",
-                            headers={"Location": location})
+                            headers=headers)
 
     async def create_stream(self, request: web.Request) -> web.Response:
         req = StreamRequest.parse(await json_body(request))
@@ -216,8 +222,10 @@ class Routes:
 
     async def list_avatars(self, request: web.Request) -> web.Response:
         voices = self.server.voices
+        label = self.server.label
         return web.json_response({"avatars": [
-            {"name": n, "voice": voices.get(n) is not None} for n in self.server.avatars]})
+            {"name": n, "voice": voices.get(n) is not None} for n in self.server.avatars],
+            "disclosure": label.cfg.text if label is not None else None})
 
     async def openapi(self, request: web.Request) -> web.Response:
         from streaming.openapi import document

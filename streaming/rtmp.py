@@ -102,9 +102,12 @@ class RtmpOutput:
     """Feeds a push process from a writer thread; ``offer`` never blocks."""
 
     def __init__(self, cfg: RtmpConfig, fps: int = 25, audio_rate: int = 48000,
-                 keyer: object | None = None):
+                 keyer: object | None = None, label: object | None = None):
         self.cfg, self.fps, self.audio_rate = cfg, fps, audio_rate
         self.keyer = keyer
+        self.label = label
+        """``avatar.label.Label`` drawn on every frame after scaling and keying (so it is
+        at the ingest's size and never keyed out); None: none."""
         self.stats: dict[str, float] = {"frames_sent": 0, "frames_dropped": 0, "connects": 0,
                                         "failures": 0, "connected_at": -1.0}
         """connected_at: the session time of the current connection's first frame (its
@@ -205,6 +208,8 @@ class RtmpOutput:
         rgb = fit(rgb, self.cfg.width, self.cfg.height)
         if self.keyer is not None:
             rgb = self.keyer(rgb)  # type: ignore[operator]
+        if self.label is not None:
+            rgb = self.label.apply(rgb)  # type: ignore[attr-defined]
         i420 = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
         audio = np.concatenate(pcm).astype(np.int16)
         return i420.tobytes() + audio.tobytes()

@@ -161,11 +161,15 @@ class Scheduler:
             self._cv.notify()
         return job
 
-    def cancel(self, session: str) -> int:
-        """Drop every queued job of ``session`` (barge-in); returns how many."""
+    def cancel(self, session: str, before: int | None = None) -> int:
+        """Drop every queued job of ``session`` (barge-in), or only its frames before
+        frame ``before``; returns how many."""
+        def dropped(j: Job) -> bool:
+            return j.session == session and (before is None or j.request.idle_index < before)
+
         with self._cv:
-            keep = [j for j in self._heap if j.session != session]
-            gone = [j for j in self._heap if j.session == session]
+            keep = [j for j in self._heap if not dropped(j)]
+            gone = [j for j in self._heap if dropped(j)]
             self._heap = keep
             heapq.heapify(self._heap)
         for j in gone:

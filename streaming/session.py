@@ -335,11 +335,21 @@ class Session:
         u.done.set()
         if self._live is u:
             self._live = None
-        self.scheduler.cancel(self.id)
-        self.rendered.clear()
-        self._painted.clear()
+        # The next utterance may be placed right after it, its first frames handed to the
+        # renderer already: those are kept (it starts when it was going to).
+        nxt = self.queue[0] if self.queue and self.queue[0].start_frame is not None \
+            else None
+        until = nxt.start_frame if nxt is not None else None
+        self.scheduler.cancel(self.id, before=until)
+        if until is None:
+            self.rendered.clear()
+            self._painted.clear()
+        else:
+            self.rendered = {k: f for k, f in self.rendered.items() if k >= until}
+            self._painted = {k for k in self._painted if k >= until}
         if self.motion is not None and u.start_frame is not None:
-            self.motion.replan(self.motion.shown + 1)
+            self.motion.replan(self.motion.shown + 1 if nxt is None else max(
+                self.motion.shown + 1, until + nxt.submitted))  # type: ignore[operator]
         log.warning("session %s: utterance %s dropped: %s", self.id, u.id, message,
                     extra={"session": self.id})
         self._emit(SpeechFailed, u, message=message)
@@ -356,9 +366,8 @@ class Session:
         if frame is not None:
             self._last_frame = frame
             return frame
-        u = self.queue[0] if self.queue else None
-        if u is not None and u.start_frame is not None and k >= u.start_frame and \
-                k - u.start_frame < u.submitted:
+        u = self._at(k)
+        if u is not None and u.start_frame is not None and k - u.start_frame < u.submitted:
             self.stats["frames_late"] += 1
             if k - u.start_frame < 5:
                 self.stats["frames_late_at_start"] += 1
@@ -380,10 +389,14 @@ class Session:
 
     def audio_frame(self, j: int) -> np.ndarray:
         """20 ms of int16 mono at ``audio_rate`` for audio frame j."""
-        u = self.queue[0] if self.queue else None
-        if u is None or u.start_frame is None:
-            return self._silence
-        return u.audio.pop(j, self._silence)
+        # The utterance whose video frame this is first: the one ending may hold padding
+        # past its last frame, where the next one, placed right after it, begins.
+        first = self._at(j * self.cfg.fps // 50)
+        for u in ([first] if first is not None else []) + self._placed():
+            pcm = u.audio.pop(j, None)
+            if pcm is not None:
+                return pcm
+        return self._silence
 
     # ------------------------------------------------------------ internals
     def _emit(self, kind: type[SessionEvent], u: Utterance | None, at: float | None = None,
@@ -429,9 +442,12 @@ class Session:
             self.stats["frames_dropped_late"] += 1
         if status == "error":
             self.stats["frames_failed"] += 1
-            if self._speech_frame(k):
-                self._fail_current("rendering failed; the next utterance is rendered "
-                                   "afresh")
+            u = self._at(k)
+            message = "rendering failed; the next utterance is rendered afresh"
+            if u is not None and self.queue and u is self.queue[0]:
+                self._fail_current(message)
+            elif u is not None:  # the next one, placed already: dropped when its turn comes
+                u.error = message
             return
         if self.motion is not None and base is not None and \
                 self.motion.entries.get(k, base) != base:
@@ -448,33 +464,42 @@ class Session:
                 del self.rendered[old]
 
     def _mode(self, k: int) -> str:
-        """Whether frame ``k`` is planned as speech: from the first queued utterance's start
-        to a cross-fade's length before its end (so the walk is back in silent footage by
-        the time the painted mouth stops), or on while its length is unknown."""
-        u = self.queue[0] if self.queue else None
-        # The walk turns to speaking footage a few frames into the speech: the mouth is
-        # painted from the first frame whatever the footage, and those frames give the
-        # bank's thread time to decode the speaking stretch before it is needed.
-        if u is None or u.start_frame is None or k < u.start_frame + self.cfg.motion_lead_in:
-            return "silent"
-        total = u.speech.total_video_frames
-        if total is None:
-            return "speaking"
-        lead = self.motion.fade if self.motion is not None and total > 3 * \
-            self.motion.fade else 0
-        return "speaking" if k < u.start_frame + total - lead else "silent"
+        """Whether frame ``k`` is planned as speech: from a placed utterance's start to a
+        cross-fade's length before its end (so the walk is back in silent footage by the
+        time the painted mouth stops), or on while its length is unknown; straight on into
+        the next utterance where that one follows at once."""
+        fade = self.motion.fade if self.motion is not None else 0
+        follows = False
+        for v in self._placed():
+            assert v.start_frame is not None
+            # The walk turns to speaking footage a few frames into the speech: the mouth
+            # is painted from the first frame whatever the footage, and those frames give
+            # the bank's thread time to decode the speaking stretch before it is needed.
+            if k < v.start_frame + (0 if follows else self.cfg.motion_lead_in):
+                return "speaking" if follows else "silent"
+            total = v.speech.total_video_frames
+            if total is None:
+                return "speaking"
+            end = v.start_frame + total
+            follows = self._follower(v) is not None
+            lead = 0 if follows else fade if total > 3 * fade else 0
+            if k < end - lead:
+                return "speaking"
+        return "silent"
 
     def _nods(self, k: int, horizon: int) -> np.ndarray | None:
         """Whether the person would nod at frame ``k`` and each of the ``horizon - 1``
         after it, as far as the speech being said is known."""
-        u = self.queue[0] if self.queue else None
-        if u is None or u.start_frame is None or u.nods is None:
+        placed = [u for u in self._placed() if u.nods is not None]
+        if not placed:
             return None
         out = np.zeros(horizon, bool)
-        n0 = k - u.start_frame
-        lo, hi = max(0, n0), min(len(u.nods), n0 + horizon)
-        if hi > lo:
-            out[lo - n0: hi - n0] = u.nods[lo:hi]
+        for u in placed:
+            assert u.start_frame is not None and u.nods is not None
+            n0 = k - u.start_frame
+            lo, hi = max(0, n0), min(len(u.nods), n0 + horizon)
+            if hi > lo:
+                out[lo - n0: hi - n0] |= u.nods[lo:hi]
         return out
 
     def _update_nods(self, u: Utterance) -> None:
@@ -496,13 +521,28 @@ class Session:
         u.nod_prob = np.concatenate([u.nod_prob, new])
         u.nods = cues.peaks(u.nod_prob, self.cfg.fps)
 
+    def _placed(self) -> list[Utterance]:
+        """The utterances with a place on the timeline: the one being said, and the next
+        one where it is placed already (to follow it without a gap)."""
+        out = []
+        for u in list(self.queue)[:2]:
+            if u.start_frame is None:
+                break
+            out.append(u)
+        return out
+
+    def _at(self, k: int) -> Utterance | None:
+        """The placed utterance whose speech frame ``k`` is, if any."""
+        for u in self._placed():
+            assert u.start_frame is not None
+            total = u.speech.total_video_frames
+            if k >= u.start_frame and (total is None or k < u.start_frame + total):
+                return u
+        return None
+
     def _speech_frame(self, k: int) -> bool:
-        """Whether frame ``k`` belongs to the speech being said (rendered with it)."""
-        u = self.queue[0] if self.queue else None
-        if u is None or u.start_frame is None or k < u.start_frame:
-            return False
-        total = u.speech.total_video_frames
-        return total is None or k < u.start_frame + total
+        """Whether frame ``k`` belongs to speech being said or placed (rendered with it)."""
+        return self._at(k) is not None
 
     def _paint_silence(self, current: int) -> None:
         """Frames about to be shown whose footage has a talking mouth (a speaking stretch
@@ -547,22 +587,17 @@ class Session:
             if u.start_frame is None:
                 if u.speech.seconds == 0:
                     continue
-                margin = self.cfg.start_margin_s if u.margin_s is None else u.margin_s
-                margin = max(margin, self.scheduler.lead_time(self.cfg.first_frames)
-                             + self.cfg.start_safety_s)
-                u.start_frame = math.ceil((now + margin) * fps)
-                if self.motion is not None:  # the walk turns to speaking footage here
-                    # Re-planned from as early as leaves the bank's thread time to decode
-                    # a new stretch (``motion_lead_in`` frames from now), so the walk can
-                    # meet the speech's start with footage where the person starts to
-                    # speak; frames painted shut for the old plan are painted again.
-                    turn = u.start_frame + self.cfg.motion_lead_in
-                    first = min(turn, max(int(now * fps) + self.cfg.motion_lead_in,
-                                          turn - self.motion.switch_sight))
-                    self.motion.replan(first)
-                    self._painted = {k for k in self._painted if k < first}
-                    self.motion.prefetch(int(now * fps), self._mode)
+                self._place(u, math.ceil((now + self._margin(u)) * fps), now)
             s = u.start_frame
+            assert s is not None
+            nxt = self.queue[1] if len(self.queue) > 1 else None
+            if nxt is not None and nxt.start_frame is None and nxt.error is None and \
+                    nxt.speech.seconds > 0 and u.speech.total_video_frames is not None:
+                # The next sentence follows this one without a gap (or as soon as it can
+                # be rendered): placed now, seconds ahead, its first frames are rendered
+                # like any others instead of in a hurry after this one ends.
+                end = s + u.speech.total_video_frames
+                self._place(nxt, max(end, math.ceil((now + self._margin(nxt)) * fps)), now)
             if self.motion is not None and u.speech.total_video_frames is not None and \
                     not u.planned_end:
                 u.planned_end = True  # its length is known: plan the way back to silence
@@ -570,33 +605,90 @@ class Session:
                 # where the person falls silent (frames already rendered stay as they are).
                 self.motion.replan(max(s + u.submitted, s + u.speech.total_video_frames
                                        - self.motion.fade - self.motion.switch_sight))
-            ready = u.speech.ready_video()
-            for n, window in ready:
-                u.windows[n] = window
-            if self.motion is not None and self.motion.nods is not None:
-                if ready:
-                    u.rows.extend(frame_rows(np.stack([w for _, w in ready]), self.cfg.fps))
-                self._update_nods(u)
-            self._collect_audio(u)
+            for v in self._placed():
+                self._advance(v, now)
             if not u.started_event and now >= s / fps:
                 u.started_event = True
                 self._emit(SpeechStarted, u, s / fps)
-            current = int(now * fps)
-            while u.submitted in u.windows:
-                k = s + u.submitted
-                if k > current + self.cfg.render_ahead_frames:
-                    break
-                base = self.motion.at(k, self._mode) if self.motion is not None else None
-                req = FrameRequest(k, u.windows.pop(u.submitted), self.id,
-                                   self.clock.absolute(k / fps - self.cfg.deadline_margin_s),
-                                   base=base)
-                if self.scheduler.submit(self.avatar_name, req, self._on_rendered) is None:
-                    self.stats["frames_late"] += 1
-                u.submitted += 1
             total = u.speech.total_video_frames
             if total is not None and u.submitted >= total and now >= (s + total) / fps:
                 self._emit(SpeechEnded, u, (s + total) / fps)
                 self.queue.popleft().done.set()
+
+    def _margin(self, u: Utterance) -> float:
+        """Seconds from now to the earliest a new stretch of speech can start: its first
+        frames rendered, with the renderer as busy as it is."""
+        margin = self.cfg.start_margin_s if u.margin_s is None else u.margin_s
+        return max(margin, self.scheduler.lead_time(self.cfg.first_frames)
+                   + self.cfg.start_safety_s)
+
+    def _place(self, u: Utterance, start: int, now: float) -> None:
+        """Give ``u`` its first frame; the walk through the motion bank turns to speaking
+        footage there."""
+        fps = self.cfg.fps
+        u.start_frame = start
+        if self.motion is None:
+            return
+        current = int(now * fps)
+        turn = start + self.cfg.motion_lead_in
+        # Re-planned from as early as leaves the bank's thread time to decode a new
+        # stretch (``motion_lead_in`` frames from now), so the walk can meet the speech's
+        # start with footage where the person starts to speak; never over frames handed
+        # to the renderer for speech already placed, and frames painted shut for the old
+        # plan are painted again.
+        first = min(turn, max(current + self.cfg.motion_lead_in, turn - self.motion.switch_sight))
+        before = [v for v in self._placed() if v is not u]
+        if before:  # placed behind speech being said: re-planned from near its end
+            prev = before[-1]
+            assert prev.start_frame is not None and prev.speech.total_video_frames is not None
+            end = prev.start_frame + prev.speech.total_video_frames
+            first = max(current + self.cfg.render_ahead_frames + 1,
+                        prev.start_frame + prev.submitted,
+                        end - self.motion.fade - self.motion.switch_sight)
+        self.motion.replan(first)
+        self._painted = {k for k in self._painted if k < first}
+        self.motion.prefetch(current, self._mode)
+
+    def _follower(self, u: Utterance) -> Utterance | None:
+        """The placed utterance said right after ``u`` (within a cross-fade's length of
+        its end), if any."""
+        placed = self._placed()
+        i = next((n for n, v in enumerate(placed) if v is u), None)
+        total = u.speech.total_video_frames
+        if i is None or i + 1 >= len(placed) or total is None or u.start_frame is None:
+            return None
+        v = placed[i + 1]
+        assert v.start_frame is not None
+        gap = v.start_frame - (u.start_frame + total)
+        return v if gap <= max(self.motion.fade if self.motion is not None else 0, 8) \
+            else None
+
+    def _advance(self, u: Utterance, now: float) -> None:
+        """Take a placed utterance's newly ready frames and audio, and hand its frames to
+        the scheduler ahead of their time."""
+        fps = self.cfg.fps
+        s = u.start_frame
+        assert s is not None
+        ready = u.speech.ready_video()
+        for n, window in ready:
+            u.windows[n] = window
+        if self.motion is not None and self.motion.nods is not None:
+            if ready:
+                u.rows.extend(frame_rows(np.stack([w for _, w in ready]), self.cfg.fps))
+            self._update_nods(u)
+        self._collect_audio(u)
+        current = int(now * fps)
+        while u.submitted in u.windows:
+            k = s + u.submitted
+            if k > current + self.cfg.render_ahead_frames:
+                break
+            base = self.motion.at(k, self._mode) if self.motion is not None else None
+            req = FrameRequest(k, u.windows.pop(u.submitted), self.id,
+                               self.clock.absolute(k / fps - self.cfg.deadline_margin_s),
+                               base=base)
+            if self.scheduler.submit(self.avatar_name, req, self._on_rendered) is None:
+                self.stats["frames_late"] += 1
+            u.submitted += 1
 
     def _collect_audio(self, u: Utterance) -> None:
         assert u.start_frame is not None

@@ -8,22 +8,28 @@ from fractions import Fraction
 import av
 from aiortc import MediaStreamTrack
 
+from avatar.label import Label
 from streaming.session import Session
 
 
 class AvatarVideoTrack(MediaStreamTrack):
     kind = "video"
 
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, label: Label | None = None):
         super().__init__()
         self.session = session
+        self.label = label
+        """The disclosure drawn on every frame sent (``avatar.label``); None: none."""
         self._k = 0
 
     async def recv(self) -> av.VideoFrame:
         k, fps = self._k, self.session.cfg.fps
         self._k += 1
         await self.session.clock.wait_until(k / fps)
-        frame = av.VideoFrame.from_ndarray(self.session.video_frame(k), format="rgb24")
+        rgb = self.session.video_frame(k)
+        if self.label is not None:
+            rgb = self.label.apply(rgb)
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         frame.pts, frame.time_base = k * 90000 // fps, Fraction(1, 90000)
         return frame
 

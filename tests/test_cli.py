@@ -46,3 +46,15 @@ def test_render_show_bad_input(tmp_path: Path) -> None:
     empty.write_text("repeat = 1\n")
     proc = run_cli("render", tmp_path / "bundle", "--show", empty, "-o", tmp_path / "o.mp4")
     assert proc.returncode == 2 and "empty" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_bad_label_is_one_line_on_every_output_command(tmp_path: Path) -> None:
+    for cmd, extra, label, words in (
+            ("render", ("--text", "hi", "-o", tmp_path / "o.mp4"), "  ", "empty"),
+            ("serve", (), "K\u00fcnstlich", "ASCII"),
+            ("stream", ("--rtmp", "rtmp://127.0.0.1/live/k"), "  ", "empty")):
+        proc = run_cli(cmd, tmp_path / "bundle", *extra, "--label", label)
+        assert proc.returncode == 2, (cmd, proc.stderr)
+        assert "--label" in proc.stderr and words in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "o.mp4").exists()

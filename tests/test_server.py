@@ -60,6 +60,12 @@ def test_session_end_to_end(server) -> None:  # noqa: ANN001
             video, audio = tracks["video"], tracks["audio"]
             first = await asyncio.wait_for(video.recv(), 20)
             assert first.width > 0 and first.height > 0
+            # Every frame says it is synthetic: a dark box with white text in a corner.
+            for _ in range(5):  # past the first frames, which the encoder starts soft
+                first = await asyncio.wait_for(video.recv(), 10)
+            x0, y0, x1, y1 = srv.label.box(first.width, first.height)
+            box = first.to_ndarray(format="rgb24")[y0:y1, x0:x1].mean(axis=2)
+            assert np.percentile(box, 20) < 90 and box.max() > 180, (box.min(), box.max())
             async with http.post(f"{url}{location}/say", json={"text": "Hello there, how "
                                  "are you today?"}, headers=AUTH) as r:
                 assert r.status == 202, await r.text()
@@ -278,6 +284,8 @@ def test_data_channel_page_metrics_openapi(server) -> None:  # noqa: ANN001
                     "sdp": pc.localDescription.sdp, "avatar": "presenter"},
                     headers=AUTH) as r:
                 assert r.status == 201
+                assert (await r.json())["disclosure"] == "AI-generated"
+                assert r.headers["X-Twincast-Disclosure"] == "AI-generated"
                 body = await r.json()
             await pc.setRemoteDescription(RTCSessionDescription(body["sdp"], "answer"))
             await asyncio.wait_for(opened.wait(), 20)
@@ -441,6 +449,9 @@ def test_headless_browser_page(server, tmp_path) -> None:  # noqa: ANN001
                     await asyncio.sleep(0.1)
                 assert "speech started" in await evaluate(
                     "document.getElementById('log').textContent")
+                # The kit puts the server's disclosure under the video, as text.
+                assert await evaluate("document.querySelector('#video + "
+                                      ".twincast-disclosure').textContent") == "AI-generated"
                 frames = 0
                 for _ in range(100):  # frames keep arriving: more than a handful
                     frames = await evaluate(

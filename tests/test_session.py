@@ -101,6 +101,34 @@ def test_speech_starts_soon_and_sound_and_mouth_share_the_timeline() -> None:
     asyncio.run(run())
 
 
+def test_queued_sentences_follow_each_other_without_a_gap() -> None:
+    """The next sentence is placed at the end of the one being said, seconds ahead, so
+    its first frames are rendered like any others and the voice runs on without a pause
+    (it used to start a start margin after the first one ended, its first frames hurried)."""
+    async def run() -> None:
+        s, sch = _session()
+        s.start()
+        s.clock.start()
+        try:
+            s.say("one two")  # 0.8 s of tone each
+            s.say("three four")
+            video, audio = await _play(s, 2.6)
+        finally:
+            await s.close()
+            sch.stop()
+        times = {(e.type, e.utterance): e.stream_time for e in s.events}
+        first, second = [e.utterance for e in s.events if e.type == "speech_started"]
+        assert times[("speech_started", second)] == times[("speech_ended", first)]
+        assert times[("speech_ended", second)] - times[("speech_started", first)] == \
+            pytest.approx(1.6, abs=0.05)
+        # One unbroken stretch of sound and of rendered mouths, none of it late.
+        assert np.diff(audio).max() == 1 and len(audio) == pytest.approx(80, abs=2)
+        assert np.diff(video).max() == 1 and len(video) == pytest.approx(40, abs=1)
+        assert s.stats["frames_late"] == 0
+
+    asyncio.run(run())
+
+
 def test_barge_in_silences_within_a_frame() -> None:
     async def run() -> None:
         s, sch = _session()

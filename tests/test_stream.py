@@ -125,6 +125,10 @@ def test_show_pushed_and_read_back(server, nginx) -> None:  # noqa: ANN001
     assert vt[-1] - vt[0] >= 8.0, (vt[0], vt[-1])  # seconds of stream
     assert abs(np.median(np.diff(vt)) - 0.04) < 0.002  # 25 frames/s
     assert reader.video[0][1].shape == (360, 640)
+    # The disclosure is drawn at the ingest's size: a dark box with white text.
+    x0, y0, x1, y1 = srv.label.box(640, 360)
+    box = reader.video[len(reader.video) // 2][1][y0:y1, x0:x1]
+    assert np.percentile(box, 20) < 90 and box.max() > 180, (box.min(), box.max())
     # Audio is there, in step with the video: same start, same length.
     assert rms.max() > 0.01  # the voice, not silence
     assert abs(at[0] - vt[0]) < 0.1 and abs((at[-1] - at[0]) - (vt[-1] - vt[0])) < 0.2

@@ -73,6 +73,27 @@ def _positive(text: str) -> float:
     return v
 
 
+def _label_flags(p: argparse.ArgumentParser) -> None:
+    """The disclosure label's flags (``avatar.label``), the same on every output command."""
+    p.add_argument("--label", default="AI-generated", metavar="TEXT",
+                   help="the disclosure shown in a corner of every frame (AI-generated)")
+    p.add_argument("--label-corner", default="bottom-right",
+                   choices=("top-left", "top-right", "bottom-left", "bottom-right"))
+    p.add_argument("--no-label", action="store_true",
+                   help="no visible disclosure (you then disclose the video is synthetic "
+                        "some other way)")
+
+
+def _label_config(args: argparse.Namespace):  # noqa: ANN202 - avatar.label.LabelConfig
+    from avatar.label import LabelConfig
+
+    try:
+        return LabelConfig(text=args.label, corner=args.label_corner,
+                           enabled=not args.no_label)
+    except ValueError as e:
+        raise TwincastError(f"--label: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from training.presets import names  # the standard library and one TOML file
 
@@ -168,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", type=int, default=16, help="frames per model call (16)")
     r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="render precision (auto: bf16 where the device has it natively)")
+    _label_flags(r)
     r.set_defaults(func=cmd_render)
 
     sv = sub.add_parser("serve", help="the realtime WebRTC server")
@@ -189,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "it is not a public address (repeatable; * for any)")
     sv.add_argument("--log-format", choices=("text", "json"), default="text",
                     help="json: one JSON object per log line, for log collectors")
+    _label_flags(sv)
     sv.set_defaults(func=cmd_serve)
 
     st = sub.add_parser("stream", help="push the avatar live to an RTMP(S) ingest, with the "
@@ -210,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--port", type=int, default=8080)
     st.add_argument("--token", help="API bearer token (default: TWINCAST_TOKEN or generated)")
     st.add_argument("--log-format", choices=("text", "json"), default="text")
+    _label_flags(st)
     st.set_defaults(func=cmd_stream)
 
     ev = sub.add_parser("eval", help="measure an avatar on held-out footage")
@@ -429,7 +453,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                      cors_origins=tuple(args.cors_origin),
                                      rtmp_allow=tuple(args.rtmp_allow),
                                      precision=args.precision,
-                                     render_threads=args.render_threads))
+                                     render_threads=args.render_threads,
+                                     label=_label_config(args)))
     return 0
 
 
@@ -464,7 +489,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         use_json_logs()
     devices = tuple(d.strip() for d in args.devices.split(",") if d.strip()) or ("cpu",)
     serve([args.bundle], ServerConfig(host=args.host, port=args.port, token=args.token,
-                                      devices=devices, precision=args.precision),
+                                      devices=devices, precision=args.precision,
+                                      label=_label_config(args)),
           stream=(req, show))
     return 0
 
@@ -552,17 +578,20 @@ def cmd_say(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from avatar.offline import render_file, render_show, render_text
 
+    label = _label_config(args)
+    if args.no_label:
+        log.warning("rendering without the visible AI-generated label (--no-label)")
     if args.show is not None:
         res = render_show(args.bundle, args.show, args.out, args.device, args.batch,
-                          args.precision)
+                          args.precision, label)
         log.info("%.0f s of show in %.1f s: %.1fx real time", res["video_seconds"],
                  res["seconds"] + res["speech_seconds"], res["realtime_x"])
     elif args.text is not None:
         res = render_text(args.bundle, args.text, args.out, args.device, args.batch,
-                          args.pace, args.precision)
+                          args.pace, args.precision, label)
     else:
         res = render_file(args.bundle, args.audio, args.out, args.device, args.batch,
-                          args.precision)
+                          args.precision, label)
     log.info("rendered %d frames in %.1f s (%.0f frames/s): %s", res["frames"],
              res["seconds"], res["fps"], res["out"])
     return 0

@@ -82,10 +82,27 @@
         throw new Error("twincast: " + r.status + " " + message);
       }
       this.session = r.headers.get("Location");
+      this.caption(r.headers.get("X-Twincast-Disclosure"));
       await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
       await opened;
       this.emit({ type: "connected", session: this.session });
       return this.session;
+    }
+
+    // The server's disclosure ("AI-generated"), drawn in a corner of every frame, also as
+    // text under the video: for screen readers, and for pages that crop the picture.
+    caption(text) {
+      if (!this.video || !text) return;
+      let el = this.video.nextElementSibling;
+      if (!el || !el.classList.contains("twincast-disclosure")) {
+        el = document.createElement("p");
+        el.className = "twincast-disclosure";
+        el.setAttribute("role", "note");
+        el.style.cssText = "margin:.25rem 0;font:600 .8rem system-ui,sans-serif;color:#555";
+        this.video.insertAdjacentElement("afterend", el);
+      }
+      el.textContent = text;
+      this.video.setAttribute("aria-label", text + " video");
     }
 
     // Say text. Over the data channel when it is open (no HTTP round trip), else the API.
