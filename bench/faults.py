@@ -250,21 +250,14 @@ def _server_faults(bundle: Path, faults: list[str]) -> list[dict]:
         running.stop()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _sigterm(bundle: Path, work: Path) -> dict:
     """``twincast serve`` in a child process, sent SIGTERM mid-sentence."""
     import aiohttp
 
     from bench import localrtmp
+    from bench.server_process import free_port
 
-    port, token = _free_port(), "faults-sigterm"
+    port, token = free_port(), "faults-sigterm"
     url = f"http://127.0.0.1:{port}"
     nginx = None
     if localrtmp.available():
