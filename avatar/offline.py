@@ -16,6 +16,7 @@ from avatar.avatar import Avatar, FrameRequest
 from avatar.errors import TwincastError, path_error
 from avatar.label import Label, LabelConfig
 from avatar.video_io import VideoWriter
+from avatar.watermark import StreamMarks, WatermarkConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,8 @@ def _bars() -> bool:
 
 
 def render_file(bundle: Path, audio_path: Path, out: Path, device: str = "cpu",
-                batch: int = 16, precision: str = "auto", label: LabelConfig | None = None
-                ) -> dict:
+                batch: int = 16, precision: str = "auto", label: LabelConfig | None = None,
+                watermark: WatermarkConfig | None = None) -> dict:
     """Speak ``audio_path`` over the avatar's idle loop; write ``out`` with the audio muxed."""
     if batch < 1:
         raise TwincastError(f"--batch {batch}: must be at least 1")
@@ -35,12 +36,12 @@ def render_file(bundle: Path, audio_path: Path, out: Path, device: str = "cpu",
     audio = load_audio(audio_path, SPEECH_RATE)
     if np.abs(audio).max(initial=0.0) == 0.0:
         log.info("%s is silent: the mouth stays closed", audio_path)
-    return render_audio(avatar, audio, out, batch, label=label)
+    return render_audio(avatar, audio, out, batch, label=label, watermark=watermark)
 
 
 def render_text(bundle: Path, text: str, out: Path, device: str = "cpu", batch: int = 16,
-                pace: float = 1.0, precision: str = "auto", label: LabelConfig | None = None
-                ) -> dict:
+                pace: float = 1.0, precision: str = "auto", label: LabelConfig | None = None,
+                watermark: WatermarkConfig | None = None) -> dict:
     """The avatar's voice says ``text``, then its face speaks that audio (both muxed)."""
     from avatar.audio import resample
     from avatar.voice import Voice
@@ -51,12 +52,12 @@ def render_text(bundle: Path, text: str, out: Path, device: str = "cpu", batch: 
     avatar = Avatar.load(bundle, device, precision=precision)
     speech = voice.say(text, pace)
     return render_audio(avatar, resample(speech, voice.rate, SPEECH_RATE), out, batch,
-                        label=label)
+                        label=label, watermark=watermark)
 
 
 def render_show(bundle: Path, show_path: Path, out: Path, device: str = "cpu",
-                batch: int = 16, precision: str = "auto", label: LabelConfig | None = None
-                ) -> dict:
+                batch: int = 16, precision: str = "auto", label: LabelConfig | None = None,
+                watermark: WatermarkConfig | None = None) -> dict:
     """``twincast render --show``: the whole show (speech, pauses, idle) to one video, in
     batches, as fast as the model allows."""
     from tqdm import tqdm
@@ -88,15 +89,16 @@ def render_show(bundle: Path, show_path: Path, out: Path, device: str = "cpu",
         else:
             parts.append(np.zeros(int(seg.seconds * SPEECH_RATE), np.float32))
     speech_s = time.perf_counter() - t0
-    res = render_audio(avatar, np.concatenate(parts), out, batch, label=label)
+    res = render_audio(avatar, np.concatenate(parts), out, batch, label=label,
+                       watermark=watermark)
     res["speech_seconds"] = round(speech_s, 2)
     res["video_seconds"] = round(res["frames"] / avatar.fps, 2)
     res["realtime_x"] = round(res["video_seconds"] / (res["seconds"] + speech_s), 2)
     return res
 
 
-def say_file(bundle: Path, text: str, out: Path, device: str = "cpu", pace: float = 1.0
-             ) -> dict:
+def say_file(bundle: Path, text: str, out: Path, device: str = "cpu", pace: float = 1.0,
+             watermark: WatermarkConfig | None = None) -> dict:
     """``twincast say``: text to a .wav file in the avatar's voice."""
     import soundfile as sf
 
@@ -109,6 +111,12 @@ def say_file(bundle: Path, text: str, out: Path, device: str = "cpu", pace: floa
     t0 = time.perf_counter()
     audio = voice.say(text, pace)
     seconds = time.perf_counter() - t0
+    wm = watermark or WatermarkConfig()
+    if wm.enabled:
+        from avatar.bundle import read_manifest
+        from avatar.watermark import mark_track
+
+        audio = mark_track(read_manifest(bundle, verify=False).files, audio, voice.rate, wm)
     try:
         with atomic.atomic_path(out, ".wav") as tmp:
             sf.write(str(tmp), audio, voice.rate, subtype="PCM_16", format="WAV")
@@ -119,11 +127,12 @@ def say_file(bundle: Path, text: str, out: Path, device: str = "cpu", pace: floa
 
 
 def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16,
-                 seed: int = 0, label: LabelConfig | None = None) -> dict:
+                 seed: int = 0, label: LabelConfig | None = None,
+                 watermark: WatermarkConfig | None = None) -> dict:
     """Speak 16 kHz ``audio`` into ``out`` with the audio: over the person's own speaking
     and silent footage where the bundle has a motion bank, else over its idle loop. Every
     frame carries the disclosure label (``avatar.label``; the default one when ``label`` is
-    None)."""
+    None) and, with the audio, the invisible marks (``avatar.watermark``; likewise)."""
     from tqdm import tqdm
 
     from avatar.motion import plan_walk, speech_activity
@@ -137,6 +146,11 @@ def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16,
                           nods=avatar.nods(windows))
     w, h = avatar.manifest.frame_size or (0, 0)
     marker = Label(label)
+    wm = watermark or WatermarkConfig()
+    marks = StreamMarks(avatar.manifest.files, avatar.fps, SPEECH_RATE, wm) \
+        if wm.enabled else None
+    if marks is not None:
+        audio = marks.audio.process(audio, 0)
     t0 = time.perf_counter()
     try:
         writer = VideoWriter(out, avatar.fps, int(w), int(h), audio_rate=SPEECH_RATE)
@@ -150,11 +164,12 @@ def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16,
                 avatar.bank.prefetch([f for b in bases[a + batch: a + 2 * batch]
                                       for f in b.frames()])
             for i, frame in zip(range(a, a + len(reqs)), avatar.render(reqs), strict=True):
-                writer.write(marker.apply(frame))
+                frame = marker.apply(frame)
+                writer.write(marks.video.apply(frame, i) if marks is not None else frame)
                 s0 = int(i * SPEECH_RATE / avatar.fps)
                 s1 = int((i + 1) * SPEECH_RATE / avatar.fps)
                 writer.write_audio(audio[s0:s1])
             pb.update(len(reqs))
     seconds = time.perf_counter() - t0
     return {"frames": n, "seconds": round(seconds, 2), "fps": round(n / seconds, 1),
-            "out": str(out)}
+            "out": str(out), "mark_id": marks.id_text if marks is not None else None}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from avatar.errors import TwincastError
 from avatar.label import Label, LabelConfig
+from avatar.watermark import WatermarkConfig
 from streaming.ratelimit import Bucket
 from streaming.registry import Registry
 from streaming.requests import BadRequest, Interrupt, Say, StreamRequest, parse_command
@@ -65,6 +66,9 @@ class ServerConfig:
     data-channel commands for each session (``streaming.ratelimit``)."""
     label: LabelConfig = LabelConfig()
     """The visible disclosure on every frame sent, WebRTC and RTMP (``avatar.label``)."""
+    watermark: WatermarkConfig = WatermarkConfig()
+    """The invisible marks (bundle id and time) in every frame and in the voice
+    (``avatar.watermark``)."""
     rtmp_allow: tuple[str, ...] = ()
     """Ingest hosts or networks an API caller may stream to although they are not public
     addresses (``streaming.ingest``); ``*`` for any."""
@@ -89,6 +93,9 @@ class Server:
         if self.label is None:
             log.warning("the visible AI-generated label is off: viewers are not told the "
                         "video is synthetic")
+        if not self.cfg.watermark.enabled:
+            log.warning("the invisible watermark is off: copies of this server's output "
+                        "cannot be traced back to their avatar")
 
     @property
     def sessions(self) -> dict[str, Session]:
@@ -157,8 +164,11 @@ class Server:
 
     def _new_session(self, avatar: str) -> Session:
         assert self.scheduler is not None
-        return Session(avatar, self.avatars[avatar], self.voices.get(avatar), self.scheduler,
-                       SessionConfig())
+        session = Session(avatar, self.avatars[avatar], self.voices.get(avatar),
+                          self.scheduler, SessionConfig())
+        if self.cfg.watermark.enabled:
+            session.mark_cfg = self.cfg.watermark
+        return session
 
     def _reserve(self):  # noqa: ANN202 - the registry's admission context
         assert self.scheduler is not None
@@ -238,8 +248,10 @@ class Server:
 
                 keyer = await asyncio.get_running_loop().run_in_executor(
                     None, Keyer, cfg.key_colour)
+            marks = session.marks()
             push = RtmpOutput(cfg, session.cfg.fps, session.cfg.audio_rate, keyer=keyer,
-                              label=self.label)
+                              label=self.label,
+                              mark=marks.video if marks is not None else None)
             session.start()
             push.start()
             tasks = [asyncio.ensure_future(pump(session, push))]

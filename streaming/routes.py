@@ -19,6 +19,7 @@ from pathlib import Path
 from aiohttp import web
 
 from avatar.errors import TwincastError
+from avatar.watermark import bundle_mark_id
 from streaming.app import Server, ServerConfig, bundle_names
 from streaming.ingest import check_ingest
 from streaming.ratelimit import Bucket, retry_after
@@ -223,9 +224,19 @@ class Routes:
     async def list_avatars(self, request: web.Request) -> web.Response:
         voices = self.server.voices
         label = self.server.label
-        return web.json_response({"avatars": [
-            {"name": n, "voice": voices.get(n) is not None} for n in self.server.avatars],
-            "disclosure": label.cfg.text if label is not None else None})
+        marked = self.server.cfg.watermark.enabled
+
+        def entry(name: str, avatar: object) -> dict:
+            out = {"name": name, "voice": voices.get(name) is not None}
+            manifest = getattr(avatar, "manifest", None)
+            if marked and manifest is not None:  # what `twincast verify` prints for it
+                out["mark_id"] = bundle_mark_id(manifest.files)
+            return out
+
+        return web.json_response({
+            "avatars": [entry(n, a) for n, a in self.server.avatars.items()],
+            "disclosure": label.cfg.text if label is not None else None,
+            "watermark": marked})
 
     async def openapi(self, request: web.Request) -> web.Response:
         from streaming.openapi import document

@@ -102,12 +102,16 @@ class RtmpOutput:
     """Feeds a push process from a writer thread; ``offer`` never blocks."""
 
     def __init__(self, cfg: RtmpConfig, fps: int = 25, audio_rate: int = 48000,
-                 keyer: object | None = None, label: object | None = None):
+                 keyer: object | None = None, label: object | None = None,
+                 mark: object | None = None):
         self.cfg, self.fps, self.audio_rate = cfg, fps, audio_rate
         self.keyer = keyer
         self.label = label
         """``avatar.label.Label`` drawn on every frame after scaling and keying (so it is
         at the ingest's size and never keyed out); None: none."""
+        self.mark = mark
+        """``avatar.video_mark.VideoMarker`` laid over the finished frame, last (a keyed
+        background would otherwise lose it); None: none."""
         self.stats: dict[str, float] = {"frames_sent": 0, "frames_dropped": 0, "connects": 0,
                                         "failures": 0, "connected_at": -1.0}
         """connected_at: the session time of the current connection's first frame (its
@@ -202,7 +206,7 @@ class RtmpOutput:
             elif line.startswith("error "):
                 self.last_error = line[6:]
 
-    def _record(self, rgb: np.ndarray, pcm: list[np.ndarray]) -> bytes:
+    def _record(self, rgb: np.ndarray, pcm: list[np.ndarray], t: float = 0.0) -> bytes:
         import cv2
 
         rgb = fit(rgb, self.cfg.width, self.cfg.height)
@@ -210,6 +214,8 @@ class RtmpOutput:
             rgb = self.keyer(rgb)  # type: ignore[operator]
         if self.label is not None:
             rgb = self.label.apply(rgb)  # type: ignore[attr-defined]
+        if self.mark is not None:
+            rgb = self.mark.apply(rgb, round(t * self.fps))  # type: ignore[attr-defined]
         i420 = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
         audio = np.concatenate(pcm).astype(np.int16)
         return i420.tobytes() + audio.tobytes()
@@ -238,7 +244,7 @@ class RtmpOutput:
                         first_t.append(t)
                     # Blocks while the child is busy connecting or the ingest is slow;
                     # the watchdog kills a child that stays stuck, which ends the write.
-                    proc.stdin.write(self._record(rgb, pcm))
+                    proc.stdin.write(self._record(rgb, pcm, t))
                     self._progress = time.monotonic()
                     self.stats["frames_sent"] += 1
                     if self.state == "live":

@@ -27,6 +27,7 @@ from avatar.avatar import Avatar, FrameRequest
 from avatar.cues import AFTER, BEFORE, frame_rows
 from avatar.errors import TwincastError
 from avatar.motion import NOD_HORIZON_S, Entry
+from avatar.watermark import StreamMarks, WatermarkConfig
 from streaming.events import (
     Closing,
     Interrupted,
@@ -183,6 +184,10 @@ class Session:
             self.motion.nods = self._nods
         self._silent_window: np.ndarray | None = None
         self._painted: set[int] = set()
+        self.mark_cfg: WatermarkConfig | None = None
+        """Set by the server: the invisible marks (``avatar.watermark``) in everything this
+        session sends; None: none."""
+        self._marks: StreamMarks | None = None
         self._to_synthesise: deque[Utterance] = deque()
         self._synthesising = False
         self._told_closing = False
@@ -386,6 +391,16 @@ class Session:
             self._last_frame = self.avatar.base_frame(e)
             return self._last_frame
         return self.avatar.idle_frame(k)
+
+    def marks(self) -> StreamMarks | None:
+        """The session's markers, made on first use with its stream time 0 in UTC."""
+        if self.mark_cfg is None:
+            return None
+        if self._marks is None:
+            self._marks = StreamMarks(self.avatar.manifest.files, self.cfg.fps,
+                                      self.cfg.audio_rate, self.mark_cfg,
+                                      t0=time.time() - self.clock.now())
+        return self._marks
 
     def audio_frame(self, j: int) -> np.ndarray:
         """20 ms of int16 mono at ``audio_rate`` for audio frame j."""
@@ -695,8 +710,13 @@ class Session:
         # Audio frames are 20 ms: the speech's first one sits where its first video frame does.
         first = round(u.start_frame * 50 / self.cfg.fps)
         base = first + u.speech.audio_sent
+        marks = self.marks()
+        per = self.cfg.audio_rate // 50
         for i, pcm in enumerate(u.speech.ready_audio()):
-            u.audio[base + i] = pcm
+            # Marked as it comes, at its place on the stream's timeline (the mark's chips
+            # are tied to it), so every output of the session carries the same mark.
+            u.audio[base + i] = pcm if marks is None else \
+                marks.audio.process_int16(pcm, (base + i) * per)
 
     def describe(self) -> dict:
         u = self.queue[0] if self.queue else None

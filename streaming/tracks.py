@@ -29,6 +29,9 @@ class AvatarVideoTrack(MediaStreamTrack):
         rgb = self.session.video_frame(k)
         if self.label is not None:
             rgb = self.label.apply(rgb)
+        marks = self.session.marks()
+        if marks is not None:
+            rgb = marks.video.apply(rgb, k)
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         frame.pts, frame.time_base = k * 90000 // fps, Fraction(1, 90000)
         return frame

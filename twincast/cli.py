@@ -82,6 +82,21 @@ def _label_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-label", action="store_true",
                    help="no visible disclosure (you then disclose the video is synthetic "
                         "some other way)")
+    _watermark_flag(p)
+
+
+def _watermark_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-watermark", action="store_true",
+                   help="no invisible mark (bundle id and time) in the frames and the voice; "
+                        "`twincast verify` then cannot trace copies back")
+
+
+def _watermark_config(args: argparse.Namespace):  # noqa: ANN202 - avatar.watermark.WatermarkConfig
+    from avatar.watermark import WatermarkConfig
+
+    if args.no_watermark:
+        log.warning("the invisible watermark is off (--no-watermark)")
+    return WatermarkConfig(enabled=not args.no_watermark)
 
 
 def _label_config(args: argparse.Namespace):  # noqa: ANN202 - avatar.label.LabelConfig
@@ -175,7 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("-o", "--out", type=Path, required=True, help="output .wav")
     sy.add_argument("--pace", type=_positive, default=1.0, help="speaking rate (1 = natural)")
     sy.add_argument("--device", default="cpu")
+    _watermark_flag(sy)
     sy.set_defaults(func=cmd_say)
+
+    vf = sub.add_parser("verify", help="find twincast's invisible marks in a video, audio "
+                                       "file or stream: which avatar made it, and when")
+    vf.add_argument("source", metavar="FILE_OR_URL",
+                    help="a video or audio file, or a stream's URL (http(s), rtmp, ...)")
+    vf.add_argument("--seconds", type=_positive, default=None,
+                    help="read only this much from the start (default: all of a file, "
+                         "60 s of a URL)")
+    vf.add_argument("--json", action="store_true", help="print the full reading as JSON")
+    vf.set_defaults(func=cmd_verify)
 
     r = sub.add_parser("render", help="render an avatar speaking audio or text to a video")
     r.add_argument("bundle", type=Path, help="avatar bundle folder (WORKDIR/avatars/NAME)")
@@ -454,7 +480,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                      rtmp_allow=tuple(args.rtmp_allow),
                                      precision=args.precision,
                                      render_threads=args.render_threads,
-                                     label=_label_config(args)))
+                                     label=_label_config(args),
+                                     watermark=_watermark_config(args)))
     return 0
 
 
@@ -490,7 +517,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     devices = tuple(d.strip() for d in args.devices.split(",") if d.strip()) or ("cpu",)
     serve([args.bundle], ServerConfig(host=args.host, port=args.port, token=args.token,
                                       devices=devices, precision=args.precision,
-                                      label=_label_config(args)),
+                                      label=_label_config(args),
+                                      watermark=_watermark_config(args)),
           stream=(req, show))
     return 0
 
@@ -569,9 +597,39 @@ def cmd_train_voice(args: argparse.Namespace) -> int:
 def cmd_say(args: argparse.Namespace) -> int:
     from avatar.offline import say_file
 
-    res = say_file(args.bundle, args.text, args.out, args.device, args.pace)
+    res = say_file(args.bundle, args.text, args.out, args.device, args.pace,
+                   _watermark_config(args))
     log.info("%.1f s of speech in %.2f s: %s", res["audio_seconds"], res["seconds"],
              res["out"])
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from avatar.verify import verify
+
+    seconds = args.seconds if args.seconds is not None else \
+        (60.0 if "://" in args.source else None)
+    res = verify(args.source, seconds)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    for medium in () if args.json else ("video", "audio"):
+        r = res[medium]
+        if r is None:
+            continue
+        if r["found"]:
+            times = [b["time"] for b in r["blocks"]]
+            span = f"{times[0]} .. {times[-1]}" if len(times) > 1 else times[0]
+            print(f"{medium}: twincast mark, avatar {r['id']}, made {span} (UTC), "
+                  f"{r['blocks_read']}/{r['blocks_seen']} blocks read, confidence "
+                  f"{r['confidence']:.2f}")
+        else:
+            print(f"{medium}: no twincast mark found (sync {r['sync_z']}, "
+                  f"{r['blocks_seen']} blocks looked at)")
+    if not res["found"]:
+        print(f"twincast: no twincast mark found in {args.source}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -579,19 +637,20 @@ def cmd_render(args: argparse.Namespace) -> int:
     from avatar.offline import render_file, render_show, render_text
 
     label = _label_config(args)
+    watermark = _watermark_config(args)
     if args.no_label:
         log.warning("rendering without the visible AI-generated label (--no-label)")
     if args.show is not None:
         res = render_show(args.bundle, args.show, args.out, args.device, args.batch,
-                          args.precision, label)
+                          args.precision, label, watermark)
         log.info("%.0f s of show in %.1f s: %.1fx real time", res["video_seconds"],
                  res["seconds"] + res["speech_seconds"], res["realtime_x"])
     elif args.text is not None:
         res = render_text(args.bundle, args.text, args.out, args.device, args.batch,
-                          args.pace, args.precision, label)
+                          args.pace, args.precision, label, watermark)
     else:
         res = render_file(args.bundle, args.audio, args.out, args.device, args.batch,
-                          args.precision, label)
+                          args.precision, label, watermark)
     log.info("rendered %d frames in %.1f s (%.0f frames/s): %s", res["frames"],
              res["seconds"], res["fps"], res["out"])
     return 0
