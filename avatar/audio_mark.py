@@ -26,7 +26,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from avatar.mark_code import BLOCK_CHIPS, ChipSource, Reading, read
+from avatar.mark_code import BLOCK_CHIPS, MIN_SYNC_Z_AUDIO, ChipSource, Reading, read, sync_chips
 
 CHIP_S = 0.08
 CHANNELS = 6
@@ -149,14 +149,12 @@ def read_audio(samples: np.ndarray, rate: int) -> Reading:
         x = resample(x, rate, READ_RATE)
     chip = int(round(CHIP_S * READ_RATE))
     if len(x) < 32 * chip:
-        return read([np.zeros((CHANNELS, 0))], CHIP_S)
+        return read([np.zeros((CHANNELS, 0))], CHIP_S, min_z=MIN_SYNC_Z_AUDIO)
     y = _whiten(x.astype(np.float64))
     wave = noises(READ_RATE).astype(np.float64)
     # Where blocks start: the sync channel's whole block against the copy at every lag,
     # folded onto one block's length (every block of the copy adds to the same lag).
     block = BLOCK_CHIPS * chip
-    from avatar.mark_code import sync_chips
-
     ref = (sync_chips()[:, None] * wave[0]).ravel()
     size = 1 << int(np.ceil(np.log2(len(y) + block)))
     corr = np.fft.irfft(np.fft.rfft(y, size) * np.conj(np.fft.rfft(ref, size)), size)
@@ -176,4 +174,4 @@ def read_audio(samples: np.ndarray, rate: int) -> Reading:
     offset = top // chip
     pos = (np.arange(m) - offset) % BLOCK_CHIPS
     est = np.einsum("mn,kmn->km", seg, wave[:, pos, :])
-    return read([est], CHIP_S, start_s=lag / READ_RATE, sync_z=z)
+    return read([est], CHIP_S, start_s=lag / READ_RATE, sync_z=z, min_z=MIN_SYNC_Z_AUDIO)

@@ -38,9 +38,11 @@ MESSAGE_BITS = ID_BITS + TIME_BITS + CRC_BITS
 SYNC_SEED = 0x7C1A57
 LAYOUT_SEED = 0x5EED
 MIN_SYNC_Z = 5.0
-"""A sync peak this many deviations above the other offsets' correlations counts as a mark;
-on unmarked footage the highest of a clip's offsets stays near 3, and a block must also
-pass its CRC."""
+"""A sync peak this many deviations above the other offsets' correlations counts as a mark
+(a block must also pass its CRC). On unmarked footage the highest of a clip's 256 video
+offsets stays near 3; the audio reader tries every sample of a block (163,840 lags), so
+its highest reaches 5.5 by chance and it asks for ``MIN_SYNC_Z_AUDIO``."""
+MIN_SYNC_Z_AUDIO = 8.0
 
 
 def mark_id(files: dict[str, str]) -> int:
@@ -161,10 +163,11 @@ class Reading:
     """What a copy held: the sync's strength and every block read."""
     sync_z: float
     blocks: list[Block]
+    min_z: float = MIN_SYNC_Z
 
     @property
     def found(self) -> bool:
-        return self.sync_z >= MIN_SYNC_Z and any(b.ident is not None for b in self.blocks)
+        return self.sync_z >= self.min_z and any(b.ident is not None for b in self.blocks)
 
     @property
     def ident(self) -> int | None:
@@ -179,7 +182,7 @@ def _robust(x: np.ndarray) -> np.ndarray:
 
 
 def read(chips: list[np.ndarray], chip_s: float, start_s: float = 0.0,
-         sync_z: float | None = None) -> Reading:
+         sync_z: float | None = None, min_z: float = MIN_SYNC_Z) -> Reading:
     """Find and decode blocks in chip estimates.
 
     ``chips`` holds one (channels, n) array per sub-chip phase tried (a video reader tries
@@ -226,4 +229,4 @@ def read(chips: list[np.ndarray], chip_s: float, start_s: float = 0.0,
         blocks.append(Block(start_s=start_s + (start + phase / len(chips)) * chip_s,
                             ident=got[0] if got else None,
                             utc_second=got[1] if got else None, margin=margin, bits=hard))
-    return Reading(sync_z=z, blocks=blocks)
+    return Reading(sync_z=z, blocks=blocks, min_z=min_z)

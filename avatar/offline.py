@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -126,15 +127,11 @@ def say_file(bundle: Path, text: str, out: Path, device: str = "cpu", pace: floa
             "out": str(out)}
 
 
-def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16,
-                 seed: int = 0, label: LabelConfig | None = None,
-                 watermark: WatermarkConfig | None = None) -> dict:
-    """Speak 16 kHz ``audio`` into ``out`` with the audio: over the person's own speaking
-    and silent footage where the bundle has a motion bank, else over its idle loop. Every
-    frame carries the disclosure label (``avatar.label``; the default one when ``label`` is
-    None) and, with the audio, the invisible marks (``avatar.watermark``; likewise)."""
-    from tqdm import tqdm
-
+def speaking_frames(avatar: Avatar, audio: np.ndarray, batch: int = 16, seed: int = 0
+                    ) -> Iterator[list[np.ndarray]]:
+    """The frames of the avatar speaking 16 kHz ``audio``, a batch at a time: over the
+    person's own speaking and silent footage where the bundle has a motion bank, else over
+    its idle loop."""
     from avatar.motion import plan_walk, speech_activity
 
     windows = avatar.mel_windows(audio)
@@ -144,32 +141,47 @@ def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16,
     if walker is not None:
         bases = plan_walk(walker, *speech_activity(audio, n, avatar.fps, SPEECH_RATE),
                           nods=avatar.nods(windows))
+    for a in range(0, n, batch):
+        reqs = [FrameRequest(idle_index=i, mel=windows[i], base=bases[i])
+                for i in range(a, min(n, a + batch))]
+        if avatar.bank is not None:  # decode the next batch's frames meanwhile
+            avatar.bank.prefetch([f for b in bases[a + batch: a + 2 * batch]
+                                  for f in b.frames()])
+        yield avatar.render(reqs)
+
+
+def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16,
+                 seed: int = 0, label: LabelConfig | None = None,
+                 watermark: WatermarkConfig | None = None) -> dict:
+    """Speak 16 kHz ``audio`` into ``out`` with the audio (``speaking_frames``). Every
+    frame carries the disclosure label (``avatar.label``; the default one when ``label`` is
+    None) and, with the audio, the invisible marks (``avatar.watermark``; likewise)."""
+    from tqdm import tqdm
+
+    n = int(np.ceil(len(audio) / SPEECH_RATE * avatar.fps))
     w, h = avatar.manifest.frame_size or (0, 0)
     marker = Label(label)
     wm = watermark or WatermarkConfig()
     marks = StreamMarks(avatar.manifest.files, avatar.fps, SPEECH_RATE, wm) \
         if wm.enabled else None
-    if marks is not None:
-        audio = marks.audio.process(audio, 0)
+    # The face follows the voice as said; the file carries it marked.
+    track = marks.audio.process(audio, 0) if marks is not None else audio
     t0 = time.perf_counter()
     try:
         writer = VideoWriter(out, avatar.fps, int(w), int(h), audio_rate=SPEECH_RATE)
     except OSError as e:
         raise path_error(out, f"cannot be written ({e.strerror})") from None
+    i = 0
     with writer, tqdm(total=n, desc="render", unit="frame", disable=not _bars()) as pb:
-        for a in range(0, n, batch):
-            reqs = [FrameRequest(idle_index=i, mel=windows[i], base=bases[i])
-                    for i in range(a, min(n, a + batch))]
-            if avatar.bank is not None:  # decode the next batch's frames meanwhile
-                avatar.bank.prefetch([f for b in bases[a + batch: a + 2 * batch]
-                                      for f in b.frames()])
-            for i, frame in zip(range(a, a + len(reqs)), avatar.render(reqs), strict=True):
+        for frames in speaking_frames(avatar, audio, batch, seed):
+            for frame in frames:
                 frame = marker.apply(frame)
                 writer.write(marks.video.apply(frame, i) if marks is not None else frame)
                 s0 = int(i * SPEECH_RATE / avatar.fps)
                 s1 = int((i + 1) * SPEECH_RATE / avatar.fps)
-                writer.write_audio(audio[s0:s1])
-            pb.update(len(reqs))
+                writer.write_audio(track[s0:s1])
+                i += 1
+            pb.update(len(frames))
     seconds = time.perf_counter() - t0
-    return {"frames": n, "seconds": round(seconds, 2), "fps": round(n / seconds, 1),
+    return {"frames": i, "seconds": round(seconds, 2), "fps": round(i / seconds, 1),
             "out": str(out), "mark_id": marks.id_text if marks is not None else None}

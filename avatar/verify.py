@@ -93,10 +93,10 @@ def _summary(reading: Reading) -> dict:
 def _confidence(reading: Reading) -> float:
     """0-1: how sure the reader is that the mark is there and read right. The sync's
     strength past the threshold, times the share of blocks whose CRC held."""
-    if not reading.blocks or reading.ident is None:
+    if not reading.found or reading.ident is None:
         return 0.0
     share = sum(b.ident == reading.ident for b in reading.blocks) / len(reading.blocks)
-    sure = 1 - math.exp(-max(reading.sync_z - 3.0, 0.0))
+    sure = 1 - math.exp(-max(reading.sync_z - reading.min_z + 2.0, 0.0))
     return round(sure * share, 3)
 
 

@@ -368,6 +368,27 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--data", type=Path, default=Path("../shared/data/grid_s1/train"),
                     help="a folder of .mpg clips for the enrolment faults")
     bf.set_defaults(func=cmd_bench_faults)
+    bw = bsub.add_parser("watermark", help="the invisible mark through VP8, H.264, rescales, "
+                         "crops, Opus and AAC: bit accuracy, detection, false positives, cost")
+    bw.add_argument("bundle", type=Path)
+    bw.add_argument("--speech", type=Path, nargs="+",
+                    default=[Path("../shared/data/grid_s1/train")],
+                    help="what the avatar says: audio or video files, or folders of them, "
+                         "looped to --minutes (GRID's train clips)")
+    bw.add_argument("--minutes", type=_positive, default=5.0, help="output marked (5)")
+    bw.add_argument("--window-seconds", type=_positive, default=20.0,
+                    help="how much of a copy verify is given for the detection rate (20)")
+    bw.add_argument("--unmarked-video", type=Path, nargs="*",
+                    default=[Path("../shared/data/grid_s1/train"),
+                             Path("../shared/data/grid_s1/eval")],
+                    help="real footage never marked, for false positives (all of GRID)")
+    bw.add_argument("--unmarked-audio", type=Path, nargs="*",
+                    default=[Path("../shared/data/ljspeech/train")],
+                    help="real speech never marked, for false positives (LJSpeech train)")
+    bw.add_argument("--paths", default="",
+                    help="comma-separated: only these copy paths (all)")
+    bw.add_argument("-o", "--out", type=Path, help="also write the JSON here")
+    bw.set_defaults(func=cmd_bench_watermark)
     bv = bsub.add_parser("voice", help="real-time factor and first-chunk latency of the voice")
     bv.add_argument("bundle", type=Path)
     bv.add_argument("--device", default="cpu")
@@ -711,6 +732,28 @@ def cmd_bench_soak(args: argparse.Namespace) -> int:
 
     print(json.dumps(bench_soak(args.bundle, args.minutes, args.window_seconds,
                                 args.churn_seconds), indent=2))
+    return 0
+
+
+def cmd_bench_watermark(args: argparse.Namespace) -> int:
+    from bench.watermark import WatermarkBenchConfig, run
+
+    missing = [p for p in [*args.speech, *args.unmarked_video, *args.unmarked_audio]
+               if not p.exists()]
+    if missing:
+        raise TwincastError(f"{missing[0]}: no such file or folder")
+    cfg = WatermarkBenchConfig(minutes=args.minutes, window_s=args.window_seconds,
+                               speech=tuple(args.speech),
+                               unmarked_video=tuple(args.unmarked_video),
+                               unmarked_audio=tuple(args.unmarked_audio),
+                               paths=tuple(p for p in args.paths.split(",") if p))
+    result = json.dumps(run(args.bundle, cfg), indent=2)
+    if args.out is not None:
+        from avatar import atomic
+
+        with atomic.atomic_path(args.out, ".json") as tmp:
+            tmp.write_text(result + "\n")
+    print(result)
     return 0
 
 
