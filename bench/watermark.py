@@ -360,7 +360,7 @@ def run(bundle: Path, cfg: WatermarkBenchConfig) -> dict:
 
     from avatar.audio import SPEECH_RATE, load_audio, resample
     from avatar.avatar import Avatar
-    from avatar.offline import speaking_frames
+    from avatar.offline import _bars, speaking_frames
 
     avatar = Avatar.load(bundle, "cpu")
     fps = avatar.fps
@@ -377,7 +377,7 @@ def run(bundle: Path, cfg: WatermarkBenchConfig) -> dict:
     import av
 
     n = int(np.ceil(len(speech) / SPEECH_RATE * fps))
-    with tqdm(total=n, desc="render, mark, encode", unit="frame") as pb:
+    with tqdm(total=n, desc="render, mark, encode", unit="frame", disable=not _bars()) as pb:
         for frames in speaking_frames(avatar, speech):
             for rgb in frames:
                 marked = marks.video.apply(rgb, count)

@@ -569,3 +569,41 @@ def test_viewer_tokens_open_one_session_and_act_on_it_only(server) -> None:  # n
         assert srv.tokens.find(tok) is None
 
     asyncio.run(run())
+
+
+def test_webrtc_video_carries_the_bundles_mark(server) -> None:  # noqa: ANN001
+    """Twelve seconds of what a WebRTC viewer receives (aiortc's VP8 at the rate it
+    negotiated) hold the bundle's id and a time code from when they were sent."""
+    import time
+
+    from avatar.mark_code import format_id
+    from avatar.video_mark import read_video
+    from avatar.watermark import bundle_mark_id
+    from bench.watermark import features_of
+
+    url, srv = server
+
+    async def run() -> list:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/v1/avatars", headers=AUTH) as r:
+                listing = await r.json()
+            assert listing["watermark"] is True
+            pc, tracks, location = await _connect(http, url)
+            feats = []
+            for _ in range(300):
+                frame = await asyncio.wait_for(tracks["video"].recv(), 10)
+                feats.append(features_of(frame))
+            async with http.delete(f"{url}{location}", headers=AUTH) as r:
+                assert r.status == 204
+            await pc.close()
+            return [listing, feats]
+
+    started = time.time()
+    listing, feats = asyncio.run(run())
+    expected = bundle_mark_id(srv.avatars["presenter"].manifest.files)
+    assert listing["avatars"][0]["mark_id"] == expected
+    got = read_video(np.array(feats), 25)
+    assert got.found and format_id(got.ident) == expected
+    for b in got.blocks:
+        if b.utc_second is not None:
+            assert started - 2 <= b.utc_second <= time.time()

@@ -639,7 +639,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         r = res[medium]
         if r is None:
             continue
-        if r["found"]:
+        if r["blocks_seen"] == 0:
+            print(f"{medium}: too short to read: the mark needs at least 6 s of it")
+        elif r["found"]:
             times = [b["time"] for b in r["blocks"]]
             span = f"{times[0]} .. {times[-1]}" if len(times) > 1 else times[0]
             print(f"{medium}: twincast mark, avatar {r['id']}, made {span} (UTC), "
