@@ -8,16 +8,19 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from avatar.audio import SPEECH_RATE, load_audio
 from avatar.avatar import Avatar, FrameRequest
+from avatar.credentials import Signer
 from avatar.errors import TwincastError, path_error
-from avatar.label import Label, LabelConfig
+from avatar.label import Label
+from avatar.provenance import Provenance
 from avatar.video_io import VideoWriter
-from avatar.watermark import StreamMarks, WatermarkConfig
+from avatar.watermark import StreamMarks
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +31,8 @@ def _bars() -> bool:
 
 
 def render_file(bundle: Path, audio_path: Path, out: Path, device: str = "cpu",
-                batch: int = 16, precision: str = "auto", label: LabelConfig | None = None,
-                watermark: WatermarkConfig | None = None) -> dict:
+                batch: int = 16, precision: str = "auto",
+                provenance: Provenance | None = None) -> dict:
     """Speak ``audio_path`` over the avatar's idle loop; write ``out`` with the audio muxed."""
     if batch < 1:
         raise TwincastError(f"--batch {batch}: must be at least 1")
@@ -37,12 +40,12 @@ def render_file(bundle: Path, audio_path: Path, out: Path, device: str = "cpu",
     audio = load_audio(audio_path, SPEECH_RATE)
     if np.abs(audio).max(initial=0.0) == 0.0:
         log.info("%s is silent: the mouth stays closed", audio_path)
-    return render_audio(avatar, audio, out, batch, label=label, watermark=watermark)
+    return render_audio(avatar, audio, out, batch, provenance=provenance)
 
 
 def render_text(bundle: Path, text: str, out: Path, device: str = "cpu", batch: int = 16,
-                pace: float = 1.0, precision: str = "auto", label: LabelConfig | None = None,
-                watermark: WatermarkConfig | None = None) -> dict:
+                pace: float = 1.0, precision: str = "auto",
+                provenance: Provenance | None = None) -> dict:
     """The avatar's voice says ``text``, then its face speaks that audio (both muxed)."""
     from avatar.audio import resample
     from avatar.voice import Voice
@@ -53,12 +56,12 @@ def render_text(bundle: Path, text: str, out: Path, device: str = "cpu", batch: 
     avatar = Avatar.load(bundle, device, precision=precision)
     speech = voice.say(text, pace)
     return render_audio(avatar, resample(speech, voice.rate, SPEECH_RATE), out, batch,
-                        label=label, watermark=watermark)
+                        provenance=provenance)
 
 
 def render_show(bundle: Path, show_path: Path, out: Path, device: str = "cpu",
-                batch: int = 16, precision: str = "auto", label: LabelConfig | None = None,
-                watermark: WatermarkConfig | None = None) -> dict:
+                batch: int = 16, precision: str = "auto",
+                provenance: Provenance | None = None) -> dict:
     """``twincast render --show``: the whole show (speech, pauses, idle) to one video, in
     batches, as fast as the model allows."""
     from tqdm import tqdm
@@ -90,8 +93,7 @@ def render_show(bundle: Path, show_path: Path, out: Path, device: str = "cpu",
         else:
             parts.append(np.zeros(int(seg.seconds * SPEECH_RATE), np.float32))
     speech_s = time.perf_counter() - t0
-    res = render_audio(avatar, np.concatenate(parts), out, batch, label=label,
-                       watermark=watermark)
+    res = render_audio(avatar, np.concatenate(parts), out, batch, provenance=provenance)
     res["speech_seconds"] = round(speech_s, 2)
     res["video_seconds"] = round(res["frames"] / avatar.fps, 2)
     res["realtime_x"] = round(res["video_seconds"] / (res["seconds"] + speech_s), 2)
@@ -99,7 +101,7 @@ def render_show(bundle: Path, show_path: Path, out: Path, device: str = "cpu",
 
 
 def say_file(bundle: Path, text: str, out: Path, device: str = "cpu", pace: float = 1.0,
-             watermark: WatermarkConfig | None = None) -> dict:
+             provenance: Provenance | None = None) -> dict:
     """``twincast say``: text to a .wav file in the avatar's voice."""
     import soundfile as sf
 
@@ -108,23 +110,46 @@ def say_file(bundle: Path, text: str, out: Path, device: str = "cpu", pace: floa
 
     if out.suffix.lower() != ".wav":
         raise path_error(out, "must end in .wav")
+    from avatar.bundle import read_manifest
+
+    prov = provenance or Provenance()
+    signer = _signer(prov)
     voice = Voice.load(bundle, device)
+    manifest = read_manifest(bundle, verify=False)
     t0 = time.perf_counter()
     audio = voice.say(text, pace)
     seconds = time.perf_counter() - t0
-    wm = watermark or WatermarkConfig()
-    if wm.enabled:
-        from avatar.bundle import read_manifest
-        from avatar.watermark import mark_track
-
-        audio = mark_track(read_manifest(bundle, verify=False).files, audio, voice.rate, wm)
+    marks = StreamMarks(manifest.files, 25, voice.rate, prov.watermark) \
+        if prov.watermark.enabled else None
+    if marks is not None:
+        audio = marks.audio.process(audio, 0)
     try:
         with atomic.atomic_path(out, ".wav") as tmp:
             sf.write(str(tmp), audio, voice.rate, subtype="PCM_16", format="WAV")
     except OSError as e:
         raise path_error(out, f"cannot be written ({e.strerror})") from None
+    _seal(signer, out, manifest.name, marks)
     return {"audio_seconds": round(len(audio) / voice.rate, 2), "seconds": round(seconds, 3),
-            "out": str(out)}
+            "out": str(out), "mark_id": marks.id_text if marks is not None else None}
+
+
+def _signer(prov: Provenance) -> Signer | None:
+    """The operator's signer, made before any work so a bad key fails first."""
+    return Signer(prov.signing) if prov.signing.enabled else None
+
+
+def _seal(signer: Signer | None, out: Path, avatar: str, marks: StreamMarks | None) -> None:
+    """Sign ``out``'s Content Credentials; a file that cannot be signed is not left."""
+    if signer is None:
+        return
+    facts = {"avatar": avatar, "mark_id": marks.id_text if marks is not None else None,
+             "marks_from": datetime.fromtimestamp(marks.t0, UTC).isoformat()
+             if marks is not None else None}
+    try:
+        signer.sign(out, facts)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
 
 
 def speaking_frames(avatar: Avatar, audio: np.ndarray, batch: int = 16, seed: int = 0
@@ -151,19 +176,20 @@ def speaking_frames(avatar: Avatar, audio: np.ndarray, batch: int = 16, seed: in
 
 
 def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16,
-                 seed: int = 0, label: LabelConfig | None = None,
-                 watermark: WatermarkConfig | None = None) -> dict:
-    """Speak 16 kHz ``audio`` into ``out`` with the audio (``speaking_frames``). Every
-    frame carries the disclosure label (``avatar.label``; the default one when ``label`` is
-    None) and, with the audio, the invisible marks (``avatar.watermark``; likewise)."""
+                 seed: int = 0, provenance: Provenance | None = None) -> dict:
+    """Speak 16 kHz ``audio`` into ``out`` with the audio (``speaking_frames``). Unless
+    ``provenance`` turns them off, every frame carries the disclosure label
+    (``avatar.label``), frames and audio the invisible marks (``avatar.watermark``), and
+    the file signed Content Credentials (``avatar.credentials``)."""
     from tqdm import tqdm
 
+    prov = provenance or Provenance()
+    signer = _signer(prov)
     n = int(np.ceil(len(audio) / SPEECH_RATE * avatar.fps))
     w, h = avatar.manifest.frame_size or (0, 0)
-    marker = Label(label)
-    wm = watermark or WatermarkConfig()
-    marks = StreamMarks(avatar.manifest.files, avatar.fps, SPEECH_RATE, wm) \
-        if wm.enabled else None
+    marker = Label(prov.label)
+    marks = StreamMarks(avatar.manifest.files, avatar.fps, SPEECH_RATE, prov.watermark) \
+        if prov.watermark.enabled else None
     # The face follows the voice as said; the file carries it marked.
     track = marks.audio.process(audio, 0) if marks is not None else audio
     t0 = time.perf_counter()
@@ -182,6 +208,7 @@ def render_audio(avatar: Avatar, audio: np.ndarray, out: Path, batch: int = 16,
                 writer.write_audio(track[s0:s1])
                 i += 1
             pb.update(len(frames))
+    _seal(signer, out, avatar.manifest.name, marks)
     seconds = time.perf_counter() - t0
     return {"frames": i, "seconds": round(seconds, 2), "fps": round(i / seconds, 1),
             "out": str(out), "mark_id": marks.id_text if marks is not None else None}

@@ -1,5 +1,5 @@
 """``twincast verify``: find the invisible marks in a video, an audio file or a stream and
-say which bundle made it and when.
+say which bundle made it and when; and read a file's signed Content Credentials.
 
 Only what the readers need is kept while decoding (a 32x24 projection per frame, the audio
 at 16 kHz mono), so an hour of video costs its decode and little memory.
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from avatar.audio_mark import READ_RATE, read_audio
+from avatar.credentials import read_credentials
 from avatar.errors import TwincastError
 from avatar.mark_code import Reading, format_id
 from avatar.video_mark import CHANNELS, read_video, thumbnail_features
@@ -109,6 +110,10 @@ def verify(source: str, seconds: float | None = None) -> dict:
     if d.has_audio:
         out["audio"] = _summary(read_audio(d.audio, READ_RATE)) if len(d.audio) else None
     found = [m for m in (out["video"], out["audio"]) if m is not None and m["found"]]
-    out["found"] = bool(found)
-    out["id"] = found[0]["id"] if found else None
+    out["c2pa"] = None if _is_url(source) else read_credentials(Path(source))
+    c = out["c2pa"]
+    signed = c is not None and c["valid"] and c.get("synthetic", False)
+    out["found"] = bool(found) or signed
+    out["id"] = found[0]["id"] if found else \
+        (c["avatar"].get("mark_id") if signed and c is not None else None)
     return out

@@ -59,15 +59,21 @@ def test_off_means_untouched_and_bad_settings_are_refused() -> None:
 def test_render_carries_the_label_unless_turned_off(bundle: Path, tmp_path: Path) -> None:
     from avatar.audio import SPEECH_RATE
     from avatar.avatar import Avatar
+    from avatar.credentials import SigningConfig
     from avatar.offline import render_audio
+    from avatar.provenance import Provenance
+    from avatar.watermark import WatermarkConfig
     from tests.conftest import read_frames
 
     avatar = Avatar.load(bundle)
     t = np.arange(SPEECH_RATE) / SPEECH_RATE
     audio = (0.2 * np.sin(2 * np.pi * 220 * t) * (t > 0.3)).astype(np.float32)
     on, off = tmp_path / "on.mp4", tmp_path / "off.mp4"
-    render_audio(avatar, audio, on)
-    render_audio(avatar, audio, off, label=LabelConfig(enabled=False))
+    # Only the label differs: no marks (their time codes would differ), no credentials.
+    plain = dict(watermark=WatermarkConfig(enabled=False), signing=SigningConfig(enabled=False))
+    render_audio(avatar, audio, on, provenance=Provenance(**plain))
+    render_audio(avatar, audio, off,
+                 provenance=Provenance(label=LabelConfig(enabled=False), **plain))
     a, b = read_frames(on), read_frames(off)
     assert len(a) == len(b) == 25
     h, w = a[0].shape[:2]

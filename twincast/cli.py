@@ -85,6 +85,32 @@ def _label_flags(p: argparse.ArgumentParser) -> None:
     _watermark_flag(p)
 
 
+def _signing_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sign-cert", type=Path, metavar="PEM",
+                   help="certificate chain for the file's Content Credentials (C2PA), signing "
+                        "certificate first (default: twincast's own operator key)")
+    p.add_argument("--sign-key", type=Path, metavar="PEM", help="its private key")
+    p.add_argument("--no-c2pa", action="store_true",
+                   help="write no signed Content Credentials into the file")
+
+
+def _provenance(args: argparse.Namespace):  # noqa: ANN202 - avatar.provenance.Provenance
+    from avatar.credentials import SigningConfig
+    from avatar.label import LabelConfig
+    from avatar.provenance import Provenance
+
+    for flag in ("sign_cert", "sign_key"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            raise TwincastError(f"--{flag.replace('_', '-')} {path}: no such file")
+    if args.no_c2pa:
+        log.warning("writing no Content Credentials (--no-c2pa)")
+    label = _label_config(args) if hasattr(args, "label") else LabelConfig()
+    return Provenance(label=label, watermark=_watermark_config(args),
+                      signing=SigningConfig(enabled=not args.no_c2pa, cert=args.sign_cert,
+                                            key=args.sign_key))
+
+
 def _watermark_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-watermark", action="store_true",
                    help="no invisible mark (bundle id and time) in the frames and the voice; "
@@ -191,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--pace", type=_positive, default=1.0, help="speaking rate (1 = natural)")
     sy.add_argument("--device", default="cpu")
     _watermark_flag(sy)
+    _signing_flags(sy)
     sy.set_defaults(func=cmd_say)
 
     vf = sub.add_parser("verify", help="find twincast's invisible marks in a video, audio "
@@ -216,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="render precision (auto: bf16 where the device has it natively)")
     _label_flags(r)
+    _signing_flags(r)
     r.set_defaults(func=cmd_render)
 
     sv = sub.add_parser("serve", help="the realtime WebRTC server")
@@ -619,7 +647,7 @@ def cmd_say(args: argparse.Namespace) -> int:
     from avatar.offline import say_file
 
     res = say_file(args.bundle, args.text, args.out, args.device, args.pace,
-                   _watermark_config(args))
+                   _provenance(args))
     log.info("%.1f s of speech in %.2f s: %s", res["audio_seconds"], res["seconds"],
              res["out"])
     return 0
@@ -650,6 +678,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
         else:
             print(f"{medium}: no twincast mark found (sync {r['sync_z']}, "
                   f"{r['blocks_seen']} blocks looked at)")
+    c = res["c2pa"]
+    if c is not None and not args.json:
+        if not c["valid"]:
+            why = [p for p in c["problems"] if p != "signingCredential.untrusted"]
+            print(f"c2pa: a manifest is there but does not check out "
+                  f"({', '.join(why)}): the file was changed after signing, or "
+                  "the manifest is damaged")
+        else:
+            who = f"{c['signed_by']} ({c['issuer']})"
+            trust = "on no trust list this reader knows" if not c["trusted"] else "trusted"
+            what = "synthetic (trainedAlgorithmicMedia)" if c["synthetic"] else \
+                "not marked synthetic"
+            avatar = c["avatar"].get("avatar")
+            print(f"c2pa: signed by {who}, {trust}; made by {c['generator']}"
+                  + (f" from avatar {avatar} ({c['avatar'].get('mark_id')})" if avatar else "")
+                  + f"; {what}")
+    elif not args.json and "://" not in args.source:
+        print("c2pa: no Content Credentials in the file")
     if not res["found"]:
         print(f"twincast: no twincast mark found in {args.source}", file=sys.stderr)
         return 1
@@ -659,21 +705,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from avatar.offline import render_file, render_show, render_text
 
-    label = _label_config(args)
-    watermark = _watermark_config(args)
+    prov = _provenance(args)
     if args.no_label:
         log.warning("rendering without the visible AI-generated label (--no-label)")
     if args.show is not None:
         res = render_show(args.bundle, args.show, args.out, args.device, args.batch,
-                          args.precision, label, watermark)
+                          args.precision, prov)
         log.info("%.0f s of show in %.1f s: %.1fx real time", res["video_seconds"],
                  res["seconds"] + res["speech_seconds"], res["realtime_x"])
     elif args.text is not None:
         res = render_text(args.bundle, args.text, args.out, args.device, args.batch,
-                          args.pace, args.precision, label, watermark)
+                          args.pace, args.precision, prov)
     else:
         res = render_file(args.bundle, args.audio, args.out, args.device, args.batch,
-                          args.precision, label, watermark)
+                          args.precision, prov)
     log.info("rendered %d frames in %.1f s (%.0f frames/s): %s", res["frames"],
              res["seconds"], res["fps"], res["out"])
     return 0
