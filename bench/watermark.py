@@ -62,6 +62,14 @@ class _Stage:
         return []
 
 
+def _timed(out, frame):  # noqa: ANN001, ANN202 - av.VideoFrame
+    """``out`` with ``frame``'s timestamp (a decoder's flushed frames may have none)."""
+    out.pts = frame.pts
+    if frame.time_base is not None:
+        out.time_base = frame.time_base
+    return out
+
+
 class _Scale(_Stage):
     """FFmpeg's scaler (swscale, bicubic), as a platform's ladder or a player rescales."""
 
@@ -70,8 +78,7 @@ class _Scale(_Stage):
 
     def push(self, frame):  # noqa: ANN001, ANN201
         out = frame.reformat(width=self.size[0], height=self.size[1], format="yuv420p")
-        out.pts, out.time_base = frame.pts, frame.time_base
-        return [out]
+        return [_timed(out, frame)]
 
 
 class _Crop(_Stage):
@@ -88,8 +95,7 @@ class _Crop(_Stage):
         h, w = rgb.shape[:2]
         dy, dx = int(h * self.share) // 2 * 2, int(w * self.share) // 2 * 2
         out = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[dy:, dx:]), format="rgb24")
-        out.pts, out.time_base = frame.pts, frame.time_base
-        return [out]
+        return [_timed(out, frame)]
 
 
 class _X264(_Stage):
@@ -97,6 +103,7 @@ class _X264(_Stage):
 
     def __init__(self, kbps: int, fps: int):
         self.kbps, self.fps = kbps, fps
+        self.n = 0
         self.enc = None
         self.dec = None
 
@@ -125,7 +132,8 @@ class _X264(_Stage):
         if self.enc is None:
             self._open(frame)
         f = frame.reformat(format="yuv420p")
-        f.pts, f.time_base = frame.pts, Fraction(1, self.fps)
+        f.pts, f.time_base = self.n, Fraction(1, self.fps)
+        self.n += 1
         return self._decode(self.enc.encode(f))
 
     def flush(self) -> list:

@@ -48,8 +48,11 @@ def _paths() -> dict:
         "security": [{"bearer": []}],
         "paths": {
             "/v1/avatars": {"get": {"summary": "The avatars this server offers",
-                                    "responses": {"200": {"description": "names, and "
-                                                          "the disclosure every frame "
+                                    "responses": {"200": {"description": "names, each "
+                                                          "one's mark_id (what `twincast "
+                                                          "verify` finds in its output), "
+                                                          "whether output is watermarked, "
+                                                          "and the disclosure every frame "
                                                           "carries (null: none)"}}}},
             "/v1/sessions": {"post": {
                 "summary": "Open a session: an SDP offer in, the SDP answer out (WHEP-style)",
