@@ -16,8 +16,9 @@ channel carries one ±1 chip at a time:
 A reader needs no original: the mark is found from the marked copy alone. Classic
 spread-spectrum in the style of Cox et al. and of broadcast audience-measurement codes;
 written here because the maintained libraries either conflict with our OpenCV wheel
-(``invisible-watermark`` pulls in ``opencv-python``) or download model weights at run time
-(``trustmark``), and neither survives a crop (see README, "Provenance").
+(``invisible-watermark`` pulls in ``opencv-python``, and its DWT-DCT mark is read on a
+fixed block grid that a crop shifts) or download model weights at run time (``trustmark``);
+see README, "Provenance".
 """
 
 from __future__ import annotations
