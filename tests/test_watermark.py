@@ -134,13 +134,30 @@ def test_verify_reads_a_marked_file_and_says_so_plainly_of_an_unmarked_one(
     marker = VideoMarker(IDENT, T0, 25)
     voice = resample(speech[:48000 * 22], 48000, 16000)
     marked_voice = AudioMarker(IDENT, T0, 16000).process(voice, 0)
-    good = write_av(tmp_path / "marked.mp4",
-                    [marker.apply(f, k) for k, f in enumerate(frames)], audio=marked_voice)
+    marked = [marker.apply(f, k) for k, f in enumerate(frames)]
+    good = write_av(tmp_path / "marked.mp4", marked, audio=marked_voice)
+    write_av(tmp_path / "marked.ts", marked, audio=marked_voice, fmt="mpegts")
     proc = run_cli("verify", good)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("video: twincast mark, avatar 1234abcd, made 2026-01-01T00:00")
     assert lines[1].startswith("audio: twincast mark, avatar 1234abcd")
+
+    # A recorded stream fetched from a URL (MPEG-TS, as live streams are cut for the web;
+    # the test's server cannot seek, which an MP4 with its index at the end would need).
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        proc = run_cli("verify", f"http://127.0.0.1:{httpd.server_address[1]}/marked.ts")
+    finally:
+        httpd.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("video: twincast mark, avatar 1234abcd")
 
     plain = write_av(tmp_path / "plain.mp4", list(frames), audio=voice)
     proc = run_cli("verify", plain)
