@@ -121,10 +121,33 @@ def _thumb_patterns() -> np.ndarray:
     return _THUMB_PATTERNS[0]
 
 
+SOURCE_RATES = (25.0, 30.0, 24.0, 50.0, 60.0)
+"""Frame rates a mark may have been laid down at: a platform that converted a copy to
+another rate (30 fps is common) repeats or drops frames, so the reader also tries the copy
+resampled to each of these and keeps the reading whose sync is strongest."""
+
+
 def read_video(features: np.ndarray, fps: float) -> Reading:
     """Find the mark in a copy's per-frame features ((n, CHANNELS), ``thumbnail_features``
-    of each frame in order)."""
-    s = np.asarray(features, np.float64).T
+    of each frame in order) at the copy's frame rate ``fps``."""
+    feats = np.asarray(features, np.float64)
+    best: Reading | None = None
+    for rate in [fps, *[r for r in SOURCE_RATES if abs(r - fps) > 0.01]]:
+        if abs(rate - fps) > 0.01:
+            # The frame the copy showed at each of the source's frame times.
+            n = int(len(feats) * rate / fps)
+            idx = np.minimum((np.arange(n) * fps / rate + 1e-6).astype(int), len(feats) - 1)
+            got = _read_at(feats[idx], rate)
+        else:
+            got = _read_at(feats, fps)
+        if best is None or got.sync_z > best.sync_z:
+            best = got
+    assert best is not None
+    return best
+
+
+def _read_at(features: np.ndarray, fps: float) -> Reading:
+    s = features.T
     n = s.shape[1]
     if n >= HIGHPASS:
         k = np.ones(HIGHPASS) / HIGHPASS

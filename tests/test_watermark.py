@@ -204,3 +204,13 @@ def test_rtmp_output_marks_the_frame_it_sends_after_scaling_and_keying() -> None
     assert 0 < np.abs(b - a).max() <= 8
     expected = marker.apply(np.full((240, 320, 3), 120, np.uint8), 100)[..., 0].astype(int)
     assert np.abs((c - a).reshape(240, 320) - (expected - 120)).max() <= 1
+
+
+def test_video_mark_is_read_after_a_platform_converts_25_to_30_fps() -> None:
+    frames = _scene(600, seed=3)
+    marker = VideoMarker(IDENT, T0, 25)
+    marked = np.stack([marker.apply(f, k) for k, f in enumerate(frames)])
+    n30 = len(marked) * 30 // 25  # each frame shown at 30 fps: some twice
+    at30 = marked[np.minimum(np.arange(n30) * 25 // 30, len(marked) - 1)]
+    got = read_video(_through(at30, [_X264(800, 30)]), 30)
+    assert got.found and got.ident == IDENT
