@@ -59,6 +59,15 @@ def test_message_round_trips_and_a_flipped_bit_fails_its_crc() -> None:
         bad = bits.copy()
         bad[i] ^= 1
         assert mark_code.decode(bad) is None
+    # A block that misses by its least certain bits is still read; one far off is not.
+    soft = np.where(bits == 1, 5.0, -5.0)
+    bad = bits.copy()
+    for i in (3, 50):
+        bad[i] ^= 1
+        soft[i] = 0.2 if bad[i] else -0.2
+    assert mark_code._chase(bad, soft) == (IDENT, int(T0))
+    bad[10] ^= 1  # a confident bit wrong too: not within reach
+    assert mark_code._chase(bad, soft) is None
     # The bundle's id follows its files' digests.
     a = mark_code.mark_id({"head.pt": "aa", "voice.pt": "bb"})
     assert a == mark_code.mark_id({"voice.pt": "bb", "head.pt": "aa"})
