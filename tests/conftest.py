@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import av
@@ -16,6 +17,9 @@ DATA = ROOT.parent / "shared" / "data"
 GRID = DATA / "grid_s1"
 
 os.environ.setdefault("TWINCAST_PROGRESS", "0")
+# Renders sign their files with an operator key made on first use: the tests' own, not
+# one in the home folder of whoever runs them.
+os.environ.setdefault("TWINCAST_KEYS", tempfile.mkdtemp(prefix="twincast-keys-"))
 
 
 def run_cli(*args: object, cwd: Path | None = None, timeout: float = 600
