@@ -190,7 +190,11 @@ def test_server_runs_with_the_serve_install_alone(bundle: Path):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["avatars"] == [{"name": "presenter", "voice": True}]
+    from avatar.bundle import read_manifest
+    from avatar.watermark import bundle_mark_id
+
+    assert out["avatars"] == [{"name": "presenter", "voice": True,
+                               "mark_id": bundle_mark_id(read_manifest(bundle).files)}]
     assert out["speech_samples"] > 0
     assert out["leaked"] == []
 
