@@ -125,6 +125,12 @@ class Server:
             except TwincastError as e:
                 log.warning("avatar %s: %s; it can only be driven by audio", name, e)
                 self.voices[name] = None
+        if self.cfg.watermark.enabled:
+            # The audio mark's noises (~0.2 s to make) here, not on the event loop at a
+            # session's first word.
+            from avatar.audio_mark import noises
+
+            noises(SessionConfig().audio_rate)
         self.scheduler = Scheduler(lanes, SchedulerConfig(max_batch=self.cfg.max_batch))
         self.scheduler.warm_up(lambda name, n: self.avatars[name].silent_requests(n))
 
