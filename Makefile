@@ -19,10 +19,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install twincast with its dependencies
 
-demo: setup ## synthetic sample -> enrol (demo preset) -> render the avatar speaking
+demo: setup ## synthetic sample -> consent -> enrol (demo preset) -> render the avatar speaking
 	$(VENV)/bin/twincast sample --out $(SAMPLE)
+	$(VENV)/bin/twincast consent --workdir $(WORK) --name "Eileen Collins"
+	$(VENV)/bin/twincast sample --consent $(WORK) --out $(SAMPLE)
 	$(VENV)/bin/twincast enrol $(SAMPLE)/sample.mp4 --transcript $(SAMPLE)/transcript.txt \
-		--workdir $(WORK) --name sample --preset demo
+		--workdir $(WORK) --name sample --preset demo --consent $(SAMPLE)/consent.mp4
 	$(VENV)/bin/twincast render $(WORK)/avatars/sample --audio $(SAMPLE)/sample.mp4 \
 		-o $(WORK)/demo.mp4
 	$(VENV)/bin/twincast render $(WORK)/avatars/sample --text "Hello, I am the sample's \

@@ -330,6 +330,9 @@ class Manifest:
     voice: VoiceSection | None = None
     motion: MotionSection | None = None
     """Absent in bundles made before the motion bank: they stand in their idle loop."""
+    consent: dict | None = None
+    """The enrolment's consent check (``training.consent``): status ``verified``, the
+    statement and code, the measures and the recording's digest. Absent: unconsented."""
     schema: int = SCHEMA_VERSION
     kind: str = KIND
 
@@ -361,6 +364,7 @@ class Manifest:
                 voice=VoiceSection.from_dict(_section(d, "voice")) if "voice" in d else None,
                 motion=MotionSection.from_dict(_section(d, "motion"))
                 if head is not None and "motion" in d else None,
+                consent=_get(d, "consent", dict, "", None),
                 schema=version)
         if m.head is not None and (m.fps is None or m.frame_size is None or
                                    m.crop_size is None):
@@ -403,8 +407,15 @@ class Manifest:
                 d["motion"] = self.motion.to_dict()
         if self.voice is not None:
             d["voice"] = self.voice.to_dict()
+        if self.consent is not None:
+            d["consent"] = dict(self.consent)
         d["files"] = dict(self.files)
         return d
+
+    @property
+    def consented(self) -> bool:
+        """Whether enrolment verified the person's consent recording."""
+        return bool(self.consent) and self.consent.get("status") == "verified"
 
     def replace(self, **changes: Any) -> Manifest:
         return dataclasses.replace(self, **changes)

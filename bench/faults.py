@@ -233,7 +233,8 @@ def _server_faults(bundle: Path, faults: list[str]) -> list[dict]:
     from streaming.app import Server, ServerConfig, bundle_names
     from streaming.routes import RunningServer
 
-    srv = Server(bundle_names([bundle]), ServerConfig(token="faults", max_sessions=6))
+    srv = Server(bundle_names([bundle]), ServerConfig(token="faults", max_sessions=6,
+                                                           allow_unconsented=True))
     srv.load()
     name = next(iter(srv.avatars))
     if srv.voices.get(name) is None:
@@ -266,7 +267,8 @@ def _sigterm(bundle: Path, work: Path) -> dict:
     err = open(work / "serve.log", "w+")  # noqa: SIM115 - read after the child ends
     proc = subprocess.Popen([sys.executable, "-m", "twincast.cli", "serve", str(bundle),
                              "--port", str(port), "--token", token,
-                             "--rtmp-allow", "127.0.0.1"], cwd=ROOT, stdout=err,
+                             "--rtmp-allow", "127.0.0.1", "--allow-unconsented"], cwd=ROOT,
+                            stdout=err,
                             stderr=subprocess.STDOUT, env={**os.environ,
                                                            "TWINCAST_PROGRESS": "0"})
     out: dict = {"fault": "sigterm"}

@@ -211,7 +211,7 @@ def bench_serve(bundle: Path, sessions: int, seconds: float, devices: tuple[str,
 
     srv = Server(bundle_names([bundle]), ServerConfig(
         devices=devices, max_batch=max_batch, max_sessions=256, capacity_share=1e9,
-        token="bench", precision=precision))
+        token="bench", precision=precision, allow_unconsented=True))
     srv.load()
     running = RunningServer(srv)
     try:

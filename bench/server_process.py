@@ -39,8 +39,9 @@ class ServerProcess:
         self._log = open(log_path, "w+")  # noqa: SIM115 - read after the child ends
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "twincast.cli", "serve", str(bundle), "--port",
-             str(self.port), "--token", token, *args], cwd=ROOT, stdout=self._log,
-            stderr=subprocess.STDOUT, env={**os.environ, "TWINCAST_PROGRESS": "0"})
+             str(self.port), "--token", token, "--allow-unconsented", *args], cwd=ROOT,
+            stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "TWINCAST_PROGRESS": "0"})
 
     @property
     def pid(self) -> int:

@@ -69,7 +69,8 @@ def _one(bundle: Path, size: tuple[int, int], idle_s: float, work: Path) -> dict
 
     rtmp = LocalRtmp(work / f"nginx{size[1]}")
     rtmp.start()
-    srv = Server(bundle_names([bundle]), ServerConfig(token="bench", max_sessions=4))
+    srv = Server(bundle_names([bundle]), ServerConfig(token="bench", max_sessions=4,
+                                                           allow_unconsented=True))
     srv.load()
     running = RunningServer(srv)
     url = rtmp.url("bench")

@@ -69,9 +69,33 @@ class ServerConfig:
     watermark: WatermarkConfig = WatermarkConfig()
     """The invisible marks (bundle id and time) in every frame and in the voice
     (``avatar.watermark``)."""
+    allow_unconsented: bool = False
+    """Serve avatars whose enrolment verified no consent recording (``training.consent``);
+    the operator's explicit choice, logged at start and shown in ``/v1/avatars`` and
+    ``/metrics``. Off, such an avatar stops the server from starting."""
     rtmp_allow: tuple[str, ...] = ()
     """Ingest hosts or networks an API caller may stream to although they are not public
     addresses (``streaming.ingest``); ``*`` for any."""
+
+
+def _consent_of(bundles: dict[str, Path], allow: bool) -> dict[str, str]:
+    """``verified`` or ``unconsented`` for each bundle; unconsented ones are refused unless
+    the operator allowed them (and then logged, once per avatar, at start)."""
+    from avatar.bundle import read_manifest
+
+    status = {name: "verified" if read_manifest(path, verify=False).consented
+              else "unconsented" for name, path in bundles.items()}
+    missing = [n for n, st in status.items() if st != "verified"]
+    if missing and not allow:
+        raise TwincastError(
+            f"avatar {missing[0]} has no verified consent (it was enrolled without "
+            "--consent); enrol it again with the person's consent recording (`twincast "
+            "consent`), or pass --allow-unconsented if you hold their consent otherwise "
+            "(logged, and shown in /v1/avatars and /metrics)")
+    for name in missing:
+        log.warning("avatar %s has no verified consent: served because the operator passed "
+                    "--allow-unconsented", name)
+    return status
 
 
 class Server:
@@ -84,6 +108,8 @@ class Server:
         self.token = self.cfg.token or os.environ.get("TWINCAST_TOKEN") or \
             secrets.token_urlsafe(18)
         self.bundles = bundles
+        self.consent = _consent_of(bundles, self.cfg.allow_unconsented)
+        """Each avatar's consent status: ``verified`` or ``unconsented``."""
         self.avatars: dict[str, object] = {}
         self.voices: dict[str, object | None] = {}
         self.scheduler: Scheduler | None = None

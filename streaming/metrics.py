@@ -21,6 +21,13 @@ class ServerCollector:
         sessions = GaugeMetricFamily("twincast_sessions", "Open sessions")
         sessions.add_metric([], len(srv.registry))
         yield sessions
+        allowed = GaugeMetricFamily("twincast_unconsented_allowed", "1 when the operator "
+                                    "passed --allow-unconsented")
+        allowed.add_metric([], float(srv.cfg.allow_unconsented))
+        unconsented = GaugeMetricFamily("twincast_avatars_unconsented", "Avatars served "
+                                        "without a verified consent recording")
+        unconsented.add_metric([], sum(st != "verified" for st in srv.consent.values()))
+        yield from (allowed, unconsented)
         sch = srv.scheduler
         if sch is None:
             return

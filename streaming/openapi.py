@@ -50,10 +50,13 @@ def _paths() -> dict:
             "/v1/avatars": {"get": {"summary": "The avatars this server offers",
                                     "responses": {"200": {"description": "names, each "
                                                           "one's mark_id (what `twincast "
-                                                          "verify` finds in its output), "
-                                                          "whether output is watermarked, "
-                                                          "and the disclosure every frame "
-                                                          "carries (null: none)"}}}},
+                                                          "verify` finds in its output) "
+                                                          "and consent (verified or "
+                                                          "unconsented), whether output "
+                                                          "is watermarked, the disclosure "
+                                                          "every frame carries (null: "
+                                                          "none), and whether the operator "
+                                                          "allowed unconsented avatars"}}}},
             "/v1/sessions": {"post": {
                 "summary": "Open a session: an SDP offer in, the SDP answer out (WHEP-style)",
                 "parameters": [{"name": "avatar", "in": "query", "schema": {

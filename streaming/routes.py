@@ -227,7 +227,8 @@ class Routes:
         marked = self.server.cfg.watermark.enabled
 
         def entry(name: str, avatar: object) -> dict:
-            out = {"name": name, "voice": voices.get(name) is not None}
+            out = {"name": name, "voice": voices.get(name) is not None,
+                   "consent": self.server.consent.get(name, "unconsented")}
             manifest = getattr(avatar, "manifest", None)
             if marked and manifest is not None:  # what `twincast verify` prints for it
                 out["mark_id"] = bundle_mark_id(manifest.files)
@@ -236,7 +237,8 @@ class Routes:
         return web.json_response({
             "avatars": [entry(n, a) for n, a in self.server.avatars.items()],
             "disclosure": label.cfg.text if label is not None else None,
-            "watermark": marked})
+            "watermark": marked,
+            "unconsented_allowed": self.server.cfg.allow_unconsented})
 
     async def openapi(self, request: web.Request) -> web.Response:
         from streaming.openapi import document

@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 GRID = DATA / "grid_s1"
+LJ = DATA / "ljspeech"
 
 os.environ.setdefault("TWINCAST_PROGRESS", "0")
 # Renders sign their files with an operator key made on first use: the tests' own, not

@@ -154,7 +154,7 @@ SERVE_ONLY = textwrap.dedent("""
     import streaming.tracks
 
     bundle = Path(sys.argv[2])
-    server = Server(bundle_names([bundle]), ServerConfig(token="t"))
+    server = Server(bundle_names([bundle]), ServerConfig(token="t", allow_unconsented=True))
     server.load()
     running = RunningServer(server)
     try:
@@ -193,7 +193,7 @@ def test_server_runs_with_the_serve_install_alone(bundle: Path):
     from avatar.bundle import read_manifest
     from avatar.watermark import bundle_mark_id
 
-    assert out["avatars"] == [{"name": "presenter", "voice": True,
+    assert out["avatars"] == [{"name": "presenter", "voice": True, "consent": "unconsented",
                                "mark_id": bundle_mark_id(read_manifest(bundle).files)}]
     assert out["speech_samples"] > 0
     assert out["leaked"] == []

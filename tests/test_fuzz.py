@@ -20,7 +20,8 @@ def api(bundle: Path):  # noqa: ANN201
     from streaming.app import Server, ServerConfig
     from streaming.routes import RunningServer
 
-    srv = Server({"presenter": bundle}, ServerConfig(token=TOKEN, max_sessions=2))
+    srv = Server({"presenter": bundle}, ServerConfig(token=TOKEN, max_sessions=2,
+                                                   allow_unconsented=True))
     srv.load()
     running = RunningServer(srv)
     yield running.url, srv

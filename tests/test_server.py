@@ -18,7 +18,8 @@ def server(bundle: Path):  # noqa: ANN201
     from streaming.routes import RunningServer
 
     srv = Server({"presenter": bundle}, ServerConfig(
-        token="t0ken", max_sessions=3, cors_origins=("https://shop.example",)))
+        token="t0ken", max_sessions=3, cors_origins=("https://shop.example",),
+        allow_unconsented=True))
     srv.load()
     running = RunningServer(srv)
     yield running.url, srv
@@ -42,7 +43,8 @@ def test_load_warms_the_renderers_up(bundle: Path) -> None:
     from streaming.app import Server, ServerConfig
     from streaming.scheduler import Cost
 
-    srv = Server({"presenter": bundle}, ServerConfig(devices=("cpu", "cpu"), max_batch=4))
+    srv = Server({"presenter": bundle}, ServerConfig(devices=("cpu", "cpu"), max_batch=4,
+                                                     allow_unconsented=True))
     srv.load()
     guess = Cost()
     assert len(srv.scheduler.lanes) == 2
@@ -308,6 +310,10 @@ def test_data_channel_page_metrics_openapi(server) -> None:  # noqa: ANN001
             async with http.get(f"{url}/metrics") as r:
                 text = await r.text()
             assert "twincast_frames_rendered_total" in text and "twincast_sessions" in text
+            # The operator's --allow-unconsented, in public: the sample was enrolled
+            # without a consent recording.
+            assert "twincast_unconsented_allowed 1.0" in text
+            assert "twincast_avatars_unconsented 1.0" in text
             assert body["id"] not in text  # public: no session ids (capabilities) in it
             pump.cancel()
             async with http.delete(f"{url}/v1/sessions/{body['id']}", headers=AUTH) as r:
@@ -326,7 +332,10 @@ def test_data_channel_page_metrics_openapi(server) -> None:  # noqa: ANN001
                 doc = await r.json()
             assert "/v1/sessions/{id}/say" in doc["paths"]
             async with http.get(f"{url}/v1/avatars", headers=AUTH) as r:
-                assert (await r.json())["avatars"][0]["name"] == "presenter"
+                listed = await r.json()
+            assert listed["avatars"][0]["name"] == "presenter"
+            assert listed["avatars"][0]["consent"] == "unconsented"
+            assert listed["unconsented_allowed"] is True
 
     asyncio.run(run())
 

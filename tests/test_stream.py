@@ -47,7 +47,8 @@ def server(bundle: Path):  # noqa: ANN201
     from streaming.routes import RunningServer
 
     srv = Server({"presenter": bundle}, ServerConfig(token="t0ken", max_sessions=4,
-                                                     rtmp_allow=("127.0.0.1",)))
+                                                     rtmp_allow=("127.0.0.1",),
+                                                     allow_unconsented=True))
     srv.load()
     running = RunningServer(srv)
     yield running.url, srv

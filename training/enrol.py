@@ -70,10 +70,12 @@ def enrol_features(footage: Sequence[Path], workdir: Path, cfg: FeaturesConfig,
 def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
           transcript: Path | None = None, strict: bool = False, device: str = "cpu",
           name: str | None = None, features_only: bool = False,
-          voice_dir: Path | None = None, voice_transcript: Path | None = None) -> dict:
+          voice_dir: Path | None = None, voice_transcript: Path | None = None,
+          consent_clip: Path | None = None) -> dict:
     """The whole enrolment: features, talking-head training, voice training, bundle export.
     ``voice_dir`` adds recordings (with ``voice_transcript``) that only the voice learns
-    from; without footage the bundle has a voice and no face."""
+    from; without footage the bundle has a voice and no face. ``consent_clip`` is checked
+    first (``training.consent``): refused, nothing is trained."""
     from training.config import features_preset
 
     cfg = features_preset(preset, workers)
@@ -84,6 +86,22 @@ def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
         raise TwincastError("--voice needs a transcript of the recordings: "
                             "--voice-transcript FILE ('ID|text' lines)")
     out: dict = {}
+    if consent_clip is not None:
+        if not footage:
+            raise TwincastError("--consent is checked against the footage's face and voice: "
+                                "give the footage too")
+        out["consent"] = check_consent(consent_clip, find_footage(footage), workdir)
+    elif not features_only:
+        from training.consent import read_record
+
+        record = read_record(workdir)
+        if record is not None and record.get("status") == "verified":
+            log.info("consent: verified on %s (%s)", record.get("checked"),
+                     record.get("statement"))
+        else:
+            log.warning("no consent recording (--consent): the bundle is marked unconsented, "
+                        "and serve and stream refuse it unless the operator passes "
+                        "--allow-unconsented; see `twincast consent`")
     feats = None
     if footage:
         feats = enrol_features(footage, workdir, cfg, transcript=transcript, strict=strict)
@@ -127,6 +145,29 @@ def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
 
         out["bundle"] = export_voice_bundle(voice, bundle, name, preset)
     return out
+
+
+def check_consent(clip: Path, footage: list[Path], workdir: Path) -> dict:
+    """Check the consent recording against the footage and keep the result in the work
+    folder (the bundle's manifest takes it at export); a refusal is an error."""
+    from training.consent import ConsentConfig, Footage, check, write_record
+
+    cfg = ConsentConfig()
+    require_writable_dir(workdir)
+    with bar(2, "checking consent", "step") as pb:
+        ref = Footage.read(footage, cfg)
+        pb.update(1)
+        result = check(clip, workdir, ref, cfg)
+        pb.update(1)
+    section = result.manifest(cfg)
+    write_record(workdir, section)
+    if not result.accepted:
+        raise TwincastError(f"{clip}: consent refused: {'; '.join(result.reasons)}. Record "
+                            "the statement again (`twincast consent` prints it), clearly, "
+                            "facing the camera")
+    log.info("consent verified: code %s heard, voice similarity %.2f, face distance %.3f",
+             result.code_heard, result.voice_similarity, result.face_distance)
+    return section
 
 
 def _has_text(features_dir: Path) -> bool:

@@ -7,6 +7,7 @@ runtime-only command never loads training code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -85,6 +86,13 @@ def _label_flags(p: argparse.ArgumentParser) -> None:
     _watermark_flag(p)
 
 
+def _consent_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-unconsented", action="store_true",
+                   help="serve avatars whose enrolment verified no consent recording (you "
+                        "hold the person's consent some other way); logged, and shown in "
+                        "/v1/avatars and /metrics")
+
+
 def _signing_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sign-cert", type=Path, metavar="PEM",
                    help="certificate chain for the file's Content Credentials (C2PA), signing "
@@ -149,7 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=_positive, default=2.0, help="length (default 2)")
     s.add_argument("--size", type=_size, default=(512, 512), help="WIDTHxHEIGHT (512x512)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--consent", type=Path, metavar="WORKDIR",
+                   help="instead of footage, OUT/consent.mp4: the presenter reading the "
+                        "consent statement `twincast consent` issued in WORKDIR")
     s.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser("consent", help="issue the one-time consent statement the person "
+                                       "records on camera before enrolment")
+    c.add_argument("--workdir", type=Path, required=True,
+                   help="the enrolment's work folder (the same --workdir as enrol)")
+    c.add_argument("--name", required=True, help="the person's name, as they will say it")
+    c.add_argument("--valid-minutes", type=_positive, default=30.0,
+                   help="how long the code stays valid (default 30)")
+    c.set_defaults(func=cmd_consent)
 
     e = sub.add_parser("enrol", help="learn an avatar from footage: features, talking "
                        "head, bundle")
@@ -171,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "--transcript works too)")
     e.add_argument("--features-only", action="store_true",
                    help="stop after the enrolment cache (no training, no bundle)")
+    e.add_argument("--consent", type=Path, metavar="CLIP",
+                   help="the person reading the statement `twincast consent` issued, on "
+                        "camera: checked against the footage (words, code, voice, face) "
+                        "before anything is trained; without it the bundle is unconsented")
     e.set_defaults(func=cmd_enrol)
 
     t = sub.add_parser("train", help="train one stage again on an existing enrolment")
@@ -265,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "it is not a public address (repeatable; * for any)")
     sv.add_argument("--log-format", choices=("text", "json"), default="text",
                     help="json: one JSON object per log line, for log collectors")
+    _consent_flag(sv)
     _label_flags(sv)
     sv.set_defaults(func=cmd_serve)
 
@@ -287,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--port", type=int, default=8080)
     st.add_argument("--token", help="API bearer token (default: TWINCAST_TOKEN or generated)")
     st.add_argument("--log-format", choices=("text", "json"), default="text")
+    _consent_flag(st)
     _label_flags(st)
     st.set_defaults(func=cmd_stream)
 
@@ -417,6 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated: only these copy paths (all)")
     bw.add_argument("-o", "--out", type=Path, help="also write the JSON here")
     bw.set_defaults(func=cmd_bench_watermark)
+    bc = bsub.add_parser("consent", help="the consent check's decisions on the synthetic "
+                         "sample and the real recordings in ../shared/data")
+    bc.add_argument("--codes", type=int, default=12,
+                    help="statements the sample presenter reads (12)")
+    bc.add_argument("--grid-sets", type=int, default=10,
+                    help="GRID recordings of four held-out sentences (10)")
+    bc.add_argument("--lj", type=int, default=20, help="LJ Speech recordings (20)")
+    bc.add_argument("-o", "--out", type=Path, help="also write the JSON here")
+    bc.set_defaults(func=cmd_bench_consent)
     bv = bsub.add_parser("voice", help="real-time factor and first-chunk latency of the voice")
     bv.add_argument("bundle", type=Path)
     bv.add_argument("--device", default="cpu")
@@ -435,8 +470,31 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     cfg = SampleConfig(minutes=args.minutes, width=args.size[0], height=args.size[1],
                        seed=args.seed)
+    if args.consent is not None:
+        from training.consent import load_challenge
+
+        ch = load_challenge(args.consent)
+        out = write_sample(args.out, dataclasses.replace(cfg, read=(ch.spoken,),
+                                                         name="consent"))
+        log.info("consent recording written: %s (%s)", out.video, ch.text)
+        return 0
     out = write_sample(args.out, cfg)
     log.info("sample written: %s (transcript %s)", out.video, out.transcript)
+    return 0
+
+
+def cmd_consent(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from training.consent import issue
+
+    ch = issue(args.workdir, args.name, args.valid_minutes)
+    until = datetime.fromtimestamp(ch.expires).astimezone().strftime("%H:%M %Z")
+    sys.stdout.write(
+        f"Record yourself on camera, in the same setting as your footage, saying:\n\n"
+        f"    {ch.text}\n\n"
+        f"The code is valid until {until}. Then enrol with the recording:\n"
+        f"    twincast enrol FOOTAGE --workdir {args.workdir} --consent RECORDING ...\n")
     return 0
 
 
@@ -459,7 +517,7 @@ def cmd_enrol(args: argparse.Namespace) -> int:
     out = enrol(args.footage, args.workdir, args.preset, args.workers,
                 transcript=transcript, strict=args.strict, device=args.device,
                 name=args.name, features_only=args.features_only, voice_dir=args.voice,
-                voice_transcript=voice_transcript)
+                voice_transcript=voice_transcript, consent_clip=args.consent)
     if "features" in out:
         sys.stdout.write((out["features"] / "report.txt").read_text())
         log.info("enrolment cache: %s", out["features"])
@@ -530,7 +588,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                      precision=args.precision,
                                      render_threads=args.render_threads,
                                      label=_label_config(args),
-                                     watermark=_watermark_config(args)))
+                                     watermark=_watermark_config(args),
+                                     allow_unconsented=args.allow_unconsented))
     return 0
 
 
@@ -567,7 +626,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     serve([args.bundle], ServerConfig(host=args.host, port=args.port, token=args.token,
                                       devices=devices, precision=args.precision,
                                       label=_label_config(args),
-                                      watermark=_watermark_config(args)),
+                                      watermark=_watermark_config(args),
+                                      allow_unconsented=args.allow_unconsented),
           stream=(req, show))
     return 0
 
@@ -795,6 +855,21 @@ def cmd_bench_watermark(args: argparse.Namespace) -> int:
                                unmarked_audio=tuple(args.unmarked_audio),
                                paths=tuple(p for p in args.paths.split(",") if p))
     result = json.dumps(run(args.bundle, cfg), indent=2)
+    if args.out is not None:
+        from avatar import atomic
+
+        with atomic.atomic_path(args.out, ".json") as tmp:
+            tmp.write_text(result + "\n")
+    print(result)
+    return 0
+
+
+def cmd_bench_consent(args: argparse.Namespace) -> int:
+    from bench.consent import run
+
+    if min(args.codes, args.grid_sets, args.lj) < 1:
+        raise TwincastError("--codes, --grid-sets and --lj must be at least 1")
+    result = json.dumps(run(args.codes, args.grid_sets, args.lj), indent=2)
     if args.out is not None:
         from avatar import atomic
 

@@ -20,6 +20,7 @@ from avatar.errors import path_error
 from avatar.manifest import HeadMel, HeadSection, IdleSection, Manifest, MotionSection
 from avatar.models.head import HeadConfig
 from avatar.video_io import VideoWriter
+from training.consent import bundle_consent
 from training.face import mouth_opening
 from training.head.data import cut_region
 from training.head.idle import choose_idle
@@ -91,6 +92,7 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
             crop_size=int(meta["crop_size"]),
             source={"clips": [{"id": c["id"], "digest": c["digest"]}
                               for c in manifest_in["clips"]]},
+            consent=bundle_consent(out),
             head=HeadSection(
                 config=dataclasses.asdict(model), region=list(model.region),
                 mask_top=model.mask_top,

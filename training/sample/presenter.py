@@ -53,6 +53,14 @@ class SampleConfig:
     nod_s: float = 0.4
     speaking_sway: float = 1.8
     """Sway while speaking over sway while silent."""
+    read: tuple[str, ...] = ()
+    """Sentences to read, in order, instead of a random script of ``minutes`` (a consent
+    statement: ``twincast sample --consent``)."""
+    voice: str = "en-us"
+    """espeak-ng voice (another one makes another speaker, for the consent figures)."""
+    name: str = "sample"
+    """Base name of the files written: NAME.mp4, and for a random script its transcript,
+    words and ground truth."""
 
 
 @dataclass
@@ -255,7 +263,7 @@ def write_sample(out_dir: Path, cfg: SampleConfig) -> SampleFiles:
     """Write sample.mp4, transcript.txt, words.json and truth.npz into ``out_dir``."""
     if cfg.width % 2 or cfg.height % 2 or min(cfg.width, cfg.height) < 64:
         raise TwincastError(f"--size {cfg.width}x{cfg.height}: sides must be even and >= 64")
-    if cfg.minutes < 0.1:
+    if cfg.minutes < 0.1 and not cfg.read:
         raise TwincastError(f"--minutes {cfg.minutes:g}: a sample must last at least 0.1 "
                             "minutes (6 s) to hold a spoken sentence")
     try:
@@ -264,9 +272,9 @@ def write_sample(out_dir: Path, cfg: SampleConfig) -> SampleFiles:
         raise TwincastError(f"{out_dir}: cannot create ({e.strerror})") from None
     rng = random.Random(cfg.seed)
     nrng = np.random.default_rng(cfg.seed)
-    seconds = cfg.minutes * 60
+    script = make_script(cfg.minutes * 60, rng, lines=cfg.read, voice=cfg.voice)
+    seconds = len(script.audio) / script.rate
     n = int(round(seconds * cfg.fps))
-    script = make_script(seconds, rng)
     # Coarticulation: the jaw cannot jump between phoneme targets.
     k = np.exp(-0.5 * (np.arange(-8, 9) / 3.5) ** 2)
     smooth = np.convolve(script.opening_100hz, k / k.sum(), mode="same")
@@ -283,8 +291,13 @@ def write_sample(out_dir: Path, cfg: SampleConfig) -> SampleFiles:
         _nods(nod_times, n, cfg) * portrait.iod
     opening_px = opening * cfg.max_opening * portrait.iod
     samples_per_frame = script.rate / cfg.fps
-    files = SampleFiles(video=out_dir / "sample.mp4", transcript=out_dir / "transcript.txt",
-                        truth=out_dir / "truth.npz", words=out_dir / "words.json")
+    files = SampleFiles(video=out_dir / f"{cfg.name}.mp4",
+                        transcript=out_dir / ("transcript.txt" if cfg.name == "sample"
+                                              else f"{cfg.name}.txt"),
+                        truth=out_dir / ("truth.npz" if cfg.name == "sample"
+                                         else f"{cfg.name}-truth.npz"),
+                        words=out_dir / ("words.json" if cfg.name == "sample"
+                                         else f"{cfg.name}-words.json"))
     log.info("rendering %d frames at %dx%d", n, cfg.width, cfg.height)
     with VideoWriter(files.video, cfg.fps, cfg.width, cfg.height, crf=cfg.crf,
                      audio_rate=script.rate) as writer, bar(n, "sample", "frame") as pb:
@@ -297,6 +310,8 @@ def write_sample(out_dir: Path, cfg: SampleConfig) -> SampleFiles:
             a, b = int(round(i * samples_per_frame)), int(round((i + 1) * samples_per_frame))
             writer.write_audio(script.audio[a:b])
             pb.update(1)
+    if cfg.read:
+        return files  # a recording to check, not footage: no ground truth wanted
     # Ground truth on MediaPipe's scale: inner-lip gap over the inter-ocular distance.
     truth_opening = (portrait.base_gap + opening_px) / portrait.iod
     atomic.save_npz(files.truth, mouth_opening=truth_opening.astype(np.float32),

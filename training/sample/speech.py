@@ -67,19 +67,26 @@ class Script:
     """Target mouth opening (0..1) per 10 ms, phoneme by phoneme, before coarticulation."""
 
 
-def make_script(seconds: float, rng: random.Random, wpm: int = 155) -> Script:
+def make_script(seconds: float, rng: random.Random, wpm: int = 155,
+                lines: tuple[str, ...] = (), voice: str = "en-us") -> Script:
     """Sentences with pauses until ``seconds`` of audio; some pauses are long, so the
-    footage has idle stretches to stand in when silent."""
+    footage has idle stretches to stand in when silent. With ``lines``, those are read in
+    order instead, and the script ends a moment after the last (``seconds`` is ignored)."""
     rate = 22050
+    if lines:
+        seconds = sum(len(espeak.synthesize(x, voice=voice, rate_wpm=wpm).audio)
+                      for x in lines) / rate + 1.2 * len(lines) + 2.0
     audio_parts: list[np.ndarray] = []
     sentences: list[tuple[float, float, str]] = []
     words: list[tuple[float, str]] = []
     opening = np.zeros(int(seconds * 100) + 1, np.float32)
     t = rng.uniform(0.8, 1.5)
     audio_parts.append(np.zeros(int(t * rate), np.float32))
-    while True:
-        sentence = make_sentence(rng)
-        syn = espeak.synthesize(sentence, rate_wpm=wpm + rng.randint(-10, 10))
+    queue = list(lines)
+    while not lines or queue:
+        sentence = queue.pop(0) if lines else make_sentence(rng)
+        syn = espeak.synthesize(sentence, voice=voice,
+                                rate_wpm=wpm + (0 if lines else rng.randint(-10, 10)))
         dur = len(syn.audio) / rate
         if t + dur > seconds - 0.5:
             break
@@ -90,7 +97,8 @@ def make_script(seconds: float, rng: random.Random, wpm: int = 155) -> Script:
         for (a, ph), (b, _) in zip(marks[:-1], marks[1:], strict=True):
             opening[int((t + a) * 100): int((t + b) * 100)] = phoneme_opening(ph)
         audio_parts.append(syn.audio)
-        pause = rng.uniform(2.0, 3.5) if rng.random() < 0.25 else rng.uniform(0.35, 0.9)
+        pause = rng.uniform(2.0, 3.5) if rng.random() < 0.25 and not lines else \
+            rng.uniform(0.35, 0.9)
         audio_parts.append(np.zeros(int(pause * rate), np.float32))
         t += dur + pause
     audio = np.concatenate(audio_parts)

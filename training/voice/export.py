@@ -16,6 +16,7 @@ from avatar.bundle import read_manifest, sha256_file, write_manifest
 from avatar.manifest import Manifest, VocoderSection, VoiceMel, VoiceSection
 from avatar.models.voice import SYMBOLS
 from avatar.version import __version__
+from training.consent import bundle_consent
 from training.voice.train import TrainedVoice
 
 VOICE_FILE = "voice.safetensors"
@@ -90,5 +91,6 @@ def export_voice_bundle(voice: TrainedVoice, out: Path, name: str, preset: str) 
         section, files = write_voice(voice, tmp, preset)
         write_manifest(tmp, Manifest(
             name=name, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            tool=f"twincast {__version__}", files=files, voice=section))
+            tool=f"twincast {__version__}", files=files, voice=section,
+            consent=bundle_consent(out)))
     return out
