@@ -130,7 +130,7 @@ def test_issue_makes_fresh_codes_and_checks_the_name(tmp_path: Path):
 
 
 def test_the_cli_prints_the_statement_and_enrol_refuses_a_bad_recording(tmp_path: Path,
-                                                                        sample):
+                                                                        sample, reading):
     work = tmp_path / "work"
     proc = run_cli("consent", "--workdir", work, "--name", "Eileen Collins")
     assert proc.returncode == 0, proc.stderr
@@ -143,6 +143,18 @@ def test_the_cli_prints_the_statement_and_enrol_refuses_a_bad_recording(tmp_path
     assert proc.returncode == 2 and "no speech" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not (work / "features").exists() and not (work / "avatars").exists()
+    # A readable recording of the wrong code: refused with the reasons, and recorded.
+    _challenge(work, code="3-9-1-4")
+    proc = run_cli("enrol", sample.video, "--workdir", work, "--preset", "ci",
+                   "--consent", reading)
+    assert proc.returncode == 2 and "consent refused" in proc.stderr, proc.stderr
+    assert "is not 3-9-1-4" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert json.loads(C.record_path(work).read_text())["status"] == "refused"
+    assert not (work / "features").exists()
+    _challenge(work, minutes=-1)
+    proc = run_cli("enrol", sample.video, "--workdir", work, "--consent", reading)
+    assert proc.returncode == 2 and "expired" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_the_record_goes_into_the_bundles_manifest(tmp_path: Path):

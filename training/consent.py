@@ -380,6 +380,13 @@ def check(clip: Path, workdir: Path, footage: Footage, cfg: ConsentConfig = Cons
     """Check ``clip`` against the challenge in ``workdir`` and the footage. Raises for what
     the creator must fix (no challenge, expired code, no speech, no face, unreadable);
     returns a refused result for a recording that does not match."""
+    ch = challenge_for(clip, workdir, now)
+    return check_recording(clip, ch.text, ch.code, footage, cfg, ch.name, ch.digest())
+
+
+def challenge_for(clip: Path, workdir: Path, now: float | None = None) -> Challenge:
+    """The challenge a recording answers, once the cheap faults are ruled out (no
+    challenge, an expired code, no such file): before the footage is read."""
     ch = load_challenge(workdir)
     now = time.time() if now is None else now
     if now > ch.expires:
@@ -387,7 +394,9 @@ def check(clip: Path, workdir: Path, footage: Footage, cfg: ConsentConfig = Cons
         raise TwincastError(f"the consent code {ch.code} expired at {when}; run `twincast "
                             f"consent --workdir {workdir} --name ...` again and record the "
                             "new statement")
-    return check_recording(clip, ch.text, ch.code, footage, cfg, ch.name, ch.digest())
+    if not Path(clip).is_file():
+        raise TwincastError(f"{clip}: no such consent recording")
+    return ch
 
 
 def check_recording(clip: Path, text: str, code: str, footage: Footage,
@@ -421,12 +430,17 @@ def check_recording(clip: Path, text: str, code: str, footage: Footage,
     if heard.digits != code:
         reasons.append(f"the code heard ({heard.digits or 'none'}) is not {code} (read "
                        "it slowly, digit by digit)")
-    if sim is None or sim < cfg.voice_min:
+    if footage.voice is None:
+        reasons.append("the footage has no speech to compare the voice with")
+    elif sim is None or sim < cfg.voice_min:
         reasons.append("the voice is not the footage's" + (
-            f" (similarity {sim:.2f} < {cfg.voice_min})" if sim is not None else ""))
-    if dist is None or dist > cfg.face_max:
-        reasons.append("the face is not the footage's" + (
-            f" (distance {dist:.3f} > {cfg.face_max})" if dist is not None else ""))
+            f" (similarity {sim:.2f} < {cfg.voice_min})" if sim is not None else
+            " (under a second of speech in the recording)"))
+    if footage.face is None:
+        reasons.append("the footage has no face to compare with")
+    elif dist is None or dist > cfg.face_max:
+        reasons.append(f"the face is not the footage's (distance {dist:.3f} > "
+                       f"{cfg.face_max})")
     return ConsentResult(
         accepted=not reasons, reasons=reasons, name=name, code=code,
         code_heard=heard.digits,

@@ -150,10 +150,11 @@ def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
 def check_consent(clip: Path, footage: list[Path], workdir: Path) -> dict:
     """Check the consent recording against the footage and keep the result in the work
     folder (the bundle's manifest takes it at export); a refusal is an error."""
-    from training.consent import ConsentConfig, Footage, check, write_record
+    from training.consent import ConsentConfig, Footage, challenge_for, check, write_record
 
     cfg = ConsentConfig()
     require_writable_dir(workdir)
+    challenge_for(clip, workdir)  # the quick faults first, before the footage is read
     with bar(2, "checking consent", "step") as pb:
         ref = Footage.read(footage, cfg)
         pb.update(1)
