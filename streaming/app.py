@@ -19,9 +19,17 @@ from pathlib import Path
 from avatar.errors import TwincastError
 from avatar.label import Label, LabelConfig
 from avatar.watermark import WatermarkConfig
+from streaming.llm import LLMConfig
 from streaming.ratelimit import Bucket
 from streaming.registry import Registry
-from streaming.requests import BadRequest, Interrupt, Say, StreamRequest, parse_command
+from streaming.requests import (
+    Ask,
+    BadRequest,
+    Interrupt,
+    Say,
+    StreamRequest,
+    parse_command,
+)
 from streaming.scheduler import Lane, Scheduler, SchedulerConfig
 from streaming.session import Session, SessionConfig, listen
 from streaming.tokens import TokenBook
@@ -69,6 +77,9 @@ class ServerConfig:
     watermark: WatermarkConfig = WatermarkConfig()
     """The invisible marks (bundle id and time) in every frame and in the voice
     (``avatar.watermark``)."""
+    llm: LLMConfig | None = None
+    """The operator's LLM (OpenAI-compatible chat API) that answers ``ask``; None: questions
+    are refused (409)."""
     allow_unconsented: bool = False
     """Serve avatars whose enrolment verified no consent recording (``training.consent``);
     the operator's explicit choice, logged at start and shown in ``/v1/avatars`` and
@@ -114,6 +125,9 @@ class Server:
         self.voices: dict[str, object | None] = {}
         self.scheduler: Scheduler | None = None
         self.registry = Registry(self.cfg.max_sessions, self.cfg.capacity_share)
+        self.conversations: dict[str, object] = {}
+        """Each session's questions to the LLM (``streaming.conversation``), once asked."""
+        self._http = None  # the LLM's HTTP client, made at the first question
         self._watchdog: asyncio.Task | None = None
         self.label = Label(self.cfg.label) if self.cfg.label.enabled else None
         if self.label is None:
@@ -176,6 +190,8 @@ class Server:
         if self._watchdog is not None:
             self._watchdog.cancel()
         await self.registry.close_all()
+        if self._http is not None:
+            await self._http.close()
         if self.scheduler is not None:
             self.scheduler.stop()
 
@@ -303,6 +319,24 @@ class Server:
     def say(self, session: Session, req: Say) -> str:
         return session.say(req.text, interrupt=req.interrupt, pace=req.rate)
 
+    def ask(self, session: Session, req: Ask) -> str:
+        """Queue a question for the LLM to answer in the session's voice; its id."""
+        if self.cfg.llm is None:
+            raise BadRequest("this server has no LLM to answer with; start it with --llm "
+                             "URL --llm-model NAME", 409)
+        conv = self.conversations.get(session.id)
+        if conv is None:
+            import aiohttp
+
+            from streaming.conversation import Conversation
+
+            if self._http is None or self._http.closed:
+                self._http = aiohttp.ClientSession()
+            conv = self.conversations[session.id] = Conversation(session, self.cfg.llm,
+                                                                 self._http)
+            session.on_close.append(lambda: self.conversations.pop(session.id, None))
+        return conv.ask(req.text, req.sender)
+
     async def close(self, sid: str) -> None:
         await self.registry.close(sid)
 
@@ -333,6 +367,8 @@ class Server:
                     raise BadRequest("this session may watch, not make the avatar speak", 403)
                 if isinstance(cmd, Interrupt):
                     session.interrupt()
+                elif isinstance(cmd, Ask):
+                    send({"type": "accepted", "question": self.ask(session, cmd)})
                 else:
                     send({"type": "accepted", "utterance": self.say(session, cmd)})
             except TwincastError as e:

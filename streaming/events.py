@@ -68,5 +68,58 @@ class Closing(SessionEvent):
         return {**super().to_json(), "reason": self.reason}
 
 
-EVENTS = (SpeechStarted, SpeechEnded, Interrupted, SpeechFailed, Closing)
+@dataclass(frozen=True)
+class AnswerStarted(SessionEvent):
+    """A question went to the LLM (``streaming.conversation``)."""
+
+    question: str = ""
+    type: ClassVar[str] = "answer_started"
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "question": self.question}
+
+
+@dataclass(frozen=True)
+class AnswerSentence(SessionEvent):
+    """A sentence of the answer was queued to be said, as ``utterance`` (its
+    speech_started and speech_ended follow); ``text`` is what is said (a subtitle)."""
+
+    question: str = ""
+    text: str = ""
+    type: ClassVar[str] = "answer_sentence"
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "question": self.question, "text": self.text}
+
+
+@dataclass(frozen=True)
+class AnswerDone(SessionEvent):
+    """The answer is complete (all its sentences queued); ``cut``: it ran past the reply
+    length cap and the rest was dropped."""
+
+    question: str = ""
+    sentences: int = 0
+    cut: bool = False
+    type: ClassVar[str] = "answer_done"
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "question": self.question, "sentences": self.sentences,
+                "cut": self.cut}
+
+
+@dataclass(frozen=True)
+class AnswerFailed(SessionEvent):
+    """The LLM did not answer (down, slow, an error, a broken stream) or the answer was
+    dropped (barge-in); what was said of it stays said, the session goes on."""
+
+    question: str = ""
+    message: str = ""
+    type: ClassVar[str] = "answer_failed"
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "question": self.question, "message": self.message}
+
+
+EVENTS = (SpeechStarted, SpeechEnded, Interrupted, SpeechFailed, Closing, AnswerStarted,
+          AnswerSentence, AnswerDone, AnswerFailed)
 """Every event type, for the documentation."""

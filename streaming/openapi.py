@@ -90,6 +90,19 @@ def _paths() -> dict:
                               "429": _error("this session has as much speech queued as it "
                                             "takes; retry after Retry-After seconds, or say "
                                             "with interrupt")}}},
+            "/v1/sessions/{id}/ask": {"post": {
+                "summary": "Ask a question: the operator's LLM answers it in the avatar's "
+                           "voice, sentence by sentence (events answer_started, "
+                           "answer_sentence, answer_done or answer_failed)",
+                "parameters": sid,
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "$ref": "#/components/schemas/Ask"}}}},
+                "responses": {"202": {"description": "queued, with the question id"},
+                              "400": _error("bad body or empty question"),
+                              "409": _error("this server has no LLM (--llm), or its avatar "
+                                            "no voice"),
+                              "413": _error("question over the limit"),
+                              "429": _error("questions already waiting for this session")}}},
             "/v1/streams": {"post": {
                 "summary": "Start a livestream: a session whose output is pushed to an RTMP "
                            "ingest (inject text with its /say)",
@@ -115,9 +128,11 @@ def _paths() -> dict:
                 "summary": "Stop speaking at once (barge-in)", "parameters": sid,
                 "responses": {"200": {"description": "how many utterances were dropped"}}}},
         },
-        "x-data-channel": "Commands {type: say, text, interrupt, rate} and "
-                          "{type: interrupt}; events {type: "
+        "x-data-channel": "Commands {type: say, text, interrupt, rate}, {type: ask, "
+                          "text, from} and {type: interrupt}; events {type: "
                           + " | ".join(e.type for e in EVENTS) + ", session, utterance, "
-                          "stream_time} and replies {type: accepted, utterance} or "
+                          "stream_time} (answers add question, and text or sentences, "
+                          "cut or message) and replies {type: accepted, utterance or "
+                          "question} or "
                           "{type: error, message}.",
     }

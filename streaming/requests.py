@@ -128,6 +128,34 @@ class Say:
 
 
 @dataclass(frozen=True)
+class Ask:
+    """Ask the avatar a question: the operator's LLM answers it in the avatar's voice."""
+
+    text: str
+    sender: str | None = None
+
+    FIELDS = {
+        "text": Field(str, "the question"),
+        "from": Field(str, "who asks (a viewer's name), for the LLM and the logs", ""),
+    }
+    MAX_CHARS = 500
+
+    @classmethod
+    def parse(cls, body: object) -> Ask:
+        if isinstance(body, dict) and "text" in body and not isinstance(body["text"], str):
+            raise BadRequest("'text' must be a string")
+        v = _fields(body, cls.FIELDS)
+        text = " ".join(v["text"].split())
+        if not text:
+            raise BadRequest("'text' is empty")
+        if len(text) > cls.MAX_CHARS:
+            raise BadRequest(f"the question is {len(text)} characters; the limit is "
+                             f"{cls.MAX_CHARS}", 413)
+        sender = " ".join(v["from"].split())[:60] or None
+        return cls(text, sender)
+
+
+@dataclass(frozen=True)
 class Interrupt:
     """Stop speaking now (barge-in)."""
 
@@ -148,17 +176,19 @@ def parse_json(text: str, what: str = "the body") -> object:
 
 
 def parse_command(message: object, max_chars: int = MAX_TEXT_CHARS) -> Command:
-    """A data-channel message: ``{"type": "say", "text", "interrupt", "rate"}`` or
-    ``{"type": "interrupt"}``."""
+    """A data-channel message: ``{"type": "say", "text", "interrupt", "rate"}``,
+    ``{"type": "ask", "text", "from"}`` or ``{"type": "interrupt"}``."""
     cmd = parse_json(message, "a command") if isinstance(message, str) else None
     if not isinstance(cmd, dict):
         raise BadRequest("a command is a JSON object")
     kind = cmd.get("type")
     if kind == "say":
         return Say.parse({k: v for k, v in cmd.items() if k != "type"}, max_chars)
+    if kind == "ask":
+        return Ask.parse({k: v for k, v in cmd.items() if k != "type"})
     if kind == "interrupt":
         return Interrupt()
-    raise BadRequest(f"unknown command {kind!r} (say, interrupt)")
+    raise BadRequest(f"unknown command {kind!r} (say, ask, interrupt)")
 
 
 @dataclass(frozen=True)
@@ -251,5 +281,6 @@ def _schema(fields: dict[str, Field]) -> dict:
 
 def schemas() -> dict[str, dict]:
     """The OpenAPI component schemas of the request bodies."""
-    return {"Say": _schema(Say.FIELDS), "Stream": _schema(StreamRequest.FIELDS),
+    return {"Say": _schema(Say.FIELDS), "Ask": _schema(Ask.FIELDS),
+            "Stream": _schema(StreamRequest.FIELDS),
             "Token": _schema(TokenRequest.FIELDS)}

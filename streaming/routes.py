@@ -24,7 +24,14 @@ from streaming.app import Server, ServerConfig, bundle_names
 from streaming.ingest import check_ingest
 from streaming.ratelimit import Bucket, retry_after
 from streaming.registry import Full
-from streaming.requests import BadRequest, Say, StreamRequest, TokenRequest, parse_json
+from streaming.requests import (
+    Ask,
+    BadRequest,
+    Say,
+    StreamRequest,
+    TokenRequest,
+    parse_json,
+)
 from streaming.tokens import viewer_may
 
 log = logging.getLogger(__name__)
@@ -213,6 +220,11 @@ class Routes:
         req = Say.parse(await json_body(request), self.server.cfg.max_text_chars)
         return web.json_response({"utterance": self.server.say(session, req)}, status=202)
 
+    async def ask(self, request: web.Request) -> web.Response:
+        session = self.server.session(request.match_info["id"])
+        req = Ask.parse(await json_body(request))
+        return web.json_response({"question": self.server.ask(session, req)}, status=202)
+
     async def interrupt(self, request: web.Request) -> web.Response:
         session = self.server.session(request.match_info["id"])
         return web.json_response({"dropped": session.interrupt()})
@@ -290,6 +302,7 @@ def build_app(server: Server) -> web.Application:
     r.add_get("/v1/sessions/{id}", routes.get_session)
     r.add_delete("/v1/sessions/{id}", routes.delete_session)
     r.add_post("/v1/sessions/{id}/say", routes.say)
+    r.add_post("/v1/sessions/{id}/ask", routes.ask)
     r.add_post("/v1/sessions/{id}/interrupt", routes.interrupt)
     r.add_post("/v1/streams", routes.create_stream)
     r.add_post("/v1/tokens", routes.mint_token)

@@ -193,6 +193,9 @@ class Session:
         self._told_closing = False
         self._last_frame: np.ndarray | None = None
         """The frame shown last (shown again where a motion frame is not decoded yet)."""
+        self.on_close: list[Callable[[], None]] = []
+        self.on_interrupt: list[Callable[[], None]] = []
+        """Called at every barge-in (a conversation drops the answer it is giving)."""
         self.may_say = True
         """Whether its viewer's data channel may make the avatar speak (a viewer token's
         grant; the API's say is checked by the token itself)."""
@@ -217,6 +220,8 @@ class Session:
         self.tell_closing(reason)
         self.state = "closed"
         self.interrupt(emit=False)
+        for fn in list(self.on_close):
+            fn()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -324,10 +329,21 @@ class Session:
             # The frames planned as speech were never rendered: walk to silence from the
             # next frame (its first frames are painted shut, see _paint_silence).
             self.motion.replan(self.motion.shown + 1)
+        for fn in list(self.on_interrupt):
+            fn()
         if emit and dropped:
             self.stats["interrupts"] += 1
             self._emit(Interrupted, None)
         return dropped
+
+    def emit(self, kind: type[SessionEvent], utterance: str | None = None,
+             **extra: object) -> None:
+        """Tell the listeners of an event that is not an utterance's own (an answer's)."""
+        ev = kind(session=self.id, utterance=utterance,
+                  stream_time=round(self.clock.now(), 3), **extra)
+        self.events.append(ev)
+        for fn in list(self.listeners):
+            fn(ev)
 
     def _fail_current(self, message: str) -> None:
         """The utterance being said cannot go on (its synthesis or its rendering failed):

@@ -70,7 +70,7 @@ class TokenBook:
         return g
 
 
-_SESSION = re.compile(r"^/v1/sessions/([^/]+)(/say|/interrupt)?$")
+_SESSION = re.compile(r"^/v1/sessions/([^/]+)(/say|/ask|/interrupt)?$")
 
 
 def viewer_may(grant: Grant, method: str, path: str) -> str | None:

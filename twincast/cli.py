@@ -86,6 +86,42 @@ def _label_flags(p: argparse.ArgumentParser) -> None:
     _watermark_flag(p)
 
 
+def _llm_flags(p: argparse.ArgumentParser) -> None:
+    """The operator's LLM that answers questions (``streaming.llm``)."""
+    p.add_argument("--llm", metavar="URL",
+                   help="an OpenAI-compatible chat API that answers viewers' questions "
+                        "(ask), e.g. http://127.0.0.1:8081/v1 (llama.cpp, vLLM, Ollama)")
+    p.add_argument("--llm-model", metavar="NAME", help="the model to ask (with --llm)")
+    p.add_argument("--llm-key-env", metavar="VAR",
+                   help="the environment variable holding the LLM's API key")
+    p.add_argument("--llm-system", metavar="TEXT",
+                   help="the system prompt ({name} is the avatar's name; default: answer "
+                        "in one to three short spoken sentences)")
+    p.add_argument("--knowledge", type=Path, metavar="FILE",
+                   help="a product sheet or FAQ (Markdown or TOML) the LLM answers from")
+
+
+def _llm_config(args: argparse.Namespace):  # noqa: ANN202 - streaming.llm.LLMConfig | None
+    from streaming.llm import LLMConfig, read_knowledge
+
+    if args.llm is None:
+        if args.llm_model or args.knowledge or args.llm_system or args.llm_key_env:
+            raise TwincastError("--llm-model, --llm-system, --llm-key-env and --knowledge "
+                                "go with --llm URL")
+        return None
+    if not args.llm.startswith(("http://", "https://")):
+        raise TwincastError(f"--llm {args.llm!r}: an http:// or https:// URL of an "
+                            "OpenAI-compatible API, e.g. http://127.0.0.1:8081/v1")
+    if not args.llm_model:
+        raise TwincastError("--llm needs --llm-model NAME (the model the API serves)")
+    cfg = LLMConfig(url=args.llm, model=args.llm_model, key_env=args.llm_key_env,
+                    knowledge=read_knowledge(args.knowledge) if args.knowledge else "")
+    if args.llm_system:
+        cfg = dataclasses.replace(cfg, system=args.llm_system)
+    cfg.headers()  # a key variable that is not set fails now, not at the first question
+    return cfg
+
+
 def _consent_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-unconsented", action="store_true",
                    help="serve avatars whose enrolment verified no consent recording (you "
@@ -290,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--log-format", choices=("text", "json"), default="text",
                     help="json: one JSON object per log line, for log collectors")
     _consent_flag(sv)
+    _llm_flags(sv)
     _label_flags(sv)
     sv.set_defaults(func=cmd_serve)
 
@@ -313,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--token", help="API bearer token (default: TWINCAST_TOKEN or generated)")
     st.add_argument("--log-format", choices=("text", "json"), default="text")
     _consent_flag(st)
+    _llm_flags(st)
     _label_flags(st)
     st.set_defaults(func=cmd_stream)
 
@@ -589,7 +627,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                      render_threads=args.render_threads,
                                      label=_label_config(args),
                                      watermark=_watermark_config(args),
-                                     allow_unconsented=args.allow_unconsented))
+                                     allow_unconsented=args.allow_unconsented,
+                                     llm=_llm_config(args)))
     return 0
 
 
@@ -627,7 +666,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
                                       devices=devices, precision=args.precision,
                                       label=_label_config(args),
                                       watermark=_watermark_config(args),
-                                      allow_unconsented=args.allow_unconsented),
+                                      allow_unconsented=args.allow_unconsented,
+                                      llm=_llm_config(args)),
           stream=(req, show))
     return 0
 

@@ -9,6 +9,7 @@
 //   await avatar.connect();
 //   avatar.say("Hello!");                 // queued after what is being said
 //   avatar.say("Stop that.", { interrupt: true });
+//   avatar.ask("Does it come in blue?");  // answered by the server's LLM (serve --llm)
 //   avatar.interrupt();
 //   await avatar.useMicrophone(true);     // the avatar speaks what the microphone hears
 //   await avatar.close();
@@ -30,8 +31,9 @@
     }
 
     // Events: speech_started, speech_ended, interrupted, error, closing (with a reason:
-    // the server is shutting down, the viewer vanished), accepted, connected,
-    // closed; "*" receives them all. Each is the server's JSON event object.
+    // the server is shutting down, the viewer vanished), answer_started, answer_sentence,
+    // answer_done, answer_failed, accepted, connected, closed; "*" receives them all.
+    // Each is the server's JSON event object.
     on(type, fn) {
       (this.handlers[type] = this.handlers[type] || []).push(fn);
       return this;
@@ -112,6 +114,16 @@
         return;
       }
       await this.post("/say", { text, policy: interrupt ? "interrupt" : "append", rate });
+    }
+
+    // Ask a question: the server's LLM (serve --llm) answers it in the avatar's voice,
+    // with answer_started, answer_sentence (text: a subtitle), answer_done or answer_failed.
+    async ask(text, { from = "" } = {}) {
+      if (this.channel && this.channel.readyState === "open") {
+        this.channel.send(JSON.stringify({ type: "ask", text, from }));
+        return;
+      }
+      await this.post("/ask", { text, from });
     }
 
     async interrupt() {
