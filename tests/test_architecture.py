@@ -148,6 +148,12 @@ SERVE_ONLY = textwrap.dedent("""
             return None
 
     sys.meta_path.insert(0, NotInstalled())
+    # A probe for an optional package (yarl looks for pydantic_core) finds nothing, as it
+    # would where the package is not installed, instead of failing.
+    import importlib.util
+    _find_spec = importlib.util.find_spec
+    importlib.util.find_spec = lambda name, package=None: None \
+        if name.split(".")[0] in BLOCKED else _find_spec(name, package)
     from streaming.app import Server, ServerConfig, bundle_names
     from streaming.routes import RunningServer
     import streaming.metrics, streaming.openapi, streaming.rtmp, streaming.show

