@@ -465,7 +465,11 @@ def read_record(workdir: Path) -> dict | None:
     path = record_path(workdir)
     try:
         d = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # none yet (or no work folder: enrolment says what is wrong with it)
+    except OSError as e:
+        log.warning("%s cannot be read (%s): the bundle is marked unconsented", path,
+                    e.strerror)
         return None
     except ValueError:
         log.warning("%s is damaged: the bundle is marked unconsented", path)
