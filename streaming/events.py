@@ -6,7 +6,7 @@ clock it happened (the time the viewer sees it, not the time it was computed).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 
@@ -18,9 +18,9 @@ class SessionEvent:
     type: ClassVar[str] = ""
 
     def to_json(self) -> dict:
-        """The data channel's form: ``{"type", "session", "utterance", "stream_time"}``."""
-        return {"type": self.type, "session": self.session, "utterance": self.utterance,
-                "stream_time": self.stream_time}
+        """The data channel's form: ``{"type", "session", "utterance", "stream_time"}`` and
+        the event's own fields."""
+        return {"type": self.type, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,6 @@ class SpeechFailed(SessionEvent):
     message: str = ""
     type: ClassVar[str] = "error"
 
-    def to_json(self) -> dict:
-        return {**super().to_json(), "message": self.message}
-
 
 @dataclass(frozen=True)
 class Closing(SessionEvent):
@@ -64,9 +61,6 @@ class Closing(SessionEvent):
     reason: str = ""
     type: ClassVar[str] = "closing"
 
-    def to_json(self) -> dict:
-        return {**super().to_json(), "reason": self.reason}
-
 
 @dataclass(frozen=True)
 class AnswerStarted(SessionEvent):
@@ -74,9 +68,6 @@ class AnswerStarted(SessionEvent):
 
     question: str = ""
     type: ClassVar[str] = "answer_started"
-
-    def to_json(self) -> dict:
-        return {**super().to_json(), "question": self.question}
 
 
 @dataclass(frozen=True)
@@ -87,9 +78,6 @@ class AnswerSentence(SessionEvent):
     question: str = ""
     text: str = ""
     type: ClassVar[str] = "answer_sentence"
-
-    def to_json(self) -> dict:
-        return {**super().to_json(), "question": self.question, "text": self.text}
 
 
 @dataclass(frozen=True)
@@ -102,10 +90,6 @@ class AnswerDone(SessionEvent):
     cut: bool = False
     type: ClassVar[str] = "answer_done"
 
-    def to_json(self) -> dict:
-        return {**super().to_json(), "question": self.question, "sentences": self.sentences,
-                "cut": self.cut}
-
 
 @dataclass(frozen=True)
 class AnswerFailed(SessionEvent):
@@ -115,9 +99,6 @@ class AnswerFailed(SessionEvent):
     question: str = ""
     message: str = ""
     type: ClassVar[str] = "answer_failed"
-
-    def to_json(self) -> dict:
-        return {**super().to_json(), "question": self.question, "message": self.message}
 
 
 EVENTS = (SpeechStarted, SpeechEnded, Interrupted, SpeechFailed, Closing, AnswerStarted,

@@ -337,10 +337,10 @@ class Session:
         return dropped
 
     def emit(self, kind: type[SessionEvent], utterance: str | None = None,
-             **extra: object) -> None:
-        """Tell the listeners of an event that is not an utterance's own (an answer's)."""
+             at: float | None = None, **extra: object) -> None:
+        """Tell the listeners of an event (at ``at`` on the stream clock; default now)."""
         ev = kind(session=self.id, utterance=utterance,
-                  stream_time=round(self.clock.now(), 3), **extra)
+                  stream_time=round(self.clock.now() if at is None else at, 3), **extra)
         self.events.append(ev)
         for fn in list(self.listeners):
             fn(ev)
@@ -432,11 +432,7 @@ class Session:
     # ------------------------------------------------------------ internals
     def _emit(self, kind: type[SessionEvent], u: Utterance | None, at: float | None = None,
               **extra: str) -> None:
-        ev = kind(session=self.id, utterance=u.id if u else None,
-                  stream_time=round(self.clock.now() if at is None else at, 3), **extra)
-        self.events.append(ev)
-        for fn in list(self.listeners):
-            fn(ev)
+        self.emit(kind, u.id if u else None, at, **extra)
 
     def _synthesise(self, u: Utterance, loop: asyncio.AbstractEventLoop) -> None:
         """Worker thread: the voice's chunks go to the event loop as they come."""

@@ -230,8 +230,8 @@ def test_a_real_llm_answers_a_viewer_over_the_data_channel(bundle, smollm2) -> N
     """SmolLM2 answers through the real server: ask on the data channel and on the API,
     the answer's sentences queued and spoken (speech_started) by the avatar."""
     import aiohttp
-    from aiortc import RTCPeerConnection, RTCSessionDescription
 
+    from bench.client import open_session
     from streaming.app import Server, ServerConfig
     from streaming.routes import RunningServer
 
@@ -245,47 +245,37 @@ def test_a_real_llm_answers_a_viewer_over_the_data_channel(bundle, smollm2) -> N
 
     async def run() -> None:
         async with aiohttp.ClientSession() as http:
-            pc = RTCPeerConnection()
-            pc.addTransceiver("video", direction="recvonly")
-            pc.addTransceiver("audio", direction="recvonly")
-            channel = pc.createDataChannel("control")
-            events: asyncio.Queue = asyncio.Queue()
-            opened = asyncio.Event()
-            channel.on("open", opened.set)
-            channel.on("message", lambda m: events.put_nowait(json.loads(m)))
-            tracks = []
-            pc.on("track", tracks.append)
-            await pc.setLocalDescription(await pc.createOffer())
-            async with http.post(f"{running.url}/v1/sessions", json={
-                    "sdp": pc.localDescription.sdp}, headers=auth) as r:
-                assert r.status == 201
-                body = await r.json()
-            await pc.setRemoteDescription(RTCSessionDescription(body["sdp"], "answer"))
-            await asyncio.wait_for(opened.wait(), 20)
+            v = await open_session(http, running.url, "t", events=True)
+            while v.channel.readyState != "open":
+                await asyncio.sleep(0.05)
+            async def said(kind: str, seconds: float) -> None:
+                for _ in range(int(seconds / 0.1)):
+                    if any(e["type"] == kind for e in v.events):
+                        return
+                    await asyncio.sleep(0.1)
+                raise AssertionError(f"no {kind} in {v.events}")
 
             async def drain() -> None:  # the media must flow for the session clock to run
                 while True:
-                    for t in list(tracks):
+                    for t in list(v.tracks.values()):
                         await t.recv()
 
             pump = asyncio.ensure_future(drain())
-            channel.send(json.dumps({"type": "ask", "text": "Does the jacket come in blue?",
-                                     "from": "ann"}))
-            seen: list[dict] = []
-            while not any(e["type"] in ("answer_done", "answer_failed") for e in seen):
-                seen.append(await asyncio.wait_for(events.get(), 120))
-            kinds = [e["type"] for e in seen]
-            assert kinds[0] == "accepted" and "answer_started" in kinds, kinds
-            assert kinds[-1] == "answer_done", seen
-            sentences = [e for e in seen if e["type"] == "answer_sentence"]
+            v.channel.send(json.dumps({"type": "ask", "text": "Does the jacket come in blue?",
+                                       "from": "ann"}))
+            await said("answer_started", 120)
+            while not any(e["type"] in ("answer_done", "answer_failed") for e in v.events):
+                await asyncio.sleep(0.1)
+            kinds = [e["type"] for e in v.events]
+            assert kinds[0] == "accepted" and "answer_done" in kinds, v.events
+            sentences = [e for e in v.events if e["type"] == "answer_sentence"]
             assert sentences and all(e["text"].strip() for e in sentences)
-            while "speech_started" not in kinds:  # the first sentence reaches the screen
-                kinds.append((await asyncio.wait_for(events.get(), 60))["type"])
-            async with http.post(f"{running.url}/v1/sessions/{body['id']}/ask",
+            await said("speech_started", 60)  # the first sentence reaches the screen
+            async with http.post(f"{running.url}{v.location}/ask",
                                  json={"text": "How much is it?"}, headers=auth) as r:
                 assert r.status == 202 and (await r.json())["question"]
             pump.cancel()
-            await pc.close()
+            await v.pc.close()
 
     try:
         asyncio.run(run())
