@@ -17,6 +17,12 @@
     [[segment]]
     idle = 10           # seconds of idle motion
 
+    [[segment]]
+    qa = 60             # a Q&A window: live chat questions answered (see [chat])
+
+    [chat]              # where chat comes from and what is answered (avatar.chat_settings)
+    twitch = "mychannel"
+
 Every error names the file, the line and the key, so a long script is quick to fix.
 """
 
@@ -29,12 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from avatar.chat_settings import ChatSettings, parse_chat
 from avatar.errors import TwincastError, path_error
 
 log = logging.getLogger(__name__)
 
-TOP_KEYS = {"repeat", "rate", "segment"}
-SEGMENT_KEYS = {"say", "pause", "idle", "rate", "repeat"}
+TOP_KEYS = {"repeat", "rate", "segment", "chat"}
+SEGMENT_KEYS = {"say", "pause", "idle", "qa", "rate", "repeat"}
 MAX_SECONDS = 3600.0
 MAX_SEGMENTS = 1000
 """A show longer than this is refused (a script of an hour's talk is a few hundred)."""
@@ -43,7 +50,7 @@ MAX_SEGMENTS = 1000
 @dataclass(frozen=True)
 class Segment:
     kind: str
-    """"say", "pause" or "idle"."""
+    """"say", "pause", "idle" or "qa" (a Q&A window: chat answered, else idle)."""
     text: str = ""
     seconds: float = 0.0
     rate: float = 1.0
@@ -55,6 +62,8 @@ class Show:
     segments: tuple[Segment, ...]
     repeat: int | None = 1
     """Times through the whole show; None: forever."""
+    chat: ChatSettings | None = None
+    """Live chat answered on this show's stream (``[chat]``); None: no chat."""
 
     def passes(self) -> range:
         return range(self.repeat) if self.repeat is not None else range(10 ** 9)
@@ -116,11 +125,11 @@ def parse_show(text: str, name: str = "show") -> Show:
             if key not in SEGMENT_KEYS:
                 raise TwincastError(f"{where(key, i)}: unknown key {key!r} in segment "
                                     f"{i + 1} (known: {', '.join(sorted(SEGMENT_KEYS))})")
-        kinds = [k for k in ("say", "pause", "idle") if k in seg]
+        kinds = [k for k in ("say", "pause", "idle", "qa") if k in seg]
         if len(kinds) != 1:
             at = f"{name}, line {seg_line(i)}"
             raise TwincastError(f"{at}: segment {i + 1} needs exactly one of say, pause, "
-                                f"idle (it has {', '.join(kinds) or 'none'})")
+                                f"idle, qa (it has {', '.join(kinds) or 'none'})")
         kind = kinds[0]
         seg_rate = _rate(seg.get("rate", rate), lambda i=i: where("rate", i))
         seg_repeat = _repeat(seg.get("repeat", 1), lambda i=i: where("repeat", i),
@@ -144,7 +153,25 @@ def parse_show(text: str, name: str = "show") -> Show:
     if not segments:
         raise TwincastError(f"{name}: the show is empty; add [[segment]] tables with say, "
                             "pause or idle")
-    return Show(tuple(segments), repeat)
+    has_windows = any(s.kind == "qa" for s in segments)
+    chat = None
+    if "chat" in data:
+        chat = parse_chat(data["chat"], lambda key: _chat_where(lines, key, name),
+                          has_windows)
+    elif has_windows:
+        log.warning("%s: the show has qa segments but no [chat] table; they are idle "
+                    "unless questions are posted to the stream's chat", name)
+    return Show(tuple(segments), repeat, chat)
+
+
+def _chat_where(lines: list[str], key: str, name: str) -> str:
+    """File and line of ``key`` in the ``[chat]`` table (of its header for the table)."""
+    head = next((i for i, line in enumerate(lines) if re.match(r"\s*\[\s*chat\s*\]", line)),
+                None)
+    if head is None:
+        return name
+    line = _key_line(lines, key, head) if key != "chat" else None
+    return f"{name}, line {line or head + 1}"
 
 
 def load_show(path: Path) -> Show:

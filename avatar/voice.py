@@ -31,6 +31,7 @@ from avatar.models.voice import (
 )
 from avatar.text.frontend import TextConfig, TextFrontend
 from avatar.vocoder import GriffinLim
+from avatar.words import text_words, word_times
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ class AudioChunk:
     """The piece of text this chunk begins ("" for the later chunks of a piece)."""
     phonemes: list[tuple[str, float, float]] = field(default_factory=list)
     """(symbol, start, end) in seconds from the start of the whole utterance."""
+    words: list[tuple[str, float, float]] = field(default_factory=list)
+    """(word, start, end) on the same clock, for subtitles: every word of the piece, on
+    the piece's first chunk (``avatar.words``)."""
 
     @property
     def duration(self) -> float:
@@ -189,6 +193,9 @@ class Voice:
             # Griffin-Lim finds its phase over the whole piece at once: one chunk.
             spans = chunk_spans(ends) if streamable else [(0, int(ends[-1]))]
             rel = ends - n  # each symbol's first frame
+            words = word_times(text_words(piece.text, piece.lang),
+                               [(symbol_of(i), t + float(s0) * frame_s, t + float(e) * frame_s)
+                                for i, s0, e in zip(ids, rel, ends, strict=True)])
             for k, (a, b) in enumerate(spans):
                 audio = (self.vocoder.segment(log_mel, a, b) if streamable
                          else self.vocoder(log_mel))
@@ -197,7 +204,7 @@ class Voice:
                           for i, s0, e in zip(ids, rel, ends, strict=True)
                           if symbol_of(i) != " " and a <= s0 < b]
                 chunk = AudioChunk(audio, self.spec.rate, t, piece.text if k == 0 else "",
-                                   timing)
+                                   timing, words if k == 0 else [])
                 t += chunk.duration
                 yield chunk
 

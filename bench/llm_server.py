@@ -148,3 +148,42 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class LLMProcess:
+    """``bench.llm_server`` in a child process on a free loopback port (tests, ``bench
+    ask``): ``url`` once it answers; ``stop()``."""
+
+    def __init__(self, port: int | None = None, start_timeout_s: float = 240.0):
+        import socket
+        import subprocess
+        import sys
+        import urllib.request
+
+        if port is None:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+        root = Path(__file__).resolve().parent.parent
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.llm_server", "--port",
+                                      str(port)], cwd=root, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        self.url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/models", timeout=2):
+                    return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.proc.kill()
+                    err = self.proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+                    raise RuntimeError(f"the SmolLM2 server did not start: {err}") from None
+                time.sleep(1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except Exception:  # noqa: BLE001 - a hung child is killed
+            self.proc.kill()

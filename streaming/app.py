@@ -13,9 +13,11 @@ import json
 import logging
 import os
 import secrets
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from avatar.chat_settings import ChatSettings
 from avatar.errors import TwincastError
 from avatar.label import Label, LabelConfig
 from avatar.watermark import WatermarkConfig
@@ -25,6 +27,7 @@ from streaming.registry import Registry
 from streaming.requests import (
     Ask,
     BadRequest,
+    ChatPost,
     Interrupt,
     Say,
     StreamRequest,
@@ -47,8 +50,9 @@ class ServerConfig:
     precision: str = "auto"
     """Render precision: ``auto`` (bfloat16 where the device has it natively), fp32, bf16."""
     max_sessions: int = 8
-    max_body_bytes: int = 64 * 1024
-    """Largest request body (an SDP offer is a few kB)."""
+    max_body_bytes: int = 256 * 1024
+    """Largest request body (an SDP offer is a few kB; a webhook's batch of a thousand
+    chat messages, or one 100 kB message to be refused by moderation, fits)."""
     max_text_chars: int = 5000
     max_batch: int = 16
     render_threads: int = 0
@@ -127,6 +131,12 @@ class Server:
         self.registry = Registry(self.cfg.max_sessions, self.cfg.capacity_share)
         self.conversations: dict[str, object] = {}
         """Each session's questions to the LLM (``streaming.conversation``), once asked."""
+        self.chats: dict[str, object] = {}
+        """Each stream's live chat (``streaming.chat.ChatDesk``), once it has one."""
+        self.chat_totals: Counter = Counter()
+        """Chat messages by verdict over all streams, for ``/metrics``."""
+        self.answer_totals: Counter = Counter()
+        """Questions asked, answered, failed and dropped over all sessions."""
         self._http = None  # the LLM's HTTP client, made at the first question
         self._watchdog: asyncio.Task | None = None
         self.label = Label(self.cfg.label) if self.cfg.label.enabled else None
@@ -286,6 +296,9 @@ class Server:
         from streaming.show import run_show
 
         show = show if show is not None else req.parsed_show()
+        if show is not None and show.chat is not None and self.cfg.llm is None:
+            raise BadRequest("the show's [chat] is answered by an LLM, and this server has "
+                             "none; start it with --llm URL --llm-model NAME", 409)
         cfg = req.rtmp_config()
         with self._reserve():
             avatar = self.avatar_name(req.avatar)
@@ -303,12 +316,24 @@ class Server:
             session.start()
             push.start()
             tasks = [asyncio.ensure_future(pump(session, push))]
+            desk = None
+            if show is not None and show.chat is not None:
+                desk = self.chat_desk(session, show.chat)
+                if show.chat.irc is not None:
+                    self._read_irc(session, desk, show.chat.irc)
             if show is not None:
-                tasks.append(asyncio.ensure_future(run_show(session, show)))
+                tasks.append(asyncio.ensure_future(run_show(session, show, desk)))
             self.registry.add(session, RtmpStream(push, tasks))
         log.info("session %s streams to %s", session.id, push.redacted_url(),
                  extra={"session": session.id})
         return session
+
+    def _read_irc(self, session: Session, desk, url: str) -> None:  # noqa: ANN001
+        from streaming.irc import IrcChat, IrcTarget
+
+        irc = IrcChat(IrcTarget.parse(url), lambda user, text: desk.post(user, text, "irc"))
+        desk.sources.append(irc)
+        irc.start()
 
     def session(self, sid: str) -> Session:
         entry = self.registry.get(sid)
@@ -321,6 +346,9 @@ class Server:
 
     def ask(self, session: Session, req: Ask) -> str:
         """Queue a question for the LLM to answer in the session's voice; its id."""
+        return self._conversation(session).ask(req.text, req.sender)
+
+    def _conversation(self, session: Session):  # noqa: ANN202 - streaming.conversation
         if self.cfg.llm is None:
             raise BadRequest("this server has no LLM to answer with; start it with --llm "
                              "URL --llm-model NAME", 409)
@@ -332,10 +360,47 @@ class Server:
 
             if self._http is None or self._http.closed:
                 self._http = aiohttp.ClientSession()
-            conv = self.conversations[session.id] = Conversation(session, self.cfg.llm,
-                                                                 self._http)
+            conv = self.conversations[session.id] = Conversation(
+                session, self.cfg.llm, self._http, totals=self.answer_totals)
             session.on_close.append(lambda: self.conversations.pop(session.id, None))
-        return conv.ask(req.text, req.sender)
+        return conv
+
+    def chat_desk(self, session: Session, settings: ChatSettings | None = None):  # noqa: ANN201
+        """The session's live chat desk, made on first use (``settings``: the show's
+        ``[chat]``; without one, questions are answered as they come)."""
+        desk = self.chats.get(session.id)
+        if desk is not None:
+            return desk
+        from streaming.chat import ChatDesk
+
+        conv = self._conversation(session)  # 409 without an LLM
+        desk = ChatDesk(session.id, settings or ChatSettings(answer="anytime"),
+                        conv.answer, totals=self.chat_totals)
+        self.chats[session.id] = desk
+        desk.start()
+
+        def gone() -> None:
+            self.chats.pop(session.id, None)
+            desk.stop()
+        session.on_close.append(gone)
+        return desk
+
+    def set_chat(self, session: Session, settings: ChatSettings) -> None:
+        """Live chat for a session that has none yet (``PUT /v1/sessions/ID/chat``): its
+        moderation and pace, and an IRC channel to read if it names one."""
+        if session.id in self.chats:
+            raise BadRequest("this session has its chat set already", 409)
+        desk = self.chat_desk(session, settings)
+        if settings.irc is not None:
+            self._read_irc(session, desk, settings.irc)
+
+    def post_chat(self, session: Session, req: ChatPost) -> dict[str, int]:
+        """Moderate and queue a webhook's chat messages; the count of each verdict."""
+        desk = self.chat_desk(session)
+        out: Counter = Counter()
+        for user, text in req.messages:
+            out[desk.post(user, text, "webhook")] += 1
+        return dict(out)
 
     async def close(self, sid: str) -> None:
         await self.registry.close(sid)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from avatar.errors import TwincastError
@@ -31,11 +31,20 @@ class Question:
     text: str
     sender: str | None
     asked: float
+    done: asyncio.Future | None = None
+    """Resolved once the answer is given, failed or dropped (``Conversation.answer``)."""
+    last: str | None = None
+    """The utterance of the answer's last sentence queued so far."""
+
+    def finish(self) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
 
 
 class Conversation:
     def __init__(self, session: Session, cfg: LLMConfig, http,  # noqa: ANN001 - aiohttp
-                 max_waiting: int = 3, backlog_wait_s: float = 30.0):
+                 max_waiting: int = 3, backlog_wait_s: float = 30.0,
+                 totals: Counter | None = None):
         self.session = session
         self.cfg = cfg
         self.http = http
@@ -43,9 +52,18 @@ class Conversation:
         self.backlog_wait_s = backlog_wait_s
         self.waiting: deque[Question] = deque()
         self.stats = {"asked": 0, "answered": 0, "failed": 0, "dropped": 0}
+        self.totals = totals
+        """The server's counts over all sessions (``/metrics``), added to as these are."""
         self._task: asyncio.Task | None = None
         self._current: Question | None = None
+        self._questions: dict[str, Question] = {}
+        """Questions waiting or being answered, by id (each leaves when finished)."""
         session.on_interrupt.append(self.cancel)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.stats[key] += n
+        if self.totals is not None:
+            self.totals[key] += n
 
     def ask(self, text: str, sender: str | None = None) -> str:
         """Queue a question; returns its id. A full queue is a 429."""
@@ -55,21 +73,34 @@ class Conversation:
         if self.session.voice is None:
             raise BadRequest(f"avatar {self.session.avatar_name!r} has no voice to answer "
                              "with", 409)
-        q = Question(uuid.uuid4().hex[:8], text, sender, time.monotonic())
+        q = Question(uuid.uuid4().hex[:8], text, sender, time.monotonic(),
+                     asyncio.get_running_loop().create_future())
         self.waiting.append(q)
-        self.stats["asked"] += 1
+        self._count("asked", 1)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
                 self._work(), name=f"answers-{self.session.id}")
+        self._questions[q.id] = q
         return q.id
+
+    async def answer(self, text: str, sender: str | None = None) -> None:
+        """Ask, and return once the answer has been said (or failed, or was dropped)."""
+        q = self._questions[self.ask(text, sender)]
+        assert q.done is not None
+        await q.done
+        if q.last is not None:
+            await self.session.wait_spoken(q.last)
 
     def cancel(self) -> None:
         """Barge-in: the answer being given and every waiting question are dropped."""
         dropped = len(self.waiting) + (self._current is not None)
+        for q in self.waiting:
+            q.finish()
+            self._questions.pop(q.id, None)
         self.waiting.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self.stats["dropped"] += dropped
+        self._count("dropped", dropped)
 
     async def close(self) -> None:
         self.cancel()
@@ -90,12 +121,14 @@ class Conversation:
                                   message="dropped: the avatar was interrupted")
                 raise
             except Exception as e:  # noqa: BLE001 - one answer's fault, never the session's
-                self.stats["failed"] += 1
+                self._count("failed", 1)
                 log.exception("session %s: question %s failed", self.session.id, q.id)
                 self.session.emit(AnswerFailed, question=q.id,
                                   message=f"the answer failed ({e.__class__.__name__})")
             finally:
                 self._current = None
+                q.finish()
+                self._questions.pop(q.id, None)
 
     async def _answer(self, q: Question) -> None:
         s = self.session
@@ -110,7 +143,7 @@ class Conversation:
             for sentence in sentences.flush():
                 said += await self._say(q, sentence)
         except LLMError as e:
-            self.stats["failed"] += 1
+            self._count("failed", 1)
             log.warning("session %s: question %s not answered%s: %s", s.id, q.id,
                         f" after {said} sentence(s)" if said else "", e)
             s.emit(AnswerFailed, question=q.id, message=str(e))
@@ -118,7 +151,7 @@ class Conversation:
         if sentences.cut:
             log.info("session %s: answer %s cut at %d characters", s.id, q.id,
                      self.cfg.max_reply_chars)
-        self.stats["answered"] += 1
+        self._count("answered", 1)
         s.emit(AnswerDone, question=q.id, sentences=said, cut=sentences.cut)
 
     async def _say(self, q: Question, sentence: str) -> int:
@@ -137,5 +170,6 @@ class Conversation:
                 log.warning("session %s: a sentence of answer %s skipped: %s",
                             self.session.id, q.id, e)
                 return 0
+        q.last = uid
         self.session.emit(AnswerSentence, utterance=uid, question=q.id, text=sentence)
         return 1

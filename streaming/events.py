@@ -38,6 +38,17 @@ class SpeechEnded(SessionEvent):
 
 
 @dataclass(frozen=True)
+class Words(SessionEvent):
+    """When each word of an utterance is heard, for live subtitles: ``words`` is a list of
+    ``{"text", "start", "end"}`` in seconds from the utterance's first frame (its
+    ``speech_started`` stream_time); sent as each part of it is synthesised, usually before
+    it starts."""
+
+    words: tuple = ()
+    type: ClassVar[str] = "words"
+
+
+@dataclass(frozen=True)
 class Interrupted(SessionEvent):
     """What was being said and queued was dropped (barge-in)."""
 
@@ -101,6 +112,6 @@ class AnswerFailed(SessionEvent):
     type: ClassVar[str] = "answer_failed"
 
 
-EVENTS = (SpeechStarted, SpeechEnded, Interrupted, SpeechFailed, Closing, AnswerStarted,
+EVENTS = (SpeechStarted, SpeechEnded, Words, Interrupted, SpeechFailed, Closing, AnswerStarted,
           AnswerSentence, AnswerDone, AnswerFailed)
 """Every event type, for the documentation."""

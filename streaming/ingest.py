@@ -31,26 +31,26 @@ def _allowed(host: str, addr: str, allow: tuple[str, ...]) -> bool:
     return ip.is_global
 
 
-async def check_ingest(url: str, allow: tuple[str, ...]) -> None:
+async def check_ingest(url: str, allow: tuple[str, ...], what: str = "ingest") -> None:
     """Refuse (403) an ingest whose host resolves to any non-public address that
     ``allow`` does not name (a host name, an address or a network, ``*`` for any)."""
     try:
         host = urlsplit(url).hostname or ""
         port = urlsplit(url).port
     except ValueError:
-        raise BadRequest("the rtmp URL cannot be read") from None
+        raise BadRequest(f"the {what} URL cannot be read") from None
     if not host:
-        raise BadRequest("the rtmp URL names no host")
+        raise BadRequest(f"the {what} URL names no host")
     if "*" in allow:
         return
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port or 1935, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
-        raise BadRequest(f"the ingest host {host!r} cannot be resolved") from None
+        raise BadRequest(f"the {what} host {host!r} cannot be resolved") from None
     addrs = sorted({info[4][0] for info in infos})
     refused = [a for a in addrs if not _allowed(host, a, allow)]
     if refused:
-        raise BadRequest(f"the ingest host {host!r} resolves to {refused[0]}, which is not a "
-                         "public address; the server streams there only if its operator "
+        raise BadRequest(f"the {what} host {host!r} resolves to {refused[0]}, which is not "
+                         "a public address; the server connects there only if its operator "
                          "allows it (twincast serve --rtmp-allow HOST|NETWORK)", 403)

@@ -28,6 +28,16 @@ class ServerCollector:
                                         "without a verified consent recording")
         unconsented.add_metric([], sum(st != "verified" for st in srv.consent.values()))
         yield from (allowed, unconsented)
+        chat = CounterMetricFamily("twincast_chat_messages", "Live chat messages by verdict "
+                                   "(question, vote, overflow, or why one was dropped); "
+                                   "taken: handed to the LLM", labels=["verdict"])
+        for verdict, n in sorted(srv.chat_totals.items()):
+            chat.add_metric([verdict], n)
+        answers = CounterMetricFamily("twincast_answers", "Questions to the LLM by outcome "
+                                      "(asked, answered, failed, dropped)", labels=["outcome"])
+        for outcome, n in sorted(srv.answer_totals.items()):
+            answers.add_metric([outcome], n)
+        yield from (chat, answers)
         sch = srv.scheduler
         if sch is None:
             return

@@ -156,6 +156,36 @@ class Ask:
 
 
 @dataclass(frozen=True)
+class ChatPost:
+    """Chat messages from a platform without an open chat protocol (its webhook, or a
+    relay): one ``{"from", "text"}`` or ``{"messages": [...]}`` of up to 1,000. Each is
+    moderated like IRC chat; what a viewer typed never makes the request fail."""
+
+    messages: tuple[tuple[str, str], ...]
+    MAX_MESSAGES = 1000
+
+    @classmethod
+    def parse(cls, body: object) -> ChatPost:
+        if not isinstance(body, dict):
+            raise BadRequest('the body must be a JSON object: {"from", "text"} or '
+                             '{"messages": [{"from", "text"}, ...]}')
+        items = body.get("messages", [body]) if "messages" in body else [body]
+        if not isinstance(items, list) or not items:
+            raise BadRequest("'messages' must be a non-empty list of {\"from\", \"text\"}")
+        if len(items) > cls.MAX_MESSAGES:
+            raise BadRequest(f"{len(items)} messages in one request; send at most "
+                             f"{cls.MAX_MESSAGES}", 413)
+        out = []
+        for i, m in enumerate(items):
+            if not isinstance(m, dict) or not isinstance(m.get("text"), str) or \
+                    not isinstance(m.get("from", ""), str):
+                raise BadRequest(f"message {i + 1}: needs 'text' (a string) and 'from' (a "
+                                 "string, optional)")
+            out.append((m.get("from", "") or "viewer", m["text"]))
+        return cls(tuple(out))
+
+
+@dataclass(frozen=True)
 class Interrupt:
     """Stop speaking now (barge-in)."""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from avatar.chat_settings import parse_chat
 from avatar.errors import TwincastError
 from avatar.watermark import bundle_mark_id
 from streaming.app import Server, ServerConfig, bundle_names
@@ -27,6 +28,7 @@ from streaming.registry import Full
 from streaming.requests import (
     Ask,
     BadRequest,
+    ChatPost,
     Say,
     StreamRequest,
     TokenRequest,
@@ -192,6 +194,10 @@ class Routes:
     async def create_stream(self, request: web.Request) -> web.Response:
         req = StreamRequest.parse(await json_body(request))
         await check_ingest(req.rtmp, self.server.cfg.rtmp_allow)
+        show = req.parsed_show()
+        if show is not None and show.chat is not None and show.chat.irc is not None:
+            # The chat server is a host the caller chose, like the ingest.
+            await check_ingest(show.chat.irc, self.server.cfg.rtmp_allow, "chat")
         session = await self.server.open_stream(req)
         location = f"/v1/sessions/{session.id}"
         return web.json_response({"id": session.id, "location": location}, status=201,
@@ -224,6 +230,36 @@ class Routes:
         session = self.server.session(request.match_info["id"])
         req = Ask.parse(await json_body(request))
         return web.json_response({"question": self.server.ask(session, req)}, status=202)
+
+    async def chat(self, request: web.Request) -> web.Response:
+        """A platform's chat webhook: messages are moderated and queued for the LLM; the
+        reply counts each verdict (``question``, ``vote``, or why one was dropped)."""
+        if request.get("grant") is not None:
+            raise BadRequest("only the operator's token posts chat (from its platform's "
+                             "webhook)", 403)
+        session = self.server.session(request.match_info["id"])
+        req = ChatPost.parse(await json_body(request))
+        return web.json_response({"verdicts": self.server.post_chat(session, req)},
+                                 status=202)
+
+    async def set_chat(self, request: web.Request) -> web.Response:
+        """Give a session live chat: the keys of a show's ``[chat]`` table as JSON (an
+        ``irc`` channel to read, moderation, pace); it answers as questions come."""
+        if request.get("grant") is not None:
+            raise BadRequest("only the operator's token sets a session's chat", 403)
+        session = self.server.session(request.match_info["id"])
+        try:
+            settings = parse_chat(await json_body(request), lambda key: "chat", False,
+                                  show=False)
+        except BadRequest:
+            raise
+        except TwincastError as e:
+            raise BadRequest(str(e)) from None
+        if settings.irc is not None:
+            await check_ingest(settings.irc, self.server.cfg.rtmp_allow, "chat")
+        self.server.set_chat(session, settings)
+        return web.json_response({"chat": settings.irc or "webhook", "answer":
+                                  settings.answer}, status=201)
 
     async def interrupt(self, request: web.Request) -> web.Response:
         session = self.server.session(request.match_info["id"])
@@ -305,6 +341,9 @@ def build_app(server: Server) -> web.Application:
     r.add_post("/v1/sessions/{id}/ask", routes.ask)
     r.add_post("/v1/sessions/{id}/interrupt", routes.interrupt)
     r.add_post("/v1/streams", routes.create_stream)
+    r.add_post("/v1/streams/{id}/chat", routes.chat)
+    r.add_post("/v1/sessions/{id}/chat", routes.chat)
+    r.add_put("/v1/sessions/{id}/chat", routes.set_chat)
     r.add_post("/v1/tokens", routes.mint_token)
 
     async def startup(app: web.Application) -> None:

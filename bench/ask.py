@@ -1,0 +1,277 @@
+"""``twincast bench ask``: questions answered by a real LLM, timed at a real viewer.
+
+The server runs with an LLM behind the OpenAI-compatible API (by default SmolLM2-135M-
+Instruct from ``bench.llm_server`` in a child process) and one aiortc viewer. Each question
+is posted (``/ask``) after the last answer has ended, and timed at the viewer:
+
+* ``llm_first_sentence_ms``: question posted -> the answer's first sentence announced on
+  the data channel (``answer_sentence``: the model's time to its first full sentence, plus
+  the HTTP and data-channel hops, a few ms);
+* ``twincast_audio_ms`` / ``twincast_mouth_ms``: that announcement -> the first loud audio
+  / the first frame whose mouth moves (twincast's own part, the same path as ``say``);
+* ``total_audio_ms`` / ``total_mouth_ms``: question -> first audio / moving mouth.
+
+Then the chat path: ngircd (if installed) carries a viewer's question into the channel the
+session reads; timed from the line sent to ``answer_started`` and to the first audio. And
+moderation over ``bench.chat_corpus``: the share of abuse and spam let through and of
+ordinary questions wrongly dropped, each miss by name, and a flood of a thousand messages
+through the webhook in one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+QUESTIONS = ("Does the jacket come in blue?", "How much does it cost?",
+             "Is it waterproof?", "What is it made of?", "How heavy is it?",
+             "Do you ship to Germany?", "Can I wash it in the machine?",
+             "Does it have pockets?", "How long is the warranty?",
+             "Is there a discount today?")
+KNOWLEDGE = """# Travel jacket
+- Colours: blue, green and black.
+- Price: 80 euros; 10 percent off today with the code RAIN.
+- Waterproof shell of recycled polyester, weighs 400 grams, two zip pockets.
+- Machine washable at 30 degrees. Two years of warranty.
+- Ships to all of the European Union in three days.
+"""
+
+
+def _pct(x: list[float], q: float) -> float | None:
+    return round(float(np.percentile(x, q)), 1) if x else None
+
+
+class _Viewer:
+    """An aiortc viewer logging every audio frame's loudness, every video frame and every
+    data-channel event with its arrival time."""
+
+    def __init__(self) -> None:
+        self.video: list[tuple[float, np.ndarray]] = []
+        self.audio: list[tuple[float, float]] = []
+        self.events: list[tuple[float, dict]] = []
+
+    async def open(self, http, url: str, token: str) -> None:  # noqa: ANN001
+        import json
+
+        from bench.client import open_session
+
+        self.v = await open_session(http, url, token, events=True)
+        self.location = self.v.location
+
+        @self.v.channel.on("message")
+        def _timed(message: object) -> None:
+            if isinstance(message, str):
+                self.events.append((time.perf_counter(), json.loads(message)))
+
+        self.pumps = [asyncio.ensure_future(self._video()),
+                      asyncio.ensure_future(self._audio())]
+        while self.v.channel.readyState != "open":
+            await asyncio.sleep(0.05)
+
+    async def _video(self) -> None:
+        import cv2
+
+        while True:
+            f = await self.v.tracks["video"].recv()
+            g = cv2.cvtColor(f.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY)
+            self.video.append((time.perf_counter(), g))
+
+    async def _audio(self) -> None:
+        while True:
+            f = await self.v.tracks["audio"].recv()
+            pcm = f.to_ndarray().astype(np.float32) / 32768
+            self.audio.append((time.perf_counter(), float(np.sqrt(np.mean(pcm ** 2)))))
+
+    def first(self, kind: str, after: float, **match: object) -> tuple[float, dict] | None:
+        for t, e in self.events:
+            if t >= after and e.get("type") == kind and \
+                    all(e.get(k) == v for k, v in match.items()):
+                return t, e
+        return None
+
+    async def wait_answer(self, qid: str | None, after: float, timeout: float) -> bool:
+        """Until question ``qid``'s answer (any, with None) has been spoken or failed."""
+        end = time.perf_counter() + timeout
+        match = {"question": qid} if qid else {}
+        while time.perf_counter() < end:
+            done = self.first("answer_done", after, **match) or \
+                self.first("answer_failed", after, **match)
+            if done is not None:
+                said = [e["utterance"] for t, e in self.events if t >= after and
+                        e.get("type") == "answer_sentence" and
+                        (qid is None or e.get("question") == qid)]
+                if not said or self.first("speech_ended", after, utterance=said[-1]) or \
+                        done[1]["type"] == "answer_failed":
+                    return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def close(self) -> None:
+        for p in self.pumps:
+            p.cancel()
+        await self.v.pc.close()
+
+
+def _first_after(times: np.ndarray, mask: np.ndarray, t: float) -> float | None:
+    i = np.nonzero((times > t) & mask)[0]
+    return float(times[i[0]]) if len(i) else None
+
+
+def _moderation() -> dict:
+    from avatar.chat_settings import ChatSettings
+    from bench.chat_corpus import ABUSE, CHATTER
+    from bench.chat_corpus import QUESTIONS as ORDINARY
+    from streaming.moderation import Moderator
+
+    m = Moderator(ChatSettings(per_user=1000))
+    through = [t for i, t in enumerate(ABUSE) if m.check(f"a{i}", t).ok]
+    dropped = {t: m.check(f"q{i}", t).reason for i, t in enumerate(ORDINARY)}
+    dropped = {t: r for t, r in dropped.items() if r != "question"}
+    chatter = sum(not m.check(f"c{i}", t).ok for i, t in enumerate(CHATTER))
+    m = Moderator(ChatSettings())
+    t0 = time.perf_counter()
+    for i in range(10_000):
+        m.check(f"viewer{i % 500}", f"is number {i} in stock?")
+    per_msg_us = (time.perf_counter() - t0) / 10_000 * 1e6
+    return {"abuse_messages": len(ABUSE), "abuse_let_through": len(through),
+            "abuse_let_through_share": round(len(through) / len(ABUSE), 3),
+            "abuse_let_through_list": through,
+            "questions": len(ORDINARY), "questions_dropped": len(dropped),
+            "questions_dropped_share": round(len(dropped) / len(ORDINARY), 3),
+            "questions_dropped_list": dropped,
+            "chatter_dropped_as_not_a_question": f"{chatter}/{len(CHATTER)}",
+            "moderation_us_per_message": round(per_msg_us, 1)}
+
+
+def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
+              llm_model: str = "SmolLM2-135M-Instruct", chat_questions: int = 3) -> dict:
+    from bench.irc_server import available as irc_available
+    from bench.llm_server import LLMProcess
+    from bench.serve import LOUD_RMS, MOVING_MARGIN, mouth_openings
+    from streaming.app import Server, ServerConfig, bundle_names
+    from streaming.llm import LLMConfig
+    from streaming.routes import RunningServer
+
+    proc = None
+    if llm_url is None:
+        log.info("starting SmolLM2-135M-Instruct (bench.llm_server); about a minute")
+        proc = LLMProcess()
+        llm_url = proc.url
+    srv = Server(bundle_names([bundle]), ServerConfig(
+        token="bench", allow_unconsented=True, rtmp_allow=("127.0.0.1",),
+        llm=LLMConfig(url=llm_url, model=llm_model, temperature=0.0, knowledge=KNOWLEDGE,
+                      first_token_s=60.0, total_s=180.0)))
+    srv.load()
+    running = RunningServer(srv)
+    irc = None
+    posted: list[tuple[float, str | None]] = []
+    chat_sent: list[float] = []
+    answered = 0
+    try:
+        async def run() -> _Viewer:
+            nonlocal answered, irc
+            import aiohttp
+
+            auth = {"Authorization": "Bearer bench"}
+            viewer = _Viewer()
+            async with aiohttp.ClientSession() as http:
+                await viewer.open(http, running.url, "bench")
+                await asyncio.sleep(2.0)  # idle footage first: the mouth's rest opening
+                for i in range(questions):
+                    t = time.perf_counter()
+                    async with http.post(f"{running.url}{viewer.location}/ask", headers=auth,
+                                         json={"text": QUESTIONS[i % len(QUESTIONS)],
+                                               "from": "bench"}) as r:
+                        qid = (await r.json())["question"]
+                    posted.append((t, qid))
+                    answered += await viewer.wait_answer(qid, t, 240.0)
+                    await asyncio.sleep(1.0)
+                if chat_questions and irc_available():
+                    from bench.irc_server import Bot, IrcServer
+
+                    irc = IrcServer()
+                    async with http.put(f"{running.url}{viewer.location}/chat", headers=auth,
+                                        json={"irc": irc.url("#shop"), "every": 0}) as r:
+                        r.raise_for_status()
+                    sid = viewer.location.rsplit("/", 1)[1]
+                    await asyncio.wait_for(srv.chats[sid].sources[0].joined.wait(), 20)
+                    for i in range(chat_questions):
+                        bot = await asyncio.to_thread(Bot, irc, f"viewer{i}", "#shop")
+                        t = time.perf_counter()
+                        bot.say(QUESTIONS[(i + 3) % len(QUESTIONS)])
+                        chat_sent.append(t)
+                        await viewer.wait_answer(None, t, 240.0)
+                        bot.close()
+                        await asyncio.sleep(1.0)
+                await viewer.close()
+            return viewer
+
+        t0 = time.perf_counter()
+        viewer = asyncio.run(run())
+        wall = time.perf_counter() - t0
+    finally:
+        running.stop()
+        if proc is not None:
+            proc.stop()
+        if irc is not None:
+            irc.stop()
+
+    vt = np.array([t for t, _ in viewer.video])
+    at = np.array([t for t, _ in viewer.audio])
+    loud = np.array([r for _, r in viewer.audio]) > LOUD_RMS
+    opening = np.nan_to_num(mouth_openings([g for _, g in viewer.video]), nan=0.0)
+    first_t = posted[0][0] if posted else (chat_sent[0] if chat_sent else 0.0)
+    idle = opening[: max(1, int(np.searchsorted(vt, first_t)))]
+    rest = float(idle.max()) if len(idle) else 0.0
+    moving = opening > rest + MOVING_MARGIN
+    moving = moving & np.r_[moving[1:], False]  # two frames in a row
+
+    llm_ms, own_audio, own_mouth, tot_audio, tot_mouth = [], [], [], [], []
+    for t, qid in posted:
+        s = viewer.first("answer_sentence", t, question=qid)
+        a = _first_after(at, loud, t)
+        v = _first_after(vt, moving, t)
+        if s is None:
+            continue
+        llm_ms.append((s[0] - t) * 1000)
+        if a is not None:
+            own_audio.append((a - s[0]) * 1000)
+            tot_audio.append((a - t) * 1000)
+        if v is not None:
+            own_mouth.append((v - s[0]) * 1000)
+            tot_mouth.append((v - t) * 1000)
+    chat_start, chat_audio = [], []
+    for t in chat_sent:
+        s = viewer.first("answer_started", t)
+        a = _first_after(at, loud, t)
+        if s is not None:
+            chat_start.append((s[0] - t) * 1000)
+        if a is not None:
+            chat_audio.append((a - t) * 1000)
+    sentences = [e for _, e in viewer.events if e.get("type") == "answer_sentence"]
+    words = [e for _, e in viewer.events if e.get("type") == "words"]
+    return {
+        "llm": llm_model, "questions": len(posted), "answered": answered,
+        "llm_first_sentence_ms_p50": _pct(llm_ms, 50),
+        "llm_first_sentence_ms_p95": _pct(llm_ms, 95),
+        "twincast_audio_ms_p50": _pct(own_audio, 50),
+        "twincast_audio_ms_p95": _pct(own_audio, 95),
+        "twincast_mouth_ms_p50": _pct(own_mouth, 50),
+        "twincast_mouth_ms_p95": _pct(own_mouth, 95),
+        "total_audio_ms_p50": _pct(tot_audio, 50), "total_audio_ms_p95": _pct(tot_audio, 95),
+        "total_mouth_ms_p50": _pct(tot_mouth, 50), "total_mouth_ms_p95": _pct(tot_mouth, 95),
+        "sentences_said": len(sentences), "words_events": len(words),
+        "example_answer": " ".join(e["text"] for e in sentences[:3]),
+        "chat_via_irc": bool(chat_sent), "chat_questions": len(chat_sent),
+        "chat_to_answer_started_ms_p50": _pct(chat_start, 50),
+        "chat_to_first_audio_ms_p50": _pct(chat_audio, 50),
+        "chat_to_first_audio_ms_max": round(max(chat_audio), 1) if chat_audio else None,
+        "moderation": _moderation(),
+        "wall_s": round(wall, 1),
+    }
