@@ -32,7 +32,7 @@ demo: setup ## synthetic sample -> consent -> enrol (demo preset) -> render the 
 	$(VENV)/bin/twincast render $(WORK)/avatars/sample --text "Hello, I am the sample's \
 		digital double." -o $(WORK)/demo_text.mp4
 
-system-deps: ## Debian packages of the browser and livestream tests (chromium, nginx-rtmp)
+system-deps: ## Debian packages the browser, livestream and chat tests drive (chromium, nginx-rtmp, ngircd)
 	@bash scripts/system-deps.sh
 
 test: setup system-deps ## run the test suite (installs what its tests drive, as CI does)

@@ -11,6 +11,10 @@ is posted (``/ask``) after the last answer has ended, and timed at the viewer:
   / the first frame whose mouth moves (twincast's own part, the same path as ``say``);
 * ``total_audio_ms`` / ``total_mouth_ms``: question -> first audio / moving mouth.
 
+The model shares this 2-core host and keeps a core busy for the whole of a reply; it runs
+at ``nice`` 19 by default (``--llm-nice``), standing in for the host of its own an
+operator's LLM would have, so that twincast's part is twincast's.
+
 Then the chat path: ngircd (if installed) carries a viewer's question into the channel the
 session reads; timed from the line sent to ``answer_started`` and to the first audio. And
 moderation over ``bench.chat_corpus``: the share of abuse and spam let through and of
@@ -150,7 +154,8 @@ def _moderation() -> dict:
 
 
 def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
-              llm_model: str = "SmolLM2-135M-Instruct", chat_questions: int = 3) -> dict:
+              llm_model: str = "SmolLM2-135M-Instruct", chat_questions: int = 3,
+              llm_nice: int = 19) -> dict:
     from bench.irc_server import available as irc_available
     from bench.llm_server import LLMProcess
     from bench.serve import LOUD_RMS, MOVING_MARGIN, mouth_openings
@@ -161,7 +166,7 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
     proc = None
     if llm_url is None:
         log.info("starting SmolLM2-135M-Instruct (bench.llm_server); about a minute")
-        proc = LLMProcess()
+        proc = LLMProcess(nice=llm_nice)
         llm_url = proc.url
     srv = Server(bundle_names([bundle]), ServerConfig(
         token="bench", allow_unconsented=True, rtmp_allow=("127.0.0.1",),
@@ -257,7 +262,8 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
     sentences = [e for _, e in viewer.events if e.get("type") == "answer_sentence"]
     words = [e for _, e in viewer.events if e.get("type") == "words"]
     return {
-        "llm": llm_model, "questions": len(posted), "answered": answered,
+        "llm": llm_model, "llm_nice": llm_nice if proc is not None else None,
+        "questions": len(posted), "answered": answered,
         "llm_first_sentence_ms_p50": _pct(llm_ms, 50),
         "llm_first_sentence_ms_p95": _pct(llm_ms, 95),
         "twincast_audio_ms_p50": _pct(own_audio, 50),

@@ -22,9 +22,11 @@ class Viewer:
 
 
 async def open_session(http, url: str, token: str, microphone=None,  # noqa: ANN001
-                       timeout: float = 20.0, events: bool = False) -> Viewer:
+                       timeout: float = 20.0, events: bool = False,
+                       mode: str | None = None) -> Viewer:
     """Open a session on the server at ``url`` with an aiohttp ``http`` client session.
-    ``microphone``: an aiortc audio track to send up (audio-driven mode). ``events``: open
+    ``microphone``: an aiortc audio track to send up (it drives the mouth, or with
+    ``mode="conversation"`` it is the person talking to the avatar). ``events``: open
     the data channel and keep what it says (``Viewer.events``)."""
     import json
 
@@ -57,7 +59,8 @@ async def open_session(http, url: str, token: str, microphone=None,  # noqa: ANN
             both.set()
 
     await pc.setLocalDescription(await pc.createOffer())
-    async with http.post(f"{url}/v1/sessions", data=pc.localDescription.sdp,
+    query = f"?mode={mode}" if mode else ""
+    async with http.post(f"{url}/v1/sessions{query}", data=pc.localDescription.sdp,
                          headers={"Authorization": f"Bearer {token}",
                                   "Content-Type": "application/sdp"}) as r:
         if r.status != 201:

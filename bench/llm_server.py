@@ -154,7 +154,8 @@ class LLMProcess:
     """``bench.llm_server`` in a child process on a free loopback port (tests, ``bench
     ask``): ``url`` once it answers; ``stop()``."""
 
-    def __init__(self, port: int | None = None, start_timeout_s: float = 240.0):
+    def __init__(self, port: int | None = None, start_timeout_s: float = 240.0,
+                 nice: int = 0):
         import socket
         import subprocess
         import sys
@@ -165,9 +166,10 @@ class LLMProcess:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
         root = Path(__file__).resolve().parent.parent
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.llm_server", "--port",
-                                      str(port)], cwd=root, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        # ``nice``: the model yields the CPU to twincast, as it would on a host of its own.
+        self.proc = subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-m",
+                                      "bench.llm_server", "--port", str(port)], cwd=root,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + start_timeout_s
         while True:

@@ -84,6 +84,9 @@ class ServerConfig:
     llm: LLMConfig | None = None
     """The operator's LLM (OpenAI-compatible chat API) that answers ``ask``; None: questions
     are refused (409)."""
+    stt: object | None = None
+    """Conversation mode's recogniser: the operator's transcription server
+    (``streaming.listening.TranscriptionAPI``); None: pocketsphinx on this host."""
     allow_unconsented: bool = False
     """Serve avatars whose enrolment verified no consent recording (``training.consent``);
     the operator's explicit choice, logged at start and shown in ``/v1/avatars`` and
@@ -138,6 +141,7 @@ class Server:
         self.answer_totals: Counter = Counter()
         """Questions asked, answered, failed and dropped over all sessions."""
         self._http = None  # the LLM's HTTP client, made at the first question
+        self._recogniser = None  # conversation mode's, made at the first such session
         self._watchdog: asyncio.Task | None = None
         self.label = Label(self.cfg.label) if self.cfg.label.enabled else None
         if self.label is None:
@@ -232,23 +236,37 @@ class Server:
         assert self.scheduler is not None
         return self.registry.reserve(SessionConfig().fps, self.scheduler.capacity_fps())
 
-    async def open_webrtc(self, sdp: object, avatar: str | None, may_say: bool = True
-                          ) -> tuple[Session, str]:
+    async def open_webrtc(self, sdp: object, avatar: str | None, may_say: bool = True,
+                          mode: str = "driven") -> tuple[Session, str]:
         """A session for a WebRTC peer's SDP offer; returns it and the SDP answer.
         ``may_say``: whether its data channel may make the avatar speak (a viewer token's
-        grant)."""
+        grant). ``mode``: what the client's microphone does: ``driven``, it drives the
+        mouth; ``conversation``, it is the person talking to the avatar, whose turns are
+        transcribed and answered by the LLM (``streaming.listening``)."""
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
         from streaming.outputs import WebRtcOutput
         from streaming.tracks import AvatarAudioTrack, AvatarVideoTrack
 
+        if mode == "conversation" and self.cfg.llm is None:
+            raise BadRequest("conversation mode answers with an LLM, and this server has "
+                             "none; start it with --llm URL --llm-model NAME", 409)
         with self._reserve():
             avatar = self.avatar_name(avatar)
             if not isinstance(sdp, str) or "v=0" not in sdp[:200] or "m=" not in sdp:
                 raise BadRequest("the body must be an SDP offer (application/sdp, or JSON "
                                  "with an 'sdp' field)")
+            if mode == "conversation":
+                if not may_say:
+                    raise BadRequest("a conversation makes the avatar speak; this viewer "
+                                     "token may only watch", 403)
+                if self.voices.get(avatar) is None:
+                    raise BadRequest(f"avatar {avatar!r} has no voice to answer with", 409)
             session = self._new_session(avatar)
             session.may_say = may_say
+            hear = session.hear
+            if mode == "conversation":
+                hear = self._turn_taker(session).hear  # 409 without an LLM
             pc = RTCPeerConnection()
             output = WebRtcOutput(pc, self.cfg.connect_timeout_s, self.cfg.vanished_after_s)
 
@@ -256,7 +274,7 @@ class Server:
             def _incoming(track) -> None:  # noqa: ANN001 - aiortc's remote track
                 # Audio-driven mode: the client's microphone drives the mouth (and is heard).
                 if track.kind == "audio":
-                    output.listener = asyncio.ensure_future(listen(session, track))
+                    output.listener = asyncio.ensure_future(listen(track, hear))
 
             # Send what the offer asks to receive.
             if "m=video" in sdp:
@@ -384,6 +402,17 @@ class Server:
             desk.stop()
         session.on_close.append(gone)
         return desk
+
+    def _turn_taker(self, session: Session):  # noqa: ANN202 - streaming.listening
+        from streaming.listening import Sphinx, TurnTaker
+
+        conv = self._conversation(session)
+        if self._recogniser is None:
+            self._recogniser = self.cfg.stt or Sphinx()
+        taker = TurnTaker(session, self._recogniser, lambda text: conv.ask(text, None),
+                          http=conv.http)
+        session.on_close.append(taker.stop)
+        return taker
 
     def set_chat(self, session: Session, settings: ChatSettings) -> None:
         """Live chat for a session that has none yet (``PUT /v1/sessions/ID/chat``): its

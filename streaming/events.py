@@ -112,6 +112,22 @@ class AnswerFailed(SessionEvent):
     type: ClassVar[str] = "answer_failed"
 
 
+@dataclass(frozen=True)
+class Listening(SessionEvent):
+    """Conversation mode: the person started talking (the avatar stopped, if it was)."""
+
+    type: ClassVar[str] = "listening"
+
+
+@dataclass(frozen=True)
+class Heard(SessionEvent):
+    """Conversation mode: what the person's turn was transcribed as (it goes to the LLM
+    as their question: its answer events follow)."""
+
+    text: str = ""
+    type: ClassVar[str] = "heard"
+
+
 EVENTS = (SpeechStarted, SpeechEnded, Words, Interrupted, SpeechFailed, Closing, AnswerStarted,
-          AnswerSentence, AnswerDone, AnswerFailed)
+          AnswerSentence, AnswerDone, AnswerFailed, Listening, Heard)
 """Every event type, for the documentation."""

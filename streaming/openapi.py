@@ -33,6 +33,21 @@ def document() -> dict:
     return doc
 
 
+def _chat_post(sid: list) -> dict:
+    return {
+        "summary": "Chat messages from a platform's webhook (operator token): one {from, "
+                   "text} or {messages: [...]} of up to 1,000, each moderated and queued "
+                   "for the LLM like IRC chat",
+        "parameters": sid,
+        "requestBody": {"content": {"application/json": {"schema": {
+            "$ref": "#/components/schemas/ChatPost"}}}},
+        "responses": {"202": {"description": "{verdicts: {question|vote|overflow|why "
+                                             "dropped: count}}"},
+                      "403": _error("a viewer token"),
+                      "409": _error("this server has no LLM (--llm)"),
+                      "413": _error("over 1,000 messages, or the body over its limit")}}
+
+
 def _paths() -> dict:
     sid = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
     return {
@@ -114,6 +129,22 @@ def _paths() -> dict:
                                             "server does not allow it (--rtmp-allow)"),
                               "404": _error("no such avatar"),
                               "503": _error("full; see Retry-After")}}},
+            "/v1/sessions/{id}/chat": {
+                "post": _chat_post(sid),
+                "put": {
+                    "summary": "Give a session live chat (operator token): the keys of a "
+                               "show's [chat] table, e.g. {\"irc\": \"ircs://irc.chat."
+                               "twitch.tv:6697/#channel\", \"every\": 20}; questions are "
+                               "moderated, queued and answered as they come",
+                    "parameters": sid,
+                    "requestBody": {"content": {"application/json": {"schema": {
+                        "$ref": "#/components/schemas/ChatSettings"}}}},
+                    "responses": {"201": {"description": "{chat, answer}"},
+                                  "400": _error("a key or value the chat cannot use"),
+                                  "403": _error("a viewer token; or the IRC host is not "
+                                                "public and not allowed (--rtmp-allow)"),
+                                  "409": _error("no LLM (--llm), or chat already set")}}},
+            "/v1/streams/{id}/chat": {"post": _chat_post(sid)},
             "/v1/tokens": {"post": {
                 "summary": "Mint a viewer token (operator token only): good for opening one "
                            "session (of one avatar, or any) and then for that session alone: "

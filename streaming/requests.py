@@ -313,4 +313,21 @@ def schemas() -> dict[str, dict]:
     """The OpenAPI component schemas of the request bodies."""
     return {"Say": _schema(Say.FIELDS), "Ask": _schema(Ask.FIELDS),
             "Stream": _schema(StreamRequest.FIELDS),
-            "Token": _schema(TokenRequest.FIELDS)}
+            "Token": _schema(TokenRequest.FIELDS),
+            "ChatPost": {"type": "object", "properties": {
+                "from": {"type": "string"}, "text": {"type": "string"},
+                "messages": {"type": "array", "maxItems": ChatPost.MAX_MESSAGES, "items": {
+                    "type": "object", "required": ["text"], "properties": {
+                        "from": {"type": "string"}, "text": {"type": "string"}}}}}},
+            "ChatSettings": {"type": "object", "description": "the keys of a show's [chat] "
+                             "table (avatar.chat_settings); answer is always anytime here",
+                             "properties": {
+                                 "irc": {"type": "string"}, "twitch": {"type": "string"},
+                                 "every": {"type": "number"},
+                                 "order": {"enum": ["newest", "most-asked"]},
+                                 "questions_only": {"type": "boolean"},
+                                 "block": {"type": "array", "items": {"type": "string"}},
+                                 "max_chars": {"type": "integer"},
+                                 "per_user": {"type": "integer"},
+                                 "max_age": {"type": "number"}, "links": {"type": "boolean"},
+                                 "filter": {"type": "string"}}}}

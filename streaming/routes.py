@@ -71,6 +71,14 @@ async def json_body(request: web.Request) -> dict:
     return body
 
 
+def _no_filter(settings) -> None:  # noqa: ANN001 - avatar.chat_settings.ChatSettings
+    """A chat filter is code the server imports: named in a show file on the operator's
+    command line only, never by an API call."""
+    if settings.filter is not None:
+        raise BadRequest("'filter' names code for the server to load; set it in a show file "
+                         "given to `twincast stream --show`, not through the API", 403)
+
+
 class Routes:
     def __init__(self, server: Server):
         self.server = server
@@ -158,10 +166,16 @@ class Routes:
         if as_json:
             body = await json_body(request)
             sdp, avatar = body.get("sdp"), body.get("avatar")
+            mode = body.get("mode", "driven")
         else:
             sdp, avatar = await text_body(request), request.query.get("avatar")
+            mode = request.query.get("mode", "driven")
         if avatar is not None and not isinstance(avatar, str):
             raise BadRequest("'avatar' must be a string")
+        if mode not in ("driven", "conversation"):
+            raise BadRequest("'mode' is driven (the microphone, if any, drives the mouth) or "
+                             "conversation (the microphone is the person talking to the "
+                             "avatar)")
         grant = request.get("grant")
         if grant is not None:
             if grant.avatar is not None and (avatar or grant.avatar) != grant.avatar:
@@ -172,7 +186,7 @@ class Routes:
             grant.session = "opening"
         try:
             session, answer = await self.server.open_webrtc(
-                sdp, avatar, may_say=grant is None or grant.say)
+                sdp, avatar, may_say=grant is None or grant.say, mode=mode)
         except BaseException:
             if grant is not None:
                 grant.session = None
@@ -195,6 +209,8 @@ class Routes:
         req = StreamRequest.parse(await json_body(request))
         await check_ingest(req.rtmp, self.server.cfg.rtmp_allow)
         show = req.parsed_show()
+        if show is not None and show.chat is not None:
+            _no_filter(show.chat)
         if show is not None and show.chat is not None and show.chat.irc is not None:
             # The chat server is a host the caller chose, like the ingest.
             await check_ingest(show.chat.irc, self.server.cfg.rtmp_allow, "chat")
@@ -255,6 +271,7 @@ class Routes:
             raise
         except TwincastError as e:
             raise BadRequest(str(e)) from None
+        _no_filter(settings)
         if settings.irc is not None:
             await check_ingest(settings.irc, self.server.cfg.rtmp_allow, "chat")
         self.server.set_chat(session, settings)

@@ -828,8 +828,9 @@ class MotionTimeline:
         self._prefetched = ahead
 
 
-async def listen(session: Session, track) -> None:  # noqa: ANN001 - aiortc's remote track
-    """Feed a client's audio track (a microphone) to ``session.hear`` until it ends."""
+async def listen(track, hear: Callable[[np.ndarray, int], None]) -> None:  # noqa: ANN001
+    """Feed a client's audio track (a microphone) to ``hear`` (``Session.hear``, or a
+    conversation's ``TurnTaker.hear``) until it ends."""
     from aiortc.mediastreams import MediaStreamError
 
     while True:
@@ -844,4 +845,4 @@ async def listen(session: Session, track) -> None:  # noqa: ANN001 - aiortc's re
         mono = pcm.astype(np.float32).mean(axis=1)
         if frame.format.name.startswith("s16"):
             mono /= 32768.0
-        session.hear(mono, frame.sample_rate)
+        hear(mono, frame.sample_rate)

@@ -29,7 +29,15 @@ def test_enrol_requires_workdir(tmp_path: Path) -> None:
 def test_stream_bad_input_is_one_line(tmp_path: Path) -> None:
     bad_show = tmp_path / "show.toml"
     bad_show.write_text('[[segment]]\nsay = "hi"\nspeed = 2\n')
+    chat_show = tmp_path / "chat.toml"
+    chat_show.write_text('[chat]\ntwitch = "shop"\n[[segment]]\nqa = 60\n')
+    filter_show = tmp_path / "filter.toml"
+    filter_show.write_text('[chat]\nfilter = "no_such_mod:keep"\n[[segment]]\nqa = 60\n')
+    llm = ("--llm", "http://127.0.0.1:9/v1", "--llm-model", "m")
     for args, words in (
+            (("--rtmp", "rtmp://127.0.0.1/live/k", "--show", str(chat_show)), "--llm"),
+            (("--rtmp", "rtmp://127.0.0.1/live/k", "--show", str(filter_show), *llm),
+             "cannot be loaded"),
             (("--rtmp", "http://example.com/live"), "rtmp://"),
             (("--rtmp", "rtmp://127.0.0.1/live/k", "--show", str(bad_show)), "line 3"),
             (("--rtmp", "rtmp://127.0.0.1/live/k", "--show", str(tmp_path / "no.toml")),

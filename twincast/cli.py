@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,6 +100,32 @@ def _llm_flags(p: argparse.ArgumentParser) -> None:
                         "in one to three short spoken sentences)")
     p.add_argument("--knowledge", type=Path, metavar="FILE",
                    help="a product sheet or FAQ (Markdown or TOML) the LLM answers from")
+    p.add_argument("--stt", metavar="URL",
+                   help="conversation mode's recogniser: an OpenAI-compatible transcription "
+                        "API (whisper.cpp's server, vLLM, ...); default: pocketsphinx here")
+    p.add_argument("--stt-model", metavar="NAME", help="the transcription model (with --stt)")
+    p.add_argument("--stt-key-env", metavar="VAR",
+                   help="the environment variable holding the transcription API's key")
+
+
+def _stt_config(args: argparse.Namespace):  # noqa: ANN202 - TranscriptionAPI | None
+    from streaming.listening import TranscriptionAPI
+
+    if args.stt is None:
+        if args.stt_model or args.stt_key_env:
+            raise TwincastError("--stt-model and --stt-key-env go with --stt URL")
+        return None
+    if not args.stt.startswith(("http://", "https://")):
+        raise TwincastError(f"--stt {args.stt!r}: an http:// or https:// URL of an "
+                            "OpenAI-compatible API, e.g. http://127.0.0.1:8082/v1")
+    if not args.stt_model:
+        raise TwincastError("--stt needs --stt-model NAME (the model the API serves)")
+    key = None
+    if args.stt_key_env:
+        key = os.environ.get(args.stt_key_env)
+        if not key:
+            raise TwincastError(f"--stt-key-env {args.stt_key_env}: that variable is not set")
+    return TranscriptionAPI(args.stt, args.stt_model, key)
 
 
 def _llm_config(args: argparse.Namespace):  # noqa: ANN202 - streaming.llm.LLMConfig | None
@@ -504,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--llm", default=None, help="the OpenAI-compatible API's base URL "
                     "(default: SmolLM2-135M-Instruct from bench.llm_server, started here)")
     bq.add_argument("--llm-model", default="SmolLM2-135M-Instruct")
+    bq.add_argument("--llm-nice", type=int, default=19, help="the started model's CPU "
+                    "priority (19: yields to twincast, as on a host of its own; 0: equal)")
     bq.set_defaults(func=cmd_bench_ask)
     ba = bsub.add_parser("align", help="word-boundary error of an enrolment's alignment")
     ba.add_argument("features", type=Path, help="WORKDIR/features of an enrolment")
@@ -638,7 +667,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                      label=_label_config(args),
                                      watermark=_watermark_config(args),
                                      allow_unconsented=args.allow_unconsented,
-                                     llm=_llm_config(args)))
+                                     llm=_llm_config(args), stt=_stt_config(args)))
     return 0
 
 
@@ -667,6 +696,15 @@ def cmd_stream(args: argparse.Namespace) -> int:
             message = message.replace(f"'{name}'", "--" + name.replace("_", "-"), 1)
         raise TwincastError(message) from None
     show = load_show(args.show) if args.show else None
+    llm = _llm_config(args)
+    if show is not None and show.chat is not None:
+        if llm is None:
+            raise TwincastError(f"{args.show}: its [chat] is answered by an LLM; add --llm "
+                                "URL --llm-model NAME (any OpenAI-compatible server)")
+        if show.chat.filter is not None:
+            from streaming.moderation import load_filter
+
+            load_filter(show.chat.filter)  # a wrong name is an error now, not on air
     if args.log_format == "json":
         from twincast.logs import use_json_logs
 
@@ -677,7 +715,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
                                       label=_label_config(args),
                                       watermark=_watermark_config(args),
                                       allow_unconsented=args.allow_unconsented,
-                                      llm=_llm_config(args)),
+                                      llm=llm, stt=_stt_config(args)),
           stream=(req, show))
     return 0
 
@@ -938,7 +976,7 @@ def cmd_bench_ask(args: argparse.Namespace) -> int:
 
     read_manifest(args.bundle, verify=False)  # a clear error for a wrong path
     print(json.dumps(bench_ask(args.bundle, args.questions, args.llm, args.llm_model,
-                               args.chat_questions), indent=2))
+                               args.chat_questions, args.llm_nice), indent=2))
     return 0
 
 
