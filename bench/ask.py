@@ -11,9 +11,10 @@ is posted (``/ask``) after the last answer has ended, and timed at the viewer:
   / the first frame whose mouth moves (twincast's own part, the same path as ``say``);
 * ``total_audio_ms`` / ``total_mouth_ms``: question -> first audio / moving mouth.
 
-The model shares this 2-core host and keeps a core busy for the whole of a reply; it runs
-at ``nice`` 19 by default (``--llm-nice``), standing in for the host of its own an
-operator's LLM would have, so that twincast's part is twincast's.
+The model shares this 2-core host and keeps a core busy for the whole of a reply; it runs at
+``nice`` 19 by default (``--llm-nice``), standing in for the host of its own an operator's
+LLM would have. ``--llm scripted`` answers with a fixed reply at once and no CPU:
+twincast's part as it is with an LLM on a host of its own.
 
 Then the chat path: ngircd (if installed) carries a viewer's question into the channel the
 session reads; timed from the line sent to ``answer_started`` and to the first audio. And
@@ -157,14 +158,17 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
               llm_model: str = "SmolLM2-135M-Instruct", chat_questions: int = 3,
               llm_nice: int = 19) -> dict:
     from bench.irc_server import available as irc_available
-    from bench.llm_server import LLMProcess
+    from bench.llm_server import LLMProcess, ScriptedModel, ThreadServer, build_app
     from bench.serve import LOUD_RMS, MOVING_MARGIN, mouth_openings
     from streaming.app import Server, ServerConfig, bundle_names
     from streaming.llm import LLMConfig
     from streaming.routes import RunningServer
 
     proc = None
-    if llm_url is None:
+    if llm_url == "scripted":
+        proc = ThreadServer(build_app(ScriptedModel()))
+        llm_url, llm_model = proc.url, "scripted"
+    elif llm_url is None:
         log.info("starting SmolLM2-135M-Instruct (bench.llm_server); about a minute")
         proc = LLMProcess(nice=llm_nice)
         llm_url = proc.url
@@ -262,7 +266,8 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
     sentences = [e for _, e in viewer.events if e.get("type") == "answer_sentence"]
     words = [e for _, e in viewer.events if e.get("type") == "words"]
     return {
-        "llm": llm_model, "llm_nice": llm_nice if proc is not None else None,
+        "llm": llm_model,
+        "llm_nice": llm_nice if isinstance(proc, LLMProcess) else None,
         "questions": len(posted), "answered": answered,
         "llm_first_sentence_ms_p50": _pct(llm_ms, 50),
         "llm_first_sentence_ms_p95": _pct(llm_ms, 95),

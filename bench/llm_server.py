@@ -189,3 +189,53 @@ class LLMProcess:
             self.proc.wait(10)
         except Exception:  # noqa: BLE001 - a hung child is killed
             self.proc.kill()
+
+
+class ScriptedModel:
+    """A stand-in that costs no CPU: the same reply, word by word, at once. ``bench ask
+    --llm scripted`` uses it to time twincast's own part apart from a model sharing this
+    host (as an LLM on a host of its own would be)."""
+
+    REPLY = ("It comes in blue, green and black. The blue one is the most popular this "
+             "autumn. Anything else I can tell you?")
+
+    def generate(self, messages: list[dict], max_tokens: int, temperature: float,
+                 on_text) -> None:  # noqa: ANN001
+        for word in self.REPLY.split(" "):
+            on_text(word + " ")
+
+
+class ThreadServer:
+    """An aiohttp app on a free loopback port, served from a thread of its own."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001 - aiohttp Application
+        from aiohttp import web
+
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        box: dict = {}
+
+        async def start() -> None:
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            box["runner"] = runner
+            box["port"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(start())
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        self._runner = box["runner"]
+        self.url = f"http://127.0.0.1:{box['port']}/v1"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

@@ -452,8 +452,9 @@ class Session:
                 if u.cancel.is_set():
                     return
                 loop.call_soon_threadsafe(u.speech.feed, chunk.audio, chunk.rate)
-                if chunk.words:
-                    words = tuple({"text": w, "start": a, "end": b} for w, a, b in chunk.words)
+                timed = getattr(chunk, "words", None)  # a voice may not time its words
+                if timed:
+                    words = tuple({"text": w, "start": a, "end": b} for w, a, b in timed)
                     loop.call_soon_threadsafe(self._words, u, words)
         except TwincastError as e:
             u.error = str(e)

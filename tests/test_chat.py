@@ -337,3 +337,28 @@ def test_a_chat_message_to_a_server_without_an_llm_is_a_409(bundle) -> None:  # 
     with pytest.raises(BadRequest) as e:
         srv.post_chat(object(), ChatPost((("a", "b?"),)))  # type: ignore[arg-type]
     assert e.value.status == 409
+
+
+def test_a_show_answers_chat_in_its_qa_window_and_goes_on() -> None:
+    from streaming.show import run_show
+    from tests.test_session import _session
+
+    async def run() -> None:
+        s, sch = _session()
+        s.start()
+        s.clock.start()
+        said: list = []
+        desk = _desk("windows", 0.0, said)
+        show = parse_show('[chat]\n[[segment]]\nsay = "one"\n[[segment]]\nqa = 0.5\n'
+                          '[[segment]]\nsay = "two"\n')
+        desk.post("ann", "is it blue?")
+        try:
+            await asyncio.wait_for(run_show(s, show, desk), 20)
+        finally:
+            await s.close()
+            sch.stop()
+        assert [x[2] for x in said] == ["is it blue?"]
+        spoken = [e for e in s.events if e.type == "speech_started"]
+        assert len(spoken) == 2  # the show's two lines, before and after the window
+
+    asyncio.run(run())

@@ -528,8 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--questions", type=int, default=8, help="questions asked (8)")
     bq.add_argument("--chat-questions", type=int, default=3,
                     help="questions posted through an IRC channel (3; needs ngircd)")
-    bq.add_argument("--llm", default=None, help="the OpenAI-compatible API's base URL "
-                    "(default: SmolLM2-135M-Instruct from bench.llm_server, started here)")
+    bq.add_argument("--llm", default=None, help="the OpenAI-compatible API's base URL, or "
+                    "'scripted' (a fixed reply at once, no CPU: twincast's part alone); "
+                    "default: SmolLM2-135M-Instruct from bench.llm_server, started here")
     bq.add_argument("--llm-model", default="SmolLM2-135M-Instruct")
     bq.add_argument("--llm-nice", type=int, default=19, help="the started model's CPU "
                     "priority (19: yields to twincast, as on a host of its own; 0: equal)")

@@ -11,14 +11,19 @@
 //   avatar.say("Stop that.", { interrupt: true });
 //   avatar.ask("Does it come in blue?");  // answered by the server's LLM (serve --llm)
 //   avatar.interrupt();
-//   await avatar.useMicrophone(true);     // the avatar speaks what the microphone hears
+//   await avatar.useMicrophone(true);     // the avatar speaks what the microphone hears,
+//                                         // or with { mode: "conversation" } it answers it
 //   await avatar.close();
 "use strict";
 
 (function (root) {
   class Twincast {
-    constructor({ server = "", token = "", avatar = "", video = null } = {}) {
+    // mode: "driven" (the microphone, when on, is the avatar's voice) or "conversation"
+    // (the microphone is a person talking to the avatar: their turns are transcribed and
+    // answered by the server's LLM; events listening and heard).
+    constructor({ server = "", token = "", avatar = "", video = null, mode = "driven" } = {}) {
       this.server = server.replace(/\/$/, "");
+      this.mode = mode;
       this.token = token;
       this.avatar = avatar;
       this.video = video;
@@ -31,8 +36,9 @@
     }
 
     // Events: speech_started, speech_ended, interrupted, error, closing (with a reason:
-    // the server is shutting down, the viewer vanished), answer_started, answer_sentence,
-    // answer_done, answer_failed, accepted, connected, closed; "*" receives them all.
+    // the server is shutting down, the viewer vanished), words (subtitles), answer_started,
+    // answer_sentence, answer_done, answer_failed, listening, heard, accepted, connected,
+    // closed; "*" receives them all.
     // Each is the server's JSON event object.
     on(type, fn) {
       (this.handlers[type] = this.handlers[type] || []).push(fn);
@@ -72,7 +78,10 @@
           if (pc.iceGatheringState === "complete") done();
         }));
       }
-      const query = this.avatar ? "?avatar=" + encodeURIComponent(this.avatar) : "";
+      const params = new URLSearchParams();
+      if (this.avatar) params.set("avatar", this.avatar);
+      if (this.mode !== "driven") params.set("mode", this.mode);
+      const query = params.toString() ? "?" + params.toString() : "";
       const r = await fetch(this.server + "/v1/sessions" + query, {
         method: "POST", headers: this.headers({ "Content-Type": "application/sdp" }),
         body: pc.localDescription.sdp });
