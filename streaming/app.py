@@ -366,10 +366,13 @@ class Server:
         """Queue a question for the LLM to answer in the session's voice; its id."""
         return self._conversation(session).ask(req.text, req.sender)
 
-    def _conversation(self, session: Session):  # noqa: ANN202 - streaming.conversation
+    def _need_llm(self) -> None:
         if self.cfg.llm is None:
             raise BadRequest("this server has no LLM to answer with; start it with --llm "
                              "URL --llm-model NAME", 409)
+
+    def _conversation(self, session: Session):  # noqa: ANN202 - streaming.conversation
+        self._need_llm()
         conv = self.conversations.get(session.id)
         if conv is None:
             import aiohttp
@@ -386,6 +389,7 @@ class Server:
     def chat_desk(self, session: Session, settings: ChatSettings | None = None):  # noqa: ANN201
         """The session's live chat desk, made on first use (``settings``: the show's
         ``[chat]``; without one, questions are answered as they come)."""
+        self._need_llm()
         desk = self.chats.get(session.id)
         if desk is not None:
             return desk

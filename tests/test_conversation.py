@@ -262,3 +262,33 @@ def test_a_real_llm_answers_a_viewer_over_the_data_channel(bundle, smollm2) -> N
         asyncio.run(run())
     finally:
         running.stop()
+
+
+def test_a_sentence_the_voice_cannot_speak_is_skipped_and_the_rest_said(caplog) -> None:  # noqa: ANN001
+    import aiohttp
+
+    from avatar.text.frontend import TextFrontend
+
+    async def run() -> None:
+        llm = FakeLLM()
+        llm.pieces = ["مرحبا بكم.", " It comes in blue."]
+        url = await llm.start()
+        s, sch = _session()
+        s.voice.frontend = TextFrontend()  # the real check of what a voice can say
+        s.start()
+        events = []
+        s.listeners.append(events.append)
+        async with aiohttp.ClientSession() as http:
+            conv = Conversation(s, LLMConfig(url=url, model="smol"), http)
+            conv.ask("Colours?")
+            while not any(isinstance(e, AnswerDone | AnswerFailed) for e in events):
+                await asyncio.sleep(0.05)
+        said = [e.text for e in events if isinstance(e, AnswerSentence)]
+        assert said == ["It comes in blue."]
+        assert [e for e in events if isinstance(e, AnswerDone)][0].sentences == 1
+        assert "skipped" in caplog.text
+        await s.close()
+        sch.stop()
+        await llm.runner.cleanup()
+
+    asyncio.run(run())

@@ -25,6 +25,8 @@ _CJK_PUNCT = r"\u3000-\u303f\uff00-\uffef"
 _RUN = re.compile(rf"(?P<zh>[{_HAN}][{_HAN}{_CJK_PUNCT}\d\s]*)|(?P<en>[\x20-\x7e°€£¥–]+)"
                   rf"|(?P<other>[^\x20-\x7e°€£¥–{_HAN}{_CJK_PUNCT}]+)|(?P<punct>[{_CJK_PUNCT}]+)")
 _ZH_DIGITS = "零一二三四五六七八九"
+_NOTHING = ("nothing to say: the text holds no speakable words (only emoji, punctuation, "
+            "control characters or scripts other than English and Mandarin)")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,11 @@ class TextFrontend:
             raise TwincastError(f"the text is {len(text):,} characters; the limit is "
                                 f"{self.cfg.max_chars:,} (TextConfig.max_chars): send it in "
                                 "parts")
+        # Refused now, not dropped mid-stream: text with nothing this voice can say.
+        if not any(m.lastgroup == "zh" or (m.lastgroup == "en" and
+                                           re.search(r"[A-Za-z0-9]", m.group()))
+                   for m in _RUN.finditer(text)):
+            raise TwincastError(_NOTHING)
 
     def pieces(self, text: str) -> Iterator[Piece]:
         """Speakable pieces in order; raises TwincastError if none can be made."""
@@ -141,6 +148,4 @@ class TextFrontend:
             log.warning("skipped text in scripts this voice cannot speak: %s",
                         ", ".join(sorted(skipped))[:200])
         if not made:
-            raise TwincastError("nothing to say: the text holds no speakable words (only "
-                                "emoji, punctuation, control characters or unsupported "
-                                "scripts)")
+            raise TwincastError(_NOTHING)
