@@ -286,8 +286,9 @@ class Server:
                 await pc.setLocalDescription(await pc.createAnswer())
             except Exception as e:  # noqa: BLE001 - aiortc fails on a bad offer in any way
                 # (an AssertionError for "v=0\r\nm="): the client's mistake, and the peer
-                # connection must not stay open.
+                # connection must not stay open, nor a conversation made for the session.
                 await pc.close()
+                self.conversations.pop(session.id, None)
                 raise BadRequest(f"the SDP offer cannot be used ({type(e).__name__}: "
                                  f"{str(e)[:160]})") from None
             session.start()
@@ -412,6 +413,13 @@ class Server:
 
         conv = self._conversation(session)
         if self._recogniser is None:
+            if self.cfg.stt is None:
+                import importlib.util
+
+                if importlib.util.find_spec("pocketsphinx") is None:
+                    raise BadRequest("conversation mode's built-in recogniser needs "
+                                     "pocketsphinx (pip install 'twincast[listen]'); or "
+                                     "start the server with --stt URL --stt-model NAME", 409)
             self._recogniser = self.cfg.stt or Sphinx()
         taker = TurnTaker(session, self._recogniser, lambda text: conv.ask(text, None),
                           http=conv.http)

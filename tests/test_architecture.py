@@ -36,6 +36,9 @@ TRANSPORTS = {"aiohttp", "aiortc", "av"}
 THIRD_PARTY_ALLOWED = {
     # Background keying is the [key] extra, imported only when a stream asks for it.
     ("streaming/keying.py", "mediapipe"),
+    # Conversation mode's built-in recogniser is the [listen] extra, imported only when a
+    # conversation session's turn is transcribed without --stt.
+    ("streaming/listening.py", "pocketsphinx"),
 }
 
 
