@@ -394,6 +394,9 @@ class Server:
         desk = self.chats.get(session.id)
         if desk is not None:
             return desk
+        if session.voice is None:
+            raise BadRequest(f"avatar {session.avatar_name!r} has no voice to answer chat "
+                             "with", 409)
         from streaming.chat import ChatDesk
 
         conv = self._conversation(session)  # 409 without an LLM

@@ -109,6 +109,21 @@ class TranscriptionAPI:
         return text.strip()
 
 
+def _at_rate(pieces: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """A turn's pieces as one signal at the recognisers' rate (resampled in one go: piece by
+    piece, each 20 ms frame's edges would be filtered apart)."""
+    out, run, run_rate = [], [], None
+    for a, r in [*pieces, (None, None)]:
+        if r != run_rate and run:
+            whole = np.concatenate(run)
+            out.append(resample(whole, run_rate, RATE) if run_rate != RATE else whole)
+            run = []
+        if a is not None:
+            run.append(a)
+            run_rate = r
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+
 class TurnTaker:
     """One session's listening: ``hear`` each piece of microphone audio; ``on_turn`` gets
     what was said once a turn is over."""
@@ -121,45 +136,52 @@ class TurnTaker:
         self.http = http
         self.cfg = cfg or ListenConfig()
         self.stats = {"turns": 0, "heard": 0, "empty": 0, "failed": 0, "short": 0}
-        self._pre: deque[np.ndarray] = deque()
-        self._turn: list[np.ndarray] | None = None
+        self._pre: deque[tuple[np.ndarray, int]] = deque()
+        self._pre_s = 0.0
+        self._turn: list[tuple[np.ndarray, int]] | None = None
+        self._turn_s = 0.0
         self._loud_s = 0.0
         self._quiet_s = 0.0
         self._tasks: set[asyncio.Task] = set()
 
     def hear(self, audio: np.ndarray, rate: int) -> None:
+        """One piece of microphone audio (mono float, any rate). Runs on the event loop for
+        every 20 ms frame, so it only measures and keeps: the turn is resampled once, when
+        it is over, off the loop."""
         c = self.cfg
-        a = resample(np.asarray(audio, np.float32), rate, RATE) if rate != RATE else \
-            np.asarray(audio, np.float32)
-        dur = len(a) / RATE
+        a = np.asarray(audio, np.float32)
+        dur = len(a) / rate
         loud = 20 * np.log10(float(np.sqrt(np.mean(np.square(a)))) + 1e-9) > c.gate_db
         if self._turn is None:
-            self._pre.append(a)
-            while sum(len(p) for p in self._pre) / RATE > c.preroll_s + c.start_s:
-                self._pre.popleft()
+            self._pre.append((a, rate))
+            self._pre_s += dur
+            while self._pre_s > c.preroll_s + c.start_s:
+                old, r = self._pre.popleft()
+                self._pre_s -= len(old) / r
             self._loud_s = self._loud_s + dur if loud else 0.0
             if self._loud_s >= c.start_s and self.session.state != "closed":
-                self._turn = list(self._pre)
+                self._turn, self._turn_s = list(self._pre), self._pre_s
                 self._pre.clear()
-                self._quiet_s = 0.0
+                self._pre_s = self._quiet_s = 0.0
                 self.stats["turns"] += 1
                 self.session.interrupt()  # barge-in: the person talks over the avatar
                 self.session.emit(Listening)
             return
-        self._turn.append(a)
+        self._turn.append((a, rate))
+        self._turn_s += dur
         self._quiet_s = 0.0 if loud else self._quiet_s + dur
-        length = sum(len(p) for p in self._turn) / RATE
-        if self._quiet_s >= c.end_s or length >= c.max_s:
-            turn = np.concatenate(self._turn)
-            self._turn, self._loud_s = None, 0.0
-            if length - self._quiet_s < c.min_s:
+        if self._quiet_s >= c.end_s or self._turn_s >= c.max_s:
+            turn, spoken = self._turn, self._turn_s - self._quiet_s
+            self._turn, self._turn_s, self._loud_s = None, 0.0, 0.0
+            if spoken < c.min_s:
                 self.stats["short"] += 1
                 return
             task = asyncio.ensure_future(self._finish(turn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _finish(self, turn: np.ndarray) -> None:
+    async def _finish(self, pieces: list[tuple[np.ndarray, int]]) -> None:
+        turn = await asyncio.get_running_loop().run_in_executor(None, _at_rate, pieces)
         try:
             text = await self.recogniser.transcribe(turn, self.http)
         except TwincastError as e:

@@ -123,7 +123,7 @@ class Moderator:
             b = fold(b)  # matched in folded text, so folded the same way
             (phrases if " " in b else words).add(b)
         self.words = words | {_squeeze(w) for w in words}
-        self.phrases = tuple(sorted(phrases))
+        self.phrases = tuple((f" {p} ", f" {_squeeze(p)} ") for p in sorted(phrases))
         self.filter = own_filter or (load_filter(settings.filter) if settings.filter
                                      else None)
         self._users: OrderedDict[str, deque[float]] = OrderedDict()
@@ -187,8 +187,7 @@ class Moderator:
             return True
         spaced = f" {folded} "
         squeezed = f" {' '.join(_squeeze(t) for t in tokens)} "
-        return any(f" {p} " in spaced or f" {_squeeze(p)} " in squeezed
-                   for p in self.phrases)
+        return any(p in spaced or q in squeezed for p, q in self.phrases)
 
     @staticmethod
     def is_question(folded: str, said: str) -> bool:

@@ -214,7 +214,7 @@ class Routes:
         if show is not None and show.chat is not None and show.chat.irc is not None:
             # The chat server is a host the caller chose, like the ingest.
             await check_ingest(show.chat.irc, self.server.cfg.rtmp_allow, "chat")
-        session = await self.server.open_stream(req)
+        session = await self.server.open_stream(req, show)
         location = f"/v1/sessions/{session.id}"
         return web.json_response({"id": session.id, "location": location}, status=201,
                                  headers={"Location": location})
@@ -268,7 +268,7 @@ class Routes:
             settings = parse_chat(await json_body(request), lambda key: "chat", False,
                                   show=False)
         except BadRequest:
-            raise
+            raise  # the body's own errors keep their status
         except TwincastError as e:
             raise BadRequest(str(e)) from None
         _no_filter(settings)

@@ -61,6 +61,14 @@ def _feed(taker: TurnTaker, audio: np.ndarray, rate: int = 48000) -> None:
         taker.hear(audio[i:i + step], rate)
 
 
+async def _until(done, timeout: float = 10.0) -> None:  # noqa: ANN001
+    """Until ``done()`` (a turn is resampled and transcribed off the event loop)."""
+    for _ in range(int(timeout / 0.02)):
+        if done():
+            return
+        await asyncio.sleep(0.02)
+
+
 def test_turns_start_with_a_barge_in_and_end_in_quiet() -> None:
     async def run() -> None:
         s, rec, asked = _Session(), _Recogniser(), []
@@ -72,14 +80,14 @@ def test_turns_start_with_a_barge_in_and_end_in_quiet() -> None:
         _feed(taker, np.concatenate([quiet, click, quiet]))
         assert s.interrupts == 0 and not rec.turns
         _feed(taker, np.concatenate([talk, quiet]))
-        await asyncio.sleep(0.05)
+        await _until(lambda: len(rec.turns) == 1)
         assert s.interrupts == 1 and [e[0] for e in s.events] == ["listening", "heard"]
         assert asked == ["turn 1"]
         # The turn holds its onset (the preroll) and ends after end_s of quiet.
         assert 2.0 <= len(rec.turns[0]) / RATE <= 2.0 + 0.8 + 0.5
         # A turn past max_s is cut and transcribed; talk goes on into the next one.
         _feed(taker, rng.normal(0, 0.1, 48000 * 25).astype(np.float32))
-        await asyncio.sleep(0.05)
+        await _until(lambda: len(rec.turns) == 2)
         assert len(rec.turns) == 2 and len(rec.turns[1]) / RATE <= 20.1
 
     asyncio.run(run())
