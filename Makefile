@@ -6,10 +6,13 @@ STAMP  := $(VENV)/.twincast-installed
 SAMPLE ?= build/sample
 WORK   ?= build/demo
 
-.PHONY: help setup system-deps demo test bench lint clean
+PIPECAT := integrations/pipecat/.venv
+PIPECAT_STAMP := $(PIPECAT)/.twincast-installed
+
+.PHONY: help setup system-deps demo test bench lint clean pipecat-setup
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +23,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install twincast with its dependencies
+
+# pipecat needs protobuf 5 and mediapipe protobuf 4: the pipecat service has its own venv.
+$(PIPECAT_STAMP): integrations/pipecat/pyproject.toml
+	$(PYTHON) -m venv $(PIPECAT)
+	$(PIPECAT)/bin/python -m pip install -q --upgrade pip
+	$(PIPECAT)/bin/python -m pip install -q -e 'integrations/pipecat[dev]'
+	touch $(PIPECAT_STAMP)
+
+pipecat-setup: $(PIPECAT_STAMP) ## the pipecat service's own venv (integrations/pipecat/.venv)
 
 demo: setup ## synthetic sample -> consent -> enrol (demo preset) -> render the avatar speaking
 	$(VENV)/bin/twincast sample --out $(SAMPLE)
@@ -35,8 +47,8 @@ demo: setup ## synthetic sample -> consent -> enrol (demo preset) -> render the 
 system-deps: ## Debian packages the browser, livestream and chat tests drive (chromium, nginx-rtmp, ngircd)
 	@bash scripts/system-deps.sh
 
-test: setup system-deps ## run the test suite (installs what its tests drive, as CI does)
-	$(PY) -m pytest -q
+test: setup system-deps pipecat-setup ## run the test suite (installs what its tests drive, as CI does)
+	TWINCAST_PIPECAT=1 $(PY) -m pytest -q
 
 bench: setup ## measure the features stage on the real GRID clips (prints JSON)
 	$(VENV)/bin/twincast bench features ../shared/data/grid_s1/train --transcript ../shared/data/grid_s1/transcripts.tsv
