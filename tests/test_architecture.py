@@ -74,6 +74,18 @@ def test_imports_follow_the_package_rules():
     assert violations(ROOT) == []
 
 
+def test_integrations_talk_to_twincast_over_the_network_only():
+    """integrations/ (the pipecat service) run in environments of their own, without
+    twincast installed: they may import none of its packages."""
+    bad = []
+    for path in sorted((ROOT / "integrations").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if "/.venv/" in rel or "/build/" in rel:
+            continue
+        bad += [f"{rel}:{line} imports {top}" for line, top in imports_of(path) if top in OWN]
+    assert bad == []
+
+
 def test_the_rule_check_finds_a_forbidden_import(tmp_path: Path):
     for package in OWN:
         (tmp_path / package).mkdir()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 import wave
 
@@ -118,6 +119,16 @@ def test_a_server_that_is_not_there_is_a_clear_error() -> None:
     asyncio.run(run())
 
 
+def test_a_pipeline_whose_server_is_not_there_gets_an_error_frame_saying_so() -> None:
+    service = TwincastVideoService(url="http://127.0.0.1:9", token="t", drive="text",
+                                   connect_timeout_s=5)
+    down, up = asyncio.run(run_test(service, start_timeout=15,
+                                    frames_to_send=[SleepFrame(0.2), LLMTextFrame("Hi.")]))
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert errors and "twincast serve" in errors[0].error, up
+    assert not [f for f in down if isinstance(f, OutputImageRawFrame)]
+
+
 @server
 def test_a_refused_session_says_why() -> None:
     async def run() -> None:
@@ -218,3 +229,30 @@ def test_an_interruption_stops_the_avatar_at_once() -> None:
     assert voiced_s([a for a in audio if a[0] < marks[0]]) > 0.5  # it was speaking
     late = [a for a in audio if a[0] > marks[0] + 0.5]
     assert voiced_s(late) < 0.1, f"{voiced_s(late):.2f} s of voice after the interruption"
+
+
+def test_the_sample_pipeline_builds_with_this_pipecat() -> None:
+    """samples/pipecat_pipeline.py: its services and pipeline are made as they are in use
+    (VAD, OpenAI-compatible STT and LLM, twincast), without connecting to any of them."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "samples" / "pipecat_pipeline.py"
+    spec = importlib.util.spec_from_file_location("pipecat_pipeline", path)
+    sample = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = sample  # its dataclass looks itself up there
+    spec.loader.exec_module(sample)
+    settings = sample.Settings("http://127.0.0.1:1", "t", "http://127.0.0.1:2/v1", "m",
+                               "http://127.0.0.1:3/v1", "whisper-1")
+    parts = sample.services(settings)
+    assert isinstance(parts["avatar"], TwincastVideoService)
+
+    class Transport:
+        def input(self) -> FrameProcessor:
+            return FrameProcessor()
+
+        def output(self) -> FrameProcessor:
+            return FrameProcessor()
+
+    pipeline = sample.pipeline_for(Transport(), parts)
+    assert parts["avatar"] in pipeline.processors

@@ -113,7 +113,7 @@ class TwincastVideoService(AIService):
             await self._conn.open()
             self._connected = True
         except TwincastConnectionError as e:
-            await self.push_error(error_msg=str(e), fatal=True)
+            await self.push_error(error_msg=str(e), force_treat_as_permanent=True)
 
     async def stop(self, frame: EndFrame) -> None:
         await super().stop(frame)
