@@ -339,7 +339,11 @@ class Session:
 
     def emit(self, kind: type[SessionEvent], utterance: str | None = None,
              at: float | None = None, **extra: object) -> None:
-        """Tell the listeners of an event (at ``at`` on the stream clock; default now)."""
+        """Tell the listeners of an event (at ``at`` on the stream clock; default now).
+        Nothing follows ``closing``: it is the last event a viewer gets (a voice thread's
+        word timings can still arrive on the loop after it)."""
+        if self._told_closing and kind is not Closing:
+            return
         ev = kind(session=self.id, utterance=utterance,
                   stream_time=round(self.clock.now() if at is None else at, 3), **extra)
         self.events.append(ev)

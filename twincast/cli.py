@@ -20,12 +20,13 @@ from avatar.errors import TwincastError
 log = logging.getLogger("twincast")
 
 EXTRA_OF = {"aiortc": "serve", "aiohttp": "serve", "prometheus_client": "serve",
+            "ray": "cluster",
             "mediapipe": "train", "pocketsphinx": "train", "librosa": "train",
             "skimage": "train", "matplotlib": "train", "resemblyzer": "eval"}
 """Which install role (pyproject's optional dependencies) brings each optional module."""
 FAULT_NAMES = ("renderer", "tts", "vanish", "sigterm", "disk_full", "killed_enrolment")
 """``bench faults``' faults (bench.faults.FAULTS; here so ``--help`` imports nothing)."""
-ROLE_OF = {"serve": "serve", "stream": "serve", "enrol": "train",
+ROLE_OF = {"serve": "serve", "stream": "serve", "cluster": "cluster", "enrol": "train",
            "sample": "train", "eval": "eval"}
 """The install role each command needs: checked before it starts, so a command that cannot
 finish leaves nothing half-made behind. ``train`` is not here: it also runs on a GPU machine
@@ -357,6 +358,23 @@ def build_parser() -> argparse.ArgumentParser:
     _label_flags(sv)
     sv.set_defaults(func=cmd_serve)
 
+    cl = sub.add_parser("cluster", help="serve on a Ray cluster: a worker per device lane per "
+                        "node, one ingress placing sessions by measured capacity")
+    cl.add_argument("bundles", nargs="+", type=Path,
+                    help="avatar bundles to offer (a path every node sees)")
+    cl.add_argument("--ray", default="auto", metavar="ADDRESS",
+                    help="the Ray cluster to join (auto: the one `ray start` made here)")
+    cl.add_argument("--devices", default="cpu",
+                    help="the lanes each node runs, one worker each: cpu, cuda:0, ...")
+    cl.add_argument("--host", default="127.0.0.1", help="the ingress's address")
+    cl.add_argument("--port", type=int, default=8000, help="the ingress's port")
+    cl.add_argument("--token", help="API bearer token (default: TWINCAST_TOKEN or generated)")
+    cl.add_argument("--max-sessions", type=int, default=8, help="per worker")
+    cl.add_argument("--render-threads", type=int, default=1,
+                    help="CPU threads each CPU worker renders with")
+    _consent_flag(cl)
+    cl.set_defaults(func=cmd_cluster)
+
     st = sub.add_parser("stream", help="push the avatar live to an RTMP(S) ingest, with the "
                         "server's API for injecting text")
     st.add_argument("bundle", type=Path)
@@ -535,6 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--llm-nice", type=int, default=19, help="the started model's CPU "
                     "priority (19: yields to twincast, as on a host of its own; 0: equal)")
     bq.set_defaults(func=cmd_bench_ask)
+    bc = bsub.add_parser("cluster", help="one server against a Ray cluster of two nodes on "
+                         "this machine: latency at a viewer, placement, losing a node")
+    bc.add_argument("bundle", type=Path)
+    bc.add_argument("--says", type=int, default=8, help="sentences timed on each (8)")
+    bc.set_defaults(func=cmd_bench_cluster)
     ba = bsub.add_parser("align", help="word-boundary error of an enrolment's alignment")
     ba.add_argument("features", type=Path, help="WORKDIR/features of an enrolment")
     ba.add_argument("--truth", type=Path, required=True,
@@ -670,6 +693,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                      allow_unconsented=args.allow_unconsented,
                                      llm=_llm_config(args), stt=_stt_config(args)))
     return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    import os
+    import secrets
+    import time
+
+    from streaming.cluster import launch
+
+    devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
+    if not devices:
+        raise TwincastError("--devices: name at least one device (cpu, cuda:0, ...)")
+    if args.max_sessions < 1 or args.render_threads < 1:
+        raise TwincastError("--max-sessions and --render-threads must be at least 1")
+    missing = [b for b in args.bundles if not (b / "manifest.json").is_file()]
+    if missing:
+        raise TwincastError(f"{missing[0]} is not an avatar bundle (no manifest.json); "
+                            "`twincast enrol` makes one")
+    from streaming.app import bundle_names
+
+    token = args.token or os.environ.get("TWINCAST_TOKEN") or secrets.token_urlsafe(18)
+    cfg = launch.ClusterConfig(
+        bundles={n: str(p.resolve()) for n, p in bundle_names(args.bundles).items()},
+        token=token, address=args.ray, host=args.host, port=args.port, devices=devices,
+        render_threads=args.render_threads, max_sessions=args.max_sessions,
+        allow_unconsented=args.allow_unconsented)
+    url, workers = launch.start(cfg)
+    if not args.token and not os.environ.get("TWINCAST_TOKEN"):
+        print(f"API token: {token}", flush=True)
+    print(f"twincast cluster: {len(workers)} workers; open {url}/#token=<the API token>",
+          flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        launch.stop(workers)
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
@@ -978,6 +1037,18 @@ def cmd_bench_ask(args: argparse.Namespace) -> int:
     read_manifest(args.bundle, verify=False)  # a clear error for a wrong path
     print(json.dumps(bench_ask(args.bundle, args.questions, args.llm, args.llm_model,
                                args.chat_questions, args.llm_nice), indent=2))
+    return 0
+
+
+def cmd_bench_cluster(args: argparse.Namespace) -> int:
+    from avatar.bundle import read_manifest
+
+    if args.says < 1:
+        raise TwincastError("--says must be at least 1")
+    read_manifest(args.bundle, verify=False)  # a clear error for a wrong path
+    from bench.cluster import bench_cluster
+
+    print(json.dumps(bench_cluster(args.bundle.resolve(), args.says), indent=2))
     return 0
 
 

@@ -1,0 +1,157 @@
+"""``twincast bench cluster``: the same avatar served by one ``twincast serve`` and by a Ray
+cluster on this machine (a head and two worker nodes, ``ray.cluster_utils``), measured
+the same way at a real aiortc viewer: text to ``speech_started`` and to the first audible
+audio, p50/p95; opening a session (placement, offer and answer) through the ingress and
+directly; and, with a session on each node, the time from a node's removal to its
+session answering 410 and to the ingress reporting one live worker (it no longer places
+there)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.ask import _first_after, _pct, _Viewer
+
+log = logging.getLogger(__name__)
+
+SENTENCES = ["Bin blue at F two now.", "Place red by G nine soon.",
+             "Lay white with P four again.", "Set green in B seven please."]
+AUDIBLE = 0.01
+"""RMS of a 20 ms frame above which the viewer hears the voice."""
+
+
+async def _measure(url: str, token: str, says: int) -> dict:
+    import aiohttp
+
+    auth = {"Authorization": f"Bearer {token}"}
+    mouth, audio, opened = [], [], []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):  # opening a session, timed (placement, offer, answer, tracks)
+            t = time.perf_counter()
+            v = _Viewer()
+            await v.open(http, url, token)
+            opened.append(1000 * (time.perf_counter() - t))
+            await v.close()
+            async with http.delete(f"{url}{v.location}", headers=auth):
+                pass
+        v = _Viewer()
+        await v.open(http, url, token)
+        await asyncio.sleep(2.0)  # past the session's first frames
+        for i in range(says):
+            t = time.perf_counter()
+            async with http.post(f"{url}{v.location}/say", headers=auth,
+                                 json={"text": SENTENCES[i % len(SENTENCES)]}) as r:
+                uid = (await r.json())["utterance"]
+            for _ in range(300):
+                if v.first("speech_ended", t, utterance=uid):
+                    break
+                await asyncio.sleep(0.05)
+            started = v.first("speech_started", t, utterance=uid)
+            if started:
+                mouth.append(1000 * (started[0] - t))
+            times = np.array([a[0] for a in v.audio])
+            loud = np.array([a[1] > AUDIBLE for a in v.audio])
+            heard = _first_after(times, loud, t) if len(times) else None
+            if heard is not None:
+                audio.append(1000 * (heard - t))
+            await asyncio.sleep(0.5)
+        await v.close()
+    return {"text_to_speech_started_ms": {"p50": _pct(mouth, 50), "p95": _pct(mouth, 95)},
+            "text_to_first_audio_ms": {"p50": _pct(audio, 50), "p95": _pct(audio, 95)},
+            "open_session_ms": {"p50": _pct(opened, 50), "max": round(max(opened), 1)},
+            "says": len(mouth)}
+
+
+async def _failover(url: str, token: str, cluster, nodes: list) -> dict:  # noqa: ANN001
+    """A session on each node; the node of the first is removed."""
+    import aiohttp
+    import ray
+
+    from streaming.cluster.launch import NAMESPACE, PREFIX
+
+    auth = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        viewers = []
+        for _ in range(2):
+            v = _Viewer()
+            await v.open(http, url, token)
+            viewers.append(v)
+        sid = viewers[0].location.rsplit("/", 1)[1]
+        victim = None
+        for a in ray.util.list_named_actors(all_namespaces=True):
+            if a.get("namespace") == NAMESPACE and a["name"].startswith(PREFIX):
+                report = await ray.get_actor(a["name"], namespace=NAMESPACE).info.remote()
+                if sid in report["sessions"]:
+                    victim = next(n for n in nodes if n.node_id == report["node"])
+        assert victim is not None, "no worker reports the session"
+        t0 = time.perf_counter()
+        cluster.remove_node(victim, allow_graceful=False)
+        gone = unplaced = None
+        while time.perf_counter() - t0 < 60 and (gone is None or unplaced is None):
+            if gone is None:
+                async with http.get(f"{url}{viewers[0].location}", headers=auth) as r:
+                    if r.status == 410:
+                        gone = time.perf_counter() - t0
+            if unplaced is None:
+                async with http.get(f"{url}/metrics") as r:
+                    if 'twincast_cluster_workers{state="live"} 1' in await r.text():
+                        unplaced = time.perf_counter() - t0
+            await asyncio.sleep(0.1)
+        for v in viewers:
+            await v.close()
+    return {"node_removed_to_session_410_s": None if gone is None else round(gone, 2),
+            "node_removed_to_not_placed_s": None if unplaced is None else round(unplaced, 2)}
+
+
+def bench_cluster(bundle: Path, says: int = 8) -> dict:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from bench.server_process import ServerProcess, free_port
+    from streaming.cluster import launch
+
+    out: dict = {"bundle": str(bundle)}
+    with tempfile.TemporaryDirectory() as tmp:
+        # One server alone, as `twincast serve` runs it.
+        server = ServerProcess(bundle, Path(tmp) / "serve.log",
+                               args=("--render-threads", "1"))
+
+        async def single() -> dict:
+            import aiohttp
+
+            async with aiohttp.ClientSession() as http:
+                await server.wait_ready(http)
+            return await _measure(server.url, server.token, says)
+
+        try:
+            out["single"] = asyncio.run(single())
+        finally:
+            server.stop()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0,
+                                                            "include_dashboard": False})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    workers: list = []
+    try:
+        t = time.perf_counter()
+        url, workers = launch.start(launch.ClusterConfig(
+            bundles={"avatar": str(bundle)}, token="bench", address=cluster.address,
+            port=free_port(), max_sessions=2, allow_unconsented=True))
+        out["cluster_ready_s"] = round(time.perf_counter() - t, 1)
+        out["cluster"] = asyncio.run(_measure(url, "bench", says))
+        out["failover"] = asyncio.run(_failover(url, "bench", cluster, nodes))
+    finally:
+        launch.stop(workers)
+        ray.shutdown()
+        cluster.shutdown()
+    s, c = out["single"], out["cluster"]
+    if s["text_to_speech_started_ms"]["p50"] and c["text_to_speech_started_ms"]["p50"]:
+        out["cluster_minus_single_p50_ms"] = round(
+            c["text_to_speech_started_ms"]["p50"] - s["text_to_speech_started_ms"]["p50"], 1)
+    return out

@@ -1,0 +1,245 @@
+"""The cluster's front door: the single server's ``/v1`` API, page and embed kit at one
+address, for sessions that live on the workers.
+
+It places a new session (or stream) on the worker ``placement.choose`` picks and forwards
+the offer; it sends a session's control requests (``say``, ``interrupt``, ``GET``,
+``DELETE``, chat) to the worker that owns it; everything else (the page, the embed kit,
+``/v1/avatars``, OpenAPI) to any live worker. Media never passes through it: the SDP
+answer a client gets is the worker's, with the worker's own ICE candidates.
+
+``Ingress`` is plain asyncio over a ``Roster`` (who the workers are and what they say), so
+that it is tested without Ray; ``serve_app`` wraps it in a Ray Serve deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from streaming.cluster.placement import WorkerInfo, choose
+
+log = logging.getLogger(__name__)
+
+SESSION_PATH = re.compile(r"^/v1/sessions/([A-Za-z0-9_-]{1,64})(?:/.*)?$")
+PASS_BACK = ("Content-Type", "Location", "Retry-After", "X-Twincast-Disclosure",
+             "WWW-Authenticate")
+PASS_ON = ("authorization", "content-type", "accept", "origin")
+"""Request headers a worker needs (names lower-cased: HTTP's are case-blind)."""
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, obj: object, **headers: str) -> Reply:
+        return cls(status, json.dumps(obj).encode(), {"Content-Type": "application/json",
+                                                      **headers})
+
+
+def problem(status: int, message: str, **headers: str) -> Reply:
+    """The single server's error form: ``{"error": message}``."""
+    return Reply.json(status, {"error": message}, **headers)
+
+
+@dataclass
+class IngressConfig:
+    token: str
+    refresh_s: float = 1.0
+    """How old the workers' reports may be when placing (they are asked again after)."""
+    ask_timeout_s: float = 2.0
+    """A worker that does not report within this is not placed on (it may be busy or
+    gone; gone ones are told apart by Ray)."""
+    forward_timeout_s: float = 30.0
+
+
+Roster = Callable[[], Awaitable[tuple[list[WorkerInfo], set[str]]]]
+"""Asks every worker for its report: (the live workers' infos, the names of those known
+dead)."""
+
+
+class Ingress:
+    def __init__(self, cfg: IngressConfig, roster: Roster) -> None:
+        self.cfg = cfg
+        self._roster = roster
+        self.workers: list[WorkerInfo] = []
+        self.dead: set[str] = set()
+        self._asked = 0.0
+        self._lock = asyncio.Lock()
+        self.owner: dict[str, str] = {}
+        """session id -> worker name, as last seen."""
+        self.placed: dict[str, int] = {}
+        """worker name -> sessions placed there by this ingress (a metric)."""
+        self._http = None
+
+    async def view(self, fresh: bool = False) -> list[WorkerInfo]:
+        """The live workers' reports, at most ``refresh_s`` old (or asked now)."""
+        async with self._lock:
+            if fresh or time.monotonic() - self._asked > self.cfg.refresh_s:
+                workers, dead = await self._roster()
+                for w in self.workers:
+                    if w.name in dead:
+                        for sid in w.sessions:  # remembered: a later request is a 410
+                            self.owner[sid] = w.name
+                self.workers, self.dead = workers, self.dead | dead
+                for w in workers:
+                    for sid in w.sessions:
+                        self.owner[sid] = w.name
+                self._asked = time.monotonic()
+            return self.workers
+
+    async def handle(self, method: str, path: str, query: str, headers: dict[str, str],
+                     body: bytes) -> Reply:
+        headers = {k.lower(): v for k, v in headers.items()}
+        if path == "/healthz":
+            workers = await self.view()
+            return Reply.json(200 if workers else 503, {
+                "ok": bool(workers), "workers": len(workers),
+                "sessions": sum(len(w.sessions) for w in workers)})
+        if path == "/metrics":
+            return Reply(200, self.metrics(await self.view()).encode(),
+                         {"Content-Type": "text/plain; version=0.0.4"})
+        if path.startswith("/v1/") and path != "/v1/openapi.json":
+            given = headers.get("authorization", "").encode("utf-8", "surrogateescape")
+            if not secrets.compare_digest(given, f"Bearer {self.cfg.token}".encode()):
+                return problem(401, "missing, wrong or expired bearer token",
+                               **{"WWW-Authenticate": "Bearer"})
+        if path == "/v1/tokens":
+            return problem(501, "viewer tokens are not minted in cluster mode yet; your "
+                                "backend opens sessions with the operator token")
+        if method == "POST" and path in ("/v1/sessions", "/v1/streams"):
+            return await self._place(method, path, query, headers, body)
+        m = SESSION_PATH.match(path)
+        if m:
+            return await self._to_owner(m.group(1), method, path, query, headers, body)
+        workers = await self.view()
+        if not workers:
+            return problem(503, "no worker of the cluster is serving; try again shortly",
+                           **{"Retry-After": "5"})
+        return await self._forward(workers[0], method, path, query, headers, body)
+
+    async def _place(self, method: str, path: str, query: str, headers: dict[str, str],
+                     body: bytes) -> Reply:
+        avatar = _avatar_of(query, headers, body)
+        tried: set[str] = set()
+        for fresh in (False, True, True):
+            workers = [w for w in await self.view(fresh) if w.name not in tried]
+            worker = choose(workers, avatar)
+            if worker is None:
+                break
+            tried.add(worker.name)
+            reply = await self._forward(worker, method, path, query, headers, body)
+            if reply.status == 503 and not reply.headers.get("X-Twincast-Unreachable"):
+                continue  # full by its own count (a burst got there first): the next one
+            sid = _session_of(reply)
+            if sid is not None:
+                self.owner[sid] = worker.name
+                self.placed[worker.name] = self.placed.get(worker.name, 0) + 1
+                log.info("session %s placed on %s (node %s)", sid, worker.name, worker.node)
+            return reply
+        return problem(503, "every worker of the cluster is at its measured capacity; try "
+                            "again later", **{"Retry-After": "5"})
+
+    async def _to_owner(self, sid: str, method: str, path: str, query: str,
+                        headers: dict[str, str], body: bytes) -> Reply:
+        await self.view()  # at most refresh_s old: a dead owner is known within that
+        name = self.owner.get(sid)
+        if name is None or (name not in self.dead and
+                            name not in {w.name for w in self.workers}):
+            await self.view(fresh=True)
+            name = self.owner.get(sid)
+        if name is None:
+            return problem(404, f"no session {sid}")
+        if name in self.dead:
+            return problem(410, f"session {sid} was served by {name}, which has stopped; "
+                                "open a new session")
+        worker = next((w for w in self.workers if w.name == name), None)
+        if worker is None:
+            return problem(503, f"the worker serving session {sid} is not answering; try "
+                                "again shortly", **{"Retry-After": "2"})
+        reply = await self._forward(worker, method, path, query, headers, body)
+        if reply.headers.get("X-Twincast-Unreachable"):
+            await self.view(fresh=True)  # gone, or only slow? Ray knows
+            if name in self.dead:
+                return problem(410, f"session {sid} was served by {name}, which has "
+                                    "stopped; open a new session")
+        return reply
+
+    async def _forward(self, worker: WorkerInfo, method: str, path: str, query: str,
+                       headers: dict[str, str], body: bytes) -> Reply:
+        import aiohttp
+
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.cfg.forward_timeout_s))
+        url = worker.url + path + (f"?{query}" if query else "")
+        sent = {k: v for k, v in headers.items() if k in PASS_ON}
+        try:
+            async with self._http.request(method, url, data=body or None,
+                                          headers=sent) as r:
+                data = await r.read()
+                back = {k: r.headers[k] for k in PASS_BACK if k in r.headers}
+                return Reply(r.status, data, back)
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            log.warning("worker %s did not answer %s %s: %s", worker.name, method, path, e)
+            self._asked = 0.0  # ask everyone again before the next placement
+            reply = problem(503, f"worker {worker.name} did not answer; try again",
+                            **{"Retry-After": "2"})
+            reply.headers["X-Twincast-Unreachable"] = "1"
+            return reply
+
+    def metrics(self, workers: list[WorkerInfo]) -> str:
+        """The cluster in Prometheus' text form: workers, sessions, capacity and frames
+        (rendered and late) per worker, with its node."""
+        out = ["# HELP twincast_cluster_workers Workers by state.",
+               "# TYPE twincast_cluster_workers gauge",
+               f'twincast_cluster_workers{{state="live"}} {len(workers)}',
+               f'twincast_cluster_workers{{state="dead"}} {len(self.dead)}']
+        rows = [("twincast_cluster_sessions", "gauge", "Open sessions.",
+                 lambda w: len(w.sessions)),
+                ("twincast_cluster_capacity_fps", "gauge", "Measured frames/s a worker "
+                 "renders.", lambda w: round(w.capacity_fps, 1)),
+                ("twincast_cluster_frames_total", "counter", "Frames rendered.",
+                 lambda w: w.frames),
+                ("twincast_cluster_frames_late_total", "counter", "Frames dropped as late.",
+                 lambda w: w.late),
+                ("twincast_cluster_placed_total", "counter", "Sessions this ingress placed.",
+                 lambda w: self.placed.get(w.name, 0))]
+        for name, kind, doc, value in rows:
+            out += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}"]
+            out += [f'{name}{{worker="{w.name}",node="{w.node[:12]}"}} {value(w)}'
+                    for w in workers]
+        return "\n".join(out) + "\n"
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+def _avatar_of(query: str, headers: dict[str, str], body: bytes) -> str | None:
+    from urllib.parse import parse_qs
+
+    if headers.get("content-type", "").startswith("application/json"):
+        try:
+            value = json.loads(body or b"{}").get("avatar")
+        except (ValueError, AttributeError):
+            return None  # the worker answers the bad body with its own 400
+        return value if isinstance(value, str) else None
+    return (parse_qs(query).get("avatar") or [None])[0]
+
+
+def _session_of(reply: Reply) -> str | None:
+    if reply.status != 201:
+        return None
+    location = reply.headers.get("Location", "")
+    m = SESSION_PATH.match(location)
+    return m.group(1) if m else None

@@ -1,0 +1,83 @@
+"""A cluster worker: one twincast server (one device lane) in a Ray actor on its node.
+
+It is the single server unchanged — the bundle loaded and verified, the lane warmed up,
+its HTTP API and WebRTC peers on its own node's address — plus ``info()``, what the
+ingress places sessions by. The ingress forwards offers and control to its API; clients'
+media flows to it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    name: str
+    node: str
+    """The Ray node id it was placed on (for logs and metrics)."""
+    host: str
+    """The address its API and peers bind to: its node's."""
+    bundles: dict[str, str]
+    """avatar name -> bundle path (on a file system the node sees)."""
+    token: str
+    device: str = "cpu"
+    render_threads: int = 1
+    max_sessions: int = 8
+    allow_unconsented: bool = False
+    options: dict = field(default_factory=dict)
+    """Other ServerConfig fields, as given to ``twincast cluster``."""
+
+
+class Worker:
+    """The body of the Ray actor (``actor_class()`` wraps it); plain Python so that it is
+    tested without Ray."""
+
+    def __init__(self, cfg: WorkerConfig) -> None:
+        from avatar.bundle import read_manifest, sha256_file
+        from streaming.app import Server, ServerConfig
+        from streaming.routes import RunningServer
+
+        self.cfg = cfg
+        bundles = {name: Path(p) for name, p in cfg.bundles.items()}
+        # Loading verifies every file's sha256 against the manifest; a bundle that fails
+        # leaves this worker without sessions, and says why (the ingress shows it).
+        self.bundles = {name: sha256_file(p / "manifest.json") for name, p in bundles.items()}
+        for p in bundles.values():
+            read_manifest(p)
+        server_cfg = ServerConfig(host=cfg.host, token=cfg.token, devices=(cfg.device,),
+                                  render_threads=cfg.render_threads,
+                                  max_sessions=cfg.max_sessions,
+                                  allow_unconsented=cfg.allow_unconsented, **cfg.options)
+        self.server = Server(bundles, server_cfg)
+        self.server.load()
+        self.running = RunningServer(self.server, host=cfg.host)
+        log.info("worker %s on node %s serving %s at %s", cfg.name, cfg.node,
+                 ", ".join(bundles), self.running.url)
+
+    def info(self) -> dict:
+        srv = self.server
+        assert srv.scheduler is not None
+        from streaming.session import SessionConfig
+
+        lanes = srv.scheduler.lanes
+        return {"name": self.cfg.name, "node": self.cfg.node, "url": self.running.url,
+                "sessions": list(srv.registry.entries), "max_sessions": self.cfg.max_sessions,
+                "capacity_fps": srv.scheduler.capacity_fps(),
+                "capacity_share": srv.cfg.capacity_share, "fps": SessionConfig().fps,
+                "frames": sum(lane.stats.frames for lane in lanes),
+                "late": sum(lane.stats.late for lane in lanes), "bundles": self.bundles}
+
+    def stop(self) -> None:
+        self.running.stop()
+
+
+def actor_class():  # noqa: ANN201 - a Ray actor class
+    """``Worker`` as a Ray actor class (Ray is imported here, in cluster mode only)."""
+    import ray
+
+    return ray.remote(Worker)

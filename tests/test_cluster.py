@@ -1,0 +1,245 @@
+"""Cluster mode: placement by measured capacity, the ingress's routing (over real worker
+servers, without Ray), and a real multi-node Ray cluster on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from streaming.cluster.ingress import Ingress, IngressConfig
+from streaming.cluster.placement import WorkerInfo, choose
+
+
+def info(name: str, sessions: int, capacity: float = 100.0, late: int = 0,
+         max_sessions: int = 8, avatars: tuple[str, ...] = ("a",)) -> WorkerInfo:
+    return WorkerInfo(name, "node-" + name, f"http://{name}", tuple(f"s{name}{i}" for i in
+                      range(sessions)), max_sessions, capacity, 0.9, 25, 1000, late,
+                      dict.fromkeys(avatars, "sha"))
+
+
+def test_placement_goes_where_the_predicted_load_is_lowest() -> None:
+    # 90 frames/s usable: three sessions fit (75), a fourth does not (100).
+    assert choose([info("x", 1), info("y", 0)]).name == "y"
+    assert choose([info("x", 1, capacity=300), info("y", 1)]).name == "x"
+    assert choose([info("x", 3), info("y", 3)]) is None  # the cluster is full
+    assert choose([info("x", 1, max_sessions=1), info("y", 2)]).name == "y"
+    # Equal loads: the one late less often.
+    assert choose([info("x", 1, late=50), info("y", 1, late=1)]).name == "y"
+    assert choose([info("x", 0, avatars=("b",)), info("y", 2)], avatar="a").name == "y"
+    assert choose([info("x", 0, avatars=("b",))], avatar="a") is None
+
+
+class Workers:
+    """Two real twincast servers (one session each) as the cluster's workers, and a
+    roster over them that can be told one died."""
+
+    def __init__(self, bundle) -> None:  # noqa: ANN001
+        from streaming.app import Server, ServerConfig
+        from streaming.routes import RunningServer
+
+        self.servers = {}
+        for name in ("w1", "w2"):
+            srv = Server({"presenter": bundle}, ServerConfig(
+                token="t", allow_unconsented=True, max_sessions=1, render_threads=1))
+            srv.load()
+            self.servers[name] = (srv, RunningServer(srv))
+        self.dead: set[str] = set()
+
+    async def roster(self) -> tuple[list[WorkerInfo], set[str]]:
+        out = []
+        for name, (srv, running) in self.servers.items():
+            if name in self.dead:
+                continue
+            out.append(WorkerInfo(name, "node-" + name, running.url,
+                                  tuple(srv.registry.entries), 1,
+                                  srv.scheduler.capacity_fps(), 0.9, 25,
+                                  bundles={"presenter": "sha"}))
+        return out, set(self.dead)
+
+    def stop(self) -> None:
+        for _, running in self.servers.values():
+            running.stop()
+
+
+def ingress_app(ingress: Ingress):  # noqa: ANN201 - an aiohttp app in front of the ingress
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        reply = await ingress.handle(request.method, request.path, request.query_string,
+                                     dict(request.headers), await request.read())
+        return web.Response(body=reply.body, status=reply.status, headers=reply.headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def test_the_ingress_places_routes_and_forgets_a_dead_worker(bundle) -> None:  # noqa: ANN001
+    """Sessions land on both workers (each holds one), the third is a 503 with a retry
+    hint; say reaches the owner; a dead worker's session is a 410, an unknown one a 404,
+    and new sessions go to the survivor."""
+    import aiohttp
+    from aiohttp import web
+
+    from bench.client import open_session
+
+    workers = Workers(bundle)
+
+    async def run() -> None:
+        ingress = Ingress(IngressConfig(token="t", refresh_s=0.2), workers.roster)
+        runner = web.AppRunner(ingress_app(ingress))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        auth = {"Authorization": "Bearer t"}
+        viewers = []
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{url}/v1/avatars") as r:
+                    assert r.status == 401
+                async with http.get(f"{url}/v1/avatars", headers=auth) as r:
+                    assert r.status == 200 and "presenter" in await r.text()
+                for _ in range(2):
+                    viewers.append(await open_session(http, url, "t", events=True))
+                owners = {ingress.owner[v.location.rsplit("/", 1)[1]] for v in viewers}
+                assert owners == {"w1", "w2"}  # one each: the lowest load first
+                async with http.post(f"{url}/v1/sessions", data="v=0\r\nm=video",
+                                     headers={**auth, "Content-Type": "application/sdp"}) as r:
+                    assert r.status == 503 and r.headers["Retry-After"]
+                    assert "capacity" in (await r.json())["error"]
+                v = viewers[0]
+                while v.channel.readyState != "open":
+                    await asyncio.sleep(0.05)
+                async with http.post(f"{url}{v.location}/say", json={"text": "Bin blue now."},
+                                     headers=auth) as r:
+                    assert r.status == 202, await r.text()
+                async with http.get(f"{url}{v.location}", headers=auth) as r:
+                    assert r.status == 200 and (await r.json())["id"] in v.location
+                async with http.get(f"{url}/v1/sessions/nosuchsession", headers=auth) as r:
+                    assert r.status == 404
+                owner = ingress.owner[v.location.rsplit("/", 1)[1]]
+                workers.dead.add(owner)
+                await asyncio.sleep(0.3)  # the roster is asked again at most 0.2 s later
+                async with http.post(f"{url}{v.location}/say", json={"text": "Hi."},
+                                     headers=auth) as r:
+                    assert r.status == 410 and "open a new session" in (await r.json())["error"]
+                async with http.get(f"{url}/metrics") as r:
+                    text = await r.text()
+                    assert 'twincast_cluster_workers{state="dead"} 1' in text
+                # The survivor's session ends; a new one goes there, not to the dead one.
+                other = viewers[1]
+                async with http.delete(f"{url}{other.location}", headers=auth) as r:
+                    assert r.status == 204
+                await asyncio.sleep(0.3)
+                fresh = await open_session(http, url, "t")
+                viewers.append(fresh)
+                assert ingress.owner[fresh.location.rsplit("/", 1)[1]] != owner
+        finally:
+            for viewer in viewers:
+                await viewer.pc.close()
+            await ingress.close()
+            await runner.cleanup()
+
+    try:
+        asyncio.run(run())
+    finally:
+        workers.stop()
+
+
+@pytest.mark.slow
+def test_a_real_ray_cluster_serves_across_nodes_and_survives_losing_one(bundle) -> None:  # noqa: ANN001
+    """ray.cluster_utils.Cluster: a head and two worker nodes on this machine. Sessions
+    opened through the Ray Serve ingress land on both nodes and play to real aiortc
+    clients; say reaches the owner; a node removed mid-session: its session answers 410,
+    the ingress stops placing there within seconds, new sessions go to the survivor."""
+    ray = pytest.importorskip("ray")
+    import aiohttp
+    from ray.cluster_utils import Cluster
+
+    from bench.client import open_session
+    from bench.server_process import free_port
+    from streaming.cluster import launch
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    port = free_port()
+    cfg = launch.ClusterConfig(bundles={"presenter": str(bundle)}, token="t",
+                               address=cluster.address, port=port, max_sessions=2,
+                               allow_unconsented=True)
+    workers: list = []
+    try:
+        url, workers = launch.start(cfg)
+        assert len(workers) == 2
+
+        async def run() -> None:
+            auth = {"Authorization": "Bearer t"}
+            async with aiohttp.ClientSession() as http:
+                viewers = [await open_session(http, url, "t", events=True) for _ in range(2)]
+                async with http.get(f"{url}/metrics") as r:
+                    text = await r.text()
+                placed = [line for line in text.splitlines()
+                          if line.startswith("twincast_cluster_sessions{")]
+                assert sorted(line.rsplit(" ", 1)[1] for line in placed) == ["1", "1"], text
+                v = viewers[0]
+                while v.channel.readyState != "open":
+                    await asyncio.sleep(0.05)
+                async with http.post(f"{url}{v.location}/say", json={"text": "Bin blue now."},
+                                     headers=auth) as r:
+                    assert r.status == 202, await r.text()
+                frames = 0
+                for _ in range(200):
+                    await asyncio.wait_for(v.tracks["video"].recv(), 5)
+                    frames += 1
+                    if any(e["type"] == "speech_started" for e in v.events):
+                        break
+                assert any(e["type"] == "speech_started" for e in v.events), v.events
+                # The node of the second session goes away.
+                async with http.get(f"{url}{viewers[1].location}", headers=auth) as r:
+                    assert r.status == 200
+                victim = await _node_of_session(http, url, viewers[1].location, auth, nodes)
+                t0 = time.monotonic()
+                cluster.remove_node(victim, allow_graceful=False)
+                gone, seen = None, []
+                while time.monotonic() - t0 < 60:
+                    async with http.get(f"{url}{viewers[1].location}", headers=auth) as r:
+                        seen.append((round(time.monotonic() - t0, 1), r.status))
+                        if r.status == 410:
+                            gone = time.monotonic() - t0
+                            break
+                    await asyncio.sleep(0.2)
+                assert gone is not None, f"the dead node's session never answered 410: {seen}"
+                print(f"\nnode removed -> its session answers 410: {gone:.1f} s")
+                fresh = await open_session(http, url, "t")
+                async with http.get(f"{url}/metrics") as r:
+                    text = await r.text()
+                assert 'twincast_cluster_workers{state="live"} 1' in text
+                for viewer in [*viewers, fresh]:
+                    await viewer.pc.close()
+
+        asyncio.run(run())
+    finally:
+        launch.stop(workers)
+        ray.shutdown()
+        cluster.shutdown()
+
+
+async def _node_of_session(http, url: str, location: str, auth: dict, nodes: list):  # noqa: ANN001, ANN202
+    """The cluster_utils node whose worker holds the session (from the ingress's report
+    of the session's worker url: the worker's node address and port differ per node)."""
+    import ray
+
+    from streaming.cluster.launch import NAMESPACE, PREFIX
+
+    sid = location.rsplit("/", 1)[1]
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if a.get("namespace") != NAMESPACE or not a["name"].startswith(PREFIX):
+            continue
+        report = await ray.get_actor(a["name"], namespace=NAMESPACE).info.remote()
+        if sid in report["sessions"]:
+            return next(n for n in nodes if n.node_id == report["node"])
+    raise AssertionError(f"no worker holds session {sid}")
