@@ -180,11 +180,15 @@ def test_a_real_ray_cluster_serves_across_nodes_and_survives_losing_one(bundle) 
             auth = {"Authorization": "Bearer t"}
             async with aiohttp.ClientSession() as http:
                 viewers = [await open_session(http, url, "t", events=True) for _ in range(2)]
-                async with http.get(f"{url}/metrics") as r:
-                    text = await r.text()
-                placed = [line for line in text.splitlines()
-                          if line.startswith("twincast_cluster_sessions{")]
-                assert sorted(line.rsplit(" ", 1)[1] for line in placed) == ["1", "1"], text
+                for _ in range(50):  # the ingress asks the workers once a second
+                    async with http.get(f"{url}/metrics") as r:
+                        text = await r.text()
+                    placed = sorted(line.rsplit(" ", 1)[1] for line in text.splitlines()
+                                    if line.startswith("twincast_cluster_sessions{"))
+                    if placed == ["1", "1"]:
+                        break
+                    await asyncio.sleep(0.1)
+                assert placed == ["1", "1"], text  # one session on each node
                 v = viewers[0]
                 while v.channel.readyState != "open":
                     await asyncio.sleep(0.05)

@@ -1046,9 +1046,14 @@ def cmd_bench_cluster(args: argparse.Namespace) -> int:
     if args.says < 1:
         raise TwincastError("--says must be at least 1")
     read_manifest(args.bundle, verify=False)  # a clear error for a wrong path
+    import contextlib
+
     from bench.cluster import bench_cluster
 
-    print(json.dumps(bench_cluster(args.bundle.resolve(), args.says), indent=2))
+    # Ray's driver prints its nodes' notices on stdout; the JSON alone goes there.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = bench_cluster(args.bundle.resolve(), args.says)
+    print(json.dumps(result, indent=2))
     return 0
 
 

@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from streaming.cluster.placement import WorkerInfo, choose
 
@@ -79,22 +79,37 @@ class Ingress:
         self.placed: dict[str, int] = {}
         """worker name -> sessions placed there by this ingress (a metric)."""
         self._http = None
+        self._poller: asyncio.Future | None = None
 
     async def view(self, fresh: bool = False) -> list[WorkerInfo]:
-        """The live workers' reports, at most ``refresh_s`` old (or asked now)."""
+        """The live workers' reports: kept at most ``refresh_s`` old by a background task,
+        so that a request does not wait for the workers to answer (``fresh``: ask now)."""
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.ensure_future(self._poll())
+        if fresh or not self._asked:
+            await self._refresh()
+        return self.workers
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.refresh_s)
+            try:
+                await self._refresh()
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("asking the workers for their reports failed")
+
+    async def _refresh(self) -> None:
         async with self._lock:
-            if fresh or time.monotonic() - self._asked > self.cfg.refresh_s:
-                workers, dead = await self._roster()
-                for w in self.workers:
-                    if w.name in dead:
-                        for sid in w.sessions:  # remembered: a later request is a 410
-                            self.owner[sid] = w.name
-                self.workers, self.dead = workers, self.dead | dead
-                for w in workers:
-                    for sid in w.sessions:
+            workers, dead = await self._roster()
+            for w in self.workers:
+                if w.name in dead:
+                    for sid in w.sessions:  # remembered: a later request is a 410
                         self.owner[sid] = w.name
-                self._asked = time.monotonic()
-            return self.workers
+            self.workers, self.dead = workers, self.dead | dead
+            for w in workers:
+                for sid in w.sessions:
+                    self.owner[sid] = w.name
+            self._asked = time.monotonic()
 
     async def handle(self, method: str, path: str, query: str, headers: dict[str, str],
                      body: bytes) -> Reply:
@@ -142,6 +157,9 @@ class Ingress:
             sid = _session_of(reply)
             if sid is not None:
                 self.owner[sid] = worker.name
+                # Counted at once: the next placement must not wait for the next report.
+                self.workers = [replace(w, sessions=(*w.sessions, sid))
+                                if w.name == worker.name else w for w in self.workers]
                 self.placed[worker.name] = self.placed.get(worker.name, 0) + 1
                 log.info("session %s placed on %s (node %s)", sid, worker.name, worker.node)
             return reply
@@ -178,8 +196,10 @@ class Ingress:
         import aiohttp
 
         if self._http is None:
-            self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.cfg.forward_timeout_s))
+            # A worker whose node is gone may leave connections hanging: connecting is
+            # given 2 s, the request its full time.
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
+                total=self.cfg.forward_timeout_s, sock_connect=2.0))
         url = worker.url + path + (f"?{query}" if query else "")
         sent = {k: v for k, v in headers.items() if k in PASS_ON}
         try:
@@ -190,7 +210,6 @@ class Ingress:
                 return Reply(r.status, data, back)
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             log.warning("worker %s did not answer %s %s: %s", worker.name, method, path, e)
-            self._asked = 0.0  # ask everyone again before the next placement
             reply = problem(503, f"worker {worker.name} did not answer; try again",
                             **{"Retry-After": "2"})
             reply.headers["X-Twincast-Unreachable"] = "1"
@@ -220,6 +239,8 @@ class Ingress:
         return "\n".join(out) + "\n"
 
     async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
         if self._http is not None:
             await self._http.close()
             self._http = None

@@ -110,12 +110,29 @@ def start_workers(cfg: ClusterConfig, timeout_s: float = 600.0) -> list[object]:
 
 
 def ray_roster(timeout_s: float = 2.0):  # noqa: ANN201 - a streaming.cluster.ingress.Roster
-    """Asks every named worker for its report. A worker Ray says is dead, or one that was
-    seen before and is no longer listed, is dead."""
+    """Asks every named worker for its report. A worker is dead when Ray says so (the
+    actor failed, or its name is gone), or when it does not report and its own API
+    refuses connections: its process is gone, though Ray may take its heartbeat timeout
+    (about 15 s) to say so. One that is only slow is left out of placement, not dead."""
+    import aiohttp
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError
 
     seen: set[str] = set()
+    urls: dict[str, str] = {}
+
+    async def gone(name: str) -> bool:
+        url = urls.get(name)
+        if url is None:
+            return False
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http, \
+                    http.get(f"{url}/healthz"):
+                return False
+        except aiohttp.ClientConnectorError:
+            return True  # nothing listens there any more
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
 
     async def ask() -> tuple[list[WorkerInfo], set[str]]:
         names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
@@ -126,14 +143,19 @@ def ray_roster(timeout_s: float = 2.0):  # noqa: ANN201 - a streaming.cluster.in
             try:
                 actor = ray.get_actor(name, namespace=NAMESPACE)
                 async with asyncio.timeout(timeout_s):
-                    return WorkerInfo.of(await actor.info.remote())
+                    info = WorkerInfo.of(await actor.info.remote())
+                urls[name] = info.url
+                return info
             except (RayActorError, ValueError):
                 dead.add(name)
             except (TimeoutError, GetTimeoutError):
-                log.warning("worker %s did not report within %.0f s", name, timeout_s)
+                if await gone(name):
+                    dead.add(name)
+                else:
+                    log.warning("worker %s did not report within %.0f s", name, timeout_s)
             return None
 
-        infos = await asyncio.gather(*(one(n) for n in sorted(names)))
+        infos = await asyncio.gather(*(one(n) for n in sorted(names - dead)))
         seen.update(names)
         return [i for i in infos if i is not None], dead
 
@@ -146,8 +168,11 @@ def serve_app(cfg: IngressConfig):  # noqa: ANN201 - a Ray Serve application
     from starlette.requests import Request
     from starlette.responses import Response
 
-    @serve.deployment(name="twincast-ingress", ray_actor_options={"num_cpus": 0},
-                      max_ongoing_requests=256)
+    # On the head node, with Serve's controller and proxy: a replica on a worker node
+    # would die with that node and come back elsewhere without what it knew.
+    @serve.deployment(name="twincast-ingress", max_ongoing_requests=256,
+                      ray_actor_options={"num_cpus": 0,
+                                         "resources": {"node:__internal_head__": 0.001}})
     class IngressDeployment:
         def __init__(self, cfg: IngressConfig) -> None:
             self.ingress = Ingress(cfg, ray_roster(cfg.ask_timeout_s))
