@@ -85,7 +85,7 @@ def test_bad_runs_do_not_poison_a_later_good_run(bad: dict[str, Path], sample,
     clip = tmp_path / "good.mp4"
     shutil.copy(sample.video, clip)
     proc = run_cli("enrol", clip, "--transcript", sample.transcript, "--workdir", work,
-                   "--preset", "ci")
+                   "--preset", "ci", "--features-only")
     assert proc.returncode == 0, proc.stderr
     report = (work / "features" / "report.json").read_text()
     assert '"clips": 1' in report
