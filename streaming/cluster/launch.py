@@ -46,6 +46,7 @@ def connect(address: str) -> None:
 
     if ray.is_initialized():
         return
+    _check_reachable(address)
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
                  logging_level=logging.WARNING)
@@ -53,6 +54,23 @@ def connect(address: str) -> None:
         raise TwincastError(f"cannot join the Ray cluster at {address!r}: "
                             f"{str(e).splitlines()[0][:200]}; start one with `ray start "
                             "--head` or pass its address with --ray") from None
+
+
+def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """A ``host:port`` that nothing answers on is refused at once: Ray itself would retry
+    connecting for minutes."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or address == "auto" or "://" in address or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise TwincastError(f"cannot join the Ray cluster at {address!r}: nothing answers "
+                            f"there ({e.strerror or e}); start one with `ray start --head` "
+                            "or pass its address with --ray") from None
 
 
 def _lanes_of(node: dict, devices: tuple[str, ...]) -> list[str]:
