@@ -249,13 +249,12 @@ async def _node_of_session(http, url: str, location: str, auth: dict, nodes: lis
     raise AssertionError(f"no worker holds session {sid}")
 
 
-def test_a_cluster_address_that_does_not_answer_is_one_line(tmp_path) -> None:  # noqa: ANN001
+def test_a_cluster_address_that_does_not_answer_is_one_line(bundle, tmp_path) -> None:  # noqa: ANN001
     from tests.conftest import run_cli
 
     proc = run_cli("cluster", tmp_path, "--ray", "127.0.0.1:1")
     assert proc.returncode == 2 and "not an avatar bundle" in proc.stderr
-    (tmp_path / "manifest.json").write_text("{}")
-    proc = run_cli("cluster", tmp_path, "--ray", "127.0.0.1:1", timeout=60)
+    proc = run_cli("cluster", bundle, "--ray", "127.0.0.1:1", timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "twincast: error: cannot join the Ray cluster at '127.0.0.1:1': nothing answers")
