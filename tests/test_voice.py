@@ -587,7 +587,15 @@ def test_voice_weights_can_travel_in_half_precision(bundle: Path, tmp_path: Path
     assert np.abs(frames[0] - frames[1]).sum() <= 2
     a, b = said
     if np.array_equal(frames[0], frames[1]):
-        assert len(a) == len(b) and np.sum((a - b) ** 2) < 1e-3 * np.sum(a ** 2)
+        # Compared as spectra: Griffin-Lim's phases drift apart from a rounding's worth of
+        # difference (0.1-0.7 % of the waveform's energy between runs), its magnitudes not.
+        def spectrum(x: np.ndarray) -> torch.Tensor:
+            return torch.stft(torch.from_numpy(x), 1024, 256, window=torch.hann_window(1024),
+                              return_complex=True).abs()
+
+        assert len(a) == len(b)
+        sa, sb = spectrum(a), spectrum(b)
+        assert float((sa - sb).norm() / sa.norm()) < 0.06  # 1 % seen; another voice: >50 %
 
 
 def test_voice_folder_takes_videos_and_a_tab_transcript(grid_train: Path, tmp_path: Path
