@@ -595,7 +595,7 @@ def test_voice_weights_can_travel_in_half_precision(bundle: Path, tmp_path: Path
 
         assert len(a) == len(b)
         sa, sb = spectrum(a), spectrum(b)
-        assert float((sa - sb).norm() / sa.norm()) < 0.06  # 1-3 % seen here
+        assert float((sa - sb).norm() / sa.norm()) < 0.06  # 1.0 % on the GRID voice
 
 
 def test_voice_folder_takes_videos_and_a_tab_transcript(grid_train: Path, tmp_path: Path
