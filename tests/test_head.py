@@ -143,7 +143,9 @@ def test_a_short_cap_is_planned_not_cut(bundle: Path, tmp_path: Path) -> None:
     # ci's sync loss joins halfway through the generator's planned steps (re-plans move
     # the end, not where it joined).
     assert 0.3 * ran["gen"] <= plan["sync_steps"] <= 0.7 * ran["gen"]
-    assert res.seconds < cfg.max_minutes * 60
+    # The plan ends the run near the cap; its last step may finish a little past it on a
+    # busy host (CI saw 18.15 s against 18), where a cut would stop far short of the plan.
+    assert res.seconds < cfg.max_minutes * 60 + 2.0
     saved = json.loads((tmp_path / "head" / "generator.json").read_text())
     assert saved["plan"]["ran"] == ran
 
