@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from avatar.errors import TwincastError
 from streaming.cluster.ingress import Ingress, IngressConfig
@@ -37,7 +37,6 @@ class ClusterConfig:
     render_threads: int = 1
     max_sessions: int = 8
     allow_unconsented: bool = False
-    options: dict = field(default_factory=dict)
 
 
 def connect(address: str) -> None:
@@ -102,7 +101,7 @@ def start_workers(cfg: ClusterConfig, timeout_s: float = 600.0) -> list[object]:
                                 bundles=cfg.bundles, token=cfg.token, device=device,
                                 render_threads=cfg.render_threads,
                                 max_sessions=cfg.max_sessions,
-                                allow_unconsented=cfg.allow_unconsented, options=cfg.options)
+                                allow_unconsented=cfg.allow_unconsented)
             gpu = 1 if device.startswith("cuda") else 0
             actor = Actor.options(
                 name=name, namespace=NAMESPACE, num_cpus=0 if gpu else 1, num_gpus=gpu,

@@ -9,7 +9,7 @@ media flows to it directly.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,6 @@ class WorkerConfig:
     render_threads: int = 1
     max_sessions: int = 8
     allow_unconsented: bool = False
-    options: dict = field(default_factory=dict)
-    """Other ServerConfig fields, as given to ``twincast cluster``."""
 
 
 class Worker:
@@ -38,21 +36,20 @@ class Worker:
     tested without Ray."""
 
     def __init__(self, cfg: WorkerConfig) -> None:
-        from avatar.bundle import read_manifest, sha256_file
+        from avatar.bundle import sha256_file
         from streaming.app import Server, ServerConfig
         from streaming.routes import RunningServer
 
         self.cfg = cfg
         bundles = {name: Path(p) for name, p in cfg.bundles.items()}
-        # Loading verifies every file's sha256 against the manifest; a bundle that fails
-        # leaves this worker without sessions, and says why (the ingress shows it).
+        # The manifest's own hash names the version served (it lists every file's sha256);
+        # loading checks the files against it, and a bundle that fails raises here, so the
+        # worker never starts and `launch.start_workers` logs why.
         self.bundles = {name: sha256_file(p / "manifest.json") for name, p in bundles.items()}
-        for p in bundles.values():
-            read_manifest(p)
         server_cfg = ServerConfig(host=cfg.host, token=cfg.token, devices=(cfg.device,),
                                   render_threads=cfg.render_threads,
                                   max_sessions=cfg.max_sessions,
-                                  allow_unconsented=cfg.allow_unconsented, **cfg.options)
+                                  allow_unconsented=cfg.allow_unconsented)
         self.server = Server(bundles, server_cfg)
         self.server.load()
         self.running = RunningServer(self.server, host=cfg.host)
@@ -71,9 +68,6 @@ class Worker:
                 "capacity_share": srv.cfg.capacity_share, "fps": SessionConfig().fps,
                 "frames": sum(lane.stats.frames for lane in lanes),
                 "late": sum(lane.stats.late for lane in lanes), "bundles": self.bundles}
-
-    def stop(self) -> None:
-        self.running.stop()
 
 
 def actor_class():  # noqa: ANN201 - a Ray actor class
