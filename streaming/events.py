@@ -67,9 +67,12 @@ class SpeechFailed(SessionEvent):
 @dataclass(frozen=True)
 class Closing(SessionEvent):
     """The session is being closed (by its viewer, the watchdog, or the server shutting
-    down), with why: the last event a viewer gets."""
+    down), with why: the last event a viewer gets. ``retry``: it ends for the server's
+    sake, not the viewer's (the server or its cluster worker is stopping), so a new
+    session will do; the embed kit reconnects on it."""
 
     reason: str = ""
+    retry: bool = False
     type: ClassVar[str] = "closing"
 
 

@@ -88,10 +88,11 @@ class Registry:
         await entry.output.close()
 
     async def close_all(self, reason: str = "the server is shutting down") -> None:
-        """Every session told why (its data channel's last event), then closed."""
+        """Every session told why (its data channel's last event: one to open again,
+        elsewhere), then closed."""
         entries = list(self.entries.values())
         for e in entries:
-            e.session.tell_closing(reason)
+            e.session.tell_closing(reason, retry=True)
         if entries:
             await asyncio.sleep(0.2)  # the events leave before the connections close
         for sid in list(self.entries):

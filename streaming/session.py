@@ -210,12 +210,13 @@ class Session:
         self._task = self._loop.create_task(self._produce(), name=f"session-{self.id}")
         self.state = "connected"
 
-    def tell_closing(self, reason: str) -> None:
+    def tell_closing(self, reason: str, retry: bool = False) -> None:
         """Tell the listeners (the viewer's data channel) the session is closing, and
-        why: once, and the last event they get."""
+        why (``retry``: for the server's sake; a new session will do): once, and the last
+        event they get."""
         if not self._told_closing and self.state != "closed":
             self._told_closing = True
-            self._emit(Closing, None, reason=reason)
+            self._emit(Closing, None, reason=reason, retry=retry)
 
     async def close(self, reason: str = "closed") -> None:
         self.tell_closing(reason)

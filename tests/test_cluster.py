@@ -4,6 +4,7 @@ servers, without Ray), and a real multi-node Ray cluster on this machine."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -35,10 +36,12 @@ class Workers:
     """Two real twincast servers (one session each) as the cluster's workers, and a
     roster over them that can be told one died."""
 
-    def __init__(self, bundle) -> None:  # noqa: ANN001
+    def __init__(self, bundle, remote: dict[str, str] | None = None) -> None:  # noqa: ANN001
         from streaming.app import Server, ServerConfig
         from streaming.routes import RunningServer
 
+        self.remote = remote or {}
+        """Workers in other processes: name -> url (placed first: reported roomier)."""
         self.servers = {}
         for name in ("w1", "w2"):
             srv = Server({"presenter": bundle}, ServerConfig(
@@ -56,6 +59,9 @@ class Workers:
                                   tuple(srv.registry.entries), 1,
                                   srv.scheduler.capacity_fps(), 0.9, 25,
                                   bundles={"presenter": "sha"}))
+        out += [WorkerInfo(name, "node-" + name, url, (), 1, 1000.0, 0.9, 25,
+                           bundles={"presenter": "sha"})
+                for name, url in self.remote.items() if name not in self.dead]
         return out, set(self.dead)
 
     def stop(self) -> None:
@@ -147,6 +153,234 @@ def test_the_ingress_places_routes_and_forgets_a_dead_worker(bundle) -> None:  #
         asyncio.run(run())
     finally:
         workers.stop()
+
+
+def test_viewer_tokens_through_the_ingress(bundle) -> None:  # noqa: ANN001
+    """The ingress mints viewer tokens by the single server's rules: one opens one session
+    (on whichever worker), acts on that one only, says only where allowed, also over its
+    data channel, which the worker holds to the same grant."""
+    import aiohttp
+    from aiohttp import web
+
+    from bench.client import open_session
+
+    workers = Workers(bundle)
+
+    async def run() -> None:
+        ingress = Ingress(IngressConfig(token="t", refresh_s=0.2), workers.roster)
+        runner = web.AppRunner(ingress_app(ingress))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        auth = {"Authorization": "Bearer t"}
+        viewers = []
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{url}/v1/tokens", json={"avatar": "nobody"},
+                                     headers=auth) as r:
+                    assert r.status == 404 and "presenter" in (await r.json())["error"]
+                async with http.post(f"{url}/v1/tokens", json={"ttl_s": 1},
+                                     headers=auth) as r:
+                    assert r.status == 400
+                async with http.post(f"{url}/v1/tokens", json={"ttl_s": 60},
+                                     headers=auth) as r:
+                    assert r.status == 201
+                    watch = (await r.json())["token"]
+                async with http.post(f"{url}/v1/tokens", json={"say": True,
+                                                              "avatar": "presenter"},
+                                     headers=auth) as r:
+                    talk = (await r.json())["token"]
+                w_auth = {"Authorization": f"Bearer {watch}"}
+                t_auth = {"Authorization": f"Bearer {talk}"}
+                async with http.post(f"{url}/v1/tokens", json={}, headers=w_auth) as r:
+                    assert r.status == 403  # viewers mint nothing
+                async with http.get(f"{url}/v1/avatars", headers=w_auth) as r:
+                    assert r.status == 200 and "presenter" in await r.text()
+                async with http.get(f"{url}/v1/avatars",
+                                    headers={"Authorization": "Bearer tcv_forged"}) as r:
+                    assert r.status == 401
+                v = await open_session(http, url, watch, events=True)
+                t = await open_session(http, url, talk)
+                viewers += [v, t]
+                owners = {ingress.owner[x.location.rsplit("/", 1)[1]] for x in viewers}
+                assert owners == {"w1", "w2"}
+                async with http.get(f"{url}{v.location}", headers=w_auth) as r:
+                    assert r.status == 200
+                async with http.post(f"{url}{v.location}/say", json={"text": "hi"},
+                                     headers=w_auth) as r:
+                    assert r.status == 403 and "not make the avatar speak" in \
+                        (await r.json())["error"]
+                async with http.post(f"{url}/v1/sessions", data="v=0\r\nm=audio",
+                                     headers={**w_auth, "Content-Type": "application/sdp"}
+                                     ) as r:
+                    assert r.status == 403  # its one session is open
+                async with http.post(f"{url}{t.location}/say", json={"text": "hi"},
+                                     headers=w_auth) as r:
+                    assert r.status == 403  # another viewer's session
+                async with http.post(f"{url}{t.location}/say", json={"text": "Bin blue."},
+                                     headers=t_auth) as r:
+                    assert r.status == 202, await r.text()
+                # The data channel is the worker's, held to the worker token's grant.
+                while v.channel.readyState != "open":
+                    await asyncio.sleep(0.05)
+                v.channel.send(json.dumps({"type": "say", "text": "hi"}))
+                for _ in range(100):
+                    if any("not make the avatar speak" in e.get("message", "")
+                           for e in v.events):
+                        break
+                    await asyncio.sleep(0.05)
+                assert any("not make the avatar speak" in e.get("message", "")
+                           for e in v.events), v.events
+                async with http.delete(f"{url}{v.location}", headers=w_auth) as r:
+                    assert r.status == 204
+        finally:
+            for viewer in viewers:
+                await viewer.pc.close()
+            await ingress.close()
+            await runner.cleanup()
+
+    try:
+        asyncio.run(run())
+    finally:
+        workers.stop()
+
+
+def test_the_embed_kit_reconnects_when_its_worker_is_lost(bundle, tmp_path) -> None:  # noqa: ANN001
+    """A real browser's embed kit, through the ingress, with a fresh viewer token for
+    each session: its worker killed outright (no word to the client), then its next
+    worker stopped (the session told to open another): each time it says it is
+    reconnecting, opens a new session on a live worker, says it reconnected, and plays
+    and speaks there."""
+    import aiohttp
+    from aiohttp import web
+
+    from bench.server_process import ServerProcess
+    from tests.browser import chromium, page
+
+    proc = ServerProcess(bundle, tmp_path / "doomed.log", token="t",
+                         args=("--max-sessions", "1", "--render-threads", "1"))
+    workers = None
+    try:
+        async def serve() -> None:
+            async with aiohttp.ClientSession() as http:
+                await proc.wait_ready(http)
+
+        asyncio.run(serve())
+        workers = Workers(bundle, remote={"doomed": proc.url})
+
+        async def run(ws_url_box: list, url_box: list, ready: asyncio.Event) -> None:
+            ingress = Ingress(IngressConfig(token="t", refresh_s=0.2), workers.roster)
+            runner = web.AppRunner(ingress_app(ingress))
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            url_box.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
+            ready.set()
+            while not ws_url_box:
+                await asyncio.sleep(0.05)
+            evaluate, close = await page(ws_url_box[0])
+            try:
+                await _kit_reconnects(evaluate, ingress, workers, proc)
+            finally:
+                await close()
+                await ingress.close()
+                await runner.cleanup()
+
+        import threading
+
+        ws_url_box: list = []
+        url_box: list = []
+        loop = asyncio.new_event_loop()
+        ready = asyncio.Event()
+        failure: list = []
+
+        def body() -> None:
+            try:
+                loop.run_until_complete(run(ws_url_box, url_box, ready))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+                failure.append(e)
+
+        thread = threading.Thread(target=body)
+        thread.start()
+        while not url_box and thread.is_alive():
+            time.sleep(0.05)
+        assert url_box, failure
+        with chromium(f"{url_box[0]}/embed/example.html", tmp_path / "profile") as ws_url:
+            ws_url_box.append(ws_url)
+            thread.join(300)
+        assert not thread.is_alive(), "the browser test did not finish in 300 s"
+        if failure:
+            raise failure[0]
+    finally:
+        proc.stop(timeout=5)
+        if workers is not None:
+            workers.stop()
+
+
+async def _kit_reconnects(evaluate, ingress, workers, proc) -> None:  # noqa: ANN001
+    for _ in range(300):  # the page and the kit load (through the ingress)
+        if await evaluate("typeof Twincast !== 'undefined'"):
+            break
+        await asyncio.sleep(0.1)
+    await evaluate("""new Promise((done) => {
+        const mint = async () => {
+          const r = await fetch("/v1/tokens", { method: "POST", body: '{"say": true}',
+            headers: { Authorization: "Bearer t", "Content-Type": "application/json" } });
+          return (await r.json()).token;
+        };
+        window.seen = [];
+        window.kit = new Twincast({ token: mint, video: document.getElementById("avatar") });
+        kit.on("*", (ev) => seen.push(ev));
+        kit.connect().then(done);
+    })""")
+
+    async def wait_for(js: str, seconds: float) -> object:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            value = await evaluate(js)
+            if value:
+                return value
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"not within {seconds} s: {js}; events: "
+                             f"{await evaluate('JSON.stringify(seen)')}")
+
+    async def speaks() -> None:
+        n = await evaluate("seen.filter((e) => e.type === 'speech_started').length")
+        await evaluate("kit.say('Bin blue at one now.')")
+        await wait_for(f"seen.filter((e) => e.type === 'speech_started').length > {n}", 30)
+        await wait_for("kit.video.videoWidth > 0", 30)
+
+    first = (await evaluate("kit.session")).rsplit("/", 1)[1]
+    assert ingress.owner[first] == "doomed"
+    await speaks()
+    # The node goes without a word: the process is killed, Ray reports its actor dead.
+    proc.proc.kill()
+    workers.dead.add("doomed")
+    t0 = time.monotonic()
+    await wait_for("seen.some((e) => e.type === 'reconnecting')", 30)
+    told = time.monotonic() - t0
+    await wait_for("seen.some((e) => e.type === 'reconnected')", 60)
+    took = time.monotonic() - t0
+    ev = await evaluate("seen.find((e) => e.type === 'reconnecting')")
+    assert ev["session"].endswith(first), ev
+    second = (await evaluate("kit.session")).rsplit("/", 1)[1]
+    assert second != first and ingress.owner[second] in ("w1", "w2")
+    await speaks()
+    print(f"\nworker killed -> the embed kit says it is reconnecting: {told:.1f} s, "
+          f"is on a new session: {took:.1f} s")
+    # Its next worker is stopped: the server tells the session to open another.
+    owner = ingress.owner[second]
+    workers.dead.add(owner)
+    workers.servers[owner][1].stop()
+    await wait_for("seen.filter((e) => e.type === 'reconnected').length === 2", 60)
+    closing = await evaluate("seen.find((e) => e.type === 'closing')")
+    assert closing["retry"] is True, closing
+    third = (await evaluate("kit.session")).rsplit("/", 1)[1]
+    assert ingress.owner[third] not in ("doomed", owner)
+    await speaks()
+    await evaluate("kit.close()")
+    assert await evaluate("seen[seen.length - 1].type") == "closed"
 
 
 @pytest.mark.slow

@@ -101,7 +101,7 @@ class FakeSession:
         self.id, self.closed, self.describe_extra = sid, False, None
         self.told: list[str] = []
 
-    def tell_closing(self, reason: str) -> None:
+    def tell_closing(self, reason: str, retry: bool = False) -> None:
         self.told.append(reason)
 
     async def close(self, reason: str = "closed") -> None:

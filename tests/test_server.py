@@ -375,70 +375,16 @@ def test_a_burst_of_session_requests_is_refused_politely(server) -> None:  # noq
     asyncio.run(run())
 
 
-async def _cdp(ws_url: str):  # noqa: ANN202
-    """A minimal Chrome DevTools Protocol client: evaluate JavaScript in the page."""
-    http = aiohttp.ClientSession()
-    ws = await http.ws_connect(ws_url, max_msg_size=0)
-    counter = iter(range(1, 10**9))
-
-    async def call(method: str, **params) -> dict:  # noqa: ANN003
-        mid = next(counter)
-        await ws.send_json({"id": mid, "method": method, "params": params})
-        while True:
-            msg = await ws.receive_json(timeout=60)
-            if msg.get("id") == mid:
-                if "error" in msg:
-                    raise RuntimeError(msg["error"])
-                return msg["result"]
-
-    async def evaluate(js: str):  # noqa: ANN202
-        res = await call("Runtime.evaluate", expression=js, awaitPromise=True,
-                         returnByValue=True)
-        if "exceptionDetails" in res:
-            raise RuntimeError(res["exceptionDetails"])
-        return res["result"].get("value")
-
-    async def close() -> None:
-        await ws.close()
-        await http.close()
-
-    return evaluate, close
-
-
 def test_headless_browser_page(server, tmp_path) -> None:  # noqa: ANN001
     """Debian's chromium opens the page, connects, sends text and receives video, then
     switches its (fake) microphone on and the avatar speaks it."""
-    import re
-    import shutil
-    import subprocess
+    from tests.browser import chromium, page
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (.ci/run installs it)")
     url, srv = server
-    proc = subprocess.Popen(
-        [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--mute-audio",
-         "--remote-debugging-port=0", f"--user-data-dir={tmp_path}",
-         "--autoplay-policy=no-user-gesture-required", "--use-fake-ui-for-media-stream",
-         "--use-fake-device-for-media-stream",  # a beeping microphone
-         f"{url}/#token=t0ken"],
-        stderr=subprocess.PIPE, text=True)
-    try:
-        ws_url = None
-        t0 = __import__("time").time()
-        while ws_url is None and __import__("time").time() - t0 < 60:
-            line = proc.stderr.readline()
-            m = re.search(r"DevTools listening on (ws://\S+)", line)
-            if m:
-                ws_url = m.group(1)
-        assert ws_url, "chromium did not start its DevTools endpoint"
+    with chromium(f"{url}/#token=t0ken", tmp_path) as ws_url:
 
         async def run() -> None:
-            async with aiohttp.ClientSession() as http:
-                base = ws_url.split("/devtools/")[0].replace("ws://", "http://")
-                async with http.get(f"{base}/json/list") as r:
-                    pages = [p for p in await r.json() if p["type"] == "page"]
-            evaluate, close = await _cdp(pages[0]["webSocketDebuggerUrl"])
+            evaluate, close = await page(ws_url)
             try:
                 for _ in range(300):  # the page and its avatar list load
                     if await evaluate("(document.getElementById('avatar') || "
@@ -487,9 +433,6 @@ def test_headless_browser_page(server, tmp_path) -> None:  # noqa: ANN001
                 await close()
 
         asyncio.run(run())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def test_viewer_tokens_open_one_session_and_act_on_it_only(server) -> None:  # noqa: ANN001

@@ -241,7 +241,7 @@ def test_closing_is_the_last_event_once() -> None:
         s.listeners.append(lambda ev: seen.append(ev.to_json()))
         s.start()
         try:
-            s.tell_closing("the server is shutting down")
+            s.tell_closing("the server is shutting down", retry=True)
             await s.close("closed")
         finally:
             sch.stop()
@@ -249,7 +249,7 @@ def test_closing_is_the_last_event_once() -> None:
 
     seen = asyncio.run(run())
     assert [e["type"] for e in seen] == ["closing"]
-    assert seen[0]["reason"] == "the server is shutting down"
+    assert seen[0]["reason"] == "the server is shutting down" and seen[0]["retry"] is True
 
 
 def test_bad_text_and_no_voice() -> None:

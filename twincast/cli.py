@@ -372,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--max-sessions", type=int, default=8, help="per worker")
     cl.add_argument("--render-threads", type=int, default=1,
                     help="CPU threads each CPU worker renders with")
+    cl.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                    help="a web origin whose pages may call the API (repeatable; * for any)")
     _consent_flag(cl)
     cl.set_defaults(func=cmd_cluster)
 
@@ -718,7 +720,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         bundles={n: str(p.resolve()) for n, p in bundle_names(args.bundles).items()},
         token=token, address=args.ray, host=args.host, port=args.port, devices=devices,
         render_threads=args.render_threads, max_sessions=args.max_sessions,
-        allow_unconsented=args.allow_unconsented)
+        allow_unconsented=args.allow_unconsented, cors_origins=tuple(args.cors_origin))
     url, workers = launch.start(cfg)
     if not args.token and not os.environ.get("TWINCAST_TOKEN"):
         print(f"API token: {token}", flush=True)

@@ -7,6 +7,11 @@ the offer; it sends a session's control requests (``say``, ``interrupt``, ``GET`
 ``/v1/avatars``, OpenAPI) to any live worker. Media never passes through it: the SDP
 answer a client gets is the worker's, with the worker's own ICE candidates.
 
+Viewer tokens are minted here (the single server's rules, ``streaming.tokens``): the
+session a viewer token opens is opened on its worker with a worker token minted there for
+the same grant, so the worker holds its data channel and API to that grant as it would
+alone, and the ingress swaps one for the other on the viewer's later requests.
+
 ``Ingress`` is plain asyncio over a ``Roster`` (who the workers are and what they say), so
 that it is tested without Ray; ``serve_app`` wraps it in a Ray Serve deployment.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import secrets
 import time
@@ -23,13 +29,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from streaming.cluster.placement import WorkerInfo, choose
+from streaming.ratelimit import Bucket, retry_after
+from streaming.requests import BadRequest, TokenRequest
+from streaming.tokens import Grant, TokenBook, viewer_may
 
 log = logging.getLogger(__name__)
 
 SESSION_PATH = re.compile(r"^/v1/sessions/([A-Za-z0-9_-]{1,64})(?:/.*)?$")
 PASS_BACK = ("Content-Type", "Location", "Retry-After", "X-Twincast-Disclosure",
-             "WWW-Authenticate")
-PASS_ON = ("authorization", "content-type", "accept", "origin")
+             "WWW-Authenticate", "Content-Security-Policy", "X-Content-Type-Options",
+             "Cache-Control", "Vary", "Access-Control-Allow-Origin",
+             "Access-Control-Expose-Headers", "Access-Control-Allow-Methods",
+             "Access-Control-Allow-Headers", "Access-Control-Max-Age")
+"""Response headers a client gets from the worker: its pages' policy, its CORS answers."""
+PASS_ON = ("authorization", "content-type", "accept", "origin",
+           "access-control-request-method", "access-control-request-headers")
 """Request headers a worker needs (names lower-cased: HTTP's are case-blind)."""
 
 
@@ -59,6 +73,8 @@ class IngressConfig:
     """A worker that does not report within this is not placed on (it may be busy or
     gone; gone ones are told apart by Ray)."""
     forward_timeout_s: float = 30.0
+    viewer_rate: tuple[float, float] = (5.0, 20.0)
+    """A viewer token's requests: refilled per second, burst (the single server's)."""
 
 
 Roster = Callable[[], Awaitable[tuple[list[WorkerInfo], set[str]]]]
@@ -80,6 +96,9 @@ class Ingress:
         """worker name -> sessions placed there by this ingress (a metric)."""
         self._http = None
         self._poller: asyncio.Future | None = None
+        self.tokens = TokenBook()
+        self.worker_tokens: dict[str, str] = {}
+        """viewer token -> the token its worker minted for the session it opened."""
 
     async def view(self, fresh: bool = False) -> list[WorkerInfo]:
         """The live workers' reports: kept at most ``refresh_s`` old by a background task,
@@ -122,16 +141,31 @@ class Ingress:
         if path == "/metrics":
             return Reply(200, self.metrics(await self.view()).encode(),
                          {"Content-Type": "text/plain; version=0.0.4"})
-        if path.startswith("/v1/") and path != "/v1/openapi.json":
-            given = headers.get("authorization", "").encode("utf-8", "surrogateescape")
+        viewer: tuple[str, Grant] | None = None
+        preflight = method == "OPTIONS" and "access-control-request-method" in headers
+        if path.startswith("/v1/") and path != "/v1/openapi.json" and not preflight:
+            # (A browser's CORS preflight carries no token: the worker answers it by the
+            # origins it was given, as the single server does.)
+            header = headers.get("authorization", "")
+            given = header.encode("utf-8", "surrogateescape")
             if not secrets.compare_digest(given, f"Bearer {self.cfg.token}".encode()):
-                return problem(401, "missing, wrong or expired bearer token",
-                               **{"WWW-Authenticate": "Bearer"})
-        if path == "/v1/tokens":
-            return problem(501, "viewer tokens are not minted in cluster mode yet; your "
-                                "backend opens sessions with the operator token")
+                token = header.removeprefix("Bearer ")
+                grant = self.tokens.find(token)
+                if grant is None:
+                    return problem(401, "missing, wrong or expired bearer token",
+                                   **{"WWW-Authenticate": "Bearer"})
+                refused = self._viewer_refusal(grant, method, path)
+                if refused is not None:
+                    return refused
+                viewer = (token, grant)
+                # Until its session opens, a viewer's allowed requests (the avatar list)
+                # go on with the operator's token; after, with its worker's token.
+                worker_token = self.worker_tokens.get(token, self.cfg.token)
+                headers = {**headers, "authorization": f"Bearer {worker_token}"}
+        if path == "/v1/tokens" and method == "POST":
+            return await self._mint(body)
         if method == "POST" and path in ("/v1/sessions", "/v1/streams"):
-            return await self._place(method, path, query, headers, body)
+            return await self._place(method, path, query, headers, body, viewer)
         m = SESSION_PATH.match(path)
         if m:
             return await self._to_owner(m.group(1), method, path, query, headers, body)
@@ -141,9 +175,72 @@ class Ingress:
                            **{"Retry-After": "5"})
         return await self._forward(workers[0], method, path, query, headers, body)
 
+    def _viewer_refusal(self, grant: Grant, method: str, path: str) -> Reply | None:
+        """The single server's rules for a viewer token: what it may do, how often."""
+        why = viewer_may(grant, method, path)
+        if why is not None:
+            return problem(403, why)
+        if grant.bucket is None:
+            grant.bucket = Bucket(*self.cfg.viewer_rate)
+        wait = grant.bucket.take()
+        if wait:
+            return problem(429, f"too many requests with this token; wait {wait:.1f} s",
+                           **{"Retry-After": retry_after(wait)})
+        return None
+
+    async def _mint(self, body: bytes) -> Reply:
+        """A viewer token (operator only: a viewer's call was refused above)."""
+        try:
+            req = TokenRequest.parse(json.loads(body or b"{}"))
+        except ValueError:
+            return problem(400, "the body must be a JSON object")
+        except BadRequest as e:
+            return problem(e.status, str(e))
+        if req.avatar is not None:
+            served = sorted({a for w in await self.view() for a in w.bundles})
+            if req.avatar not in served:
+                return problem(404, f"no avatar {req.avatar!r}; this cluster has "
+                                    f"{', '.join(served) or 'none serving'}")
+        try:
+            token, _ = self.tokens.mint(req)
+        except BadRequest as e:
+            return problem(e.status, str(e))
+        for gone in [t for t in self.worker_tokens if t not in self.tokens.grants]:
+            del self.worker_tokens[gone]  # expired with its grant
+        return Reply.json(201, {"token": token, "ttl_s": req.ttl_s, "avatar": req.avatar,
+                                "say": req.say})
+
+    async def _worker_token(self, worker: WorkerInfo, grant: Grant) -> str | Reply:
+        """A token the worker minted for ``grant`` (its avatar, say, remaining life)."""
+        left = max(10, math.ceil(grant.expires - time.monotonic()))
+        reply = await self._forward(
+            worker, "POST", "/v1/tokens", "",
+            {"authorization": f"Bearer {self.cfg.token}", "content-type": "application/json"},
+            json.dumps({"avatar": grant.avatar, "say": grant.say, "ttl_s": left}).encode())
+        if reply.status != 201:
+            return reply
+        return json.loads(reply.body)["token"]
+
     async def _place(self, method: str, path: str, query: str, headers: dict[str, str],
-                     body: bytes) -> Reply:
+                     body: bytes, viewer: tuple[str, Grant] | None = None) -> Reply:
         avatar = _avatar_of(query, headers, body)
+        grant = viewer[1] if viewer else None
+        if grant is not None:
+            if grant.avatar is not None and (avatar or grant.avatar) != grant.avatar:
+                return problem(403, f"this viewer token opens avatar {grant.avatar!r} only")
+            avatar = grant.avatar or avatar
+            grant.session = "opening"  # a second offer racing with this one is refused
+        try:
+            reply = await self._place_on_a_worker(method, path, query, headers, body, avatar,
+                                                  viewer)
+        finally:
+            if grant is not None and grant.session == "opening":
+                grant.session = None  # not opened: the token may try again
+        return reply
+
+    async def _place_on_a_worker(self, method: str, path: str, query: str,
+                                 headers: dict[str, str], body: bytes, avatar: str | None,
+                                 viewer: tuple[str, Grant] | None) -> Reply:
         tried: set[str] = set()
         for fresh in (False, True, True):
             workers = [w for w in await self.view(fresh) if w.name not in tried]
@@ -151,10 +248,21 @@ class Ingress:
             if worker is None:
                 break
             tried.add(worker.name)
-            reply = await self._forward(worker, method, path, query, headers, body)
+            sent = headers
+            if viewer is not None:
+                minted = await self._worker_token(worker, viewer[1])
+                if isinstance(minted, Reply):
+                    if minted.headers.get("X-Twincast-Unreachable"):
+                        continue
+                    return minted
+                sent = {**headers, "authorization": f"Bearer {minted}"}
+            reply = await self._forward(worker, method, path, query, sent, body)
             if reply.status == 503 and not reply.headers.get("X-Twincast-Unreachable"):
                 continue  # full by its own count (a burst got there first): the next one
             sid = _session_of(reply)
+            if sid is not None and viewer is not None:
+                viewer[1].session = sid
+                self.worker_tokens[viewer[0]] = sent["authorization"].removeprefix("Bearer ")
             if sid is not None:
                 self.owner[sid] = worker.name
                 # Counted at once: the next placement must not wait for the next report.

@@ -37,6 +37,8 @@ class ClusterConfig:
     render_threads: int = 1
     max_sessions: int = 8
     allow_unconsented: bool = False
+    cors_origins: tuple[str, ...] = ()
+    """Web origins whose pages may call the API (the workers answer their preflights)."""
 
 
 def connect(address: str) -> None:
@@ -101,7 +103,8 @@ def start_workers(cfg: ClusterConfig, timeout_s: float = 600.0) -> list[object]:
                                 bundles=cfg.bundles, token=cfg.token, device=device,
                                 render_threads=cfg.render_threads,
                                 max_sessions=cfg.max_sessions,
-                                allow_unconsented=cfg.allow_unconsented)
+                                allow_unconsented=cfg.allow_unconsented,
+                                cors_origins=cfg.cors_origins)
             gpu = 1 if device.startswith("cuda") else 0
             actor = Actor.options(
                 name=name, namespace=NAMESPACE, num_cpus=0 if gpu else 1, num_gpus=gpu,

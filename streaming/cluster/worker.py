@@ -29,6 +29,7 @@ class WorkerConfig:
     render_threads: int = 1
     max_sessions: int = 8
     allow_unconsented: bool = False
+    cors_origins: tuple[str, ...] = ()
 
 
 class Worker:
@@ -49,7 +50,8 @@ class Worker:
         server_cfg = ServerConfig(host=cfg.host, token=cfg.token, devices=(cfg.device,),
                                   render_threads=cfg.render_threads,
                                   max_sessions=cfg.max_sessions,
-                                  allow_unconsented=cfg.allow_unconsented)
+                                  allow_unconsented=cfg.allow_unconsented,
+                                  cors_origins=cfg.cors_origins)
         self.server = Server(bundles, server_cfg)
         self.server.load()
         self.running = RunningServer(self.server, host=cfg.host)
