@@ -384,11 +384,13 @@ async def _kit_reconnects(evaluate, ingress, workers, proc) -> None:  # noqa: AN
 
 
 @pytest.mark.slow
-def test_a_real_ray_cluster_serves_across_nodes_and_survives_losing_one(bundle) -> None:  # noqa: ANN001
+def test_a_real_ray_cluster_serves_across_nodes_and_survives_losing_one(bundle, tmp_path
+                                                                        ) -> None:  # noqa: ANN001
     """ray.cluster_utils.Cluster: a head and two worker nodes on this machine. Sessions
     opened through the Ray Serve ingress land on both nodes and play to real aiortc
-    clients; say reaches the owner; a node removed mid-session: its session answers 410,
-    the ingress stops placing there within seconds, new sessions go to the survivor."""
+    clients; say reaches the owner; a new bundle version rolled out lane by lane without
+    a dropped session; a node removed mid-session: its session answers 410, the ingress
+    stops placing there within seconds, new sessions go to the survivor."""
     ray = pytest.importorskip("ray")
     import aiohttp
     from ray.cluster_utils import Cluster
@@ -436,15 +438,16 @@ def test_a_real_ray_cluster_serves_across_nodes_and_survives_losing_one(bundle) 
                     if any(e["type"] == "speech_started" for e in v.events):
                         break
                 assert any(e["type"] == "speech_started" for e in v.events), v.events
-                # The node of the second session goes away.
-                async with http.get(f"{url}{viewers[1].location}", headers=auth) as r:
+                viewers.append(await _roll_out(http, url, cfg, bundle, tmp_path, viewers))
+                # The node of the session opened during the rollout goes away.
+                async with http.get(f"{url}{viewers[-1].location}", headers=auth) as r:
                     assert r.status == 200
-                victim = await _node_of_session(http, url, viewers[1].location, auth, nodes)
+                victim = await _node_of_session(http, url, viewers[-1].location, auth, nodes)
                 t0 = time.monotonic()
                 cluster.remove_node(victim, allow_graceful=False)
                 gone, seen = None, []
                 while time.monotonic() - t0 < 60:
-                    async with http.get(f"{url}{viewers[1].location}", headers=auth) as r:
+                    async with http.get(f"{url}{viewers[-1].location}", headers=auth) as r:
                         seen.append((round(time.monotonic() - t0, 1), r.status))
                         if r.status == 410:
                             gone = time.monotonic() - t0
@@ -464,6 +467,93 @@ def test_a_real_ray_cluster_serves_across_nodes_and_survives_losing_one(bundle) 
         launch.stop(workers)
         ray.shutdown()
         cluster.shutdown()
+
+
+async def _reports() -> list[dict]:
+    import ray
+
+    from streaming.cluster.launch import named_workers
+
+    out = []
+    for actor in named_workers().values():
+        try:
+            out.append(await actor.info.remote())
+        except ray.exceptions.RayActorError:
+            continue  # ended since it was listed
+    return out
+
+
+async def _roll_out(http, url: str, cfg, bundle, tmp_path, viewers):  # noqa: ANN001, ANN202
+    """A new version of the bundle rolled out while a session plays on each worker: as
+    each old worker drains, its session still speaks when asked, and a session opened
+    meanwhile goes to a new worker; then the old one's session is closed and the rollout
+    moves on. Returns the session opened during it."""
+    import dataclasses
+    import shutil
+    import threading
+
+    from avatar.bundle import sha256_file
+    from bench.client import open_session
+    from streaming.cluster import launch
+
+    auth = {"Authorization": "Bearer t"}
+    new = tmp_path / "presenter-v2"
+    shutil.copytree(bundle, new)
+    manifest = json.loads((new / "manifest.json").read_text())
+    manifest["created"] = "2026-12-02T00:00:00+00:00"  # a new version: a new manifest sha
+    (new / "manifest.json").write_text(json.dumps(manifest))
+    new_sha = sha256_file(new / "manifest.json")
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(launch.rollout(
+        dataclasses.replace(cfg, bundles={"presenter": str(new)}), drain_timeout_s=120)))
+    thread.start()
+    by_sid = {v.location.rsplit("/", 1)[1]: v for v in viewers}
+    fresh, closed, t0 = None, set(), time.monotonic()
+    while thread.is_alive():
+        assert time.monotonic() - t0 < 300, "the rollout did not end in 300 s"
+        for report in await _reports():
+            if not report["draining"]:
+                continue
+            if fresh is None:  # the ingress sees the drain within a second
+                await asyncio.sleep(1.5)
+                fresh = await open_session(http, url, "t")
+                sid = fresh.location.rsplit("/", 1)[1]
+                owner = next(r for r in await _reports() if sid in r["sessions"])
+                assert not owner["draining"] and owner["bundles"]["presenter"] == new_sha
+            for sid in set(report["sessions"]) & set(by_sid) - closed:
+                v = by_sid[sid]
+                async with http.post(f"{url}{v.location}/say", json={"text": "Still here."},
+                                     headers=auth) as r:
+                    assert r.status == 202, await r.text()
+                    uid = (await r.json())["utterance"]
+                for _ in range(200):
+                    if any(e["type"] == "speech_started" and e.get("utterance") == uid
+                           for e in v.events):
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError(f"a draining worker's session stopped speaking: "
+                                         f"{v.events[-5:]}")
+                async with http.delete(f"{url}{v.location}", headers=auth) as r:
+                    assert r.status == 204
+                closed.add(sid)
+        await asyncio.sleep(0.5)
+    thread.join()
+    assert result and result["sessions_cut"] == 0, result
+    assert len(result["replaced"]) == 2 and closed == set(by_sid), (result, closed)
+    print(f"\nrollout of two lanes with a live session each: {result['seconds']:.0f} s")
+    reports = await _reports()
+    assert len(reports) == 2 and all(r["bundles"]["presenter"] == new_sha and
+                                     not r["draining"] for r in reports), reports
+    for _ in range(30):
+        async with http.get(f"{url}/metrics") as r:
+            text = await r.text()
+        if 'twincast_cluster_workers{state="retired"} 2' in text:
+            break
+        await asyncio.sleep(0.2)
+    assert 'twincast_cluster_workers{state="retired"} 2' in text, text
+    assert 'twincast_cluster_workers{state="dead"} 0' in text, text
+    return fresh
 
 
 async def _node_of_session(http, url: str, location: str, auth: dict, nodes: list):  # noqa: ANN001, ANN202
@@ -492,3 +582,38 @@ def test_a_cluster_address_that_does_not_answer_is_one_line(bundle, tmp_path) ->
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "twincast: error: cannot join the Ray cluster at '127.0.0.1:1': nothing answers")
+
+
+@pytest.mark.slow
+def test_the_features_stage_on_a_ray_cluster_writes_the_local_cache(grid_train, tmp_path
+                                                                     ) -> None:  # noqa: ANN001
+    """Three GRID clips through the features stage locally (one worker process) and as
+    Ray tasks on a head and two worker nodes: the same cache, byte for byte."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from training.config import features_preset
+    from training.enrol import enrol_features
+
+    clips = sorted(grid_train.glob("*.mpg"))[:3]
+    transcript = grid_train.parent / "transcripts.tsv"
+    local = enrol_features(clips, tmp_path / "local", features_preset("ci", 1),
+                           transcript=transcript)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        remote = enrol_features(clips, tmp_path / "ray", features_preset("ci", 1),
+                                transcript=transcript, ray_address=cluster.address)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    files = sorted(p.relative_to(local.dir) for p in local.dir.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(remote.dir) for p in remote.dir.rglob("*")
+                           if p.is_file())
+    differ = [str(f) for f in files
+              if (local.dir / f).read_bytes() != (remote.dir / f).read_bytes()]
+    assert differ == [], differ
+    assert remote.computed_units == local.computed_units > 0

@@ -141,6 +141,10 @@ class Aligner:
             return []
         pcm = (np.clip(audio16, -1, 1) * 32767).astype(np.int16).tobytes()
         d = self._decoder
+        # The front end adapts its normalisation to what it heard: started afresh, a clip's
+        # alignment is the same whichever clips this decoder aligned before (in whatever
+        # worker, here or on a cluster).
+        d.reinit_feat()
         d.set_align_text(" ".join(words))
         d.start_utt()
         d.process_raw(pcm, full_utt=True)

@@ -59,19 +59,26 @@ def plan(footage: Sequence[Path], workdir: Path, cfg: FeaturesConfig,
 
 
 def enrol_features(footage: Sequence[Path], workdir: Path, cfg: FeaturesConfig,
-                   transcript: Path | None = None, strict: bool = False) -> FeaturesResult:
+                   transcript: Path | None = None, strict: bool = False,
+                   ray_address: str | None = None) -> FeaturesResult:
+    """``ray_address``: the units run on that Ray cluster (``training.ray_units``)."""
+    if ray_address is not None:
+        from avatar.raycluster import connect
+
+        connect(ray_address)  # first: a wrong address fails before the footage is read
     jobs = plan(footage, workdir, cfg, transcript)
     if not transcript:
         log.warning("no transcript: utterances will have no text, so the voice cannot be "
                     "trained from this footage (pass --transcript FILE)")
-    return run_features(jobs, Workdir(workdir).features, cfg, strict=strict)
+    return run_features(jobs, Workdir(workdir).features, cfg, strict=strict,
+                        ray=ray_address is not None)
 
 
 def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
           transcript: Path | None = None, strict: bool = False, device: str = "cpu",
           name: str | None = None, features_only: bool = False,
           voice_dir: Path | None = None, voice_transcript: Path | None = None,
-          consent_clip: Path | None = None) -> dict:
+          consent_clip: Path | None = None, ray_address: str | None = None) -> dict:
     """The whole enrolment: features, talking-head training, voice training, bundle export.
     ``voice_dir`` adds recordings (with ``voice_transcript``) that only the voice learns
     from; without footage the bundle has a voice and no face. ``consent_clip`` is checked
@@ -104,7 +111,8 @@ def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
                         "--allow-unconsented; see `twincast consent`")
     feats = None
     if footage:
-        feats = enrol_features(footage, workdir, cfg, transcript=transcript, strict=strict)
+        feats = enrol_features(footage, workdir, cfg, transcript=transcript, strict=strict,
+                               ray_address=ray_address)
         out["features"] = feats.dir
     if voice_dir is not None:
         from training.voice.features import enrol_voice_features

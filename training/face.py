@@ -77,6 +77,11 @@ class FaceTracker:
     def close(self) -> None:
         self._mesh.close()
 
+    def reset(self) -> None:
+        """Forget what it tracked: the next frame is found from scratch, as by a new
+        tracker (restarting the graph costs ~30 ms and 0.15 MB, a new one ~7 MB)."""
+        self._mesh.reset()
+
     def __call__(self, rgb: np.ndarray, scale_to: tuple[int, int]) -> FaceObservation:
         """Track faces in ``rgb``; landmarks come back in a frame of size ``scale_to``
         (width, height), the source size, whatever size ``rgb`` was analysed at."""

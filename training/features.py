@@ -194,7 +194,11 @@ class _InlineExecutor(cf.Executor):
         return f
 
 
-def _executor(workers: int, q: Any) -> cf.Executor:
+def _executor(workers: int, q: Any, ray: bool = False) -> cf.Executor:
+    if ray:
+        from training.ray_units import RayExecutor
+
+        return RayExecutor(q)
     if workers <= 0:
         _init_worker(q)
         return _InlineExecutor()
@@ -228,13 +232,19 @@ class FeaturesResult:
 
 
 def run_features(jobs: list[ClipJob], features_dir: Path, cfg: FeaturesConfig,
-                 strict: bool = False) -> FeaturesResult:
+                 strict: bool = False, ray: bool = False) -> FeaturesResult:
+    """``ray``: units run as tasks on the Ray cluster this process has joined
+    (``training.ray_units``) instead of in ``cfg.workers`` local processes."""
     from training import crop_size, quality
 
     _remove_leftovers(features_dir)
     cfg = crop_size.sized([j.info for j in jobs], cfg)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue() if cfg.workers > 0 else _LocalQueue()
+    if ray:
+        from training.ray_units import progress_queue
+
+        q = progress_queue()
+    else:
+        q = mp.get_context("spawn").Queue() if cfg.workers > 0 else _LocalQueue()
     vdig, adig = cfg.visual_digest(), cfg.audio_digest()
     video_calls, audio_calls = [], []
     reused = 0
@@ -259,7 +269,7 @@ def run_features(jobs: list[ClipJob], features_dir: Path, cfg: FeaturesConfig,
              len(jobs), total, len(video_calls) + len(audio_calls), reused)
     # Audio units run in a pool of their own: only they need torch (~0.5 GB per process),
     # so the video workers stay small.
-    with _executor(cfg.workers, q) as ex, _executor(min(cfg.workers, 1), q) as aex, \
+    with _executor(cfg.workers, q, ray) as ex, _executor(min(cfg.workers, 1), q, ray) as aex, \
             QueueBar(q, total, "features") as pbar:
         pbar.update(total - todo_frames)
         audio_futures = [aex.submit(fn, *args) for fn, args in audio_calls]
@@ -297,9 +307,11 @@ def run_features(jobs: list[ClipJob], features_dir: Path, cfg: FeaturesConfig,
         quality.raise_for_gates(report, strict, features_dir)
     from avatar.version import __version__
 
+    # How many workers made it is no property of the cache (the same bytes either way).
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"}
     atomic.write_json(features_dir / "manifest.json", {
         "schema": 1, "tool": f"twincast {__version__}", "fps": cfg.fps,
-        "config": dataclasses.asdict(cfg),
+        "config": settings,
         "clips": [{"id": c["clip"], "dir": f"clips/{c['clip']}", "source": c["source"],
                    "digest": c["digest"], "frames": c["n_frames"]} for c in clips],
     })

@@ -23,6 +23,10 @@ class BodyTracker:
     def close(self) -> None:
         self._pose.close()
 
+    def reset(self) -> None:
+        """Forget what it tracked (see ``FaceTracker.reset``)."""
+        self._pose.reset()
+
     def __call__(self, rgb: np.ndarray, scale_to: tuple[int, int]) -> np.ndarray:
         """(33, 4): x, y, z in source pixels and visibility; NaN when no body is found."""
         result = self._pose.process(rgb)

@@ -33,8 +33,9 @@ WARMUP_FRAMES = 12
 @dataclass
 class Trackers:
     """The MediaPipe graphs a worker keeps for its whole life: building them anew for every
-    segment leaks memory inside MediaPipe (about 7 MB per rebuild). Tracking re-detects the
-    face when a new clip starts elsewhere in the frame, so nothing of a previous clip sticks."""
+    segment leaks memory inside MediaPipe (about 7 MB per rebuild). They are reset at each
+    segment instead, so a segment's features depend on that segment alone, not on which
+    segments its worker (a process here, a Ray task on a cluster) happened to do before."""
 
     face: F.FaceTracker
     body: BodyTracker | None
@@ -47,6 +48,11 @@ class Trackers:
         self.face.close()
         if self.body is not None:
             self.body.close()
+
+    def reset(self) -> None:
+        self.face.reset()
+        if self.body is not None:
+            self.body.reset()
 
 
 def process_segment(info: ClipInfo, start: int, stop: int, cfg: FeaturesConfig,
@@ -74,6 +80,8 @@ def process_segment(info: ClipInfo, start: int, stop: int, cfg: FeaturesConfig,
     own = trackers is None
     if trackers is None:
         trackers = Trackers.create(cfg)
+    else:
+        trackers.reset()
     src_size = (info.width, info.height)
     last_m: np.ndarray | None = None
     pending = 0  # frames before the first face, whose crop waits for a transform

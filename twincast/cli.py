@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--preset", choices=preset_names, default="cpu",
                    help="ci: tiny and fast, for tests; cpu (default); gpu")
     e.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    e.add_argument("--ray", metavar="ADDRESS",
+                   help="run the features stage's units as tasks on this Ray cluster (auto: "
+                        "the one `ray start` made here); footage and --workdir must be on a "
+                        "file system every node mounts at the same path")
     e.add_argument("--strict", action="store_true", help="treat quality warnings as errors")
     e.add_argument("--device", default="cpu", help="training device: cpu, cuda:0, ...")
     e.add_argument("--name", help="avatar name (default: the footage's name)")
@@ -374,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CPU threads each CPU worker renders with")
     cl.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                     help="a web origin whose pages may call the API (repeatable; * for any)")
+    cl.add_argument("--rollout", action="store_true",
+                    help="roll BUNDLE... out onto the running cluster's workers, lane by lane, "
+                         "without ending a session, then exit (the same --token)")
+    cl.add_argument("--drain-timeout", type=float, default=3600.0, metavar="S",
+                    help="with --rollout: how long an old worker may keep its sessions "
+                         "(default 3600)")
     _consent_flag(cl)
     cl.set_defaults(func=cmd_cluster)
 
@@ -560,6 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("bundle", type=Path)
     bc.add_argument("--says", type=int, default=8, help="sentences timed on each (8)")
     bc.set_defaults(func=cmd_bench_cluster)
+    bcf = bsub.add_parser("cluster-features", help="the features stage locally and as Ray "
+                          "tasks on two nodes on this machine: time, same cache bytes")
+    bcf.add_argument("footage", nargs="+", type=Path)
+    bcf.add_argument("--transcript", type=Path)
+    bcf.add_argument("--preset", choices=preset_names, default="cpu")
+    bcf.set_defaults(func=cmd_bench_cluster_features)
     ba = bsub.add_parser("align", help="word-boundary error of an enrolment's alignment")
     ba.add_argument("features", type=Path, help="WORKDIR/features of an enrolment")
     ba.add_argument("--truth", type=Path, required=True,
@@ -620,7 +636,8 @@ def cmd_enrol(args: argparse.Namespace) -> int:
     out = enrol(args.footage, args.workdir, args.preset, args.workers,
                 transcript=transcript, strict=args.strict, device=args.device,
                 name=args.name, features_only=args.features_only, voice_dir=args.voice,
-                voice_transcript=voice_transcript, consent_clip=args.consent)
+                voice_transcript=voice_transcript, consent_clip=args.consent,
+                ray_address=args.ray)
     if "features" in out:
         sys.stdout.write((out["features"] / "report.txt").read_text())
         log.info("enrolment cache: %s", out["features"])
@@ -715,12 +732,22 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                             "`twincast enrol` makes one")
     from streaming.app import bundle_names
 
-    token = args.token or os.environ.get("TWINCAST_TOKEN") or secrets.token_urlsafe(18)
+    token = args.token or os.environ.get("TWINCAST_TOKEN")
+    if args.rollout and not token:
+        raise TwincastError("--rollout: give the cluster's API token (--token or "
+                            "TWINCAST_TOKEN): the new workers take it")
+    token = token or secrets.token_urlsafe(18)
     cfg = launch.ClusterConfig(
         bundles={n: str(p.resolve()) for n, p in bundle_names(args.bundles).items()},
         token=token, address=args.ray, host=args.host, port=args.port, devices=devices,
         render_threads=args.render_threads, max_sessions=args.max_sessions,
         allow_unconsented=args.allow_unconsented, cors_origins=tuple(args.cors_origin))
+    if args.rollout:
+        if args.drain_timeout < 0:
+            raise TwincastError("--drain-timeout must be 0 or more")
+        result = launch.rollout(cfg, drain_timeout_s=args.drain_timeout)
+        print(json.dumps(result), flush=True)
+        return 0
     url, workers = launch.start(cfg)
     if not args.token and not os.environ.get("TWINCAST_TOKEN"):
         print(f"API token: {token}", flush=True)
@@ -1055,6 +1082,17 @@ def cmd_bench_cluster(args: argparse.Namespace) -> int:
     # Ray's driver prints its nodes' notices on stdout; the JSON alone goes there.
     with contextlib.redirect_stdout(sys.stderr):
         result = bench_cluster(args.bundle.resolve(), args.says)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_bench_cluster_features(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from bench.cluster_features import bench_cluster_features
+
+    with contextlib.redirect_stdout(sys.stderr):  # Ray's notices; the JSON alone on stdout
+        result = bench_cluster_features(args.footage, args.transcript, args.preset)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -88,6 +88,8 @@ class Ingress:
         self._roster = roster
         self.workers: list[WorkerInfo] = []
         self.dead: set[str] = set()
+        self.retired: set[str] = set()
+        """Workers gone after draining with no session left (a rollout), not lost."""
         self._asked = 0.0
         self._lock = asyncio.Lock()
         self.owner: dict[str, str] = {}
@@ -124,6 +126,8 @@ class Ingress:
                 if w.name in dead:
                     for sid in w.sessions:  # remembered: a later request is a 410
                         self.owner[sid] = w.name
+                    if w.draining and not w.sessions:
+                        self.retired.add(w.name)
             self.workers, self.dead = workers, self.dead | dead
             for w in workers:
                 for sid in w.sessions:
@@ -329,7 +333,10 @@ class Ingress:
         out = ["# HELP twincast_cluster_workers Workers by state.",
                "# TYPE twincast_cluster_workers gauge",
                f'twincast_cluster_workers{{state="live"}} {len(workers)}',
-               f'twincast_cluster_workers{{state="dead"}} {len(self.dead)}']
+               f'twincast_cluster_workers{{state="draining"}} '
+               f'{sum(w.draining for w in workers)}',
+               f'twincast_cluster_workers{{state="dead"}} {len(self.dead - self.retired)}',
+               f'twincast_cluster_workers{{state="retired"}} {len(self.retired)}']
         rows = [("twincast_cluster_sessions", "gauge", "Open sessions.",
                  lambda w: len(w.sessions)),
                 ("twincast_cluster_capacity_fps", "gauge", "Measured frames/s a worker "

@@ -24,12 +24,15 @@ class WorkerInfo:
     late: int = 0
     bundles: dict = field(default_factory=dict)
     """avatar name -> the sha256 of its manifest, as loaded and verified."""
+    draining: bool = False
+    """A newer version has started beside it: it keeps its sessions and takes no more."""
 
     @classmethod
     def of(cls, d: dict) -> WorkerInfo:
         return cls(d["name"], d["node"], d["url"], tuple(d["sessions"]), d["max_sessions"],
                    float(d["capacity_fps"]), float(d["capacity_share"]), int(d["fps"]),
-                   int(d.get("frames", 0)), int(d.get("late", 0)), dict(d.get("bundles", {})))
+                   int(d.get("frames", 0)), int(d.get("late", 0)), dict(d.get("bundles", {})),
+                   bool(d.get("draining", False)))
 
     def load_after(self, extra: int = 1) -> float:
         """The share of its admissible capacity taken with ``extra`` more sessions."""
@@ -37,7 +40,8 @@ class WorkerInfo:
         return (len(self.sessions) + extra) * self.fps / usable if usable > 0 else float("inf")
 
     def admits(self) -> bool:
-        return len(self.sessions) < self.max_sessions and self.load_after() <= 1.0
+        return (not self.draining and len(self.sessions) < self.max_sessions
+                and self.load_after() <= 1.0)
 
     @property
     def late_share(self) -> float:

@@ -55,8 +55,18 @@ class Worker:
         self.server = Server(bundles, server_cfg)
         self.server.load()
         self.running = RunningServer(self.server, host=cfg.host)
+        self.draining = False
         log.info("worker %s on node %s serving %s at %s", cfg.name, cfg.node,
                  ", ".join(bundles), self.running.url)
+
+    def drain(self) -> int:
+        """Take no new sessions (a newer version is starting beside it); the open ones go
+        on to their end. Returns how many are open."""
+        if not self.draining:
+            log.info("worker %s draining: %d sessions open", self.cfg.name,
+                     len(self.server.registry.entries))
+        self.draining = True
+        return len(self.server.registry.entries)
 
     def info(self) -> dict:
         srv = self.server
@@ -69,7 +79,8 @@ class Worker:
                 "capacity_fps": srv.scheduler.capacity_fps(),
                 "capacity_share": srv.cfg.capacity_share, "fps": SessionConfig().fps,
                 "frames": sum(lane.stats.frames for lane in lanes),
-                "late": sum(lane.stats.late for lane in lanes), "bundles": self.bundles}
+                "late": sum(lane.stats.late for lane in lanes), "bundles": self.bundles,
+                "device": self.cfg.device, "draining": self.draining}
 
 
 def actor_class():  # noqa: ANN201 - a Ray actor class
