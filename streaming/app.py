@@ -341,7 +341,8 @@ class Server:
                 if show.chat.irc is not None:
                     self._read_irc(session, desk, show.chat.irc)
             if show is not None:
-                tasks.append(asyncio.ensure_future(run_show(session, show, desk)))
+                tasks.append(asyncio.ensure_future(run_show(session, show, desk,
+                                                            start=req.show_from)))
             self.registry.add(session, RtmpStream(push, tasks))
         log.info("session %s streams to %s", session.id, push.redacted_url(),
                  extra={"session": session.id})

@@ -235,6 +235,8 @@ class StreamRequest:
     audio_kbps: int = 128
     keyframe_s: float = 2.0
     key_colour: tuple[int, int, int] | None = None
+    show_from: int = 0
+    """The show step to begin at (``streaming.show.run_show``)."""
 
     FIELDS = {
         "rtmp": Field(str, "rtmp:// or rtmps:// ingest URL with its stream key"),
@@ -250,6 +252,9 @@ class StreamRequest:
                             maximum=10),
         "key_colour": Field(list, "[r, g, b]: background replaced by this colour for "
                             "chroma keying", None),
+        "show_from": Field(int, "the show step to begin at (a segment's each repeat, pass "
+                           "after pass, from 0; the session's show_step says which is on)",
+                           0, minimum=0, maximum=10**9),
     }
 
     @classmethod

@@ -12,16 +12,25 @@ from streaming.session import SpeechBacklog
 log = logging.getLogger(__name__)
 
 
-async def run_show(session, show: Show, chat=None) -> None:  # noqa: ANN001
+async def run_show(session, show: Show, chat=None, start: int = 0) -> None:  # noqa: ANN001
     """Say the show's segments in order on ``session`` (a stream or any other session),
     waiting for each to be spoken; text injected meanwhile (``say``) slots in between.
     ``chat`` (``streaming.chat.ChatDesk``) answers live chat in the show's qa segments or
-    between its segments, as its ``[chat]`` says; without it a qa segment is idle."""
+    between its segments, as its ``[chat]`` says; without it a qa segment is idle.
+
+    Steps (a segment's each repeat, pass after pass) are counted from 0: the session's
+    ``show_step`` says which one is on, and ``start`` begins at that one (a stream
+    restarted elsewhere in a cluster goes on where its show was)."""
+    step = -1
     for _ in show.passes():
         for seg in show.segments:
             for _ in range(seg.repeat):
+                step += 1
+                if step < start:
+                    continue
                 if session.state == "closed":
                     return
+                session.stats["show_step"] = step
                 if seg.kind == "qa" and chat is not None:
                     await chat.window(seg.seconds)
                 elif seg.kind == "say":

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 
+import aiohttp
 import pytest
 
 from streaming.cluster.ingress import Ingress, IngressConfig
@@ -36,16 +37,20 @@ class Workers:
     """Two real twincast servers (one session each) as the cluster's workers, and a
     roster over them that can be told one died."""
 
-    def __init__(self, bundle, remote: dict[str, str] | None = None) -> None:  # noqa: ANN001
+    def __init__(self, bundle, remote: dict[str, str] | None = None,  # noqa: ANN001
+                 rtmp_allow: tuple[str, ...] = ()) -> None:
         from streaming.app import Server, ServerConfig
         from streaming.routes import RunningServer
 
         self.remote = remote or {}
         """Workers in other processes: name -> url (placed first: reported roomier)."""
+        self.remote_sessions: dict[str, list[str]] = {}
+        """Their sessions, as far as the test has told (they are asked about these)."""
         self.servers = {}
         for name in ("w1", "w2"):
             srv = Server({"presenter": bundle}, ServerConfig(
-                token="t", allow_unconsented=True, max_sessions=1, render_threads=1))
+                token="t", allow_unconsented=True, max_sessions=1, render_threads=1,
+                rtmp_allow=rtmp_allow))
             srv.load()
             self.servers[name] = (srv, RunningServer(srv))
         self.dead: set[str] = set()
@@ -58,15 +63,33 @@ class Workers:
             out.append(WorkerInfo(name, "node-" + name, running.url,
                                   tuple(srv.registry.entries), 1,
                                   srv.scheduler.capacity_fps(), 0.9, 25,
-                                  bundles={"presenter": "sha"}))
-        out += [WorkerInfo(name, "node-" + name, url, (), 1, 1000.0, 0.9, 25,
-                           bundles={"presenter": "sha"})
-                for name, url in self.remote.items() if name not in self.dead]
+                                  bundles={"presenter": "sha"},
+                                  streams={sid: e.session.stats.get("show_step", 0)
+                                           for sid, e in srv.registry.entries.items()
+                                           if e.output.kind == "rtmp"}))
+        for name, url in self.remote.items():
+            if name in self.dead:
+                continue
+            streams = {}
+            async with aiohttp.ClientSession() as http:
+                for sid in self.remote_sessions.get(name, []):
+                    async with http.get(f"{url}/v1/sessions/{sid}",
+                                        headers={"Authorization": "Bearer t"}) as r:
+                        if r.status == 200:
+                            streams[sid] = (await r.json()).get("show_step", 0)
+            out.append(WorkerInfo(name, "node-" + name, url, tuple(streams), 1, 1000.0, 0.9,
+                                  25, bundles={"presenter": "sha"}, streams=streams))
         return out, set(self.dead)
 
     def stop(self) -> None:
         for _, running in self.servers.values():
             running.stop()
+
+
+SHOW = "\n".join(f'[[segment]]\nsay = "{line}"\n' for line in (
+    "Bin blue at F two now.", "Place red by G nine soon.", "Lay white with P four again.",
+    "Set green in B seven please.", "Bin red at A one again.", "Place white by C three now."))
+"""Six sentences: a show whose step can be told apart where it restarts."""
 
 
 def ingress_app(ingress: Ingress):  # noqa: ANN201 - an aiohttp app in front of the ingress
@@ -244,6 +267,94 @@ def test_viewer_tokens_through_the_ingress(bundle) -> None:  # noqa: ANN001
         asyncio.run(run())
     finally:
         workers.stop()
+
+
+def test_a_lost_workers_stream_restarts_elsewhere_where_its_show_was(bundle, tmp_path
+                                                                      ) -> None:  # noqa: ANN001
+    """An RTMP stream with a show, placed through the ingress on a worker process that is
+    then killed outright: the ingress opens it again on a live worker within seconds, at
+    the show step it was on, pushing to the same ingest; the old id reaches the new stream
+    (and closes it)."""
+    from aiohttp import web
+
+    from bench.localrtmp import LocalRtmp, available
+    from bench.server_process import ServerProcess
+
+    if not available():
+        pytest.skip("nginx with libnginx-mod-rtmp is not installed (.ci/run installs it)")
+    nginx = LocalRtmp(tmp_path / "nginx")
+    nginx.start()
+    proc = ServerProcess(bundle, tmp_path / "doomed.log", token="t",
+                         args=("--max-sessions", "1", "--render-threads", "1",
+                               "--rtmp-allow", "127.0.0.1"))
+    workers = None
+    try:
+        async def run() -> None:
+            nonlocal workers
+            async with aiohttp.ClientSession() as http:
+                await proc.wait_ready(http)
+            workers = Workers(bundle, remote={"doomed": proc.url}, rtmp_allow=("127.0.0.1",))
+            ingress = Ingress(IngressConfig(token="t", refresh_s=0.2), workers.roster)
+            runner = web.AppRunner(ingress_app(ingress))
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            auth = {"Authorization": "Bearer t"}
+            try:
+                async with aiohttp.ClientSession() as http:
+                    async with http.post(f"{url}/v1/streams", headers=auth, json={
+                            "rtmp": nginx.url("show"), "show": SHOW, "width": 320,
+                            "height": 240}) as r:
+                        assert r.status == 201, await r.text()
+                        sid = (await r.json())["id"]
+                    assert ingress.owner[sid] == "doomed"
+                    workers.remote_sessions["doomed"] = [sid]
+                    for _ in range(600):  # the show reaches its third sentence
+                        if ingress.streams[sid].step >= 2:
+                            break
+                        await asyncio.sleep(0.1)
+                    step = ingress.streams[sid].step
+                    assert step >= 2, step
+                    proc.proc.kill()  # the node goes without a word
+                    workers.dead.add("doomed")  # as Ray would report it
+                    t0 = time.monotonic()
+                    while sid not in ingress.alias and time.monotonic() - t0 < 30:
+                        await asyncio.sleep(0.05)
+                    assert sid in ingress.alias, "the stream was not restarted"
+                    restarted = time.monotonic() - t0
+                    new = ingress.alias[sid]
+                    assert ingress.owner[new] in ("w1", "w2")
+                    state = None
+                    while time.monotonic() - t0 < 60:
+                        async with http.get(f"{url}/v1/sessions/{sid}", headers=auth) as r:
+                            assert r.status == 200
+                            now = await r.json()
+                        state = now["rtmp_state"]
+                        if state == "live":
+                            break
+                        await asyncio.sleep(0.1)
+                    live = time.monotonic() - t0
+                    assert state == "live" and now["id"] == new
+                    assert now["show_step"] in (step, step + 1), (now, step)
+                    print(f"\nworker killed -> its stream opened elsewhere: {restarted:.1f} s, "
+                          f"pushing again: {live:.1f} s, at show step {now['show_step']} "
+                          f"(it was on {step})")
+                    async with http.get(f"{url}/metrics") as r:
+                        assert "twincast_cluster_streams_restarted_total 1" in await r.text()
+                    async with http.delete(f"{url}/v1/sessions/{sid}", headers=auth) as r:
+                        assert r.status == 204
+                    assert new not in ingress.streams
+            finally:
+                await ingress.close()
+                await runner.cleanup()
+
+        asyncio.run(run())
+    finally:
+        proc.stop(timeout=5)
+        if workers is not None:
+            workers.stop()
+        nginx.kill()
 
 
 def test_the_embed_kit_reconnects_when_its_worker_is_lost(bundle, tmp_path) -> None:  # noqa: ANN001

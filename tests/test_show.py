@@ -121,6 +121,7 @@ def test_a_show_never_spins_on_speech_it_cannot_say() -> None:
 
         def __init__(self, voice: object, refusals: list[Exception]) -> None:
             self.voice, self.refusals, self.said = voice, refusals, 0
+            self.stats: dict = {}
 
         def say(self, text: str, pace: float = 1.0) -> str:
             if self.refusals:
@@ -142,3 +143,36 @@ def test_a_show_never_spins_on_speech_it_cannot_say() -> None:
     busy = Stub(object(), [SpeechBacklog("full"), TwincastError("bad text")])
     asyncio.run(run(busy))
     assert busy.said == 2 and not busy.refusals
+
+
+def test_a_show_begins_at_the_step_it_is_given() -> None:
+    """Steps count a segment's each repeat, pass after pass: a show restarted at step 5
+    of (a, b twice, c) forever begins with the second pass's first b, and says which step
+    is on."""
+    import asyncio
+
+    from avatar.show import parse_show
+    from streaming.show import run_show
+
+    show = parse_show('repeat = "forever"\n[[segment]]\nsay = "a"\n[[segment]]\n'
+                      'say = "b"\nrepeat = 2\n[[segment]]\nsay = "c"\n')
+
+    class Session:
+        avatar_name, state, voice = "a", "live", object()
+
+        def __init__(self) -> None:
+            self.stats: dict = {}
+            self.said: list[tuple[int, str]] = []
+
+        def say(self, text: str, pace: float = 1.0) -> str:
+            self.said.append((self.stats["show_step"], text))
+            if len(self.said) == 4:
+                self.state = "closed"
+            return "u"
+
+        async def wait_spoken(self, uid: str) -> None:
+            await asyncio.sleep(0)
+
+    s = Session()
+    asyncio.run(asyncio.wait_for(run_show(s, show, start=5), 5))
+    assert s.said == [(5, "b"), (6, "b"), (7, "c"), (8, "a")]

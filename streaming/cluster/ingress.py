@@ -35,7 +35,8 @@ from streaming.tokens import Grant, TokenBook, viewer_may
 
 log = logging.getLogger(__name__)
 
-SESSION_PATH = re.compile(r"^/v1/sessions/([A-Za-z0-9_-]{1,64})(?:/.*)?$")
+SESSION_PATH = re.compile(r"^/v1/(?:sessions|streams)/([A-Za-z0-9_-]{1,64})(?:/.*)?$")
+"""A session's own requests (``/v1/streams/ID/chat`` too): they go to its worker."""
 PASS_BACK = ("Content-Type", "Location", "Retry-After", "X-Twincast-Disclosure",
              "WWW-Authenticate", "Content-Security-Policy", "X-Content-Type-Options",
              "Cache-Control", "Vary", "Access-Control-Allow-Origin",
@@ -77,6 +78,15 @@ class IngressConfig:
     """A viewer token's requests: refilled per second, burst (the single server's)."""
 
 
+@dataclass
+class StreamRecord:
+    """An RTMP stream the ingress placed: its request, to open it again elsewhere should
+    its worker be lost, and the show step it was last seen on."""
+
+    body: dict
+    step: int = 0
+
+
 Roster = Callable[[], Awaitable[tuple[list[WorkerInfo], set[str]]]]
 """Asks every worker for its report: (the live workers' infos, the names of those known
 dead)."""
@@ -98,6 +108,11 @@ class Ingress:
         """worker name -> sessions placed there by this ingress (a metric)."""
         self._http = None
         self._poller: asyncio.Future | None = None
+        self.streams: dict[str, StreamRecord] = {}
+        self.alias: dict[str, str] = {}
+        """A restarted stream's old id -> its new one (requests to either reach it)."""
+        self.restarted = 0
+        self._restarts: set[asyncio.Future] = set()
         self.tokens = TokenBook()
         self.worker_tokens: dict[str, str] = {}
         """viewer token -> the token its worker minted for the session it opened."""
@@ -128,11 +143,57 @@ class Ingress:
                         self.owner[sid] = w.name
                     if w.draining and not w.sessions:
                         self.retired.add(w.name)
+            lost = dead - self.dead
             self.workers, self.dead = workers, self.dead | dead
             for w in workers:
                 for sid in w.sessions:
                     self.owner[sid] = w.name
+            self._track_streams(workers, lost)
             self._asked = time.monotonic()
+
+    def _track_streams(self, workers: list[WorkerInfo], lost: set[str]) -> None:
+        """Note where each stream's show is; forget closed ones; open again elsewhere
+        the streams of workers just lost (after the lock is let go: placing asks the
+        workers)."""
+        live = {w.name: w for w in workers}
+        for sid, rec in list(self.streams.items()):
+            owner = self.owner.get(sid)
+            w = live.get(owner)
+            if w is not None and sid in w.streams:
+                rec.step = int(w.streams[sid])
+            elif w is not None and sid not in w.sessions:
+                del self.streams[sid]  # it ended there (closed, or its show done)
+            elif owner in lost:
+                task = asyncio.ensure_future(self._restart_stream(sid))
+                self._restarts.add(task)
+                task.add_done_callback(self._restarts.discard)
+
+    async def _restart_stream(self, sid: str, tries: int = 60) -> None:
+        """Open a lost stream again on a live worker, at the show step it was on; while
+        the cluster is full, again every 5 s."""
+        rec = self.streams.pop(sid)
+        body = {**rec.body, "show_from": rec.step}
+        headers = {"authorization": f"Bearer {self.cfg.token}",
+                   "content-type": "application/json"}
+        for _ in range(tries):
+            reply = await self._place_on_a_worker("POST", "/v1/streams", "", headers,
+                                                  json.dumps(body).encode(),
+                                                  body.get("avatar"), None)
+            new = _session_of(reply)
+            if new is not None:
+                self.alias[sid] = new
+                self.streams[new] = StreamRecord(body, rec.step)
+                self.restarted += 1
+                log.warning("stream %s lost with its worker: restarted as %s on %s at show "
+                            "step %d", sid, new, self.owner.get(new), rec.step)
+                return
+            if reply.status < 500 and reply.status != 429:
+                log.error("stream %s lost with its worker could not restart: %s", sid,
+                          reply.body[:300].decode(errors="replace"))
+                return
+            await asyncio.sleep(5.0)
+        log.error("stream %s lost with its worker: no worker took it in %d tries", sid,
+                  tries)
 
     async def handle(self, method: str, path: str, query: str, headers: dict[str, str],
                      body: bytes) -> Reply:
@@ -264,6 +325,11 @@ class Ingress:
             if reply.status == 503 and not reply.headers.get("X-Twincast-Unreachable"):
                 continue  # full by its own count (a burst got there first): the next one
             sid = _session_of(reply)
+            if sid is not None and path == "/v1/streams":
+                try:
+                    self.streams[sid] = StreamRecord(json.loads(body))
+                except ValueError:
+                    pass  # the worker took it, so it was JSON; nothing to restart if not
             if sid is not None and viewer is not None:
                 viewer[1].session = sid
                 self.worker_tokens[viewer[0]] = sent["authorization"].removeprefix("Bearer ")
@@ -281,6 +347,14 @@ class Ingress:
     async def _to_owner(self, sid: str, method: str, path: str, query: str,
                         headers: dict[str, str], body: bytes) -> Reply:
         await self.view()  # at most refresh_s old: a dead owner is known within that
+        if sid in self.alias:  # a stream restarted elsewhere: its new id
+            old = sid
+            while sid in self.alias:
+                sid = self.alias[sid]
+            m = SESSION_PATH.match(path)
+            assert m is not None
+            path = path[:m.start(1)] + sid + path[m.end(1):]
+            log.debug("stream %s is now %s", old, sid)
         name = self.owner.get(sid)
         if name is None or (name not in self.dead and
                             name not in {w.name for w in self.workers}):
@@ -296,6 +370,8 @@ class Ingress:
             return problem(503, f"the worker serving session {sid} is not answering; try "
                                 "again shortly", **{"Retry-After": "2"})
         reply = await self._forward(worker, method, path, query, headers, body)
+        if method == "DELETE" and reply.status == 204:
+            self.streams.pop(sid, None)  # closed on purpose: not to be restarted
         if reply.headers.get("X-Twincast-Unreachable"):
             await self.view(fresh=True)  # gone, or only slow? Ray knows
             if name in self.dead:
@@ -336,7 +412,11 @@ class Ingress:
                f'twincast_cluster_workers{{state="draining"}} '
                f'{sum(w.draining for w in workers)}',
                f'twincast_cluster_workers{{state="dead"}} {len(self.dead - self.retired)}',
-               f'twincast_cluster_workers{{state="retired"}} {len(self.retired)}']
+               f'twincast_cluster_workers{{state="retired"}} {len(self.retired)}',
+               "# HELP twincast_cluster_streams_restarted_total RTMP streams opened again "
+               "elsewhere after their worker was lost.",
+               "# TYPE twincast_cluster_streams_restarted_total counter",
+               f"twincast_cluster_streams_restarted_total {self.restarted}"]
         rows = [("twincast_cluster_sessions", "gauge", "Open sessions.",
                  lambda w: len(w.sessions)),
                 ("twincast_cluster_capacity_fps", "gauge", "Measured frames/s a worker "
@@ -346,7 +426,9 @@ class Ingress:
                 ("twincast_cluster_frames_late_total", "counter", "Frames dropped as late.",
                  lambda w: w.late),
                 ("twincast_cluster_placed_total", "counter", "Sessions this ingress placed.",
-                 lambda w: self.placed.get(w.name, 0))]
+                 lambda w: self.placed.get(w.name, 0)),
+                ("twincast_cluster_streams", "gauge", "RTMP streams.",
+                 lambda w: len(w.streams))]
         for name, kind, doc, value in rows:
             out += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}"]
             out += [f'{name}{{worker="{w.name}",node="{w.node[:12]}"}} {value(w)}'
@@ -356,6 +438,8 @@ class Ingress:
     async def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+        for task in list(self._restarts):
+            task.cancel()
         if self._http is not None:
             await self._http.close()
             self._http = None

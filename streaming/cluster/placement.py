@@ -26,13 +26,15 @@ class WorkerInfo:
     """avatar name -> the sha256 of its manifest, as loaded and verified."""
     draining: bool = False
     """A newer version has started beside it: it keeps its sessions and takes no more."""
+    streams: dict = field(default_factory=dict)
+    """RTMP stream session id -> the show step it is on."""
 
     @classmethod
     def of(cls, d: dict) -> WorkerInfo:
         return cls(d["name"], d["node"], d["url"], tuple(d["sessions"]), d["max_sessions"],
                    float(d["capacity_fps"]), float(d["capacity_share"]), int(d["fps"]),
                    int(d.get("frames", 0)), int(d.get("late", 0)), dict(d.get("bundles", {})),
-                   bool(d.get("draining", False)))
+                   bool(d.get("draining", False)), dict(d.get("streams", {})))
 
     def load_after(self, extra: int = 1) -> float:
         """The share of its admissible capacity taken with ``extra`` more sessions."""

@@ -80,7 +80,12 @@ class Worker:
                 "capacity_share": srv.cfg.capacity_share, "fps": SessionConfig().fps,
                 "frames": sum(lane.stats.frames for lane in lanes),
                 "late": sum(lane.stats.late for lane in lanes), "bundles": self.bundles,
-                "device": self.cfg.device, "draining": self.draining}
+                "device": self.cfg.device, "draining": self.draining,
+                # Its RTMP streams and the show step each is on: where one restarts
+                # elsewhere should this worker be lost.
+                "streams": {sid: e.session.stats.get("show_step", 0)
+                            for sid, e in srv.registry.entries.items()
+                            if e.output.kind == "rtmp"}}
 
 
 def actor_class():  # noqa: ANN201 - a Ray actor class
