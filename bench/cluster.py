@@ -68,6 +68,70 @@ async def _measure(url: str, token: str, says: int) -> dict:
             "says": len(mouth)}
 
 
+async def _hold(url: str, token: str, n: int, seconds: float = 20.0) -> dict:
+    """``n`` sessions opened at real viewers that keep receiving, each talking as a host
+    does (a sentence, then a second's pause when it has been said), for ``seconds`` after
+    a 3 s settle: the share of their frames shown late (from each session's own counts)."""
+    import aiohttp
+
+    from bench.client import open_session
+
+    auth = {"Authorization": f"Bearer {token}"}
+    viewers, pumps, refused = [], [], 0
+
+    async def drain(track) -> None:  # noqa: ANN001 - an aiortc track
+        while True:
+            await track.recv()
+
+    async def stats(http) -> list[dict]:  # noqa: ANN001
+        out = []
+        for v in viewers:
+            async with http.get(f"{url}{v.location}", headers=auth) as r:
+                out.append(await r.json())
+        return out
+
+    async with aiohttp.ClientSession() as http:
+        try:
+            for _ in range(n):
+                try:
+                    v = await open_session(http, url, token)
+                except RuntimeError:  # 503: the server (or cluster) is at its capacity
+                    refused += 1
+                    continue
+                viewers.append(v)
+                pumps += [asyncio.ensure_future(drain(t)) for t in v.tracks.values()]
+            await asyncio.sleep(3.0)
+            before = await stats(http)
+            end = time.perf_counter() + seconds
+            i = 0
+            quiet_since = [0.0] * len(viewers)
+            while time.perf_counter() < end:
+                now = time.perf_counter()
+                for k, (v, st) in enumerate(zip(viewers, await stats(http), strict=True)):
+                    if st.get("queued", 0) or st.get("speaking"):
+                        quiet_since[k] = 0.0
+                    elif not quiet_since[k]:
+                        quiet_since[k] = now
+                    elif now - quiet_since[k] >= 1.0:
+                        async with http.post(f"{url}{v.location}/say", headers=auth,
+                                             json={"text": SENTENCES[i % len(SENTENCES)]}):
+                            i += 1
+                        quiet_since[k] = 0.0
+                await asyncio.sleep(0.25)
+            after = await stats(http)
+        finally:
+            for task in pumps:
+                task.cancel()
+            for v in viewers:
+                async with http.delete(f"{url}{v.location}", headers=auth):
+                    pass
+                await v.pc.close()
+    shown = sum(a["frames_shown"] - b["frames_shown"] for a, b in zip(after, before, strict=True))
+    late = sum(a["frames_late"] - b["frames_late"] for a, b in zip(after, before, strict=True))
+    return {"sessions": len(viewers), "refused": refused, "frames": shown,
+            "late_ratio": round(late / max(1, shown), 4)}
+
+
 async def _failover(url: str, token: str, cluster, nodes: list) -> dict:  # noqa: ANN001
     """A session on each node; the node of the first is removed."""
     import aiohttp
@@ -109,7 +173,8 @@ async def _failover(url: str, token: str, cluster, nodes: list) -> dict:  # noqa
             "node_removed_to_not_placed_s": None if unplaced is None else round(unplaced, 2)}
 
 
-def bench_cluster(bundle: Path, says: int = 8) -> dict:
+def bench_cluster(bundle: Path, says: int = 8, hold: tuple[int, ...] = (2, 3)) -> dict:
+    """``hold``: numbers of talking sessions whose late frames are measured on each."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -133,6 +198,22 @@ def bench_cluster(bundle: Path, says: int = 8) -> dict:
             out["single"] = asyncio.run(single())
         finally:
             server.stop()
+        # Held sessions: the single server on both cores (two render threads) against two
+        # nodes of one core each, one render thread each.
+        server = ServerProcess(bundle, Path(tmp) / "serve2.log",
+                               args=("--render-threads", "2", "--max-sessions", str(max(hold))))
+
+        async def held() -> dict:
+            import aiohttp
+
+            async with aiohttp.ClientSession() as http:
+                await server.wait_ready(http)
+            return {str(n): await _hold(server.url, server.token, n) for n in hold}
+
+        try:
+            out["single_held"] = asyncio.run(held())
+        finally:
+            server.stop()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0,
                                                             "include_dashboard": False})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
@@ -142,9 +223,10 @@ def bench_cluster(bundle: Path, says: int = 8) -> dict:
         t = time.perf_counter()
         url, workers = launch.start(launch.ClusterConfig(
             bundles={"avatar": str(bundle)}, token="bench", address=cluster.address,
-            port=free_port(), max_sessions=2, allow_unconsented=True))
+            port=free_port(), max_sessions=max(2, *hold), allow_unconsented=True))
         out["cluster_ready_s"] = round(time.perf_counter() - t, 1)
         out["cluster"] = asyncio.run(_measure(url, "bench", says))
+        out["cluster_held"] = {str(n): asyncio.run(_hold(url, "bench", n)) for n in hold}
         out["failover"] = asyncio.run(_failover(url, "bench", cluster, nodes))
     finally:
         launch.stop(workers)

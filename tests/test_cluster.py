@@ -117,7 +117,9 @@ def test_the_ingress_places_routes_and_forgets_a_dead_worker(bundle) -> None:  #
     workers = Workers(bundle)
 
     async def run() -> None:
-        ingress = Ingress(IngressConfig(token="t", refresh_s=0.2), workers.roster)
+        ingress = Ingress(IngressConfig(token="t", refresh_s=0.2, failed={
+            "w9": 'bundle presenter: "head.safetensors" does not match its sha256'}),
+            workers.roster)
         runner = web.AppRunner(ingress_app(ingress))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -127,6 +129,12 @@ def test_the_ingress_places_routes_and_forgets_a_dead_worker(bundle) -> None:  #
         viewers = []
         try:
             async with aiohttp.ClientSession() as http:
+                async with http.get(f"{url}/metrics") as r:  # a worker that never started
+                    text = await r.text()
+                    assert 'twincast_cluster_workers{state="failed"} 1' in text
+                    assert ('twincast_cluster_worker_failed{worker="w9",reason="bundle '
+                            'presenter: \\"head.safetensors\\" does not match its sha256"} 1'
+                            ) in text, text
                 async with http.get(f"{url}/v1/avatars") as r:
                     assert r.status == 401
                 async with http.get(f"{url}/v1/avatars", headers=auth) as r:

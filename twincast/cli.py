@@ -569,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "this machine: latency at a viewer, placement, losing a node")
     bc.add_argument("bundle", type=Path)
     bc.add_argument("--says", type=int, default=8, help="sentences timed on each (8)")
+    bc.add_argument("--hold", default="2,3", metavar="N,N",
+                    help="numbers of talking sessions whose late frames are measured on each "
+                         "(2,3)")
     bc.set_defaults(func=cmd_bench_cluster)
     bcf = bsub.add_parser("cluster-features", help="the features stage locally and as Ray "
                           "tasks on two nodes on this machine: time, same cache bytes")
@@ -1074,6 +1077,12 @@ def cmd_bench_cluster(args: argparse.Namespace) -> int:
 
     if args.says < 1:
         raise TwincastError("--says must be at least 1")
+    try:
+        hold = tuple(int(n) for n in args.hold.split(",") if n.strip())
+    except ValueError:
+        hold = (0,)
+    if not hold or min(hold) < 1:
+        raise TwincastError(f"--hold {args.hold!r}: give numbers of sessions, e.g. 2,3")
     read_manifest(args.bundle, verify=False)  # a clear error for a wrong path
     import contextlib
 
@@ -1081,7 +1090,7 @@ def cmd_bench_cluster(args: argparse.Namespace) -> int:
 
     # Ray's driver prints its nodes' notices on stdout; the JSON alone goes there.
     with contextlib.redirect_stdout(sys.stderr):
-        result = bench_cluster(args.bundle.resolve(), args.says)
+        result = bench_cluster(args.bundle.resolve(), args.says, hold)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -76,6 +76,8 @@ class IngressConfig:
     forward_timeout_s: float = 30.0
     viewer_rate: tuple[float, float] = (5.0, 20.0)
     """A viewer token's requests: refilled per second, burst (the single server's)."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """Workers that failed to start (their bundle check, their warm-up): name -> why."""
 
 
 @dataclass
@@ -413,6 +415,12 @@ class Ingress:
                f'{sum(w.draining for w in workers)}',
                f'twincast_cluster_workers{{state="dead"}} {len(self.dead - self.retired)}',
                f'twincast_cluster_workers{{state="retired"}} {len(self.retired)}',
+               f'twincast_cluster_workers{{state="failed"}} {len(self.cfg.failed)}',
+               "# HELP twincast_cluster_worker_failed A worker that failed to start, and why "
+               "(it takes no sessions).",
+               "# TYPE twincast_cluster_worker_failed gauge",
+               *(f'twincast_cluster_worker_failed{{worker="{_label(name)}",reason='
+                 f'"{_label(why)}"}} 1' for name, why in sorted(self.cfg.failed.items())),
                "# HELP twincast_cluster_streams_restarted_total RTMP streams opened again "
                "elsewhere after their worker was lost.",
                "# TYPE twincast_cluster_streams_restarted_total counter",
@@ -443,6 +451,11 @@ class Ingress:
         if self._http is not None:
             await self._http.close()
             self._http = None
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _avatar_of(query: str, headers: dict[str, str], body: bytes) -> str | None:

@@ -75,9 +75,11 @@ def _plan(cfg: ClusterConfig, tag: str = "") -> list[WorkerConfig]:
     return plan
 
 
-def _launch(plan: list[WorkerConfig], timeout_s: float) -> list[tuple[str, object]]:
+def _launch(plan: list[WorkerConfig], timeout_s: float,
+            failed: dict[str, str] | None = None) -> list[tuple[str, object]]:
     """Start the planned workers; returns (name, actor) of those that loaded and warmed up.
-    One that fails (its bundle check, its warm-up) is logged with why and left out."""
+    One that fails (its bundle check, its warm-up) is logged with why, noted in
+    ``failed`` (name -> why, for the ingress's metrics) and left out."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -102,8 +104,10 @@ def _launch(plan: list[WorkerConfig], timeout_s: float) -> list[tuple[str, objec
                      info["capacity_fps"])
             ready.append((name, actor))
         except Exception as e:  # noqa: BLE001 - Ray wraps the actor's error in its own types
-            log.error("worker %s failed to start and takes no sessions: %s", name,
-                      str(e).strip().splitlines()[-1][:300])
+            why = str(e).strip().splitlines()[-1][:300]
+            log.error("worker %s failed to start and takes no sessions: %s", name, why)
+            if failed is not None:
+                failed[name] = why
             ray.kill(actor)
     return ready
 
@@ -122,9 +126,11 @@ def named_workers() -> dict[str, object]:
     return out
 
 
-def start_workers(cfg: ClusterConfig, timeout_s: float = 600.0) -> list[object]:
-    """A worker per lane per live node; returns the actors that loaded and warmed up.
-    Workers left by an earlier run (killed before it could stop them) are ended first."""
+def start_workers(cfg: ClusterConfig, timeout_s: float = 600.0,
+                  failed: dict[str, str] | None = None) -> list[object]:
+    """A worker per lane per live node; returns the actors that loaded and warmed up (those
+    that did not are in ``failed`` with why). Workers left by an earlier run (killed
+    before it could stop them) are ended first."""
     import ray
 
     for name, actor in named_workers().items():
@@ -133,7 +139,7 @@ def start_workers(cfg: ClusterConfig, timeout_s: float = 600.0) -> list[object]:
     plan = _plan(cfg)
     if not plan:
         raise TwincastError("no live node of the Ray cluster has a CPU or GPU for a worker")
-    ready = [actor for _, actor in _launch(plan, timeout_s)]
+    ready = [actor for _, actor in _launch(plan, timeout_s, failed)]
     if not ready:
         raise TwincastError("no worker started; see the log lines above for why")
     return ready
@@ -279,10 +285,11 @@ def start(cfg: ClusterConfig) -> tuple[str, list[object]]:
 
     connect(cfg.address)
     t0 = time.monotonic()
-    workers = start_workers(cfg)
+    failed: dict[str, str] = {}
+    workers = start_workers(cfg, failed=failed)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(serve_app(IngressConfig(token=cfg.token)), name="twincast", route_prefix="/",
-              blocking=False)
+    serve.run(serve_app(IngressConfig(token=cfg.token, failed=failed)), name="twincast",
+              route_prefix="/", blocking=False)
     url = f"http://{cfg.host}:{cfg.port}"
     log.info("cluster serving at %s: %d workers, ready in %.0f s", url, len(workers),
              time.monotonic() - t0)

@@ -42,6 +42,7 @@ class Worker:
         from streaming.routes import RunningServer
 
         self.cfg = cfg
+        _name_logs(cfg)
         bundles = {name: Path(p) for name, p in cfg.bundles.items()}
         # The manifest's own hash names the version served (it lists every file's sha256);
         # loading checks the files against it, and a bundle that fails raises here, so the
@@ -86,6 +87,20 @@ class Worker:
                 "streams": {sid: e.session.stats.get("show_step", 0)
                             for sid, e in srv.registry.entries.items()
                             if e.output.kind == "rtmp"}}
+
+
+def _name_logs(cfg: WorkerConfig) -> None:
+    """Every log line of this (Ray actor) process names its worker and node: Ray keeps
+    each worker's output in a file of its own on its node, and a line read elsewhere
+    (a log collector) still says where it came from."""
+    fmt = logging.Formatter(f"%(asctime)s %(levelname)s [{cfg.name} node {cfg.node[:12]}] "
+                            "%(name)s: %(message)s")
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler())
+    for handler in root.handlers:
+        handler.setFormatter(fmt)
+    root.setLevel(logging.INFO)
 
 
 def actor_class():  # noqa: ANN201 - a Ray actor class
