@@ -66,7 +66,10 @@ class Registry:
         if held >= self.max_sessions:
             raise Full(f"the server holds its maximum of {self.max_sessions} sessions; try "
                        "again later")
-        if (held + 1) * fps > self.capacity_share * capacity_fps:
+        # An idle server admits one whatever its measure says: the measure is refitted
+        # only from what it renders, so one taken under a passing overload would
+        # otherwise refuse every session for good.
+        if held and (held + 1) * fps > self.capacity_share * capacity_fps:
             raise Full(f"rendering capacity is taken by the open sessions (measured "
                        f"{capacity_fps:.0f} frames/s); try again later")
         self._opening += 1

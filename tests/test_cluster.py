@@ -31,6 +31,9 @@ def test_placement_goes_where_the_predicted_load_is_lowest() -> None:
     assert choose([info("x", 1, late=50), info("y", 1, late=1)]).name == "y"
     assert choose([info("x", 0, avatars=("b",)), info("y", 2)], avatar="a").name == "y"
     assert choose([info("x", 0, avatars=("b",))], avatar="a") is None
+    # An idle worker takes one whatever its measure (the single server's rule).
+    assert choose([info("x", 0, capacity=5.0)]).name == "x"
+    assert choose([info("x", 1, capacity=5.0)]) is None
 
 
 class Workers:

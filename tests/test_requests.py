@@ -139,6 +139,13 @@ def test_the_registry_admits_by_count_and_capacity_for_every_output():
     with pytest.raises(Full) as e, reg.reserve(25, 1000.0):
         pass
     assert e.value.status == 503
+    # Idle, it admits one even on a measure too low for it (taken under an overload, it
+    # would otherwise never be measured again).
+    idle = Registry(max_sessions=2, capacity_share=0.9)
+    with idle.reserve(25, capacity_fps=10.0):
+        idle.add(FakeSession("c"), FakeOutput("webrtc"))
+    with pytest.raises(Full, match="rendering capacity"), idle.reserve(25, capacity_fps=10.0):
+        pass
 
 
 def test_the_registry_closes_what_vanished_and_everything_at_the_end():

@@ -42,8 +42,10 @@ class WorkerInfo:
         return (len(self.sessions) + extra) * self.fps / usable if usable > 0 else float("inf")
 
     def admits(self) -> bool:
+        """The single server's rule (``streaming.registry.Registry.reserve``): an idle
+        worker takes one whatever its measure says."""
         return (not self.draining and len(self.sessions) < self.max_sessions
-                and self.load_after() <= 1.0)
+                and (not self.sessions or self.load_after() <= 1.0))
 
     @property
     def late_share(self) -> float:
