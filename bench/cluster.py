@@ -141,10 +141,19 @@ async def _failover(url: str, token: str, cluster, nodes: list) -> dict:  # noqa
 
     auth = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession() as http:
-        viewers = []
-        for _ in range(2):
+        viewers, refused = [], 0
+        while len(viewers) < 2:
             v = _Viewer()
-            await v.open(http, url, token)
+            try:
+                await v.open(http, url, token)
+            except RuntimeError:  # 503: the workers are not taking it yet; asked again
+                refused += 1
+                if refused > 30:
+                    async with http.get(f"{url}/metrics") as r:
+                        log.error("the cluster refuses sessions:\n%s", await r.text())
+                    raise
+                await asyncio.sleep(1.0)
+                continue
             viewers.append(v)
         sid = viewers[0].location.rsplit("/", 1)[1]
         victim = None
@@ -169,7 +178,8 @@ async def _failover(url: str, token: str, cluster, nodes: list) -> dict:  # noqa
             await asyncio.sleep(0.1)
         for v in viewers:
             await v.close()
-    return {"node_removed_to_session_410_s": None if gone is None else round(gone, 2),
+    return {"refused_before_two_opened": refused,
+            "node_removed_to_session_410_s": None if gone is None else round(gone, 2),
             "node_removed_to_not_placed_s": None if unplaced is None else round(unplaced, 2)}
 
 

@@ -187,6 +187,11 @@ class Server:
             noises(SessionConfig().audio_rate)
         self.scheduler = Scheduler(lanes, SchedulerConfig(max_batch=self.cfg.max_batch))
         self.scheduler.warm_up(lambda name, n: self.avatars[name].silent_requests(n))
+        from streaming.speech import warm_up
+
+        # Here, before serving: a session's start would otherwise do it on the event loop
+        # (every session waits), and a cluster worker's first session opened 2 s slower.
+        warm_up()
 
     def app(self):  # noqa: ANN201 - an aiohttp Application (streaming.routes)
         from streaming.routes import build_app

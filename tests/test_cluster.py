@@ -704,38 +704,3 @@ def test_a_cluster_address_that_does_not_answer_is_one_line(bundle, tmp_path) ->
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "twincast: error: cannot join the Ray cluster at '127.0.0.1:1': nothing answers")
-
-
-@pytest.mark.slow
-def test_the_features_stage_on_a_ray_cluster_writes_the_local_cache(grid_train, tmp_path
-                                                                     ) -> None:  # noqa: ANN001
-    """Three GRID clips through the features stage locally (one worker process) and as
-    Ray tasks on a head and two worker nodes: the same cache, byte for byte."""
-    ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    from training.config import features_preset
-    from training.enrol import enrol_features
-
-    clips = sorted(grid_train.glob("*.mpg"))[:3]
-    transcript = grid_train.parent / "transcripts.tsv"
-    local = enrol_features(clips, tmp_path / "local", features_preset("ci", 1),
-                           transcript=transcript)
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    try:
-        remote = enrol_features(clips, tmp_path / "ray", features_preset("ci", 1),
-                                transcript=transcript, ray_address=cluster.address)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    files = sorted(p.relative_to(local.dir) for p in local.dir.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(remote.dir) for p in remote.dir.rglob("*")
-                           if p.is_file())
-    differ = [str(f) for f in files
-              if (local.dir / f).read_bytes() != (remote.dir / f).read_bytes()]
-    assert differ == [], differ
-    assert remote.computed_units == local.computed_units > 0

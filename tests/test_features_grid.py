@@ -99,6 +99,35 @@ def test_report_and_gates(enrolled: Path) -> None:
     assert j["smoothed"] < j["raw"]
 
 
+@pytest.mark.slow
+def test_the_features_stage_on_a_ray_cluster_writes_the_local_cache(enrolled: Path,
+                                                                     tmp_path: Path) -> None:
+    """The same clips through the features stage as Ray tasks on a head and two worker
+    nodes (``enrol --ray``): the local run's cache, byte for byte (each unit starts its
+    trackers and aligner afresh, so nothing depends on which worker did what)."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        proc = run_cli("enrol", enrolled.parent / "clips", "--transcript",
+                       GRID / "transcripts.tsv", "--workdir", tmp_path, "--preset", "ci",
+                       "--features-only", "--ray", cluster.address)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    local, remote = enrolled / "features", tmp_path / "features"
+    files = sorted(p.relative_to(local) for p in local.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(remote) for p in remote.rglob("*") if p.is_file())
+    differ = [str(f) for f in files if (local / f).read_bytes() != (remote / f).read_bytes()]
+    assert differ == [], differ
+
+
 def test_rerun_reuses_everything_and_transcript_change_redoes_text(enrolled: Path,
                                                                    tmp_path: Path) -> None:
     clips = enrolled.parent / "clips"
