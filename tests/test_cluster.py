@@ -95,6 +95,22 @@ SHOW = "\n".join(f'[[segment]]\nsay = "{line}"\n' for line in (
 """Six sentences: a show whose step can be told apart where it restarts."""
 
 
+async def serve_ingress(ingress: Ingress):  # noqa: ANN201 - (url, stop coroutine)
+    """The ingress at an aiohttp server on loopback: its url, and a ``stop()`` that
+    closes both."""
+    from aiohttp import web
+
+    runner = web.AppRunner(ingress_app(ingress))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+
+    async def stop() -> None:
+        await ingress.close()
+        await runner.cleanup()
+
+    return f"http://127.0.0.1:{runner.addresses[0][1]}", stop
+
+
 def ingress_app(ingress: Ingress):  # noqa: ANN201 - an aiohttp app in front of the ingress
     from aiohttp import web
 
@@ -113,7 +129,6 @@ def test_the_ingress_places_routes_and_forgets_a_dead_worker(bundle) -> None:  #
     hint; say reaches the owner; a dead worker's session is a 410, an unknown one a 404,
     and new sessions go to the survivor."""
     import aiohttp
-    from aiohttp import web
 
     from bench.client import open_session
 
@@ -123,11 +138,7 @@ def test_the_ingress_places_routes_and_forgets_a_dead_worker(bundle) -> None:  #
         ingress = Ingress(IngressConfig(token="t", refresh_s=0.2, failed={
             "w9": 'bundle presenter: "head.safetensors" does not match its sha256'}),
             workers.roster)
-        runner = web.AppRunner(ingress_app(ingress))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        url, stop = await serve_ingress(ingress)
         auth = {"Authorization": "Bearer t"}
         viewers = []
         try:
@@ -180,8 +191,7 @@ def test_the_ingress_places_routes_and_forgets_a_dead_worker(bundle) -> None:  #
         finally:
             for viewer in viewers:
                 await viewer.pc.close()
-            await ingress.close()
-            await runner.cleanup()
+            await stop()
 
     try:
         asyncio.run(run())
@@ -194,7 +204,6 @@ def test_viewer_tokens_through_the_ingress(bundle) -> None:  # noqa: ANN001
     (on whichever worker), acts on that one only, says only where allowed, also over its
     data channel, which the worker holds to the same grant."""
     import aiohttp
-    from aiohttp import web
 
     from bench.client import open_session
 
@@ -202,11 +211,7 @@ def test_viewer_tokens_through_the_ingress(bundle) -> None:  # noqa: ANN001
 
     async def run() -> None:
         ingress = Ingress(IngressConfig(token="t", refresh_s=0.2), workers.roster)
-        runner = web.AppRunner(ingress_app(ingress))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        url, stop = await serve_ingress(ingress)
         auth = {"Authorization": "Bearer t"}
         viewers = []
         try:
@@ -271,8 +276,7 @@ def test_viewer_tokens_through_the_ingress(bundle) -> None:  # noqa: ANN001
         finally:
             for viewer in viewers:
                 await viewer.pc.close()
-            await ingress.close()
-            await runner.cleanup()
+            await stop()
 
     try:
         asyncio.run(run())
@@ -286,7 +290,6 @@ def test_a_lost_workers_stream_restarts_elsewhere_where_its_show_was(bundle, tmp
     then killed outright: the ingress opens it again on a live worker within seconds, at
     the show step it was on, pushing to the same ingest; the old id reaches the new stream
     (and closes it)."""
-    from aiohttp import web
 
     from bench.localrtmp import LocalRtmp, available
     from bench.server_process import ServerProcess
@@ -306,11 +309,7 @@ def test_a_lost_workers_stream_restarts_elsewhere_where_its_show_was(bundle, tmp
                 await proc.wait_ready(http)
             workers = Workers(bundle, remote={"doomed": proc.url}, rtmp_allow=("127.0.0.1",))
             ingress = Ingress(IngressConfig(token="t", refresh_s=0.2), workers.roster)
-            runner = web.AppRunner(ingress_app(ingress))
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            url, stop = await serve_ingress(ingress)
             auth = {"Authorization": "Bearer t"}
             try:
                 async with aiohttp.ClientSession() as http:
@@ -357,8 +356,7 @@ def test_a_lost_workers_stream_restarts_elsewhere_where_its_show_was(bundle, tmp
                         assert r.status == 204
                     assert new not in ingress.streams
             finally:
-                await ingress.close()
-                await runner.cleanup()
+                await stop()
 
         asyncio.run(run())
     finally:
@@ -375,7 +373,6 @@ def test_the_embed_kit_reconnects_when_its_worker_is_lost(bundle, tmp_path) -> N
     reconnecting, opens a new session on a live worker, says it reconnected, and plays
     and speaks there."""
     import aiohttp
-    from aiohttp import web
 
     from bench.server_process import ServerProcess
     from tests.browser import chromium, page
@@ -393,11 +390,8 @@ def test_the_embed_kit_reconnects_when_its_worker_is_lost(bundle, tmp_path) -> N
 
         async def run(ws_url_box: list, url_box: list, ready: asyncio.Event) -> None:
             ingress = Ingress(IngressConfig(token="t", refresh_s=0.2), workers.roster)
-            runner = web.AppRunner(ingress_app(ingress))
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            url_box.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
+            url, stop = await serve_ingress(ingress)
+            url_box.append(url)
             ready.set()
             while not ws_url_box:
                 await asyncio.sleep(0.05)
@@ -406,8 +400,7 @@ def test_the_embed_kit_reconnects_when_its_worker_is_lost(bundle, tmp_path) -> N
                 await _kit_reconnects(evaluate, ingress, workers, proc)
             finally:
                 await close()
-                await ingress.close()
-                await runner.cleanup()
+                await stop()
 
         import threading
 
