@@ -87,6 +87,7 @@ class StreamRecord:
 
     body: dict
     step: int = 0
+    placed: float = field(default_factory=time.monotonic)
 
 
 Roster = Callable[[], Awaitable[tuple[list[WorkerInfo], set[str]]]]
@@ -163,8 +164,11 @@ class Ingress:
             w = live.get(owner)
             if w is not None and sid in w.streams:
                 rec.step = int(w.streams[sid])
-            elif w is not None and sid not in w.sessions:
-                del self.streams[sid]  # it ended there (closed, or its show done)
+            elif w is not None and sid not in w.sessions and \
+                    time.monotonic() - rec.placed > 5.0:
+                # It ended there (closed, or its show done). Not one just placed: a
+                # report asked for before it was placed may come back after.
+                del self.streams[sid]
             elif owner in lost:
                 task = asyncio.ensure_future(self._restart_stream(sid))
                 self._restarts.add(task)
