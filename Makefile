@@ -48,7 +48,7 @@ system-deps: ## Debian packages the browser, livestream and chat tests drive (ch
 	@bash scripts/system-deps.sh
 
 test: setup system-deps pipecat-setup ## run the test suite (installs what its tests drive, as CI does)
-	TWINCAST_PIPECAT=1 $(PY) -m pytest -q
+	TWINCAST_PIPECAT=1 $(PY) -m pytest -q --durations=15
 
 bench: setup ## measure the features stage on the real GRID clips (prints JSON)
 	$(VENV)/bin/twincast bench features ../shared/data/grid_s1/train --transcript ../shared/data/grid_s1/transcripts.tsv
