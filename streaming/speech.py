@@ -12,6 +12,7 @@ sync by construction.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from math import gcd
 
@@ -63,9 +64,11 @@ class GrowingResample:
         return self.out
 
 
+@functools.cache
 def warm_up() -> None:
     """Load what the first sentence would otherwise load on the event loop (scipy's
-    resampler, torchaudio's mel: together about a second on a busy CPU)."""
+    resampler, torchaudio's mel: together about a second on a busy CPU). Once per
+    process: the server does it at load, a session's start finds it done."""
     sf = SpeechFrames()
     sf.feed(np.zeros(VOICE_RATE // 5, np.float32), VOICE_RATE)
     sf.finish()
