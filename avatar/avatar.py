@@ -50,6 +50,9 @@ class FrameRequest:
     base: Entry | None = None
     """The motion bank's frame to paint over (avatars with a bank); None: the idle loop's
     frame ``idle_index``."""
+    cond: np.ndarray | None = None
+    """``Avatar.condition`` of ``mel``, where the caller computed it ahead (a live session,
+    as its speech arrives); None: computed in the batch."""
 
 
 def pingpong(n: int, length: int) -> int:
@@ -172,9 +175,28 @@ class Avatar:
         return self.cues.peaks(self.cues.probability(frame_rows(windows, self.fps)), self.fps)
 
     def silent_requests(self, n: int) -> list[FrameRequest]:
-        """``n`` requests of silence over the first idle frames (to warm a renderer up)."""
+        """``n`` requests of silence over the first idle frames (to warm a renderer up),
+        conditioned ahead as a live session's are."""
         window = self.mel_windows(np.zeros(FACE_MEL.rate // self.fps, np.float32))[0]
-        return [FrameRequest(idle_index=i, mel=window) for i in range(n)]
+        cond = self.condition(window[None])[0]
+        return [FrameRequest(idle_index=i, mel=window, cond=cond) for i in range(n)]
+
+    def condition(self, windows: np.ndarray) -> np.ndarray:
+        """(n, D) float32: the audio's part of rendering each of ``windows`` (raw log-mel,
+        ``mel_windows``), for ``FrameRequest.cond``. A third of a CPU render batch's time
+        was this part; computed as the speech arrives (on its synthesis thread, in one
+        batch per chunk), it leaves the shared renderer's batches shorter."""
+        out = []
+        for i in range(0, len(windows), 64):  # bounded memory for a long stretch
+            with torch.inference_mode(), torch.autocast(
+                    self.device.type, self.dtype, enabled=self.dtype != torch.float32):
+                out.append(self.gen.condition(self._mel_tensor(windows[i:i + 64]))
+                           .float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def _mel_tensor(self, windows: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+        mels = (np.asarray(windows, np.float32) - self.mel_mean) / self.mel_std
+        return torch.from_numpy(mels).unsqueeze(1).to(self.device)
 
     def over(self, frames: list[np.ndarray], crop_affines: np.ndarray) -> Avatar:
         """The same avatar standing in other footage (frames with their crop transforms):
@@ -208,13 +230,21 @@ class Avatar:
         idle = [self.bank.background(r.base) if r.base is not None and self.bank is not None
                 else self.idle[pingpong(r.idle_index, len(self.idle))] for r in requests]
         regions = torch.from_numpy(np.stack([f.region for f in idle])).to(self.device)
-        mels = np.stack([r.mel for r in requests]).astype(np.float32)
-        mels = (mels - self.mel_mean) / self.mel_std
-        mel_t = torch.from_numpy(mels).unsqueeze(1).to(self.device)
         ref = self.reference.unsqueeze(0).expand(len(requests), -1, -1, -1)
+        missing = [i for i, r in enumerate(requests) if r.cond is None]
         with torch.inference_mode(), torch.autocast(
                 self.device.type, self.dtype, enabled=self.dtype != torch.float32):
-            out = self.gen.generate(ref, blank_lower(regions, self.gen.cfg.mask_top), mel_t)
+            masked = blank_lower(regions, self.gen.cfg.mask_top)
+            if len(missing) == len(requests):
+                out = self.gen.generate(ref, masked, self._mel_tensor([r.mel for r in requests]))
+            else:
+                conds = [r.cond for r in requests]
+                if missing:  # a batch of several sessions, some conditioned ahead
+                    made = self.condition(np.stack([requests[i].mel for i in missing]))
+                    for i, c in zip(missing, made, strict=True):
+                        conds[i] = c
+                cond_t = torch.from_numpy(np.stack(conds).astype(np.float32)).to(self.device)
+                out = self.gen.paint_conditioned(ref, masked, cond_t)
         painted = (out.float().clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
         if len(requests) < 8 or (os.cpu_count() or 1) < 2:
             return [_composite(f, p, self.colour, self.detail)

@@ -87,7 +87,11 @@ class MotionBank:
                 got = []
                 # Frames before the one asked for were shown already (the walk plays
                 # forwards): kept from it on.
-                frames = rgb_frames(self.path / name, skip=i - first, container="mp4")
+                # One decoder thread: a chunk is a few dozen small frames, and FFmpeg's
+                # own pool was started and ended for each (77 threads a second in a
+                # server with two sessions) on a host the renderer needs.
+                frames = rgb_frames(self.path / name, skip=i - first, container="mp4",
+                                    threads=1)
                 for j, rgb in enumerate(frames):
                     if rgb is not None:
                         got.append((first + j, rgb))

@@ -18,13 +18,14 @@ class DecodeError(Exception):
     """The file could not be opened or decoded; the message says why."""
 
 
-def rgb_frames(path: Path, skip: int = 0, container: str | None = None
-               ) -> Iterator[np.ndarray | None]:
+def rgb_frames(path: Path, skip: int = 0, container: str | None = None,
+               threads: int = 0) -> Iterator[np.ndarray | None]:
     """Each frame of the first video stream of ``path``, as HxWx3 uint8 RGB; the first
     ``skip`` come as None (decoded, as they must be to reach the rest, but not converted:
     the conversion costs about as much as the decoding). ``container`` names the format
     to read it as (a bundle's videos are MP4: read as anything FFmpeg guesses, a crafted
-    file such as a playlist could make it open other files or URLs)."""
+    file such as a playlist could make it open other files or URLs). ``threads``: the
+    decoder's threads (0: FFmpeg's choice, a pool started for every file opened)."""
     try:
         import av
     except ImportError:
@@ -33,6 +34,8 @@ def rgb_frames(path: Path, skip: int = 0, container: str | None = None
         return
     try:
         with av.open(str(path), format=container) as src:
+            if threads:
+                src.streams.video[0].thread_count = threads
             for i, frame in enumerate(src.decode(video=0)):
                 yield None if i < skip else frame.to_ndarray(format="rgb24")
     except av.error.FFmpegError as e:

@@ -283,7 +283,9 @@ class Server:
 
             # Send what the offer asks to receive.
             if "m=video" in sdp:
-                pc.addTrack(AvatarVideoTrack(session, self.label))
+                video = AvatarVideoTrack(session, self.label)
+                session.on_close.append(video.stop)  # its frame thread ends with it
+                pc.addTrack(video)
             if "m=audio" in sdp:
                 pc.addTrack(AvatarAudioTrack(session))
             try:

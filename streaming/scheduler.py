@@ -42,11 +42,15 @@ class SchedulerConfig:
     """Most frames one model call renders."""
     max_pending: int = 512
     """Jobs waiting in all, over every session; beyond it new jobs are refused."""
-    hold_s: float = 0.1
+    hold_s: float = 0.25
     """A lane waits for more jobs while its earliest one would still be done this long
     before its deadline: sessions hand frames over one at a time, and rendering each as it
     comes made batches of one or two (a model call per frame costs two to three times a
-    frame of a batch of 8 on a CPU). 0: render whatever is waiting at once."""
+    frame of a batch of 8 on a CPU). 0: render whatever is waiting at once. A quarter
+    second, with sessions handing frames over half a second ahead
+    (``SessionConfig.render_ahead_frames``): batches of about 6 frames a session, and a
+    quarter second for a batch held up by a busy host (with 0.1 s and 0.24 s ahead, two
+    sessions on two cores lost 1-5 % of their frames to the renderer being late)."""
 
 
 @dataclass(order=True)

@@ -39,7 +39,7 @@ from streaming.events import (
 )
 from streaming.requests import BadRequest
 from streaming.scheduler import Job, Scheduler
-from streaming.speech import SpeechConfig, SpeechFrames
+from streaming.speech import PreparedSpeech, SpeechConfig, SpeechFrames
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,9 @@ class SessionConfig:
     scheduler predicts it needs for the first frames (see ``first_frames``)."""
     first_frames: int = 4
     start_safety_s: float = 0.03
-    render_ahead_frames: int = 6
-    """Frames handed to the scheduler ahead of their display time."""
+    render_ahead_frames: int = 12
+    """Frames handed to the scheduler ahead of their display time (see
+    ``SchedulerConfig.hold_s``)."""
     deadline_margin_s: float = 0.008
     """A rendered frame must be back this long before it is shown."""
     max_events: int = 256
@@ -125,7 +126,9 @@ class SpeechBacklog(BadRequest):
 class Utterance:
     id: str
     text: str
-    speech: SpeechFrames
+    speech: SpeechFrames | PreparedSpeech
+    """A microphone's speech is made ready on the event loop as it comes (20 ms at a time);
+    a voice's on its synthesis thread."""
     start_frame: int | None = None
     windows: dict[int, np.ndarray] = field(default_factory=dict)
     audio: dict[int, np.ndarray] = field(default_factory=dict)
@@ -183,7 +186,8 @@ class Session:
         """The walk through the avatar's own footage (avatars with a motion bank)."""
         if self.motion is not None and getattr(avatar, "cues", None) is not None:
             self.motion.nods = self._nods
-        self._silent_window: np.ndarray | None = None
+        self._silent: FrameRequest | None = None
+        """A request of silence (its mel and condition), made once."""
         self._painted: set[int] = set()
         self.mark_cfg: WatermarkConfig | None = None
         """Set by the server: the invisible marks (``avatar.watermark``) in everything this
@@ -250,7 +254,8 @@ class Session:
                 "say with interrupt")
         # Check the text now, so a bad one is refused with a clear error, not mid-stream.
         self.voice.frontend.check(text)  # type: ignore[attr-defined]
-        u = Utterance(uuid.uuid4().hex[:8], text, SpeechFrames(self._speech_cfg), pace=pace)
+        u = Utterance(uuid.uuid4().hex[:8], text,
+                      PreparedSpeech(self._speech_cfg, self._condition), pace=pace)
         self.queue.append(u)
         self.stats["utterances"] += 1
         self._to_synthesise.append(u)
@@ -445,7 +450,8 @@ class Session:
             self._emit(Words, u, words=words)
 
     def _synthesise(self, u: Utterance, loop: asyncio.AbstractEventLoop) -> None:
-        """Worker thread: the voice's chunks go to the event loop as they come."""
+        """Worker thread: the voice's chunks are made ready for the session (windows for
+        the face, audio frames) here, and the event loop takes them as they come."""
         import torch
 
         # Per thread (an OpenMP setting): the renderer's lane keeps all its threads. The
@@ -453,10 +459,16 @@ class Session:
         threads = torch.get_num_threads()
         torch.set_num_threads(self.cfg.synthesis_threads)
         try:
+            self._speak(u, loop)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _speak(self, u: Utterance, loop: asyncio.AbstractEventLoop) -> None:
+        try:
             for chunk in self.voice.speak(u.text, u.pace):  # type: ignore[attr-defined]
                 if u.cancel.is_set():
                     return
-                loop.call_soon_threadsafe(u.speech.feed, chunk.audio, chunk.rate)
+                u.speech.feed(chunk.audio, chunk.rate)  # made ready here, off the loop
                 timed = getattr(chunk, "words", None)  # a voice may not time its words
                 if timed:
                     words = tuple({"text": w, "start": a, "end": b} for w, a, b in timed)
@@ -466,9 +478,17 @@ class Session:
         except Exception as e:  # noqa: BLE001 - reported as the utterance's error event
             log.exception("synthesis failed in session %s", self.id)
             u.error = f"synthesis failed: {e}"
-        finally:
-            torch.set_num_threads(threads)
-        loop.call_soon_threadsafe(u.speech.finish)
+        try:
+            u.speech.finish()
+        except Exception as e:  # noqa: BLE001 - the utterance ends with what it has
+            log.exception("preparing speech failed in session %s", self.id)
+            u.error = u.error or f"synthesis failed: {e}"
+            u.speech.abandon()  # type: ignore[union-attr]
+
+    def _condition(self, windows: np.ndarray) -> np.ndarray:
+        """The render requests' audio part, made on the synthesis thread (see
+        ``Avatar.condition``)."""
+        return self.avatar.condition(windows)
 
     def _on_rendered(self, job: Job, frame: np.ndarray | None, status: str) -> None:
         """Scheduler thread -> event loop."""
@@ -594,13 +614,13 @@ class Session:
             if k in self._painted or self._speech_frame(k):
                 continue
             e = self.motion.at(k, self._mode)
-            if not self.motion.mouthy(e):
-                continue
-            if self._silent_window is None:
-                self._silent_window = self.avatar.silent_requests(1)[0].mel
-            req = FrameRequest(k, self._silent_window, self.id,
+            if not self.motion.mouthy(e) or not self.avatar.base_frame_ready(e):
+                continue  # (not decoded yet: asked again at the next turn, as in _advance)
+            if self._silent is None:
+                self._silent = self.avatar.silent_requests(1)[0]
+            req = FrameRequest(k, self._silent.mel, self.id,
                                self.clock.absolute(k / fps - self.cfg.deadline_margin_s),
-                               base=e)
+                               base=e, cond=self._silent.cond)
             self._painted.add(k)
             self.scheduler.submit(self.avatar_name, req, self._on_rendered)
         for old in [i for i in self._painted if i < current - fps]:
@@ -724,9 +744,16 @@ class Session:
             if k > current + self.cfg.render_ahead_frames:
                 break
             base = self.motion.at(k, self._mode) if self.motion is not None else None
+            if base is not None and not self.avatar.base_frame_ready(base):
+                # Its footage is still being decoded on the bank's thread: handed over
+                # now, the renderer would decode it itself in the middle of a batch,
+                # holding up every session's frames in it (at a sentence's start, where
+                # the walk turns to new footage, batches took up to 170 ms longer).
+                self.motion.bank.prefetch(list(base.frames()), [base] if base.b >= 0 else [])
+                break
             req = FrameRequest(k, u.windows.pop(u.submitted), self.id,
                                self.clock.absolute(k / fps - self.cfg.deadline_margin_s),
-                               base=base)
+                               base=base, cond=u.speech.condition(u.submitted))
             if self.scheduler.submit(self.avatar_name, req, self._on_rendered) is None:
                 self.stats["frames_late"] += 1
             u.submitted += 1

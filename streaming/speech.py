@@ -13,6 +13,8 @@ sync by construction.
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import gcd
 
@@ -177,6 +179,11 @@ class SpeechFrames:
         self.video_sent = last
         return out
 
+    def condition(self, n: int) -> None:
+        """None: a microphone's frames are conditioned in the render batch (its speech
+        arrives 20 ms at a time, on the event loop; see ``PreparedSpeech``)."""
+        return None
+
     def ready_audio(self) -> list[np.ndarray]:
         """20 ms int16 mono frames that became ready (the last one zero-padded at the end)."""
         size = self.cfg.out_rate * self.cfg.audio_frame_ms // 1000
@@ -193,3 +200,98 @@ class SpeechFrames:
             frames.append((np.clip(seg, -1, 1) * 32767).astype(np.int16))
         self.audio_sent = max(self.audio_sent, n_ready)
         return frames
+
+
+class PreparedSpeech:
+    """One utterance's speech made ready on the thread that produces it (a voice's
+    synthesis worker): its spectrogram windows and audio frames are computed there, and
+    the session's event loop only takes them, through the same interface as
+    ``SpeechFrames``.
+
+    Done on the event loop, a sentence's arrival meant a log-mel, a resampling of the whole
+    sentence and its audio frames in one go, right when its first frames had the least
+    time; with every session sharing that loop, the others' frames waited too (two
+    speaking sessions kept the loop 94 % busy, and a third of the frames late at a
+    sentence's start had been handed to the renderer after their time).
+    """
+
+    def __init__(self, cfg: SpeechConfig | None = None,
+                 condition: Callable[[np.ndarray], np.ndarray] | None = None):
+        self._frames = SpeechFrames(cfg)  # the producing thread's alone
+        self._condition = condition
+        """Windows -> each frame's ``FrameRequest.cond`` (``Avatar.condition``), made here
+        too; None: the renderer makes it."""
+        self._conds: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self._video: list[tuple[int, np.ndarray]] = []
+        self._audio: list[np.ndarray] = []
+        self._seconds = 0.0
+        self._finished = False
+        self._total: int | None = None
+        self._made = 0
+        """Video frames made ready so far."""
+        self.audio_sent = 0
+        """Audio frames taken by ``ready_audio`` so far."""
+
+    # ------------------------------------------------------------ producer's side
+    def feed(self, audio: np.ndarray, rate: int) -> None:
+        self._frames.feed(audio, rate)
+        self._publish()
+
+    def finish(self) -> None:
+        self._frames.finish()
+        self._publish()
+
+    def abandon(self) -> None:
+        """End it with what has been made ready (after a failure while making it)."""
+        with self._lock:
+            self._finished = True
+            self._total = self._made
+
+    def _publish(self) -> None:
+        video = self._frames.ready_video()
+        audio = self._frames.ready_audio()
+        conds = self._condition(np.stack([w for _, w in video])) \
+            if video and self._condition is not None else ()
+        with self._lock:
+            for (n, _), c in zip(video, conds, strict=False):  # () when not conditioned
+                self._conds[n] = c
+            # One step: a reader that sees the end also sees every frame before it.
+            self._video.extend(video)
+            self._made += len(video)
+            self._audio.extend(audio)
+            self._seconds = self._frames.seconds
+            self._total = self._frames.total_video_frames
+            self._finished = self._frames.finished
+
+    # ------------------------------------------------------------ event loop's side
+    @property
+    def seconds(self) -> float:
+        with self._lock:
+            return self._seconds
+
+    @property
+    def finished(self) -> bool:
+        with self._lock:
+            return self._finished
+
+    @property
+    def total_video_frames(self) -> int | None:
+        with self._lock:
+            return self._total
+
+    def ready_video(self) -> list[tuple[int, np.ndarray]]:
+        with self._lock:
+            out, self._video = self._video, []
+        return out
+
+    def condition(self, n: int) -> np.ndarray | None:
+        """Frame ``n``'s ``FrameRequest.cond``, taken once (None where not made)."""
+        with self._lock:
+            return self._conds.pop(n, None)
+
+    def ready_audio(self) -> list[np.ndarray]:
+        with self._lock:
+            out, self._audio = self._audio, []
+        self.audio_sent += len(out)
+        return out

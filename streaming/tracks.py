@@ -3,12 +3,16 @@ clock and takes the frame the session has for it: rendering happens elsewhere, a
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import av
+import numpy as np
 from aiortc import MediaStreamTrack
 
 from avatar.label import Label
+from avatar.video_mark import VideoMarker
 from streaming.session import Session
 
 
@@ -21,18 +25,33 @@ class AvatarVideoTrack(MediaStreamTrack):
         self.label = label
         """The disclosure drawn on every frame sent (``avatar.label``); None: none."""
         self._k = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="frame")
+        """The track's own thread: the shared executor also runs syntheses, which take
+        seconds; a frame queued behind them would be late."""
+
+    def stop(self) -> None:
+        super().stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def recv(self) -> av.VideoFrame:
         k, fps = self._k, self.session.cfg.fps
         self._k += 1
         await self.session.clock.wait_until(k / fps)
         rgb = self.session.video_frame(k)
+        marks = self.session.marks()
+        # Drawing the label and the mark and wrapping the frame is per-pixel work (~14 %
+        # of the event loop with two sessions): done on a worker thread, so the loop that
+        # every session's packets and frames go through stays free.
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._finish, rgb, k, marks.video if marks is not None else None)
+
+    def _finish(self, rgb: np.ndarray, k: int, marker: VideoMarker | None) -> av.VideoFrame:
         if self.label is not None:
             rgb = self.label.apply(rgb)
-        marks = self.session.marks()
-        if marks is not None:
-            rgb = marks.video.apply(rgb, k)
+        if marker is not None:
+            rgb = marker.apply(rgb, k)
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        fps = self.session.cfg.fps
         frame.pts, frame.time_base = k * 90000 // fps, Fraction(1, 90000)
         return frame
 

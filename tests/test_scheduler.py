@@ -150,7 +150,7 @@ def test_a_lane_holds_for_a_fuller_batch_while_the_earliest_frame_can_wait() -> 
     sch.submit("a", req("s1", 0.5), res)
     with sch._cv:
         # Done at 0.02 s, due at 0.5: it may wait until 0.5 - 0.02 - hold_s.
-        assert sch.hold(lane) == pytest.approx(0.5 - 0.02 - 0.1)
+        assert sch.hold(lane) == pytest.approx(0.5 - 0.02 - sch.cfg.hold_s)
     clock.t = 0.38
     with sch._cv:
         assert sch.hold(lane) == 0.0

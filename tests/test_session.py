@@ -22,7 +22,14 @@ class FakeAvatar:
     def idle_frame(self, k: int) -> np.ndarray:
         return np.zeros((4, 4, 3), np.uint8)
 
+    def __init__(self) -> None:
+        self.requests: list[FrameRequest] = []
+
+    def condition(self, windows: np.ndarray) -> np.ndarray:
+        return windows.mean(axis=(1, 2))[:, None]
+
     def render(self, requests: list[FrameRequest]) -> list[np.ndarray]:
+        self.requests += requests
         return [np.full((4, 4, 3), 200, np.uint8) for _ in requests]
 
 
@@ -70,9 +77,10 @@ async def _play(session: Session, seconds: float) -> tuple[list[int], list[int]]
 
 
 def _session() -> tuple[Session, Scheduler]:
-    sch = Scheduler([Lane("cpu0", {"a": FakeAvatar()})], SchedulerConfig(max_batch=4))
+    avatar = FakeAvatar()
+    sch = Scheduler([Lane("cpu0", {"a": avatar})], SchedulerConfig(max_batch=4))
     sch.start()
-    return Session("a", FakeAvatar(), FakeVoice(), sch, SessionConfig()), sch
+    return Session("a", avatar, FakeVoice(), sch, SessionConfig()), sch
 
 
 def test_speech_starts_soon_and_sound_and_mouth_share_the_timeline() -> None:
@@ -97,6 +105,11 @@ def test_speech_starts_soon_and_sound_and_mouth_share_the_timeline() -> None:
         assert video[0] / 25 == pytest.approx(start, abs=0.041)
         assert len(video) >= 0.9 * 1.2 * 25
         assert len(audio) == pytest.approx(1.2 / 0.02, abs=2)
+        # The audio's part of each frame was made with the speech (on its synthesis
+        # thread), not left to the render batch, and belongs to that frame's window.
+        reqs = s.avatar.requests
+        assert len(reqs) >= len(video)
+        assert all(r.cond is not None and r.cond[0] == r.mel.mean() for r in reqs)
 
     asyncio.run(run())
 

@@ -689,7 +689,16 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_blas_thread() -> None:
+    """Before numpy loads: its BLAS pool's idle workers spin in sched_yield after every
+    small product (the server does many, on the event loop), and on a 2-core host one of
+    them took 40-57 % of a core in system time while two sessions spoke. The renderer's
+    torch threads are set apart (``--render-threads``)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    _one_blas_thread()
     from streaming.app import ServerConfig
     from streaming.routes import serve
 
@@ -766,6 +775,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     import re
 
+    _one_blas_thread()
     from avatar.show import load_show
     from streaming.app import ServerConfig
     from streaming.requests import BadRequest, StreamRequest

@@ -121,13 +121,32 @@ class HeadGenerator(nn.Module):
         lip_z = self.lips.standardised(mel) if lips is not None and self.training else None
         if lips is None:
             lips = self.lips(mel)
+        y = self.paint(ref, masked, self.audio(mel), lips)
+        loss = None if target is None else F.l1_loss(y, target)
+        return y, loss, lip_z
+
+    def condition(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, audio_dim + 80): everything the painter takes from the audio (the audio
+        vector and the predicted lip points), which depends on nothing else: a live
+        session computes it as its speech arrives, not in the render batch."""
+        return torch.cat([self.audio(mel), self.lips(mel).flatten(1)], 1)
+
+    def paint_conditioned(self, ref: torch.Tensor, masked: torch.Tensor,
+                          cond: torch.Tensor) -> torch.Tensor:
+        """``generate`` from ``condition``'s output instead of the log-mel."""
+        a, lips = cond.split([self.cfg.audio_dim, cond.shape[1] - self.cfg.audio_dim], 1)
+        return self.paint(ref, masked, a, lips.reshape(len(lips), -1, 2))
+
+    def paint(self, ref: torch.Tensor, masked: torch.Tensor, a: torch.Tensor,
+              lips: torch.Tensor) -> torch.Tensor:
+        """The painted region from its inputs and the audio's part: its vector ``a``
+        (B, audio_dim) and the lip points (B, 40, 2)."""
         sketch = lip_sketch(lips, self.cfg.region, ref.shape[-1])
         x = torch.cat([ref, masked, sketch], 1)  # (B, 8, S, S)
         skips = []
         for layer in self.enc:
             x = layer(x)
             skips.append(x)
-        a = self.audio(mel)
         c4, c3 = skips[-1].shape[1], skips[-2].shape[1]
         g4, b4, g3, b3 = self.film(a).split([c4, c4, c3, c3], 1)
         skips[-1] = skips[-1] * (1 + g4[:, :, None, None]) + b4[:, :, None, None]
@@ -142,9 +161,7 @@ class HeadGenerator(nn.Module):
         # so the region's seam with the untouched face is exact.
         keep = region_keep_mask(y.shape[-1], self.cfg.mask_top, y.device)
         # ``masked`` already carries the kept rows (times ``keep``), so the weights add to 1.
-        y = masked + y * (1 - keep)
-        loss = None if target is None else F.l1_loss(y, target)
-        return y, loss, lip_z
+        return masked + y * (1 - keep)
 
     @torch.inference_mode()
     def generate(self, ref: torch.Tensor, masked: torch.Tensor,
