@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,14 @@ class Server:
                 threads = self.cfg.render_threads or max(1, (os.cpu_count() or 1) // 2)
             lanes.append(Lane(f"{dev}#{i}", renderers, threads=threads))
         self.avatars = dict(lanes[0].renderers)
+        for lane in lanes:
+            for name, avatar in lane.renderers.items():
+                if avatar.bank is not None:
+                    t0 = time.perf_counter()
+                    whole = avatar.bank.preload()
+                    log.info("avatar %s on %s: motion bank %s in %.1f s", name, lane.name,
+                             "decoded" if whole else "larger than its cache: decoded as "
+                             "sessions need it,", time.perf_counter() - t0)
         for name, path in self.bundles.items():
             try:
                 # Speech is synthesised on the first device; the head renders everywhere.

@@ -66,7 +66,8 @@ class ServerCollector:
             capacity.add_metric([lane.name], lane.cost.capacity_fps(sch.cfg.max_batch))
         yield from (frames, batches, late, errors, mean_batch, capacity)
         shown = CounterMetricFamily("twincast_session_frames_late", "Speech frames shown "
-                                    "idle because their render was late, open sessions")
+                                    "without their mouth (rendered late or not in time to "
+                                    "be rendered), open sessions")
         shown.add_metric([], sum(s.stats["frames_late"] for s in srv.sessions.values()))
         yield shown
         # Livestreams: what reached the ingests, what was dropped, how often they

@@ -399,7 +399,9 @@ class Session:
             self._last_frame = frame
             return frame
         u = self._at(k)
-        if u is not None and u.start_frame is not None and k - u.start_frame < u.submitted:
+        if u is not None and u.start_frame is not None:
+            # A speech frame shown without its mouth: late, whether the renderer was late
+            # or it was never handed over (its audio or its footage not ready in time).
             self.stats["frames_late"] += 1
             if k - u.start_frame < 5:
                 self.stats["frames_late_at_start"] += 1
