@@ -30,6 +30,10 @@ SENTENCES = ["Welcome back to the stream, it is good to see so many of you here.
              "Let me show you the details of this one before we move on."]
 
 
+AV_PAUSE_S = 1.5
+"""Silence the recording viewer leaves after each sentence within an A/V window."""
+
+
 @dataclass
 class AvRecord:
     """What one viewer received while a window was open: (arrival, JPEG of the grey
@@ -97,6 +101,12 @@ async def _viewer(url: str, token: str, stop: asyncio.Event, says: int | None,
                     async with http.get(f"{url}{v.location}", headers=auth) as r:
                         if not (await r.json()).get("queued"):
                             break
+                if record is not None and record.which(time.monotonic()) is not None:
+                    # In an A/V window the recording viewer leaves a clear silence between
+                    # sentences: speaking back to back, sound was on nearly all the time
+                    # and the lag that lines sound up with a moving mouth was no measure
+                    # (runs of a minute read anything from -320 to +320 ms).
+                    await asyncio.sleep(AV_PAUSE_S)
         finally:
             for p in pumps:
                 p.cancel()

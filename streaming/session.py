@@ -750,8 +750,8 @@ class Session:
                 # Its footage is still being decoded on the bank's thread: handed over
                 # now, the renderer would decode it itself in the middle of a batch,
                 # holding up every session's frames in it (at a sentence's start, where
-                # the walk turns to new footage, batches took up to 170 ms longer).
-                self.motion.bank.prefetch(list(base.frames()), [base] if base.b >= 0 else [])
+                # the walk turns to new footage, batches took up to 170 ms longer). The
+                # timeline asked for it a second ahead (``MotionTimeline.prefetch``).
                 break
             req = FrameRequest(k, u.windows.pop(u.submitted), self.id,
                                self.clock.absolute(k / fps - self.cfg.deadline_margin_s),

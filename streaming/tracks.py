@@ -10,6 +10,7 @@ from fractions import Fraction
 import av
 import numpy as np
 from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 
 from avatar.label import Label
 from avatar.video_mark import VideoMarker
@@ -37,13 +38,18 @@ class AvatarVideoTrack(MediaStreamTrack):
         k, fps = self._k, self.session.cfg.fps
         self._k += 1
         await self.session.clock.wait_until(k / fps)
+        if self.readyState != "live":  # stopped with its session: the sender ends
+            raise MediaStreamError
         rgb = self.session.video_frame(k)
         marks = self.session.marks()
         # Drawing the label and the mark and wrapping the frame is per-pixel work (~14 %
         # of the event loop with two sessions): done on a worker thread, so the loop that
         # every session's packets and frames go through stays free.
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._finish, rgb, k, marks.video if marks is not None else None)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._finish, rgb, k, marks.video if marks is not None else None)
+        except RuntimeError:  # the pool shut down meanwhile (stopped)
+            raise MediaStreamError from None
 
     def _finish(self, rgb: np.ndarray, k: int, marker: VideoMarker | None) -> av.VideoFrame:
         if self.label is not None:

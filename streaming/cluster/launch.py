@@ -94,6 +94,9 @@ def _launch(plan: list[WorkerConfig], timeout_s: float,
             name=wcfg.name, namespace=NAMESPACE, lifetime="detached",
             num_cpus=0 if gpu else 0.5, num_gpus=0.5 if gpu else 0, max_restarts=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(wcfg.node, soft=False),
+            # As `twincast serve` sets for itself (twincast.cli._one_blas_thread): set
+            # before the worker's process loads numpy.
+            runtime_env={"env_vars": {"OPENBLAS_NUM_THREADS": "1"}},
         ).remote(wcfg)
         made.append((wcfg.name, actor))
     ready = []
