@@ -55,3 +55,30 @@ def test_a_clock_started_without_probe_tries_the_other_count_soon():
     for _ in range(3):
         clock.after_step("vocoder", 1, 0.5, "vocoder", now + 31)
     assert clock.threads["vocoder"] == 1
+
+
+def test_enrolment_checks_the_voice_fits_before_training_the_head(
+        sample, bundle, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+    import shutil
+
+    from training import enrol
+    from training.voice import train as voice_train
+
+    work = tmp_path / "w"
+    shutil.copytree(bundle.parent.parent / "features", work / "features")
+    # Far more steps than the ci cap can fit on any host: the voice cannot be trained here.
+    slow = dataclasses.replace(voice_train.voice_preset("ci"), steps=100_000)
+    monkeypatch.setattr(voice_train, "voice_preset", lambda name: slow)
+
+    def head_trained(*args, **kwargs):
+        raise AssertionError("the head trained")
+
+    monkeypatch.setattr("training.head.train.train_head", head_trained)
+    with pytest.raises(TwincastError, match=r"run the enrolment again with --voice-minutes \d+"):
+        enrol.enrol([sample.video], work, "ci", workers=0, transcript=sample.transcript)
+    assert not (work / "voice" / "checkpoint.pt").exists()
+    # A cap the user chose only warns: the enrolment goes on, to the head first.
+    with pytest.raises(AssertionError, match="the head trained"):
+        enrol.enrol([sample.video], work, "ci", workers=0, transcript=sample.transcript,
+                    voice_minutes=0.01)

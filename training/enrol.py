@@ -6,6 +6,7 @@ that names the file, and leaves nothing behind that a later run could trip on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -78,8 +79,11 @@ def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
           transcript: Path | None = None, strict: bool = False, device: str = "cpu",
           name: str | None = None, features_only: bool = False,
           voice_dir: Path | None = None, voice_transcript: Path | None = None,
-          consent_clip: Path | None = None, ray_address: str | None = None) -> dict:
+          consent_clip: Path | None = None, ray_address: str | None = None,
+          voice_minutes: float | None = None) -> dict:
     """The whole enrolment: features, talking-head training, voice training, bundle export.
+    ``voice_minutes`` caps the voice's acoustic model instead of the preset (a cap the user
+    chose: too short only warns).
     ``voice_dir`` adds recordings (with ``voice_transcript``) that only the voice learns
     from; without footage the bundle has a voice and no face. ``consent_clip`` is checked
     first (``training.consent``): refused, nothing is trained."""
@@ -121,13 +125,23 @@ def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
                                                      cfg)
     if features_only:
         return out
+    from training.voice import plan as voice_plan
     from training.voice.features import voice_sources
-    from training.voice.train import train_voice, voice_preset
+    from training.voice.train import check_voice_fits, train_voice, voice_preset
 
     sources = [d for d in voice_sources(workdir) if _has_text(d)
                and (d.name != "features" or feats is not None)]
     name = name or _default_name(footage or [voice_dir])
+    voice_cfg = voice_preset(preset)
+    if voice_minutes is not None:
+        voice_cfg = dataclasses.replace(voice_cfg, max_minutes=voice_minutes,
+                                        refuse_short=False)
     result = None
+    if feats is not None and sources and voice_cfg.refuse_short:
+        # The voice is trained after the head: a host too slow for it is told now, not
+        # after the head's half hour.
+        check_voice_fits(sources, Workdir(workdir).voice, voice_cfg, device,
+                         voice_plan.RETRY_ENROL)
     if feats is not None:
         from training.head.train import head_preset, train_head
 
@@ -136,7 +150,8 @@ def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
         out["head_plan"] = result.plan
     voice = None
     if sources:
-        voice = train_voice(sources, Workdir(workdir).voice, voice_preset(preset), device=device)
+        voice = train_voice(sources, Workdir(workdir).voice, voice_cfg, device=device,
+                            retry=voice_plan.RETRY_ENROL)
         out["voice_seconds"] = voice.seconds
         out["voice_plan"] = voice.plan
     else:
@@ -195,8 +210,6 @@ def train_voice_stage(workdir: Path, preset: str, device: str = "cpu",
     and put it into the enrolment's avatar bundle, or into a new voice-only bundle
     (WORKDIR/avatars/NAME) where WORKDIR has none (a cache packed for another machine).
     ``only``: train that stage alone and export nothing (see ``train_voice``)."""
-    import dataclasses
-
     from training.voice.export import add_voice, export_voice_bundle
     from training.voice.train import train_voice, voice_preset
 

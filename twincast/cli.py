@@ -259,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--transcript works too)")
     e.add_argument("--features-only", action="store_true",
                    help="stop after the enrolment cache (no training, no bundle)")
+    e.add_argument("--voice-minutes", type=_positive, metavar="N",
+                   help="cap the voice's acoustic model at N minutes instead of the preset's "
+                        "(on a host too slow for the preset's cap, enrol says how long)")
     e.add_argument("--consent", type=Path, metavar="CLIP",
                    help="the person reading the statement `twincast consent` issued, on "
                         "camera: checked against the footage (words, code, voice, face) "
@@ -640,7 +643,7 @@ def cmd_enrol(args: argparse.Namespace) -> int:
                 transcript=transcript, strict=args.strict, device=args.device,
                 name=args.name, features_only=args.features_only, voice_dir=args.voice,
                 voice_transcript=voice_transcript, consent_clip=args.consent,
-                ray_address=args.ray)
+                ray_address=args.ray, voice_minutes=args.voice_minutes)
     if "features" in out:
         sys.stdout.write((out["features"] / "report.txt").read_text())
         log.info("enrolment cache: %s", out["features"])

@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from avatar import atomic
 from avatar.audio import SPEECH_RATE, VOICE_MEL, VOICE_RATE, resample
@@ -245,6 +246,7 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
     # voice's audio.
     vocabulary = {w for s in sentences for w in s}
     recognise_real, recognise_synth = Recogniser(lm, vocabulary), Recogniser(lm, vocabulary)
+    recognise_vocoded = Recogniser(lm, vocabulary)
     encoder = VoiceEncoder(device="cuda" if device.startswith("cuda") else "cpu",
                            verbose=False)
     voice.say("Warm up.")
@@ -262,6 +264,11 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
             synth16 = resample(synth22, voice.rate, SPEECH_RATE)
             hyp_real = recognise_real(real[SPEECH_RATE])
             hyp_synth = recognise_synth(synth16)
+            # The real recording through the voice's own vocoder: what is lost there is
+            # the vocoder's share of the gap, the rest is the acoustic model's.
+            vocoded = voice.vocoder(torch.from_numpy(voice.spec(real[VOICE_RATE])).to(
+                voice.device))
+            hyp_vocoded = recognise_vocoded(resample(vocoded, voice.rate, SPEECH_RATE))
             r22 = _cut(real[VOICE_RATE], VOICE_RATE, span)
             s22 = _cut(synth22, voice.rate, _speech_span(aligner, synth16, text))
             mcd, f0 = mcd_and_f0(r22, s22)
@@ -269,6 +276,7 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
                 "clip": f.stem, "words": len(ref), "cut": text != texts[f.stem],
                 "errors_real": edit_distance(ref, hyp_real),
                 "errors_synth": edit_distance(ref, hyp_synth),
+                "errors_vocoded": edit_distance(ref, hyp_vocoded),
                 "hyp_synth": " ".join(hyp_synth),
                 # Likeness on the level-trimmed recordings, as before: cut to the words,
                 # clips of a second or two give resemblyzer too little to go on.
@@ -294,6 +302,7 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
     steady = np.array([r["phones"] * rate / max(r["seconds_real"], 1e-6) for r in rows])
     wer_real = sum(r["errors_real"] for r in rows) / max(n_words, 1)
     wer_synth = sum(r["errors_synth"] for r in rows) / max(n_words, 1)
+    wer_vocoded = sum(r["errors_vocoded"] for r in rows) / max(n_words, 1)
     ratios = np.array([r["duration_ratio"] for r in rows])
     report = {
         "bundle": str(bundle), "data": str(data), "clips": len(rows), "words": n_words,
@@ -301,6 +310,7 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
         "whole_transcripts": whole_transcripts,
         "wer_real": round(wer_real, 4), "wer_synth": round(wer_synth, 4),
         "wer_gap_points": round(100 * (wer_synth - wer_real), 1),
+        "wer_vocoded": round(wer_vocoded, 4),
         "similarity_synth_real": round(float(np.mean([r["sim_synth_real"] for r in rows])), 4),
         "similarity_real_real": round(float(np.mean([r["sim_real_real"] for r in rows])), 4),
         "duration_ratio_median": round(float(np.median(ratios)), 3),
@@ -316,7 +326,9 @@ def evaluate_voice(bundle: Path, data: Path, out_dir: Path, transcript: Path | N
                       if k not in ("emb_real", "emb_synth", "mel_real")}
                      for r in rows],
         "method": "WER: pocketsphinx with a bigram LM of the evaluation sentences "
-                  "(eval_bigram.arpa), same decoder for real and synthesised audio; a "
+                  "(eval_bigram.arpa), a decoder each for real, synthesised and vocoded "
+                  "audio (wer_vocoded: the real recording's mel through the voice's "
+                  "vocoder, the vocoder's share of the gap); a "
                   "recording that stops before its transcript is compared (and the voice "
                   "says) only the words it says, found by forced alignment. Likeness: "
                   "resemblyzer cosine, synthesised vs the real recording of the same sentence, "

@@ -21,6 +21,12 @@ from training.threads import ThreadClock
 
 log = logging.getLogger(__name__)
 
+RETRY_TRAIN = "'twincast train voice WORKDIR --max-minutes {minutes}' resumes from the \
+enrolment cache"
+RETRY_ENROL = "run the enrolment again with --voice-minutes {minutes}"
+"""What a refusal tells the user to do, by where it came from (``{minutes}``: the time the
+voice needs)."""
+
 CAP_MARGIN = 0.97
 """Share of the cap that steps fill (the rest: held-out scoring and checkpoints)."""
 
@@ -33,7 +39,8 @@ def steps_that_fit(seconds_per_step: float, cap_seconds: float, done: int = 0,
 
 
 def check_fits(seconds_per_step: float, cap_minutes: float, nominal: int, min_share: float,
-               done: int = 0, used_seconds: float = 0.0, refuse: bool = True) -> int:
+               done: int = 0, used_seconds: float = 0.0, refuse: bool = True,
+               retry: str = RETRY_TRAIN) -> int:
     """The acoustic model's planned steps on this host; a one-line error, before any
     training, when fewer than ``min_share`` of the preset's steps fit in the cap (only a
     warning with ``refuse=False``: the user set that cap themselves)."""
@@ -46,8 +53,7 @@ def check_fits(seconds_per_step: float, cap_minutes: float, nominal: int, min_sh
         f"this host runs a voice training step in {seconds_per_step:.2f} s: the "
         f"{cap_minutes:g}-minute cap fits {fit} of the preset's {nominal} steps, fewer than "
         f"the {need} a usable voice needs; give it about {math.ceil(minutes)} minutes "
-        f"('twincast train voice WORKDIR --max-minutes {math.ceil(minutes)}' resumes from "
-        "the enrolment cache), free the host, or train on a GPU")
+        f"({retry.format(minutes=math.ceil(minutes))}), free the host, or train on a GPU")
     if refuse:
         raise TwincastError(msg)
     log.warning("%s", msg.replace("this host", "with the cap given, this host", 1))

@@ -171,12 +171,69 @@ def train_step(state: VoiceState, batcher: Batcher, mean: np.ndarray, std: np.nd
     return {k: float(v.detach()) for k, v in losses.items()}
 
 
+@dataclass
+class _Setup:
+    """What the acoustic model's training starts from: the utterances, the model and its
+    optimiser (resumed from the checkpoint in ``out_dir`` where it matches ``cfg``)."""
+
+    utts: list[Utterance]
+    train_utts: list[Utterance]
+    held: list[Utterance]
+    mean: np.ndarray
+    std: np.ndarray
+    batcher: Batcher
+    state: VoiceState
+    ckpt: Checkpoint
+    dtype: torch.dtype
+    max_threads: int
+
+    @classmethod
+    def load(cls, dirs: list[Path], out_dir: Path, cfg: VoiceTrainConfig,
+             dev: torch.device) -> _Setup:
+        utts = sorted((u for d in dirs for u in load_utterances(d, marks=cfg.model.marks)),
+                      key=lambda u: -u.mel.shape[1])
+        ckpt = Checkpoint(out_dir / "checkpoint.pt", cfg.digest())
+        saved = ckpt.load(dev)
+        if saved:
+            mean, std = saved["mel_mean"].numpy(), saved["mel_std"].numpy()
+        else:
+            mean, std = mel_stats(utts)
+        train_utts, held = split_holdout(utts)
+        longest = train_utts[0].mel.shape[1]
+        batcher = Batcher(train_utts, max(cfg.max_frames, longest), seed=cfg.seed)
+        torch.manual_seed(cfg.seed)
+        model = AcousticModel(cfg.model).to(dev)
+        state = VoiceState(model, torch.optim.AdamW(model.parameters(), lr=cfg.lr,
+                                                    weight_decay=1e-6))
+        if saved:
+            state.load_state_dict(saved)
+            batcher.rng = np.random.default_rng(cfg.seed + state.step)
+            log.info("resuming voice training at step %d", state.step)
+        max_threads = torch.get_num_threads() if dev.type == "cpu" else 1
+        return cls(utts, train_utts, held, mean, std, batcher, state, ckpt,
+                   compute_dtype(dev, cfg.precision), max_threads)
+
+
+def check_voice_fits(sources: Sequence[Path], out_dir: Path, cfg: VoiceTrainConfig,
+                     device: str = "cpu", retry: str = voice_plan.RETRY_TRAIN) -> int:
+    """Time the acoustic model's step on this host before anything else trains (an
+    enrolment checks this before its head's half hour): a one-line error, saying ``retry``,
+    when its cap fits too few steps; otherwise the steps it plans. Trains nothing."""
+    dev = training_device(device)
+    s = _Setup.load(list(sources), out_dir, cfg, dev)
+    if s.state.step >= cfg.steps:
+        return cfg.steps
+    return probe_acoustic(ThreadClock(), s.state, s.batcher, s.mean, s.std, dev, s.dtype, cfg,
+                          s.max_threads, retry)
+
+
 STAGES = ("acoustic", "vocoder")
 """Stages that can be trained alone (``train_voice(only=...)``)."""
 
 
 def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainConfig,
-                device: str = "cpu", only: str | None = None) -> TrainedVoice | None:
+                device: str = "cpu", only: str | None = None,
+                retry: str = voice_plan.RETRY_TRAIN) -> TrainedVoice | None:
     """Train (or resume) in ``out_dir`` on the utterances of one or more enrolment caches
     (a video enrolment's ``features``, a voice-only ``voice_features``): writes
     checkpoint.pt, history.json, curves.png.
@@ -184,7 +241,8 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     ``only`` (one of STAGES) trains that stage alone and returns None: the acoustic model
     and the vocoder's first stage are independent, so two processes can train them side by
     side (on one GPU, which neither fills); a later call without ``only`` resumes both,
-    already finished, then adapts the vocoder, calibrates and returns the voice."""
+    already finished, then adapts the vocoder, calibrates and returns the voice. ``retry``:
+    what a refusal (too slow a host for the cap) tells the user to do."""
     if only not in (None, *STAGES):
         raise ValueError(f"unknown stage {only!r}")
     dev = training_device(device)
@@ -196,32 +254,15 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
                                 "Griffin-Lim); train its acoustic model alone or all of it")
         train_vocoder(dirs, out_dir, cfg.vocoder, dev)
         return None
-    utts = sorted((u for d in dirs for u in load_utterances(d, marks=cfg.model.marks)),
-                  key=lambda u: -u.mel.shape[1])
-    ckpt = Checkpoint(out_dir / "checkpoint.pt", cfg.digest())
-    saved = ckpt.load(dev)
-    if saved:
-        mean, std = saved["mel_mean"].numpy(), saved["mel_std"].numpy()
-    else:
-        mean, std = mel_stats(utts)
-    train_utts, held = split_holdout(utts)
+    s = _Setup.load(dirs, out_dir, cfg, dev)
+    utts, train_utts, held, batcher, state = s.utts, s.train_utts, s.held, s.batcher, s.state
+    mean, std, ckpt, dtype, max_threads = s.mean, s.std, s.ckpt, s.dtype, s.max_threads
     longest = train_utts[0].mel.shape[1]
-    batcher = Batcher(train_utts, max(cfg.max_frames, longest), seed=cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = AcousticModel(cfg.model).to(dev)
-    state = VoiceState(model, torch.optim.AdamW(model.parameters(), lr=cfg.lr,
-                                                weight_decay=1e-6))
-    if saved:
-        state.load_state_dict(saved)
-        batcher.rng = np.random.default_rng(cfg.seed + state.step)
-        log.info("resuming voice training at step %d", state.step)
-    dtype = compute_dtype(dev, cfg.precision)
     log.info("voice training in %s", "bfloat16 autocast" if dtype == torch.bfloat16 else
              "float32")
-    max_threads = torch.get_num_threads() if dev.type == "cpu" else 1
     clock = ThreadClock()
     if state.step < cfg.steps:
-        probe_acoustic(clock, state, batcher, mean, std, dev, dtype, cfg, max_threads)
+        probe_acoustic(clock, state, batcher, mean, std, dev, dtype, cfg, max_threads, retry)
 
     def save() -> None:
         ckpt.save({**state.state_dict(), "mel_mean": torch.from_numpy(mean),
@@ -272,7 +313,8 @@ PROBE_STEPS = 4
 
 def probe_acoustic(clock: ThreadClock, state: VoiceState, batcher: Batcher, mean: np.ndarray,
                    std: np.ndarray, dev: torch.device, dtype: torch.dtype,
-                   cfg: VoiceTrainConfig, max_threads: int) -> int:
+                   cfg: VoiceTrainConfig, max_threads: int,
+                   retry: str = voice_plan.RETRY_TRAIN) -> int:
     """Time the acoustic model's step on throwaway copies (at one thread and at all of
     them, on a CPU), pick the faster, and plan the steps the cap fits: a one-line error
     before any training when too few fit (``voice_plan.check_fits``)."""
@@ -288,7 +330,8 @@ def probe_acoustic(clock: ThreadClock, state: VoiceState, batcher: Batcher, mean
     clock.choose_threads()
     speed = clock.speed("acoustic")
     planned = voice_plan.check_fits(speed, cfg.max_minutes, cfg.steps, cfg.min_share,
-                                    state.step, state.progress.seconds, cfg.refuse_short)
+                                    state.step, state.progress.seconds, cfg.refuse_short,
+                                    retry)
     log.info("voice step speed on this host: %.3f s on %d thread(s) (%.0f s to measure): "
              "the %g-minute cap fits %d of the preset's %d steps", speed,
              clock.threads.get("acoustic", max_threads), time.perf_counter() - t0,
