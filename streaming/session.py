@@ -138,6 +138,9 @@ class Utterance:
     cancel: threading.Event = field(default_factory=threading.Event)
     margin_s: float | None = None
     """How long after its first audio this speech starts (None: the session's default)."""
+    placed_at: float | None = None
+    """When it was placed to start as soon as it could (session clock), until its first
+    frames are back: how long they took is ``Scheduler.note_start``'s sample."""
     pace: float = 1.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once it has been spoken, or dropped."""
@@ -517,6 +520,11 @@ class Session:
             return  # painted over a plan that has changed since (speech placed, barge-in)
         if frame is not None and self.state != "closed":
             self.stats["frames_rendered"] += 1
+            u = self.queue[0] if self.queue else None
+            if u is not None and u.placed_at is not None and u.start_frame is not None \
+                    and k >= u.start_frame + self.cfg.first_frames - 1:
+                self.scheduler.note_start(self.clock.now() - u.placed_at)
+                u.placed_at = None
             # Frames are taken by the video track at their time; with no one taking them
             # (an offer with no video), those whose time has passed would pile up.
             stale = int(self.clock.now() * self.cfg.fps) - self.cfg.fps \
@@ -651,6 +659,7 @@ class Session:
                 if u.speech.seconds == 0:
                     continue
                 self._place(u, math.ceil((now + self._margin(u)) * fps), now)
+                u.placed_at = now
             s = u.start_frame
             assert s is not None
             nxt = self.queue[1] if len(self.queue) > 1 else None
@@ -682,8 +691,8 @@ class Session:
         """Seconds from now to the earliest a new stretch of speech can start: its first
         frames rendered, with the renderer as busy as it is."""
         margin = self.cfg.start_margin_s if u.margin_s is None else u.margin_s
-        return max(margin, self.scheduler.lead_time(self.cfg.first_frames)
-                   + self.cfg.start_safety_s)
+        return max(margin, max(self.scheduler.lead_time(self.cfg.first_frames),
+                               self.scheduler.start_delay()) + self.cfg.start_safety_s)
 
     def _place(self, u: Utterance, start: int, now: float) -> None:
         """Give ``u`` its first frame; the walk through the motion bank turns to speaking

@@ -232,3 +232,15 @@ def test_warm_up_renders_every_batch_size_and_times_the_second_pass() -> None:
         # The second pass's timings, not the first calls' 30 ms, nor the initial guess.
         assert lane.cost.predict(1) < 0.012
         assert lane.cost.predict(64) == pytest.approx(0.002 + 0.064, rel=0.3)
+
+
+def test_start_delay_is_the_recent_starts_90th_percentile() -> None:
+    sch, _, _ = make()
+    for s in (0.1, 0.1, 0.1):
+        sch.note_start(s)
+    assert sch.start_delay() == 0.0  # too few to go on
+    sch.note_start(0.5)
+    assert sch.start_delay() == pytest.approx(np.percentile([0.1, 0.1, 0.1, 0.5], 90))
+    for _ in range(40):  # only the recent ones count
+        sch.note_start(0.2)
+    assert sch.start_delay() == pytest.approx(0.2)

@@ -324,3 +324,28 @@ def test_microphone_speech_is_gated_and_interrupts_text() -> None:
         assert s.stats["frames_late"] <= 8
 
     asyncio.run(run())
+
+
+def test_speech_starts_as_late_as_first_frames_have_been_taking() -> None:
+    async def run() -> None:
+        s, sch = _session()
+        for _ in range(4):  # this host's first frames have been coming back in 0.3 s
+            sch.note_start(0.3)
+        s.start()
+        s.clock.start()
+        try:
+            s.say("one two")
+            await asyncio.sleep(0.05)
+            placed = s.clock.now()
+            video, _ = await _play(s, 1.6)
+        finally:
+            await s.close()
+            sch.stop()
+        start = s.events[0].stream_time
+        assert start >= 0.3 + s.cfg.start_safety_s  # not at the 0.08 s default margin
+        assert video[0] / 25 == pytest.approx(start, abs=0.041)  # its first frame on time
+        assert placed < start
+        # This start was measured in turn, for the next speech of any session.
+        assert len(sch._starts) == 5 and sch._starts[-1] < 0.3
+
+    asyncio.run(run())

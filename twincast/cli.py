@@ -989,6 +989,7 @@ def cmd_bench_render(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_stream(args: argparse.Namespace) -> int:
+    _one_blas_thread()  # its server runs in this process, as `serve` would run it
     from bench.stream import bench_stream
 
     try:
@@ -1000,6 +1001,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
+    _one_blas_thread()  # its server runs in this process, as `serve` would run it
     from bench.serve import bench_serve
 
     if args.sessions < 1 or args.max_batch < 1:
@@ -1011,6 +1013,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_faults(args: argparse.Namespace) -> int:
+    _one_blas_thread()  # its server runs in this process, as `serve` would run it
     from bench.faults import bench_faults
 
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
@@ -1073,6 +1076,7 @@ def cmd_bench_consent(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_ask(args: argparse.Namespace) -> int:
+    _one_blas_thread()  # its server runs in this process, as `serve` would run it
     from bench.ask import bench_ask
 
     if args.questions < 1 or args.chat_questions < 0:
