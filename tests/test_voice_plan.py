@@ -82,3 +82,42 @@ def test_enrolment_checks_the_voice_fits_before_training_the_head(
     with pytest.raises(AssertionError, match="the head trained"):
         enrol.enrol([sample.video], work, "ci", workers=0, transcript=sample.transcript,
                     voice_minutes=0.01)
+
+
+def test_a_host_too_slow_for_the_presets_model_trains_its_lighter_one(
+        bundle, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from training.voice import train as voice_train
+
+    ci = voice_train.voice_preset("ci")
+    light = dataclasses.replace(ci.model, dec_dim=64)
+    cfg = dataclasses.replace(ci, lighter=light, steps=20)
+    # The measured speed, by model: the preset's far too slow for its cap, the lighter fast.
+    speeds = {ci.model: 10.0, light: 0.001}
+    probed = []
+
+    def probe(clock, state, *args):
+        probed.append(state.model.cfg)
+        clock.set_probe("acoustic", 1, speeds[state.model.cfg])
+        clock.choose_threads()
+        return clock.speed("acoustic")
+
+    monkeypatch.setattr(voice_train, "probe_acoustic", probe)
+    features = bundle.parent.parent / "features"
+    out = tmp_path / "voice"
+    voice = voice_train.train_voice(features, out, cfg)
+    assert probed == [ci.model, light]
+    assert voice.model.cfg == light and voice.plan["acoustic"]["model"] == "lighter"
+    assert "lighter acoustic model" in plan.describe(voice.plan)
+    # Resuming keeps the model the run began with, without timing the preset's again.
+    probed.clear()
+    assert voice_train.train_voice(features, out, cfg).model.cfg == light
+    assert ci.model not in probed
+    # Neither fits: the refusal asks for the time the lighter model needs.
+    speeds[light] = 8.0
+    with pytest.raises(TwincastError, match=r"step in 8\.00 s.*--max-minutes \d+"):
+        voice_train.train_voice(features, tmp_path / "other", cfg)
+    # A cap the user set trains the preset's own model, however little of it fits.
+    user = dataclasses.replace(cfg, refuse_short=False, max_minutes=0.02)
+    assert voice_train.train_voice(features, tmp_path / "user", user).model.cfg == ci.model

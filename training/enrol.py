@@ -136,12 +136,12 @@ def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
     if voice_minutes is not None:
         voice_cfg = dataclasses.replace(voice_cfg, max_minutes=voice_minutes,
                                         refuse_short=False)
-    result = None
-    if feats is not None and sources and voice_cfg.refuse_short:
+    result = fit = None
+    if feats is not None and sources:
         # The voice is trained after the head: a host too slow for it is told now, not
         # after the head's half hour.
-        check_voice_fits(sources, Workdir(workdir).voice, voice_cfg, device,
-                         voice_plan.RETRY_ENROL)
+        fit = check_voice_fits(sources, Workdir(workdir).voice, voice_cfg, device,
+                               voice_plan.RETRY_ENROL)
     if feats is not None:
         from training.head.train import head_preset, train_head
 
@@ -151,7 +151,7 @@ def enrol(footage: Sequence[Path], workdir: Path, preset: str, workers: int = 2,
     voice = None
     if sources:
         voice = train_voice(sources, Workdir(workdir).voice, voice_cfg, device=device,
-                            retry=voice_plan.RETRY_ENROL)
+                            retry=voice_plan.RETRY_ENROL, fit=fit)
         out["voice_seconds"] = voice.seconds
         out["voice_plan"] = voice.plan
     else:

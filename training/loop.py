@@ -78,6 +78,13 @@ class Checkpoint:
             return None
         return saved
 
+    def matches(self) -> bool:
+        """Whether there is a checkpoint made with these settings."""
+        if not self.path.exists():
+            return False
+        saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        return saved.get("config_digest") == self.digest
+
     def save(self, payload: dict) -> None:
         with atomic.atomic_path(self.path, ".pt") as tmp:
             torch.save({**payload, "config_digest": self.digest}, tmp)

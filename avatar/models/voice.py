@@ -58,6 +58,9 @@ VOICE_PRESETS: dict[str, VoiceConfig] = {
     "ci": VoiceConfig(dim=64, enc_layers=2, dec_dim=96, dec_layers=3, marks=True),
     "demo": VoiceConfig(dim=64, enc_layers=2, dec_dim=96, dec_layers=3, marks=True),
     "cpu": VoiceConfig(dropout=0.4, marks=True),
+    # What the cpu preset trains instead where its own model's steps do not fit the cap
+    # (an AVX2-only 2-core host runs that model's step in 1.1 s, this one's in 0.55 s).
+    "cpu-light": VoiceConfig(dim=128, dec_dim=128, dropout=0.4, marks=True),
     "gpu": VoiceConfig(dim=256, enc_layers=6, dec_dim=384, dec_layers=8, dropout=0.4,
                        marks=True),
 }
@@ -74,6 +77,22 @@ class ChannelNorm(nn.Module):
         return self.norm(x.transpose(1, 2)).transpose(1, 2)
 
 
+class Dropout(nn.Module):
+    """Dropout from a uniform draw: the same as ``nn.Dropout`` in distribution, three times
+    faster on a CPU (its Bernoulli sampling is a quarter of a small model's training step
+    there; the uniform generator is vectorised). No weights, so bundles load either way."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p <= 0:
+            return x
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
 class ConvBlock(nn.Module):
     """Residual conv -> ReLU -> norm -> dropout, masked so padding never leaks in."""
 
@@ -81,7 +100,7 @@ class ConvBlock(nn.Module):
         super().__init__()
         self.conv = nn.Conv1d(c, c, kernel, padding=dilation * (kernel // 2), dilation=dilation)
         self.norm = ChannelNorm(c)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         y = self.drop(self.norm(F.relu(self.conv(x * mask))))

@@ -38,6 +38,13 @@ def steps_that_fit(seconds_per_step: float, cap_seconds: float, done: int = 0,
     return done + int(left / max(seconds_per_step, 1e-9))
 
 
+def fits(seconds_per_step: float, cap_minutes: float, nominal: int, min_share: float,
+         done: int = 0, used_seconds: float = 0.0) -> bool:
+    """Whether the cap fits at least ``min_share`` of the steps at this speed."""
+    return steps_that_fit(seconds_per_step, cap_minutes * 60, done, used_seconds) >= \
+        math.ceil(min_share * nominal)
+
+
 def check_fits(seconds_per_step: float, cap_minutes: float, nominal: int, min_share: float,
                done: int = 0, used_seconds: float = 0.0, refuse: bool = True,
                retry: str = RETRY_TRAIN) -> int:
@@ -77,10 +84,12 @@ def describe(plan: dict) -> str:
              for name, s in plan.items()]
     acoustic = plan.get("acoustic", {}).get("share", 1.0)
     worst = min(s["share"] for s in plan.values()) if plan else 1.0
+    light = ("; the preset's lighter acoustic model, its own being too slow for the cap on "
+             "this host" if plan.get("acoustic", {}).get("model") == "lighter" else "")
     if worst >= 0.999:
-        return "voice training ran its whole plan (" + ", ".join(parts) + ")"
+        return "voice training ran its whole plan (" + ", ".join(parts) + ")" + light
     cost = ("expect a voice close to the preset's figures" if acoustic >= 0.6 else
             "expect a voice less clear on new sentences than the preset's figures")
     return (f"voice training ran {acoustic:.0%} of the acoustic model's plan within its cap on "
-            f"this host (" + ", ".join(parts) + f"); {cost}. More time (twincast train voice "
-            "--max-minutes N) or a GPU runs all of it")
+            f"this host (" + ", ".join(parts) + f"){light}; {cost}. More time (twincast "
+            "train voice --max-minutes N) or a GPU runs all of it")

@@ -8,6 +8,7 @@ last checkpoint; each step returns a flat dict of named losses.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import time
@@ -80,6 +81,10 @@ class VoiceTrainConfig:
     refuse_short: bool = True
     """Stop before training when the cap fits fewer than ``min_share`` of the steps; off
     (a warning only) when the user set the cap (``--max-minutes``)."""
+    lighter: VoiceConfig | None = None
+    """A smaller model trained instead where the cap fits too few of ``model``'s steps on
+    this host (measured before training) but enough of this one's; only under the preset's
+    own cap (a cap the user set trains ``model`` however much of it fits)."""
     held_every: int = 100
     """Steps between scorings on the held-out sentences (curves and log only). Choosing the
     weights by the lowest held-out loss was tried and is worse: on LJ it picked step 600,
@@ -93,7 +98,16 @@ def voice_preset(name: str) -> VoiceTrainConfig:
     """The ``[NAME.voice]`` table of ``training/presets.toml`` over the defaults, with the
     runtime's model of the same name."""
     changes = presets.overrides(name, "voice")
-    return presets.apply(VoiceTrainConfig(model=VOICE_PRESETS[name]), changes, "voice.")
+    return presets.apply(VoiceTrainConfig(model=VOICE_PRESETS[name],
+                                          lighter=VOICE_PRESETS.get(f"{name}-light")),
+                         changes, "voice.")
+
+
+def lighter_config(cfg: VoiceTrainConfig) -> VoiceTrainConfig | None:
+    """The training with the preset's lighter model (its own checkpoint: another digest)."""
+    if cfg.lighter is None:
+        return None
+    return dataclasses.replace(cfg, model=cfg.lighter, lighter=None)
 
 
 @dataclass
@@ -214,17 +228,62 @@ class _Setup:
                    compute_dtype(dev, cfg.precision), max_threads)
 
 
+@dataclass
+class VoiceFit:
+    """The training this host's cap fits, decided before any training: the preset's, or
+    the one with its lighter model; its utterances, model and optimiser loaded, and the
+    measured speed of its step (so training does not measure again)."""
+
+    cfg: VoiceTrainConfig
+    setup: _Setup
+    clock: ThreadClock
+    planned: int
+    lighter: bool = False
+    """The preset's lighter model (its own did not fit)."""
+
+
+def fit_voice(sources: Sequence[Path], out_dir: Path, cfg: VoiceTrainConfig,
+              dev: torch.device, retry: str = voice_plan.RETRY_TRAIN) -> VoiceFit:
+    """Time the acoustic model's step on this host and choose what to train: the preset's
+    model where its cap fits enough of its steps, else its lighter model where that fits
+    (a one-line error, saying ``retry``, where neither does). A run already under way
+    resumes with the model it began with. Trains nothing."""
+    light = lighter_config(cfg) if cfg.refuse_short else None
+    if light is not None and Checkpoint(out_dir / "checkpoint.pt", light.digest()).matches():
+        options = [light]
+    elif light is not None and Checkpoint(out_dir / "checkpoint.pt", cfg.digest()).matches():
+        options = [cfg]
+    else:
+        options = [cfg] + ([light] if light is not None else [])
+    for i, option in enumerate(options):
+        last = i == len(options) - 1
+        s = _Setup.load(list(sources), out_dir, option, dev)
+        clock = ThreadClock()
+        if s.state.step >= option.steps:
+            return VoiceFit(option, s, clock, option.steps, option is light)
+        speed = probe_acoustic(clock, s.state, s.batcher, s.mean, s.std, dev, s.dtype,
+                               option, s.max_threads)
+        if last or voice_plan.fits(speed, option.max_minutes, option.steps, option.min_share,
+                                   s.state.step, s.state.progress.seconds):
+            planned = voice_plan.check_fits(speed, option.max_minutes, option.steps,
+                                            option.min_share, s.state.step,
+                                            s.state.progress.seconds, option.refuse_short,
+                                            retry)
+            log.info("voice step speed on this host: %.3f s on %d thread(s): the %g-minute "
+                     "cap fits %d of the preset's %d steps%s", speed,
+                     clock.threads.get("acoustic", s.max_threads), option.max_minutes,
+                     planned, option.steps, " (its lighter model)" if option is light else "")
+            return VoiceFit(option, s, clock, planned, option is light)
+        log.info("the preset's voice model runs a step in %.2f s here, too slow for its "
+                 "%g-minute cap: trying its lighter model", speed, option.max_minutes)
+    raise AssertionError("unreachable")
+
+
 def check_voice_fits(sources: Sequence[Path], out_dir: Path, cfg: VoiceTrainConfig,
-                     device: str = "cpu", retry: str = voice_plan.RETRY_TRAIN) -> int:
-    """Time the acoustic model's step on this host before anything else trains (an
-    enrolment checks this before its head's half hour): a one-line error, saying ``retry``,
-    when its cap fits too few steps; otherwise the steps it plans. Trains nothing."""
-    dev = training_device(device)
-    s = _Setup.load(list(sources), out_dir, cfg, dev)
-    if s.state.step >= cfg.steps:
-        return cfg.steps
-    return probe_acoustic(ThreadClock(), s.state, s.batcher, s.mean, s.std, dev, s.dtype, cfg,
-                          s.max_threads, retry)
+                     device: str = "cpu", retry: str = voice_plan.RETRY_TRAIN) -> VoiceFit:
+    """``fit_voice`` on ``device``: an enrolment checks this before its head's half hour
+    and passes the answer on to ``train_voice``."""
+    return fit_voice(sources, out_dir, cfg, training_device(device), retry)
 
 
 STAGES = ("acoustic", "vocoder")
@@ -233,7 +292,8 @@ STAGES = ("acoustic", "vocoder")
 
 def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainConfig,
                 device: str = "cpu", only: str | None = None,
-                retry: str = voice_plan.RETRY_TRAIN) -> TrainedVoice | None:
+                retry: str = voice_plan.RETRY_TRAIN, fit: VoiceFit | None = None
+                ) -> TrainedVoice | None:
     """Train (or resume) in ``out_dir`` on the utterances of one or more enrolment caches
     (a video enrolment's ``features``, a voice-only ``voice_features``): writes
     checkpoint.pt, history.json, curves.png.
@@ -242,7 +302,8 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     and the vocoder's first stage are independent, so two processes can train them side by
     side (on one GPU, which neither fills); a later call without ``only`` resumes both,
     already finished, then adapts the vocoder, calibrates and returns the voice. ``retry``:
-    what a refusal (too slow a host for the cap) tells the user to do."""
+    what a refusal (too slow a host for the cap) tells the user to do; ``fit``: what
+    ``check_voice_fits`` chose (measured again here without it)."""
     if only not in (None, *STAGES):
         raise ValueError(f"unknown stage {only!r}")
     dev = training_device(device)
@@ -254,15 +315,14 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
                                 "Griffin-Lim); train its acoustic model alone or all of it")
         train_vocoder(dirs, out_dir, cfg.vocoder, dev)
         return None
-    s = _Setup.load(dirs, out_dir, cfg, dev)
+    if fit is None:
+        fit = fit_voice(dirs, out_dir, cfg, dev, retry)
+    cfg, s, clock = fit.cfg, fit.setup, fit.clock
     utts, train_utts, held, batcher, state = s.utts, s.train_utts, s.held, s.batcher, s.state
     mean, std, ckpt, dtype, max_threads = s.mean, s.std, s.ckpt, s.dtype, s.max_threads
     longest = train_utts[0].mel.shape[1]
     log.info("voice training in %s", "bfloat16 autocast" if dtype == torch.bfloat16 else
              "float32")
-    clock = ThreadClock()
-    if state.step < cfg.steps:
-        probe_acoustic(clock, state, batcher, mean, std, dev, dtype, cfg, max_threads, retry)
 
     def save() -> None:
         ckpt.save({**state.state_dict(), "mel_mean": torch.from_numpy(mean),
@@ -283,6 +343,8 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
                    hooks=[Every(cfg.held_every, score)] if held else [])
     save()
     plan = {"acoustic": voice_plan.stage_summary(cfg.steps, state.step, clock, "acoustic")}
+    if fit.lighter:
+        plan["acoustic"]["model"] = "lighter"
     write_history(state.progress, out_dir)
     if held:
         log.info("voice: lowest held-out loss %.3f at step %d of %d", state.best_loss,
@@ -313,11 +375,9 @@ PROBE_STEPS = 4
 
 def probe_acoustic(clock: ThreadClock, state: VoiceState, batcher: Batcher, mean: np.ndarray,
                    std: np.ndarray, dev: torch.device, dtype: torch.dtype,
-                   cfg: VoiceTrainConfig, max_threads: int,
-                   retry: str = voice_plan.RETRY_TRAIN) -> int:
+                   cfg: VoiceTrainConfig, max_threads: int) -> float:
     """Time the acoustic model's step on throwaway copies (at one thread and at all of
-    them, on a CPU), pick the faster, and plan the steps the cap fits: a one-line error
-    before any training when too few fit (``voice_plan.check_fits``)."""
+    them, on a CPU) and pick the faster count; returns its seconds a step."""
     t0 = time.perf_counter()
     trial = copy.deepcopy(state)
     data = copy.copy(batcher)
@@ -328,15 +388,8 @@ def probe_acoustic(clock: ThreadClock, state: VoiceState, batcher: Batcher, mean
         probe_threads(clock, "acoustic", lambda: train_step(trial, data, mean, std, dev, dtype),
                       options, PROBE_STEPS, wait)
     clock.choose_threads()
-    speed = clock.speed("acoustic")
-    planned = voice_plan.check_fits(speed, cfg.max_minutes, cfg.steps, cfg.min_share,
-                                    state.step, state.progress.seconds, cfg.refuse_short,
-                                    retry)
-    log.info("voice step speed on this host: %.3f s on %d thread(s) (%.0f s to measure): "
-             "the %g-minute cap fits %d of the preset's %d steps", speed,
-             clock.threads.get("acoustic", max_threads), time.perf_counter() - t0,
-             cfg.max_minutes, planned, cfg.steps)
-    return planned
+    log.debug("voice step measured in %.0f s", time.perf_counter() - t0)
+    return clock.speed("acoustic")
 
 
 HOLDOUT_EVERY = 10
