@@ -79,9 +79,9 @@ class ChannelNorm(nn.Module):
 
 
 class Dropout(nn.Module):
-    """Dropout from a uniform draw: the same as ``nn.Dropout`` in distribution, three times
-    faster on a CPU (its Bernoulli sampling is a quarter of a small model's training step
-    there; the uniform generator is vectorised). No weights, so bundles load either way."""
+    """Dropout from a uniform draw: the same as ``nn.Dropout`` in distribution, its mask
+    three times faster on a CPU (28 ms against 9 for 8 x 256 x 750 values; the Bernoulli
+    sampling was a tenth of a training step there). No weights, so bundles load either way."""
 
     def __init__(self, p: float):
         super().__init__()
