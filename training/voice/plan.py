@@ -8,7 +8,9 @@ cap; the learning rates anneal by whichever of the two is nearer its end, so a s
 stops has annealed too. How fast a step runs depends on the host: the same cpu enrolment ran
 5,386 acoustic steps in 33 minutes on an idle 2-core EPYC and 2,093 on a slower Xeon with a
 second process busy on one core, and the latter's voice was much less intelligible (its
-WER on ljspeech/eval 24.5 points above the real recordings', against 0-4.2 on the EPYC).
+WER on ljspeech/eval 24.5 points above the real recordings', against 0-4.2 on the EPYC);
+since the learning rate anneals by the cap too, an AMX Xeon's 2,288 steps (one core busy)
+came within 6.5 points.
 """
 
 from __future__ import annotations
