@@ -88,6 +88,8 @@ def test_a_host_too_slow_for_the_presets_model_trains_its_lighter_one(
         bundle, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
+    import torch
+
     from training.voice import train as voice_train
 
     ci = voice_train.voice_preset("ci")
@@ -109,6 +111,10 @@ def test_a_host_too_slow_for_the_presets_model_trains_its_lighter_one(
     voice = voice_train.train_voice(features, out, cfg)
     assert probed == [ci.model, light]
     assert voice.model.cfg == light and voice.plan["acoustic"]["model"] == "lighter"
+    # The manifest says which precision it trained in: this CPU's own choice.
+    from avatar.devices import compute_dtype
+    native = compute_dtype(torch.device("cpu"), cfg.precision) == torch.bfloat16
+    assert voice.plan["acoustic"]["precision"] == ("bf16" if native else "fp32")
     assert "lighter acoustic model" in plan.describe(voice.plan)
     # Resuming keeps the model the run began with, without timing the preset's again.
     probed.clear()
