@@ -409,6 +409,37 @@ def test_vocoder_adaptation_is_redone_for_another_acoustic_model(
     assert not adapt("b")
 
 
+def test_a_vocoder_stage_its_cap_cannot_fit_gets_the_time_for_its_floor(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A cap that fits almost no steps on this host is lengthened to fit the stage's floor
+    (here a tenth of 400 steps), and the plan records the cap the stage ran under."""
+    import dataclasses
+    import logging
+
+    from avatar.models.vocoder import Vocoder, VocoderConfig
+    from training.voice.vocoder import TrainedVocoder, VocoderTrainConfig, adapt_vocoder
+
+    cfg = VocoderTrainConfig(model=VocoderConfig(dim=16, blocks=1, intermediate=32),
+                             batch=2, adapt_steps=400, adapt_minutes=0.0005,
+                             adapt_min_share=0.1, max_stretch=1e6)
+    rng = np.random.default_rng(0)
+    pairs = [(rng.normal(-4, 1, (80, 60)).astype(np.float32),
+              rng.normal(0, 0.1, 60 * 256).astype(np.float32)) for _ in range(3)]
+    with caplog.at_level(logging.INFO, "training.voice.vocoder"):
+        out = adapt_vocoder(TrainedVocoder(Vocoder(cfg.model), 1.0, 5), pairs, tmp_path,
+                            cfg, torch.device("cpu"), "a")
+    plan = out.plan["vocoder_adapt"]
+    assert plan["minutes"] > cfg.adapt_minutes
+    assert "so it gets" in caplog.text
+    # The cap was planned for 40 steps at the probed speed; the host's noise may cost some.
+    assert out.adapt_steps >= 20
+    # Planned where the preset's cap already fits the floor: the cap stays as it is.
+    roomy = dataclasses.replace(cfg, adapt_steps=3, adapt_minutes=5.0)
+    out = adapt_vocoder(TrainedVocoder(Vocoder(cfg.model), 1.0, 5), pairs, tmp_path / "r",
+                        roomy, torch.device("cpu"), "a")
+    assert out.plan["vocoder_adapt"]["minutes"] == 5.0 and out.adapt_steps == 3
+
+
 def test_speaking_rate_is_calibrated_on_held_out_sentences() -> None:
     from training.voice.train import HOLDOUT_EVERY, split_holdout
 

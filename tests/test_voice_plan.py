@@ -29,6 +29,18 @@ def test_check_fits_plans_at_most_the_preset_and_refuses_a_cap_too_short():
     assert "about 46 minutes" in msg and "--max-minutes 46" in msg
 
 
+def test_a_stage_cap_is_lengthened_to_its_floor_and_no_further():
+    # The busy Xeon's vocoder: 0.26 s a step, 15 minutes fit 3357 of 10000 steps.
+    assert plan.stage_minutes(0.26, 15.0, 10000, 0.3) == 15.0
+    m = plan.stage_minutes(0.26, 15.0, 10000, 0.55)
+    assert m == pytest.approx(5500 * 0.26 / 0.97 / 60)
+    assert plan.steps_that_fit(0.26, m * 60) >= 5499
+    # Steps already run (a resumed stage) count, and the stretch is bounded.
+    assert plan.stage_minutes(0.26, 15.0, 10000, 0.55, done=3000, used_seconds=780.0) == \
+        pytest.approx((780 + 2500 * 0.26) / 0.97 / 60)
+    assert plan.stage_minutes(2.6, 15.0, 10000, 0.55) == 30.0
+
+
 def test_stage_summary_and_describe():
     clock = ThreadClock()
     clock.set_probe("acoustic", 2, 0.4)

@@ -12,7 +12,7 @@ from avatar import atomic
 from avatar.devices import device
 
 RESUME_FREE = ("max_minutes", "adapt_minutes", "checkpoint_minutes", "precision", "min_share",
-               "refuse_short")
+               "adapt_min_share", "max_stretch", "refuse_short")
 """Settings that may change between a run and its resume (time caps and the arithmetic's
 precision, not the model)."""
 

@@ -69,9 +69,30 @@ def check_fits(seconds_per_step: float, cap_minutes: float, nominal: int, min_sh
     return fit
 
 
-def stage_summary(nominal: int, ran: int, clock: ThreadClock, kind: str) -> dict:
-    """One stage's line in the manifest's ``voice.plan``."""
+def stage_minutes(seconds_per_step: float, cap_minutes: float, nominal: int,
+                  min_share: float, done: int = 0, used_seconds: float = 0.0,
+                  most: float = 2.0) -> float:
+    """A stage's wall-time cap on this host: its preset's cap, lengthened (to at most
+    ``most`` times it) where that cap fits fewer than ``min_share`` of its steps at the
+    measured speed. A step floor rather than a fixed cap for the vocoder, whose steps set
+    the voice's likeness: on an AMX Xeon with one core busy its 15 minutes ran 38 % of the
+    first stage and 25 % of the adaptation, and the likeness on ljspeech/eval fell from
+    0.881 to 0.849; the busy run's acoustic model with the idle run's vocoder scored 0.879,
+    the idle acoustic model with the busy vocoder 0.852."""
+    need = math.ceil(min_share * nominal)
+    if steps_that_fit(seconds_per_step, cap_minutes * 60, done, used_seconds) >= need:
+        return cap_minutes
+    seconds = (used_seconds + (need - done) * seconds_per_step) / CAP_MARGIN
+    return min(seconds / 60, most * cap_minutes)
+
+
+def stage_summary(nominal: int, ran: int, clock: ThreadClock, kind: str,
+                  minutes: float | None = None) -> dict:
+    """One stage's line in the manifest's ``voice.plan`` (``minutes``: its cap on this
+    host, where it is planned by speed)."""
     out: dict = {"nominal": nominal, "ran": ran, "share": round(ran / max(nominal, 1), 4)}
+    if minutes is not None:
+        out["minutes"] = round(minutes, 2)
     if clock.speed(kind) > 0:
         out["seconds_per_step"] = round(clock.speed(kind), 4)
     if kind in clock.threads:

@@ -7,10 +7,11 @@ be given at synthesis. Both stages are checkpointed and resumable like the other
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,12 +24,12 @@ from avatar.errors import TwincastError
 from avatar.models.vocoder import Vocoder, VocoderConfig, stft_loss
 from training.loop import Checkpoint, LoopConfig, Progress, train_loop, write_history
 from training.runs import config_digest
-from training.threads import ThreadClock, threads_kept
-from training.voice.plan import stage_summary
+from training.threads import ThreadClock, probe_threads, threads_kept
+from training.voice.plan import CAP_MARGIN, stage_minutes, stage_summary
 
 log = logging.getLogger(__name__)
 
-ADAPT_FIELDS = ("adapt_steps", "adapt_minutes", "adapt_lr")
+ADAPT_FIELDS = ("adapt_steps", "adapt_minutes", "adapt_lr", "adapt_min_share")
 """Settings of the adaptation stage only (the first stage's checkpoint ignores them)."""
 
 
@@ -51,6 +52,14 @@ class VocoderTrainConfig:
     speech's likeness from 0.826 to 0.844 on LJ Speech and its WER from 13.9 % to 5.6 % on
     GRID (0.814 to 0.816 likeness; LJ's WER 12.9 % to 14.4 %, two words)."""
     adapt_lr: float = 2e-4
+    min_share: float = 0.55
+    adapt_min_share: float = 0.4
+    """Step floors of the two stages: where a stage's cap fits fewer of its steps on this
+    host, its cap is lengthened to fit them (``training.voice.plan.stage_minutes``; at most
+    ``max_stretch`` times the cap). Idle 2-core hosts fit more (an AMX Xeon: 73 % and
+    47 %, likeness 0.881 on ljspeech/eval); the same Xeon with one core busy ran 38 % and
+    25 % (likeness 0.849)."""
+    max_stretch: float = 2.0
 
     def digest(self) -> str:
         return config_digest(self, *ADAPT_FIELDS)  # the adaptation is checkpointed apart
@@ -141,20 +150,33 @@ class _Stage:
     digest: str
     steps: int
     minutes: float
+    min_share: float
+    stretch: float
+    """At most this many times ``minutes`` to reach ``min_share`` of ``steps``."""
     lr: Callable[[int, float], float]
     """Learning rate at a step, given the share of the cap used."""
+
+
+PROBE_STEPS = 6
+"""Timed steps per thread count before a stage plans its cap (about 1-2 s each on a CPU)."""
 
 
 def _fit(model: Vocoder, sampler: SegmentSampler, stage: _Stage, cfg: VocoderTrainConfig,
          device: torch.device) -> tuple[int, float, dict]:
     """Train ``model`` through one stage (resuming from its checkpoint when that was made
-    for the same digest); returns the stage's steps, seconds and plan summary. On a CPU the
-    stage starts on all threads and tries one thread after half a minute and every few
-    minutes (``training.threads``): with another process busy, one can be faster."""
+    for the same digest); returns the stage's steps, seconds and plan summary. The step is
+    timed first on throwaway copies (one thread and all of them, on a CPU: with another
+    process busy, one can be faster, and the other count is tried again every few minutes,
+    ``training.threads``), and the stage's cap is lengthened where it fits fewer than its
+    floor of steps at that speed."""
     import torchaudio
 
     spec = VOICE_MEL
-    opt = torch.optim.AdamW(model.parameters(), lr=stage.lr(0, 0.0), betas=(0.8, 0.99))
+
+    def adamw(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=stage.lr(0, 0.0), betas=(0.8, 0.99))
+
+    opt = adamw(model.parameters())
     mel_fn = torchaudio.transforms.MelSpectrogram(
         sample_rate=spec.rate, n_fft=spec.n_fft, hop_length=spec.hop, n_mels=spec.n_mels,
         f_max=spec.f_max, power=1.0, norm="slaney", mel_scale="slaney").to(device)
@@ -172,33 +194,75 @@ def _fit(model: Vocoder, sampler: SegmentSampler, stage: _Stage, cfg: VocoderTra
         ckpt.save({"model": model.state_dict(), "opt": opt.state_dict(),
                    **progress.state_dict()})
 
-    def step() -> dict[str, float]:
-        m, w = (torch.from_numpy(x).to(device) for x in sampler.batch(cfg.batch))
-        pred = model(m)
-        spec_loss = stft_loss(pred, w)
-        mel_loss = F.l1_loss(torch.log(mel_fn(pred).clamp(min=1e-5)),
-                             torch.log(mel_fn(w).clamp(min=1e-5)))
-        loss = spec_loss + cfg.mel_weight * mel_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-        return {f"{stage.name}/stft": float(spec_loss.detach()),
-                f"{stage.name}/mel": float(mel_loss.detach())}
+    def stepper(net: Vocoder, optim: torch.optim.Optimizer, data: SegmentSampler
+                ) -> Callable[[], dict[str, float]]:
+        def step() -> dict[str, float]:
+            m, w = (torch.from_numpy(x).to(device) for x in data.batch(cfg.batch))
+            pred = net(m)
+            spec_loss = stft_loss(pred, w)
+            mel_loss = F.l1_loss(torch.log(mel_fn(pred).clamp(min=1e-5)),
+                                 torch.log(mel_fn(w).clamp(min=1e-5)))
+            loss = spec_loss + cfg.mel_weight * mel_loss
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+            optim.step()
+            return {f"{stage.name}/stft": float(spec_loss.detach()),
+                    f"{stage.name}/mel": float(mel_loss.detach())}
+        return step
 
     model.train()
     max_threads = torch.get_num_threads() if device.type == "cpu" else 1
     clock = ThreadClock()
-    clock.start(stage.name, max_threads)
+    minutes = stage.minutes
+    if progress.step < stage.steps:
+        minutes = _plan_minutes(clock, stage, progress, max_threads, device,
+                                lambda: stepper(*_throwaway(model, opt, adamw, sampler,
+                                                                 cfg.seed)))
     with threads_kept():
-        train_loop(LoopConfig(stage.name, stage.steps, stage.minutes, cfg.checkpoint_minutes),
-                   progress, clock.timed(stage.name, step, max_threads), save, lr=stage.lr,
-                   optimizers=[opt])
+        train_loop(LoopConfig(stage.name, stage.steps, minutes, cfg.checkpoint_minutes),
+                   progress, clock.timed(stage.name, stepper(model, opt, sampler),
+                                         max_threads), save, lr=stage.lr, optimizers=[opt])
     save()
     write_history(progress, stage.ckpt.parent, f"{stage.name}_")
     model.eval()
     return progress.step, progress.seconds, stage_summary(stage.steps, progress.step, clock,
-                                                          stage.name)
+                                                          stage.name, minutes)
+
+
+def _throwaway(model: Vocoder, opt: torch.optim.Optimizer,
+               make_opt: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
+               sampler: SegmentSampler, seed: int
+               ) -> tuple[Vocoder, torch.optim.Optimizer, SegmentSampler]:
+    """Copies to time steps on: the real model, optimiser and sampler stay as they were."""
+    net = copy.deepcopy(model)
+    optim = make_opt(net.parameters())
+    optim.load_state_dict(opt.state_dict())
+    data = copy.copy(sampler)
+    data.rng = np.random.default_rng(seed + 7919)
+    return net, optim, data
+
+
+def _plan_minutes(clock: ThreadClock, stage: _Stage, progress: Progress, max_threads: int,
+                  device: torch.device, make_step: Callable[[], Callable[[], dict]]) -> float:
+    """Time the stage's step, pick the thread count and return the stage's cap on this
+    host (its preset's, or longer to fit its floor of steps)."""
+    options = [1, max_threads] if max_threads > 1 else [max_threads]
+    wait = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        probe_threads(clock, stage.name, make_step(), options, PROBE_STEPS, wait)
+    clock.choose_threads()
+    speed = clock.speed(stage.name)
+    minutes = stage_minutes(speed, stage.minutes, stage.steps, stage.min_share, progress.step,
+                            progress.seconds, stage.stretch)
+    if minutes > stage.minutes:
+        fit = min(stage.steps, int((minutes * 60 * CAP_MARGIN - progress.seconds) / speed)
+                  + progress.step)
+        log.info("%s: a step takes %.2f s on %d thread(s) here; its %g-minute cap would fit "
+                 "fewer than %.0f %% of its %d steps, so it gets %.1f minutes (about %d "
+                 "steps)", stage.name, speed, clock.threads.get(stage.name, max_threads),
+                 stage.minutes, 100 * stage.min_share, stage.steps, minutes, fit)
+    return minutes
 
 
 def train_vocoder(sources: Sequence[Path], out_dir: Path, cfg: VocoderTrainConfig,
@@ -210,7 +274,7 @@ def train_vocoder(sources: Sequence[Path], out_dir: Path, cfg: VocoderTrainConfi
     # The decay ends at whichever comes first, the step count or the cap (as the acoustic
     # model's): a stage its cap stops on a slow host has annealed too.
     stage = _Stage("vocoder", out_dir / "vocoder.pt", cfg.digest(), cfg.steps,
-                   cfg.max_minutes,
+                   cfg.max_minutes, cfg.min_share, cfg.max_stretch,
                    lambda step, used: cfg.lr * max(0.1, 1 - max(step / cfg.steps, used)))
     steps, seconds, plan = _fit(model, sampler, stage, cfg, device)
     return TrainedVocoder(model, seconds, steps, plan={"vocoder": plan})
@@ -225,7 +289,8 @@ def adapt_vocoder(vocoder: TrainedVocoder, pairs: Sequence[tuple[np.ndarray, np.
     sampler = SegmentSampler([(w, m, 0, min(m.shape[1], len(w) // cfg.model.hop))
                               for m, w in pairs], cfg.segment_frames, cfg.model.hop, cfg.seed)
     stage = _Stage("vocoder_adapt", out_dir / "vocoder_adapt.pt", cfg.adapt_digest(acoustic),
-                   cfg.adapt_steps, cfg.adapt_minutes, lambda step, used: cfg.adapt_lr)
+                   cfg.adapt_steps, cfg.adapt_minutes, cfg.adapt_min_share, cfg.max_stretch,
+                   lambda step, used: cfg.adapt_lr)
     steps, seconds, plan = _fit(vocoder.model, sampler, stage, cfg, device)
     return TrainedVocoder(vocoder.model, vocoder.seconds, vocoder.steps, seconds, steps,
                           {**vocoder.plan, "vocoder_adapt": plan})
