@@ -172,7 +172,7 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
         log.info("starting SmolLM2-135M-Instruct (bench.llm_server); about a minute")
         proc = LLMProcess(nice=llm_nice)
         llm_url = proc.url
-    srv = Server(bundle_names([bundle]), ServerConfig(
+    srv = Server(bundle_names([bundle]), ServerConfig(host_share=None,
         token="bench", allow_unconsented=True, rtmp_allow=("127.0.0.1",),
         llm=LLMConfig(url=llm_url, model=llm_model, temperature=0.0, knowledge=KNOWLEDGE,
                       first_token_s=60.0, total_s=180.0)))

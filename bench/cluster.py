@@ -209,9 +209,11 @@ def bench_cluster(bundle: Path, says: int = 8, hold: tuple[int, ...] = (2, 3)) -
         finally:
             server.stop()
         # Held sessions: the single server on both cores (two render threads) against two
-        # nodes of one core each, one render thread each.
+        # nodes of one core each, one render thread each (the cluster's workers do not
+        # admit by the host's CPU use, so neither does the server here).
         server = ServerProcess(bundle, Path(tmp) / "serve2.log",
-                               args=("--render-threads", "2", "--max-sessions", str(max(hold))))
+                               args=("--render-threads", "2", "--max-sessions", str(max(hold)),
+                                     "--host-share", "0"))
 
         async def held() -> dict:
             import aiohttp

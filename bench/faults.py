@@ -237,8 +237,8 @@ def _server_faults(bundle: Path, faults: list[str]) -> list[dict]:
     # victim and bystander both in, and on an AVX2-only 2-core host the ci sample renders
     # about 55 frames/s, a hair under two sessions' 25 each at the 0.9 share.
     srv = Server(bundle_names([bundle]), ServerConfig(token="faults", max_sessions=6,
-                                                           capacity_share=1e9,
-                                                           allow_unconsented=True))
+                                                      capacity_share=1e9, host_share=None,
+                                                      allow_unconsented=True))
     srv.load()
     name = next(iter(srv.avatars))
     if srv.voices.get(name) is None:

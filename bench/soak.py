@@ -2,11 +2,11 @@
 
 Two real aiortc viewers make the avatar speak without pause (a sentence, then the next as
 soon as it ends) and receive its audio and video as a viewer would; a third viewer comes,
-says one sentence and leaves every ``churn_s`` (or is refused, 503, where the host's
-measured rendering capacity holds only two: counted). The server is ``twincast serve`` in a
-child process (``bench.server_process``), so what is measured is the server alone: every
-``sample_s`` its resident memory, open file descriptors and threads are read; every
-``window_s`` the steady
+says one sentence and leaves every ``churn_s`` (or is refused, 503, where the server's
+admission finds the host full, by its rendering capacity or its CPU use: counted). The
+server is ``twincast serve`` in a child process (``bench.server_process``), so what is
+measured is the server alone: every ``sample_s`` its resident memory, open file
+descriptors and threads are read; every ``window_s`` the steady
 sessions' late frames (speech frames that had to be shown idle) over frames shown. What the
 figures are for: memory that stops growing after warm-up, no window with late frames over
 1 %, descriptors and threads flat, and the same audio-visual offset at the end as at the
@@ -235,7 +235,7 @@ async def _drive(http: object, server: object, minutes: float, window_s: float,
                                            record if i == 0 else None)) for i in range(2)]
 
     async def churn() -> dict:
-        n = {"joined": 0, "refused": 0}
+        n = {"joined": 0, "refused": 0, "refused_host_cpu": 0}
         while not stop.is_set():
             try:  # the run may end before the next viewer is due
                 await asyncio.wait_for(stop.wait(), churn_s)
@@ -249,6 +249,8 @@ async def _drive(http: object, server: object, minutes: float, window_s: float,
                 if "503" not in str(e):
                     raise
                 n["refused"] += 1
+                # Which measure said no: the host's CPU use, or the lanes' frames/s.
+                n["refused_host_cpu"] += "host's CPUs" in str(e)
         return n
 
     churner = asyncio.ensure_future(churn())

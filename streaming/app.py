@@ -22,6 +22,7 @@ from avatar.chat_settings import ChatSettings
 from avatar.errors import TwincastError
 from avatar.label import Label, LabelConfig
 from avatar.watermark import WatermarkConfig
+from streaming.hostload import HostLoad
 from streaming.llm import LLMConfig
 from streaming.ratelimit import Bucket
 from streaming.registry import Registry
@@ -65,6 +66,11 @@ class ServerConfig:
     capacity_share: float = 0.9
     """A new session is admitted while all sessions' frames stay under this share of the
     scheduler's measured frames per second (a session needing every frame rendered)."""
+    host_share: float | None = 0.9
+    """... and, with a session open, while the whole host's CPU use over the last 20 s
+    stays under this share of its cores: the lanes' measure leaves out the encoders, voices,
+    event loop and other processes that share them (``streaming.hostload``). None: not
+    checked (tests and benchmarks that fill the host on purpose)."""
     cors_origins: tuple[str, ...] = ()
     """Web origins (``https://example.com``) whose pages may call the API; ``*`` for any."""
     connect_timeout_s: float = 20.0
@@ -132,7 +138,9 @@ class Server:
         self.avatars: dict[str, object] = {}
         self.voices: dict[str, object | None] = {}
         self.scheduler: Scheduler | None = None
-        self.registry = Registry(self.cfg.max_sessions, self.cfg.capacity_share)
+        self.registry = Registry(self.cfg.max_sessions, self.cfg.capacity_share,
+                                 self.cfg.host_share)
+        self.host_load = HostLoad()
         self.conversations: dict[str, object] = {}
         """Each session's questions to the LLM (``streaming.conversation``), once asked."""
         self.chats: dict[str, object] = {}
@@ -227,6 +235,7 @@ class Server:
         period = min(2.0, self.cfg.vanished_after_s / 4)
         while True:
             await asyncio.sleep(period)
+            self.host_load.sample()
             await self.registry.sweep()
 
     # ------------------------------------------------------------ sessions
@@ -248,7 +257,9 @@ class Server:
 
     def _reserve(self):  # noqa: ANN202 - the registry's admission context
         assert self.scheduler is not None
-        return self.registry.reserve(SessionConfig().fps, self.scheduler.capacity_fps())
+        self.host_load.sample()
+        return self.registry.reserve(SessionConfig().fps, self.scheduler.capacity_fps(),
+                                     self.host_load.load())
 
     async def open_webrtc(self, sdp: object, avatar: str | None, may_say: bool = True,
                           mode: str = "driven") -> tuple[Session, str]:

@@ -38,6 +38,15 @@ class ServerCollector:
         for outcome, n in sorted(srv.answer_totals.items()):
             answers.add_metric([outcome], n)
         yield from (chat, answers)
+        load = srv.host_load.load()
+        if load is not None:  # what admission reads (``streaming.hostload``)
+            host = GaugeMetricFamily("twincast_host_cpu_busy", "Share of the host's CPU "
+                                     "time busy over the last seconds, every process")
+            host.add_metric([], load.host)
+            own = GaugeMetricFamily("twincast_server_cpu_share", "Share of the host's CPU "
+                                    "time this server used over the same seconds")
+            own.add_metric([], load.own)
+            yield from (host, own)
         sch = srv.scheduler
         if sch is None:
             return

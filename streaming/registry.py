@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from streaming.hostload import Load
 from streaming.outputs import Output
 from streaming.requests import BadRequest
 from streaming.session import Session
@@ -32,11 +33,15 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, max_sessions: int, capacity_share: float):
+    def __init__(self, max_sessions: int, capacity_share: float,
+                 host_share: float | None = None):
         self.max_sessions = max_sessions
         self.capacity_share = capacity_share
         """Sessions are admitted while all their frames stay under this share of the
         scheduler's measured frames per second (each needing every frame rendered)."""
+        self.host_share = host_share
+        """And, with a session open, while the host's measured CPU use stays under this
+        share of its cores (None: not checked; ``streaming.hostload``)."""
         self.entries: dict[str, Entry] = {}
         self._opening = 0
 
@@ -58,10 +63,11 @@ class Registry:
                 if e.output.kind == kind]
 
     @contextlib.contextmanager
-    def reserve(self, fps: int, capacity_fps: float) -> Iterator[None]:
+    def reserve(self, fps: int, capacity_fps: float, load: Load | None = None
+                ) -> Iterator[None]:
         """Admit one more session of ``fps`` or raise Full; the place is held while it is
         opened (negotiating awaits: a burst of requests must not all pass the check before
-        any of them is counted)."""
+        any of them is counted). ``load``: the host's CPU use over the last seconds."""
         held = len(self.entries) + self._opening
         if held >= self.max_sessions:
             raise Full(f"the server holds its maximum of {self.max_sessions} sessions; try "
@@ -72,6 +78,14 @@ class Registry:
         if held and (held + 1) * fps > self.capacity_share * capacity_fps:
             raise Full(f"rendering capacity is taken by the open sessions (measured "
                        f"{capacity_fps:.0f} frames/s); try again later")
+        # A host whose cores are already this busy has nothing left for another session's
+        # encoder and voice, whatever the render lanes' measure says (other processes on
+        # the host count: they take the same cores).
+        if held and load is not None and self.host_share is not None and \
+                load.host > self.host_share:
+            raise Full(f"the host's CPUs were {load.host:.0%} busy over the last "
+                       f"{load.seconds:.0f} s ({load.own:.0%} this server's, {held} "
+                       "session(s)); try again later")
         self._opening += 1
         try:
             yield

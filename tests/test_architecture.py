@@ -175,7 +175,8 @@ SERVE_ONLY = textwrap.dedent("""
     import streaming.tracks
 
     bundle = Path(sys.argv[2])
-    server = Server(bundle_names([bundle]), ServerConfig(token="t", allow_unconsented=True))
+    server = Server(bundle_names([bundle]), ServerConfig(host_share=None,
+                                                         token="t", allow_unconsented=True))
     server.load()
     running = RunningServer(server)
     try:

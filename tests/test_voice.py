@@ -575,6 +575,9 @@ def test_voice_stages_train_side_by_side_then_finish(bundle: Path, tmp_path: Pat
     assert "head" not in manifest and manifest["voice"]["steps"] == steps
     assert manifest["voice"]["vocoder"]["kind"] == "vocos"
     assert manifest["voice"]["vocoder"]["adapt_steps"] > 0
+    # --vocoder-minutes is a hard cap: a stage its cap fits few steps of is not lengthened.
+    assert {manifest["voice"]["plan"][s]["minutes"] for s in ("vocoder", "vocoder_adapt")} \
+        == {0.05}
     out = tmp_path / "a.wav"
     assert run_cli("say", work / "avatars" / "reader", "Hello.", "-o", out).returncode == 0
     # The ci preset synthesises with Griffin-Lim: it has no vocoder to train alone.

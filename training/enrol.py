@@ -219,7 +219,8 @@ def train_voice_stage(workdir: Path, preset: str, device: str = "cpu",
     if vocoder_minutes is not None and cfg.vocoder is not None:
         cfg = dataclasses.replace(cfg, vocoder=dataclasses.replace(
             cfg.vocoder, max_minutes=min(cfg.vocoder.max_minutes, vocoder_minutes),
-            adapt_minutes=min(cfg.vocoder.adapt_minutes, vocoder_minutes)))
+            adapt_minutes=min(cfg.vocoder.adapt_minutes, vocoder_minutes),
+            max_stretch=1.0))  # the user's cap holds: no lengthening to the step floor
     wd = Workdir(workdir)
     every = wd.bundles()
     bundles = [b for b in every if not name or b.name == name]

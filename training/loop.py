@@ -132,7 +132,7 @@ def train_loop(cfg: LoopConfig, progress: Progress, step: Callable[[], Losses],
             if until is not None and until():
                 break
             if any_rank(time.monotonic() > deadline):
-                log.warning("%s training stopped at its %g-minute cap (step %d of %d)",
+                log.warning("%s training stopped at its %.3g-minute cap (step %d of %d)",
                             cfg.name, cfg.max_minutes, progress.step, cfg.steps)
                 capped = True
                 break

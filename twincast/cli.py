@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     tv.add_argument("--max-minutes", type=_positive,
                     help="cap the acoustic model's wall time (the vocoder has its own)")
     tv.add_argument("--vocoder-minutes", type=_positive,
-                    help="cap each of the vocoder's two stages' wall time")
+                    help="cap each of the vocoder's two stages' wall time (a hard cap: "
+                    "without it a slow host lengthens a stage to fit its floor of steps)")
     tv.add_argument("--only", choices=("acoustic", "vocoder"),
                     help="train one stage alone and export nothing: run one process of each "
                     "side by side, then once more without --only to finish and export")
@@ -353,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="render precision (auto: bf16 where the device has it natively)")
     sv.add_argument("--render-threads", type=int, default=0,
                     help="CPU threads each CPU render lane uses (0: half the cores)")
+    sv.add_argument("--host-share", type=float, default=0.9, metavar="SHARE",
+                    help="admit another session only while the whole host's measured CPU "
+                    "use stays under this share of its cores (0: no check)")
     sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                     help="a web origin whose pages may call the API (repeatable; * for any)")
     sv.add_argument("--rtmp-allow", action="append", default=[], metavar="HOST|NETWORK",
@@ -712,6 +716,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise TwincastError("--max-sessions must be at least 1")
     if args.render_threads < 0:
         raise TwincastError("--render-threads must be 0 (half the cores) or more")
+    if not 0 <= args.host_share <= 1:
+        raise TwincastError("--host-share must be between 0 (no check) and 1 (every core)")
     if args.log_format == "json":
         from twincast.logs import use_json_logs
 
@@ -722,6 +728,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                      rtmp_allow=tuple(args.rtmp_allow),
                                      precision=args.precision,
                                      render_threads=args.render_threads,
+                                     host_share=args.host_share or None,
                                      label=_label_config(args),
                                      watermark=_watermark_config(args),
                                      allow_unconsented=args.allow_unconsented,

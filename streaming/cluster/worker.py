@@ -48,11 +48,14 @@ class Worker:
         # loading checks the files against it, and a bundle that fails raises here, so the
         # worker never starts and `launch.start_workers` logs why.
         self.bundles = {name: sha256_file(p / "manifest.json") for name, p in bundles.items()}
+        # Not admission by the host's CPU use: a node runs a worker per device, each of
+        # which would count the others' load as its own; the ingress places sessions by
+        # each worker's measured capacity instead.
         server_cfg = ServerConfig(host=cfg.host, token=cfg.token, devices=(cfg.device,),
                                   render_threads=cfg.render_threads,
                                   max_sessions=cfg.max_sessions,
                                   allow_unconsented=cfg.allow_unconsented,
-                                  cors_origins=cfg.cors_origins)
+                                  cors_origins=cfg.cors_origins, host_share=None)
         self.server = Server(bundles, server_cfg)
         self.server.load()
         self.running = RunningServer(self.server, host=cfg.host)
