@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from avatar.errors import TwincastError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,8 +54,13 @@ class ServerProcess:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"twincast serve ended before it served (exit "
-                                   f"{self.proc.returncode}); see {self.log_path}")
+                # One line for the user (a bundle path that does not exist, say): the
+                # server's own last words, not a traceback from here.
+                self._log.flush()
+                lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
+                why = lines[-1].strip() if lines else "no output"
+                raise TwincastError(f"twincast serve ended before it served (exit "
+                                    f"{self.proc.returncode}: {why}); see {self.log_path}")
             try:
                 async with http.get(f"{self.url}/healthz") as r:  # type: ignore[attr-defined]
                     if r.status == 200:
