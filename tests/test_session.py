@@ -296,12 +296,17 @@ def test_microphone_speech_is_gated_and_interrupts_text() -> None:
             tone = (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
             quiet = np.zeros(piece, np.float32)
 
-            async def feed() -> None:
-                for i in range(100):  # 1 s of voice, then 1 s of silence, in real time
-                    s.hear(tone if i < 50 else quiet, rate)
-                    await asyncio.sleep(0.02)
-
             t_mic = s.clock.now()
+
+            async def feed() -> None:
+                # 1 s of voice, then 1 s of silence, in real time: each piece due at its
+                # own time on the session's clock, so that a busy host's late wake-ups do
+                # not stretch the second (relative sleeps did: a CI run under load played
+                # 44 of the 50 pieces before the test stopped listening).
+                for i in range(100):
+                    s.hear(tone if i < 50 else quiet, rate)
+                    await asyncio.sleep(max(0.0, t_mic + (i + 1) * 0.02 - s.clock.now()))
+
             feeder = asyncio.ensure_future(feed())
             video, audio = await _play(s, 2.6)
             await feeder
