@@ -3,9 +3,9 @@
 The render lanes' measured frames per second say what the model can render, not what a
 session costs the host: its video encoder, its voice and its share of the event loop run
 on the same cores as the lane, and so does whatever else runs on the machine. In an hour's
-soak on a 2-core host, two sessions speaking back to back were late on under 1 % of their
-frames while alone and on up to 1.9 % in the 5-minute windows where a third one was
-admitted by the lanes' measure. ``HostLoad`` samples ``/proc/stat`` (every process on the
+soak on a 2-core host, two sessions speaking back to back were late on 0.6-1.9 % of their
+frames per 5-minute window, most of it dropped in bursts while a third session, admitted by
+the lanes' measure, was on. ``HostLoad`` samples ``/proc/stat`` (every process on the
 host) and this process's CPU time over a sliding window; admission (``streaming.registry``)
 refuses another session while the host is busier than its share of the cores.
 """
