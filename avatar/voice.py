@@ -71,6 +71,20 @@ class _TrainedVocoder:
     def segment(self, log_mel: torch.Tensor, a: int, b: int) -> np.ndarray:
         return self.model.segment(log_mel, a, b).cpu().numpy().astype(np.float32)
 
+    def stream(self, log_mel: torch.Tensor) -> _Segments:
+        return _Segments(self, log_mel)
+
+
+class _Segments:
+    """A trained vocoder's chunks of one piece: each computed from its own frames and
+    their context, the same as the whole would have them (no state between chunks)."""
+
+    def __init__(self, vocoder: _TrainedVocoder, log_mel: torch.Tensor):
+        self.vocoder, self.log_mel = vocoder, log_mel
+
+    def chunk(self, a: int, b: int) -> np.ndarray:
+        return self.vocoder.segment(self.log_mel, a, b)
+
 
 LEAD_FRAMES = 2
 """Frames of silence (23 ms) at most before the first word of what is said: the recordings'
@@ -87,27 +101,35 @@ its centre (the face model's window), so this lets the first eight frames of spe
 rendered from the first chunk alone while the rest is vocoded (with a 0.28-s first chunk
 the second frame already waited on the rest)."""
 LATER_CHUNK_FRAMES = 400
-"""About 4.6 s: the rest of a piece in chunks this long. Each cut costs the vocoder its
-context twice over (48 frames), so the rest is made in as few chunks as latency allows:
-vocoding 4.6 s takes a few dozen milliseconds here, well within the first chunk's 0.56 s."""
+"""About 4.6 s: the longest chunk. Chunks after the first grow (the second as long as the
+first, then twice as long each time) up to this, because each must be vocoded before the
+audio ahead of it has been shown, less the face's look-ahead. With Griffin-Lim and the rest
+of a sentence as the second chunk, beside a two-thread load standing in for a render lane,
+the second chunk of one of twelve GRID answer sentences came 13 ms after its first frame
+was due; with growing chunks the worst of them came 16 ms ahead (median 0.26-0.32 s
+ahead). A trained vocoder makes 4.6 s in a few dozen milliseconds, and each cut costs it
+its context twice over (48 frames), so the chunks do not stay short."""
 
 
 def chunk_spans(ends: np.ndarray, first: int = FIRST_CHUNK_FRAMES,
                 later: int = LATER_CHUNK_FRAMES) -> list[tuple[int, int]]:
     """Frame spans that cut a piece's mel into chunks at symbol boundaries (``ends``: each
-    symbol's last frame + 1): the first about ``first`` frames, the others about ``later``,
-    a short tail joined to the chunk before it. Vocoding the first chunk alone lets its
-    audio leave long before the whole sentence is vocoded, without cutting the sentence
-    itself (each piece is spoken as one utterance, with one intonation)."""
+    symbol's last frame + 1): the first and second about ``first`` frames, then each twice
+    the one before up to ``later``, a short tail (under half a chunk) joined to the chunk
+    before it. Vocoding the first chunk alone lets its audio leave long before the whole
+    sentence is vocoded, without cutting the sentence itself (each piece is spoken as one
+    utterance, with one intonation)."""
     total = int(ends[-1]) if len(ends) else 0
-    spans, pos, size = [], 0, first
+    spans: list[tuple[int, int]] = []
+    pos, size = 0, first
     while pos < total:
         beyond = ends[ends >= pos + size]
         cut = int(beyond[0]) if len(beyond) else total
-        if spans and total - cut < later // 2:
+        if spans and total - cut < size // 2:
             cut = total  # a short tail joins the chunk before it (never the first chunk)
         spans.append((pos, cut))
-        pos, size = cut, later
+        pos = cut
+        size = min(later, first * 2 ** (len(spans) - 1))
     return spans
 
 
@@ -189,16 +211,18 @@ class Voice:
             log_mel = mel * self.std + self.mean
             n = frames.cpu().numpy()
             ends = np.cumsum(n)
-            streamable = isinstance(self.vocoder, _TrainedVocoder)
-            # Griffin-Lim finds its phase over the whole piece at once: one chunk.
-            spans = chunk_spans(ends) if streamable else [(0, int(ends[-1]))]
+            # Both vocoders go chunk by chunk, so the first audio of a piece costs its
+            # first half second, not the whole sentence (Griffin-Lim over four whole GRID
+            # voice sentences took 137-213 ms on a loaded 2-core host, their first chunks
+            # 57-67 ms).
+            stream = self.vocoder.stream(log_mel)
+            spans = chunk_spans(ends)
             rel = ends - n  # each symbol's first frame
             words = word_times(text_words(piece.text, piece.lang),
                                [(symbol_of(i), t + float(s0) * frame_s, t + float(e) * frame_s)
                                 for i, s0, e in zip(ids, rel, ends, strict=True)])
             for k, (a, b) in enumerate(spans):
-                audio = (self.vocoder.segment(log_mel, a, b) if streamable
-                         else self.vocoder(log_mel))
+                audio = stream.chunk(a, b)
                 start = t - a * frame_s  # the piece's start on the utterance's clock
                 timing = [(symbol_of(i), start + float(s0) * frame_s, start + float(e) * frame_s)
                           for i, s0, e in zip(ids, rel, ends, strict=True)
