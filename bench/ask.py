@@ -1,8 +1,9 @@
 """``twincast bench ask``: questions answered by a real LLM, timed at a real viewer.
 
-The server runs with an LLM behind the OpenAI-compatible API (by default SmolLM2-135M-
-Instruct from ``bench.llm_server`` in a child process) and one aiortc viewer. Each question
-is posted (``/ask``) after the last answer has ended, and timed at the viewer:
+The server runs as ``twincast serve`` in a child process (as a user runs it: the viewer's
+video decoding does not share its GIL) with an LLM behind the OpenAI-compatible API (by
+default SmolLM2-135M-Instruct from ``bench.llm_server`` in another) and one aiortc viewer.
+Each question is posted (``/ask``) after the last answer has ended, and timed at the viewer:
 
 * ``llm_first_sentence_ms``: question posted -> the answer's first sentence announced on
   the data channel (``answer_sentence``: the model's time to its first full sentence, plus
@@ -154,16 +155,31 @@ def _moderation() -> dict:
             "moderation_us_per_message": round(per_msg_us, 1)}
 
 
+async def _joined(http, session_url: str, auth: dict) -> None:  # noqa: ANN001
+    """Until the session's chat reader has joined its channel."""
+    while True:
+        async with http.get(session_url, headers=auth) as r:
+            chat = (await r.json()).get("chat") or {}
+        if any(src.get("state") == "live" for src in chat.get("sources", [])):
+            return
+        await asyncio.sleep(0.1)
+
+
 def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
               llm_model: str = "SmolLM2-135M-Instruct", chat_questions: int = 3,
               llm_nice: int = 19) -> dict:
+    import tempfile
+
     from bench.irc_server import available as irc_available
     from bench.llm_server import LLMProcess, ScriptedModel, ThreadServer, build_app
     from bench.serve import LOUD_RMS, MOVING_MARGIN, mouth_openings
-    from streaming.app import Server, ServerConfig, bundle_names
-    from streaming.llm import LLMConfig
-    from streaming.routes import RunningServer
+    from bench.server_process import ServerProcess
 
+    if not bundle.is_dir():
+        from avatar.errors import TwincastError
+
+        raise TwincastError(f"{bundle}: no such bundle; give an avatar folder that "
+                            "`twincast enrol` wrote")
     proc = None
     if llm_url == "scripted":
         proc = ThreadServer(build_app(ScriptedModel()))
@@ -172,12 +188,14 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
         log.info("starting SmolLM2-135M-Instruct (bench.llm_server); about a minute")
         proc = LLMProcess(nice=llm_nice)
         llm_url = proc.url
-    srv = Server(bundle_names([bundle]), ServerConfig(host_share=None,
-        token="bench", allow_unconsented=True, rtmp_allow=("127.0.0.1",),
-        llm=LLMConfig(url=llm_url, model=llm_model, temperature=0.0, knowledge=KNOWLEDGE,
-                      first_token_s=60.0, total_s=180.0)))
-    srv.load()
-    running = RunningServer(srv)
+    # The server runs as `twincast serve` in a child process, as a user runs it: in this
+    # process the viewer's video decoding would share its GIL and be counted in its part.
+    tmp = tempfile.TemporaryDirectory(prefix="twincast-ask-")
+    knowledge = Path(tmp.name) / "knowledge.md"
+    knowledge.write_text(KNOWLEDGE)
+    server = ServerProcess(bundle, Path(tmp.name) / "serve.log", token="bench", args=(
+        "--host-share", "0", "--rtmp-allow", "127.0.0.1", "--llm", llm_url,
+        "--llm-model", llm_model, "--knowledge", str(knowledge)))
     irc = None
     posted: list[tuple[float, str | None]] = []
     chat_sent: list[float] = []
@@ -190,11 +208,12 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
             auth = {"Authorization": "Bearer bench"}
             viewer = _Viewer()
             async with aiohttp.ClientSession() as http:
-                await viewer.open(http, running.url, "bench")
+                await server.wait_ready(http)
+                await viewer.open(http, server.url, "bench")
                 await asyncio.sleep(2.0)  # idle footage first: the mouth's rest opening
                 for i in range(questions):
                     t = time.perf_counter()
-                    async with http.post(f"{running.url}{viewer.location}/ask", headers=auth,
+                    async with http.post(f"{server.url}{viewer.location}/ask", headers=auth,
                                          json={"text": QUESTIONS[i % len(QUESTIONS)],
                                                "from": "bench"}) as r:
                         qid = (await r.json())["question"]
@@ -205,11 +224,11 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
                     from bench.irc_server import Bot, IrcServer
 
                     irc = IrcServer()
-                    async with http.put(f"{running.url}{viewer.location}/chat", headers=auth,
+                    async with http.put(f"{server.url}{viewer.location}/chat", headers=auth,
                                         json={"irc": irc.url("#shop"), "every": 0}) as r:
                         r.raise_for_status()
-                    sid = viewer.location.rsplit("/", 1)[1]
-                    await asyncio.wait_for(srv.chats[sid].sources[0].joined.wait(), 20)
+                    await asyncio.wait_for(_joined(http, server.url + viewer.location, auth),
+                                           20)
                     for i in range(chat_questions):
                         bot = await asyncio.to_thread(Bot, irc, f"viewer{i}", "#shop")
                         t = time.perf_counter()
@@ -225,7 +244,8 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
         viewer = asyncio.run(run())
         wall = time.perf_counter() - t0
     finally:
-        running.stop()
+        server.stop()
+        tmp.cleanup()
         if proc is not None:
             proc.stop()
         if irc is not None:

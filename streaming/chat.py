@@ -134,6 +134,14 @@ class ChatDesk:
         self._arrived.set()
         return outcome
 
+    def describe(self) -> dict:
+        """For ``GET /v1/sessions/ID``: how it answers, what waits, what came in by verdict,
+        and each chat source's connection state (``live`` once it has joined)."""
+        return {"answer": self.s.answer, "queued": len(self.queue),
+                "messages": dict(self.counts),
+                "sources": [{"chat": str(src.target), "state": src.state}
+                            for src in self.sources]}
+
     def start(self) -> None:
         """``answer = anytime``: answer on its own, as questions come."""
         if self.s.answer == "anytime" and self._loop_task is None:

@@ -89,7 +89,10 @@ def _paths() -> dict:
                               "503": _error("full; see Retry-After")}}},
             "/v1/sessions/{id}": {
                 "get": {"summary": "A session's state", "parameters": sid,
-                        "responses": {"200": {"description": "state"},
+                        "responses": {"200": {"description": "state and counters; with "
+                                              "live chat, its queue, messages by verdict "
+                                              "and each source's state (live once "
+                                              "joined)"},
                                       "404": _error("no such session")}},
                 "delete": {"summary": "Close a session", "parameters": sid,
                            "responses": {"204": {"description": "closed"},

@@ -230,7 +230,12 @@ class Routes:
                                   "say": req.say}, status=201)
 
     async def get_session(self, request: web.Request) -> web.Response:
-        return web.json_response(self.server.session(request.match_info["id"]).describe())
+        session = self.server.session(request.match_info["id"])
+        out = session.describe()
+        desk = self.server.chats.get(session.id)
+        if desk is not None:
+            out["chat"] = desk.describe()  # type: ignore[attr-defined]
+        return web.json_response(out)
 
     async def delete_session(self, request: web.Request) -> web.Response:
         session = self.server.session(request.match_info["id"])

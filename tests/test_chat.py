@@ -270,6 +270,11 @@ def test_chat_from_irc_and_the_webhook_is_answered_to_a_real_viewer(bundle) -> N
                 desk = srv.chats[v.location.rsplit("/", 1)[1]]
                 reader = desk.sources[0]
                 await asyncio.wait_for(_wait_joined(reader), 10)
+                async with http.get(f"{running.url}{v.location}", headers=auth) as r:
+                    chat = (await r.json())["chat"]  # an operator sees the reader joined
+                assert [src["state"] for src in chat["sources"]] == ["live"]
+                assert chat["sources"][0]["chat"].endswith("/#shop")
+                assert chat["answer"] == "anytime" and chat["queued"] == 0
                 bot = await asyncio.to_thread(Bot, irc, "troll", "#shop")
                 bot.say("you are an idiot")
                 bot.say("https://spam.example.com free stuff?")
