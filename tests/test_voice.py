@@ -251,8 +251,9 @@ def test_eval_voice_tells_real_from_untrained(bundle: Path, tmp_path: Path) -> N
     assert unseen["sentences"] == 3 and unseen["words"] > 10
     # The tiny voice is unintelligible on unseen text too, and the gap is the difference.
     assert unseen["wer_synth"] > 0.5 and (out / "unseen_bigram.arpa").exists()
-    assert unseen["gap_to_in_domain_points"] == round(
-        100 * (unseen["wer_synth"] - report["wer_synth"]), 1)
+    # The gap is taken before the WERs are rounded to four places: within a rounding step.
+    assert abs(unseen["gap_to_in_domain_points"]
+               - 100 * (unseen["wer_synth"] - report["wer_synth"])) <= 0.06
     assert unseen["worst"][0]["errors"] > 0 and "heard" in unseen["worst"][0]
 
 
