@@ -96,7 +96,7 @@ class GriffinLim:
         s = self.spec
         held_start = start if start is not None else angles[:, :0]
         return _iterate(mag, angles, held_start, held, self.window, self.n_iter,
-                           self.momentum, s.n_fft, s.hop, s.win or s.n_fft)
+                        self.momentum, s.n_fft, s.hop, s.win or s.n_fft)
 
     @torch.inference_mode()
     def __call__(self, log_mel: torch.Tensor) -> np.ndarray:
