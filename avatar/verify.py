@@ -18,7 +18,7 @@ from avatar.audio_mark import READ_RATE, read_audio
 from avatar.credentials import read_credentials
 from avatar.errors import TwincastError
 from avatar.mark_code import Reading, format_id
-from avatar.video_mark import CHANNELS, read_video, thumbnail_features
+from avatar.video_mark import CHANNELS, on_grid, read_video, thumbnail_features
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def decode(source: str, seconds: float | None = None) -> Decoded:
             raise TwincastError(f"{source}: has neither video nor audio")
         fps = float(vs.average_rate or vs.guessed_rate or 25) if vs is not None else 25.0
         feats: list[np.ndarray] = []
+        vtimes: list[float | None] = []
         pcm: list[np.ndarray] = []
         resampler = av.AudioResampler(format="flt", layout="mono", rate=READ_RATE) \
             if aus is not None else None
@@ -68,6 +69,7 @@ def decode(source: str, seconds: float | None = None) -> Decoded:
                     small = frame.reformat(width=128, height=96, format="gray",
                                            interpolation="AREA").to_ndarray()
                     feats.append(thumbnail_features(small))
+                    vtimes.append(frame.time)
                 else:
                     assert resampler is not None
                     for out in resampler.resample(frame):
@@ -76,7 +78,10 @@ def decode(source: str, seconds: float | None = None) -> Decoded:
             if not feats and not pcm:
                 raise TwincastError(f"{source}: cannot be decoded ({e})") from None
             log.warning("%s: decoding stopped early (%s); reading what came before", source, e)
-    return Decoded(features=np.array(feats, np.float64).reshape(-1, CHANNELS), fps=fps,
+    features = np.array(feats, np.float64).reshape(-1, CHANNELS)
+    if vtimes and None not in vtimes:  # a recording at a variable rate: as it was shown
+        features = on_grid(np.array(vtimes, np.float64), features, fps)
+    return Decoded(features=features, fps=fps,
                    audio=np.concatenate(pcm) if pcm else np.zeros(0, np.float32),
                    has_video=vs is not None, has_audio=aus is not None)
 

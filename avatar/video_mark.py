@@ -127,6 +127,28 @@ another rate (30 fps is common) repeats or drops frames, so the reader also trie
 resampled to each of these and keeps the reading whose sync is strongest."""
 
 
+def on_grid(times: np.ndarray, features: np.ndarray, fps: float) -> np.ndarray:
+    """A copy's per-frame features placed on a regular grid at ``fps`` by their times (s):
+    each slot holds the frame on screen at its time, as a player shows it. A WebRTC
+    session skips frames when its host cannot send them all, and a browser records what it
+    received at a variable rate: read frame after frame, the time codes and the chips would
+    slide. A copy at a constant rate comes back as it was. Times that would spread the
+    frames over more than ten times their number of slots are not trusted (a broken
+    clock): the frames stay in their order."""
+    times = np.asarray(times, np.float64)
+    feats = np.asarray(features)
+    if len(times) < 2 or len(times) != len(feats) or not np.isfinite(times).all():
+        return feats
+    order = np.argsort(times, kind="stable")
+    times, feats = times[order], feats[order]
+    n = int(round((times[-1] - times[0]) * fps)) + 1
+    if n > 10 * len(times):
+        return feats
+    slots = times[0] + np.arange(n) / fps
+    shown = np.searchsorted(times, slots + 0.5 / fps, side="right") - 1
+    return feats[np.clip(shown, 0, len(feats) - 1)]
+
+
 def read_video(features: np.ndarray, fps: float) -> Reading:
     """Find the mark in a copy's per-frame features ((n, CHANNELS), ``thumbnail_features``
     of each frame in order) at the copy's frame rate ``fps``."""

@@ -129,13 +129,18 @@ def av_lag(vt: np.ndarray, opening: np.ndarray, at: np.ndarray, rms: np.ndarray,
     vowels of any loudness), and on an offline render, in sync by construction, it picked
     +5 frames; on the same render this one finds 0, and a video delayed by 1-3 frames (or
     advanced by 2) shows as exactly that."""
-    loud = (np.interp(vt, at, rms) > LOUD_RMS).astype(float) if len(at) > 1 else \
-        np.zeros(len(vt))
     moving = (np.nan_to_num(opening, nan=0.0) > rest + MOVING_MARGIN).astype(float)
     best, best_r = 0, -2.0
+    if len(at) < 2:
+        return best
     for lag in range(-reach, reach + 1):  # positive = mouth after sound
-        x = loud[: len(loud) - lag] if lag >= 0 else loud[-lag:]
-        y = moving[lag:] if lag >= 0 else moving[: len(moving) + lag]
+        # The sound as it was ``lag`` frames before each video frame's arrival: shifted by
+        # time, not by frames received, so a video that skipped frames (a busy host keeps
+        # it in time that way) is measured the same.
+        when = vt - lag * 0.04
+        inside = (when >= at[0]) & (when <= at[-1])
+        x = (np.interp(when[inside], at, rms) > LOUD_RMS).astype(float)
+        y = moving[inside]
         if len(x) > 10 and np.std(x) > 0 and np.std(y) > 0:
             r = float(np.corrcoef(x, y)[0, 1])
             if r > best_r:

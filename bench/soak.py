@@ -117,27 +117,32 @@ async def _viewer(url: str, token: str, stop: asyncio.Event, says: int | None,
 
 
 def av_offset_ms(video: list[tuple[float, bytes]], audio: list[tuple[float, float]]
-                 ) -> float | None:
+                 ) -> tuple[float | None, dict]:
     """How far the received mouth trails the received sound in one recorded window
-    (``bench.serve.av_lag``, whole frames of 40 ms). The viewers speak back to back, with
-    no long idle stretch to learn the mouth's rest from: the rest is the window's 10th
-    percentile of openings (the mouth shut between words and sentences)."""
+    (``bench.serve.av_lag``, whole frames of 40 ms), and what the window held (frames of
+    video and audio, video frames with a face found, loud audio frames): an unmeasured
+    window says why. The viewers speak back to back, with no long idle stretch to learn
+    the mouth's rest from: the rest is the window's 10th percentile of openings (the mouth
+    shut between words and sentences)."""
     import cv2
     import numpy as np
 
-    from bench.serve import av_lag, mouth_openings
+    from bench.serve import LOUD_RMS, av_lag, mouth_openings
 
+    held = {"video": len(video), "audio": len(audio), "faces": 0,
+            "loud": sum(r > LOUD_RMS for _, r in audio)}
     if len(video) < 50 or len(audio) < 50:
-        return None
+        return None, held
     frames = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE)
               for _, b in video]
     opening = mouth_openings(frames)
-    if not np.isfinite(opening).any():
-        return None
+    held["faces"] = int(np.isfinite(opening).sum())
+    if not held["faces"]:
+        return None, held
     rest = float(np.nanpercentile(opening, 10))
     lag = av_lag(np.array([t for t, _ in video]), opening, np.array([t for t, _ in audio]),
                  np.array([r for _, r in audio]), rest)
-    return float(lag * 40)
+    return float(lag * 40), held
 
 
 def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: float = 60.0,
@@ -280,4 +285,5 @@ async def _drive(http: object, server: object, minutes: float, window_s: float,
     said = await asyncio.gather(*tasks)
     av = [av_offset_ms(v, a) for v, a in zip(record.video, record.audio, strict=True)]
     return {"said": list(said), "churned": await churner,
-            "av": {"start": av[0], "end": av[1], "window_s": av_window_s}}
+            "av": {"start": av[0][0], "end": av[1][0], "window_s": av_window_s,
+                   "held": {"start": av[0][1], "end": av[1][1]}}}

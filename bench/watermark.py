@@ -251,7 +251,7 @@ def audio_paths() -> dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]:
     from avatar.audio import resample
 
     return {
-        "webrtc_opus_96k": ("webrtc", lambda x: _codec(x, 48000, "libopus", 96, 48000)),
+        "webrtc_opus_64k": ("webrtc", lambda x: _codec(x, 48000, "libopus", 64, 48000)),
         "opus_32k": ("webrtc", lambda x: _codec(x, 48000, "libopus", 32, 48000)),
         "file_aac_128k": ("file", lambda x: _codec(x, 16000, "aac", 128, 16000)),
         "platform_aac_64k_44k": ("file", lambda x: _codec(x, 16000, "aac", 64, 44100)),

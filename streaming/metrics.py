@@ -79,6 +79,12 @@ class ServerCollector:
                                     "be rendered), open sessions")
         shown.add_metric([], sum(s.stats["frames_late"] for s in srv.sessions.values()))
         yield shown
+        skipped = CounterMetricFamily("twincast_session_frames_skipped", "Video frames "
+                                      "skipped to keep time with the sound (the host could "
+                                      "not send them all), open sessions")
+        skipped.add_metric([], sum(s.stats.get("frames_skipped", 0)
+                                   for s in srv.sessions.values()))
+        yield skipped
         # Livestreams: what reached the ingests, what was dropped, how often they
         # reconnected, summed: /metrics is public and a session id is a capability (with
         # the token it lets anyone say into or end that broadcast), so none is listed.

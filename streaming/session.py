@@ -59,6 +59,11 @@ class SessionConfig:
     ``SchedulerConfig.hold_s``)."""
     deadline_margin_s: float = 0.008
     """A rendered frame must be back this long before it is shown."""
+    video_behind_s: float = 0.16
+    """A viewer's video that has fallen this far behind the session's clock (a host short
+    of CPU: each frame is asked for only once the one before is encoded) skips to the
+    present frame; followed frame by frame, two sessions' video on a 2-core host with a
+    third of its CPU stolen fell seconds behind their sound."""
     max_events: int = 256
     live_margin_s: float = 0.32
     """Microphone speech starts this long after its first audio arrived: the face model
@@ -172,7 +177,7 @@ class Session:
         self.listeners: list[Callable[[SessionEvent], None]] = []
         self.stats = {"frames_shown": 0, "frames_rendered": 0, "frames_late": 0,
                       "frames_late_at_start": 0, "frames_dropped_late": 0, "frames_failed": 0,
-                      "frames_repeated": 0,
+                      "frames_repeated": 0, "frames_skipped": 0,
                       "utterances": 0, "interrupts": 0}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None

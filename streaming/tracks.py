@@ -36,8 +36,14 @@ class AvatarVideoTrack(MediaStreamTrack):
 
     async def recv(self) -> av.VideoFrame:
         k, fps = self._k, self.session.cfg.fps
-        self._k += 1
         await self.session.clock.wait_until(k / fps)
+        # Behind the clock (frames came slower than they are due): the present frame is
+        # sent next, so the picture keeps time with the sound at a lower frame rate.
+        present = int(self.session.clock.now() * fps)
+        if present - k >= self.session.cfg.video_behind_s * fps:
+            self.session.stats["frames_skipped"] += present - k
+            k = present
+        self._k = k + 1
         if self.readyState != "live":  # stopped with its session: the sender ends
             raise MediaStreamError
         rgb = self.session.video_frame(k)
@@ -63,14 +69,22 @@ class AvatarVideoTrack(MediaStreamTrack):
 
 
 class AvatarAudioTrack(MediaStreamTrack):
+    """The session's sound, sent as Opus packets encoded here, 20 ms at a time.
+
+    aiortc would encode each frame on the shared executor: a hop to another thread and
+    back 50 times a second per session, and on a host short of CPU (two speaking sessions
+    on two cores with a third stolen) the sound came at 31-43 frames a second and fell
+    behind its clock. Encoding a 20 ms frame takes about a millisecond on the loop."""
+
     kind = "audio"
 
     def __init__(self, session: Session):
         super().__init__()
         self.session = session
         self._j = 0
+        self._opus: av.CodecContext | None = None
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.Packet | av.AudioFrame:
         j, rate = self._j, self.session.cfg.audio_rate
         self._j += 1
         await self.session.clock.wait_until(j * 0.02)
@@ -78,4 +92,27 @@ class AvatarAudioTrack(MediaStreamTrack):
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate, frame.pts = rate, j * len(pcm)
         frame.time_base = Fraction(1, rate)
-        return frame
+        if rate not in OPUS_RATES:  # aiortc resamples it to 48 kHz on its executor
+            return frame
+        if self._opus is None:
+            self._opus = _opus_encoder(rate)
+        packets = self._opus.encode(frame)
+        if len(packets) != 1:  # libopus gives one packet per 20 ms frame
+            return frame
+        # The RTP clock of Opus is 48 kHz whatever the rate it was fed at.
+        packet = packets[0]
+        packet.pts, packet.time_base = j * 960, Fraction(1, 48000)
+        return packet
+
+
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+"""Sample rates libopus takes as they are."""
+
+
+def _opus_encoder(rate: int) -> av.CodecContext:
+    codec = av.CodecContext.create("libopus", "w")
+    codec.bit_rate = 64000  # a voice, mono: aiortc's 96 kb/s is for stereo music
+    codec.format, codec.layout, codec.sample_rate = "s16", "mono", rate
+    codec.time_base = Fraction(1, rate)
+    codec.options = {"application": "voip"}
+    return codec

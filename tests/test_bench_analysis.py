@@ -40,3 +40,15 @@ def test_av_lag_finds_a_known_offset(shift: int) -> None:
 def test_av_lag_of_a_still_mouth_is_zero() -> None:
     vt, opening, at, rms, rest = _session(0)
     assert av_lag(vt, np.full(len(vt), rest), at, rms, rest) == 0
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_av_lag_of_a_video_that_skipped_frames(shift: int) -> None:
+    """A busy host skips video frames to keep time: a third of them missing, in runs."""
+    vt, opening, at, rms, rest = _session(shift, seed=1)
+    rng = np.random.default_rng(5)
+    kept = np.ones(len(vt), bool)
+    for start in rng.choice(len(vt) - 8, 60, replace=False):
+        kept[start:start + rng.integers(2, 8)] = False
+    assert 0.2 < 1 - kept.mean() < 0.5
+    assert av_lag(vt[kept], opening[kept], at, rms, rest) == shift

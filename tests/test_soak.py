@@ -20,7 +20,18 @@ def test_a_short_soak_reports_memory_late_frames_and_handles(bundle: Path,
     assert r["rss_mb"]["end"] > 0 and r["fds"]["max"] >= r["fds"]["start"]
     assert len(r["samples"]) >= 8
     assert r["server_exit_code"] == 0
-    # An A/V window early on and one after the run, each measured (whole 40 ms frames).
+    # An A/V window early on and one after the run: each measured (whole 40 ms frames),
+    # or, on a host so short of CPU that the video kept time by skipping most frames, left
+    # unmeasured with what it held to say so; a starved host was seen to starve one
+    # window (13 frames in 7.5 s at the start, with a third of its CPU stolen), not both.
     offsets = r["av_offset_ms"]
-    assert offsets["start"] is not None and offsets["end"] is not None, offsets
-    assert offsets["start"] % 40 == 0 and abs(offsets["end"]) <= 320
+    measured = [w for w in ("start", "end") if offsets[w] is not None]
+    assert measured, offsets
+    for w in ("start", "end"):
+        held = offsets["held"][w]
+        assert held["audio"] > 0 and held["video"] > 0, offsets  # both tracks recorded
+        if offsets[w] is None:
+            assert held["video"] < 50 or held["audio"] < 50 or held["faces"] == 0, offsets
+        else:
+            assert offsets[w] % 40 == 0 and abs(offsets[w]) <= 320, offsets
+            assert held["faces"] > 0, offsets

@@ -13,7 +13,7 @@ from conftest import DATA, run_cli, write_av
 
 from avatar import mark_code
 from avatar.audio_mark import AudioMarker, read_audio
-from avatar.video_mark import VideoMarker, read_video
+from avatar.video_mark import VideoMarker, on_grid, read_video
 from bench.watermark import _X264, _codec, _Crop, _Vp8, features_of
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -101,6 +101,23 @@ def test_video_mark_survives_aiortcs_vp8_at_its_floor_rate() -> None:
     marked = np.stack([marker.apply(f, k) for k, f in enumerate(frames)])
     got = read_video(_through(marked, [_Vp8(MIN_BITRATE)]), 25)
     assert got.found and got.ident == IDENT
+
+
+def test_video_mark_is_read_from_a_copy_that_skipped_frames() -> None:
+    """A session on a busy host skips frames to keep time; a recording of it has gaps.
+    Placed by their times, the frames that came still carry the mark and its time code."""
+    frames = _scene(600, seed=2)
+    marker = VideoMarker(IDENT, T0, 25)
+    feats = _through(np.stack([marker.apply(f, k) for k, f in enumerate(frames)]), [])
+    times = np.arange(len(feats)) / 25
+    assert np.array_equal(on_grid(times, feats, 25), feats)  # a steady copy: as it was
+    rng = np.random.default_rng(3)
+    kept = np.sort(rng.choice(len(feats), int(0.6 * len(feats)), replace=False))
+    got = read_video(on_grid(times[kept], feats[kept], 25), 25)
+    assert got.found and got.ident == IDENT
+    for b in got.blocks:
+        if b.utc_second is not None:  # the grid starts at the first frame kept
+            assert abs(b.utc_second - (T0 + times[kept[0]] + b.start_s)) <= 1
 
 
 @pytest.fixture(scope="module")
