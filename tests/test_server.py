@@ -421,6 +421,20 @@ def test_headless_browser_page(server, tmp_path) -> None:  # noqa: ANN001
                         break
                     await asyncio.sleep(0.1)
                 assert frames > 25
+                # The voice (Opus, mono, encoded in the session's track) is decoded as sound,
+                # not concealed: its energy is more than silence's.
+                heard = {}
+                for _ in range(100):
+                    heard = await evaluate(
+                        "pc.getStats().then(s => { let a = {}; s.forEach(r => { if (r.type "
+                        "=== 'inbound-rtp' && r.kind === 'audio') a = {energy: "
+                        "r.totalAudioEnergy, samples: r.totalSamplesReceived, concealed: "
+                        "r.concealedSamples}; }); return a; })")
+                    if heard.get("energy", 0) > 1e-4:
+                        break
+                    await asyncio.sleep(0.1)
+                assert heard.get("energy", 0) > 1e-4, heard
+                assert heard["samples"] > 2 * heard["concealed"], heard
                 # The microphone: the fake device beeps, and the avatar speaks the beeps.
                 sid = (await evaluate("session")).rsplit("/", 1)[1]
                 before = srv.sessions[sid].stats["utterances"]
