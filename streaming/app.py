@@ -15,6 +15,7 @@ import os
 import secrets
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,11 @@ class Server:
         self._http = None  # the LLM's HTTP client, made at the first question
         self._recogniser = None  # conversation mode's, made at the first such session
         self._watchdog: asyncio.Task | None = None
+        self.synthesis_pool: ThreadPoolExecutor | None = None
+        """Every session's speech synthesis (one at a time per session), apart from the
+        event loop's default executor: aiortc encodes each session's video frames there,
+        and syntheses take seconds; with as many speaking sessions as that executor has
+        threads (6 on 2 cores), every session's next frame would wait behind them."""
         self.label = Label(self.cfg.label) if self.cfg.label.enabled else None
         if self.label is None:
             log.warning("the visible AI-generated label is off: viewers are not told the "
@@ -203,6 +209,9 @@ class Server:
 
             noises(SessionConfig().audio_rate)
         self.scheduler = Scheduler(lanes, SchedulerConfig(max_batch=self.cfg.max_batch))
+        # As many as cores: more at once would only share them, each finishing later.
+        self.synthesis_pool = ThreadPoolExecutor(max(2, os.cpu_count() or 1),
+                                                 thread_name_prefix="synthesis")
         self.scheduler.warm_up(lambda name, n: self.avatars[name].silent_requests(n))
         from streaming.speech import warm_up
 
@@ -230,6 +239,8 @@ class Server:
             await self._http.close()
         if self.scheduler is not None:
             self.scheduler.stop()
+        if self.synthesis_pool is not None:
+            self.synthesis_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _watch(self) -> None:
         period = min(2.0, self.cfg.vanished_after_s / 4)
@@ -251,6 +262,7 @@ class Server:
         assert self.scheduler is not None
         session = Session(avatar, self.avatars[avatar], self.voices.get(avatar),
                           self.scheduler, SessionConfig())
+        session.synthesis_pool = self.synthesis_pool
         if self.cfg.watermark.enabled:
             session.mark_cfg = self.cfg.watermark
         return session

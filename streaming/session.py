@@ -19,6 +19,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -201,6 +202,9 @@ class Session:
         """Set by the server: the invisible marks (``avatar.watermark``) in everything this
         session sends; None: none."""
         self._marks: StreamMarks | None = None
+        self.synthesis_pool: Executor | None = None
+        """Set by the server: where this session's syntheses run (shared by its sessions);
+        None: the event loop's default executor."""
         self._to_synthesise: deque[Utterance] = deque()
         self._synthesising = False
         self._told_closing = False
@@ -288,7 +292,8 @@ class Session:
                 if self.state != "closed":
                     self._next_synthesis(loop)
 
-            loop.run_in_executor(None, self._synthesise, u, loop).add_done_callback(done)
+            loop.run_in_executor(self.synthesis_pool, self._synthesise, u,
+                                 loop).add_done_callback(done)
             return
 
     async def wait_spoken(self, uid: str) -> None:

@@ -354,3 +354,37 @@ def test_speech_starts_as_late_as_first_frames_have_been_taking() -> None:
         assert len(sch._starts) == 5 and sch._starts[-1] < 0.3
 
     asyncio.run(run())
+
+
+def test_syntheses_run_on_the_servers_pool_not_the_loops_executor() -> None:
+    """The event loop's default executor encodes every session's video frames (aiortc):
+    a synthesis, seconds long, runs on the server's own pool instead."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    where: list[str] = []
+
+    class WhereVoice(FakeVoice):
+        def speak(self, text: str, pace: float = 1.0):  # noqa: ANN201
+            where.append(threading.current_thread().name)
+            yield from super().speak(text, pace)
+
+    async def run() -> None:
+        avatar = FakeAvatar()
+        sch = Scheduler([Lane("cpu0", {"a": avatar})], SchedulerConfig(max_batch=4))
+        sch.start()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="synthesis")
+        s = Session("a", avatar, WhereVoice(), sch, SessionConfig())
+        s.synthesis_pool = pool
+        s.start()
+        s.clock.start()
+        try:
+            uid = s.say("one")
+            await asyncio.wait_for(s.wait_spoken(uid), 10)
+        finally:
+            await s.close()
+            sch.stop()
+            pool.shutdown()
+
+    asyncio.run(run())
+    assert len(where) == 1 and where[0].startswith("synthesis"), where
