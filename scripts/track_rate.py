@@ -1,8 +1,9 @@
 """How fast a server's sessions actually reach their viewers: ``twincast serve`` in a child
 process, N aiortc viewers (optionally all speaking a sentence), and per viewer the video
 and audio frames received per second over a window, how much stream time the video
-covered in it (less than the wall time: the video fell behind), the frames the server
-skipped to keep time, the server's CPU (cores) and the host's busy/steal/idle shares.
+covered in it (less than the wall time: the video fell behind), how far behind its
+first frame's pace the video was at the window's end, the frames the server skipped to
+keep time, the server's CPU (cores) and the host's busy/steal/idle shares.
 
     .venv/bin/python scripts/track_rate.py BUNDLE [--viewers 2] [--say] [--window 8]
 
@@ -86,6 +87,11 @@ async def measure(bundle: Path, viewers: int, say: bool, window: float) -> dict:
                     "audio_fps": round(len(audio) / (t1 - t0), 1),
                     "video_stream_s": round((video[-1][1] - video[0][1]) / 90000, 2)
                     if len(video) > 1 else None,
+                    # How far the video was behind its own first frame's pace at the
+                    # window's end (seconds of wall time not yet shown).
+                    "video_behind_s": round((video[-1][0] - g["video"][0][0])
+                                            - (video[-1][1] - g["video"][0][1]) / 90000, 2)
+                    if video else None,
                     "frames_skipped": b.get("frames_skipped", 0) - a.get("frames_skipped", 0)})
     return {"viewers": viewers, "speaking": say, "window_s": round(t1 - t0, 2),
             "sessions": per,
