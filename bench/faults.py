@@ -190,13 +190,16 @@ async def _in_process(srv: object, url: str, fault: str, armed: threading.Event,
             said = await bystander.say(SENTENCES[0])
             if fault == "renderer":
                 uid = await victim.say(SENTENCES[1])
-                await victim.started(uid)
+                out["victim_started"] = await victim.started(uid)
                 await asyncio.sleep(0.5)
                 armed.set()
-                # Armed until a batch with the victim's frames has failed (or 5 s).
+                # Armed until a batch with the victim's frames has failed, or its sentence
+                # ended without one (a fixed 5 s missed every batch once on a starved host).
                 stats = srv.sessions[victim.sid].stats
-                end = time.monotonic() + 5.0
-                while stats["frames_failed"] == 0 and time.monotonic() < end:
+                end = time.monotonic() + 30.0
+                while stats["frames_failed"] == 0 and time.monotonic() < end and \
+                        not any(e.get("utterance") == uid and e["type"] in (
+                            "speech_ended", "error", "interrupted") for e in victim.events):
                     await asyncio.sleep(0.02)
                 armed.clear()
             else:

@@ -23,6 +23,7 @@ def test_renderer_and_voice_faults_drop_only_the_victims_utterance(bundle: Path)
         assert f["bystander_errors"] == [] and f["server_healthy_after"], f
         assert f["lost"] == ["the victim's current utterance"], f
     renderer = r["faults"][0]
+    assert renderer["victim_started"], renderer  # armed while the victim was speaking
     assert renderer["victim_frames_failed"] > 0 and "rendering" in renderer["victim_told"][0]
 
 
