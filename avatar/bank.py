@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
@@ -26,12 +27,14 @@ from avatar.errors import path_error
 from avatar.motion import Entry, MotionGraph
 
 log = logging.getLogger(__name__)
+V = TypeVar("V")
 
 
 class MotionBank:
     def __init__(self, path: Path, index: dict[str, np.ndarray], files: list[str], fps: int,
                  geometry: tuple[np.ndarray, np.ndarray, np.ndarray], size: int,
-                 cache_mb: float = 2048.0):
+                 cache_mb: float = 2048.0, prepared_mb: float = 512.0,
+                 mixed_mb: float = 512.0):
         self.path = path
         self.index = index
         self.files = files
@@ -42,8 +45,13 @@ class MotionBank:
         self._size = size
         self._affine = index["crop_affine"].astype(np.float64)
         self._frames: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._prepared: OrderedDict[Entry, _IdleFrame] = OrderedDict()
-        self._mixed: OrderedDict[Entry, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        # Cross-fades mixed and frames prepared for painting, a second ahead of every
+        # session (sixteen sessions: 400 entries; at 720p about 0.3 GB prepared and 0.2 GB
+        # of cross-fades): bounded in bytes, not in entries.
+        self._prepared: _Lru[_IdleFrame] = _Lru(
+            int(prepared_mb * 2**20), lambda p: p.region.nbytes + p.blend.nbytes)
+        self._mixed: _Lru[tuple[np.ndarray, np.ndarray]] = _Lru(
+            int(mixed_mb * 2**20), lambda m: m[0].nbytes)
         self._bytes = 0
         # 2 GB: sixteen sessions at 720p each reading their own 32-frame chunk need about
         # 1.4 GB; under that, chunks were decoded again before their frames were shown
@@ -129,14 +137,18 @@ class MotionBank:
             _, old = self._frames.popitem(last=False)
             self._bytes -= old.nbytes
 
-    def prefetch(self, frames: list[int], fades: Sequence[Entry] = ()) -> None:
-        """Decode the chunks holding ``frames`` on the bank's thread (returns at once), then
-        mix the cross-fade ``fades``: frames shown unpainted are not made on the caller's
-        thread (the server's event loop)."""
+    def prefetch(self, entries: Sequence[Entry], paint: Sequence[Entry] = ()) -> None:
+        """Make ``entries`` ready on the bank's thread (returns at once): their chunks
+        decoded, their cross-fades mixed, and for those in ``paint`` (the frames a mouth
+        will be painted on) what compositing needs prepared. None of it then happens on
+        the caller's thread (the server's event loop) or in the middle of a render batch,
+        where it holds up every session's frames."""
+        frames = {f for e in entries for f in e.frames()}
         with self._lock:
-            todo = sorted({f for f in frames if f not in self._frames})
-            mixes = [e for e in fades if e not in self._mixed]
-        if not todo and not mixes:
+            todo = sorted(f for f in frames if f not in self._frames)
+            mixes = list(dict.fromkeys(e for e in entries if e.b >= 0 and e not in self._mixed))
+            preps = list(dict.fromkeys(e for e in paint if e not in self._prepared))
+        if not todo and not mixes and not preps:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="bank")
@@ -149,8 +161,17 @@ class MotionBank:
                     continue
                 self._queued[c] = f
             self._pool.submit(self._safe_decode, f)
-        for e in mixes:  # after the decodes, on the same thread: their frames are ready
+        # After the decodes, on the same thread: their frames are ready.
+        for e in mixes:
             self._pool.submit(self._safe_mix, e)
+        for e in preps:
+            self._pool.submit(self._safe_prepare, e)
+
+    def _safe_prepare(self, e: Entry) -> None:
+        try:
+            self.background(e)
+        except Exception:  # noqa: BLE001 - prepared again (and fails loudly) when painted
+            log.exception("preparing bank frame %s failed", e)
 
     def _safe_mix(self, e: Entry) -> None:
         try:
@@ -189,9 +210,7 @@ class MotionBank:
         if m is None:
             m = self._compose(e)
             with self._lock:
-                self._mixed[e] = m
-                while len(self._mixed) > 64:
-                    self._mixed.popitem(last=False)
+                self._mixed.put(e, m)
         return m
 
     def _compose(self, e: Entry) -> tuple[np.ndarray, np.ndarray]:
@@ -231,10 +250,41 @@ class MotionBank:
         frame, affine = self._compose(e) if e.b < 0 else self._mixed_frame(e)
         p = prepare_frames([frame], affine[None], *self._geometry, self._size)[0]
         with self._lock:
-            self._prepared[e] = p
-            while len(self._prepared) > 96:
-                self._prepared.popitem(last=False)
+            self._prepared.put(e, p)
         return p
+
+
+class _Lru(Generic[V]):
+    """A cache bounded in bytes (``size`` of each value): the least recently used go
+    first, the newest is always kept. Not locked: the bank holds its lock around it."""
+
+    def __init__(self, limit: int, size: Callable[[V], int]):
+        self.limit = limit
+        self._size = size
+        self._items: OrderedDict[Entry, V] = OrderedDict()
+        self.bytes = 0
+
+    def __contains__(self, key: Entry) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Entry) -> V | None:
+        v = self._items.get(key)
+        if v is not None:
+            self._items.move_to_end(key)
+        return v
+
+    def put(self, key: Entry, value: V) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= self._size(old)
+        self._items[key] = value
+        self.bytes += self._size(value)
+        while self.bytes > self.limit and len(self._items) > 1:
+            _, gone = self._items.popitem(last=False)
+            self.bytes -= self._size(gone)
 
 
 def _h(m: np.ndarray) -> np.ndarray:

@@ -169,9 +169,9 @@ def speaking_frames(avatar: Avatar, audio: np.ndarray, batch: int = 16, seed: in
     for a in range(0, n, batch):
         reqs = [FrameRequest(idle_index=i, mel=windows[i], base=bases[i])
                 for i in range(a, min(n, a + batch))]
-        if avatar.bank is not None:  # decode the next batch's frames meanwhile
-            avatar.bank.prefetch([f for b in bases[a + batch: a + 2 * batch]
-                                  for f in b.frames()])
+        if avatar.bank is not None:  # the next batch's frames made ready meanwhile
+            following = bases[a + batch: a + 2 * batch]
+            avatar.bank.prefetch(following, following)
         yield avatar.render(reqs)
 
 

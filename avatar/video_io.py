@@ -20,7 +20,8 @@ class VideoWriter:
     """H.264 writer with an optional mono audio track; the file appears only on close()."""
 
     def __init__(self, path: Path, fps: int, width: int, height: int, crf: int = 18,
-                 preset: str = "veryfast", audio_rate: int | None = None):
+                 preset: str = "veryfast", audio_rate: int | None = None,
+                 tune: str | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp.mp4",
@@ -31,7 +32,7 @@ class VideoWriter:
         self._v = self._out.add_stream("libx264", rate=fps)
         self._v.width, self._v.height = width, height
         self._v.pix_fmt = "yuv420p"
-        self._v.options = {"crf": str(crf), "preset": preset}
+        self._v.options = {"crf": str(crf), "preset": preset, **({"tune": tune} if tune else {})}
         # One encoder thread per writer: callers already run one writer per core.
         self._v.codec_context.thread_count = 1
         self._a = None

@@ -15,7 +15,7 @@ for r in 512x512 1280x720; do
     for m in "" "--motion"; do
       echo "== $r ${m:-idle} run $i"
       "$TW" bench render "$W/avatars/s" --preset cpu --batches 1,16 --seconds 4 $m \
-        | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["fps_by_batch"], r["background"], r["peak_rss_mb"])'
+        | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["fps_by_batch"], r["background"], r.get("chunks_decoded_per_frame", ""), r["peak_rss_mb"])'
     done
   done
 done

@@ -427,7 +427,7 @@ class Session:
             # it in case its decode was never queued.
             if not self.avatar.base_frame_ready(e):
                 self.stats["frames_repeated"] += 1
-                self.motion.bank.prefetch(list(e.frames()), [e] if e.b >= 0 else [])
+                self.motion.bank.prefetch([e])
                 return self._last_frame if self._last_frame is not None else \
                     self.avatar.idle_frame(k)
             self._last_frame = self.avatar.base_frame(e)
@@ -877,8 +877,11 @@ class MotionTimeline:
         if first >= ahead:
             return
         planned = [self.at(k, mode) for k in range(first, ahead)]
-        self.bank.prefetch([f for e in planned for f in e.frames()],
-                           [e for e in planned if e.b >= 0])
+        # Frames to be painted (speech, and silent footage whose own mouth is open) are
+        # also prepared for compositing there.
+        self.bank.prefetch(planned, [e for k, e in zip(range(first, ahead), planned,
+                                                       strict=True)
+                                     if mode(k) == "speaking" or self.mouthy(e)])
         self._prefetched = ahead
 
 

@@ -116,6 +116,10 @@ def test_the_bundle_has_a_bank_and_renders_over_it(bundle: Path, sample) -> None
     for f in motion["files"] + [motion["index"]]:
         assert f in manifest["files"] and (bundle / f).is_file()
     assert motion["seconds"]["speaking"] > 0 and motion["bytes"] > 0
+    # Chunks are made to decode fast (every frame shown is decoded at run time): x264's
+    # own record of its settings, in the stream, says no CABAC and no deblocking.
+    head = (bundle / motion["files"][0]).read_bytes()
+    assert b"cabac=0" in head and b"deblock=0" in head
     av = Avatar.load(bundle)
     assert av.bank is not None and av.bank.n == motion["frames"]
     audio = load_audio(sample.video, 16000)[: 16000 * 4]
@@ -352,3 +356,63 @@ def test_the_event_loop_never_decodes_bank_video(bundle: Path) -> None:
     loop_thread = threading.main_thread().name
     assert decoded_on and loop_thread not in decoded_on, decoded_on
     assert s.stats["frames_repeated"] <= 15, s.stats  # a stall now and then, not a freeze
+
+
+def test_prefetch_readies_frames_off_the_caller_s_thread(bundle: Path, monkeypatch) -> None:
+    """What a session will show is decoded, cross-faded and (for frames to be painted)
+    prepared for compositing on the bank's thread ahead of time, so a render batch does
+    none of it; and the frames rendered are the ones rendered without prefetching."""
+    import threading
+
+    import avatar.bank
+    from avatar.avatar import Avatar, FrameRequest
+
+    av, fresh = Avatar.load(bundle), Avatar.load(bundle)
+    walker = av.walker(0)
+    entries = [walker.next("speaking" if 10 <= k < 50 else "silent") for k in range(60)]
+    assert any(e.b >= 0 for e in entries)  # a cross-fade among them
+    painted = entries[10:50]
+    threads: dict[str, list[str]] = {"prepare": [], "decode": []}
+    real_prepare, real_decode = avatar.bank.prepare_frames, av.bank._decode
+
+    def prepare(*args):  # noqa: ANN002, ANN202
+        threads["prepare"].append(threading.current_thread().name)
+        return real_prepare(*args)
+
+    def decode(i: int) -> None:
+        threads["decode"].append(threading.current_thread().name)
+        real_decode(i)
+
+    monkeypatch.setattr(avatar.bank, "prepare_frames", prepare)
+    av.bank._decode = decode
+    av.bank.prefetch(entries, painted)
+    assert av.bank._pool is not None
+    av.bank._pool.submit(lambda: None).result()  # the bank's thread has done its work
+    assert all(av.bank.ready(e) for e in entries)
+    assert len(threads["prepare"]) == len(set(painted))
+    assert threads["decode"]
+    assert all(name.startswith("bank") for v in threads.values() for name in v), threads
+    windows = np.zeros((len(painted), av.gen.cfg.mel_bins, av.mel_frames), np.float32)
+    reqs = [FrameRequest(i, windows[i], base=e) for i, e in enumerate(painted)]
+    out = av.render(reqs)
+    # The batch found every background ready: nothing more decoded or prepared.
+    assert len(threads["prepare"]) == len(set(painted))
+    assert all(name.startswith("bank") for v in threads.values() for name in v), threads
+    expected = fresh.render(reqs)
+    assert all(np.array_equal(x, y) for x, y in zip(out, expected, strict=True))
+
+
+def test_bank_caches_are_bounded_in_bytes() -> None:
+    from avatar.bank import _Lru
+    from avatar.motion import Entry
+
+    lru = _Lru(1000, lambda v: v.nbytes)
+    for i in range(10):
+        lru.put(Entry(i), np.zeros(300, np.uint8))
+    assert lru.bytes <= 1000 and len(lru) == 3
+    assert Entry(9) in lru and Entry(6) not in lru
+    assert lru.get(Entry(7)) is not None  # used: the next to go is 8
+    lru.put(Entry(10), np.zeros(300, np.uint8))
+    assert Entry(7) in lru and Entry(8) not in lru
+    lru.put(Entry(11), np.zeros(5000, np.uint8))  # larger than the bound: kept alone
+    assert len(lru) == 1 and Entry(11) in lru

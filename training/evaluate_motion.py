@@ -305,7 +305,7 @@ def evaluate_motion(bundle: Path, footage: list[Path], out_dir: Path, device: st
             for a in range(0, n, 16):
                 reqs = [FrameRequest(i, windows[i], base=entries[i])
                         for i in range(a, min(n, a + 16))]
-                avatar.bank.prefetch([f for e in entries[a + 16: a + 32] for f in e.frames()])
+                avatar.bank.prefetch(entries[a + 16: a + 32], entries[a + 16: a + 32])
                 for i, frame in zip(range(a, a + len(reqs)), avatar.render(reqs), strict=True):
                     gen.add(frame)
                     base.add(avatar.base_frame(entries[i]))

@@ -43,6 +43,11 @@ class BankConfig:
     chunk: int = 32
     """Frames per stored chunk: the most the runtime decodes to reach any frame."""
     crf: int = 20
+    tune: str = "fastdecode"
+    """x264's tuning for the chunks: every frame shown is decoded at run time, on the
+    CPU that also composites (and on 2-core hosts renders), and without CABAC and the
+    deblocking filter a 720p frame decodes in 1.7 ms instead of 2.9 (this Xeon), for 12 %
+    more bytes and 0.3 dB less PSNR at the same CRF."""
     min_run_s: float = 0.5
     """Stretches of usable frames shorter than this are dropped (no room to blend)."""
     bridge_s: float = 0.3
@@ -201,7 +206,8 @@ def build_bank(features_dir: Path, out_dir: Path, size: tuple[int, int], fps: in
                         writer.close()
                     name = f"{folder}/{len(files):04d}.mp4"
                     files.append(name)
-                    writer = VideoWriter(out_dir / name, fps, width, height, crf=cfg.crf)
+                    writer = VideoWriter(out_dir / name, fps, width, height, crf=cfg.crf,
+                                         tune=cfg.tune)
                 writer.write(rgb)
                 written += 1
                 _append_frame(cols, p, f, i, i < last[i], face_box, rgb, cfg.thumb)
