@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from avatar.motion import IDLE, LISTENING, SPEAKING, Entry, MotionConfig, MotionGraph, Walker
@@ -416,3 +417,27 @@ def test_bank_caches_are_bounded_in_bytes() -> None:
     assert Entry(7) in lru and Entry(8) not in lru
     lru.put(Entry(11), np.zeros(5000, np.uint8))  # larger than the bound: kept alone
     assert len(lru) == 1 and Entry(11) in lru
+
+
+def test_a_large_frame_s_cross_fade_is_bilinear_around_the_face() -> None:
+    """Beyond SHARP_AREA the morph's warp is bilinear in the face's box (as before, to the
+    level) and nearest-neighbour around it (a fraction of the cost on a 720p frame)."""
+    from avatar.bank import _warp
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (360, 640, 3), np.uint8), (0, 0), 2)
+    th = np.deg2rad(1.5)
+    m = np.array([[np.cos(th), -np.sin(th), 3.4], [np.sin(th), np.cos(th), -2.3], [0, 0, 1]])
+    full = _warp(img, m, (640, 360))
+    box = (200, 80, 420, 300)
+    mixed = _warp(img, m, (640, 360), box)
+    x0, y0, x1, y1 = box
+    inside = np.abs(mixed[y0:y1, x0:x1].astype(int) - full[y0:y1, x0:x1]).max()
+    assert inside <= 1
+    nearest = cv2.warpAffine(img, m[:2], (640, 360), flags=cv2.INTER_NEAREST,
+                             borderMode=cv2.BORDER_REPLICATE)
+    outside = np.ones((360, 640), bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(mixed[outside], nearest[outside])
+    assert not np.array_equal(mixed[outside], full[outside])
+    assert _warp(img, np.eye(3), (640, 360), box) is img  # no move: the frame itself
