@@ -4,6 +4,8 @@ clock and takes the frame the session has for it: rendering happens elsewhere, a
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
@@ -15,6 +17,8 @@ from aiortc.mediastreams import MediaStreamError
 from avatar.label import Label
 from avatar.video_mark import VideoMarker
 from streaming.session import Session
+
+log = logging.getLogger(__name__)
 
 
 class AvatarVideoTrack(MediaStreamTrack):
@@ -83,25 +87,43 @@ class AvatarAudioTrack(MediaStreamTrack):
         self.session = session
         self._j = 0
         self._opus: av.CodecContext | None = None
+        self._packets: deque[av.Packet] = deque()
+        """Packets encoded and not sent yet (libopus gives one per 20 ms frame; more
+        would wait here rather than be dropped)."""
+        self._sent = 0
 
     async def recv(self) -> av.Packet | av.AudioFrame:
         j, rate = self._j, self.session.cfg.audio_rate
         self._j += 1
         await self.session.clock.wait_until(j * 0.02)
+        if self.readyState != "live":
+            raise MediaStreamError
         pcm = self.session.audio_frame(j)
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate, frame.pts = rate, j * len(pcm)
         frame.time_base = Fraction(1, rate)
-        if rate not in OPUS_RATES:  # aiortc resamples it to 48 kHz on its executor
+        # One encoder for the whole track, chosen by its rate: frames for aiortc to
+        # encode (on its executor, resampled to 48 kHz) where libopus cannot take the
+        # rate, packets from this track's own encoder otherwise. Never both: two encoders
+        # in one stream would each have their own state and timestamps.
+        if rate not in OPUS_RATES:
             return frame
         if self._opus is None:
             self._opus = _opus_encoder(rate)
-        packets = self._opus.encode(frame)
-        if len(packets) != 1:  # libopus gives one packet per 20 ms frame
-            return frame
-        # The RTP clock of Opus is 48 kHz whatever the rate it was fed at.
-        packet = packets[0]
-        packet.pts, packet.time_base = j * 960, Fraction(1, 48000)
+        self._packets.extend(self._opus.encode(frame))
+        if not self._packets:
+            # The encoder kept this frame back: there is nothing to send for its time,
+            # and the track cannot make a packet up. Ended, loudly, not filled with a
+            # frame from a second encoder.
+            log.error("session %s: the Opus encoder gave no packet for 20 ms of sound; "
+                      "its audio track ends", getattr(self.session, "id", "?"))
+            self.stop()
+            raise MediaStreamError
+        packet = self._packets.popleft()
+        # The RTP clock of Opus is 48 kHz whatever the rate it was fed at; every packet
+        # holds 20 ms.
+        packet.pts, packet.time_base = self._sent * 960, Fraction(1, 48000)
+        self._sent += 1
         return packet
 
 

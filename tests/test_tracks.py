@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from aiortc.mediastreams import MediaStreamError
 
 from streaming.session import SessionClock, SessionConfig
 from streaming.tracks import AvatarAudioTrack, AvatarVideoTrack
@@ -90,3 +91,38 @@ def test_audio_leaves_as_opus_packets_on_the_48k_clock() -> None:
     spectrum = np.abs(np.fft.rfft(pcm[4800:]))
     peak_hz = np.argmax(spectrum) * 48000 / len(pcm[4800:])
     assert abs(peak_hz - 220) < 5, peak_hz
+
+
+class _Encoder:
+    """Stands in for libopus: hands back the packets it is told to, frame by frame."""
+
+    def __init__(self, counts: list[int]):
+        self.counts = counts
+
+    def encode(self, frame: av.AudioFrame) -> list[av.Packet]:
+        return [av.Packet(b"\x00" * 10) for _ in range(self.counts.pop(0))]
+
+
+def test_audio_keeps_one_encoder_and_ends_rather_than_mix_in_another() -> None:
+    """An encoder giving two packets for a frame: both sent, in order, on the 48 kHz clock;
+    one giving none: the track ends (never a frame for aiortc's own encoder mixed in)."""
+    now = [5.0]
+    track = AvatarAudioTrack(FakeSession(now))  # type: ignore[arg-type]
+    track._opus = _Encoder([1, 2, 1, 0, 0])  # type: ignore[assignment]
+
+    async def run() -> tuple[list, bool]:
+        out = []
+        try:
+            for _ in range(6):
+                out.append(await track.recv())
+                now[0] += 0.02
+        except MediaStreamError:
+            return out, True
+        return out, False
+
+    out, ended = asyncio.run(run())
+    assert all(isinstance(p, av.Packet) for p in out)
+    # Frames 0-2 gave four packets; frame 3 (none) sends the one waiting; frame 4 (none)
+    # ends the track.
+    assert [p.pts for p in out] == [0, 960, 1920, 2880]
+    assert ended and track.readyState == "ended"
