@@ -117,10 +117,9 @@ def test_the_bundle_has_a_bank_and_renders_over_it(bundle: Path, sample) -> None
     for f in motion["files"] + [motion["index"]]:
         assert f in manifest["files"] and (bundle / f).is_file()
     assert motion["seconds"]["speaking"] > 0 and motion["bytes"] > 0
-    # Chunks are made to decode fast (every frame shown is decoded at run time): x264's
-    # own record of its settings, in the stream, says no CABAC and no deblocking.
-    head = (bundle / motion["files"][0]).read_bytes()
-    assert b"cabac=0" in head and b"deblock=0" in head
+    # Chunks keep x264's deblocking by default (``BankConfig.tune``): x264's own record
+    # of its settings, in the stream, says so.
+    assert b"deblock=1" in (bundle / motion["files"][0]).read_bytes()
     av = Avatar.load(bundle)
     assert av.bank is not None and av.bank.n == motion["frames"]
     audio = load_audio(sample.video, 16000)[: 16000 * 4]
@@ -441,3 +440,17 @@ def test_a_large_frame_s_cross_fade_is_bilinear_around_the_face() -> None:
     assert np.array_equal(mixed[outside], nearest[outside])
     assert not np.array_equal(mixed[outside], full[outside])
     assert _warp(img, np.eye(3), (640, 360), box) is img  # no move: the frame itself
+
+
+def test_a_writer_tuned_for_fast_decoding_says_so_in_its_stream(tmp_path: Path) -> None:
+    from avatar.video_io import VideoWriter
+
+    for tune, want in ((None, (b"cabac=1", b"deblock=1")),
+                       ("fastdecode", (b"cabac=0", b"deblock=0"))):
+        out = tmp_path / f"{tune}.mp4"
+        w = VideoWriter(out, 25, 64, 64, tune=tune)
+        for k in range(5):
+            w.write(np.full((64, 64, 3), 40 * k, np.uint8))
+        w.close()
+        data = out.read_bytes()
+        assert all(x in data for x in want), tune

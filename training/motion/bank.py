@@ -43,11 +43,13 @@ class BankConfig:
     chunk: int = 32
     """Frames per stored chunk: the most the runtime decodes to reach any frame."""
     crf: int = 20
-    tune: str = "fastdecode"
-    """x264's tuning for the chunks: every frame shown is decoded at run time, on the
-    CPU that also composites (and on 2-core hosts renders), and without CABAC and the
-    deblocking filter a 720p frame decodes in 1.7 ms instead of 2.9 (this Xeon), for 12 %
-    more bytes and 0.3 dB less PSNR at the same CRF."""
+    tune: str | None = None
+    """x264's tuning for the chunks. ``"fastdecode"`` (no CABAC, no deblocking) decodes a
+    720p frame in 3.5 ms instead of 5.7 (this Xeon; the deblocking filter is the
+    difference) for 8 % more bytes, but its frames are blockier (0.3 dB PSNR on the
+    smooth synthetic sample) and the rendered output re-encodes them worse (a test that
+    compares two renders outside their label saw 2.2 grey levels of difference instead of
+    under 2): not the default."""
     min_run_s: float = 0.5
     """Stretches of usable frames shorter than this are dropped (no room to blend)."""
     bridge_s: float = 0.3
