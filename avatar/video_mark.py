@@ -159,16 +159,18 @@ def read_video(features: np.ndarray, fps: float) -> Reading:
             # The frame the copy showed at each of the source's frame times.
             n = int(len(feats) * rate / fps)
             idx = np.minimum((np.arange(n) * fps / rate + 1e-6).astype(int), len(feats) - 1)
-            got = _read_at(feats[idx], rate)
+            got = read_video_at(feats[idx], rate)
         else:
-            got = _read_at(feats, fps)
+            got = read_video_at(feats, fps)
         if best is None or got.sync_z > best.sync_z:
             best = got
     assert best is not None
     return best
 
 
-def _read_at(features: np.ndarray, fps: float) -> Reading:
+def read_video_at(features: np.ndarray, fps: float) -> Reading:
+    """Read a copy known to be at the rate the mark was laid down at (a session's own
+    frames, received live): ``read_video`` without trying other source rates."""
     s = features.T
     n = s.shape[1]
     if n >= HIGHPASS:

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 SENTENCES = ["Welcome back to the stream, it is good to see so many of you here.",
@@ -36,23 +38,59 @@ AV_PAUSE_S = 1.5
 
 @dataclass
 class AvRecord:
-    """What one viewer received while a window was open: (arrival, JPEG of the grey
-    frame) and (arrival, RMS of 20 ms), kept compressed so a minute of 512 px video holds
-    about 30 MB (it is in the measured process)."""
+    """What one viewer received while a window was open: per video frame its arrival, a
+    JPEG of its grey picture (the mouth) and its mark features (8 numbers); per 20 ms of
+    sound its arrival, RMS and mono samples. Kept small (it is in the measured process):
+    a 40-s window of 512 px video holds about 20 MB, its sound 8 MB."""
 
     windows: list[tuple[float, float]]
     video: list[list[tuple[float, bytes]]] = field(default_factory=list)
     audio: list[list[tuple[float, float]]] = field(default_factory=list)
+    video_marks: list[list[np.ndarray]] = field(default_factory=list)
+    audio_pcm: list[list[np.ndarray]] = field(default_factory=list)
+    pts: list[dict[str, list[int]]] = field(default_factory=list)
+    """Each track's RTP timestamps as received (the stream's own clock), kept with the
+    recordings."""
+    audio_rate: int = 48000
 
     def __post_init__(self) -> None:
         self.video = [[] for _ in self.windows]
         self.audio = [[] for _ in self.windows]
+        self.video_marks = [[] for _ in self.windows]
+        self.audio_pcm = [[] for _ in self.windows]
+        self.pts = [{"video": [], "audio": []} for _ in self.windows]
 
     def which(self, t: float) -> int | None:
         for i, (a, b) in enumerate(self.windows):
             if a <= t < b:
                 return i
         return None
+
+    def save(self, i: int, path: Path) -> None:
+        """Window ``i``'s arrivals, mark features and sound, for reading again
+        (``bench.av_marks.mark_skew``) without re-running the soak."""
+        np.savez_compressed(path, video_t=np.array([t for t, _ in self.video[i]]),
+                            video_marks=np.array(self.video_marks[i]).reshape(-1, 8),
+                            audio_t=np.array([t for t, _ in self.audio[i]]),
+                            audio=np.concatenate(self.audio_pcm[i] or [np.zeros(0)]),
+                            audio_len=np.array([len(p) for p in self.audio_pcm[i]]),
+                            audio_rate=self.audio_rate,
+                            video_pts=np.array(self.pts[i]["video"], np.int64),
+                            audio_pts=np.array(self.pts[i]["audio"], np.int64))
+
+    def offsets(self, i: int) -> dict:
+        """Window ``i``'s A/V offset from the marks (``bench.av_marks``), the mouth's lag
+        behind loud sound where a face moves with it, and what the window held."""
+        from bench.av_marks import mark_skew
+
+        marks = mark_skew(np.array([t for t, _ in self.video[i]]),
+                          np.array(self.video_marks[i]).reshape(-1, 8),
+                          np.array([t for t, _ in self.audio[i]]), self.audio_pcm[i],
+                          self.audio_rate, video_pts=np.array(self.pts[i]["video"]),
+                          audio_pts=np.array(self.pts[i]["audio"]))
+        lag, held = av_offset_ms(self.video[i], self.audio[i])
+        return {"marks_ms": marks.skew_ms, "marks": marks.describe(), "mouth_lag_ms": lag,
+                "held": held}
 
 
 async def _viewer(url: str, token: str, stop: asyncio.Event, says: int | None,
@@ -62,8 +100,8 @@ async def _viewer(url: str, token: str, stop: asyncio.Event, says: int | None,
     windows, for the A/V offset."""
     import aiohttp
     import cv2
-    import numpy as np
 
+    from avatar.video_mark import thumbnail_features
     from bench.client import open_session
 
     auth = {"Authorization": f"Bearer {token}"}
@@ -80,12 +118,18 @@ async def _viewer(url: str, token: str, stop: asyncio.Event, says: int | None,
                 if i is None:
                     continue
                 assert record is not None
+                record.pts[i][kind].append(-1 if f.pts is None else int(f.pts))
                 if kind == "video":
                     grey = cv2.cvtColor(f.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY)
                     record.video[i].append((now, cv2.imencode(".jpg", grey)[1].tobytes()))
+                    record.video_marks[i].append(thumbnail_features(grey))
                 else:
-                    pcm = f.to_ndarray().astype(np.float32) / 32768
+                    # Packed samples, channels interleaved: the marks are read in mono.
+                    pcm = f.to_ndarray().astype(np.float32).reshape(
+                        -1, len(f.layout.channels)).mean(axis=1) / 32768
+                    record.audio_rate = f.sample_rate
                     record.audio[i].append((now, float(np.sqrt(np.mean(pcm ** 2)))))
+                    record.audio_pcm[i].append(pcm)
 
         pumps = [asyncio.ensure_future(drain("video")), asyncio.ensure_future(drain("audio"))]
         try:
@@ -125,7 +169,6 @@ def av_offset_ms(video: list[tuple[float, bytes]], audio: list[tuple[float, floa
     the mouth's rest from: the rest is the window's 10th percentile of openings (the mouth
     shut between words and sentences)."""
     import cv2
-    import numpy as np
 
     from bench.serve import LOUD_RMS, av_lag, mouth_openings
 
@@ -170,7 +213,7 @@ def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: f
         async with aiohttp.ClientSession() as http:
             await server.wait_ready(http)
             return await _drive(http, server, minutes, window_s, churn_s, sample_s,
-                                av_window_s, samples, windows, steady)
+                                av_window_s, samples, windows, steady, work)
 
     try:
         counts = asyncio.run(run())
@@ -193,6 +236,7 @@ def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: f
             "threads": {"start": samples[0]["threads"], "end": samples[-1]["threads"],
                         "max": max(s["threads"] for s in samples)},
             "av_offset_ms": counts["av"],
+            "av_recordings": [str(work / "av_start.npz"), str(work / "av_end.npz")],
             "server_exit_code": exit_code,
             "samples": samples,
             "method": "twincast serve in a child process (memory, descriptors and threads "
@@ -205,14 +249,16 @@ def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: f
 
 async def _drive(http: object, server: object, minutes: float, window_s: float,
                  churn_s: float, sample_s: float, av_window_s: float, samples: list[dict],
-                 windows: list[dict], steady: list[str]) -> dict:
+                 windows: list[dict], steady: list[str], work: Path) -> dict:
     """The run itself, once the server answers: viewers, churn, samples and windows."""
     url, token = server.url, server.token  # type: ignore[attr-defined]
     auth = {"Authorization": f"Bearer {token}"}
     t0 = time.monotonic()
     # A/V offset: a window early on (after the first sentences) and one after the run.
     early = min(20.0, minutes * 60 / 4)
-    av_window_s = min(av_window_s, minutes * 60 / 2 - early)
+    # A short run's early window may reach past its middle: the marks need about 20 s of
+    # a window to find a block start in both tracks.
+    av_window_s = min(av_window_s, minutes * 60 - early)
     record = AvRecord([(t0 + early, t0 + early + av_window_s),
                        (t0 + minutes * 60, t0 + minutes * 60 + av_window_s)])
 
@@ -283,7 +329,18 @@ async def _drive(http: object, server: object, minutes: float, window_s: float,
     await asyncio.sleep(max(0.0, record.windows[1][1] - time.monotonic()))
     stop.set()
     said = await asyncio.gather(*tasks)
-    av = [av_offset_ms(v, a) for v, a in zip(record.video, record.audio, strict=True)]
+    for i, name in enumerate(("start", "end")):
+        record.save(i, work / f"av_{name}.npz")
+    start, end_ = record.offsets(0), record.offsets(1)
+    drift = None if start["marks_ms"] is None or end_["marks_ms"] is None else \
+        round(end_["marks_ms"] - start["marks_ms"], 1)
     return {"said": list(said), "churned": await churner,
-            "av": {"start": av[0][0], "end": av[1][0], "window_s": av_window_s,
-                   "held": {"start": av[0][1], "end": av[1][1]}}}
+            "av": {"start": start["marks_ms"], "end": end_["marks_ms"], "drift_ms": drift,
+                   "window_s": av_window_s,
+                   "method": "video arrival minus sound arrival of the same stream "
+                             "instant, read from the marks both tracks carry "
+                             "(bench/av_marks.py); positive: the picture trails",
+                   "marks": {"start": start["marks"], "end": end_["marks"]},
+                   "mouth_lag_ms": {"start": start["mouth_lag_ms"],
+                                    "end": end_["mouth_lag_ms"]},
+                   "held": {"start": start["held"], "end": end_["held"]}}}

@@ -20,18 +20,21 @@ def test_a_short_soak_reports_memory_late_frames_and_handles(bundle: Path,
     assert r["rss_mb"]["end"] > 0 and r["fds"]["max"] >= r["fds"]["start"]
     assert len(r["samples"]) >= 8
     assert r["server_exit_code"] == 0
-    # An A/V window early on and one after the run: each measured (whole 40 ms frames),
-    # or, on a host so short of CPU that the video kept time by skipping most frames, left
-    # unmeasured with what it held to say so; a starved host was seen to starve one
-    # window (13 frames in 7.5 s at the start, with a third of its CPU stolen), not both.
-    offsets = r["av_offset_ms"]
-    measured = [w for w in ("start", "end") if offsets[w] is not None]
-    assert measured, offsets
+    # An A/V window early on and one after the run (22.5 s each here), read from the marks
+    # both tracks carry (bench/av_marks.py): each measured, the same block found in both
+    # tracks and its time codes never contradicting; on a loopback server the picture is
+    # within a few frames of its sound (the server's video skips to the present beyond
+    # 0.16 s), and no drift. A host so short of CPU that the video kept time by skipping
+    # most frames (seen once: 13 frames in 7.5 s) may leave one window unmeasured.
+    av = r["av_offset_ms"]
     for w in ("start", "end"):
-        held = offsets["held"][w]
-        assert held["audio"] > 0 and held["video"] > 0, offsets  # both tracks recorded
-        if offsets[w] is None:
-            assert held["video"] < 50 or held["audio"] < 50 or held["faces"] == 0, offsets
-        else:
-            assert offsets[w] % 40 == 0 and abs(offsets[w]) <= 320, offsets
-            assert held["faces"] > 0, offsets
+        held, marks = av["held"][w], av["marks"][w]
+        assert held["audio"] > 0 and held["video"] > 0, av  # both tracks recorded
+        if av[w] is None:
+            assert held["video"] < 0.5 * 25 * av["window_s"], av
+            continue
+        assert marks["pairs"] >= 1 and marks["codes_disagree"] == 0, av
+        assert abs(av[w]) <= 200, av
+    assert av["start"] is not None or av["end"] is not None, av
+    if av["drift_ms"] is not None:
+        assert abs(av["drift_ms"]) <= 80, av
