@@ -63,6 +63,14 @@ class MotionConfig:
     stretches is spread over as many frames as keep each frame's change within the
     footage's usual one (``accept_quantile``), at least ``min_fade``."""
     min_fade: int = 2
+    silent_fade: int = 8
+    """The same bound in silence. Silent seams come every second or so on footage whose
+    silences are short (GRID's: 0.7 s), and there a longer fade keeps the morph's head
+    movement within the listener's own."""
+    room_by_need: bool = False
+    """A stretch may be entered where it holds a stay and the fade its own cost needs
+    (False: a stay and the longest fade). Short stretches that match well stay
+    reachable when the longest fade is long."""
     group_weights: tuple[float, ...] = (1.0, 1.0, 0.5, 1.0, 0.5, 3.0)
     """How much pose, position, size, landmarks, shoulders and face-area pixels count in
     a transition's cost. Pixels most: what a viewer sees jump is the picture."""
@@ -252,7 +260,7 @@ class Walker:
         self.step_cost = float(np.percentile(natural, self.cfg.accept_quantile))
         self.accept_cost = self.step_cost * (self.cfg.fade + 1) ** 2
         self.accept_silent = float(np.percentile(natural, self.cfg.silent_accept_quantile)) \
-            * (self.cfg.fade + 1) ** 2
+            * (self.cfg.silent_fade + 1) ** 2
 
     def snapshot(self) -> tuple:
         return (dataclasses.replace(self.s, pending=list(self.s.pending)), self.k)
@@ -296,7 +304,7 @@ class Walker:
         # (a planned switch: then it ends at the change, or a frame or two before it).
         left = int(g.left_in[want][nxt]) if nxt >= 0 else 0
         fits = nxt >= 0 and s.reused < self.ahead // 3 and (
-            left > c.fade or self.k <= s.switch_at <= self.k + left + c.nod_tolerance)
+            left > self._cap(want) or self.k <= s.switch_at <= self.k + left + c.nod_tolerance)
         if fits and (s.stay < self.max_stay or self.k <= max(s.hold_until, s.switch_at)):
             # Through a planned switch the footage's new state is a stretch of its own.
             s.cur, s.stay = nxt, 1 if self.k == s.switch_at else s.stay + 1
@@ -310,23 +318,33 @@ class Walker:
                 s.cur, s.stay = nxt, s.stay + 1
                 return Entry(nxt)
             target = int(np.argmax(g.left))
-        return self._transition(nxt, target, cost)
+        return self._transition(nxt, target, cost, want)
 
-    def _fade(self, nxt: int, target: int, cost: float) -> int:
+    def _cap(self, want: tuple[int, ...]) -> int:
+        """The longest cross-fade in this state."""
+        return self.cfg.silent_fade if want == WANTS["silent"] else self.cfg.fade
+
+    def _needed(self, cost: np.ndarray, cap: int) -> np.ndarray:
+        """Frames of cross-fade a transition of each ``cost`` needs so that each frame
+        changes no more than the footage's usual step, within ``min_fade`` .. ``cap``."""
+        with np.errstate(invalid="ignore"):
+            need = np.ceil(np.sqrt(np.maximum(cost, 0.0) / max(self.step_cost, 1e-6))) - 1
+        return np.clip(np.nan_to_num(need, nan=cap, posinf=cap), self.cfg.min_fade,
+                       cap).astype(int)
+
+    def _fade(self, nxt: int, target: int, cost: float, cap: int) -> int:
         """Frames of cross-fade from ``nxt`` into ``target``: enough to keep each frame's
         change within the footage's usual one, within the bounds and both stretches."""
-        c = self.cfg
-        need = int(np.ceil(np.sqrt(max(cost, 0.0) / max(self.step_cost, 1e-6)))) - 1 \
-            if np.isfinite(cost) else c.fade
-        return min(max(c.min_fade, need), c.fade, int(self.g.left[nxt]) if nxt >= 0 else 0,
+        need = int(self._needed(np.array([cost]), cap)[0])
+        return min(need, int(self.g.left[nxt]) if nxt >= 0 else 0,
                    int(self.g.left[target]) - 1)
 
-    def _transition(self, nxt: int, target: int, cost: float, most: int | None = None
-                    ) -> Entry:
+    def _transition(self, nxt: int, target: int, cost: float, want: tuple[int, ...],
+                    most: int | None = None) -> Entry:
         s = self.s
         self.transitions += 1
         s.reused = 0  # a bank too small to avoid repeats repeats rather than fade for ever
-        fade = self._fade(nxt, target, cost)
+        fade = self._fade(nxt, target, cost, self._cap(want))
         if most is not None:
             fade = max(0, min(fade, most))
         if fade <= 0:
@@ -387,7 +405,7 @@ class Walker:
         # Nods first: a switch planned through the old stretch is planned again (if there
         # is still time) once this nod has passed.
         s.switch_at = s.switch_tried = -1
-        return self._transition(nxt, target, float(cost[target]), o - c.nod_settle)
+        return self._transition(nxt, target, float(cost[target]), want, o - c.nod_settle)
 
     def _switch_step(self, want: tuple[int, ...], o: int) -> Entry | None:
         """The mode changes ``o`` frames from now: play on if the stretch changes state
@@ -420,7 +438,7 @@ class Walker:
             return None
         target = int(self.rng.choice(t))
         s.switch_at = self.k + o
-        return self._transition(nxt, target, float(cost[target]), o - 2)
+        return self._transition(nxt, target, float(cost[target]), want, o - 2)
 
     def _pool(self, src: int, want: tuple[int, ...], envelope: np.ndarray | None,
               need: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -428,7 +446,13 @@ class Walker:
         frames of the state a target must have ahead (default: a stay and a fade)."""
         g, c = self.g, self.cfg
         cost = g.costs(src, c.velocity_weight)
-        ok = g.left_in[want] >= (self.min_stay + c.fade if need is None else need)
+        if need is not None:
+            room: int | np.ndarray = need
+        elif c.room_by_need:
+            room = self.min_stay + self._needed(cost, self._cap(want))
+        else:
+            room = self.min_stay + self._cap(want)
+        ok = g.left_in[want] >= room
         # Not a few frames back or on in the stretch it is in (that is a stutter, not a
         # transition); further away in the same stretch is a transition like another, and
         # what was shown lately is left out below.

@@ -813,7 +813,9 @@ class MotionTimeline:
         assert walker is not None and avatar.bank is not None
         self.walker = walker
         self.bank = avatar.bank
-        self.fade = walker.cfg.fade
+        # The longest cross-fade either way: the walk is back in silent footage this long
+        # before the painted mouth stops.
+        self.fade = max(walker.cfg.fade, walker.cfg.silent_fade)
         self.entries: dict[int, Entry] = {}
         self._snaps: dict[int, tuple] = {}
         self.next = 0

@@ -116,7 +116,7 @@ class AvatarAudioTrack(MediaStreamTrack):
             # and the track cannot make a packet up. Ended, loudly, not filled with a
             # frame from a second encoder.
             log.error("session %s: the Opus encoder gave no packet for 20 ms of sound; "
-                      "its audio track ends", getattr(self.session, "id", "?"))
+                      "its audio track ends", self.session.id)
             self.stop()
             raise MediaStreamError
         packet = self._packets.popleft()

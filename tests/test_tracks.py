@@ -18,6 +18,7 @@ class FakeSession:
     """What the tracks use of a session: its clock, config, stats and frames."""
 
     def __init__(self, now: list[float]):
+        self.id = "fake"
         self.cfg = SessionConfig()
         self.clock = SessionClock(lambda: now[0])
         self.stats = {"frames_skipped": 0}
