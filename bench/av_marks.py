@@ -76,13 +76,19 @@ def _starts(reading: Reading, span_s: float, block_s: float
     return [(base + k * block_s, codes.get(k)) for k in range(first, last + 1)]
 
 
-def _by_pts(pts: np.ndarray | None, n: int) -> np.ndarray | None:
+def _by_pts(pts: np.ndarray | None, times: np.ndarray, clock: float
+            ) -> np.ndarray | None:
     """``pts`` as given where every item has one (the RTP timestamps aiortc hands on,
-    from its first packet), else None."""
-    if pts is None:
+    from its first packet) and they span about what the arrivals do (at ``clock`` per
+    second), else None: a stream whose timestamps jumped is laid out by arrival instead
+    of on a grid minutes or hours long."""
+    if pts is None or not len(times):
         return None
     pts = np.asarray(pts, np.int64)
-    return pts if len(pts) == n and n and (pts >= 0).all() else None
+    if len(pts) != len(times) or (pts < 0).any():
+        return None
+    span = (pts.max() - pts.min()) / clock
+    return pts if span <= 2 * (float(np.ptp(times)) + 10.0) else None
 
 
 def _video_starts(times: np.ndarray, feats: np.ndarray, fps: float, block_s: float,
@@ -162,10 +168,10 @@ def mark_skew(video_times: np.ndarray, video_feats: np.ndarray, audio_times: np.
     vt = np.asarray(video_times, np.float64)
     at = np.asarray(audio_times, np.float64)
     vb, vz = ([], 0.0) if len(vt) < 2 else \
-        _video_starts(vt, np.asarray(video_feats), fps, block_s, _by_pts(video_pts, len(vt)))
+        _video_starts(vt, np.asarray(video_feats), fps, block_s, _by_pts(video_pts, vt, 90000))
     ab, az = ([], 0.0) if not audio_pieces else \
         _audio_starts(at, audio_pieces, audio_rate, block_s,
-                      _by_pts(audio_pts, len(audio_pieces)))
+                      _by_pts(audio_pts, at, audio_rate))
     figs, agree, disagree = [], 0, 0
     for tv, uv in vb:
         if not ab:
