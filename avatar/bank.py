@@ -54,10 +54,16 @@ class MotionBank:
         # Cross-fades mixed and frames prepared for painting, a second ahead of every
         # session (sixteen sessions: 400 entries; at 720p about 0.3 GB prepared and 0.2 GB
         # of cross-fades): bounded in bytes, not in entries.
-        self._prepared: _Lru[_IdleFrame] = _Lru(
-            int(prepared_mb * 2**20), lambda p: p.region.nbytes + p.blend.nbytes)
+        # A prepared entry holds its frame too: a cross-fade's mixed frame (kept alive
+        # after the cross-fade cache lets it go) or a bank frame (kept alive after the
+        # frame cache lets it go, unless the whole bank stays decoded). Counted, or the
+        # prepared cache grows by a frame for every new cross-fade painted: uncounted, an
+        # hour's soak at 360x288 kept growing by ~5 MB a minute after its tenth minute.
+        self._prepared: _Lru[_IdleFrame] = _Lru(int(prepared_mb * 2**20), self._prepared_size)
         self._mixed: _Lru[tuple[np.ndarray, np.ndarray]] = _Lru(
-            int(mixed_mb * 2**20), lambda m: m[0].nbytes)
+            int(mixed_mb * 2**20), lambda e, m: m[0].nbytes)
+        self._resident = False
+        """Whether the whole bank is decoded and never evicted (``preload``)."""
         self._bytes = 0
         # 2 GB: sixteen sessions at 720p each reading their own 32-frame chunk need about
         # 1.4 GB; under that, chunks were decoded again before their frames were shown
@@ -135,7 +141,14 @@ class MotionBank:
             return False
         for first in range(self.chunk, self.n, self.chunk):
             self._decode(first)
+        self._resident = True
         return True
+
+    def _prepared_size(self, e: Entry, p: _IdleFrame) -> int:
+        own = p.region.nbytes + p.blend.nbytes
+        if e.b >= 0 or not self._resident:
+            own += p.frame.nbytes
+        return own
 
     def _evict(self) -> None:
         """Least recently used first, down to the bound (never under one chunk)."""
@@ -273,13 +286,14 @@ class MotionBank:
 
 
 class _Lru(Generic[V]):
-    """A cache bounded in bytes (``size`` of each value): the least recently used go
-    first, the newest is always kept. Not locked: the bank holds its lock around it."""
+    """A cache bounded in bytes (``size(key, value)`` of each item, taken when it is put
+    and kept with it): the least recently used go first, the newest is always kept. Not
+    locked: the bank holds its lock around it."""
 
-    def __init__(self, limit: int, size: Callable[[V], int]):
+    def __init__(self, limit: int, size: Callable[[Entry, V], int]):
         self.limit = limit
         self._size = size
-        self._items: OrderedDict[Entry, V] = OrderedDict()
+        self._items: OrderedDict[Entry, tuple[V, int]] = OrderedDict()
         self.bytes = 0
 
     def __contains__(self, key: Entry) -> bool:
@@ -289,20 +303,22 @@ class _Lru(Generic[V]):
         return len(self._items)
 
     def get(self, key: Entry) -> V | None:
-        v = self._items.get(key)
-        if v is not None:
-            self._items.move_to_end(key)
-        return v
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
 
     def put(self, key: Entry, value: V) -> None:
         old = self._items.pop(key, None)
         if old is not None:
-            self.bytes -= self._size(old)
-        self._items[key] = value
-        self.bytes += self._size(value)
+            self.bytes -= old[1]
+        n = self._size(key, value)
+        self._items[key] = (value, n)
+        self.bytes += n
         while self.bytes > self.limit and len(self._items) > 1:
-            _, gone = self._items.popitem(last=False)
-            self.bytes -= self._size(gone)
+            _, (_, gone) = self._items.popitem(last=False)
+            self.bytes -= gone
 
 
 def _h(m: np.ndarray) -> np.ndarray:

@@ -247,6 +247,30 @@ def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: f
                       "minutes (a third of a shorter run) (bench/soak.py)"}
 
 
+def _host_ticks(path: Path = Path("/proc/stat")) -> list[float] | None:
+    """The host's CPU clock ticks since boot (all cores: user nice system idle iowait irq
+    softirq steal); None where there is no ``/proc/stat``."""
+    try:
+        head = path.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    return [float(v) for v in head[1:9]] if head and head[0] == "cpu" else None
+
+
+def _host_shares(then: list[float] | None, now: list[float] | None) -> dict:
+    """Between two readings: the host's busy share of its cores (every process, the
+    viewers included) and the share a hypervisor took for other guests (steal): late
+    frames in a window whose steal is high were lost to the host, not to the server."""
+    if then is None or now is None:
+        return {"host_busy": None, "host_steal": None}
+    d = [b - a for a, b in zip(then, now, strict=True)]
+    total = sum(d)
+    if total <= 0:
+        return {"host_busy": None, "host_steal": None}
+    return {"host_busy": round((total - d[3] - d[4]) / total, 3),
+            "host_steal": round(d[7] / total, 4)}
+
+
 async def _drive(http: object, server: object, minutes: float, window_s: float,
                  churn_s: float, sample_s: float, av_window_s: float, samples: list[dict],
                  windows: list[dict], steady: list[str], work: Path) -> dict:
@@ -265,6 +289,8 @@ async def _drive(http: object, server: object, minutes: float, window_s: float,
     def sample() -> None:
         samples.append({"t_s": round(time.monotonic() - t0, 1),
                         **server.sample()})  # type: ignore[attr-defined]
+
+    ticks_then = _host_ticks()
 
     async def totals() -> tuple[int, int, int, int]:
         shown = late = dropped = at_start = 0
@@ -317,12 +343,14 @@ async def _drive(http: object, server: object, minutes: float, window_s: float,
                                                                         strict=True))
             # Late: speech frames shown without their mouth; of those, the scheduler gave
             # up on some before rendering (the rest came back after their time).
+            ticks_now = _host_ticks()
             windows.append({"end_s": round(time.monotonic() - t0, 1),
                             "frames_shown": d_shown, "frames_late": d_late,
                             "dropped_unrendered": d_dropped,
                             "late_in_first_5_of_a_sentence": d_start,
-                            "late_ratio": round(d_late / d_shown, 4) if d_shown else None})
-            last = now
+                            "late_ratio": round(d_late / d_shown, 4) if d_shown else None,
+                            **_host_shares(ticks_then, ticks_now)})
+            last, ticks_then = now, ticks_now
             next_window += window_s
     # The end's A/V window comes after the last sample, so what it keeps is not in the
     # memory figures.

@@ -406,7 +406,7 @@ def test_bank_caches_are_bounded_in_bytes() -> None:
     from avatar.bank import _Lru
     from avatar.motion import Entry
 
-    lru = _Lru(1000, lambda v: v.nbytes)
+    lru = _Lru(1000, lambda k, v: v.nbytes)
     for i in range(10):
         lru.put(Entry(i), np.zeros(300, np.uint8))
     assert lru.bytes <= 1000 and len(lru) == 3
@@ -416,6 +416,35 @@ def test_bank_caches_are_bounded_in_bytes() -> None:
     assert Entry(7) in lru and Entry(8) not in lru
     lru.put(Entry(11), np.zeros(5000, np.uint8))  # larger than the bound: kept alone
     assert len(lru) == 1 and Entry(11) in lru
+
+
+def test_prepared_frames_count_the_frames_they_hold(bundle: Path) -> None:
+    """A prepared cross-fade keeps its mixed frame alive after the cross-fade cache lets it
+    go, so the prepared cache's bound counts that frame: everything its entries hold stays
+    within it (uncounted, every new cross-fade painted kept a frame for good)."""
+    from avatar.avatar import Avatar
+    from avatar.motion import Entry
+
+    av = Avatar.load(bundle)
+    bank = av.bank
+    assert bank.preload()
+    n = min(bank.n - 1, 40)
+    fades = [Entry(a, a + 1, 0.5) for a in range(n)]
+    one = bank.background(fades[0])
+    per = one.region.nbytes + one.blend.nbytes + one.frame.nbytes
+    bank._prepared.limit = bank._mixed.limit = 5 * per
+    for e in fades:
+        bank.background(e)
+        bank.background(Entry(e.a))  # a plain frame: the preloaded bank owns it
+    held: dict[int, int] = {}
+    for p, _ in bank._prepared._items.values():
+        for arr in (p.region, p.blend, p.frame):
+            held[id(arr)] = arr.nbytes
+    resident = {id(f) for f in bank._frames.values()}
+    own = sum(b for k, b in held.items() if k not in resident)
+    assert own <= bank._prepared.limit
+    assert bank._prepared.bytes <= bank._prepared.limit
+    assert any(e.b >= 0 for e in bank._prepared._items)  # cross-fades were kept, not just plain
 
 
 def test_a_large_frame_s_cross_fade_is_bilinear_around_the_face() -> None:

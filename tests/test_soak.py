@@ -38,3 +38,19 @@ def test_a_short_soak_reports_memory_late_frames_and_handles(bundle: Path,
         assert marks["pairs"] >= 1 and marks["codes_disagree"] == 0, av
         assert abs(av[w]) <= 400, av
     assert av["start"] is not None or av["end"] is not None, av
+
+
+def test_soak_windows_split_the_host_s_cpu_into_busy_and_stolen(tmp_path: Path) -> None:
+    """Each window says how busy the host was and what the hypervisor took (steal), read
+    from /proc/stat, so a window's late frames can be told apart from a host's."""
+    from bench.soak import _host_shares, _host_ticks
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n")
+    then = _host_ticks(stat)
+    stat.write_text("cpu  400 0 150 1200 50 0 0 200 0 0\ncpu0 1 2 3 4\n")
+    now = _host_ticks(stat)
+    # 1000 ticks: 400 idle, 200 stolen, 600 busy (steal counts as busy: not ours to use).
+    assert _host_shares(then, now) == {"host_busy": 0.6, "host_steal": 0.2}
+    assert _host_ticks(tmp_path / "missing") is None
+    assert _host_shares(None, now) == {"host_busy": None, "host_steal": None}
