@@ -106,6 +106,23 @@ def test_the_cap_stops_a_run_and_every_process_with_it(tmp_path: Path, caplog):
     assert t2.progress.step == 0
 
 
+def test_agreed_processes_share_the_cap_s_use_and_stop_together(tmp_path: Path):
+    """With ``agree`` (the largest over the processes) every process sets its learning rate
+    from the same share of the cap and stops at the same step, whatever its own clock."""
+    t = Tiny()
+    seen: list[float] = []
+
+    def agree(used: float) -> float:
+        seen.append(used)
+        return 0.5 if len(seen) < 4 else 1.5  # another process is further on
+
+    capped = train_loop(LoopConfig("tiny", 100, 5.0, 1.0), t.progress, t.step, lambda: None,
+                        lr=lambda step, used: 0.1 * (1 - used), optimizers=[t.opt],
+                        agree=agree)
+    assert capped and t.progress.step == 3 and len(seen) == 4
+    assert t.lrs == pytest.approx([0.05] * 3)  # from the agreed share, not its own (about 0)
+
+
 def test_a_checkpoint_of_other_settings_starts_over(tmp_path: Path, caplog):
     t = Tiny()
     run(t, 5, Checkpoint(tmp_path / "c.pt", "old"))

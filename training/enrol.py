@@ -209,7 +209,8 @@ def train_voice_stage(workdir: Path, preset: str, device: str = "cpu",
     """``twincast train voice``: train (or resume) the voice on an existing enrolment cache
     and put it into the enrolment's avatar bundle, or into a new voice-only bundle
     (WORKDIR/avatars/NAME) where WORKDIR has none (a cache packed for another machine).
-    ``only``: train that stage alone and export nothing (see ``train_voice``)."""
+    ``only``: train that stage alone and export nothing (see ``train_voice``). Safe under
+    ``torchrun`` (every process trains; the first exports)."""
     from training.voice.export import add_voice, export_voice_bundle
     from training.voice.train import train_voice, voice_preset
 
@@ -238,6 +239,8 @@ def train_voice_stage(workdir: Path, preset: str, device: str = "cpu",
     voice = train_voice(sources, wd.voice, cfg, device=device, only=only)
     if voice is None:
         return {"bundle": None, "voice_seconds": 0.0}
+    if not voice.main:  # another process of a torchrun job: the first one exports
+        return {"bundle": None, "voice_seconds": voice.seconds, "worker": True}
     if bundles:
         add_voice(bundles[0], voice, preset)
         return {"bundle": bundles[0], "voice_seconds": voice.seconds, "voice_plan": voice.plan}

@@ -111,6 +111,7 @@ def train_loop(cfg: LoopConfig, progress: Progress, step: Callable[[], Losses],
                optimizers: Sequence[torch.optim.Optimizer] = (),
                hooks: Sequence[Every] = (),
                any_rank: Callable[[bool], bool] = lambda flag: flag,
+               agree: Callable[[float], float] | None = None,
                main: bool = True,
                until: Callable[[], bool] | None = None) -> bool:
     """Run ``step`` until ``cfg.steps`` or the cap; returns whether the cap stopped it.
@@ -121,7 +122,11 @@ def train_loop(cfg: LoopConfig, progress: Progress, step: Callable[[], Losses],
     parallelism ``any_rank`` makes every process stop at the cap together: one that went
     on alone would wait forever in the next gradient exchange. ``until``, when given, ends
     the run early (not a cap) once it returns True: a trainer that plans its own step count
-    from its measured speed (the head) says there when its plan is done.
+    from its measured speed (the head) says there when its plan is done. ``agree`` (the
+    largest of a value over the processes), where given, replaces ``any_rank``: the share
+    of the cap used is agreed on at each step, so the processes stop at the same step and
+    set the same learning rate (their clocks differ by milliseconds, and replicas whose
+    learning rates differ drift apart though their gradients are averaged).
     """
     start = time.monotonic() - progress.seconds
     deadline = start + cfg.max_minutes * 60
@@ -131,13 +136,19 @@ def train_loop(cfg: LoopConfig, progress: Progress, step: Callable[[], Losses],
         while progress.step < cfg.steps:
             if until is not None and until():
                 break
-            if any_rank(time.monotonic() > deadline):
+            now = time.monotonic()
+            used = (now - start) / max(deadline - start, 1e-6)
+            if agree is not None:
+                used = agree(used)
+                over = used > 1.0
+            else:
+                over = any_rank(now > deadline)
+            if over:
                 log.warning("%s training stopped at its %.3g-minute cap (step %d of %d)",
                             cfg.name, cfg.max_minutes, progress.step, cfg.steps)
                 capped = True
                 break
             if lr is not None:
-                used = (time.monotonic() - start) / max(deadline - start, 1e-6)
                 set_lr(optimizers, lr(progress.step, used))
             losses = step()
             progress.step += 1

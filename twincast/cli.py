@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="export WORKDIR/head/generator.safetensors, trained earlier")
     th.set_defaults(func=cmd_train_head)
     tv = tsub.add_parser("voice", help="voice from WORKDIR/features, added to the "
-                         "enrolment's bundle")
+                         "enrolment's bundle (works under torchrun for several GPUs)")
     tv.add_argument("workdir", type=Path)
     tv.add_argument("--preset", choices=preset_names, default="cpu")
     tv.add_argument("--device", default="cpu")
@@ -894,7 +894,9 @@ def cmd_train_voice(args: argparse.Namespace) -> int:
     out = train_voice_stage(args.workdir, args.preset, args.device, args.name,
                             max_minutes=args.max_minutes, only=args.only,
                             vocoder_minutes=args.vocoder_minutes)
-    if out["bundle"] is None:
+    if out.get("worker"):
+        pass  # a torchrun job's other process: the first one reports and exports
+    elif out["bundle"] is None:
         log.info("voice: the %s stage is trained; run again without --only to finish",
                  args.only)
     else:

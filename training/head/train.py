@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from avatar.models.head import (
 )
 from avatar.models.lips import LIP_POINTS, lip_loss
 from training import presets
+from training.dist import Dist
 from training.head.data import Sampler, lip_split, load_cache
 from training.head.losses import gradient_loss, temporal_loss, texture_loss
 from training.head.plan import KINDS, Allocation, Planner, describe
@@ -119,65 +119,6 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-@dataclass
-class Dist:
-    """Where this process stands in a ``torchrun`` data-parallel job (one process when
-    launched normally)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls, device: torch.device) -> Dist:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        import torch.distributed as tdist
-
-        if not tdist.is_initialized():
-            tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(tdist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-    def average_grads(self, params: object) -> None:
-        """Average gradients over the processes by hand, for a model trained outside a
-        DistributedDataParallel wrapper (the lip predictor's own stage)."""
-        if self.world == 1:
-            return
-        import torch.distributed as tdist
-
-        for p in params:  # type: ignore[attr-defined]
-            if p.grad is not None:
-                tdist.all_reduce(p.grad, op=tdist.ReduceOp.SUM)
-                p.grad /= self.world
-
-    def max_values(self, values: list[float]) -> list[float]:
-        """The largest of each value over the processes (one process: the values), so
-        that every process plans from the same figures."""
-        if self.world == 1:
-            return values
-        import torch.distributed as tdist
-
-        t = torch.tensor(values, dtype=torch.float64)
-        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-        return [float(v) for v in t]
-
-    def any(self, flag: bool) -> bool:
-        """True on every process if it is true on any: all ranks must stop together, or the
-        others would wait forever in the next gradient exchange."""
-        if self.world == 1:
-            return flag
-        import torch.distributed as tdist
-
-        t = torch.tensor([1.0 if flag else 0.0])
-        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-        return bool(t.item() > 0)
 
 
 @dataclass
@@ -509,9 +450,7 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
     """
     dev = training_device(device)
     dist = Dist.from_env(dev)
-    if dist.world > 1 and dev.type == "cuda":
-        dev = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(dev)
+    dev = dist.place(dev)
     if dev.type == "cuda":
         # Fixed shapes every step: let cuDNN pick its fastest kernels, and TF32 matmuls.
         torch.backends.cudnn.benchmark = True
@@ -526,14 +465,14 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
     mel_stats = tuple(saved["mel_stats"]) if saved else None
     clips, mel_stats = load_cache(features_dir, cfg.model.size, cfg.model.mel_frames,
                                   cfg.model.region, mel_stats)
-    sampler = Sampler(clips, cfg.model.sync_frames, seed=cfg.seed + 1000 * dist.rank)
+    sampler = Sampler(clips, cfg.model.sync_frames, seed=dist.seed(cfg.seed))
     state = build_state(cfg, dev)
     set_lip_stats(state.gen, clips)
     planner = Planner({"lips": cfg.lip_steps, "expert": cfg.expert_steps,
                        "gen": cfg.gen_steps}, cfg.sync_from, cfg.max_minutes * 60)
     if saved:
         state.load_state_dict(saved)
-        sampler.rng = np.random.default_rng(cfg.seed + 1000 * dist.rank + state.step)
+        sampler.rng = np.random.default_rng(dist.seed(cfg.seed) + state.step)
         planner.spent.update({k: float(saved.get(f"plan_spent_{k}", 0.0)) for k in
                               planner.spent})
         log.info("resuming head training at lip step %d, expert step %d, generator step %d",
@@ -544,14 +483,11 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
     if not state.done:
         probe_speeds(state, sampler, cfg, dev, dist, planner)
     if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [dev.index] if dev.type == "cuda" else None
-        state.gen_train = DDP(state.gen, device_ids=ids)
+        state.gen_train = dist.wrap(state.gen, dev)
         if state.stage != "gen":
-            state.expert_train = DDP(state.expert, device_ids=ids)
+            state.expert_train = dist.wrap(state.expert, dev)
         if state.disc is not None:
-            state.disc_train = DDP(state.disc, device_ids=ids)
+            state.disc_train = dist.wrap(state.disc, dev)
 
     def replan() -> None:
         before = state.planned

@@ -2,7 +2,9 @@
 
 Same shape as the head's trainer: one ``State`` holds model, optimiser and progress; it is
 checkpointed every few minutes (atomically, tensors only) and a killed run resumes from the
-last checkpoint; each step returns a flat dict of named losses.
+last checkpoint; each step returns a flat dict of named losses. Under ``torchrun`` every
+process trains the acoustic model and the vocoder on its own batches with the gradients
+averaged (DistributedDataParallel), and only the first writes files.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from avatar.devices import compute_dtype
 from avatar.errors import TwincastError
 from avatar.models.voice import VOICE_PRESETS, AcousticModel, VoiceConfig
 from training import presets
+from training.dist import Dist
 from training.loop import Checkpoint, Every, LoopConfig, Progress, train_loop, write_history
 from training.progress import bar
 from training.runs import config_digest, training_device
@@ -120,6 +123,8 @@ class VoiceState:
     best_loss: float = float("inf")
     """The lowest held-out loss so far, and its step (reported, not used to choose)."""
     best_step: int = 0
+    net: torch.nn.Module | None = None
+    """The model as trained: itself, or its DistributedDataParallel wrapper."""
 
     @property
     def step(self) -> int:
@@ -161,6 +166,8 @@ class TrainedVoice:
     as ``Voice.speak`` says them (see ``calibrate_durations``)."""
     plan: dict = field(default_factory=dict)
     """Per stage: planned and run steps, measured speed (``training.voice.plan``)."""
+    main: bool = True
+    """Whether this process writes the results (the first of a ``torchrun`` job)."""
 
 
 def _lr_factor(step: int, steps: int, time_done: float = 0.0) -> float:
@@ -177,8 +184,9 @@ def train_step(state: VoiceState, batcher: Batcher, mean: np.ndarray, std: np.nd
     b = batcher.batch(mean, std)
     t = {k: torch.from_numpy(v).to(device) for k, v in b.items()}
     state.model.train()
+    net = state.net or state.model
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        _, losses = state.model(t["tokens"], t["n_sym"], t["mels"], t["n_frames"])
+        _, losses = net(t["tokens"], t["n_sym"], t["mels"], t["n_frames"])
     total = losses["voice/mel"] + losses["voice/prior"] + losses["voice/duration"]
     state.opt.zero_grad(set_to_none=True)
     total.backward()
@@ -205,7 +213,8 @@ class _Setup:
 
     @classmethod
     def load(cls, dirs: list[Path], out_dir: Path, cfg: VoiceTrainConfig,
-             dev: torch.device) -> _Setup:
+             dev: torch.device, dist: Dist | None = None) -> _Setup:
+        dist = dist or Dist()
         utts = sorted((u for d in dirs for u in load_utterances(d, marks=cfg.model.marks)),
                       key=lambda u: -u.mel.shape[1])
         ckpt = Checkpoint(out_dir / "checkpoint.pt", cfg.digest())
@@ -216,15 +225,16 @@ class _Setup:
             mean, std = mel_stats(utts)
         train_utts, held = split_holdout(utts)
         longest = train_utts[0].mel.shape[1]
-        batcher = Batcher(train_utts, max(cfg.max_frames, longest), seed=cfg.seed)
+        batcher = Batcher(train_utts, max(cfg.max_frames, longest), seed=dist.seed(cfg.seed))
         torch.manual_seed(cfg.seed)
         model = AcousticModel(cfg.model).to(dev)
         state = VoiceState(model, torch.optim.AdamW(model.parameters(), lr=cfg.lr,
                                                     weight_decay=1e-6))
         if saved:
             state.load_state_dict(saved)
-            batcher.rng = np.random.default_rng(cfg.seed + state.step)
-            log.info("resuming voice training at step %d", state.step)
+            batcher.rng = np.random.default_rng(dist.seed(cfg.seed) + state.step)
+            if dist.main:
+                log.info("resuming voice training at step %d", state.step)
         max_threads = torch.get_num_threads() if dev.type == "cpu" else 1
         return cls(utts, train_utts, held, mean, std, batcher, state, ckpt,
                    compute_dtype(dev, cfg.precision), max_threads)
@@ -245,11 +255,14 @@ class VoiceFit:
 
 
 def fit_voice(sources: Sequence[Path], out_dir: Path, cfg: VoiceTrainConfig,
-              dev: torch.device, retry: str = voice_plan.RETRY_TRAIN) -> VoiceFit:
+              dev: torch.device, retry: str = voice_plan.RETRY_TRAIN,
+              dist: Dist | None = None) -> VoiceFit:
     """Time the acoustic model's step on this host and choose what to train: the preset's
     model where its cap fits enough of its steps, else its lighter model where that fits
     (a one-line error, saying ``retry``, where neither does). A run already under way
-    resumes with the model it began with. Trains nothing."""
+    resumes with the model it began with. Trains nothing. Under ``torchrun`` every process
+    decides from the slowest process's speed, so all choose the same."""
+    dist = dist or Dist()
     light = lighter_config(cfg) if cfg.refuse_short else None
     if light is not None and Checkpoint(out_dir / "checkpoint.pt", light.digest()).matches():
         options = [light]
@@ -259,12 +272,12 @@ def fit_voice(sources: Sequence[Path], out_dir: Path, cfg: VoiceTrainConfig,
         options = [cfg] + ([light] if light is not None else [])
     for i, option in enumerate(options):
         last = i == len(options) - 1
-        s = _Setup.load(list(sources), out_dir, option, dev)
+        s = _Setup.load(list(sources), out_dir, option, dev, dist)
         clock = ThreadClock()
         if s.state.step >= option.steps:
             return VoiceFit(option, s, clock, option.steps, option is light)
-        speed = probe_acoustic(clock, s.state, s.batcher, s.mean, s.std, dev, s.dtype,
-                               option, s.max_threads)
+        speed = dist.largest(probe_acoustic(clock, s.state, s.batcher, s.mean, s.std, dev,
+                                            s.dtype, option, s.max_threads))
         if last or voice_plan.fits(speed, option.max_minutes, option.steps, option.min_share,
                                    s.state.step, s.state.progress.seconds):
             planned = voice_plan.check_fits(speed, option.max_minutes, option.steps,
@@ -309,24 +322,30 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     if only not in (None, *STAGES):
         raise ValueError(f"unknown stage {only!r}")
     dev = training_device(device)
+    dist = Dist.from_env(dev)
+    dev = dist.place(dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     dirs = [sources] if isinstance(sources, Path) else list(sources)
     if only == "vocoder":
         if cfg.vocoder is None:
             raise TwincastError("this preset has no trained vocoder (it synthesises with "
                                 "Griffin-Lim); train its acoustic model alone or all of it")
-        train_vocoder(dirs, out_dir, cfg.vocoder, dev)
+        train_vocoder(dirs, out_dir, cfg.vocoder, dev, dist)
         return None
     if fit is None:
-        fit = fit_voice(dirs, out_dir, cfg, dev, retry)
+        fit = fit_voice(dirs, out_dir, cfg, dev, retry, dist)
     cfg, s, clock = fit.cfg, fit.setup, fit.clock
     utts, train_utts, held, batcher, state = s.utts, s.train_utts, s.held, s.batcher, s.state
     mean, std, ckpt, dtype, max_threads = s.mean, s.std, s.ckpt, s.dtype, s.max_threads
     longest = train_utts[0].mel.shape[1]
-    log.info("voice training in %s", "bfloat16 autocast" if dtype == torch.bfloat16 else
-             "float32")
+    if dist.main:
+        log.info("voice training in %s%s", "bfloat16 autocast" if dtype == torch.bfloat16
+                 else "float32", f" on {dist.world} processes" if dist.world > 1 else "")
+    state.net = dist.wrap(state.model, dev) if dist.world > 1 else None
 
     def save() -> None:
+        if not dist.main:
+            return
         ckpt.save({**state.state_dict(), "mel_mean": torch.from_numpy(mean),
                    "mel_std": torch.from_numpy(std)})
 
@@ -342,34 +361,43 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
                    state.progress, step, save,
                    lr=lambda step, used: cfg.lr * _lr_factor(step, cfg.steps, used),
                    optimizers=[state.opt],
-                   hooks=[Every(cfg.held_every, score)] if held else [])
+                   hooks=[Every(cfg.held_every, score)] if held else [],
+                   agree=dist.largest if dist.world > 1 else None, main=dist.main)
     save()
     plan = {"acoustic": voice_plan.stage_summary(cfg.steps, state.step, clock, "acoustic")}
     plan["acoustic"]["precision"] = "bf16" if dtype == torch.bfloat16 else "fp32"
     if fit.lighter:
         plan["acoustic"]["model"] = "lighter"
-    write_history(state.progress, out_dir)
-    if held:
+    if dist.main:
+        write_history(state.progress, out_dir)
+    if held and dist.main:
         log.info("voice: lowest held-out loss %.3f at step %d of %d", state.best_loss,
                  state.best_step, state.step)
     if only == "acoustic":
         return None
     vocoder = None
     if cfg.vocoder is not None:
-        vocoder = train_vocoder(dirs, out_dir, cfg.vocoder, dev)
+        vocoder = train_vocoder(dirs, out_dir, cfg.vocoder, dev, dist)
         if cfg.vocoder.adapt_minutes > 0 and cfg.vocoder.adapt_steps > 0:
             pairs = teacher_forced_mels(state.model, train_utts, mean, std, dev,
                                         max(cfg.max_frames, longest), cfg.vocoder.model.hop)
             vocoder = adapt_vocoder(vocoder, pairs, out_dir, cfg.vocoder, dev,
-                                    weights_digest(state.model))
+                                    weights_digest(state.model), dist)
         plan.update(vocoder.plan)
+    if dist.world > 1:
+        # The replicas must have stayed one model (the same averaged gradients and learning
+        # rate at every step); each process says what it holds.
+        log.info("process %d of %d: acoustic weights %s%s", dist.rank, dist.world,
+                 weights_digest(state.model), "" if vocoder is None else
+                 f", vocoder weights {weights_digest(vocoder.model)}")
     # Durations are calibrated on sentences the model never learned from: on its own
     # training sentences it is right by heart, and too fast on new ones.
     scale = calibrate_durations(state.model, held or utts, dev)
-    log.info("speaking-rate calibration on %d %s sentences: durations x %.3f",
-             len(held or utts), "held-out" if held else "training", scale)
+    if dist.main:
+        log.info("speaking-rate calibration on %d %s sentences: durations x %.3f",
+                 len(held or utts), "held-out" if held else "training", scale)
     return TrainedVoice(state.model, mean, std, state.progress.seconds, state.step,
-                        len(utts), vocoder, scale, plan)
+                        len(utts), vocoder, scale, plan, dist.main)
 
 
 PROBE_STEPS = 4

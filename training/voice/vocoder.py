@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from avatar.audio import VOICE_MEL
 from avatar.errors import TwincastError
 from avatar.models.vocoder import Vocoder, VocoderConfig, stft_loss
+from training.dist import Dist
 from training.loop import Checkpoint, LoopConfig, Progress, train_loop, write_history
 from training.runs import config_digest
 from training.threads import ThreadClock, probe_threads, threads_kept
@@ -162,13 +163,15 @@ PROBE_STEPS = 6
 
 
 def _fit(model: Vocoder, sampler: SegmentSampler, stage: _Stage, cfg: VocoderTrainConfig,
-         device: torch.device) -> tuple[int, float, dict]:
+         device: torch.device, dist: Dist) -> tuple[int, float, dict]:
     """Train ``model`` through one stage (resuming from its checkpoint when that was made
     for the same digest); returns the stage's steps, seconds and plan summary. The step is
     timed first on throwaway copies (one thread and all of them, on a CPU: with another
     process busy, one can be faster, and the other count is tried again every few minutes,
     ``training.threads``), and the stage's cap is lengthened where it fits fewer than its
-    floor of steps at that speed."""
+    floor of steps at that speed. Under ``torchrun`` the processes plan from the slowest
+    one's speed, train on their own segments with the gradients averaged, and the first
+    writes the checkpoint and curves."""
     import torchaudio
 
     spec = VOICE_MEL
@@ -187,10 +190,13 @@ def _fit(model: Vocoder, sampler: SegmentSampler, stage: _Stage, cfg: VocoderTra
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         progress.load_state_dict(saved)
-        sampler.rng = np.random.default_rng(cfg.seed + progress.step)
-        log.info("resuming %s training at step %d", stage.name, progress.step)
+        sampler.rng = np.random.default_rng(dist.seed(cfg.seed) + progress.step)
+        if dist.main:
+            log.info("resuming %s training at step %d", stage.name, progress.step)
 
     def save() -> None:
+        if not dist.main:
+            return
         ckpt.save({"model": model.state_dict(), "opt": opt.state_dict(),
                    **progress.state_dict()})
 
@@ -218,13 +224,16 @@ def _fit(model: Vocoder, sampler: SegmentSampler, stage: _Stage, cfg: VocoderTra
     if progress.step < stage.steps:
         minutes = _plan_minutes(clock, stage, progress, max_threads, device,
                                 lambda: stepper(*_throwaway(model, opt, adamw, sampler,
-                                                                 cfg.seed)))
+                                                                 cfg.seed)), dist)
+    net = dist.wrap(model, device)
     with threads_kept():
         train_loop(LoopConfig(stage.name, stage.steps, minutes, cfg.checkpoint_minutes),
-                   progress, clock.timed(stage.name, stepper(model, opt, sampler),
-                                         max_threads), save, lr=stage.lr, optimizers=[opt])
+                   progress, clock.timed(stage.name, stepper(net, opt, sampler),
+                                         max_threads), save, lr=stage.lr, optimizers=[opt],
+                   agree=dist.largest if dist.world > 1 else None, main=dist.main)
     save()
-    write_history(progress, stage.ckpt.parent, f"{stage.name}_")
+    if dist.main:
+        write_history(progress, stage.ckpt.parent, f"{stage.name}_")
     model.eval()
     return progress.step, progress.seconds, stage_summary(stage.steps, progress.step, clock,
                                                           stage.name, minutes)
@@ -244,7 +253,8 @@ def _throwaway(model: Vocoder, opt: torch.optim.Optimizer,
 
 
 def _plan_minutes(clock: ThreadClock, stage: _Stage, progress: Progress, max_threads: int,
-                  device: torch.device, make_step: Callable[[], Callable[[], dict]]) -> float:
+                  device: torch.device, make_step: Callable[[], Callable[[], dict]],
+                  dist: Dist) -> float:
     """Time the stage's step, pick the thread count and return the stage's cap on this
     host (its preset's, or longer to fit its floor of steps)."""
     options = [1, max_threads] if max_threads > 1 else [max_threads]
@@ -252,10 +262,10 @@ def _plan_minutes(clock: ThreadClock, stage: _Stage, progress: Progress, max_thr
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         probe_threads(clock, stage.name, make_step(), options, PROBE_STEPS, wait)
     clock.choose_threads()
-    speed = clock.speed(stage.name)
+    speed = dist.largest(clock.speed(stage.name))
     minutes = stage_minutes(speed, stage.minutes, stage.steps, stage.min_share, progress.step,
                             progress.seconds, stage.stretch)
-    if minutes > stage.minutes:
+    if minutes > stage.minutes and dist.main:
         fit = min(stage.steps, int((minutes * 60 * CAP_MARGIN - progress.seconds) / speed)
                   + progress.step)
         log.info("%s: a step takes %.2f s on %d thread(s) here; its %g-minute cap would fit "
@@ -266,9 +276,11 @@ def _plan_minutes(clock: ThreadClock, stage: _Stage, progress: Progress, max_thr
 
 
 def train_vocoder(sources: Sequence[Path], out_dir: Path, cfg: VocoderTrainConfig,
-                  device: torch.device) -> TrainedVocoder:
+                  device: torch.device, dist: Dist | None = None) -> TrainedVocoder:
     """The first stage: real mels of the enrolment caches in, real waveforms out."""
-    sampler = SegmentSampler.from_caches(sources, cfg.segment_frames, cfg.model.hop, cfg.seed)
+    dist = dist or Dist()
+    sampler = SegmentSampler.from_caches(sources, cfg.segment_frames, cfg.model.hop,
+                                         dist.seed(cfg.seed))
     torch.manual_seed(cfg.seed)
     model = Vocoder(cfg.model).to(device)
     # The decay ends at whichever comes first, the step count or the cap (as the acoustic
@@ -276,21 +288,23 @@ def train_vocoder(sources: Sequence[Path], out_dir: Path, cfg: VocoderTrainConfi
     stage = _Stage("vocoder", out_dir / "vocoder.pt", cfg.digest(), cfg.steps,
                    cfg.max_minutes, cfg.min_share, cfg.max_stretch,
                    lambda step, used: cfg.lr * max(0.1, 1 - max(step / cfg.steps, used)))
-    steps, seconds, plan = _fit(model, sampler, stage, cfg, device)
+    steps, seconds, plan = _fit(model, sampler, stage, cfg, device, dist)
     return TrainedVocoder(model, seconds, steps, plan={"vocoder": plan})
 
 
 def adapt_vocoder(vocoder: TrainedVocoder, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
                   out_dir: Path, cfg: VocoderTrainConfig, device: torch.device,
-                  acoustic: str) -> TrainedVocoder:
+                  acoustic: str, dist: Dist | None = None) -> TrainedVocoder:
     """The second stage: fine-tune on ``pairs`` of (the acoustic model's mel (n_mels, T),
     the real waveform (T * hop,)) of its training sentences. ``acoustic`` identifies that
     model: its checkpoint is redone for another one, the first stage's is kept."""
+    dist = dist or Dist()
     sampler = SegmentSampler([(w, m, 0, min(m.shape[1], len(w) // cfg.model.hop))
-                              for m, w in pairs], cfg.segment_frames, cfg.model.hop, cfg.seed)
+                              for m, w in pairs], cfg.segment_frames, cfg.model.hop,
+                             dist.seed(cfg.seed))
     stage = _Stage("vocoder_adapt", out_dir / "vocoder_adapt.pt", cfg.adapt_digest(acoustic),
                    cfg.adapt_steps, cfg.adapt_minutes, cfg.adapt_min_share, cfg.max_stretch,
                    lambda step, used: cfg.adapt_lr)
-    steps, seconds, plan = _fit(vocoder.model, sampler, stage, cfg, device)
+    steps, seconds, plan = _fit(vocoder.model, sampler, stage, cfg, device, dist)
     return TrainedVocoder(vocoder.model, vocoder.seconds, vocoder.steps, seconds, steps,
                           {**vocoder.plan, "vocoder_adapt": plan})
