@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,14 @@ from avatar.motion import Entry, MotionGraph
 log = logging.getLogger(__name__)
 V = TypeVar("V")
 
+KEEP_S = 30.0
+"""Seconds a prepared frame or a cross-fade stays cached unused. They are made a second
+ahead of being shown, for that showing: the walk seldom comes back to the same cross-fade
+(it avoids repeating itself within a minute). Kept until their bytes' bound instead, a
+server with few sessions of small frames filled the bound over an hour (about 1,600
+cross-fades of 360x288 in 512 MB, each new one a few more kB of resident memory), which
+is a leak to anyone watching the process; with the limit in time they reach their size
+within a minute and keep it."""
 SHARP_AREA = 640 * 480
 """Frames larger than this are cross-faded bilinear only around the face (``_warp``)."""
 FACE_HALF_IOD = 1.6
@@ -40,7 +49,7 @@ class MotionBank:
     def __init__(self, path: Path, index: dict[str, np.ndarray], files: list[str], fps: int,
                  geometry: tuple[np.ndarray, np.ndarray, np.ndarray], size: int,
                  cache_mb: float = 2048.0, prepared_mb: float = 512.0,
-                 mixed_mb: float = 512.0):
+                 mixed_mb: float = 512.0, keep_s: float = KEEP_S):
         self.path = path
         self.index = index
         self.files = files
@@ -59,9 +68,10 @@ class MotionBank:
         # frame cache lets it go, unless the whole bank stays decoded). Counted, or the
         # prepared cache grows by a frame for every new cross-fade painted: uncounted, an
         # hour's soak at 360x288 kept growing by ~5 MB a minute after its tenth minute.
-        self._prepared: _Lru[_IdleFrame] = _Lru(int(prepared_mb * 2**20), self._prepared_size)
+        self._prepared: _Lru[_IdleFrame] = _Lru(int(prepared_mb * 2**20), self._prepared_size,
+                                                keep_s)
         self._mixed: _Lru[tuple[np.ndarray, np.ndarray]] = _Lru(
-            int(mixed_mb * 2**20), lambda e, m: m[0].nbytes)
+            int(mixed_mb * 2**20), lambda e, m: m[0].nbytes, keep_s)
         self._resident = False
         """Whether the whole bank is decoded and never evicted (``preload``)."""
         self._bytes = 0
@@ -287,13 +297,17 @@ class MotionBank:
 
 class _Lru(Generic[V]):
     """A cache bounded in bytes (``size(key, value)`` of each item, taken when it is put
-    and kept with it): the least recently used go first, the newest is always kept. Not
-    locked: the bank holds its lock around it."""
+    and kept with it) and in time (an item unused for ``keep_s`` goes): the least recently
+    used go first, the newest is always kept. Not locked: the bank holds its lock around
+    it."""
 
-    def __init__(self, limit: int, size: Callable[[Entry, V], int]):
+    def __init__(self, limit: int, size: Callable[[Entry, V], int],
+                 keep_s: float | None = None, clock: Callable[[], float] = time.monotonic):
         self.limit = limit
         self._size = size
-        self._items: OrderedDict[Entry, tuple[V, int]] = OrderedDict()
+        self.keep_s = keep_s
+        self._clock = clock
+        self._items: OrderedDict[Entry, tuple[V, int, float]] = OrderedDict()
         self.bytes = 0
 
     def __contains__(self, key: Entry) -> bool:
@@ -303,22 +317,37 @@ class _Lru(Generic[V]):
         return len(self._items)
 
     def get(self, key: Entry) -> V | None:
-        item = self._items.get(key)
-        if item is None:
-            return None
-        self._items.move_to_end(key)
-        return item[0]
+        now = self._clock()
+        item = self._items.pop(key, None)
+        if item is not None:
+            self._items[key] = (item[0], item[1], now)  # the most recent now
+        self._expire(now)
+        return None if item is None else item[0]
 
     def put(self, key: Entry, value: V) -> None:
+        now = self._clock()
         old = self._items.pop(key, None)
         if old is not None:
             self.bytes -= old[1]
         n = self._size(key, value)
-        self._items[key] = (value, n)
+        self._items[key] = (value, n, now)
         self.bytes += n
         while self.bytes > self.limit and len(self._items) > 1:
-            _, (_, gone) = self._items.popitem(last=False)
+            _, (_, gone, _) = self._items.popitem(last=False)
             self.bytes -= gone
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        """The items unused for ``keep_s`` (the oldest first: the order is of last use)."""
+        if self.keep_s is None:
+            return
+        while len(self._items) > 1:
+            key = next(iter(self._items))
+            _, n, used = self._items[key]
+            if now - used <= self.keep_s:
+                break
+            del self._items[key]
+            self.bytes -= n
 
 
 def _h(m: np.ndarray) -> np.ndarray:

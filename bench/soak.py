@@ -40,8 +40,8 @@ AV_PAUSE_S = 1.5
 class AvRecord:
     """What one viewer received while a window was open: per video frame its arrival, a
     JPEG of its grey picture (the mouth) and its mark features (8 numbers); per 20 ms of
-    sound its arrival, RMS and mono samples. Kept small (it is in the measured process):
-    a 40-s window of 512 px video holds about 20 MB, its sound 8 MB."""
+    sound its arrival, RMS and mono samples. Kept small (it is in the benchmark's process,
+    beside the viewers): a 40-s window of 512 px video holds about 20 MB, its sound 8 MB."""
 
     windows: list[tuple[float, float]]
     video: list[list[tuple[float, bytes]]] = field(default_factory=list)

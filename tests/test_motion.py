@@ -418,6 +418,27 @@ def test_bank_caches_are_bounded_in_bytes() -> None:
     assert len(lru) == 1 and Entry(11) in lru
 
 
+def test_bank_caches_let_go_of_what_is_not_used_for_a_while() -> None:
+    """Prepared frames and cross-fades are made a second ahead for one showing: unused for
+    ``keep_s`` they go, so a server whose bytes' bound is far off still stops growing once
+    its sessions' walks have run for that long."""
+    from avatar.bank import _Lru
+    from avatar.motion import Entry
+
+    now = [0.0]
+    lru = _Lru(10**9, lambda k, v: v.nbytes, keep_s=30.0, clock=lambda: now[0])
+    for i in range(100):  # one new item a second for 100 s
+        now[0] = float(i)
+        lru.put(Entry(i), np.zeros(10, np.uint8))
+        if i % 10 == 0:
+            assert lru.get(Entry(0)) is not None  # used all along: kept
+    assert Entry(0) in lru and Entry(5) not in lru and Entry(69) in lru
+    assert len(lru) == 32 and lru.bytes == 320  # the last 31 s, and the one in use
+    now[0] = 1000.0
+    lru.get(Entry(99))
+    assert len(lru) == 1 and lru.bytes == 10  # the newest is always kept
+
+
 def test_prepared_frames_count_the_frames_they_hold(bundle: Path) -> None:
     """A prepared cross-fade keeps its mixed frame alive after the cross-fade cache lets it
     go, so the prepared cache's bound counts that frame: everything its entries hold stays
@@ -437,7 +458,7 @@ def test_prepared_frames_count_the_frames_they_hold(bundle: Path) -> None:
         bank.background(e)
         bank.background(Entry(e.a))  # a plain frame: the preloaded bank owns it
     held: dict[int, int] = {}
-    for p, _ in bank._prepared._items.values():
+    for p, *_ in bank._prepared._items.values():
         for arr in (p.region, p.blend, p.frame):
             held[id(arr)] = arr.nbytes
     resident = {id(f) for f in bank._frames.values()}
