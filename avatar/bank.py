@@ -35,9 +35,9 @@ KEEP_S = 30.0
 ahead of being shown, for that showing: the walk seldom comes back to the same cross-fade
 (it avoids repeating itself within a minute). Kept until their bytes' bound instead, a
 server with few sessions of small frames filled the bound over an hour (about 1,600
-cross-fades of 360x288 in 512 MB, each new one a few more kB of resident memory), which
-is a leak to anyone watching the process; with the limit in time they reach their size
-within a minute and keep it."""
+cross-fades of 360x288 in 512 MB, each new one another frame of resident memory), which
+looks like a leak to anyone watching the process; with the limit in time they hold about
+the last half minute of the sessions' walks."""
 SHARP_AREA = 640 * 480
 """Frames larger than this are cross-faded bilinear only around the face (``_warp``)."""
 FACE_HALF_IOD = 1.6
