@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streaming.hostload import read_cpu_ticks
+
 log = logging.getLogger(__name__)
 
 SENTENCES = ["Welcome back to the stream, it is good to see so many of you here.",
@@ -250,11 +252,8 @@ def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: f
 def _host_ticks(path: Path = Path("/proc/stat")) -> list[float] | None:
     """The host's CPU clock ticks since boot (all cores: user nice system idle iowait irq
     softirq steal); None where there is no ``/proc/stat``."""
-    try:
-        head = path.read_text().split("\n", 1)[0].split()
-    except OSError:
-        return None
-    return [float(v) for v in head[1:9]] if head and head[0] == "cpu" else None
+    read = read_cpu_ticks(path)
+    return None if read is None else read[0]
 
 
 def _host_shares(then: list[float] | None, now: list[float] | None) -> dict:

@@ -40,9 +40,10 @@ class _Sample:
     own: float
 
 
-def read_proc_stat(path: Path = Path("/proc/stat")) -> tuple[float, float, int] | None:
-    """(busy, total) clock ticks over all CPUs since boot and the CPU count; None where
-    there is no ``/proc/stat`` (not Linux)."""
+def read_cpu_ticks(path: Path = Path("/proc/stat")) -> tuple[list[float], int] | None:
+    """The host's clock ticks since boot over all CPUs, as /proc/stat lists them (user
+    nice system idle iowait irq softirq steal), and the CPU count; None where there is
+    no ``/proc/stat`` (not Linux)."""
     try:
         lines = path.read_text().splitlines()
     except OSError:
@@ -50,13 +51,23 @@ def read_proc_stat(path: Path = Path("/proc/stat")) -> tuple[float, float, int] 
     head = next((ln for ln in lines if ln.startswith("cpu ")), None)
     if head is None:
         return None
-    ticks = [float(v) for v in head.split()[1:]]
-    # user nice system idle iowait irq softirq steal [guest guest_nice]: the guests are
-    # already counted in user and nice; idle and iowait are the cores' free time.
-    total = sum(ticks[:8])
-    busy = total - ticks[3] - (ticks[4] if len(ticks) > 4 else 0.0)
+    # The guest columns after steal are already counted in user and nice: left out.
+    ticks = [float(v) for v in head.split()[1:9]]
+    ticks += [0.0] * (8 - len(ticks))
     cpus = sum(1 for ln in lines if ln.startswith("cpu") and ln[3:4].isdigit())
-    return busy, total, max(cpus, 1)
+    return ticks, max(cpus, 1)
+
+
+def read_proc_stat(path: Path = Path("/proc/stat")) -> tuple[float, float, int] | None:
+    """(busy, total) clock ticks over all CPUs since boot and the CPU count; None where
+    there is no ``/proc/stat``."""
+    read = read_cpu_ticks(path)
+    if read is None:
+        return None
+    ticks, cpus = read
+    total = sum(ticks)
+    # idle and iowait are the cores' free time; steal counts as busy (not ours to use).
+    return total - ticks[3] - ticks[4], total, cpus
 
 
 def own_cpu_seconds() -> float:

@@ -341,7 +341,7 @@ def train_voice(sources: Path | Sequence[Path], out_dir: Path, cfg: VoiceTrainCo
     if dist.main:
         log.info("voice training in %s%s", "bfloat16 autocast" if dtype == torch.bfloat16
                  else "float32", f" on {dist.world} processes" if dist.world > 1 else "")
-    state.net = dist.wrap(state.model, dev) if dist.world > 1 else None
+    state.net = dist.wrap(state.model, dev)
 
     def save() -> None:
         if not dist.main:
