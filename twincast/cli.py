@@ -696,21 +696,16 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server_process() -> None:
-    """Settings for a long-running server process, before numpy loads and threads start.
-    One BLAS thread: the BLAS pool's idle workers spin in sched_yield after every small
-    product (the server does many, on the event loop), and on a 2-core host one of them
-    took 40-57 % of a core in system time while two sessions spoke (the renderer's torch
-    threads are set apart, ``--render-threads``). Two C allocator arenas: with glibc's
-    sixteen, RSS crept (``streaming.memory``)."""
-    from streaming.memory import limit_malloc_arenas
-
+def _one_blas_thread() -> None:
+    """Before numpy loads: its BLAS pool's idle workers spin in sched_yield after every
+    small product (the server does many, on the event loop), and on a 2-core host one of
+    them took 40-57 % of a core in system time while two sessions spoke. The renderer's
+    torch threads are set apart (``--render-threads``)."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    limit_malloc_arenas()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    _server_process()
+    _one_blas_thread()
     from streaming.app import ServerConfig
     from streaming.routes import serve
 
@@ -790,7 +785,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     import re
 
-    _server_process()
+    _one_blas_thread()
     from avatar.show import load_show
     from streaming.app import ServerConfig
     from streaming.requests import BadRequest, StreamRequest
@@ -1003,7 +998,7 @@ def cmd_bench_render(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_stream(args: argparse.Namespace) -> int:
-    _server_process()  # its server runs in this process, as `serve` would run it
+    _one_blas_thread()  # its server runs in this process, as `serve` would run it
     from bench.stream import bench_stream
 
     try:
@@ -1015,7 +1010,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    _server_process()  # its server runs in this process, as `serve` would run it
+    _one_blas_thread()  # its server runs in this process, as `serve` would run it
     from bench.serve import bench_serve
 
     if args.sessions < 1 or args.max_batch < 1:
@@ -1027,7 +1022,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_faults(args: argparse.Namespace) -> int:
-    _server_process()  # its server runs in this process, as `serve` would run it
+    _one_blas_thread()  # its server runs in this process, as `serve` would run it
     from bench.faults import bench_faults
 
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
@@ -1090,7 +1085,7 @@ def cmd_bench_consent(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_ask(args: argparse.Namespace) -> int:
-    _server_process()  # its server runs in this process, as `serve` would run it
+    _one_blas_thread()  # its server runs in this process, as `serve` would run it
     from bench.ask import bench_ask
 
     if args.questions < 1 or args.chat_questions < 0:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -22,7 +21,6 @@ from avatar.raycluster import NAMESPACE, connect
 from streaming.cluster.ingress import Ingress, IngressConfig
 from streaming.cluster.placement import WorkerInfo
 from streaming.cluster.worker import WorkerConfig, actor_class
-from streaming.memory import SERVER_ARENAS
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +94,9 @@ def _launch(plan: list[WorkerConfig], timeout_s: float,
             name=wcfg.name, namespace=NAMESPACE, lifetime="detached",
             num_cpus=0 if gpu else 0.5, num_gpus=0.5 if gpu else 0, max_restarts=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(wcfg.node, soft=False),
-            # As `twincast serve` sets for itself (twincast.cli._server_process): set
-            # before the worker's process loads numpy and starts its threads.
-            runtime_env={"env_vars": {"OPENBLAS_NUM_THREADS": "1",
-                                      "MALLOC_ARENA_MAX": os.environ.get(
-                                          "MALLOC_ARENA_MAX", str(SERVER_ARENAS))}},
+            # As `twincast serve` sets for itself (twincast.cli._one_blas_thread): set
+            # before the worker's process loads numpy.
+            runtime_env={"env_vars": {"OPENBLAS_NUM_THREADS": "1"}},
         ).remote(wcfg)
         made.append((wcfg.name, actor))
     ready = []
