@@ -54,6 +54,11 @@ class SessionConfig:
     first frames. When other sessions keep the renderer busy it starts later, by what the
     scheduler predicts it needs for the first frames (see ``first_frames``)."""
     first_frames: int = 4
+    """A start's first frames: handed to the renderer alone, and the time until they are
+    back sets how soon later starts are placed (``Scheduler.start_delay``). Handed over with
+    the rest of the first chunk's frames, they made a batch of eight that the lane sized to
+    the margin and that took twice its predicted time beside synthesis, so the margin grew
+    with every start (to 0.23 s on a 2-core EPYC; 0.09-0.10 s with four and the pause below)."""
     start_safety_s: float = 0.03
     render_ahead_frames: int = 12
     """Frames handed to the scheduler ahead of their display time (see
@@ -86,6 +91,11 @@ class SessionConfig:
     ``say``), waiting to be said: more is refused (429) until some is spoken, so one caller
     cannot fill the shared synthesis pool (16 say calls of 5,000 characters were all
     synthesised at once)."""
+    start_pause_s: float = 0.15
+    """After a sentence's first chunk, its synthesis waits this long at most for the
+    first frames of a start to be rendered: Griffin-Lim's later chunks on the other core
+    made those frames take twice as long, and the start margin follows how long they
+    take. The second chunk is needed a third of a second after the start, at the soonest."""
     synthesis_threads: int = 1
     """CPU threads each sentence's synthesis may use. One leaves the cores to the renderer:
     with the default two on this 2-core machine (``bench serve``, GRID voice, six runs each)
@@ -148,6 +158,9 @@ class Utterance:
     """When it was placed to start as soon as it could (session clock), until its first
     frames are back: how long they took is ``Scheduler.note_start``'s sample."""
     pace: float = 1.0
+    started: threading.Event = field(default_factory=threading.Event)
+    """Set once its first frames are rendered, or it follows speech already being said:
+    until then its synthesis leaves the cores to the renderer after the first chunk."""
     done: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once it has been spoken, or dropped."""
     planned_end: bool = False
@@ -339,6 +352,7 @@ class Session:
         self._live = None
         for u in self.queue:
             u.cancel.set()
+            u.started.set()  # its synthesis stops now, not after the start pause
             u.done.set()
         self.queue.clear()
         self._to_synthesise.clear()
@@ -377,6 +391,7 @@ class Session:
             return
         u = self.queue.popleft()
         u.cancel.set()
+        u.started.set()
         u.done.set()
         if self._live is u:
             self._live = None
@@ -480,7 +495,7 @@ class Session:
 
     def _speak(self, u: Utterance, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            for chunk in self.voice.speak(u.text, u.pace):  # type: ignore[attr-defined]
+            for n, chunk in enumerate(self.voice.speak(u.text, u.pace)):  # type: ignore[attr-defined]
                 if u.cancel.is_set():
                     return
                 u.speech.feed(chunk.audio, chunk.rate)  # made ready here, off the loop
@@ -488,6 +503,8 @@ class Session:
                 if timed:
                     words = tuple({"text": w, "start": a, "end": b} for w, a, b in timed)
                     loop.call_soon_threadsafe(self._words, u, words)
+                if n == 0:
+                    u.started.wait(self.cfg.start_pause_s)
         except TwincastError as e:
             u.error = str(e)
         except Exception as e:  # noqa: BLE001 - reported as the utterance's error event
@@ -534,6 +551,7 @@ class Session:
             if u is not None and u.placed_at is not None and u.start_frame is not None \
                     and k >= u.start_frame + self.cfg.first_frames - 1:
                 self.scheduler.note_start(self.clock.now() - u.placed_at)
+                u.started.set()
                 u.placed_at = None
             # Frames are taken by the video track at their time; with no one taking them
             # (an offer with no video), those whose time has passed would pile up.
@@ -680,6 +698,7 @@ class Session:
                 # like any others instead of in a hurry after this one ends.
                 end = s + u.speech.total_video_frames
                 self._place(nxt, max(end, math.ceil((now + self._margin(nxt)) * fps)), now)
+                nxt.started.set()
             if self.motion is not None and u.speech.total_video_frames is not None and \
                     not u.planned_end:
                 u.planned_end = True  # its length is known: plan the way back to silence
@@ -763,6 +782,11 @@ class Session:
         while u.submitted in u.windows:
             k = s + u.submitted
             if k > current + self.cfg.render_ahead_frames:
+                break
+            if u.placed_at is not None and u.submitted >= self.cfg.first_frames and \
+                    current < s:
+                # A start's first frames go alone, so the lane's next batch is small and
+                # back soon (see ``first_frames``); the rest follow once they are back.
                 break
             base = self.motion.at(k, self._mode) if self.motion is not None else None
             if base is not None and not self.avatar.base_frame_ready(base):

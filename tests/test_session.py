@@ -388,3 +388,123 @@ def test_syntheses_run_on_the_servers_pool_not_the_loops_executor() -> None:
 
     asyncio.run(run())
     assert len(where) == 1 and where[0].startswith("synthesis"), where
+
+
+class _GatedAvatar(FakeAvatar):
+    """Renders nothing until ``gate`` is set: frames handed over stay with the renderer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.gate = threading.Event()
+
+    def render(self, requests: list[FrameRequest]) -> list[np.ndarray]:
+        self.gate.wait(5)
+        return super().render(requests)
+
+
+class _TimedVoice(FakeVoice):
+    """Notes when each chunk is asked for (monotonic seconds)."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    def speak(self, text: str, pace: float = 1.0):  # noqa: ANN201
+        import time
+
+        for chunk in super().speak(text, pace):
+            self.asked.append(time.monotonic())
+            yield chunk
+
+
+def _gated(cfg: SessionConfig, max_batch: int = 16
+           ) -> tuple[Session, Scheduler, _GatedAvatar, _TimedVoice]:
+    avatar, voice = _GatedAvatar(), _TimedVoice()
+    sch = Scheduler([Lane("cpu0", {"a": avatar})], SchedulerConfig(max_batch=max_batch))
+    sch.start()
+    return Session("a", avatar, voice, sch, cfg), sch, avatar, voice
+
+
+def test_a_starts_first_frames_go_to_the_renderer_alone() -> None:
+    """Until a start's first frames are back, only they are handed over: with the rest of
+    the first chunk's frames beside them, the lane's first batch was as large as the margin
+    allowed and took twice as long beside synthesis, and the margin grew with each start."""
+    async def run() -> tuple[int, int]:
+        cfg = SessionConfig(start_margin_s=0.6, render_ahead_frames=40)
+        s, sch, avatar, _ = _gated(cfg)
+        s.start()
+        s.clock.start()
+        try:
+            s.say("one two three")
+            await asyncio.sleep(0.45)  # all of it synthesised; the start 0.6 s ahead
+            u = s.queue[0]
+            while_out = u.submitted
+            avatar.gate.set()  # the first frames come back: the rest follow
+            await asyncio.sleep(0.3)
+            return while_out, u.submitted
+        finally:
+            avatar.gate.set()
+            await s.close()
+            sch.stop()
+
+    while_out, after = asyncio.run(run())
+    assert while_out == SessionConfig().first_frames
+    assert after > 20  # 1.2 s of speech: the rest handed over once they were back
+
+
+def test_synthesis_waits_for_a_starts_first_frames_after_its_first_chunk() -> None:
+    """The second chunk is asked for once the first frames are back (or after
+    ``start_pause_s``), so the vocoder does not take the cores they are rendered on."""
+    async def run() -> tuple[list[float], float]:
+        import time
+
+        # Placed well ahead, so the frames held are still in time when they are let go; a
+        # full batch (the four first frames) is rendered at once, not held for more.
+        s, sch, avatar, voice = _gated(SessionConfig(start_pause_s=0.5, start_margin_s=0.6),
+                                       max_batch=SessionConfig().first_frames)
+        s.start()
+        s.clock.start()
+        try:
+            s.say("one two three")
+            await asyncio.sleep(0.25)
+            released = time.monotonic()
+            avatar.gate.set()
+            await asyncio.sleep(0.4)
+            return voice.asked, released
+        finally:
+            avatar.gate.set()
+            await s.close()
+            sch.stop()
+
+    asked, released = asyncio.run(run())
+    assert len(asked) == 3
+    assert asked[1] - asked[0] >= 0.2  # held while the first frames were out
+    assert asked[1] >= released  # ...and asked for once they were back
+    assert asked[1] - released < 0.2  # not at the pause's end (0.5 s)
+
+
+def test_barge_in_ends_the_synthesis_pause_at_once() -> None:
+    """Synthesis is one at a time per session: an interrupted sentence's pause must not
+    hold up the sentence said in its place."""
+    async def run() -> tuple[list[float], float]:
+        import time
+
+        s, sch, avatar, voice = _gated(SessionConfig(start_pause_s=2.0))
+        s.start()
+        s.clock.start()
+        try:
+            s.say("one two three")
+            await asyncio.sleep(0.2)  # its first chunk made; its frames held by the renderer
+            said = time.monotonic()
+            s.say("four five", interrupt=True)
+            await asyncio.sleep(0.4)
+            return voice.asked, said
+        finally:
+            avatar.gate.set()
+            await s.close()
+            sch.stop()
+
+    asked, said = asyncio.run(run())
+    assert len(asked) >= 2 and asked[0] < said
+    assert asked[1] - said < 0.3  # the new sentence's first chunk: not after 2 s
