@@ -453,31 +453,40 @@ def test_a_starts_first_frames_go_to_the_renderer_alone() -> None:
     assert after > 20  # 1.2 s of speech: the rest handed over once they were back
 
 
+async def _pause_then(cfg: SessionConfig, max_batch: int, wait: float, act: str
+                      ) -> tuple[list[float], float]:
+    """Say three words on a gated renderer, ``act`` after ``wait`` s ("release": let the
+    renderer go; "interrupt": say something else with a barge-in); returns when the voice
+    was asked for each chunk and when the act was (monotonic seconds)."""
+    import time
+
+    s, sch, avatar, voice = _gated(cfg, max_batch)
+    s.start()
+    s.clock.start()
+    try:
+        s.say("one two three")
+        await asyncio.sleep(wait)
+        acted = time.monotonic()
+        if act == "release":
+            avatar.gate.set()
+        else:
+            s.say("four five", interrupt=True)
+        await asyncio.sleep(0.4)
+        return voice.asked, acted
+    finally:
+        avatar.gate.set()
+        await s.close()
+        sch.stop()
+
+
 def test_synthesis_waits_for_a_starts_first_frames_after_its_first_chunk() -> None:
     """The second chunk is asked for once the first frames are back (or after
     ``start_pause_s``), so the vocoder does not take the cores they are rendered on."""
-    async def run() -> tuple[list[float], float]:
-        import time
-
-        # Placed well ahead, so the frames held are still in time when they are let go; a
-        # full batch (the four first frames) is rendered at once, not held for more.
-        s, sch, avatar, voice = _gated(SessionConfig(start_pause_s=0.5, start_margin_s=0.6),
-                                       max_batch=SessionConfig().first_frames)
-        s.start()
-        s.clock.start()
-        try:
-            s.say("one two three")
-            await asyncio.sleep(0.25)
-            released = time.monotonic()
-            avatar.gate.set()
-            await asyncio.sleep(0.4)
-            return voice.asked, released
-        finally:
-            avatar.gate.set()
-            await s.close()
-            sch.stop()
-
-    asked, released = asyncio.run(run())
+    # Placed well ahead, so the frames held are still in time when they are let go; a
+    # full batch (the four first frames) is rendered at once, not held for more.
+    asked, released = asyncio.run(_pause_then(
+        SessionConfig(start_pause_s=0.5, start_margin_s=0.6),
+        SessionConfig().first_frames, 0.25, "release"))
     assert len(asked) == 3
     assert asked[1] - asked[0] >= 0.2  # held while the first frames were out
     assert asked[1] >= released  # ...and asked for once they were back
@@ -487,24 +496,8 @@ def test_synthesis_waits_for_a_starts_first_frames_after_its_first_chunk() -> No
 def test_barge_in_ends_the_synthesis_pause_at_once() -> None:
     """Synthesis is one at a time per session: an interrupted sentence's pause must not
     hold up the sentence said in its place."""
-    async def run() -> tuple[list[float], float]:
-        import time
-
-        s, sch, avatar, voice = _gated(SessionConfig(start_pause_s=2.0))
-        s.start()
-        s.clock.start()
-        try:
-            s.say("one two three")
-            await asyncio.sleep(0.2)  # its first chunk made; its frames held by the renderer
-            said = time.monotonic()
-            s.say("four five", interrupt=True)
-            await asyncio.sleep(0.4)
-            return voice.asked, said
-        finally:
-            avatar.gate.set()
-            await s.close()
-            sch.stop()
-
-    asked, said = asyncio.run(run())
+    # After 0.2 s its first chunk is made and its frames are held by the renderer.
+    asked, said = asyncio.run(_pause_then(SessionConfig(start_pause_s=2.0), 16, 0.2,
+                                          "interrupt"))
     assert len(asked) >= 2 and asked[0] < said
     assert asked[1] - said < 0.3  # the new sentence's first chunk: not after 2 s
