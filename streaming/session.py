@@ -58,7 +58,7 @@ class SessionConfig:
     back sets how soon later starts are placed (``Scheduler.start_delay``). Handed over with
     the rest of the first chunk's frames, they made a batch of eight that the lane sized to
     the margin and that took twice its predicted time beside synthesis, so the margin grew
-    with every start (to 0.23 s on a 2-core EPYC; 0.09-0.10 s with four and the pause below)."""
+    with every start (to 0.23 s on a 2-core EPYC; 0.09-0.11 s with four and the pause below)."""
     start_safety_s: float = 0.03
     render_ahead_frames: int = 12
     """Frames handed to the scheduler ahead of their display time (see
@@ -171,6 +171,13 @@ class Utterance:
     """Frames (from its start) where the person would nod, as far as settled."""
     nod_prob: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     """The nod model's probability for each settled frame."""
+
+    def drop(self) -> None:
+        """Not to be said (barge-in, failure): its synthesis stops at its next step, now
+        rather than after the start pause, and whoever waits for it is let go."""
+        self.cancel.set()
+        self.started.set()
+        self.done.set()
 
 
 class Session:
@@ -351,9 +358,7 @@ class Session:
         dropped = len(self.queue)
         self._live = None
         for u in self.queue:
-            u.cancel.set()
-            u.started.set()  # its synthesis stops now, not after the start pause
-            u.done.set()
+            u.drop()
         self.queue.clear()
         self._to_synthesise.clear()
         self.scheduler.cancel(self.id)
@@ -390,9 +395,7 @@ class Session:
         if not self.queue:
             return
         u = self.queue.popleft()
-        u.cancel.set()
-        u.started.set()
-        u.done.set()
+        u.drop()
         if self._live is u:
             self._live = None
         # The next utterance may be placed right after it, its first frames handed to the
