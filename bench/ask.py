@@ -9,8 +9,19 @@ Each question is posted (``/ask``) after the last answer has ended, and timed at
   the data channel (``answer_sentence``: the model's time to its first full sentence, plus
   the HTTP and data-channel hops, a few ms);
 * ``twincast_audio_ms`` / ``twincast_mouth_ms``: that announcement -> the first loud audio
-  / the first frame whose mouth moves (twincast's own part, the same path as ``say``);
-* ``total_audio_ms`` / ``total_mouth_ms``: question -> first audio / moving mouth.
+  / the arrival of the frame that paints the first word's mouth (twincast's own part, the
+  same path as ``say``);
+* ``total_audio_ms`` / ``total_mouth_ms``: question -> first audio / that frame.
+
+Which received frame paints the first word is read, not guessed at from the picture: the
+session says on which stream-clock instant the sentence's first frame is shown
+(``speech_started``) and when its first word starts in it (``words``), and a frame's RTP
+timestamp says which stream-clock frame it is. Reading the mouth's opening off the
+received frames (``visible_mouth_ms``: the first two frames open past the widest opening
+of the silent footage before the first question) is kept beside it; it measures nothing on
+an enrolment whose painted mouth barely opens (GRID with the ``ci`` preset: a median
+opening of 0.006 while speaking, 0.024 at the 90th percentile, under the silent footage's
+widest, 0.019).
 
 The model shares this 2-core host and keeps a core busy for the whole of a reply; it runs at
 ``nice`` 19 by default (``--llm-nice``), standing in for the host of its own an operator's
@@ -59,6 +70,10 @@ class _Viewer:
 
     def __init__(self) -> None:
         self.video: list[tuple[float, np.ndarray]] = []
+        self.pts: list[int] = []
+        """Each video frame's RTP timestamp (90 kHz from a random origin)."""
+        self.skipped: tuple[float, int] | None = None
+        """(when, the session's ``frames_skipped`` then), read before any speech."""
         self.audio: list[tuple[float, float]] = []
         self.events: list[tuple[float, dict]] = []
 
@@ -68,7 +83,7 @@ class _Viewer:
         from bench.client import open_session
 
         self.v = await open_session(http, url, token, events=True)
-        self.location = self.v.location
+        self.url, self.location = url, self.v.location
 
         @self.v.channel.on("message")
         def _timed(message: object) -> None:
@@ -87,6 +102,7 @@ class _Viewer:
             f = await self.v.tracks["video"].recv()
             g = cv2.cvtColor(f.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY)
             self.video.append((time.perf_counter(), g))
+            self.pts.append(-1 if f.pts is None else int(f.pts))
 
     async def _audio(self) -> None:
         while True:
@@ -118,10 +134,62 @@ class _Viewer:
             await asyncio.sleep(0.1)
         return False
 
+    async def note_skipped(self, http, auth: dict) -> None:  # noqa: ANN001
+        """The session's count of video frames skipped so far: with the gaps in the
+        timestamps received by then, it says which frame was the first one sent."""
+        async with http.get(f"{self.url}{self.location}", headers=auth) as r:
+            self.skipped = (time.perf_counter(), int((await r.json())["frames_skipped"]))
+
+    def word_frames(self, fps: int) -> dict[str, float]:
+        """utterance -> arrival of the first received frame at or after its first word
+        (``speech_started``'s stream time plus the earliest word start of its ``words``)."""
+        if not self.pts or self.skipped is None or min(self.pts) < 0:
+            return {}
+        times = np.array([t for t, _ in self.video])
+        k = frame_indices(np.array(self.pts, np.int64), fps)
+        seen, skipped = self.skipped
+        early = k[times <= seen]
+        # Skips after the first frame show as gaps in the timestamps; any the session
+        # counted beyond them happened before it (its first frame was not frame 0).
+        k += max(0, skipped - int(np.sum(np.maximum(np.diff(early) - 1, 0))))
+        started = {e["utterance"]: e["stream_time"] for _, e in self.events
+                   if e.get("type") == "speech_started"}
+        first_word: dict[str, float] = {}
+        for _, e in self.events:
+            if e.get("type") == "words" and e.get("words"):
+                w = min(x["start"] for x in e["words"])
+                first_word[e["utterance"]] = min(w, first_word.get(e["utterance"], w))
+        out = {}
+        for u, s in started.items():
+            at = round((s + first_word.get(u, 0.0)) * fps)
+            i = np.nonzero(k >= at)[0]
+            if len(i):
+                out[u] = float(times[i[0]])
+        return out
+
     async def close(self) -> None:
         for p in self.pumps:
             p.cancel()
         await self.v.pc.close()
+
+
+def frame_indices(pts: np.ndarray, fps: int) -> np.ndarray:
+    """Received frames' indices on the sender's frame clock, counted from the first one
+    received: the server stamps frame k with k * 90000 // fps on a 90 kHz clock, and RTP
+    adds a random origin and wraps at 2**32."""
+    return np.round(((pts - pts[0]) % 2**32) / (90000 / fps)).astype(np.int64)
+
+
+def _speaking_opening(viewer: _Viewer, vt: np.ndarray, opening: np.ndarray) -> float | None:
+    """The received mouth's opening at the 90th percentile over the frames between each
+    sentence's ``speech_started`` and ``speech_ended``: how wide the painted mouth opens,
+    beside the silent footage's widest (``rest_opening``)."""
+    ended = {e["utterance"]: t for t, e in viewer.events if e.get("type") == "speech_ended"}
+    inside = np.zeros(len(vt), bool)
+    for t, e in viewer.events:
+        if e.get("type") == "speech_started" and e["utterance"] in ended:
+            inside |= (vt >= t) & (vt <= ended[e["utterance"]])
+    return round(float(np.percentile(opening[inside], 90)), 4) if inside.any() else None
 
 
 def _first_after(times: np.ndarray, mask: np.ndarray, t: float) -> float | None:
@@ -174,6 +242,7 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
     from bench.llm_server import LLMProcess, ScriptedModel, ThreadServer, build_app
     from bench.serve import LOUD_RMS, MOVING_MARGIN, mouth_openings
     from bench.server_process import ServerProcess
+    from streaming.session import SessionConfig
 
     if not bundle.is_dir():
         from avatar.errors import TwincastError
@@ -211,6 +280,7 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
                 await server.wait_ready(http)
                 await viewer.open(http, server.url, "bench")
                 await asyncio.sleep(2.0)  # idle footage first: the mouth's rest opening
+                await viewer.note_skipped(http, auth)
                 for i in range(questions):
                     t = time.perf_counter()
                     async with http.post(f"{server.url}{viewer.location}/ask", headers=auth,
@@ -261,7 +331,9 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
     moving = opening > rest + MOVING_MARGIN
     moving = moving & np.r_[moving[1:], False]  # two frames in a row
 
+    word_at = viewer.word_frames(SessionConfig().fps)
     llm_ms, own_audio, own_mouth, tot_audio, tot_mouth = [], [], [], [], []
+    visible, mouth_minus_audio = [], []
     for t, qid in posted:
         s = viewer.first("answer_sentence", t, question=qid)
         a = _first_after(at, loud, t)
@@ -272,9 +344,14 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
         if a is not None:
             own_audio.append((a - s[0]) * 1000)
             tot_audio.append((a - t) * 1000)
+        w = word_at.get(s[1].get("utterance"))
+        if w is not None:
+            own_mouth.append((w - s[0]) * 1000)
+            tot_mouth.append((w - t) * 1000)
+            if a is not None:
+                mouth_minus_audio.append((w - a) * 1000)
         if v is not None:
-            own_mouth.append((v - s[0]) * 1000)
-            tot_mouth.append((v - t) * 1000)
+            visible.append((v - s[0]) * 1000)
     chat_start, chat_audio = [], []
     for t in chat_sent:
         s = viewer.first("answer_started", t)
@@ -297,6 +374,13 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
         "twincast_mouth_ms_p95": _pct(own_mouth, 95),
         "total_audio_ms_p50": _pct(tot_audio, 50), "total_audio_ms_p95": _pct(tot_audio, 95),
         "total_mouth_ms_p50": _pct(tot_mouth, 50), "total_mouth_ms_p95": _pct(tot_mouth, 95),
+        # The first word's frame against the first loud sound, at the viewer: the picture's
+        # lead (negative) or lag over the sound as the viewer gets them; the viewer's own
+        # jitter buffer holds the sound about 80 ms before its first packet.
+        "mouth_minus_audio_ms_p50": _pct(mouth_minus_audio, 50),
+        "visible_mouth_ms_p50": _pct(visible, 50),
+        "rest_opening": round(rest, 4),
+        "speaking_opening_p90": _speaking_opening(viewer, vt, opening),
         "sentences_said": len(sentences), "words_events": len(words),
         "example_answer": " ".join(e["text"] for e in sentences[:3]),
         "chat_via_irc": bool(chat_sent), "chat_questions": len(chat_sent),

@@ -1,10 +1,11 @@
 """``twincast bench cluster``: the same avatar served by one ``twincast serve`` and by a Ray
 cluster on this machine (a head and two worker nodes, ``ray.cluster_utils``), measured
 the same way at a real aiortc viewer: text to ``speech_started`` and to the first audible
-audio, p50/p95; opening a session (placement, offer and answer) through the ingress and
-directly; and, with a session on each node, the time from a node's removal to its
-session answering 410 and to the ingress reporting one live worker (it no longer places
-there)."""
+audio, and to the arrival of the frame that paints the first word (bench.ask), p50/p95;
+the ``say`` request's own round trip (the control path); opening a session (placement,
+offer and answer) through the ingress and directly; and, with a session on each node, the
+time from a node's removal to its session answering 410 and to the ingress reporting one
+live worker (it no longer places there)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ AUDIBLE = 0.01
 async def _measure(url: str, token: str, says: int) -> dict:
     import aiohttp
 
+    from streaming.session import SessionConfig
+
     auth = {"Authorization": f"Bearer {token}"}
-    mouth, audio, opened = [], [], []
+    mouth, audio, opened, asked = [], [], [], []
     async with aiohttp.ClientSession() as http:
         for _ in range(3):  # opening a session, timed (placement, offer, answer, tracks)
             t = time.perf_counter()
@@ -43,15 +46,21 @@ async def _measure(url: str, token: str, says: int) -> dict:
         v = _Viewer()
         await v.open(http, url, token)
         await asyncio.sleep(2.0)  # past the session's first frames
+        await v.note_skipped(http, auth)
+        said: list[tuple[float, str]] = []
         for i in range(says):
             t = time.perf_counter()
             async with http.post(f"{url}{v.location}/say", headers=auth,
                                  json={"text": SENTENCES[i % len(SENTENCES)]}) as r:
                 uid = (await r.json())["utterance"]
+            # The request's own round trip: the control path's share (through the
+            # ingress and Ray Serve's proxy, or straight to the server).
+            asked.append(1000 * (time.perf_counter() - t))
             for _ in range(300):
                 if v.first("speech_ended", t, utterance=uid):
                     break
                 await asyncio.sleep(0.05)
+            said.append((t, uid))
             started = v.first("speech_started", t, utterance=uid)
             if started:
                 mouth.append(1000 * (started[0] - t))
@@ -62,8 +71,14 @@ async def _measure(url: str, token: str, says: int) -> dict:
                 audio.append(1000 * (heard - t))
             await asyncio.sleep(0.5)
         await v.close()
+    # The frame that paints each sentence's first word, as it reached the viewer (read
+    # from the frames' timestamps and the session's events: bench.ask).
+    word_at = v.word_frames(SessionConfig().fps)
+    word = [1000 * (word_at[u] - t) for t, u in said if u in word_at]
     return {"text_to_speech_started_ms": {"p50": _pct(mouth, 50), "p95": _pct(mouth, 95)},
+            "text_to_first_word_frame_ms": {"p50": _pct(word, 50), "p95": _pct(word, 95)},
             "text_to_first_audio_ms": {"p50": _pct(audio, 50), "p95": _pct(audio, 95)},
+            "say_request_ms": {"p50": _pct(asked, 50), "p95": _pct(asked, 95)},
             "open_session_ms": {"p50": _pct(opened, 50), "max": round(max(opened), 1)},
             "says": len(mouth)}
 
@@ -245,7 +260,9 @@ def bench_cluster(bundle: Path, says: int = 8, hold: tuple[int, ...] = (2, 3)) -
         ray.shutdown()
         cluster.shutdown()
     s, c = out["single"], out["cluster"]
-    if s["text_to_speech_started_ms"]["p50"] and c["text_to_speech_started_ms"]["p50"]:
-        out["cluster_minus_single_p50_ms"] = round(
-            c["text_to_speech_started_ms"]["p50"] - s["text_to_speech_started_ms"]["p50"], 1)
+    for key, name in (("text_to_speech_started_ms", "cluster_minus_single_p50_ms"),
+                      ("text_to_first_word_frame_ms", "cluster_minus_single_word_frame_p50_ms"),
+                      ("say_request_ms", "cluster_minus_single_say_request_p50_ms")):
+        if s[key]["p50"] is not None and c[key]["p50"] is not None:
+            out[name] = round(c[key]["p50"] - s[key]["p50"], 1)
     return out

@@ -52,3 +52,27 @@ def test_av_lag_of_a_video_that_skipped_frames(shift: int) -> None:
         kept[start:start + rng.integers(2, 8)] = False
     assert 0.2 < 1 - kept.mean() < 0.5
     assert av_lag(vt[kept], opening[kept], at, rms, rest) == shift
+
+
+def test_the_first_words_frame_is_found_by_its_timestamp() -> None:
+    """A viewer's frames are told apart by their RTP timestamps (a random origin, wrapping
+    at 2**32): the one at the first word's stream instant is found across a wrap, a skip
+    after the first frame and two frames the session skipped before it."""
+    from bench.ask import _Viewer, frame_indices
+
+    origin = 2**32 - 5 * 3600  # wraps five frames in
+    sent = [k for k in range(2, 200) if k not in (50, 51, 52)]  # 0-1 and 50-52 skipped
+    v = _Viewer()
+    v.pts = [(origin + k * 3600) % 2**32 for k in sent]
+    v.video = [(100.0 + k * 0.04 + 0.013, np.zeros((2, 2), np.uint8)) for k in sent]
+    v.skipped = (100.0 + 60 * 0.04, 5)  # two before the first, three at 50-52, by k=60
+    v.events = [(0.0, {"type": "speech_started", "utterance": "u", "stream_time": 2.4}),
+                (0.0, {"type": "words", "utterance": "u",
+                       "words": [{"text": "b", "start": 0.4, "end": 0.6}]}),
+                (0.0, {"type": "words", "utterance": "u",
+                       "words": [{"text": "a", "start": 0.12, "end": 0.3}]})]
+    assert list(frame_indices(np.array(v.pts[:7], np.int64), 25)) == list(range(7))
+    # Stream instant 2.4 + 0.12 s is frame 63; frame 63 arrived 13 ms after its time.
+    assert v.word_frames(25) == {"u": pytest.approx(100.0 + 63 * 0.04 + 0.013)}
+    v.skipped = (100.0 + 60 * 0.04, 3)  # none before the first: everything two earlier
+    assert v.word_frames(25) == {"u": pytest.approx(100.0 + 65 * 0.04 + 0.013)}
