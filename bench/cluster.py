@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -117,6 +118,12 @@ async def _hold(url: str, token: str, n: int, seconds: float = 20.0) -> dict:
                 pumps += [asyncio.ensure_future(drain(t)) for t in v.tracks.values()]
             await asyncio.sleep(3.0)
             before = await stats(http)
+            async with http.get(f"{url}/metrics", headers=auth) as r:
+                text = await r.text()
+            # Through the cluster: how many of the sessions each worker holds (placed
+            # evenly or not); the single server has no such line.
+            per_worker = sorted(int(m) for m in re.findall(
+                r'^twincast_cluster_sessions\{[^}]*\} (\d+)$', text, re.M))
             end = time.perf_counter() + seconds
             i = 0
             quiet_since = [0.0] * len(viewers)
@@ -144,6 +151,7 @@ async def _hold(url: str, token: str, n: int, seconds: float = 20.0) -> dict:
     shown = sum(a["frames_shown"] - b["frames_shown"] for a, b in zip(after, before, strict=True))
     late = sum(a["frames_late"] - b["frames_late"] for a, b in zip(after, before, strict=True))
     return {"sessions": len(viewers), "refused": refused, "frames": shown,
+            **({"sessions_per_worker": per_worker} if per_worker else {}),
             "late_ratio": round(late / max(1, shown), 4)}
 
 
