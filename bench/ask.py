@@ -13,15 +13,11 @@ Each question is posted (``/ask``) after the last answer has ended, and timed at
   same path as ``say``);
 * ``total_audio_ms`` / ``total_mouth_ms``: question -> first audio / that frame.
 
-Which received frame paints the first word is read, not guessed at from the picture: the
-session says on which stream-clock instant the sentence's first frame is shown
-(``speech_started``) and when its first word starts in it (``words``), and a frame's RTP
-timestamp says which stream-clock frame it is. Reading the mouth's opening off the
-received frames (``visible_mouth_ms``: the first two frames open past the widest opening
-of the silent footage before the first question) is kept beside it; it measures nothing on
-an enrolment whose painted mouth barely opens (GRID with the ``ci`` preset: a median
-opening of 0.006 while speaking, 0.024 at the 90th percentile, under the silent footage's
-widest, 0.019).
+Which received frame paints the first word is read from the frames' RTP timestamps and the
+session's events (``bench.viewer``). Reading the mouth's opening off the received frames
+(``visible_mouth_ms``: the first two frames open past the widest opening of the silent
+footage before the first question) is kept beside it; it measures nothing on an enrolment
+whose painted mouth barely opens (see ``bench.viewer``).
 
 The model shares this 2-core host and keeps a core busy for the whole of a reply; it runs at
 ``nice`` 19 by default (``--llm-nice``), standing in for the host of its own an operator's
@@ -44,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.viewer import TimedViewer, first_after, pct
+
 log = logging.getLogger(__name__)
 
 QUESTIONS = ("Does the jacket come in blue?", "How much does it cost?",
@@ -60,127 +58,7 @@ KNOWLEDGE = """# Travel jacket
 """
 
 
-def _pct(x: list[float], q: float) -> float | None:
-    return round(float(np.percentile(x, q)), 1) if x else None
-
-
-class _Viewer:
-    """An aiortc viewer logging every audio frame's loudness, every video frame and every
-    data-channel event with its arrival time."""
-
-    def __init__(self) -> None:
-        self.video: list[tuple[float, np.ndarray]] = []
-        self.pts: list[int] = []
-        """Each video frame's RTP timestamp (90 kHz from a random origin)."""
-        self.skipped: tuple[float, int] | None = None
-        """(when, the session's ``frames_skipped`` then), read before any speech."""
-        self.audio: list[tuple[float, float]] = []
-        self.events: list[tuple[float, dict]] = []
-
-    async def open(self, http, url: str, token: str) -> None:  # noqa: ANN001
-        import json
-
-        from bench.client import open_session
-
-        self.v = await open_session(http, url, token, events=True)
-        self.url, self.location = url, self.v.location
-
-        @self.v.channel.on("message")
-        def _timed(message: object) -> None:
-            if isinstance(message, str):
-                self.events.append((time.perf_counter(), json.loads(message)))
-
-        self.pumps = [asyncio.ensure_future(self._video()),
-                      asyncio.ensure_future(self._audio())]
-        while self.v.channel.readyState != "open":
-            await asyncio.sleep(0.05)
-
-    async def _video(self) -> None:
-        import cv2
-
-        while True:
-            f = await self.v.tracks["video"].recv()
-            g = cv2.cvtColor(f.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY)
-            self.video.append((time.perf_counter(), g))
-            self.pts.append(-1 if f.pts is None else int(f.pts))
-
-    async def _audio(self) -> None:
-        while True:
-            f = await self.v.tracks["audio"].recv()
-            pcm = f.to_ndarray().astype(np.float32) / 32768
-            self.audio.append((time.perf_counter(), float(np.sqrt(np.mean(pcm ** 2)))))
-
-    def first(self, kind: str, after: float, **match: object) -> tuple[float, dict] | None:
-        for t, e in self.events:
-            if t >= after and e.get("type") == kind and \
-                    all(e.get(k) == v for k, v in match.items()):
-                return t, e
-        return None
-
-    async def wait_answer(self, qid: str | None, after: float, timeout: float) -> bool:
-        """Until question ``qid``'s answer (any, with None) has been spoken or failed."""
-        end = time.perf_counter() + timeout
-        match = {"question": qid} if qid else {}
-        while time.perf_counter() < end:
-            done = self.first("answer_done", after, **match) or \
-                self.first("answer_failed", after, **match)
-            if done is not None:
-                said = [e["utterance"] for t, e in self.events if t >= after and
-                        e.get("type") == "answer_sentence" and
-                        (qid is None or e.get("question") == qid)]
-                if not said or self.first("speech_ended", after, utterance=said[-1]) or \
-                        done[1]["type"] == "answer_failed":
-                    return True
-            await asyncio.sleep(0.1)
-        return False
-
-    async def note_skipped(self, http, auth: dict) -> None:  # noqa: ANN001
-        """The session's count of video frames skipped so far: with the gaps in the
-        timestamps received by then, it says which frame was the first one sent."""
-        async with http.get(f"{self.url}{self.location}", headers=auth) as r:
-            self.skipped = (time.perf_counter(), int((await r.json())["frames_skipped"]))
-
-    def word_frames(self, fps: int) -> dict[str, float]:
-        """utterance -> arrival of the first received frame at or after its first word
-        (``speech_started``'s stream time plus the earliest word start of its ``words``)."""
-        if not self.pts or self.skipped is None or min(self.pts) < 0:
-            return {}
-        times = np.array([t for t, _ in self.video])
-        k = frame_indices(np.array(self.pts, np.int64), fps)
-        seen, skipped = self.skipped
-        early = k[times <= seen]
-        # Skips after the first frame show as gaps in the timestamps; any the session
-        # counted beyond them happened before it (its first frame was not frame 0).
-        k += max(0, skipped - int(np.sum(np.maximum(np.diff(early) - 1, 0))))
-        started = {e["utterance"]: e["stream_time"] for _, e in self.events
-                   if e.get("type") == "speech_started"}
-        first_word: dict[str, float] = {}
-        for _, e in self.events:
-            if e.get("type") == "words" and e.get("words"):
-                w = min(x["start"] for x in e["words"])
-                first_word[e["utterance"]] = min(w, first_word.get(e["utterance"], w))
-        out = {}
-        for u, s in started.items():
-            at = round((s + first_word.get(u, 0.0)) * fps)
-            i = np.nonzero(k >= at)[0]
-            if len(i):
-                out[u] = float(times[i[0]])
-        return out
-
-    async def close(self) -> None:
-        for p in self.pumps:
-            p.cancel()
-        await self.v.pc.close()
-
-
-def frame_indices(pts: np.ndarray, fps: int) -> np.ndarray:
-    """Received frames' indices on the sender's frame clock, counted from the first one
-    received: the server stamps frame k with k * 90000 // fps on a 90 kHz clock, and RTP
-    adds a random origin and wraps at 2**32."""
-    return np.round(((pts - pts[0]) % 2**32) / (90000 / fps)).astype(np.int64)
-
-
-def _speaking_opening(viewer: _Viewer, vt: np.ndarray, opening: np.ndarray) -> float | None:
+def _speaking_opening(viewer: TimedViewer, vt: np.ndarray, opening: np.ndarray) -> float | None:
     """The received mouth's opening at the 90th percentile over the frames between each
     sentence's ``speech_started`` and ``speech_ended``: how wide the painted mouth opens,
     beside the silent footage's widest (``rest_opening``)."""
@@ -190,11 +68,6 @@ def _speaking_opening(viewer: _Viewer, vt: np.ndarray, opening: np.ndarray) -> f
         if e.get("type") == "speech_started" and e["utterance"] in ended:
             inside |= (vt >= t) & (vt <= ended[e["utterance"]])
     return round(float(np.percentile(opening[inside], 90)), 4) if inside.any() else None
-
-
-def _first_after(times: np.ndarray, mask: np.ndarray, t: float) -> float | None:
-    i = np.nonzero((times > t) & mask)[0]
-    return float(times[i[0]]) if len(i) else None
 
 
 def _moderation() -> dict:
@@ -270,12 +143,12 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
     chat_sent: list[float] = []
     answered = 0
     try:
-        async def run() -> _Viewer:
+        async def run() -> TimedViewer:
             nonlocal answered, irc
             import aiohttp
 
             auth = {"Authorization": "Bearer bench"}
-            viewer = _Viewer()
+            viewer = TimedViewer()
             async with aiohttp.ClientSession() as http:
                 await server.wait_ready(http)
                 await viewer.open(http, server.url, "bench")
@@ -336,8 +209,8 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
     visible, mouth_minus_audio = [], []
     for t, qid in posted:
         s = viewer.first("answer_sentence", t, question=qid)
-        a = _first_after(at, loud, t)
-        v = _first_after(vt, moving, t)
+        a = first_after(at, loud, t)
+        v = first_after(vt, moving, t)
         if s is None:
             continue
         llm_ms.append((s[0] - t) * 1000)
@@ -355,7 +228,7 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
     chat_start, chat_audio = [], []
     for t in chat_sent:
         s = viewer.first("answer_started", t)
-        a = _first_after(at, loud, t)
+        a = first_after(at, loud, t)
         if s is not None:
             chat_start.append((s[0] - t) * 1000)
         if a is not None:
@@ -366,26 +239,26 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
         "llm": llm_model,
         "llm_nice": llm_nice if isinstance(proc, LLMProcess) else None,
         "questions": len(posted), "answered": answered,
-        "llm_first_sentence_ms_p50": _pct(llm_ms, 50),
-        "llm_first_sentence_ms_p95": _pct(llm_ms, 95),
-        "twincast_audio_ms_p50": _pct(own_audio, 50),
-        "twincast_audio_ms_p95": _pct(own_audio, 95),
-        "twincast_mouth_ms_p50": _pct(own_mouth, 50),
-        "twincast_mouth_ms_p95": _pct(own_mouth, 95),
-        "total_audio_ms_p50": _pct(tot_audio, 50), "total_audio_ms_p95": _pct(tot_audio, 95),
-        "total_mouth_ms_p50": _pct(tot_mouth, 50), "total_mouth_ms_p95": _pct(tot_mouth, 95),
+        "llm_first_sentence_ms_p50": pct(llm_ms, 50),
+        "llm_first_sentence_ms_p95": pct(llm_ms, 95),
+        "twincast_audio_ms_p50": pct(own_audio, 50),
+        "twincast_audio_ms_p95": pct(own_audio, 95),
+        "twincast_mouth_ms_p50": pct(own_mouth, 50),
+        "twincast_mouth_ms_p95": pct(own_mouth, 95),
+        "total_audio_ms_p50": pct(tot_audio, 50), "total_audio_ms_p95": pct(tot_audio, 95),
+        "total_mouth_ms_p50": pct(tot_mouth, 50), "total_mouth_ms_p95": pct(tot_mouth, 95),
         # The first word's frame against the first loud sound, at the viewer: the picture's
         # lead (negative) or lag over the sound as the viewer gets them; the viewer's own
         # jitter buffer holds the sound about 80 ms before its first packet.
-        "mouth_minus_audio_ms_p50": _pct(mouth_minus_audio, 50),
-        "visible_mouth_ms_p50": _pct(visible, 50),
+        "mouth_minus_audio_ms_p50": pct(mouth_minus_audio, 50),
+        "visible_mouth_ms_p50": pct(visible, 50),
         "rest_opening": round(rest, 4),
         "speaking_opening_p90": _speaking_opening(viewer, vt, opening),
         "sentences_said": len(sentences), "words_events": len(words),
         "example_answer": " ".join(e["text"] for e in sentences[:3]),
         "chat_via_irc": bool(chat_sent), "chat_questions": len(chat_sent),
-        "chat_to_answer_started_ms_p50": _pct(chat_start, 50),
-        "chat_to_first_audio_ms_p50": _pct(chat_audio, 50),
+        "chat_to_answer_started_ms_p50": pct(chat_start, 50),
+        "chat_to_first_audio_ms_p50": pct(chat_audio, 50),
         "chat_to_first_audio_ms_max": round(max(chat_audio), 1) if chat_audio else None,
         "moderation": _moderation(),
         "wall_s": round(wall, 1),

@@ -1,7 +1,7 @@
 """``twincast bench cluster``: the same avatar served by one ``twincast serve`` and by a Ray
 cluster on this machine (a head and two worker nodes, ``ray.cluster_utils``), measured
 the same way at a real aiortc viewer: text to ``speech_started`` and to the first audible
-audio, and to the arrival of the frame that paints the first word (bench.ask), p50/p95;
+audio, and to the arrival of the frame that paints the first word (bench.viewer), p50/p95;
 the ``say`` request's own round trip (the control path); opening a session (placement,
 offer and answer) through the ingress and directly; and, with a session on each node, the
 time from a node's removal to its session answering 410 and to the ingress reporting one
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.ask import _first_after, _pct, _Viewer
+from bench.viewer import TimedViewer, first_after, pct
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,13 @@ async def _measure(url: str, token: str, says: int) -> dict:
     async with aiohttp.ClientSession() as http:
         for _ in range(3):  # opening a session, timed (placement, offer, answer, tracks)
             t = time.perf_counter()
-            v = _Viewer()
+            v = TimedViewer()
             await v.open(http, url, token)
             opened.append(1000 * (time.perf_counter() - t))
             await v.close()
             async with http.delete(f"{url}{v.location}", headers=auth):
                 pass
-        v = _Viewer()
+        v = TimedViewer()
         await v.open(http, url, token)
         await asyncio.sleep(2.0)  # past the session's first frames
         await v.note_skipped(http, auth)
@@ -67,20 +67,20 @@ async def _measure(url: str, token: str, says: int) -> dict:
                 mouth.append(1000 * (started[0] - t))
             times = np.array([a[0] for a in v.audio])
             loud = np.array([a[1] > AUDIBLE for a in v.audio])
-            heard = _first_after(times, loud, t) if len(times) else None
+            heard = first_after(times, loud, t) if len(times) else None
             if heard is not None:
                 audio.append(1000 * (heard - t))
             await asyncio.sleep(0.5)
         await v.close()
     # The frame that paints each sentence's first word, as it reached the viewer (read
-    # from the frames' timestamps and the session's events: bench.ask).
+    # from the frames' timestamps and the session's events: bench.viewer).
     word_at = v.word_frames(SessionConfig().fps)
     word = [1000 * (word_at[u] - t) for t, u in said if u in word_at]
-    return {"text_to_speech_started_ms": {"p50": _pct(mouth, 50), "p95": _pct(mouth, 95)},
-            "text_to_first_word_frame_ms": {"p50": _pct(word, 50), "p95": _pct(word, 95)},
-            "text_to_first_audio_ms": {"p50": _pct(audio, 50), "p95": _pct(audio, 95)},
-            "say_request_ms": {"p50": _pct(asked, 50), "p95": _pct(asked, 95)},
-            "open_session_ms": {"p50": _pct(opened, 50), "max": round(max(opened), 1)},
+    return {"text_to_speech_started_ms": {"p50": pct(mouth, 50), "p95": pct(mouth, 95)},
+            "text_to_first_word_frame_ms": {"p50": pct(word, 50), "p95": pct(word, 95)},
+            "text_to_first_audio_ms": {"p50": pct(audio, 50), "p95": pct(audio, 95)},
+            "say_request_ms": {"p50": pct(asked, 50), "p95": pct(asked, 95)},
+            "open_session_ms": {"p50": pct(opened, 50), "max": round(max(opened), 1)},
             "says": len(mouth)}
 
 
@@ -166,7 +166,7 @@ async def _failover(url: str, token: str, cluster, nodes: list) -> dict:  # noqa
     async with aiohttp.ClientSession() as http:
         viewers, refused = [], 0
         while len(viewers) < 2:
-            v = _Viewer()
+            v = TimedViewer()
             try:
                 await v.open(http, url, token)
             except RuntimeError:  # 503: the workers are not taking it yet; asked again

@@ -2,11 +2,12 @@
 
 Each client connects, then in turns: sends a sentence, receives audio and video as a viewer
 would, and half way through one of its sentences interrupts. Everything is timed at the
-client: text to first audible audio, text to the first video frame whose mouth moves (the
-face mesh reads the received frames after the run), the audio-visual offset (the lag that
-best lines up when the received audio is loud with when the received mouth moves), the interval
-between video frames, and interrupt to silence. Late frames are the server's count of
-speech frames that had to be shown idle.
+client: text to first audible audio; text to the arrival of the frame that paints the
+sentence's first word (read from the frames' RTP timestamps and the session's events:
+``bench.viewer``); the A/V offset, from the invisible marks both tracks carry
+(``bench.av_marks``: the same stream instant's arrival in picture and in sound); the
+interval between video frames; and interrupt to silence. Late frames are the server's count
+of speech frames that had to be shown idle.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.viewer import TimedViewer, pct
+
 log = logging.getLogger(__name__)
 
 SENTENCES = ["Good morning, and thank you for joining the stream today.",
@@ -29,11 +32,9 @@ SENTENCES = ["Good morning, and thank you for joining the stream today.",
 
 @dataclass
 class ClientLog:
-    video: list[tuple[float, np.ndarray]] = field(default_factory=list)
-    """(arrival, small grey frame) of every video frame."""
-    audio: list[tuple[float, float]] = field(default_factory=list)
-    """(arrival, RMS) of every 20 ms audio frame."""
-    says: list[float] = field(default_factory=list)
+    viewer: TimedViewer
+    says: list[tuple[float, str]] = field(default_factory=list)
+    """(posted, utterance) of every sentence."""
     interrupts: list[float] = field(default_factory=list)
     state: dict = field(default_factory=dict)
 
@@ -41,53 +42,36 @@ class ClientLog:
 async def _client(url: str, token: str, seconds: float, index: int) -> ClientLog:
     import aiohttp
 
-    from bench.client import open_session
-
-    out = ClientLog()
+    out = ClientLog(TimedViewer(marks=True))
+    v = out.viewer
     auth = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession() as http:
-        viewer = await open_session(http, url, token)
-        pc, tracks, loc = viewer.pc, viewer.tracks, viewer.location
-
-        async def pull_video() -> None:
-            import cv2
-
-            while True:
-                f = await tracks["video"].recv()
-                grey = cv2.cvtColor(f.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY)
-                out.video.append((time.perf_counter(), grey))
-
-        async def pull_audio() -> None:
-            while True:
-                f = await tracks["audio"].recv()
-                pcm = f.to_ndarray().astype(np.float32) / 32768
-                out.audio.append((time.perf_counter(), float(np.sqrt(np.mean(pcm ** 2)))))
-
-        pumps = [asyncio.ensure_future(pull_video()), asyncio.ensure_future(pull_audio())]
+        await v.open(http, url, token)
         await asyncio.sleep(1.0 + 0.1 * index)  # media flowing, clocks started
+        await v.note_skipped(http, auth)
         end = time.perf_counter() + seconds
         k = 0
         while time.perf_counter() < end:
             text = SENTENCES[(k + index) % len(SENTENCES)]
-            out.says.append(time.perf_counter())
-            async with http.post(f"{url}{loc}/say", json={"text": text}, headers=auth) as r:
+            t = time.perf_counter()
+            async with http.post(f"{url}{v.location}/say", json={"text": text},
+                                 headers=auth) as r:
                 r.raise_for_status()
+                out.says.append((t, (await r.json())["utterance"]))
             if k % 3 == 2:  # every third sentence is cut short
                 await asyncio.sleep(1.5)
                 out.interrupts.append(time.perf_counter())
-                async with http.post(f"{url}{loc}/interrupt", headers=auth) as r:
+                async with http.post(f"{url}{v.location}/interrupt", headers=auth) as r:
                     r.raise_for_status()
                 await asyncio.sleep(1.0)
             else:
                 await asyncio.sleep(4.5)
             k += 1
-        async with http.get(f"{url}{loc}", headers=auth) as r:
+        async with http.get(f"{url}{v.location}", headers=auth) as r:
             out.state = await r.json()
-        for p in pumps:
-            p.cancel()
-        async with http.delete(f"{url}{loc}", headers=auth) as r:
+        await v.close()
+        async with http.delete(f"{url}{v.location}", headers=auth) as r:
             pass
-    await pc.close()
     return out
 
 
@@ -114,11 +98,6 @@ LOUD_RMS = 0.01
 """Received audio louder than this (RMS of a 20 ms frame) counts as sound."""
 MOVING_MARGIN = 0.02
 """A mouth opening this far beyond the widest idle opening counts as moving."""
-OPEN = 0.05
-"""An absolute opening (a spoken vowel reads 0.08-0.15) for ``first_open_ms``: the same
-bar whatever the silent footage before the first sentence looked like."""
-
-
 def av_lag(vt: np.ndarray, opening: np.ndarray, at: np.ndarray, rms: np.ndarray,
            rest: float, reach: int = 8) -> int:
     """Video frames by which the mouth's movement trails the sound (negative: leads): the
@@ -148,35 +127,22 @@ def av_lag(vt: np.ndarray, opening: np.ndarray, at: np.ndarray, rms: np.ndarray,
     return best
 
 
-def _analyse(logs: list[ClientLog]) -> dict:
+def _analyse(logs: list[ClientLog], fps: int) -> dict:
     first_audio, first_frame, intervals, interrupt_ms, offsets = [], [], [], [], []
-    first_open, rests = [], []
     late = shown = late_start = dropped = 0
     for c in logs:
-        vt = np.array([t for t, _ in c.video])
-        at = np.array([t for t, _ in c.audio])
-        rms = np.array([v for _, v in c.audio])
-        opening = mouth_openings([g for _, g in c.video])
-        # The idle loop moves the mouth a little too: "moving" means opening beyond the
-        # widest idle opening seen before the first sentence, on two frames in a row.
-        idle = opening[: max(1, int(np.searchsorted(vt, c.says[0])))]
-        rest = np.nanmax(idle) if np.isfinite(idle).any() else 0.0
-        rests.append(rest)
+        v = c.viewer
+        vt = np.array([t for t, _ in v.video])
+        at = np.array([t for t, _ in v.audio])
+        loud = np.array([r for _, r in v.audio]) > LOUD_RMS
         intervals += list(np.diff(vt) * 1000)
-        loud = rms > LOUD_RMS
-        for s in c.says:
+        word_at = v.word_frames(fps)
+        for s, uid in c.says:
             a = np.nonzero((at > s) & loud)[0]
             if len(a):
                 first_audio.append((at[a[0]] - s) * 1000)
-            moving = np.nan_to_num(opening, nan=0.0) > rest + MOVING_MARGIN
-            both = moving & np.r_[moving[1:], False]
-            v = np.nonzero((vt > s) & both)[0]
-            if len(v):
-                first_frame.append((vt[v[0]] - s) * 1000)
-            wide = np.nan_to_num(opening, nan=0.0) > OPEN
-            v = np.nonzero((vt > s) & wide & np.r_[wide[1:], False])[0]
-            if len(v):
-                first_open.append((vt[v[0]] - s) * 1000)
+            if uid in word_at:
+                first_frame.append((word_at[uid] - s) * 1000)
         for t in c.interrupts:
             after = np.nonzero(at > t)[0]
             # Silence that lasts: the first frame after which nothing is loud for 200 ms.
@@ -184,20 +150,18 @@ def _analyse(logs: list[ClientLog]) -> dict:
                 if not loud[i: i + 10].any():
                     interrupt_ms.append((at[i] - t) * 1000)
                     break
-        offsets.append(av_lag(vt, opening, at, rms, rest) * 40)
+        skew = v.mark_skew(fps).skew_ms
+        if skew is not None:
+            offsets.append(skew)
         late += c.state.get("frames_late", 0)
         late_start += c.state.get("frames_late_at_start", 0)
         dropped += c.state.get("frames_dropped_late", 0)
         shown += c.state.get("frames_shown", 0)
-
-    def pct(x: list[float], q: float) -> float | None:
-        return round(float(np.percentile(x, q)), 1) if x else None
-
     return {"first_audio_ms_p50": pct(first_audio, 50), "first_frame_ms_p50":
             pct(first_frame, 50), "first_frame_ms_p95": pct(first_frame, 95),
-            "first_open_ms_p50": pct(first_open, 50),
-            "rest_opening": round(float(np.median(rests)), 4) if rests else None,
-            "av_offset_ms": float(np.median(offsets)) if offsets else None,
+            # The picture's delay behind its sound at the viewer (negative: it leads),
+            # median over clients; None where the run was too short for a mark's block.
+            "av_offset_ms": round(float(np.median(offsets)), 1) if offsets else None,
             "frame_interval_ms_p99": pct(intervals, 99),
             "late_frame_ratio": round(late / max(shown, 1), 4),
             # Of the late frames: how many were among a sentence's first five, and how
@@ -213,6 +177,7 @@ def bench_serve(bundle: Path, sessions: int, seconds: float, devices: tuple[str,
         "cpu",), max_batch: int = 16, precision: str = "auto") -> dict:
     from streaming.app import Server, ServerConfig, bundle_names
     from streaming.routes import RunningServer
+    from streaming.session import SessionConfig
 
     srv = Server(bundle_names([bundle]), ServerConfig(host_share=None,
         devices=devices, max_batch=max_batch, max_sessions=256, capacity_share=1e9,
@@ -228,7 +193,7 @@ def bench_serve(bundle: Path, sessions: int, seconds: float, devices: tuple[str,
         wall = time.perf_counter() - t0
     finally:
         running.stop()
-    result = _analyse(logs)
+    result = _analyse(logs, SessionConfig().fps)
     assert srv.scheduler is not None
     sizes = [n for lane in srv.scheduler.lanes for n in lane.stats.batch_sizes]
     rendered = sum(lane.stats.frames for lane in srv.scheduler.lanes)

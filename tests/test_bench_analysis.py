@@ -58,11 +58,11 @@ def test_the_first_words_frame_is_found_by_its_timestamp() -> None:
     """A viewer's frames are told apart by their RTP timestamps (a random origin, wrapping
     at 2**32): the one at the first word's stream instant is found across a wrap, a skip
     after the first frame and two frames the session skipped before it."""
-    from bench.ask import _Viewer, frame_indices
+    from bench.viewer import TimedViewer, frame_indices
 
     origin = 2**32 - 5 * 3600  # wraps five frames in
     sent = [k for k in range(2, 200) if k not in (50, 51, 52)]  # 0-1 and 50-52 skipped
-    v = _Viewer()
+    v = TimedViewer()
     v.pts = [(origin + k * 3600) % 2**32 for k in sent]
     v.video = [(100.0 + k * 0.04 + 0.013, np.zeros((2, 2), np.uint8)) for k in sent]
     v.skipped = (100.0 + 60 * 0.04, 5)  # two before the first, three at 50-52, by k=60

@@ -1,0 +1,182 @@
+"""A timed aiortc viewer for the benchmarks: every frame of sound and picture with its
+arrival, every data-channel event, and which received frame paints a sentence's first word.
+
+Which frame paints the first word is read, not guessed at from the picture: the session
+says on which stream-clock instant a sentence's first frame is shown (``speech_started``)
+and when its first word starts in it (``words``), and a frame's RTP timestamp says which
+stream-clock frame it is. Reading the mouth's opening off the received frames with a face
+mesh measures nothing on an enrolment whose painted mouth barely opens (GRID with the
+``ci`` preset opens 0.006 at the median while speaking, under the 0.019 its silent footage
+reaches), so the benchmarks time the moving mouth this way (``bench ask``, ``bench serve``,
+``bench cluster``).
+
+With ``marks=True`` the viewer also keeps what ``bench.av_marks`` reads the A/V offset
+from: each frame's mark features and each 20 ms of sound as mono samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+
+def frame_indices(pts: np.ndarray, fps: int) -> np.ndarray:
+    """Received frames' indices on the sender's frame clock, counted from the first one
+    received: the server stamps frame k with k * 90000 // fps on a 90 kHz clock, and RTP
+    adds a random origin and wraps at 2**32."""
+    return np.round(((pts - pts[0]) % 2**32) / (90000 / fps)).astype(np.int64)
+
+
+def first_after(times: np.ndarray, mask: np.ndarray, t: float) -> float | None:
+    """The first of ``times`` after ``t`` where ``mask`` holds."""
+    i = np.nonzero((times > t) & mask)[0]
+    return float(times[i[0]]) if len(i) else None
+
+
+def pct(x: list[float], q: float) -> float | None:
+    return round(float(np.percentile(x, q)), 1) if x else None
+
+
+class TimedViewer:
+    """An aiortc viewer logging every audio frame's loudness, every video frame and every
+    data-channel event with its arrival time."""
+
+    def __init__(self, marks: bool = False) -> None:
+        self.video: list[tuple[float, np.ndarray]] = []
+        self.pts: list[int] = []
+        """Each video frame's RTP timestamp (90 kHz from a random origin)."""
+        self.skipped: tuple[float, int] | None = None
+        """(when, the session's ``frames_skipped`` then), read before any speech."""
+        self.audio: list[tuple[float, float]] = []
+        self.events: list[tuple[float, dict]] = []
+        self.marks = marks
+        self.video_marks: list[np.ndarray] = []
+        self.audio_pcm: list[np.ndarray] = []
+        self.audio_pts: list[int] = []
+        self.audio_rate = 48000
+
+    async def open(self, http, url: str, token: str) -> None:  # noqa: ANN001
+        import json
+
+        from bench.client import open_session
+
+        self.v = await open_session(http, url, token, events=True)
+        self.url, self.location = url, self.v.location
+
+        @self.v.channel.on("message")
+        def _timed(message: object) -> None:
+            if isinstance(message, str):
+                self.events.append((time.perf_counter(), json.loads(message)))
+
+        self.pumps = [asyncio.ensure_future(self._video()),
+                      asyncio.ensure_future(self._audio())]
+        while self.v.channel.readyState != "open":
+            await asyncio.sleep(0.05)
+
+    async def _video(self) -> None:
+        import cv2
+
+        from avatar.video_mark import thumbnail_features
+
+        while True:
+            f = await self.v.tracks["video"].recv()
+            g = cv2.cvtColor(f.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY)
+            self.video.append((time.perf_counter(), g))
+            self.pts.append(-1 if f.pts is None else int(f.pts))
+            if self.marks:
+                self.video_marks.append(thumbnail_features(g))
+
+    async def _audio(self) -> None:
+        while True:
+            f = await self.v.tracks["audio"].recv()
+            # Packed samples, channels interleaved: loudness and the marks read in mono.
+            pcm = f.to_ndarray().astype(np.float32).reshape(
+                -1, len(f.layout.channels)).mean(axis=1) / 32768
+            self.audio.append((time.perf_counter(), float(np.sqrt(np.mean(pcm ** 2)))))
+            if self.marks:
+                self.audio_pcm.append(pcm)
+                self.audio_pts.append(-1 if f.pts is None else int(f.pts))
+                self.audio_rate = f.sample_rate
+
+    def first(self, kind: str, after: float, **match: object) -> tuple[float, dict] | None:
+        for t, e in self.events:
+            if t >= after and e.get("type") == kind and \
+                    all(e.get(k) == v for k, v in match.items()):
+                return t, e
+        return None
+
+    async def wait_answer(self, qid: str | None, after: float, timeout: float) -> bool:
+        """Until question ``qid``'s answer (any, with None) has been spoken or failed."""
+        end = time.perf_counter() + timeout
+        match = {"question": qid} if qid else {}
+        while time.perf_counter() < end:
+            done = self.first("answer_done", after, **match) or \
+                self.first("answer_failed", after, **match)
+            if done is not None:
+                said = [e["utterance"] for t, e in self.events if t >= after and
+                        e.get("type") == "answer_sentence" and
+                        (qid is None or e.get("question") == qid)]
+                if not said or self.first("speech_ended", after, utterance=said[-1]) or \
+                        done[1]["type"] == "answer_failed":
+                    return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def wait_said(self, uid: str, after: float, timeout: float) -> bool:
+        """Until utterance ``uid`` has ended (said in full or cut short)."""
+        end = time.perf_counter() + timeout
+        while time.perf_counter() < end:
+            if self.first("speech_ended", after, utterance=uid):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def note_skipped(self, http, auth: dict) -> None:  # noqa: ANN001
+        """The session's count of video frames skipped so far: with the gaps in the
+        timestamps received by then, it says which frame was the first one sent."""
+        async with http.get(f"{self.url}{self.location}", headers=auth) as r:
+            self.skipped = (time.perf_counter(), int((await r.json())["frames_skipped"]))
+
+    def word_frames(self, fps: int) -> dict[str, float]:
+        """utterance -> arrival of the first received frame at or after its first word
+        (``speech_started``'s stream time plus the earliest word start of its ``words``)."""
+        if not self.pts or self.skipped is None or min(self.pts) < 0:
+            return {}
+        times = np.array([t for t, _ in self.video])
+        k = frame_indices(np.array(self.pts, np.int64), fps)
+        seen, skipped = self.skipped
+        early = k[times <= seen]
+        # Skips after the first frame show as gaps in the timestamps; any the session
+        # counted beyond them happened before it (its first frame was not frame 0).
+        k += max(0, skipped - int(np.sum(np.maximum(np.diff(early) - 1, 0))))
+        started = {e["utterance"]: e["stream_time"] for _, e in self.events
+                   if e.get("type") == "speech_started"}
+        first_word: dict[str, float] = {}
+        for _, e in self.events:
+            if e.get("type") == "words" and e.get("words"):
+                w = min(x["start"] for x in e["words"])
+                first_word[e["utterance"]] = min(w, first_word.get(e["utterance"], w))
+        out = {}
+        for u, s in started.items():
+            at = round((s + first_word.get(u, 0.0)) * fps)
+            i = np.nonzero(k >= at)[0]
+            if len(i):
+                out[u] = float(times[i[0]])
+        return out
+
+    def mark_skew(self, fps: float):  # noqa: ANN201 - bench.av_marks.MarkSkew
+        """The A/V offset over everything received, from the marks (``marks=True``)."""
+        from bench.av_marks import mark_skew
+
+        return mark_skew(np.array([t for t, _ in self.video]),
+                         np.array(self.video_marks).reshape(-1, 8),
+                         np.array([t for t, _ in self.audio]), self.audio_pcm,
+                         self.audio_rate, fps=fps, video_pts=np.array(self.pts),
+                         audio_pts=np.array(self.audio_pts))
+
+    async def close(self) -> None:
+        for p in self.pumps:
+            p.cancel()
+        await self.v.pc.close()
