@@ -10,7 +10,10 @@ Each question is posted (``/ask``) after the last answer has ended, and timed at
   the HTTP and data-channel hops, a few ms);
 * ``twincast_audio_ms`` / ``twincast_mouth_ms``: that announcement -> the first loud audio
   / the arrival of the frame that paints the first word's mouth (twincast's own part, the
-  same path as ``say``);
+  same path as ``say``), as the aiortc viewer hands them over decoded;
+* ``twincast_audio_in_ms`` / ``twincast_mouth_in_ms``: the same, to when that sound's and
+  that frame's last packets came in, before aiortc's own jitter buffer holds them (a
+  frame interval for video, four packets for sound: ``bench.viewer``);
 * ``total_audio_ms`` / ``total_mouth_ms``: question -> first audio / that frame.
 
 Which received frame paints the first word is read from the frames' RTP timestamps and the
@@ -205,7 +208,9 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
     moving = moving & np.r_[moving[1:], False]  # two frames in a row
 
     word_at = viewer.word_frames(SessionConfig().fps)
+    word_in = viewer.word_frames(SessionConfig().fps, packets=True)
     llm_ms, own_audio, own_mouth, tot_audio, tot_mouth = [], [], [], [], []
+    audio_in, mouth_in = [], []
     visible, mouth_minus_audio = [], []
     for t, qid in posted:
         s = viewer.first("answer_sentence", t, question=qid)
@@ -217,6 +222,11 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
         if a is not None:
             own_audio.append((a - s[0]) * 1000)
             tot_audio.append((a - t) * 1000)
+        a_in = viewer.first_sound(t, LOUD_RMS, packets=True)
+        if a_in is not None:
+            audio_in.append((a_in - s[0]) * 1000)
+        if (w := word_in.get(s[1].get("utterance"))) is not None:
+            mouth_in.append((w - s[0]) * 1000)
         w = word_at.get(s[1].get("utterance"))
         if w is not None:
             own_mouth.append((w - s[0]) * 1000)
@@ -245,6 +255,12 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
         "twincast_audio_ms_p95": pct(own_audio, 95),
         "twincast_mouth_ms_p50": pct(own_mouth, 50),
         "twincast_mouth_ms_p95": pct(own_mouth, 95),
+        # The same two, timed when the packets came in at the viewer, before aiortc's own
+        # jitter buffer holds them (bench.viewer): what a browser starts decoding on.
+        "twincast_audio_in_ms_p50": pct(audio_in, 50),
+        "twincast_audio_in_ms_p95": pct(audio_in, 95),
+        "twincast_mouth_in_ms_p50": pct(mouth_in, 50),
+        "twincast_mouth_in_ms_p95": pct(mouth_in, 95),
         "total_audio_ms_p50": pct(tot_audio, 50), "total_audio_ms_p95": pct(tot_audio, 95),
         "total_mouth_ms_p50": pct(tot_mouth, 50), "total_mouth_ms_p95": pct(tot_mouth, 95),
         # The first word's frame against the first loud sound, at the viewer: the picture's

@@ -4,7 +4,8 @@ Each client connects, then in turns: sends a sentence, receives audio and video 
 would, and half way through one of its sentences interrupts. Everything is timed at the
 client: text to first audible audio; text to the arrival of the frame that paints the
 sentence's first word (read from the frames' RTP timestamps and the session's events:
-``bench.viewer``); the A/V offset, from the invisible marks both tracks carry
+``bench.viewer``), each also to when its packets came in (before the aiortc viewer's own
+jitter buffer); the A/V offset, from the invisible marks both tracks carry
 (``bench.av_marks``: the same stream instant's arrival in picture and in sound); the
 interval between video frames; and interrupt to silence. Late frames are the server's count
 of speech frames that had to be shown idle.
@@ -129,6 +130,7 @@ def av_lag(vt: np.ndarray, opening: np.ndarray, at: np.ndarray, rms: np.ndarray,
 
 def _analyse(logs: list[ClientLog], fps: int) -> dict:
     first_audio, first_frame, intervals, interrupt_ms, offsets = [], [], [], [], []
+    audio_in, frame_in = [], []
     late = shown = late_start = dropped = 0
     for c in logs:
         v = c.viewer
@@ -136,13 +138,17 @@ def _analyse(logs: list[ClientLog], fps: int) -> dict:
         at = np.array([t for t, _ in v.audio])
         loud = np.array([r for _, r in v.audio]) > LOUD_RMS
         intervals += list(np.diff(vt) * 1000)
-        word_at = v.word_frames(fps)
+        word_at, word_in = v.word_frames(fps), v.word_frames(fps, packets=True)
         for s, uid in c.says:
             a = np.nonzero((at > s) & loud)[0]
             if len(a):
                 first_audio.append((at[a[0]] - s) * 1000)
             if uid in word_at:
                 first_frame.append((word_at[uid] - s) * 1000)
+            if uid in word_in:
+                frame_in.append((word_in[uid] - s) * 1000)
+            if (a_in := v.first_sound(s, LOUD_RMS, packets=True)) is not None:
+                audio_in.append((a_in - s) * 1000)
         for t in c.interrupts:
             after = np.nonzero(at > t)[0]
             # Silence that lasts: the first frame after which nothing is loud for 200 ms.
@@ -159,6 +165,9 @@ def _analyse(logs: list[ClientLog], fps: int) -> dict:
         shown += c.state.get("frames_shown", 0)
     return {"first_audio_ms_p50": pct(first_audio, 50), "first_frame_ms_p50":
             pct(first_frame, 50), "first_frame_ms_p95": pct(first_frame, 95),
+            # The same two when their packets came in, before the aiortc viewer's own
+            # jitter buffer held them (bench.viewer).
+            "first_audio_in_ms_p50": pct(audio_in, 50), "first_frame_in_ms_p50": pct(frame_in, 50),
             # The picture's delay behind its sound at the viewer (negative: it leads),
             # median over clients; None where the run was too short for a mark's block.
             "av_offset_ms": round(float(np.median(offsets)), 1) if offsets else None,

@@ -10,6 +10,14 @@ mesh measures nothing on an enrolment whose painted mouth barely opens (GRID wit
 reaches), so the benchmarks time the moving mouth this way (``bench ask``, ``bench serve``,
 ``bench cluster``).
 
+Each frame is timed twice: when the aiortc viewer hands it over decoded (``video``,
+``audio``), and when its last RTP packet came in (``packet_times``). The two differ by
+aiortc's own jitter buffer, which is this Python viewer's and not the server's: it gives a
+video frame out only once the next frame's first packet has come (a frame interval, 40 ms
+at 25 fps), and sound once four more 20 ms packets have (``aiortc.rtcrtpreceiver``'s
+``JitterBuffer(capacity=16, prefetch=4)``). A browser decodes a video frame on its last
+packet and sizes its sound buffer to the jitter it sees.
+
 With ``marks=True`` the viewer also keeps what ``bench.av_marks`` reads the A/V offset
 from: each frame's mark features and each 20 ms of sound as mono samples.
 """
@@ -17,9 +25,12 @@ from: each frame's mark features and each 20 ms of sound as mono samples.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def frame_indices(pts: np.ndarray, fps: int) -> np.ndarray:
@@ -55,7 +66,12 @@ class TimedViewer:
         self.video_marks: list[np.ndarray] = []
         self.audio_pcm: list[np.ndarray] = []
         self.audio_pts: list[int] = []
+        """Each sound frame's RTP timestamp (48 kHz)."""
         self.audio_rate = 48000
+        self._packets: dict[str, dict[int, float]] = {"video": {}, "audio": {}}
+        """kind -> RTP timestamp (raw) -> arrival of its last packet."""
+        self._origin: dict[str, int] = {}
+        """kind -> the first packet's RTP timestamp: aiortc counts frames' pts from it."""
 
     async def open(self, http, url: str, token: str) -> None:  # noqa: ANN001
         import json
@@ -70,10 +86,41 @@ class TimedViewer:
             if isinstance(message, str):
                 self.events.append((time.perf_counter(), json.loads(message)))
 
+        for receiver in self.v.pc.getReceivers():
+            self._time_packets(receiver)
         self.pumps = [asyncio.ensure_future(self._video()),
                       asyncio.ensure_future(self._audio())]
         while self.v.channel.readyState != "open":
             await asyncio.sleep(0.05)
+
+    def _time_packets(self, receiver) -> None:  # noqa: ANN001 - aiortc's RTCRtpReceiver
+        """Note each RTP packet's arrival before aiortc's jitter buffer takes it (the
+        transport calls the receiver's ``_handle_rtp_packet`` for every packet)."""
+        kind = receiver.track.kind
+        seen, origin = self._packets[kind], self._origin
+        handle = getattr(receiver, "_handle_rtp_packet", None)
+        if handle is None:  # another aiortc: packet times are left unknown (NaN)
+            log.warning("this aiortc's receiver has no _handle_rtp_packet; the figures "
+                        "timed by packet arrival are left out")
+            return
+
+        async def timed(packet, arrival_time_ms: int) -> None:  # noqa: ANN001
+            origin.setdefault(kind, packet.timestamp)
+            seen[packet.timestamp] = time.perf_counter()
+            await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = timed
+
+    def packet_times(self, kind: str) -> np.ndarray:
+        """For each frame of ``kind`` handed over (``video`` / ``audio``, in order), when
+        its last packet came in (NaN where not seen): aiortc numbers a frame's pts from
+        the first packet's RTP timestamp."""
+        pts = self.pts if kind == "video" else self.audio_pts
+        seen, first = self._packets[kind], self._origin.get(kind)
+        if first is None:
+            return np.full(len(pts), np.nan)
+        return np.array([seen.get((first + p) % 2**32, np.nan) if p >= 0 else np.nan
+                         for p in pts])
 
     async def _video(self) -> None:
         import cv2
@@ -95,10 +142,20 @@ class TimedViewer:
             pcm = f.to_ndarray().astype(np.float32).reshape(
                 -1, len(f.layout.channels)).mean(axis=1) / 32768
             self.audio.append((time.perf_counter(), float(np.sqrt(np.mean(pcm ** 2)))))
+            self.audio_pts.append(-1 if f.pts is None else int(f.pts))
             if self.marks:
                 self.audio_pcm.append(pcm)
-                self.audio_pts.append(-1 if f.pts is None else int(f.pts))
                 self.audio_rate = f.sample_rate
+
+    def first_sound(self, after: float, loud: float, packets: bool = False) -> float | None:
+        """When the first sound frame louder than ``loud`` (RMS) handed over after
+        ``after`` arrived; with ``packets``, when its packet came in."""
+        times = np.array([t for t, _ in self.audio])
+        i = np.nonzero((times > after) & (np.array([r for _, r in self.audio]) > loud))[0]
+        if not len(i):
+            return None
+        t = self.packet_times("audio")[i[0]] if packets else times[i[0]]
+        return float(t) if np.isfinite(t) else None
 
     def first(self, kind: str, after: float, **match: object) -> tuple[float, dict] | None:
         for t, e in self.events:
@@ -139,12 +196,14 @@ class TimedViewer:
         async with http.get(f"{self.url}{self.location}", headers=auth) as r:
             self.skipped = (time.perf_counter(), int((await r.json())["frames_skipped"]))
 
-    def word_frames(self, fps: int) -> dict[str, float]:
+    def word_frames(self, fps: int, packets: bool = False) -> dict[str, float]:
         """utterance -> arrival of the first received frame at or after its first word
-        (``speech_started``'s stream time plus the earliest word start of its ``words``)."""
+        (``speech_started``'s stream time plus the earliest word start of its ``words``);
+        with ``packets``, when that frame's last packet came in."""
         if not self.pts or self.skipped is None or min(self.pts) < 0:
             return {}
         times = np.array([t for t, _ in self.video])
+        arrived = self.packet_times("video") if packets else times
         k = frame_indices(np.array(self.pts, np.int64), fps)
         seen, skipped = self.skipped
         early = k[times <= seen]
@@ -162,8 +221,8 @@ class TimedViewer:
         for u, s in started.items():
             at = round((s + first_word.get(u, 0.0)) * fps)
             i = np.nonzero(k >= at)[0]
-            if len(i):
-                out[u] = float(times[i[0]])
+            if len(i) and np.isfinite(arrived[i[0]]):
+                out[u] = float(arrived[i[0]])
         return out
 
     def mark_skew(self, fps: float):  # noqa: ANN201 - bench.av_marks.MarkSkew

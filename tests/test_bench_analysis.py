@@ -76,3 +76,33 @@ def test_the_first_words_frame_is_found_by_its_timestamp() -> None:
     assert v.word_frames(25) == {"u": pytest.approx(100.0 + 63 * 0.04 + 0.013)}
     v.skipped = (100.0 + 60 * 0.04, 3)  # none before the first: everything two earlier
     assert v.word_frames(25) == {"u": pytest.approx(100.0 + 65 * 0.04 + 0.013)}
+
+
+def test_frames_are_timed_when_their_last_packet_came_in() -> None:
+    """aiortc numbers a frame's pts from the first packet's RTP timestamp; the viewer
+    finds each handed-over frame's packets by it, across the timestamp's wrap, and times
+    the first word's frame and the first loud sound by them."""
+    from bench.viewer import TimedViewer
+
+    v = TimedViewer()
+    first = 2**32 - 2 * 3600  # wraps two frames in
+    v.pts = [k * 3600 for k in range(10)]
+    v.video = [(50.0 + k * 0.04 + 0.045, np.zeros((2, 2), np.uint8)) for k in range(10)]
+    v._origin = {"video": first, "audio": 7}
+    # Each frame's packets: the last one 5 ms after its time; frame 6's never seen.
+    v._packets["video"] = {(first + k * 3600) % 2**32: 50.0 + k * 0.04 + 0.005
+                           for k in range(10) if k != 6}
+    v.skipped = (50.0, 0)
+    v.events = [(0.0, {"type": "speech_started", "utterance": "u", "stream_time": 0.12}),
+                (0.0, {"type": "words", "utterance": "u",
+                       "words": [{"text": "a", "start": 0.04, "end": 0.3}]})]
+    assert np.isnan(v.packet_times("video")[6])
+    assert v.word_frames(25) == {"u": pytest.approx(50.0 + 4 * 0.04 + 0.045)}
+    assert v.word_frames(25, packets=True) == {"u": pytest.approx(50.0 + 4 * 0.04 + 0.005)}
+    v.events[0][1]["stream_time"] = 0.2  # frame 6: no packet time, no figure
+    assert v.word_frames(25, packets=True) == {}
+    v.audio = [(60.0 + j * 0.02 + 0.08, 0.02 if j >= 3 else 0.0) for j in range(6)]
+    v.audio_pts = [j * 960 for j in range(6)]
+    v._packets["audio"] = {7 + j * 960: 60.0 + j * 0.02 + 0.001 for j in range(6)}
+    assert v.first_sound(60.0, 0.01) == pytest.approx(60.0 + 3 * 0.02 + 0.08)
+    assert v.first_sound(60.0, 0.01, packets=True) == pytest.approx(60.0 + 3 * 0.02 + 0.001)
