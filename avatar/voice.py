@@ -2,7 +2,7 @@
 
 ``Voice.speak`` is a generator: the text frontend cuts the text into pieces (sentences, the
 first one at a clause where it is long), each piece's mel is made at once and vocoded in
-chunks, the first about half a second, each yielded as soon as it is ready with its place
+chunks, the first about 0.4 s, each yielded as soon as it is ready with its place
 in time and the timing of its phoneme symbols, so a caller can start playing (and the face
 can start moving) while the rest is still being made.
 """
@@ -95,11 +95,16 @@ only delay in a live answer. Pauses between sentences are kept as learned. In ``
 cause was the renderer's first calls at each batch size, not the lead-in (see
 ``Scheduler.warm_up``): with the warm-up, 0.42 % late with two frames and 0.08-0.38 % with six."""
 
-FIRST_CHUNK_FRAMES = 48
-"""About 0.56 s: the first audio of each piece. A video frame needs 0.23 s of audio past
-its centre (the face model's window), so this lets the first eight frames of speech be
-rendered from the first chunk alone while the rest is vocoded (with a 0.28-s first chunk
-the second frame already waited on the rest)."""
+FIRST_CHUNK_FRAMES = 36
+"""About 0.42 s: the first audio of each piece. A video frame needs 0.23 s of audio past
+its centre (the face model's window), so this lets the first five frames of speech be
+rendered from the first chunk alone (a start hands four to the renderer first) while the
+rest is vocoded; with a 0.28-s first chunk the second frame already waited on the rest.
+From 48 frames (0.56 s; eight video frames) to 36, three alternating runs each of `bench
+ask --llm scripted` on the GRID `ci` bundle (AMD EPYC, 2026-12-04): the first word's frame
+in at the viewer 267, 300, 309 ms p50 against 357, 319, 316, the first sound 213, 247,
+251 against 297, 257, 257 (Griffin-Lim's first chunk is that much shorter to make); two
+sessions in `bench serve` lost 7 and 7 frames at a sentence's start against 10 and 10."""
 LATER_CHUNK_FRAMES = 400
 """About 4.6 s: the longest chunk. Chunks after the first grow (the second as long as the
 first, then twice as long each time) up to this, because each must be vocoded before the
