@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,6 +250,21 @@ def bench_soak(bundle: Path, minutes: float, window_s: float = 300.0, churn_s: f
                       "minutes (a third of a shorter run) (bench/soak.py)"}
 
 
+def late_causes(metrics: str) -> dict[str, float]:
+    """From a server's ``/metrics`` text: frames dropped as too late by cause, summed over
+    lanes, and ``bursts``."""
+    out: dict[str, float] = {}
+    for line in metrics.splitlines():
+        m = re.match(r'twincast_frames_late_by_cause_total\{(.*)\} (\S+)$', line)
+        if m:
+            cause = re.search(r'cause="([^"]+)"', m.group(1))
+            if cause:
+                out[cause.group(1)] = out.get(cause.group(1), 0.0) + float(m.group(2))
+        elif line.startswith("twincast_late_bursts_total"):
+            out["bursts"] = out.get("bursts", 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def _host_ticks(path: Path = Path("/proc/stat")) -> list[float] | None:
     """The host's CPU clock ticks since boot (all cores: user nice system idle iowait irq
     softirq steal); None where there is no ``/proc/stat``."""
@@ -291,6 +307,11 @@ async def _drive(http: object, server: object, minutes: float, window_s: float,
 
     ticks_then = _host_ticks()
 
+    async def causes() -> dict[str, float]:
+        """The lanes' dropped frames by cause, and their bursts, from ``/metrics``."""
+        async with http.get(f"{url}/metrics") as r:  # type: ignore[attr-defined]
+            return late_causes(await r.text())
+
     async def totals() -> tuple[int, int, int, int]:
         shown = late = dropped = at_start = 0
         for sid in steady:
@@ -332,6 +353,7 @@ async def _drive(http: object, server: object, minutes: float, window_s: float,
     churner = asyncio.ensure_future(churn())
     end = t0 + minutes * 60
     last = (0, 0, 0, 0)
+    last_causes = await causes()
     next_window = t0 + window_s
     while time.monotonic() < end:
         await asyncio.sleep(min(sample_s, max(0.1, end - time.monotonic())))
@@ -343,13 +365,18 @@ async def _drive(http: object, server: object, minutes: float, window_s: float,
             # Late: speech frames shown without their mouth; of those, the scheduler gave
             # up on some before rendering (the rest came back after their time).
             ticks_now = _host_ticks()
+            now_causes = await causes()
             windows.append({"end_s": round(time.monotonic() - t0, 1),
                             "frames_shown": d_shown, "frames_late": d_late,
                             "dropped_unrendered": d_dropped,
                             "late_in_first_5_of_a_sentence": d_start,
                             "late_ratio": round(d_late / d_shown, 4) if d_shown else None,
+                            # Why the lanes dropped frames (any session's, the third
+                            # viewer's too), and in how many bursts.
+                            "dropped_by_cause": {k: int(v - last_causes.get(k, 0))
+                                                 for k, v in now_causes.items()},
                             **_host_shares(ticks_then, ticks_now)})
-            last, ticks_then = now, ticks_now
+            last, ticks_then, last_causes = now, ticks_now, now_causes
             next_window += window_s
     # The end's A/V window comes after the last sample, so what it keeps is not in the
     # memory figures.

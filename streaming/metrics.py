@@ -64,16 +64,25 @@ class ServerCollector:
                                        "call over the last 1000 calls", labels=["lane"])
         capacity = GaugeMetricFamily("twincast_capacity_fps", "Measured frames per second "
                                      "at full batches", labels=["lane"])
+        by_cause = CounterMetricFamily(
+            "twincast_frames_late_by_cause", "Frames dropped as too late to render, by "
+            "why: handed over too late, the lane's last batch overran, queued behind others",
+            labels=["lane", "cause"])
+        bursts = CounterMetricFamily("twincast_late_bursts", "Runs of frames dropped as "
+                                     "too late (under half a second apart)", labels=["lane"])
         for lane in sch.lanes:
             st = lane.stats
             frames.add_metric([lane.name], st.frames)
             batches.add_metric([lane.name], st.batches)
             late.add_metric([lane.name], st.late)
+            for cause, n in st.late_by_cause.items():
+                by_cause.add_metric([lane.name, cause], n)
+            bursts.add_metric([lane.name], st.late_bursts)
             errors.add_metric([lane.name], st.errors)
             sizes = st.batch_sizes
             mean_batch.add_metric([lane.name], sum(sizes) / len(sizes) if sizes else 0.0)
             capacity.add_metric([lane.name], lane.cost.capacity_fps(sch.cfg.max_batch))
-        yield from (frames, batches, late, errors, mean_batch, capacity)
+        yield from (frames, batches, late, by_cause, bursts, errors, mean_batch, capacity)
         shown = CounterMetricFamily("twincast_session_frames_late", "Speech frames shown "
                                     "without their mouth (rendered late or not in time to "
                                     "be rendered), open sessions")

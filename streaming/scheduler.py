@@ -65,6 +65,8 @@ class Job:
     avatar: str = field(compare=False)
     request: FrameRequest = field(compare=False)
     done: Callable[[Job, np.ndarray | None, str], None] = field(compare=False)
+    submitted: float = field(default=0.0, compare=False)
+    """When the session handed it over (the scheduler's clock)."""
     """Called once, from a lane thread: (job, frame, "ok") or (job, None, "late" |
     "cancelled" | "error")."""
 
@@ -105,11 +107,23 @@ class Cost:
         return max_batch / self.predict(max_batch)
 
 
+LATE_CAUSES = ("handed_over_late", "renderer_overran", "queued_behind")
+"""Why a lane dropped a frame as too late to render (``Lane.late_cause``)."""
+BURST_GAP_S = 0.5
+"""Frames dropped within this long of the lane's last drop belong to the same burst."""
+OVERRUN = 1.5
+"""A batch that took this many times its predicted time overran."""
+
+
 @dataclass
 class LaneStats:
     frames: int = 0
     batches: int = 0
     late: int = 0
+    late_by_cause: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(LATE_CAUSES, 0))
+    late_bursts: int = 0
+    """Runs of drops with under ``BURST_GAP_S`` between them."""
     errors: int = 0
     batch_sizes: list[int] = field(default_factory=list)
 
@@ -125,6 +139,35 @@ class Lane:
         self.stats = LaneStats()
         self.threads = threads
         """CPU threads the lane's model calls use (None: torch's default)."""
+        self.last_batch: tuple[int, float, float] | None = None
+        """(size, seconds, predicted seconds) of the lane's last model call."""
+        self._last_late = -1e9
+
+    def late_cause(self, job: Job) -> str:
+        """Why ``job`` could not be rendered in time: handed over with less time before
+        its deadline than a batch of one takes (the session or its speech was late), the
+        lane's last batch took much longer than predicted (the host's cores were taken:
+        other processes, a hypervisor's steal), or it waited behind other work."""
+        if job.deadline - job.submitted < self.cost.predict(1):
+            return "handed_over_late"
+        if self.last_batch is not None and self.last_batch[1] > OVERRUN * self.last_batch[2]:
+            return "renderer_overran"
+        return "queued_behind"
+
+    def note_late(self, job: Job, now: float) -> None:
+        """Count a dropped frame by cause; the first of a burst is logged with why."""
+        cause = self.late_cause(job)
+        self.stats.late += 1
+        self.stats.late_by_cause[cause] += 1
+        if now - self._last_late > BURST_GAP_S:
+            self.stats.late_bursts += 1
+            size, took, predicted = self.last_batch or (0, 0.0, 0.0)
+            log.info("lane %s: frames dropped as too late to render (%s; handed over "
+                     "%.0f ms before their deadline, %.0f ms ago; the lane's last batch of "
+                     "%d took %.0f ms against %.0f predicted)", self.name,
+                     cause.replace("_", " "), 1000 * (job.deadline - job.submitted),
+                     1000 * (now - job.submitted), size, 1000 * took, 1000 * predicted)
+        self._last_late = now
 
 
 def _use_threads(n: int | None) -> int | None:
@@ -162,7 +205,7 @@ class Scheduler:
     def submit(self, avatar: str, request: FrameRequest,
                done: Callable[[Job, np.ndarray | None, str], None]) -> Job | None:
         """Queue one frame; None when the scheduler is full (the caller shows idle)."""
-        job = Job(request.deadline, next(self._seq), avatar, request, done)
+        job = Job(request.deadline, next(self._seq), avatar, request, done, self.clock())
         with self._cv:
             if len(self._heap) >= self.cfg.max_pending:
                 return None
@@ -284,7 +327,7 @@ class Scheduler:
                     if id(j) not in taken:
                         heapq.heappush(self._heap, j)
         for j in late:
-            lane.stats.late += 1
+            lane.note_late(j, now)
             j.done(j, None, "late")
         return batch
 
@@ -343,7 +386,9 @@ class Scheduler:
             for j in batch:
                 j.done(j, None, "error")
             return
-        lane.cost.observe(len(batch), time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        lane.last_batch = (len(batch), took, lane.cost.predict(len(batch)))
+        lane.cost.observe(len(batch), took)
         lane.stats.frames += len(batch)
         lane.stats.batches += 1
         lane.stats.batch_sizes.append(len(batch))

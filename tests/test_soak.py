@@ -20,6 +20,11 @@ def test_a_short_soak_reports_memory_late_frames_and_handles(bundle: Path,
     assert r["rss_mb"]["end"] > 0 and r["fds"]["max"] >= r["fds"]["start"]
     assert len(r["samples"]) >= 8
     assert r["server_exit_code"] == 0
+    # Each window says why the lanes dropped frames (read from the server's /metrics).
+    for w in r["windows"]:
+        assert set(w["dropped_by_cause"]) == {"handed_over_late", "renderer_overran",
+                                              "queued_behind", "bursts"}, w
+        assert all(n >= 0 for n in w["dropped_by_cause"].values()), w
     # An A/V window early on and one after the run (22.5 s each here), read from the marks
     # both tracks carry (bench/av_marks.py): each measured, the same block found in both
     # tracks and its time codes never contradicting, and the picture within 0.4 s of its
