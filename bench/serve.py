@@ -99,6 +99,8 @@ LOUD_RMS = 0.01
 """Received audio louder than this (RMS of a 20 ms frame) counts as sound."""
 MOVING_MARGIN = 0.02
 """A mouth opening this far beyond the widest idle opening counts as moving."""
+
+
 def av_lag(vt: np.ndarray, opening: np.ndarray, at: np.ndarray, rms: np.ndarray,
            rest: float, reach: int = 8) -> int:
     """Video frames by which the mouth's movement trails the sound (negative: leads): the
@@ -140,9 +142,8 @@ def _analyse(logs: list[ClientLog], fps: int) -> dict:
         intervals += list(np.diff(vt) * 1000)
         word_at, word_in = v.word_frames(fps), v.word_frames(fps, packets=True)
         for s, uid in c.says:
-            a = np.nonzero((at > s) & loud)[0]
-            if len(a):
-                first_audio.append((at[a[0]] - s) * 1000)
+            if (a := v.first_sound(s, LOUD_RMS)) is not None:
+                first_audio.append((a - s) * 1000)
             if uid in word_at:
                 first_frame.append((word_at[uid] - s) * 1000)
             if uid in word_in:
@@ -167,7 +168,8 @@ def _analyse(logs: list[ClientLog], fps: int) -> dict:
             pct(first_frame, 50), "first_frame_ms_p95": pct(first_frame, 95),
             # The same two when their packets came in, before the aiortc viewer's own
             # jitter buffer held them (bench.viewer).
-            "first_audio_in_ms_p50": pct(audio_in, 50), "first_frame_in_ms_p50": pct(frame_in, 50),
+            "first_audio_in_ms_p50": pct(audio_in, 50),
+            "first_frame_in_ms_p50": pct(frame_in, 50),
             # The picture's delay behind its sound at the viewer (negative: it leads),
             # median over clients; None where the run was too short for a mark's block.
             "av_offset_ms": round(float(np.median(offsets)), 1) if offsets else None,

@@ -65,10 +65,10 @@ class Job:
     avatar: str = field(compare=False)
     request: FrameRequest = field(compare=False)
     done: Callable[[Job, np.ndarray | None, str], None] = field(compare=False)
-    submitted: float = field(default=0.0, compare=False)
-    """When the session handed it over (the scheduler's clock)."""
     """Called once, from a lane thread: (job, frame, "ok") or (job, None, "late" |
     "cancelled" | "error")."""
+    submitted: float = field(default=0.0, compare=False)
+    """When the session handed it over (the scheduler's clock)."""
 
     @property
     def session(self) -> str:

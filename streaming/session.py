@@ -811,7 +811,7 @@ class Session:
             if self.scheduler.submit(self.avatar_name, req, self._on_rendered) is None:
                 self.stats["frames_late"] += 1
             u.submitted += 1
-        # Its sound after its frames: marking a first chunk's sound (28 frames of 20 ms)
+        # Its sound after its frames: marking a first chunk's sound, 20 ms at a time,
         # took 2-8 ms of the loop, which a start's first frames waited behind; the sound
         # is not due before the first frame is.
         self._collect_audio(u)
