@@ -53,12 +53,18 @@ class SessionConfig:
     """Speech starts at least this long after its first audio is ready: time to render its
     first frames. When other sessions keep the renderer busy it starts later, by what the
     scheduler predicts it needs for the first frames (see ``first_frames``)."""
-    first_frames: int = 4
+    first_frames: int = 2
     """A start's first frames: handed to the renderer alone, and the time until they are
     back sets how soon later starts are placed (``Scheduler.start_delay``). Handed over with
     the rest of the first chunk's frames, they made a batch of eight that the lane sized to
     the margin and that took twice its predicted time beside synthesis, so the margin grew
-    with every start (to 0.23 s on a 2-core EPYC; 0.09-0.11 s with four and the pause below)."""
+    with every start (to 0.23 s on a 2-core EPYC; 0.09-0.11 s with four and the pause below).
+    Two, not four: the margin waits for all of them, and the ``demo`` enrolment's larger
+    face model took about 100 ms longer over four (``bench ask``, same host: the first
+    word's frame in 230-260 ms with two, 290-360 with four; ``bench serve``, one session:
+    232-255 against 304-401). One alone left the next frames too little time with two
+    sessions on the ``ci`` one (18-26 frames late at starts in 30 s, against 0-6 with two
+    or four)."""
     start_safety_s: float = 0.03
     render_ahead_frames: int = 12
     """Frames handed to the scheduler ahead of their display time (see
