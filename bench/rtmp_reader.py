@@ -3,8 +3,8 @@ decoding is not counted in the server's CPU time.
 
     python -m bench.rtmp_reader URL OUT.npz SECONDS
 
-Writes the arrival time (``time.time()``) and a grey, 640-wide copy of every video frame,
-and the arrival time and loudness of every audio frame."""
+Writes the arrival time (``time.time()``, once decoded) and the FLV timestamp (s) of every
+video frame, and the same and the loudness of every audio frame."""
 
 from __future__ import annotations
 
@@ -16,28 +16,25 @@ import numpy as np
 
 def main(url: str, out: str, seconds: float) -> None:
     import av
-    import cv2
 
-    vt, frames, at, rms = [], [], [], []
+    vt, vpts, at, apts, rms = [], [], [], [], []
     with av.open(url, timeout=60) as c:
         t0 = time.monotonic()
         for packet in c.demux():
             for f in packet.decode():
                 now = time.time()
                 if isinstance(f, av.VideoFrame):
-                    g = f.to_ndarray(format="gray")
-                    scale = 640 / g.shape[1]
-                    frames.append(cv2.resize(g, (640, int(round(g.shape[0] * scale))),
-                                             interpolation=cv2.INTER_AREA))
                     vt.append(now)
+                    vpts.append(f.time if f.time is not None else np.nan)
                 elif isinstance(f, av.AudioFrame):
                     pcm = f.to_ndarray().astype(np.float32)
                     at.append(now)
+                    apts.append(f.time if f.time is not None else np.nan)
                     rms.append(float(np.sqrt(np.mean(pcm ** 2))))
             if time.monotonic() - t0 > seconds:
                 break
-    np.savez(out, video_t=np.array(vt), frames=np.stack(frames), audio_t=np.array(at),
-             rms=np.array(rms))
+    np.savez(out, video_t=np.array(vt), video_pts=np.array(vpts, np.float64),
+             audio_t=np.array(at), audio_pts=np.array(apts, np.float64), rms=np.array(rms))
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ For each output size the server pushes one stream to a local nginx ingest while 
 in another process plays it back. First the avatar stands idle (nothing to render): the CPU
 time of the server and its push process over that stretch, per second of stream, is the
 cost of the stream itself (pacing, scaling, H.264 and AAC encoding, FLV over RTMP). Then
-it is sent sentences: the time from each ``say`` request to the first frame with a moving
-mouth in the played-back stream (face mesh on the received frames, as ``bench serve``
-reads them), and the CPU including rendering and speech synthesis.
+it is sent sentences: the time from each ``say`` request to the played-back frame that
+paints its first word (found by its FLV timestamp and the session's events, as
+``bench serve`` finds it by RTP timestamps) and to its first loud sound, and the CPU
+including rendering and speech synthesis. The viewer times frames as FFmpeg hands them over
+decoded, with no player's buffer after that; nginx and FFmpeg's RTMP reading come before.
 """
 
 from __future__ import annotations
@@ -46,16 +48,50 @@ def _cpu_s(pids: tuple[int, ...] = ()) -> float:
     return total
 
 
-def _first_moving(vt: np.ndarray, opening: np.ndarray, says: list[float]) -> list[float]:
-    idle = opening[: max(1, int(np.searchsorted(vt, says[0])))]
-    rest = np.nanmax(idle) if np.isfinite(idle).any() else 0.0
-    moving = np.nan_to_num(opening, nan=0.0) > rest + 0.02
-    both = moving & np.r_[moving[1:], False]
-    out = []
-    for s in says:
-        v = np.nonzero((vt > s) & both)[0]
-        if len(v):
-            out.append(round(float(vt[v[0]] - s) * 1000, 1))
+LOUD_RMS = 0.01
+"""Decoded audio louder than this (RMS of an AAC frame, full scale 1) counts as sound
+(``bench.serve``'s threshold)."""
+
+
+def word_frame_arrivals(video_t: np.ndarray, video_pts: np.ndarray, connected_at: float,
+                        events: list[dict], said: dict[str, float], fps: int
+                        ) -> dict[str, float]:
+    """utterance -> ms from its ``say`` request (``said``, ``time.time()``) to the arrival
+    of the played-back frame that paints its first word.
+
+    The push process numbers the frames it is given from the session time its connection
+    began (``connected_at``), so a frame's FLV timestamp plus that is the session time it
+    was shown at; the word is at ``speech_started``'s stream time plus the earliest word
+    start of the utterance's ``words`` events (as ``bench.viewer`` reads a WebRTC
+    viewer's frames)."""
+    started = {e["utterance"]: e["stream_time"] for e in events
+               if e.get("type") == "speech_started"}
+    first_word: dict[str, float] = {}
+    for e in events:
+        if e.get("type") == "words" and e.get("words"):
+            w = min(x["start"] for x in e["words"])
+            first_word[e["utterance"]] = min(w, first_word.get(e["utterance"], w))
+    # Frame numbers of the session's timeline (rounded: FLV keeps milliseconds).
+    k = np.round((connected_at + np.asarray(video_pts, np.float64)) * fps)
+    out = {}
+    for u, at in said.items():
+        if u not in started:
+            continue
+        word = round((started[u] + first_word.get(u, 0.0)) * fps)
+        i = np.nonzero(k >= word)[0]
+        if len(i):
+            out[u] = round(1000 * (float(video_t[i[0]]) - at), 1)
+    return out
+
+
+def first_sounds(audio_t: np.ndarray, rms: np.ndarray, said: dict[str, float]
+                 ) -> dict[str, float]:
+    """utterance -> ms from its ``say`` request to the first loud audio played back."""
+    out = {}
+    for u, at in said.items():
+        i = np.nonzero((np.asarray(audio_t) > at) & (np.asarray(rms) > LOUD_RMS))[0]
+        if len(i):
+            out[u] = round(1000 * (float(audio_t[i[0]]) - at), 1)
     return out
 
 
@@ -63,16 +99,17 @@ def _one(bundle: Path, size: tuple[int, int], idle_s: float, work: Path) -> dict
     import aiohttp
 
     from bench.localrtmp import LocalRtmp
-    from bench.serve import mouth_openings
     from streaming.app import Server, ServerConfig, bundle_names
     from streaming.routes import RunningServer
 
     rtmp = LocalRtmp(work / f"nginx{size[1]}")
     rtmp.start()
-    # Not admission by the host's load: the benchmark fills the host on purpose.
+    # Not admission by the host's load: the benchmark fills the host on purpose. The
+    # ingest is on loopback, which a server refuses unless its operator allows it.
     srv = Server(bundle_names([bundle]), ServerConfig(token="bench", max_sessions=4,
                                                       allow_unconsented=True,
-                                                      host_share=None))
+                                                      host_share=None,
+                                                      rtmp_allow=("127.0.0.1",)))
     srv.load()
     running = RunningServer(srv)
     url = rtmp.url("bench")
@@ -91,7 +128,7 @@ def _one(bundle: Path, size: tuple[int, int], idle_s: float, work: Path) -> dict
                     raise RuntimeError(f"{path}: {r.status} {await r.text()}")
                 return await r.json()
 
-        async def run() -> tuple[str, dict, list[float]]:
+        async def run() -> tuple[str, object, dict, dict[str, float]]:
             async with aiohttp.ClientSession() as http:
                 made = await post(http, "/v1/streams", {"rtmp": url, "width": size[0],
                                                         "height": size[1]})
@@ -101,32 +138,43 @@ def _one(bundle: Path, size: tuple[int, int], idle_s: float, work: Path) -> dict
                 c0, w0 = _cpu_s(pids), time.monotonic()
                 await asyncio.sleep(idle_s)
                 idle = {"cpu": _cpu_s(pids) - c0, "wall": time.monotonic() - w0}
-                says = []
+                said: dict[str, float] = {}
                 c0, w0 = _cpu_s(pids), time.monotonic()
                 for text in SENTENCES:
-                    says.append(time.time())
-                    await post(http, f"{made['location']}/say", {"text": text})
+                    at = time.time()
+                    said[(await post(http, f"{made['location']}/say",
+                                     {"text": text}))["utterance"]] = at
                     await asyncio.sleep(5.0)
                 idle["speak_cpu"] = _cpu_s(pids) - c0
                 idle["speak_wall"] = time.monotonic() - w0
-                return made["id"], idle, says
+                return made["id"], output, idle, said
 
-        sid, cpu, says = asyncio.run(run())
-        state = srv.sessions[sid].describe()
+        sid, output, cpu, said = asyncio.run(run())
+        session = srv.sessions[sid]
+        state = session.describe()
+        events = [e.to_json() for e in session.events]
+        push = dict(output.stats)  # type: ignore[attr-defined]
         reader.wait(timeout=total + 60)
     finally:
         reader.kill()
         running.stop()
         rtmp.kill()
     with np.load(out) as z:
-        vt, frames = z["video_t"], list(z["frames"])
-    opening = mouth_openings(frames)
-    firsts = _first_moving(vt, opening, says)
+        vt, vpts, at, rms = z["video_t"], z["video_pts"], z["audio_t"], z["rms"]
+    # A frame dropped before the push process, or a second connection, would shift the
+    # timestamps against the session's timeline: no word-frame figure then.
+    whole = push["frames_dropped"] == 0 and push["connects"] == 1
+    words = word_frame_arrivals(vt, vpts, push["connected_at"], events, said, session.cfg.fps) \
+        if whole else {}
+    firsts = list(words.values())
+    sounds = list(first_sounds(at, rms, said).values())
     return {"size": f"{size[0]}x{size[1]}",
             "cpu_core_s_per_s_idle": round(cpu["cpu"] / cpu["wall"], 3),
             "cpu_core_s_per_s_speaking": round(cpu["speak_cpu"] / cpu["speak_wall"], 3),
             "say_to_first_frame_ms": firsts,
             "say_to_first_frame_ms_p50": float(np.median(firsts)) if firsts else None,
+            "say_to_first_sound_ms": sounds,
+            "say_to_first_sound_ms_p50": float(np.median(sounds)) if sounds else None,
             "frames_received": len(vt),
             "frames_dropped": state.get("rtmp_frames_dropped"),
             "frames_late": state.get("frames_late"), "connects": state.get("rtmp_connects")}

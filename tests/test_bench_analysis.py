@@ -106,3 +106,35 @@ def test_frames_are_timed_when_their_last_packet_came_in() -> None:
     v._packets["audio"] = {7 + j * 960: 60.0 + j * 0.02 + 0.001 for j in range(6)}
     assert v.first_sound(60.0, 0.01) == pytest.approx(60.0 + 3 * 0.02 + 0.08)
     assert v.first_sound(60.0, 0.01, packets=True) == pytest.approx(60.0 + 3 * 0.02 + 0.001)
+
+
+def test_a_streams_first_word_is_found_by_its_flv_timestamp() -> None:
+    """``bench stream``: the push connection began at session time 1.0 s, so the frame
+    with FLV time 1.6 s was shown at 2.6 s; the word starting 0.24 s after a start at 2.4 s
+    is painted by that frame (frame 66), whose arrival is timed from the say. An
+    utterance that never started gives no figure; sound is the first loud frame after the
+    say."""
+    from bench.stream import first_sounds, word_frame_arrivals
+
+    pts = np.arange(0, 4, 0.04).round(3)  # FLV keeps milliseconds
+    arrived = 100.0 + pts + 0.3  # each frame reached the viewer 0.3 s after its time
+    events = [{"type": "speech_started", "utterance": "u", "stream_time": 2.4},
+              {"type": "words", "utterance": "u",
+               "words": [{"text": "b", "start": 0.4, "end": 0.6}]},
+              {"type": "words", "utterance": "u",
+               "words": [{"text": "a", "start": 0.24, "end": 0.4}]}]
+    said = {"u": 100.5, "never": 100.6}
+    got = word_frame_arrivals(arrived, pts, 1.0, events, said, 25)
+    assert set(got) == {"u"}
+    # Frame 66 of the session is FLV time 1.64 s: it arrived at 101.94.
+    assert got["u"] == pytest.approx(1000 * (101.94 - 100.5), abs=0.2)
+    # A connection that began later shifts which frame that is.
+    later = word_frame_arrivals(arrived, pts, 1.2, events, said, 25)
+    assert later["u"] == pytest.approx(got["u"] - 200, abs=0.2)
+
+    at = 100.0 + np.arange(0, 4, 0.02)
+    rms = np.where((at > 101.2) & (at < 101.5), 0.1, 0.001)
+    rms[3] = 0.5  # loud, but before any say
+    sounds = first_sounds(at, rms, said)
+    assert sounds["u"] == pytest.approx(720, abs=20)
+    assert sounds["never"] == pytest.approx(620, abs=20)
