@@ -145,10 +145,15 @@ class Lane:
 
     def late_cause(self, job: Job) -> str:
         """Why ``job`` could not be rendered in time: handed over with less time before
-        its deadline than a batch of one takes (the session or its speech was late), the
-        lane's last batch took much longer than predicted (the host's cores were taken:
-        other processes, a hypervisor's steal), or it waited behind other work."""
-        if job.deadline - job.submitted < self.cost.predict(1):
+        its deadline than the lane's batch in flight and then a batch of one take (the
+        session was late: its speech or footage was not ready; such a frame is made only
+        when the lane happens to be idle), the lane's last batch took much longer than
+        predicted (the host's cores were taken: other processes, a hypervisor's steal), or
+        it waited behind other work. Counted against a batch of one alone, frames handed
+        over 24-39 ms before their deadline while a 49-ms batch was out were put down to
+        waiting behind others (a 15-minute soak, 2-core EPYC)."""
+        in_flight = self.last_batch[2] if self.last_batch is not None else 0.0
+        if job.deadline - job.submitted < self.cost.predict(1) + in_flight:
             return "handed_over_late"
         if self.last_batch is not None and self.last_batch[1] > OVERRUN * self.last_batch[2]:
             return "renderer_overran"

@@ -91,9 +91,10 @@ def test_late_frames_are_dropped_not_queued() -> None:
 
 
 def test_dropped_frames_are_counted_by_cause_and_in_bursts() -> None:
-    """A frame handed over with less time than a batch of one takes is the session's
-    lateness; one dropped after a batch took twice its prediction is the host's; one that
-    waited behind others is load. Drops half a second apart are two bursts."""
+    """A frame handed over with less time than the batch in flight and a batch of one
+    take is the session's lateness; one dropped after a batch took twice its prediction is
+    the host's; one that waited behind others is load. Drops half a second apart are two
+    bursts."""
     sch, clock, (lane,) = make()
     res = Results()
     sch.submit("a", req("tight", 0.015), res)  # 15 ms: a batch of one takes 20
@@ -102,18 +103,24 @@ def test_dropped_frames_are_counted_by_cause_and_in_bursts() -> None:
     assert lane.stats.late_by_cause == {"handed_over_late": 1, "renderer_overran": 0,
                                         "queued_behind": 0}
     clock.t = 1.0
-    sch.submit("a", req("waits", 1.1), res)
-    lane.last_batch = (8, 0.2, 0.09)  # the batch the lane just rendered overran
-    clock.t = 1.095
+    sch.submit("a", req("waits", 1.2), res)
+    lane.last_batch = (8, 0.3, 0.09)  # the batch the lane just rendered overran
+    clock.t = 1.195
     sch.take_batch(lane)
-    sch.submit("a", req("queued", 1.2), res)
+    sch.submit("a", req("queued", 1.4), res)
     lane.last_batch = (8, 0.1, 0.09)
-    clock.t = 1.19
+    clock.t = 1.39
     sch.take_batch(lane)
     assert lane.stats.late_by_cause == {"handed_over_late": 1, "renderer_overran": 1,
                                         "queued_behind": 1}
-    assert lane.stats.late == 3 and lane.stats.late_bursts == 2
-    assert [status for _, _, status in res.items] == ["late"] * 3
+    # 100 ms before its deadline, with a 90-ms batch out: only an idle lane makes it.
+    clock.t = 3.0
+    sch.submit("a", req("behind", 3.1), res)
+    clock.t = 3.095
+    sch.take_batch(lane)
+    assert lane.stats.late_by_cause["handed_over_late"] == 2
+    assert lane.stats.late == 4 and lane.stats.late_bursts == 3
+    assert [status for _, _, status in res.items] == ["late"] * 4
 
 
 def test_batches_hold_one_avatar() -> None:
