@@ -48,11 +48,6 @@ def _cpu_s(pids: tuple[int, ...] = ()) -> float:
     return total
 
 
-LOUD_RMS = 0.01
-"""Decoded audio louder than this (RMS of an AAC frame, full scale 1) counts as sound
-(``bench.serve``'s threshold)."""
-
-
 def word_frame_arrivals(video_t: np.ndarray, video_pts: np.ndarray, connected_at: float,
                         events: list[dict], said: dict[str, float], fps: int
                         ) -> dict[str, float]:
@@ -64,20 +59,16 @@ def word_frame_arrivals(video_t: np.ndarray, video_pts: np.ndarray, connected_at
     was shown at; the word is at ``speech_started``'s stream time plus the earliest word
     start of the utterance's ``words`` events (as ``bench.viewer`` reads a WebRTC
     viewer's frames)."""
-    started = {e["utterance"]: e["stream_time"] for e in events
-               if e.get("type") == "speech_started"}
-    first_word: dict[str, float] = {}
-    for e in events:
-        if e.get("type") == "words" and e.get("words"):
-            w = min(x["start"] for x in e["words"])
-            first_word[e["utterance"]] = min(w, first_word.get(e["utterance"], w))
+    from bench.viewer import first_words
+
+    words = first_words(events)
     # Frame numbers of the session's timeline (rounded: FLV keeps milliseconds).
     k = np.round((connected_at + np.asarray(video_pts, np.float64)) * fps)
     out = {}
     for u, at in said.items():
-        if u not in started:
+        if u not in words:
             continue
-        word = round((started[u] + first_word.get(u, 0.0)) * fps)
+        word = round(words[u] * fps)
         i = np.nonzero(k >= word)[0]
         if len(i):
             out[u] = round(1000 * (float(video_t[i[0]]) - at), 1)
@@ -86,7 +77,10 @@ def word_frame_arrivals(video_t: np.ndarray, video_pts: np.ndarray, connected_at
 
 def first_sounds(audio_t: np.ndarray, rms: np.ndarray, said: dict[str, float]
                  ) -> dict[str, float]:
-    """utterance -> ms from its ``say`` request to the first loud audio played back."""
+    """utterance -> ms from its ``say`` request to the first loud audio played back
+    (``bench.serve``'s threshold; AAC decodes to full scale 1 as aiortc's viewer scales)."""
+    from bench.serve import LOUD_RMS
+
     out = {}
     for u, at in said.items():
         i = np.nonzero((np.asarray(audio_t) > at) & (np.asarray(rms) > LOUD_RMS))[0]

@@ -50,6 +50,19 @@ def pct(x: list[float], q: float) -> float | None:
     return round(float(np.percentile(x, q)), 1) if x else None
 
 
+def first_words(events: list[dict]) -> dict[str, float]:
+    """utterance -> the stream time of its first word: its ``speech_started`` stream time
+    plus the earliest word start of its ``words`` events (data-channel form)."""
+    started = {e["utterance"]: e["stream_time"] for e in events
+               if e.get("type") == "speech_started"}
+    first: dict[str, float] = {}
+    for e in events:
+        if e.get("type") == "words" and e.get("words"):
+            w = min(x["start"] for x in e["words"])
+            first[e["utterance"]] = min(w, first.get(e["utterance"], w))
+    return {u: s + first.get(u, 0.0) for u, s in started.items()}
+
+
 class TimedViewer:
     """An aiortc viewer logging every audio frame's loudness, every video frame and every
     data-channel event with its arrival time."""
@@ -210,16 +223,9 @@ class TimedViewer:
         # Skips after the first frame show as gaps in the timestamps; any the session
         # counted beyond them happened before it (its first frame was not frame 0).
         k += max(0, skipped - int(np.sum(np.maximum(np.diff(early) - 1, 0))))
-        started = {e["utterance"]: e["stream_time"] for _, e in self.events
-                   if e.get("type") == "speech_started"}
-        first_word: dict[str, float] = {}
-        for _, e in self.events:
-            if e.get("type") == "words" and e.get("words"):
-                w = min(x["start"] for x in e["words"])
-                first_word[e["utterance"]] = min(w, first_word.get(e["utterance"], w))
         out = {}
-        for u, s in started.items():
-            at = round((s + first_word.get(u, 0.0)) * fps)
+        for u, word in first_words([e for _, e in self.events]).items():
+            at = round(word * fps)
             i = np.nonzero(k >= at)[0]
             if len(i) and np.isfinite(arrived[i[0]]):
                 out[u] = float(arrived[i[0]])
