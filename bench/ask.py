@@ -17,7 +17,12 @@ Each question is posted (``/ask``) after the last answer has ended, and timed at
 * ``total_audio_ms`` / ``total_mouth_ms``: question -> first audio / that frame.
 
 Which received frame paints the first word is read from the frames' RTP timestamps and the
-session's events (``bench.viewer``). Reading the mouth's opening off the received frames
+session's events (``bench.viewer``). With ``viewer="browser"`` the viewer is a headless
+chromium on the server's page (``bench.browser_viewer``): ``twincast_mouth_ms`` is then when
+chromium puts that frame on screen and ``twincast_mouth_in_ms`` when its last packet came
+in, both by chromium's own frame metadata; ``twincast_audio_ms`` is when chromium played
+the first loud sound out (its WebRTC statistics, read every 20 ms), and there is no packet
+time for sound. Reading the mouth's opening off the received frames
 (``visible_mouth_ms``: the first two frames open past the widest opening of the silent
 footage before the first question) is kept beside it; it measures nothing on an enrolment
 whose painted mouth barely opens (see ``bench.viewer``).
@@ -111,7 +116,7 @@ async def _joined(http, session_url: str, auth: dict) -> None:  # noqa: ANN001
 
 def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
               llm_model: str = "SmolLM2-135M-Instruct", chat_questions: int = 3,
-              llm_nice: int = 19) -> dict:
+              llm_nice: int = 19, viewer_kind: str = "aiortc") -> dict:
     import tempfile
 
     from bench.irc_server import available as irc_available
@@ -125,6 +130,14 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
 
         raise TwincastError(f"{bundle}: no such bundle; give an avatar folder that "
                             "`twincast enrol` wrote")
+    if viewer_kind == "browser":
+        from bench.chromium import installed
+
+        if installed() is None:
+            from avatar.errors import TwincastError
+
+            raise TwincastError("--viewer browser needs chromium; `make system-deps` "
+                                "installs it")
     proc = None
     if llm_url == "scripted":
         proc = ThreadServer(build_app(ScriptedModel()))
@@ -151,7 +164,12 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
             import aiohttp
 
             auth = {"Authorization": "Bearer bench"}
-            viewer = TimedViewer()
+            if viewer_kind == "browser":
+                from bench.browser_viewer import BrowserViewer
+
+                viewer = BrowserViewer()
+            else:
+                viewer = TimedViewer()
             async with aiohttp.ClientSession() as http:
                 await server.wait_ready(http)
                 await viewer.open(http, server.url, "bench")
@@ -200,7 +218,9 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
     vt = np.array([t for t, _ in viewer.video])
     at = np.array([t for t, _ in viewer.audio])
     loud = np.array([r for _, r in viewer.audio]) > LOUD_RMS
-    opening = np.nan_to_num(mouth_openings([g for _, g in viewer.video]), nan=0.0)
+    # The browser viewer keeps no pictures: no opening read off them.
+    opening = np.zeros(len(vt)) if viewer_kind == "browser" else \
+        np.nan_to_num(mouth_openings([g for _, g in viewer.video]), nan=0.0)
     first_t = posted[0][0] if posted else (chat_sent[0] if chat_sent else 0.0)
     idle = opening[: max(1, int(np.searchsorted(vt, first_t)))]
     rest = float(idle.max()) if len(idle) else 0.0
@@ -245,7 +265,18 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
             chat_audio.append((a - t) * 1000)
     sentences = [e for _, e in viewer.events if e.get("type") == "answer_sentence"]
     words = [e for _, e in viewer.events if e.get("type") == "words"]
+    shown = {}
+    if viewer_kind == "browser":
+        # A frame chromium decoded but never showed can only make the first word's frame
+        # be found later (bench.browser_viewer): the figures are then upper bounds.
+        st = viewer.stats
+        shown = {"browser_frames_shown": len(viewer.video),
+                 "browser_frames_decoded": st.get("decoded"),
+                 "browser_frames_dropped": st.get("dropped"),
+                 "browser_jitter_buffer_ms": None if st.get("jitter_buffer_ms") is None
+                 else round(st["jitter_buffer_ms"], 1)}
     return {
+        "viewer": viewer_kind, **shown,
         "llm": llm_model,
         "llm_nice": llm_nice if isinstance(proc, LLMProcess) else None,
         "questions": len(posted), "answered": answered,
@@ -268,8 +299,9 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
         # jitter buffer holds the sound about 80 ms before its first packet.
         "mouth_minus_audio_ms_p50": pct(mouth_minus_audio, 50),
         "visible_mouth_ms_p50": pct(visible, 50),
-        "rest_opening": round(rest, 4),
-        "speaking_opening_p90": _speaking_opening(viewer, vt, opening),
+        "rest_opening": None if viewer_kind == "browser" else round(rest, 4),
+        "speaking_opening_p90": None if viewer_kind == "browser" else
+        _speaking_opening(viewer, vt, opening),
         "sentences_said": len(sentences), "words_events": len(words),
         "example_answer": " ".join(e["text"] for e in sentences[:3]),
         "chat_via_irc": bool(chat_sent), "chat_questions": len(chat_sent),

@@ -571,6 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--llm-model", default="SmolLM2-135M-Instruct")
     bq.add_argument("--llm-nice", type=int, default=19, help="the started model's CPU "
                     "priority (19: yields to twincast, as on a host of its own; 0: equal)")
+    bq.add_argument("--viewer", choices=("aiortc", "browser"), default="aiortc",
+                    help="who watches: an aiortc client (default; times sound and picture) "
+                    "or a headless chromium on the server's page (the picture as a "
+                    "browser shows it; needs chromium)")
     bq.set_defaults(func=cmd_bench_ask)
     bc = bsub.add_parser("cluster", help="one server against a Ray cluster of two nodes on "
                          "this machine: latency at a viewer, placement, losing a node")
@@ -1094,7 +1098,8 @@ def cmd_bench_ask(args: argparse.Namespace) -> int:
 
     read_manifest(args.bundle, verify=False)  # a clear error for a wrong path
     print(json.dumps(bench_ask(args.bundle, args.questions, args.llm, args.llm_model,
-                               args.chat_questions, args.llm_nice), indent=2))
+                               args.chat_questions, args.llm_nice, args.viewer),
+                     indent=2))
     return 0
 
 
