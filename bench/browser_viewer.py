@@ -50,7 +50,7 @@ _HOOK = """(() => {
     };
     video.requestVideoFrameCallback(shown);
   };
-  window.__twincastListen = (pc) => setInterval(async () => {
+  window.__twincastListen = (pc) => window.__twincastTimer = setInterval(async () => {
     const stats = await pc.getStats();
     stats.forEach((r) => {
       if (r.type === "inbound-rtp" && r.kind === "audio" && r.totalSamplesDuration)
@@ -170,10 +170,13 @@ class BrowserViewer(TimedViewer):
     async def close(self) -> None:
         for p in self.pumps:
             p.cancel()
+        # Let a take in flight end first: the DevTools client answers one call at a time.
+        await asyncio.gather(*self.pumps, return_exceptions=True)
         try:
             await self.take()
             self.stats = await self.evaluate(_STATS) or {}
-            await self.evaluate("__twincast.close()")  # DELETEs the session
+            # The statistics poll ends with the connection; the close DELETEs the session.
+            await self.evaluate("clearInterval(__twincastTimer); __twincast.close()")
             if self._close_page is not None:  # the page is ours (open), not the caller's
                 await self._close_page()
         finally:

@@ -573,8 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "priority (19: yields to twincast, as on a host of its own; 0: equal)")
     bq.add_argument("--viewer", choices=("aiortc", "browser"), default="aiortc",
                     help="who watches: an aiortc client (default; times sound and picture) "
-                    "or a headless chromium on the server's page (the picture as a "
-                    "browser shows it; needs chromium)")
+                    "or a headless chromium on the server's page (the picture as it "
+                    "is put on screen, the sound as it is played; needs chromium)")
     bq.set_defaults(func=cmd_bench_ask)
     bc = bsub.add_parser("cluster", help="one server against a Ray cluster of two nodes on "
                          "this machine: latency at a viewer, placement, losing a node")
