@@ -49,20 +49,12 @@ def bench_voice(bundle: Path, device: str = "cpu", repeats: int = 7) -> dict:
             "audio_seconds": round(audio_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
-def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (1, 4, 16, 64),
-                 seconds: float = 3.0, preset: str | None = None,
-                 precision: str = "auto", model_size: int | None = None,
-                 motion: bool = False) -> dict:
-    """Frames per second of ``Avatar.render`` (generator and compositing) per batch size.
-    With ``preset``, a fresh model of that preset's size stands in for the bundle's; with
-    ``model_size``, one painting that many pixels (the preset's, else the bundle's,
-    architecture otherwise): what a footage-chosen working size costs. With ``motion``,
-    each of the batch's frames belongs to its own session walking the motion bank, so every
-    frame is a new one to decode, blend and prepare (the next batch's frames decoded, mixed
-    and prepared on the bank's thread meanwhile, as sessions prefetch them)."""
+def load_bench_avatar(bundle: Path, device: str, preset: str | None = None,
+                      precision: str = "auto", model_size: int | None = None) -> Avatar:
+    """The bundle's avatar for a benchmark: with ``preset``, a fresh model of that
+    preset's architecture stands in for the bundle's; with ``model_size``, one painting
+    that many pixels (the preset's, else the bundle's, architecture otherwise)."""
     import dataclasses
-
-    import torch
 
     from avatar.bundle import read_manifest
     from avatar.models.head import HEAD_PRESETS, HeadConfig
@@ -78,7 +70,30 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
             head = read_manifest(Path(bundle)).head
             arch = HeadConfig.from_dict(head.config) if head else HeadConfig()
         arch = dataclasses.replace(arch, size=model_size)
-    avatar = Avatar.load(bundle, device, arch, precision)
+    return Avatar.load(bundle, device, arch, precision)
+
+
+def weights_kind(preset: str | None, model_size: int | None) -> str:
+    """What ``load_bench_avatar`` rendered with, for a benchmark's JSON."""
+    if preset is None and model_size is None:
+        return "bundle"
+    return f"untrained {preset or 'bundle'} architecture"
+
+
+def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (1, 4, 16, 64),
+                 seconds: float = 3.0, preset: str | None = None,
+                 precision: str = "auto", model_size: int | None = None,
+                 motion: bool = False) -> dict:
+    """Frames per second of ``Avatar.render`` (generator and compositing) per batch size.
+    With ``preset``, a fresh model of that preset's size stands in for the bundle's; with
+    ``model_size``, one painting that many pixels (the preset's, else the bundle's,
+    architecture otherwise): what a footage-chosen working size costs. With ``motion``,
+    each of the batch's frames belongs to its own session walking the motion bank, so every
+    frame is a new one to decode, blend and prepare (the next batch's frames decoded, mixed
+    and prepared on the bank's thread meanwhile, as sessions prefetch them)."""
+    import torch
+
+    avatar = load_bench_avatar(bundle, device, preset, precision, model_size)
     rng = np.random.default_rng(0)
     # Real speech-like input: mel windows of noise shaped like the training statistics.
     mel = (avatar.mel_mean + avatar.mel_std * rng.standard_normal(
@@ -110,8 +125,7 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
     w, h = avatar.manifest.frame_size or (0, 0)
     return {"device": str(avatar.device), "frame_size": [w, h],
             "precision": str(avatar.dtype).removeprefix("torch."),
-            "weights": "bundle" if arch is None else
-            f"untrained {preset or 'bundle'} architecture",
+            "weights": weights_kind(preset, model_size),
             "model_size": avatar.size, "model_width": avatar.gen.cfg.width,
             "threads": torch.get_num_threads(), "fps_by_batch": result,
             "cpu_ms_per_frame": cpu_ms,

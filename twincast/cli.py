@@ -56,13 +56,13 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _batches(text: str) -> tuple[int, ...]:
+def _batches(text: str, flag: str = "--batches") -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise TwincastError(f"--batches {text!r}: give sizes like 1,4,16,64") from None
+        raise TwincastError(f"{flag} {text!r}: give counts like 1,4,16,64") from None
     if not values or min(values) < 1:
-        raise TwincastError(f"--batches {text!r}: sizes must be at least 1")
+        raise TwincastError(f"{flag} {text!r}: counts must be at least 1")
     return values
 
 
@@ -507,6 +507,21 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="render precision (auto: bf16 where the device has it natively)")
     bs.set_defaults(func=cmd_bench_serve)
+    bl = bsub.add_parser("lanes", help="speaking sessions a device's render lane holds "
+                         "under 1 %% late frames (the scheduler alone, no WebRTC)")
+    bl.add_argument("bundle", type=Path)
+    bl.add_argument("--devices", default="cpu", help="render lanes, e.g. cuda:0 or cpu")
+    bl.add_argument("--sessions", default="1,2,4,8,16,24,32,48,64",
+                    help="counts tried in rising order until 5 %% of frames are late")
+    bl.add_argument("--seconds", type=_positive, default=10.0, help="per count (10)")
+    bl.add_argument("--max-batch", type=int, default=16, help="frames per model call (16)")
+    bl.add_argument("--preset", choices=preset_names,
+                    help="a fresh model of this preset's size instead of the bundle's")
+    bl.add_argument("--model-size", type=int, help="a fresh model painting this many pixels")
+    bl.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    bl.add_argument("--encode", action="store_true", help="also VP8-encode every session's "
+                    "frames on this machine's CPUs, as WebRTC senders do (needs PyAV)")
+    bl.set_defaults(func=cmd_bench_lanes)
     bk = bsub.add_parser("soak", help="hours under load: memory, late frames, descriptors "
                          "and threads over time")
     bk.add_argument("bundle", type=Path)
@@ -1010,6 +1025,19 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as e:
         raise TwincastError(f"--sizes: {e}") from None
     print(json.dumps(bench_stream(args.bundle, sizes, args.idle_seconds), indent=2))
+    return 0
+
+
+def cmd_bench_lanes(args: argparse.Namespace) -> int:
+    from bench.lanes import LanesConfig, bench_lanes
+
+    if args.max_batch < 1:
+        raise TwincastError("--max-batch must be at least 1")
+    cfg = LanesConfig(devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()),
+                      sessions=_batches(args.sessions, "--sessions"), seconds=args.seconds,
+                      max_batch=args.max_batch, encode=args.encode)
+    print(json.dumps(bench_lanes(args.bundle, cfg, args.preset, args.precision,
+                                 args.model_size), indent=2))
     return 0
 
 
