@@ -17,13 +17,13 @@
 # The machine has torch and OpenCV but neither PyAV, MediaPipe nor aiortc: the av wheel is
 # installed there into gpu/pylib for the encoders. Results under $OUT: gpu.txt,
 # bench_render.jsonl, lanes_*.json.
-# Try it on a CPU with DEVICE=cpu SESSIONS=1,2 SECONDS=3 BATCHES=1,4 PY=.venv/bin/python.
+# Try it on a CPU with DEVICE=cpu SESSIONS=1,2 LANE_SECONDS=3 BATCHES=1,4 PY=.venv/bin/python.
 set -uo pipefail
 OUT=${OUT:-build/gpu-lanes-out}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda:0}
 SESSIONS=${SESSIONS:-8,16,24,32,40,48,64,96,128}
-SECONDS_EACH=${SECONDS:-8}
+SECONDS_EACH=${LANE_SECONDS:-8}  # (not SECONDS: bash counts its own run time in it)
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TWINCAST_PROGRESS=0
 if ! "$PY" -c "import av" 2>/dev/null; then
@@ -38,7 +38,7 @@ torch.__version__, 'numpy', numpy.__version__, 'cv2', cv2.__version__, 'av', av.
 } 2>&1 | tee "$OUT/gpu.txt"
 
 start=$(date +%s)
-for b in 512x512:128 1280x720:176 1920x1080:272; do
+for b in ${RENDER-512x512:128 1280x720:176 1920x1080:272}; do
     timeout 120 "$PY" -m twincast.cli bench render "gpu/bundles/${b%%:*}" --device "$DEVICE" \
         --preset gpu --model-size "${b##*:}" --batches "${BATCHES:-1,16,64}" --seconds 2 \
         2>>"$OUT/gpu.txt" | tee -a "$OUT/bench_render.jsonl"
