@@ -41,7 +41,7 @@ class SessionEncoder(threading.Thread):
     display time the encoded frame was ready."""
 
     def __init__(self, shown_at: Callable[[int], float], frame_at: Callable[[int], np.ndarray],
-                 frames: int, fps: int):
+                 frames: int, fps: int, behind_s: float):
         super().__init__(daemon=True, name="encoder")
         try:
             import av
@@ -49,8 +49,11 @@ class SessionEncoder(threading.Thread):
             raise TwincastError("--encode needs PyAV (pip install av)") from None
         self._av = av
         self.shown_at, self.frame_at, self.frames, self.fps = shown_at, frame_at, frames, fps
+        self.behind_s = behind_s
         self.after: list[float] = []
         """Seconds after its display time each frame was encoded."""
+        self.skipped = 0
+        """Frames never encoded: the sender had fallen behind and went to the present."""
         self.codec = None
         self.stop = threading.Event()
 
@@ -67,10 +70,20 @@ class SessionEncoder(threading.Thread):
         return c
 
     def run(self) -> None:
-        for k in range(self.frames):
+        k = 0
+        while k < self.frames:
             wait = self.shown_at(k) - time.monotonic()
             if wait > 0 and self.stop.wait(wait):
                 return
+            # Fallen ``behind_s`` behind, a server's track sends the present frame next
+            # (``SessionConfig.video_behind_s``); those passed over count as late.
+            present = k
+            while present + 1 < self.frames and \
+                    time.monotonic() - self.shown_at(present + 1) >= 0:
+                present += 1
+            if present - k >= self.behind_s * self.fps:
+                self.skipped += present - k
+                k = present
             rgb = self.frame_at(k)
             if self.codec is None:
                 self.codec = self._open(rgb.shape[1], rgb.shape[0])
@@ -78,3 +91,4 @@ class SessionEncoder(threading.Thread):
             frame.pts = k
             self.codec.encode(frame.reformat(format="yuv420p"))
             self.after.append(time.monotonic() - self.shown_at(k))
+            k += 1

@@ -192,22 +192,29 @@ def _encoders(avatar: Avatar, n: int, t0: float, phase: np.ndarray, fps: int,
         return lambda k: rendered[s].pop(k, None) if k in rendered[s] else \
             avatar.idle_frame(k)
 
+    from streaming.session import SessionConfig
+
     frames = int(cfg.seconds * fps)
-    return [SessionEncoder(lambda k, s=s: t0 + phase[s] + k / fps, frame_at(s), frames, fps)
-            for s in range(n)]
+    behind = SessionConfig().video_behind_s
+    return [SessionEncoder(lambda k, s=s: t0 + phase[s] + k / fps, frame_at(s), frames, fps,
+                           behind) for s in range(n)]
 
 
 def _encoded(encoders: list, fps: int) -> dict:
-    """Frames encoded more than a frame period after their display time: a sender that
-    cannot keep up at ``fps``."""
+    """Frames encoded more than a frame period after their display time, or passed over by
+    a sender that had fallen behind: one that cannot keep up at ``fps``."""
     if not encoders:
         return {}
     after = np.concatenate([np.asarray(e.after) for e in encoders if e.after] or [np.zeros(0)])
-    if not len(after):
-        return {"encoded": 0, "encode_late_pct": 100.0}
-    late = int((after > 1 / fps).sum())
-    return {"encoded": len(after), "encode_late_pct": round(100 * late / len(after), 3),
-            "encode_after_ms_p95": round(float(np.percentile(after, 95)) * 1000, 1)}
+    skipped = sum(e.skipped for e in encoders)
+    shown = len(after) + skipped
+    if not shown:
+        return {"encoded": 0, "encode_skipped": 0, "encode_late_pct": 100.0}
+    late = int((after > 1 / fps).sum()) + skipped
+    return {"encoded": len(after), "encode_skipped": skipped,
+            "encode_late_pct": round(100 * late / shown, 3),
+            "encode_after_ms_p95": round(float(np.percentile(after, 95)) * 1000, 1)
+            if len(after) else None}
 
 
 def lost_pct(r: dict) -> float:

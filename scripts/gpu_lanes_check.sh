@@ -47,6 +47,7 @@ echo "render took $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
 
 lanes() {  # NAME BUNDLE SIZE MAX_BATCH [--encode]
     local t0
+    [[ -n ${ONLY:-} && " $ONLY " != *" $1 "* ]] && return  # ONLY="720_b16 ...": just those
     t0=$(date +%s)
     timeout 150 "$PY" -m twincast.cli bench lanes "gpu/bundles/$2" --devices "$DEVICE" \
         --preset gpu --model-size "$3" --max-batch "$4" --sessions "$SESSIONS" \
@@ -55,6 +56,7 @@ lanes() {  # NAME BUNDLE SIZE MAX_BATCH [--encode]
     grep -h "bench.lanes" "$OUT/gpu.txt" | tail -n 12
 }
 lanes 720_b16 1280x720 176 16
+lanes 720_b16_encode 1280x720 176 16 --encode
 lanes 720_b64_encode 1280x720 176 64 --encode
 lanes 720_b64 1280x720 176 64
 lanes 1080_b64 1920x1080 272 64

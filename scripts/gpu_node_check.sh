@@ -22,6 +22,9 @@ fi
 for round in ${ROUNDS:-4x4 4x3 8x2}; do
     p=${round%x*} s=${round#*x}
     for i in $(seq "$p"); do
+        # Each process its share of the cores for torch's and OpenCV's thread pools: a
+        # pool as large as the machine in every process left 60 threads runnable on 16.
+        OMP_NUM_THREADS=$(( $(nproc) / p )) OPENCV_FOR_THREADS_NUM=$(( $(nproc) / p )) \
         timeout 120 "$PY" -m twincast.cli bench lanes "$BUNDLE" --devices "$DEVICE" \
             --preset gpu --model-size "$SIZE" --max-batch 16 --sessions "$s" --encode \
             --seconds "${LANE_SECONDS:-15}" >"$OUT/node_${round}_$i.json" \

@@ -1029,6 +1029,7 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_lanes(args: argparse.Namespace) -> int:
+    _one_blas_thread()  # as `serve` runs
     from bench.lanes import LanesConfig, bench_lanes
 
     if args.max_batch < 1:
