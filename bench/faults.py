@@ -241,6 +241,7 @@ def _server_faults(bundle: Path, faults: list[str]) -> list[dict]:
     # about 55 frames/s, a hair under two sessions' 25 each at the 0.9 share.
     srv = Server(bundle_names([bundle]), ServerConfig(token="faults", max_sessions=6,
                                                       capacity_share=1e9, host_share=None,
+                                                      lost_share=None,
                                                       allow_unconsented=True))
     srv.load()
     name = next(iter(srv.avatars))

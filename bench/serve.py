@@ -190,7 +190,7 @@ def bench_serve(bundle: Path, sessions: int, seconds: float, devices: tuple[str,
     from streaming.routes import RunningServer
     from streaming.session import SessionConfig
 
-    srv = Server(bundle_names([bundle]), ServerConfig(host_share=None,
+    srv = Server(bundle_names([bundle]), ServerConfig(host_share=None, lost_share=None,
         devices=devices, max_batch=max_batch, max_sessions=256, capacity_share=1e9,
         token="bench", precision=precision, allow_unconsented=True))
     srv.load()

@@ -102,7 +102,7 @@ def _one(bundle: Path, size: tuple[int, int], idle_s: float, work: Path) -> dict
     # ingest is on loopback, which a server refuses unless its operator allows it.
     srv = Server(bundle_names([bundle]), ServerConfig(token="bench", max_sessions=4,
                                                       allow_unconsented=True,
-                                                      host_share=None,
+                                                      host_share=None, lost_share=None,
                                                       rtmp_allow=("127.0.0.1",)))
     srv.load()
     running = RunningServer(srv)

@@ -38,6 +38,7 @@ from streaming.requests import (
 )
 from streaming.scheduler import Lane, Scheduler, SchedulerConfig
 from streaming.session import Session, SessionConfig, listen
+from streaming.strain import FrameStrain
 from streaming.tokens import TokenBook
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,10 @@ class ServerConfig:
     stays under this share of its cores: the lanes' measure leaves out the encoders, voices,
     event loop and other processes that share them (``streaming.hostload``). None: not
     checked (tests and benchmarks that fill the host on purpose)."""
+    lost_share: float | None = 0.05
+    """... and while the open sessions lose under this share of their frames over the last
+    30 s (``streaming.strain``: what the two measures above do not predict). Two one-hour
+    soaks here lost at most 0.75 % in any five minutes. None: not checked."""
     cors_origins: tuple[str, ...] = ()
     """Web origins (``https://example.com``) whose pages may call the API; ``*`` for any."""
     connect_timeout_s: float = 20.0
@@ -140,8 +145,9 @@ class Server:
         self.voices: dict[str, object | None] = {}
         self.scheduler: Scheduler | None = None
         self.registry = Registry(self.cfg.max_sessions, self.cfg.capacity_share,
-                                 self.cfg.host_share)
+                                 self.cfg.host_share, self.cfg.lost_share)
         self.host_load = HostLoad()
+        self.strain = FrameStrain()
         self.conversations: dict[str, object] = {}
         """Each session's questions to the LLM (``streaming.conversation``), once asked."""
         self.chats: dict[str, object] = {}
@@ -247,6 +253,7 @@ class Server:
         while True:
             await asyncio.sleep(period)
             self.host_load.sample()
+            self.strain.sample(self.registry.sessions)
             await self.registry.sweep()
 
     # ------------------------------------------------------------ sessions
@@ -270,8 +277,9 @@ class Server:
     def _reserve(self):  # noqa: ANN202 - the registry's admission context
         assert self.scheduler is not None
         self.host_load.sample()
+        self.strain.sample(self.registry.sessions)
         return self.registry.reserve(SessionConfig().fps, self.scheduler.capacity_fps(),
-                                     self.host_load.load())
+                                     self.host_load.load(), self.strain.strain())
 
     async def open_webrtc(self, sdp: object, avatar: str | None, may_say: bool = True,
                           mode: str = "driven") -> tuple[Session, str]:

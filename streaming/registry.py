@@ -13,6 +13,7 @@ from streaming.hostload import Load
 from streaming.outputs import Output
 from streaming.requests import BadRequest
 from streaming.session import Session
+from streaming.strain import Strain
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class Entry:
 
 class Registry:
     def __init__(self, max_sessions: int, capacity_share: float,
-                 host_share: float | None = None):
+                 host_share: float | None = None, lost_share: float | None = None):
         self.max_sessions = max_sessions
         self.capacity_share = capacity_share
         """Sessions are admitted while all their frames stay under this share of the
@@ -42,6 +43,9 @@ class Registry:
         self.host_share = host_share
         """And, with a session open, while the host's measured CPU use stays under this
         share of its cores (None: not checked; ``streaming.hostload``)."""
+        self.lost_share = lost_share
+        """And while the open sessions lose under this share of their frames (None: not
+        checked; ``streaming.strain``)."""
         self.entries: dict[str, Entry] = {}
         self._opening = 0
 
@@ -63,11 +67,12 @@ class Registry:
                 if e.output.kind == kind]
 
     @contextlib.contextmanager
-    def reserve(self, fps: int, capacity_fps: float, load: Load | None = None
-                ) -> Iterator[None]:
+    def reserve(self, fps: int, capacity_fps: float, load: Load | None = None,
+                strain: Strain | None = None) -> Iterator[None]:
         """Admit one more session of ``fps`` or raise Full; the place is held while it is
         opened (negotiating awaits: a burst of requests must not all pass the check before
-        any of them is counted). ``load``: the host's CPU use over the last seconds."""
+        any of them is counted). ``load``: the host's CPU use over the last seconds;
+        ``strain``: what the open sessions lost over them."""
         held = len(self.entries) + self._opening
         if held >= self.max_sessions:
             raise Full(f"the server holds its maximum of {self.max_sessions} sessions; try "
@@ -86,6 +91,13 @@ class Registry:
             raise Full(f"the host's CPUs were {load.host:.0%} busy over the last "
                        f"{load.seconds:.0f} s ({load.own:.0%} this server's, {held} "
                        "session(s)); try again later")
+        # Whatever the measures predict, sessions already losing frames mean this server
+        # has no room (a limit neither measure sees: ``streaming.strain``).
+        if held and strain is not None and self.lost_share is not None and \
+                strain.lost > self.lost_share:
+            raise Full(f"the open sessions lost {strain.lost:.1%} of their frames over the "
+                       f"last {strain.seconds:.0f} s (too late to render, or behind at "
+                       "the encoder); try again later")
         self._opening += 1
         try:
             yield

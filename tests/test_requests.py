@@ -100,6 +100,7 @@ class FakeSession:
     def __init__(self, sid: str):
         self.id, self.closed, self.describe_extra = sid, False, None
         self.told: list[str] = []
+        self.stats = {"frames_shown": 0, "frames_late": 0}
 
     def tell_closing(self, reason: str, retry: bool = False) -> None:
         self.told.append(reason)

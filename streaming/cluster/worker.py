@@ -55,7 +55,8 @@ class Worker:
                                   render_threads=cfg.render_threads,
                                   max_sessions=cfg.max_sessions,
                                   allow_unconsented=cfg.allow_unconsented,
-                                  cors_origins=cfg.cors_origins, host_share=None)
+                                  cors_origins=cfg.cors_origins, host_share=None,
+                                  lost_share=None)
         self.server = Server(bundles, server_cfg)
         self.server.load()
         self.running = RunningServer(self.server, host=cfg.host)
