@@ -25,7 +25,7 @@ from avatar.bundle import load_weights, read_manifest
 from avatar.colour import match_colour
 from avatar.cues import NodCues, frame_rows
 from avatar.decode import DecodeError, rgb_frames
-from avatar.detail import keep_detail
+from avatar.detail import frame_low, keep_detail
 from avatar.errors import TwincastError, path_error
 from avatar.manifest import Manifest
 from avatar.models.fold import fold_batchnorm
@@ -73,6 +73,17 @@ class _IdleFrame:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 of the paste area in the frame
     blend: np.ndarray          # (h, w, 1) float32 feathered mask over the box
     ring: np.ndarray           # (S, S) bool: where colours are compared
+    low: np.ndarray | None = None
+    """(h, w, 3) float32: the box of the frame blurred at the detail scale (``keep_detail``'s
+    frame side), made with the frame (on the motion bank's thread for its frames) rather
+    than in every render batch: a third of the detail step, which was half of compositing
+    (4.4 of 8.6 ms a 720p frame here)."""
+
+    @property
+    def nbytes(self) -> int:
+        """What this adds to the frame itself."""
+        return self.region.nbytes + self.blend.nbytes + (self.low.nbytes if self.low
+                                                          is not None else 0)
 
 
 class Avatar:
@@ -273,7 +284,7 @@ def _composite(idle: _IdleFrame, painted: np.ndarray, colour: str = "field",
     roi = frame[y0:y1, x0:x1].astype(np.float32)
     if detail == "keep":
         upscale = resample.scale_of(m)
-        warped = np.clip(keep_detail(warped, roi, upscale), 0, 255)
+        warped = np.clip(keep_detail(warped, roi, upscale, low_frame=idle.low), 0, 255)
     frame[y0:y1, x0:x1] = np.rint(roi + (warped - roi) * idle.blend).astype(np.uint8)
     return frame
 
@@ -368,8 +379,9 @@ def prepare_frames(decoded: list[np.ndarray], affines: np.ndarray, reg_to_crop: 
         m[:, 2] -= (x0, y0)
         blend = cv2.warpAffine(region_mask, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
+        low = frame_low(frame[y0:y1, x0:x1].astype(np.float32), resample.scale_of(m))
         frames.append(_IdleFrame(frame=frame,
                                  region=region.transpose(2, 0, 1).astype(np.float32) / 255,
                                  to_frame=to_frame, box=(x0, y0, x1, y1), blend=blend,
-                                 ring=ring))
+                                 ring=ring, low=low))
     return frames

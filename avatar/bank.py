@@ -155,7 +155,7 @@ class MotionBank:
         return True
 
     def _prepared_size(self, e: Entry, p: _IdleFrame) -> int:
-        own = p.region.nbytes + p.blend.nbytes
+        own = p.nbytes
         if e.b >= 0 or not self._resident:
             own += p.frame.nbytes
         return own

@@ -33,14 +33,26 @@ class DetailConfig:
     is down to 1/e of full weight: the paint and the frame no longer show the same thing."""
 
 
+def frame_low(frame: np.ndarray, upscale: float, cfg: DetailConfig = DetailConfig()
+              ) -> np.ndarray:
+    """The frame's box blurred at the detail scale: ``keep_detail``'s frame side, which
+    depends on the frame alone and so can be made once with it."""
+    return cv2.GaussianBlur(frame, (0, 0), cfg.sigma * max(upscale, 1.0))
+
+
 def keep_detail(painted: np.ndarray, frame: np.ndarray, upscale: float,
-                cfg: DetailConfig = DetailConfig()) -> np.ndarray:
+                cfg: DetailConfig = DetailConfig(),
+                low_frame: np.ndarray | None = None) -> np.ndarray:
     """``painted`` and ``frame`` (h, w, 3) float32 0-255 over the same screen box; returns
-    the painted box with the frame's fine detail where the two agree at coarse scale."""
+    the painted box with the frame's fine detail where the two agree at coarse scale.
+    ``low_frame``: ``frame_low(frame, upscale, cfg)``, where it was made ahead."""
     s = cfg.sigma * max(upscale, 1.0)
     low_p = cv2.GaussianBlur(painted, (0, 0), s)
-    low_f = cv2.GaussianBlur(frame, (0, 0), s)
-    diff = np.abs(low_p - low_f).max(axis=2)
+    low_f = frame_low(frame, upscale, cfg) if low_frame is None else low_frame
+    # The largest channel's difference, channel by channel: numpy's max over a last axis of
+    # three took 2.1 ms of a 720p frame's 8.6 ms of compositing here; this takes 0.12.
+    b, g, r = cv2.split(cv2.absdiff(low_p, low_f))
+    diff = cv2.max(cv2.max(b, g), r)
     agree = np.exp(-(diff / cfg.tolerance) ** 2)
     # Smoothed so the weight has no edges of its own (a hard one would draw a line).
     agree = cv2.GaussianBlur(agree, (0, 0), s)[..., None]
