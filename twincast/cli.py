@@ -1030,12 +1030,15 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
 
 def cmd_bench_lanes(args: argparse.Namespace) -> int:
     _one_blas_thread()  # as `serve` runs
-    from bench.lanes import LanesConfig, bench_lanes
-
     if args.max_batch < 1:
         raise TwincastError("--max-batch must be at least 1")
-    cfg = LanesConfig(devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()),
-                      sessions=_batches(args.sessions, "--sessions"), seconds=args.seconds,
+    sessions = _batches(args.sessions, "--sessions")
+    devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
+    if not devices:
+        raise TwincastError("--devices: name at least one device, e.g. cpu or cuda:0")
+    from bench.lanes import LanesConfig, bench_lanes  # (loads torch: after the checks)
+
+    cfg = LanesConfig(devices=devices, sessions=sessions, seconds=args.seconds,
                       max_batch=args.max_batch, encode=args.encode)
     print(json.dumps(bench_lanes(args.bundle, cfg, args.preset, args.precision,
                                  args.model_size), indent=2))
