@@ -107,6 +107,10 @@ class Avatar:
         self.detail = "keep"
         """Whether the frame's own fine detail is kept where the paint agrees with it
         (``avatar.detail``): ``keep`` or ``off``."""
+        self.compositing = "auto"
+        """Where the painted mouth is put into its frame: ``cpu`` (OpenCV), ``device`` (torch,
+        on the model's device: ``avatar.device_composite``) or ``auto`` (the device's unless
+        that is the CPU)."""
         self.bank: MotionBank | None = None
         """The motion bank (``avatar.bank.MotionBank``), or None for a bundle without one."""
         self.cues: NodCues | None = None
@@ -256,6 +260,11 @@ class Avatar:
                         conds[i] = c
                 cond_t = torch.from_numpy(np.stack(conds).astype(np.float32)).to(self.device)
                 out = self.gen.paint_conditioned(ref, masked, cond_t)
+        if self.compositing == "device" or (self.compositing == "auto" and
+                                            self.device.type != "cpu"):
+            from avatar.device_composite import composite
+
+            return composite(idle, out, regions, self.colour, self.detail)
         painted = (out.float().clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
         if len(requests) < 8 or (os.cpu_count() or 1) < 2:
             return [_composite(f, p, self.colour, self.detail)
