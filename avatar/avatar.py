@@ -107,10 +107,12 @@ class Avatar:
         self.detail = "keep"
         """Whether the frame's own fine detail is kept where the paint agrees with it
         (``avatar.detail``): ``keep`` or ``off``."""
-        self.compositing = "auto"
-        """Where the painted mouth is put into its frame: ``cpu`` (OpenCV), ``device`` (torch,
-        on the model's device: ``avatar.device_composite``) or ``auto`` (the device's unless
-        that is the CPU)."""
+        self.compositing = "cpu"
+        """Where the painted mouth is put into its frame: ``cpu`` (OpenCV, frames shared out
+        over the cores) or ``device`` (torch on the model's device, frame by frame:
+        ``avatar.device_composite``; on an H200 it cut the CPU per 720p frame from 15 to 5-6
+        ms but, one frame after another on the lane's thread, rendered 173 frames/s at batch
+        16 against 402, so it is not the default)."""
         self.bank: MotionBank | None = None
         """The motion bank (``avatar.bank.MotionBank``), or None for a bundle without one."""
         self.cues: NodCues | None = None
@@ -260,8 +262,7 @@ class Avatar:
                         conds[i] = c
                 cond_t = torch.from_numpy(np.stack(conds).astype(np.float32)).to(self.device)
                 out = self.gen.paint_conditioned(ref, masked, cond_t)
-        if self.compositing == "device" or (self.compositing == "auto" and
-                                            self.device.type != "cpu"):
+        if self.compositing == "device":
             from avatar.device_composite import composite
 
             return composite(idle, out, regions, self.colour, self.detail)

@@ -241,7 +241,8 @@ def _counts(cfg: LanesConfig, results: dict[int, dict]):
 
 
 def bench_lanes(bundle: Path, cfg: LanesConfig, preset: str | None = None,
-                precision: str = "auto", model_size: int | None = None) -> dict:
+                precision: str = "auto", model_size: int | None = None,
+                compositing: str = "cpu") -> dict:
     """Sessions held under 1 % late frames by the lanes on ``cfg.devices``."""
     import torch
 
@@ -249,7 +250,7 @@ def bench_lanes(bundle: Path, cfg: LanesConfig, preset: str | None = None,
         raise TwincastError("--devices: name at least one device, e.g. cpu or cuda:0")
     if any(n < 1 for n in cfg.sessions):
         raise TwincastError("--sessions: counts must be at least 1")
-    avatars = [load_bench_avatar(bundle, d, preset, precision, model_size)
+    avatars = [load_bench_avatar(bundle, d, preset, precision, model_size, compositing)
                for d in cfg.devices]
     speech = _requests(avatars[0], np.random.default_rng(cfg.seed))
     # Each batch shape once before any count: a model's first call at a shape is slow (the
@@ -272,7 +273,7 @@ def bench_lanes(bundle: Path, cfg: LanesConfig, preset: str | None = None,
             "precision": str(a.dtype).removeprefix("torch."),
             "weights": weights_kind(preset, model_size), "model_size": a.size,
             "threads": torch.get_num_threads(), "max_batch": cfg.max_batch,
-            "seconds_each": cfg.seconds, "cpus": os.cpu_count(),
+            "seconds_each": cfg.seconds, "cpus": os.cpu_count(), "compositing": compositing,
             "encoded": "VP8 at each frame's display time" if cfg.encode else "no",
             "sessions_held": max(held) if held else 0,
             "sessions_held_per_device": round((max(held) if held else 0) / len(avatars), 1),

@@ -50,10 +50,12 @@ def bench_voice(bundle: Path, device: str = "cpu", repeats: int = 7) -> dict:
 
 
 def load_bench_avatar(bundle: Path, device: str, preset: str | None = None,
-                      precision: str = "auto", model_size: int | None = None) -> Avatar:
+                      precision: str = "auto", model_size: int | None = None,
+                      compositing: str = "cpu") -> Avatar:
     """The bundle's avatar for a benchmark: with ``preset``, a fresh model of that
     preset's architecture stands in for the bundle's; with ``model_size``, one painting
-    that many pixels (the preset's, else the bundle's, architecture otherwise)."""
+    that many pixels (the preset's, else the bundle's, architecture otherwise);
+    ``compositing``: ``Avatar.compositing``."""
     import dataclasses
 
     from avatar.bundle import read_manifest
@@ -70,7 +72,11 @@ def load_bench_avatar(bundle: Path, device: str, preset: str | None = None,
             head = read_manifest(Path(bundle)).head
             arch = HeadConfig.from_dict(head.config) if head else HeadConfig()
         arch = dataclasses.replace(arch, size=model_size)
-    return Avatar.load(bundle, device, arch, precision)
+    if compositing not in ("cpu", "device"):
+        raise TwincastError(f"--compositing {compositing}: choose cpu or device")
+    avatar = Avatar.load(bundle, device, arch, precision)
+    avatar.compositing = compositing
+    return avatar
 
 
 def weights_kind(preset: str | None, model_size: int | None) -> str:
@@ -83,7 +89,7 @@ def weights_kind(preset: str | None, model_size: int | None) -> str:
 def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (1, 4, 16, 64),
                  seconds: float = 3.0, preset: str | None = None,
                  precision: str = "auto", model_size: int | None = None,
-                 motion: bool = False) -> dict:
+                 motion: bool = False, compositing: str = "cpu") -> dict:
     """Frames per second of ``Avatar.render`` (generator and compositing) per batch size.
     With ``preset``, a fresh model of that preset's size stands in for the bundle's; with
     ``model_size``, one painting that many pixels (the preset's, else the bundle's,
@@ -93,7 +99,7 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
     and prepared on the bank's thread meanwhile, as sessions prefetch them)."""
     import torch
 
-    avatar = load_bench_avatar(bundle, device, preset, precision, model_size)
+    avatar = load_bench_avatar(bundle, device, preset, precision, model_size, compositing)
     rng = np.random.default_rng(0)
     # Real speech-like input: mel windows of noise shaped like the training statistics.
     mel = (avatar.mel_mean + avatar.mel_std * rng.standard_normal(
@@ -130,6 +136,7 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
             "threads": torch.get_num_threads(), "fps_by_batch": result,
             "cpu_ms_per_frame": cpu_ms,
             "background": "motion bank walk" if motion else "idle loop",
+            "compositing": compositing,
             **({"chunks_decoded_per_frame": chunks} if motion else {}),
             "peak_rss_mb": round(peak_rss_mb(), 1)}
 

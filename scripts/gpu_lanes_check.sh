@@ -17,6 +17,7 @@
 # The machine has torch and OpenCV but neither PyAV, MediaPipe nor aiortc: the av wheel is
 # installed there into gpu/pylib for the encoders. Results under $OUT: gpu.txt,
 # bench_render.jsonl, lanes_*.json.
+# COMPOSITING=device: the mouth put into its frame on the GPU (`--compositing device`).
 # Try it on a CPU with DEVICE=cpu SESSIONS=1,2 LANE_SECONDS=3 BATCHES=1,4 PY=.venv/bin/python.
 set -uo pipefail
 OUT=${OUT:-build/gpu-lanes-out}
@@ -41,6 +42,7 @@ start=$(date +%s)
 for b in ${RENDER-512x512:128 1280x720:176 1920x1080:272}; do
     timeout 120 "$PY" -m twincast.cli bench render "gpu/bundles/${b%%:*}" --device "$DEVICE" \
         --preset gpu --model-size "${b##*:}" --batches "${BATCHES:-1,16,64}" --seconds 2 \
+        --compositing "${COMPOSITING:-cpu}" \
         2>>"$OUT/gpu.txt" | tee -a "$OUT/bench_render.jsonl"
 done
 echo "render took $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
@@ -51,7 +53,8 @@ lanes() {  # NAME BUNDLE SIZE MAX_BATCH [--encode]
     t0=$(date +%s)
     timeout 150 "$PY" -m twincast.cli bench lanes "gpu/bundles/$2" --devices "$DEVICE" \
         --preset gpu --model-size "$3" --max-batch "$4" --sessions "$SESSIONS" \
-        --seconds "$SECONDS_EACH" "${@:5}" >"$OUT/lanes_$1.json" 2>>"$OUT/gpu.txt"
+        --seconds "$SECONDS_EACH" --compositing "${COMPOSITING:-cpu}" "${@:5}" \
+        >"$OUT/lanes_$1.json" 2>>"$OUT/gpu.txt"
     echo "lanes $1: rc $? in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu.txt"
     grep -h "bench.lanes" "$OUT/gpu.txt" | tail -n 12
 }

@@ -486,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="render precision (auto: bf16 where the device has it natively)")
     br.add_argument("--model-size", type=int, help="time a fresh model painting this many "
                     "pixels (a multiple of 16) over the bundle's idle footage")
+    br.add_argument("--compositing", choices=("cpu", "device"), default="cpu",
+                    help="put the mouth into the frame with OpenCV on the CPU (default) or "
+                    "with torch on the model's device")
     br.add_argument("--motion", action="store_true",
                     help="each frame from its own session's walk through the motion bank "
                     "(decoded, blended, prepared per frame) instead of the idle loop")
@@ -519,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a fresh model of this preset's size instead of the bundle's")
     bl.add_argument("--model-size", type=int, help="a fresh model painting this many pixels")
     bl.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    bl.add_argument("--compositing", choices=("cpu", "device"), default="cpu",
+                    help="as bench render's")
     bl.add_argument("--encode", action="store_true", help="also VP8-encode every session's "
                     "frames on this machine's CPUs, as WebRTC senders do (needs PyAV)")
     bl.set_defaults(func=cmd_bench_lanes)
@@ -1012,7 +1017,8 @@ def cmd_bench_render(args: argparse.Namespace) -> int:
                                          seconds=args.seconds, preset=args.preset,
                                          precision=args.precision,
                                          model_size=args.model_size,
-                                         motion=args.motion), indent=2))
+                                         motion=args.motion,
+                                         compositing=args.compositing), indent=2))
     return 0
 
 
@@ -1041,7 +1047,7 @@ def cmd_bench_lanes(args: argparse.Namespace) -> int:
     cfg = LanesConfig(devices=devices, sessions=sessions, seconds=args.seconds,
                       max_batch=args.max_batch, encode=args.encode)
     print(json.dumps(bench_lanes(args.bundle, cfg, args.preset, args.precision,
-                                 args.model_size), indent=2))
+                                 args.model_size, args.compositing), indent=2))
     return 0
 
 

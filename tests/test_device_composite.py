@@ -1,0 +1,63 @@
+"""Compositing on the model's device (``avatar.device_composite``) against OpenCV's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from avatar.avatar import Avatar, FrameRequest
+from avatar.device_composite import blur
+
+
+def _requests(avatar: Avatar, n: int = 5) -> list[FrameRequest]:
+    rng = np.random.default_rng(3)
+    mel = (avatar.mel_mean + avatar.mel_std * rng.standard_normal(
+        (n, avatar.gen.cfg.mel_bins, avatar.mel_frames))).astype(np.float32)
+    reqs = [FrameRequest(idle_index=2 * i, mel=mel[i]) for i in range(n)]
+    walk = avatar.walker(1)
+    if walk is not None:  # frames from the motion bank too
+        reqs += [FrameRequest(idle_index=0, mel=mel[i], base=walk.next("speaking"))
+                 for i in range(2)]
+    return reqs
+
+
+def _compare(avatar: Avatar) -> None:
+    reqs = _requests(avatar)
+    for colour in ("field", "mean"):
+        for detail in ("keep", "off"):
+            avatar.colour, avatar.detail = colour, detail
+            avatar.compositing = "cpu"
+            cpu = np.stack(avatar.render(reqs)).astype(np.int16)
+            avatar.compositing = "device"
+            dev = np.stack(avatar.render(reqs)).astype(np.int16)
+            diff = np.abs(cpu - dev)
+            # Interpolation in fixed point (OpenCV) against floating point (torch): a level
+            # now and then, nowhere more than two.
+            assert diff.max() <= 2, (colour, detail)
+            assert (diff > 0).mean() < 0.01, (colour, detail)
+            # The mouth is painted at all: frames differ from the plain idle frames.
+            assert any(np.abs(dev[i] - avatar.idle_frame(r.idle_index)).max() > 10
+                       for i, r in enumerate(reqs) if r.base is None)
+
+
+def test_the_device_puts_the_mouth_in_as_opencv_does(bundle: Path) -> None:
+    _compare(Avatar.load(bundle, "cpu"))
+
+
+def test_its_blur_is_opencvs() -> None:
+    img = np.random.default_rng(0).random((40, 52, 3)).astype(np.float32) * 255
+    for sigma in (0.8, 1.95, 5.5):
+        want = cv2.GaussianBlur(img, (0, 0), sigma)
+        got = blur(torch.from_numpy(img).permute(2, 0, 1)[None], sigma)[0].permute(1, 2, 0)
+        assert np.abs(got.numpy() - want).max() < 0.01, sigma
+
+
+@pytest.mark.gpu
+def test_on_the_gpu_too(bundle: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    _compare(Avatar.load(bundle, "cuda:0", precision="fp32"))
