@@ -109,10 +109,10 @@ class Avatar:
         (``avatar.detail``): ``keep`` or ``off``."""
         self.compositing = "cpu"
         """Where the painted mouth is put into its frame: ``cpu`` (OpenCV, frames shared out
-        over the cores) or ``device`` (torch on the model's device, frame by frame:
-        ``avatar.device_composite``; on an H200 it cut the CPU per 720p frame from 15 to 5-6
-        ms but, one frame after another on the lane's thread, rendered 173 frames/s at batch
-        16 against 402, so it is not the default)."""
+        over the cores) or ``device`` (torch on the model's device, the batch in one pass:
+        ``avatar.device_composite``; its first, frame-by-frame version cut the CPU per 720p
+        frame on an H200 from 15 to 5-6 ms but rendered 173 frames/s at batch 16 against
+        402; the batched one is not yet measured on a GPU, so it is not the default)."""
         self.bank: MotionBank | None = None
         """The motion bank (``avatar.bank.MotionBank``), or None for a bundle without one."""
         self.cues: NodCues | None = None

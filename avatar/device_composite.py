@@ -8,12 +8,14 @@ it in the one server process that also wraps and encodes every session's frames.
 the box the mouth goes into comes back from the device, and the CPU's part is pasting it
 into a copy of the frame.
 
-Measured on an H200 with a 16-core Xeon (720p, 176 px, 2026-12-04): 5.1-5.8 ms of CPU a frame
-against 14.8-16.2 with OpenCV, but 173 / 196 frames/s at batch 16 / 64 against 402 / 436,
-and 9 sessions held on the lane against 16: frames go through one after another on the
-lane's thread (a dozen small kernels each, and the sampling grid made on the CPU), where
-OpenCV's path shares them over the cores. Not the default (``Avatar.compositing``); the
-next step is one batched pass over all of a batch's frames, boxes padded to the largest.
+A first version that went frame by frame was measured on an H200 with a 16-core Xeon (720p,
+176 px, 2026-12-04): 5.1-5.8 ms of CPU a frame against 14.8-16.2 with OpenCV, but 173 / 196
+frames/s at batch 16 / 64 against 402 / 436, and 9 sessions held on the lane against 16:
+frames went through one after another on the lane's thread (a dozen small kernels each, the
+sampling grid made on the CPU, a wait on the device per frame), where OpenCV's path shares
+them over the cores. So a batch now goes through in one pass, its boxes padded to the
+largest (frame by frame only where a box shrinks the paint or frames differ in ring); that
+version is not yet measured on a GPU, so it is not the default (``Avatar.compositing``).
 
 The same steps with the same constants as the CPU path (Gaussian blurs with OpenCV's kernel
 size for a sigma and reflected borders, area reduction, bilinear and bicubic resampling with
@@ -47,41 +49,60 @@ def _kernel(sigma: float, device: str) -> torch.Tensor:
     return (k / k.sum()).float().to(device)
 
 
-def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def blur(x: torch.Tensor, sigma: float | list[float]) -> torch.Tensor:
     """(N, C, H, W) blurred per channel, borders reflected without repeating the edge
-    (OpenCV's default)."""
-    k = _kernel(float(sigma), str(x.device))
-    c = x.shape[1]
-    pad = len(k) // 2
+    (OpenCV's default); ``sigma`` one for all, or one per image of the batch (their kernels
+    zero-padded to the widest, which changes nothing they weigh)."""
+    n, c = x.shape[:2]
+    sigmas = [float(sigma)] * n if isinstance(sigma, (int, float)) else list(sigma)
+    kernels = [_kernel(v, str(x.device)) for v in sigmas]
+    size = max(len(k) for k in kernels)
+    k = torch.stack([F.pad(k, ((size - len(k)) // 2,) * 2) for k in kernels])  # (N, size)
+    k = k.repeat_interleave(c, 0)  # a kernel per image and channel
+    pad = size // 2
     # A kernel wider than the image: clamp the reflection (OpenCV folds it again; such
     # sizes are far from any used here).
     ph, pw = min(pad, x.shape[2] - 1), min(pad, x.shape[3] - 1)
-    x = F.pad(x, (pw, pw, 0, 0), mode="reflect") if pw else x
-    x = F.conv2d(x, k[len(k) // 2 - pw: len(k) // 2 + pw + 1].view(1, 1, 1, -1)
-                 .expand(c, 1, 1, -1), groups=c)
-    x = F.pad(x, (0, 0, ph, ph), mode="reflect") if ph else x
-    return F.conv2d(x, k[len(k) // 2 - ph: len(k) // 2 + ph + 1].view(1, 1, -1, 1)
-                    .expand(c, 1, -1, 1), groups=c)
+    y = x.reshape(1, n * c, *x.shape[2:])
+    y = F.pad(y, (pw, pw, 0, 0), mode="reflect") if pw else y
+    y = F.conv2d(y, k[:, pad - pw: pad + pw + 1].reshape(n * c, 1, 1, -1), groups=n * c)
+    y = F.pad(y, (0, 0, ph, ph), mode="reflect") if ph else y
+    y = F.conv2d(y, k[:, pad - ph: pad + ph + 1].reshape(n * c, 1, -1, 1), groups=n * c)
+    return y.reshape(n, c, *y.shape[2:])
 
 
 def match_colour(painted: torch.Tensor, real: torch.Tensor, ring: torch.Tensor,
                  mode: str = "field") -> torch.Tensor:
-    """``avatar.colour.match_colour`` for (3, S, S) float 0-255 tensors and a (S, S) bool
-    ring that is not empty."""
+    """``avatar.colour.match_colour`` for (N, 3, S, S) float 0-255 tensors and one (S, S)
+    bool ring that is not empty."""
     w = ring.float()
     n = w.sum().clamp(min=1)  # (no sync with the device: the caller checks for an empty ring)
     diff = real - painted
-    mean = (diff * w).sum((1, 2)) / n
+    mean = (diff * w).sum((2, 3)) / n  # (N, 3)
     if mode == "mean":
-        return painted + mean[:, None, None]
+        return painted + mean[:, :, None, None]
     size = painted.shape[-1]
     small = max(size // 4, 8)
     sigma = small / 8.0
-    num = blur(F.interpolate((diff * w)[None], size=(small, small), mode="area"), sigma)
+    num = blur(F.interpolate(diff * w, size=(small, small), mode="area"), sigma)
     den = blur(F.interpolate(w[None, None], size=(small, small), mode="area"), sigma)
-    field = (num + PRIOR * mean[None, :, None, None]) / (den + PRIOR)
+    field = (num + PRIOR * mean[:, :, None, None]) / (den + PRIOR)
     return painted + F.interpolate(field, size=(size, size), mode="bilinear",
-                                   align_corners=False)[0]
+                                   align_corners=False)
+
+
+def _grid(inv: np.ndarray, size: tuple[int, int], src: tuple[int, int],
+          device: torch.device) -> torch.Tensor:
+    """grid_sample's grid for output pixels (``size`` = h, w) read through ``inv`` (N, 2, 3:
+    output pixel -> source pixel) from a ``src`` (h, w) image: pixel centres at integers,
+    normalised as grid_sample reads them with align_corners off."""
+    h, w = size
+    ys = torch.arange(h, device=device, dtype=torch.float32)[:, None]
+    xs = torch.arange(w, device=device, dtype=torch.float32)[None, :]
+    a = torch.as_tensor(inv, dtype=torch.float32, device=device)[:, :, :, None, None]
+    sx = a[:, 0, 0] * xs + a[:, 0, 1] * ys + a[:, 0, 2]
+    sy = a[:, 1, 0] * xs + a[:, 1, 1] * ys + a[:, 1, 2]
+    return torch.stack([(2 * sx + 1) / src[1] - 1, (2 * sy + 1) / src[0] - 1], -1)
 
 
 def warp(src: torch.Tensor, m: np.ndarray, dsize: tuple[int, int]) -> torch.Tensor:
@@ -97,27 +118,20 @@ def warp(src: torch.Tensor, m: np.ndarray, dsize: tuple[int, int]) -> torch.Tens
         m = m.copy()
         m[:, 0] *= w / sw
         m[:, 1] *= h / sh
-    inv = resample.invert(m)
-    dw, dh = dsize
-    h, w = src.shape[-2:]
-    ys, xs = np.mgrid[0:dh, 0:dw].astype(np.float64)
-    sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
-    sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
-    # Pixel centres at integers, normalised as grid_sample reads them (align_corners off).
-    grid = np.stack([(2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1], -1).astype(np.float32)
-    g = torch.from_numpy(grid).to(src.device)[None]
+    g = _grid(resample.invert(m)[None], (dsize[1], dsize[0]), src.shape[-2:], src.device)
     return F.grid_sample(src[None].float(), g, mode="bicubic", padding_mode="border",
                          align_corners=False)[0]
 
 
-def keep_detail(painted: torch.Tensor, frame: torch.Tensor, upscale: float,
+def keep_detail(painted: torch.Tensor, frame: torch.Tensor, upscale: list[float],
                 cfg: DetailConfig = DETAIL) -> torch.Tensor:
-    """``avatar.detail.keep_detail`` for (3, h, w) float 0-255 tensors."""
-    s = cfg.sigma * max(upscale, 1.0)
-    low_p = blur(painted[None], s)[0]
-    low_f = blur(frame[None], s)[0]
-    diff = (low_p - low_f).abs().amax(0)
-    agree = blur(torch.exp(-(diff / cfg.tolerance) ** 2)[None, None], s)[0]
+    """``avatar.detail.keep_detail`` for (N, 3, h, w) float 0-255 tensors, each image with
+    its own enlargement."""
+    s = [cfg.sigma * max(u, 1.0) for u in upscale]
+    low_p = blur(painted, s)
+    low_f = blur(frame, s)
+    diff = (low_p - low_f).abs().amax(1, keepdim=True)
+    agree = blur(torch.exp(-(diff / cfg.tolerance) ** 2), s)
     return painted + agree * ((frame - low_f) - (painted - low_p))
 
 
@@ -125,27 +139,72 @@ def composite(idle: list, painted: torch.Tensor, regions: torch.Tensor, colour: 
               detail: str) -> list[np.ndarray]:
     """Frames for a batch: ``idle`` the batch's ``_IdleFrame``s, ``painted`` (B, 3, S, S)
     the generator's output in 0-1 and ``regions`` the model's views of the frames (both on
-    the device)."""
-    dev = painted.device
+    the device). The whole batch in one pass, its boxes padded to the largest; frame by
+    frame where a box shrinks the paint (area-reduced first) or the frames have different
+    rings."""
+    maps = []
+    for f in idle:
+        m = f.to_frame.copy()
+        m[:, 2] -= f.box[:2]
+        maps.append(m)
     # As the CPU path sees them: the paint quantised to 8 bits, the region at 0-255.
     paint = (painted.float().clamp(0, 1) * 255).to(torch.uint8).float()
     real = regions.float() * 255
+    if len({id(f.ring) for f in idle}) > 1 or any(
+            resample.scale_of(m) * resample.SHRINK < 1 for m in maps):
+        return _frame_by_frame(idle, maps, paint, real, colour, detail)
+    dev = painted.device
+    ring = idle[0].ring
+    patch = match_colour(paint, real, torch.from_numpy(ring).to(dev), colour) \
+        if ring.any() else paint
+    sizes = [(f.box[3] - f.box[1], f.box[2] - f.box[0]) for f in idle]
+    hh, ww = max(h for h, _ in sizes), max(w for _, w in sizes)
+    g = _grid(np.stack([resample.invert(m) for m in maps]), (hh, ww), paint.shape[-2:], dev)
+    warped = F.grid_sample(patch.clamp(0, 255), g, mode="bicubic", padding_mode="border",
+                           align_corners=False).clamp(0, 255)
+    # Each box's frame pixels and blend weights, padded with zeros (outside its box the
+    # weight is 0, so the frame's pixels stay): one copy to the device for the batch.
+    rois = np.zeros((len(idle), hh, ww, 3), np.uint8)
+    blends = np.zeros((len(idle), hh, ww, 1), np.float32)
+    for i, (f, (h, w)) in enumerate(zip(idle, sizes, strict=True)):
+        x0, y0, x1, y1 = f.box
+        rois[i, :h, :w] = f.frame[y0:y1, x0:x1]
+        blends[i, :h, :w] = f.blend
+    roi = torch.from_numpy(rois).to(dev).permute(0, 3, 1, 2).float()
+    blend = torch.from_numpy(blends).to(dev).permute(0, 3, 1, 2)
+    if detail == "keep":
+        warped = keep_detail(warped, roi, [resample.scale_of(m) for m in maps]).clamp(0, 255)
+    done = torch.round(roi + (warped - roi) * blend).to(torch.uint8).permute(0, 2, 3, 1)
+    boxes = done.cpu().numpy()
+    return [_paste(f, boxes[i, :h, :w]) for i, (f, (h, w)) in enumerate(zip(idle, sizes,
+                                                                             strict=True))]
+
+
+def _paste(f, box: np.ndarray) -> np.ndarray:  # noqa: ANN001 - an _IdleFrame
+    frame = f.frame.copy()
+    x0, y0, x1, y1 = f.box
+    frame[y0:y1, x0:x1] = box
+    return frame
+
+
+def _frame_by_frame(idle: list, maps: list[np.ndarray], paint: torch.Tensor,
+                    real: torch.Tensor, colour: str, detail: str) -> list[np.ndarray]:
+    dev = paint.device
     rings: dict[int, torch.Tensor] = {}
     boxes = []
-    for i, f in enumerate(idle):
+    for i, (f, m) in enumerate(zip(idle, maps, strict=True)):
         ring = rings.get(id(f.ring))
         if ring is None:
             ring = rings[id(f.ring)] = torch.from_numpy(f.ring).to(dev)
         x0, y0, x1, y1 = f.box
-        patch = (match_colour(paint[i], real[i], ring, colour) if f.ring.any()
-                 else paint[i]).clamp(0, 255)
-        m = f.to_frame.copy()
-        m[:, 2] -= (x0, y0)
+        patch = (match_colour(paint[i:i + 1], real[i:i + 1], ring, colour)[0]
+                 if f.ring.any() else paint[i]).clamp(0, 255)
         warped = warp(patch, m, (x1 - x0, y1 - y0)).clamp(0, 255)
         roi = torch.from_numpy(np.ascontiguousarray(f.frame[y0:y1, x0:x1])).to(dev)
         roi = roi.permute(2, 0, 1).float()
         if detail == "keep":
-            warped = keep_detail(warped, roi, resample.scale_of(m)).clamp(0, 255)
+            warped = keep_detail(warped[None], roi[None], [resample.scale_of(m)])[0]
+            warped = warped.clamp(0, 255)
         blend = torch.from_numpy(f.blend).to(dev).permute(2, 0, 1)
         boxes.append(torch.round(roi + (warped - roi) * blend).to(torch.uint8)
                      .permute(1, 2, 0).reshape(-1))
@@ -155,8 +214,6 @@ def composite(idle: list, painted: torch.Tensor, regions: torch.Tensor, colour: 
     for f in idle:
         x0, y0, x1, y1 = f.box
         n = (y1 - y0) * (x1 - x0) * 3
-        frame = f.frame.copy()
-        frame[y0:y1, x0:x1] = flat[at:at + n].reshape(y1 - y0, x1 - x0, 3)
+        out.append(_paste(f, flat[at:at + n].reshape(y1 - y0, x1 - x0, 3)))
         at += n
-        out.append(frame)
     return out

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from avatar import device_composite
 from avatar.avatar import Avatar, FrameRequest
 from avatar.device_composite import blur
 
@@ -44,16 +45,45 @@ def _compare(avatar: Avatar) -> None:
                        for i, r in enumerate(reqs) if r.base is None)
 
 
-def test_the_device_puts_the_mouth_in_as_opencv_does(bundle: Path) -> None:
-    _compare(Avatar.load(bundle, "cpu"))
+def test_the_device_puts_the_mouth_in_as_opencv_does(bundle: Path, monkeypatch) -> None:
+    avatar = Avatar.load(bundle, "cpu")
+    # The batch in one pass (frames of the idle loop and the motion bank share a ring and
+    # enlarge the paint): the frame-by-frame fallback must not be what is compared.
+    def no_fallback(*args, **kwargs):  # noqa: ANN202
+        raise AssertionError("frame by frame")
+
+    monkeypatch.setattr(device_composite, "_frame_by_frame", no_fallback)
+    _compare(avatar)
+    monkeypatch.undo()
+    # And the fallback (boxes that shrink the paint, frames with rings of their own).
+    real = device_composite.composite
+
+    def by_frame(idle, painted, regions, colour, detail):  # noqa: ANN001, ANN202
+        maps = []
+        for f in idle:
+            m = f.to_frame.copy()
+            m[:, 2] -= f.box[:2]
+            maps.append(m)
+        paint = (painted.float().clamp(0, 1) * 255).to(torch.uint8).float()
+        return device_composite._frame_by_frame(idle, maps, paint, regions.float() * 255,
+                                                colour, detail)
+
+    monkeypatch.setattr(device_composite, "composite", by_frame)
+    _compare(avatar)
+    assert device_composite.composite is by_frame and real is not by_frame
 
 
 def test_its_blur_is_opencvs() -> None:
     img = np.random.default_rng(0).random((40, 52, 3)).astype(np.float32) * 255
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
     for sigma in (0.8, 1.95, 5.5):
         want = cv2.GaussianBlur(img, (0, 0), sigma)
-        got = blur(torch.from_numpy(img).permute(2, 0, 1)[None], sigma)[0].permute(1, 2, 0)
+        got = blur(x, sigma)[0].permute(1, 2, 0)
         assert np.abs(got.numpy() - want).max() < 0.01, sigma
+    # A sigma per image of a batch: each as if blurred alone.
+    both = blur(torch.cat([x, x.flip(-1)]), [0.8, 5.5])
+    assert torch.allclose(both[0], blur(x, 0.8)[0], atol=1e-3)
+    assert torch.allclose(both[1], blur(x.flip(-1), 5.5)[0], atol=1e-3)
 
 
 @pytest.mark.gpu
