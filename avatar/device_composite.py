@@ -136,12 +136,12 @@ def keep_detail(painted: torch.Tensor, frame: torch.Tensor, upscale: list[float]
 
 
 def composite(idle: list, painted: torch.Tensor, regions: torch.Tensor, colour: str,
-              detail: str) -> list[np.ndarray]:
+              detail: str, batched: bool = True) -> list[np.ndarray]:
     """Frames for a batch: ``idle`` the batch's ``_IdleFrame``s, ``painted`` (B, 3, S, S)
     the generator's output in 0-1 and ``regions`` the model's views of the frames (both on
     the device). The whole batch in one pass, its boxes padded to the largest; frame by
-    frame where a box shrinks the paint (area-reduced first) or the frames have different
-    rings."""
+    frame where a box shrinks the paint (area-reduced first), the frames have different
+    rings, or ``batched`` is off."""
     maps = []
     for f in idle:
         m = f.to_frame.copy()
@@ -150,7 +150,7 @@ def composite(idle: list, painted: torch.Tensor, regions: torch.Tensor, colour: 
     # As the CPU path sees them: the paint quantised to 8 bits, the region at 0-255.
     paint = (painted.float().clamp(0, 1) * 255).to(torch.uint8).float()
     real = regions.float() * 255
-    if len({id(f.ring) for f in idle}) > 1 or any(
+    if not batched or len({id(f.ring) for f in idle}) > 1 or any(
             resample.scale_of(m) * resample.SHRINK < 1 for m in maps):
         return _frame_by_frame(idle, maps, paint, real, colour, detail)
     dev = painted.device

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import cv2
@@ -56,21 +57,9 @@ def test_the_device_puts_the_mouth_in_as_opencv_does(bundle: Path, monkeypatch) 
     _compare(avatar)
     monkeypatch.undo()
     # And the fallback (boxes that shrink the paint, frames with rings of their own).
-    real = device_composite.composite
-
-    def by_frame(idle, painted, regions, colour, detail):  # noqa: ANN001, ANN202
-        maps = []
-        for f in idle:
-            m = f.to_frame.copy()
-            m[:, 2] -= f.box[:2]
-            maps.append(m)
-        paint = (painted.float().clamp(0, 1) * 255).to(torch.uint8).float()
-        return device_composite._frame_by_frame(idle, maps, paint, regions.float() * 255,
-                                                colour, detail)
-
-    monkeypatch.setattr(device_composite, "composite", by_frame)
+    monkeypatch.setattr(device_composite, "composite",
+                        functools.partial(device_composite.composite, batched=False))
     _compare(avatar)
-    assert device_composite.composite is by_frame and real is not by_frame
 
 
 def test_its_blur_is_opencvs() -> None:
