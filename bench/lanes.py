@@ -4,7 +4,8 @@ N sessions, all speaking without pause, hand their frames to the server's own sc
 (``streaming.scheduler``) as a live session does: each frame ``render_ahead_frames`` before
 it is shown, due ``deadline_margin_s`` before then, its audio conditioning computed ahead
 (``FrameRequest.cond``). Sessions start at random phases of the frame period, as real ones
-do. A frame the lane cannot render in time is late (the session would show its idle frame).
+do. They speak over the idle loop: a motion bank's decoding and preparing of each frame (on
+its own thread in a server) is not counted. A frame the lane cannot render in time is late (the session would show its idle frame).
 N rises until late frames pass ``stop_pct`` and the step between the last count under 1 %
 and the first over it is then halved twice, so the figure is the most sessions measured
 under 1 %. Beside it: what the server's admission rule (``Registry.reserve``) would admit
