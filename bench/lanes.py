@@ -4,8 +4,10 @@ N sessions, all speaking without pause, hand their frames to the server's own sc
 (``streaming.scheduler``) as a live session does: each frame ``render_ahead_frames`` before
 it is shown, due ``deadline_margin_s`` before then, its audio conditioning computed ahead
 (``FrameRequest.cond``). Sessions start at random phases of the frame period, as real ones
-do. They speak over the idle loop: a motion bank's decoding and preparing of each frame (on
-its own thread in a server) is not counted. A frame the lane cannot render in time is late (the session would show its idle frame).
+do. They speak over the idle loop, or with ``motion`` each walks the bundle's motion bank as
+a live session does: its frames asked of the bank's thread a second ahead, and handed over
+only once decoded and prepared (a frame not ready by its time is late, counted apart). A
+frame the lane cannot render in time is late (the session would show its idle frame).
 N rises until late frames pass ``stop_pct`` and the step between the last count under 1 %
 and the first over it is then halved twice, so the figure is the most sessions measured
 under 1 %. Beside it: what the server's admission rule (``Registry.reserve``) would admit
@@ -56,6 +58,8 @@ class LanesConfig:
     refine: int = 2
     """Halvings of the step between held and not held."""
     seed: int = 0
+    motion: bool = False
+    """Each session walks the motion bank (its per-frame decoding and preparing counted)."""
     encode: bool = False
     """Also VP8-encode every session's frames at their display time on this machine's CPUs
     (``bench.encode_load``): what a node spends beside its lanes."""
@@ -125,6 +129,7 @@ def run_sessions(avatars: list[Avatar], n: int, cfg: LanesConfig,
     nxt = np.zeros(n, np.int64)
     submitted = refused = 0
     rendered: list[dict[int, np.ndarray]] = [{} for _ in range(n)]
+    walk = _Walks(avatars[0], n, fps) if cfg.motion else None
     started = time.monotonic()
     t0 = started + 0.7  # the first frames are handed over half a second before they show
     end = t0 + cfg.seconds
@@ -143,14 +148,27 @@ def run_sessions(avatars: list[Avatar], n: int, cfg: LanesConfig,
         e.start()
     try:
         while (now := time.monotonic()) < end:
+            if walk is not None:
+                walk.ahead(now, t0, phase)
             for s in range(n):
                 # Frame k of session s is shown at t0 + phase + k / fps; handed over
                 # ``ahead`` frames before that.
                 while t0 + phase[s] + (nxt[s] - ahead) / fps <= now:
                     k = int(nxt[s])
+                    due = t0 + phase[s] + k / fps - margin
+                    base = None
+                    if walk is not None:
+                        base = walk.base(s, k)
+                        if not avatars[0].base_frame_ready(base):
+                            if now < due:
+                                break  # asked again at the next tick, as a session does
+                            walk.not_ready += 1  # its time came before its footage
+                            submitted += 1
+                            nxt[s] += 1
+                            continue
                     req = speech[(k + 7 * s) % len(speech)]
-                    job = FrameRequest(k % avatars[0].idle_frames, req.mel, f"s{s}",
-                                       t0 + phase[s] + k / fps - margin, cond=req.cond)
+                    job = FrameRequest(k % avatars[0].idle_frames, req.mel, f"s{s}", due,
+                                       base=base, cond=req.cond)
                     if sch.submit("a", job, done(s, k)) is None:
                         refused += 1
                     submitted += 1
@@ -168,7 +186,8 @@ def run_sessions(avatars: list[Avatar], n: int, cfg: LanesConfig,
             e.join(timeout=5)
     cpu = time.process_time() - cpu0
     wall = time.monotonic() - started
-    late = count.by["late"] + count.by["error"] + refused + sch.pending
+    not_ready = walk.not_ready if walk is not None else 0
+    late = count.by["late"] + count.by["error"] + refused + sch.pending + not_ready
     sizes = [b for lane in lanes for b in lane.stats.batch_sizes]
     early = np.asarray(count.lateness) * 1000 if count.lateness else np.zeros(1)
     causes = Counter()
@@ -177,11 +196,43 @@ def run_sessions(avatars: list[Avatar], n: int, cfg: LanesConfig,
     return {"sessions": n, "frames": submitted, "rendered": count.by["ok"], "late": late,
             "late_pct": round(100 * late / max(submitted, 1), 3),
             "late_by_cause": dict(causes), "refused": refused,
+            **({"footage_not_ready": not_ready} if walk is not None else {}),
             "batch_mean": round(float(np.mean(sizes)), 2) if sizes else 0.0,
             "lane_busy": round(sum(t.busy for t in timed) / (wall * len(timed)), 3),
             "margin_ms_p5": round(float(np.percentile(early, 5)), 1),
             "capacity_fps": round(capacity, 1), "admitted_by_rule": admitted,
             "cpu_cores": round(cpu / wall, 2), **_encoded(encoders, fps)}
+
+
+class _Walks:
+    """Every session's walk through the motion bank, asked of the bank's thread a second
+    ahead (``MotionTimeline.prefetch``'s horizon)."""
+
+    HORIZON_S = 1.0
+
+    def __init__(self, avatar: Avatar, n: int, fps: int):
+        if avatar.bank is None:
+            raise TwincastError("--motion needs a bundle with a motion bank (add one with "
+                                "`twincast train motion WORKDIR`)")
+        self.avatar, self.fps = avatar, fps
+        self.walkers = [avatar.walker(seed) for seed in range(n)]
+        self.bases: list[dict[int, object]] = [{} for _ in range(n)]
+        self.asked = [0] * n
+        self.not_ready = 0
+
+    def ahead(self, now: float, t0: float, phase: np.ndarray) -> None:
+        new = []
+        for s, w in enumerate(self.walkers):
+            while t0 + phase[s] + self.asked[s] / self.fps <= now + self.HORIZON_S:
+                e = w.next("speaking")
+                self.bases[s][self.asked[s]] = e
+                new.append(e)
+                self.asked[s] += 1
+        if new:
+            self.avatar.bank.prefetch(new, new)
+
+    def base(self, s: int, k: int):  # noqa: ANN201 - a motion bank Entry
+        return self.bases[s].pop(k)
 
 
 def _encoders(avatar: Avatar, n: int, t0: float, phase: np.ndarray, fps: int,
@@ -276,6 +327,7 @@ def bench_lanes(bundle: Path, cfg: LanesConfig, preset: str | None = None,
             "threads": torch.get_num_threads(), "max_batch": cfg.max_batch,
             "seconds_each": cfg.seconds, "cpus": os.cpu_count(), "compositing": compositing,
             "encoded": "VP8 at each frame's display time" if cfg.encode else "no",
+            "background": "motion bank walk" if cfg.motion else "idle loop",
             "sessions_held": max(held) if held else 0,
             "sessions_held_per_device": round((max(held) if held else 0) / len(avatars), 1),
             "by_sessions": [results[n] for n in sorted(results)]}

@@ -37,3 +37,12 @@ def test_bad_counts_are_one_line_errors(bundle: Path) -> None:
         proc = run_cli("bench", "lanes", bundle, *args)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_sessions_can_walk_the_motion_bank(bundle: Path) -> None:
+    out = bench_lanes(bundle, LanesConfig(sessions=(2,), seconds=1.5, motion=True))
+    r = out["by_sessions"][0]
+    assert out["background"] == "motion bank walk"
+    # A frame is rendered, late at the lane, or late because its footage was not ready.
+    assert r["rendered"] + r["late"] == r["frames"] > 0
+    assert 0 <= r["footage_not_ready"] <= r["late"]

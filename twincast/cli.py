@@ -524,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     bl.add_argument("--compositing", choices=("cpu", "device"), default="cpu",
                     help="as bench render's")
+    bl.add_argument("--motion", action="store_true", help="each session walks the motion "
+                    "bank as live ones do (its decoding and preparing counted)")
     bl.add_argument("--encode", action="store_true", help="also VP8-encode every session's "
                     "frames on this machine's CPUs, as WebRTC senders do (needs PyAV)")
     bl.set_defaults(func=cmd_bench_lanes)
@@ -1045,7 +1047,7 @@ def cmd_bench_lanes(args: argparse.Namespace) -> int:
     from bench.lanes import LanesConfig, bench_lanes  # (loads torch: after the checks)
 
     cfg = LanesConfig(devices=devices, sessions=sessions, seconds=args.seconds,
-                      max_batch=args.max_batch, encode=args.encode)
+                      max_batch=args.max_batch, encode=args.encode, motion=args.motion)
     print(json.dumps(bench_lanes(args.bundle, cfg, args.preset, args.precision,
                                  args.model_size, args.compositing), indent=2))
     return 0
