@@ -116,7 +116,11 @@ def run_sessions(avatars: list[Avatar], n: int, cfg: LanesConfig,
     scfg = SessionConfig()
     fps, ahead, margin = scfg.fps, scfg.render_ahead_frames, scfg.deadline_margin_s
     timed = [_Timed(a) for a in avatars]
-    lanes = [Lane(f"{t.avatar.device}#{i}", {"a": t}) for i, t in enumerate(timed)]
+    # CPU lanes on half the cores, as `serve` gives them (``ServerConfig.render_threads``).
+    cpu_threads = max(1, (os.cpu_count() or 1) // 2)
+    lanes = [Lane(f"{t.avatar.device}#{i}", {"a": t},
+                  threads=cpu_threads if t.avatar.device.type == "cpu" else None)
+             for i, t in enumerate(timed)]
     sch = Scheduler(lanes, SchedulerConfig(max_batch=cfg.max_batch))
     sch.warm_up(lambda _name, k: [speech[i % len(speech)] for i in range(k)])
     capacity = sch.capacity_fps()
