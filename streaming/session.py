@@ -202,6 +202,9 @@ class Session:
         self.state = "new"
         self.queue: deque[Utterance] = deque()
         self.rendered: dict[int, np.ndarray] = {}
+        self._cut_at = -math.inf
+        """When (the scheduler's clock) the last barge-in was: frames handed over before it
+        that come back after it (a batch in flight then) are the dropped speech's."""
         self.events: deque[SessionEvent] = deque(maxlen=self.cfg.max_events)
         self.listeners: list[Callable[[SessionEvent], None]] = []
         self.stats = {"frames_shown": 0, "frames_rendered": 0, "frames_late": 0,
@@ -369,6 +372,7 @@ class Session:
             u.drop()
         self.queue.clear()
         self._to_synthesise.clear()
+        self._cut_at = self.scheduler.clock()
         self.scheduler.cancel(self.id)
         self.rendered.clear()
         self._painted.clear()
@@ -538,12 +542,18 @@ class Session:
         if self._loop is None or self._loop.is_closed():
             return
         self._loop.call_soon_threadsafe(self._store, job.request.idle_index, frame, status,
-                                        job.request.base)
+                                        job.request.base, job.submitted)
 
     def _store(self, k: int, frame: np.ndarray | None, status: str,
-               base: Entry | None = None) -> None:
+               base: Entry | None = None, submitted: float | None = None) -> None:
         if status == "late":  # the scheduler gave up on it: it could not be in time
             self.stats["frames_dropped_late"] += 1
+        if submitted is not None and submitted < self._cut_at:
+            # Rendered for speech a barge-in dropped while its batch was on the lane (the
+            # scheduler cancels only what is queued): shown, it kept the mouth talking for
+            # 0.1-0.4 s after the interrupt on a busy host. Its failure is not the next
+            # utterance's either.
+            return
         if status == "error":
             self.stats["frames_failed"] += 1
             u = self._at(k)

@@ -4,6 +4,7 @@ speech placed in the future, audio and frames from the same start, barge-in."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,6 +161,51 @@ def test_barge_in_silences_within_a_frame() -> None:
         after_a = [j for j in audio if j * 0.02 > t_cut + 0.04]
         assert after_v == [] and after_a == []
         assert "interrupted" in [e.type for e in s.events]
+
+    asyncio.run(run())
+
+
+class HeldAvatar(FakeAvatar):
+    """Renders as FakeAvatar, but a batch can be held on the lane until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = threading.Event()
+        self.holding = threading.Event()
+        self.hold.set()
+
+    def render(self, requests: list[FrameRequest]) -> list[np.ndarray]:
+        if not self.hold.is_set():
+            self.holding.set()
+            self.hold.wait(5)
+        return super().render(requests)
+
+
+def test_a_batch_in_flight_at_barge_in_is_not_shown() -> None:
+    """The scheduler cancels what is queued; a batch already on the lane comes back after
+    the interrupt, and its frames must not be shown (on a busy CI host they kept the mouth
+    talking 0.4 s past the cut)."""
+    async def run() -> None:
+        avatar = HeldAvatar()
+        sch = Scheduler([Lane("cpu0", {"a": avatar})], SchedulerConfig(max_batch=4))
+        sch.start()
+        s = Session("a", avatar, FakeVoice(), sch, SessionConfig())
+        s.start()
+        s.clock.start()
+        try:
+            s.say("a b c d e f g h")
+            await asyncio.sleep(0.8)
+            avatar.hold.clear()  # the lane's next batch stays on it ...
+            while not avatar.holding.is_set():
+                await asyncio.sleep(0.005)
+            t_cut = s.clock.now()
+            s.interrupt()  # ... through the barge-in
+            avatar.hold.set()
+            video, _ = await _play(s, 2.0)
+        finally:
+            await s.close()
+            sch.stop()
+        assert [k for k in video if k / 25 > t_cut + 0.04] == []
 
     asyncio.run(run())
 
