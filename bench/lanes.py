@@ -162,14 +162,16 @@ def run_sessions(avatars: list[Avatar], n: int, cfg: LanesConfig,
                     due = t0 + phase[s] + k / fps - margin
                     base = None
                     if walk is not None:
-                        base = walk.base(s, k)
+                        base = walk.bases[s][k]
                         if not avatars[0].base_frame_ready(base):
                             if now < due:
                                 break  # asked again at the next tick, as a session does
                             walk.not_ready += 1  # its time came before its footage
                             submitted += 1
                             nxt[s] += 1
+                            del walk.bases[s][k]
                             continue
+                        del walk.bases[s][k]
                     req = speech[(k + 7 * s) % len(speech)]
                     job = FrameRequest(k % avatars[0].idle_frames, req.mel, f"s{s}", due,
                                        base=base, cond=req.cond)
@@ -221,6 +223,7 @@ class _Walks:
         self.avatar, self.fps = avatar, fps
         self.walkers = [avatar.walker(seed) for seed in range(n)]
         self.bases: list[dict[int, object]] = [{} for _ in range(n)]
+        """Each session's footage by frame, from when it is asked for until handed over."""
         self.asked = [0] * n
         self.not_ready = 0
 
@@ -234,9 +237,6 @@ class _Walks:
                 self.asked[s] += 1
         if new:
             self.avatar.bank.prefetch(new, new)
-
-    def base(self, s: int, k: int):  # noqa: ANN201 - a motion bank Entry
-        return self.bases[s].pop(k)
 
 
 def _encoders(avatar: Avatar, n: int, t0: float, phase: np.ndarray, fps: int,
