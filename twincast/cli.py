@@ -306,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--name", help="which bundle in WORKDIR/avatars (if several)")
     tm.set_defaults(func=cmd_train_motion)
 
+    tt = tsub.add_parser("texture", help="(re)build the texture bank (the person's own mouth "
+                         "detail) of the enrolment's bundle from WORKDIR/features")
+    tt.add_argument("workdir", type=Path)
+    tt.add_argument("--name", help="which bundle in WORKDIR/avatars (if several)")
+    tt.set_defaults(func=cmd_train_texture)
+
     sy = sub.add_parser("say", help="speak text in the avatar's voice to a .wav file")
     sy.add_argument("bundle", type=Path)
     sy.add_argument("text", help="what to say")
@@ -357,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host-share", type=float, default=0.9, metavar="SHARE",
                     help="admit another session only while the whole host's measured CPU "
                     "use stays under this share of its cores (0: no check)")
+    sv.add_argument("--lost-share", type=float, default=0.05, metavar="SHARE",
+                    help="admit another session only while the open sessions lost under this "
+                    "share of their frames over the last 30 s (0: no check)")
     sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                     help="a web origin whose pages may call the API (repeatable; * for any)")
     sv.add_argument("--rtmp-allow", action="append", default=[], metavar="HOST|NETWORK",
@@ -431,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     eh.add_argument("--detail", choices=("keep", "off"), default="keep",
                     help="keep the frame's own fine detail where the paint agrees with it "
                          "(keep, as rendering does) or composite the paint as it is (off)")
+    eh.add_argument("--texture", choices=("keep", "off"), default="keep",
+                    help="lend the painted mouth fine detail from the person's own frames "
+                         "(keep, as rendering does, where the bundle has a texture bank) or "
+                         "not (off)")
     eh.set_defaults(func=cmd_eval_head)
     em = evsub.add_parser("motion", help="head motion, seams and repetition of the motion "
                           "bank's walk, driven by held-out clips' audio")
@@ -715,7 +728,7 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
 
     out = args.out or args.bundle.parent / f"eval-head-{args.bundle.name}"
     report = evaluate_head(args.bundle, args.footage, out, args.device, args.precision,
-                           args.detail)
+                           args.detail, args.texture)
     report.pop("per_clip")
     print(json.dumps(report, indent=2))
     log.info("report, side-by-side video and contact sheet in %s", out)
@@ -744,6 +757,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise TwincastError("--render-threads must be 0 (half the cores) or more")
     if not 0 <= args.host_share <= 1:
         raise TwincastError("--host-share must be between 0 (no check) and 1 (every core)")
+    if not 0 <= args.lost_share < 1:
+        raise TwincastError("--lost-share must be from 0 (no check) to under 1 (a share of "
+                            "the frames, e.g. 0.05)")
     if args.log_format == "json":
         from twincast.logs import use_json_logs
 
@@ -755,6 +771,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                      precision=args.precision,
                                      render_threads=args.render_threads,
                                      host_share=args.host_share or None,
+                                     lost_share=args.lost_share or None,
                                      label=_label_config(args),
                                      watermark=_watermark_config(args),
                                      allow_unconsented=args.allow_unconsented,
@@ -896,20 +913,37 @@ def cmd_eval_motion(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_motion(args: argparse.Namespace) -> int:
-    from training.head.export import add_motion
+def _enrolled_bundle(workdir: Path, name: str | None, what: str) -> tuple[Path, Path]:
+    """The one bundle of WORKDIR (or the one named) and its enrolment cache."""
     from training.workdir import Workdir
 
-    wd = Workdir(args.workdir)
-    bundles = [b for b in wd.bundles() if not args.name or b.name == args.name]
+    wd = Workdir(workdir)
+    bundles = [b for b in wd.bundles() if not name or b.name == name]
     if len(bundles) != 1:
         raise TwincastError(f"{wd.avatars}: " + ("holds several bundles; say which with "
                             "--name" if bundles else "no such bundle; enrol first"))
     if not (wd.features / "manifest.json").is_file():
-        raise TwincastError(f"{wd.features}: no enrolment cache; the bank is cut from it "
-                            "and the source footage (run `twincast enrol` first)")
-    section = add_motion(bundles[0], wd.features)
-    print(json.dumps({"bundle": str(bundles[0]), **section.to_dict(),
+        raise TwincastError(f"{wd.features}: no enrolment cache; the {what} is cut from it "
+                            "(run `twincast enrol` first)")
+    return bundles[0], wd.features
+
+
+def cmd_train_texture(args: argparse.Namespace) -> int:
+    from training.head.export import add_texture
+
+    bundle, features = _enrolled_bundle(args.workdir, args.name, "texture bank")
+    name = add_texture(bundle, features)
+    print(json.dumps({"bundle": str(bundle), "texture": name}, indent=2))
+    return 0
+
+
+def cmd_train_motion(args: argparse.Namespace) -> int:
+    from training.head.export import add_motion
+
+    bundle, features = _enrolled_bundle(args.workdir, args.name,
+                                        "bank (with the source footage)")
+    section = add_motion(bundle, features)
+    print(json.dumps({"bundle": str(bundle), **section.to_dict(),
                       "files": len(section.files)}, indent=2))
     return 0
 
