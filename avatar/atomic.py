@@ -57,14 +57,15 @@ def write_json(target: Path, obj: Any) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def save_npz(target: Path, **arrays: np.ndarray) -> None:
-    """Save arrays uncompressed (they are read often and memory-mapped-ish sized).
+def save_npz(target: Path, compress: bool = False, **arrays: np.ndarray) -> None:
+    """Save arrays, uncompressed unless ``compress`` (most are read often and are
+    memory-mapped-ish sized; the texture bank is read once per load and shrinks by half).
 
     The archive is built in memory and written in one go: numpy writing a zip straight into
     a file that fills the disk leaves the zip half-open, and its clean-up then prints a
     traceback from the garbage collector over the one-line "disk is full" error."""
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    (np.savez_compressed if compress else np.savez)(buf, **arrays)
     with atomic_path(target, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
             f.write(buf.getbuffer())

@@ -34,6 +34,7 @@ from avatar.motion import Entry, MotionConfig, Walker
 
 if TYPE_CHECKING:
     from avatar.bank import MotionBank
+    from avatar.texture import TextureBank
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,14 @@ class Avatar:
         self.compositing = "cpu"
         """Where the painted mouth is put into its frame: ``cpu`` (OpenCV, frames shared out
         over the cores) or ``device`` (torch on the model's device, the batch in one pass:
-        ``avatar.device_composite``; its first, frame-by-frame version cut the CPU per 720p
-        frame on an H200 from 15 to 5-6 ms but rendered 173 frames/s at batch 16 against
-        402; the batched one is not yet measured on a GPU, so it is not the default)."""
+        ``avatar.device_composite``). On an H200 node at 720p the batched one takes 3 ms of
+        CPU a frame against 15 and holds 19 sessions on a lane with batches of 64 against
+        14, but renders 307 frames/s at batch 16 against 402 (12 sessions against 16), so
+        the server asks for it (``serve --compositing device``) rather than having it by
+        default."""
+        self.texture: TextureBank | None = None
+        """Fine texture from the person's own frames for the painted mouth
+        (``avatar.texture``); None for a bundle without a texture bank, or turned off."""
         self.bank: MotionBank | None = None
         """The motion bank (``avatar.bank.MotionBank``), or None for a bundle without one."""
         self.cues: NodCues | None = None
@@ -155,6 +161,8 @@ class Avatar:
         avatar = cls(path, manifest, gen, dev, idle, reference, head.mel.mean, head.mel.std,
                      dtype)
         avatar._geometry = geometry
+        if head.texture:
+            avatar.texture = _load_texture(path / head.texture, cfg.size, dev)
         if manifest.motion is not None:
             avatar.bank = _load_bank(path, manifest, geometry, cfg.size)
             if manifest.motion.cues:
@@ -262,25 +270,49 @@ class Avatar:
                         conds[i] = c
                 cond_t = torch.from_numpy(np.stack(conds).astype(np.float32)).to(self.device)
                 out = self.gen.paint_conditioned(ref, masked, cond_t)
+        fine: list[Fine | None] = [None] * len(requests)
+        mixed = None
+        if self.texture is not None:
+            with torch.inference_mode():  # in float32: its band is a few levels
+                out, mixed = self.texture.apply_fine(out)
         if self.compositing == "device":
             from avatar.device_composite import composite
 
-            return composite(idle, out, regions, self.colour, self.detail)
+            with torch.inference_mode():
+                return composite(idle, out, regions, self.colour, self.detail, fine=mixed,
+                                 fine_sigma=self.texture.fine_sigma if mixed is not None
+                                 else 0.0)
+        if mixed is not None:
+            sigma = self.texture.fine_sigma
+            fine = [Fine(b, sigma, self.size) for b in mixed.permute(0, 2, 3, 1).cpu().numpy()]
         painted = (out.float().clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
         if len(requests) < 8 or (os.cpu_count() or 1) < 2:
-            return [_composite(f, p, self.colour, self.detail)
-                    for f, p in zip(idle, painted, strict=True)]
+            return [_composite(f, p, self.colour, self.detail, t)
+                    for f, p, t in zip(idle, painted, fine, strict=True)]
         # Compositing is per-frame OpenCV/numpy work that releases the GIL: on a large
         # batch from a GPU it is the bottleneck unless the CPU cores share it.
         if self._pool is None:
             self._pool = ThreadPoolExecutor(min(16, os.cpu_count() or 1),
                                             thread_name_prefix="composite")
         return list(self._pool.map(_composite, idle, painted, [self.colour] * len(idle),
-                                   [self.detail] * len(idle)))
+                                   [self.detail] * len(idle), fine))
+
+
+@dataclass
+class Fine:
+    """A mouth's fine band from the texture bank at the screen's scale (``avatar.texture``):
+    the detail a region painted smaller than it shows on screen cannot hold."""
+
+    band: np.ndarray
+    """(H, H, 3) float32 levels over the region at screen size."""
+    sigma: float
+    """Its blur in its own pixels."""
+    size: int
+    """The working size the region was painted at."""
 
 
 def _composite(idle: _IdleFrame, painted: np.ndarray, colour: str = "field",
-               detail: str = "keep") -> np.ndarray:
+               detail: str = "keep", fine: Fine | None = None) -> np.ndarray:
     frame = idle.frame.copy()
     x0, y0, x1, y1 = idle.box
     # Colour and light match against the idle frame where the paint fades into it (the
@@ -291,6 +323,13 @@ def _composite(idle: _IdleFrame, painted: np.ndarray, colour: str = "field",
     m[:, 2] -= (x0, y0)
     # Bicubic: a bilinear warp back at about 1:1 blurs the mouth (avatar/resample.py).
     warped = np.clip(resample.warp(patch, m, (x1 - x0, y1 - y0)), 0, 255)
+    if fine is not None:
+        from avatar.texture import screen_band
+
+        # The region was enlarged on screen, so its finest band is missing: the bank's,
+        # from the person's own frames at this scale, takes its place.
+        band, sigma = screen_band(fine.band, m, fine.size, (x1 - x0, y1 - y0), fine.sigma)
+        warped = np.clip(cv2.GaussianBlur(warped, (0, 0), sigma) + band, 0, 255)
     roi = frame[y0:y1, x0:x1].astype(np.float32)
     if detail == "keep":
         upscale = resample.scale_of(m)
@@ -359,6 +398,21 @@ def _load_bank(path: Path, manifest: Manifest,
     log.info("motion bank: %d frames (%s)", m.frames,
              ", ".join(f"{k} {v:.0f} s" for k, v in m.seconds.items()))
     return bank
+
+
+def _load_texture(path: Path, size: int, dev: torch.device) -> TextureBank | None:
+    from avatar.texture import TextureBank
+
+    try:
+        bank = TextureBank.load(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise path_error(path, f"cannot be read ({e}); bundle damaged") from None
+    if bank.size != size:
+        # Only where a speed measurement swaps the model for another size (``architecture``).
+        log.info("texture bank is for %d px mouths, the model paints %d: rendering without",
+                 bank.size, size)
+        return None
+    return bank.to(dev)
 
 
 def _load_cues(path: Path) -> NodCues:

@@ -14,8 +14,11 @@ frames/s at batch 16 / 64 against 402 / 436, and 9 sessions held on the lane aga
 frames went through one after another on the lane's thread (a dozen small kernels each, the
 sampling grid made on the CPU, a wait on the device per frame), where OpenCV's path shares
 them over the cores. So a batch now goes through in one pass, its boxes padded to the
-largest (frame by frame only where a box shrinks the paint or frames differ in ring); that
-version is not yet measured on a GPU, so it is not the default (``Avatar.compositing``).
+largest (frame by frame only where a box shrinks the paint or frames differ in ring).
+Measured the same way: 3.0-3.3 ms of CPU a 720p frame past batch 16, 307 / 332 frames/s
+at batch 16 / 64, 12 sessions on the lane at batch 16 (16 with OpenCV) and 19 at 64 (14),
+none rendered late up to 8 sessions encoded in the same process (58-64 % with OpenCV at
+8). The rest of a frame's CPU is the box's copy back and the paste.
 
 The same steps with the same constants as the CPU path (Gaussian blurs with OpenCV's kernel
 size for a sigma and reflected borders, area reduction, bilinear and bicubic resampling with
@@ -135,13 +138,34 @@ def keep_detail(painted: torch.Tensor, frame: torch.Tensor, upscale: list[float]
     return painted + agree * ((frame - low_f) - (painted - low_p))
 
 
+def _fine_map(m: np.ndarray, size: int, fine_size: int) -> np.ndarray:
+    """``avatar.texture.screen_band``'s map: fine-band pixels -> box pixels."""
+    m = m.copy()
+    m[:, :2] *= size / fine_size
+    return m
+
+
+def _put_fine(warped: torch.Tensor, fine: torch.Tensor, maps: list[np.ndarray], size: int,
+              sigma: float) -> torch.Tensor:
+    """``avatar.avatar._composite``'s fine-band step for (N, 3, h, w) boxes: the box blurred
+    by the band's scale on screen, the bank's band (``fine``, (N, 3, H, H) levels) warped in."""
+    fm = [_fine_map(m, size, fine.shape[-1]) for m in maps]
+    g = _grid(np.stack([resample.invert(m) for m in fm]), warped.shape[-2:], fine.shape[-2:],
+              warped.device)
+    band = F.grid_sample(fine.float(), g, mode="bicubic", padding_mode="border",
+                         align_corners=False)
+    return blur(warped, [sigma * resample.scale_of(m) for m in fm]) + band
+
+
 def composite(idle: list, painted: torch.Tensor, regions: torch.Tensor, colour: str,
-              detail: str, batched: bool = True) -> list[np.ndarray]:
+              detail: str, batched: bool = True, fine: torch.Tensor | None = None,
+              fine_sigma: float = 0.0) -> list[np.ndarray]:
     """Frames for a batch: ``idle`` the batch's ``_IdleFrame``s, ``painted`` (B, 3, S, S)
     the generator's output in 0-1 and ``regions`` the model's views of the frames (both on
-    the device). The whole batch in one pass, its boxes padded to the largest; frame by
-    frame where a box shrinks the paint (area-reduced first), the frames have different
-    rings, or ``batched`` is off."""
+    the device); ``fine``: the texture bank's fine bands at screen size (``avatar.texture``),
+    blurred by ``fine_sigma``, or None. The whole batch in one pass, its boxes padded to
+    the largest; frame by frame where a box shrinks the paint (area-reduced first), the
+    frames have different rings, or ``batched`` is off."""
     maps = []
     for f in idle:
         m = f.to_frame.copy()
@@ -152,7 +176,7 @@ def composite(idle: list, painted: torch.Tensor, regions: torch.Tensor, colour: 
     real = regions.float() * 255
     if not batched or len({id(f.ring) for f in idle}) > 1 or any(
             resample.scale_of(m) * resample.SHRINK < 1 for m in maps):
-        return _frame_by_frame(idle, maps, paint, real, colour, detail)
+        return _frame_by_frame(idle, maps, paint, real, colour, detail, fine, fine_sigma)
     dev = painted.device
     ring = idle[0].ring
     patch = match_colour(paint, real, torch.from_numpy(ring).to(dev), colour) \
@@ -162,6 +186,8 @@ def composite(idle: list, painted: torch.Tensor, regions: torch.Tensor, colour: 
     g = _grid(np.stack([resample.invert(m) for m in maps]), (hh, ww), paint.shape[-2:], dev)
     warped = F.grid_sample(patch.clamp(0, 255), g, mode="bicubic", padding_mode="border",
                            align_corners=False).clamp(0, 255)
+    if fine is not None:
+        warped = _put_fine(warped, fine, maps, paint.shape[-1], fine_sigma).clamp(0, 255)
     # Each box's frame pixels and blend weights, padded with zeros (outside its box the
     # weight is 0, so the frame's pixels stay): one copy to the device for the batch.
     rois = np.zeros((len(idle), hh, ww, 3), np.uint8)
@@ -188,7 +214,9 @@ def _paste(f, box: np.ndarray) -> np.ndarray:  # noqa: ANN001 - an _IdleFrame
 
 
 def _frame_by_frame(idle: list, maps: list[np.ndarray], paint: torch.Tensor,
-                    real: torch.Tensor, colour: str, detail: str) -> list[np.ndarray]:
+                    real: torch.Tensor, colour: str, detail: str,
+                    fine: torch.Tensor | None = None, fine_sigma: float = 0.0
+                    ) -> list[np.ndarray]:
     dev = paint.device
     rings: dict[int, torch.Tensor] = {}
     boxes = []
@@ -200,6 +228,9 @@ def _frame_by_frame(idle: list, maps: list[np.ndarray], paint: torch.Tensor,
         patch = (match_colour(paint[i:i + 1], real[i:i + 1], ring, colour)[0]
                  if f.ring.any() else paint[i]).clamp(0, 255)
         warped = warp(patch, m, (x1 - x0, y1 - y0)).clamp(0, 255)
+        if fine is not None:
+            warped = _put_fine(warped[None], fine[i:i + 1], [m], paint.shape[-1],
+                               fine_sigma)[0].clamp(0, 255)
         roi = torch.from_numpy(np.ascontiguousarray(f.frame[y0:y1, x0:x1])).to(dev)
         roi = roi.permute(2, 0, 1).float()
         if detail == "keep":

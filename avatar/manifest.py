@@ -96,6 +96,9 @@ class HeadSection:
     """How much of the preset's training plan ran within its cap on the host that trained
     it (``training.head.plan``): nominal and run step counts, share, measured speeds. Empty
     for bundles made before planning."""
+    texture: str = ""
+    """The texture bank (``avatar.texture``): fine detail of the person's own mouths; empty
+    for bundles made before it (they render without)."""
 
     @classmethod
     def from_dict(cls, d: dict) -> HeadSection:
@@ -108,7 +111,8 @@ class HeadSection:
                    train_seconds=_get(d, "train_seconds", float, w, 0.0),
                    expert_steps=_get(d, "expert_steps", int, w, 0),
                    gen_steps=_get(d, "gen_steps", int, w, 0),
-                   lips=_get(d, "lips", dict, w, {}), plan=_get(d, "plan", dict, w, {}))
+                   lips=_get(d, "lips", dict, w, {}), plan=_get(d, "plan", dict, w, {}),
+                   texture=_get(d, "texture", str, w, ""))
 
     def to_dict(self) -> dict:
         out = {"file": self.file, "config": self.config, "region": list(self.region),
@@ -118,6 +122,8 @@ class HeadSection:
                "gen_steps": self.gen_steps, "lips": self.lips}
         if self.plan:  # an optional key: schema-1 bundles without it re-export unchanged
             out["plan"] = self.plan
+        if self.texture:
+            out["texture"] = self.texture
         return out
 
 

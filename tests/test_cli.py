@@ -70,7 +70,7 @@ def test_a_bad_label_is_one_line_on_every_output_command(tmp_path: Path) -> None
 
 def test_serve_admission_shares_out_of_range_are_one_line(tmp_path: Path) -> None:
     for flag, value in (("--lost-share", "1.5"), ("--lost-share", "-0.1"),
-                        ("--host-share", "2")):
+                        ("--host-share", "2"), ("--max-batch", "0")):
         proc = run_cli("serve", tmp_path / "bundle", flag, value)
         assert proc.returncode == 2, proc.stderr
         assert flag in proc.stderr and "Traceback" not in proc.stderr

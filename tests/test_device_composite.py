@@ -38,8 +38,10 @@ def _compare(avatar: Avatar) -> None:
             dev = np.stack(avatar.render(reqs)).astype(np.int16)
             diff = np.abs(cpu - dev)
             # Interpolation in fixed point (OpenCV) against floating point (torch): a level
-            # now and then, nowhere more than two.
-            assert diff.max() <= 2, (colour, detail)
+            # now and then, nowhere more than two; three where the texture bank's fine band
+            # goes through one more bicubic warp (a region enlarged on screen).
+            fine = avatar.texture is not None and avatar.texture.screen_size is not None
+            assert diff.max() <= (3 if fine else 2), (colour, detail)
             assert (diff > 0).mean() < 0.01, (colour, detail)
             # The mouth is painted at all: frames differ from the plain idle frames.
             assert any(np.abs(dev[i] - avatar.idle_frame(r.idle_index)).max() > 10
@@ -80,3 +82,17 @@ def test_on_the_gpu_too(bundle: Path) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     _compare(Avatar.load(bundle, "cuda:0", precision="fp32"))
+
+
+def test_the_server_composites_where_it_is_told(bundle: Path) -> None:
+    from streaming.app import Server, ServerConfig
+
+    srv = Server({"presenter": bundle}, ServerConfig(allow_unconsented=True,
+                                                     compositing="device", max_batch=4))
+    srv.load()
+    try:
+        assert srv.scheduler.cfg.max_batch == 4
+        assert [a.compositing for lane in srv.scheduler.lanes
+                for a in lane.renderers.values()] == ["device"]
+    finally:
+        srv.scheduler.stop()

@@ -225,9 +225,12 @@ def face_config(avatar: Avatar) -> FaceConfig:
 
 
 def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str = "cpu",
-                  precision: str = "auto", detail: str = "keep") -> dict:
+                  precision: str = "auto", detail: str = "keep", texture: str = "keep"
+                  ) -> dict:
     avatar = Avatar.load(bundle, device, precision=precision)
     avatar.detail = detail
+    if texture == "off":
+        avatar.texture = None
     cfg = face_config(avatar)
     clips = load_held_out(footage, avatar.fps, cfg)
     if len(clips) < 2:
@@ -306,6 +309,8 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
         "bundle": str(bundle),
         "precision": str(avatar.dtype).removeprefix("torch."),
         "detail": detail,
+        "texture": "keep" if avatar.texture is not None else
+        "off" if texture == "off" else "none in the bundle",
         "clips": len(clips),
         "frames": int(len(g)),
         "mouth_opening_corr": round(float(np.nanmean([p["corr"] for p in per_clip])), 4),

@@ -363,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host-share", type=float, default=0.9, metavar="SHARE",
                     help="admit another session only while the whole host's measured CPU "
                     "use stays under this share of its cores (0: no check)")
+    sv.add_argument("--max-batch", type=int, default=16,
+                    help="most frames a lane renders in one model call")
+    sv.add_argument("--compositing", choices=("cpu", "device"), default="cpu",
+                    help="put the painted mouth into its frame with OpenCV on the CPU, or "
+                    "with torch on the render device, a batch in one pass (for GPU lanes)")
     sv.add_argument("--lost-share", type=float, default=0.05, metavar="SHARE",
                     help="admit another session only while the open sessions lost under this "
                     "share of their frames over the last 30 s (0: no check)")
@@ -757,6 +762,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise TwincastError("--render-threads must be 0 (half the cores) or more")
     if not 0 <= args.host_share <= 1:
         raise TwincastError("--host-share must be between 0 (no check) and 1 (every core)")
+    if args.max_batch < 1:
+        raise TwincastError("--max-batch must be at least 1")
     if not 0 <= args.lost_share < 1:
         raise TwincastError("--lost-share must be from 0 (no check) to under 1 (a share of "
                             "the frames, e.g. 0.05)")
@@ -772,6 +779,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                      render_threads=args.render_threads,
                                      host_share=args.host_share or None,
                                      lost_share=args.lost_share or None,
+                                     max_batch=args.max_batch,
+                                     compositing=args.compositing,
                                      label=_label_config(args),
                                      watermark=_watermark_config(args),
                                      allow_unconsented=args.allow_unconsented,

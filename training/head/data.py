@@ -132,6 +132,64 @@ def load_cache(features_dir: Path, size: int, mel_frames: int,
     return clips, mel_stats
 
 
+def candidate_regions(features_dir: Path, size: int, region: tuple[float, float, float],
+                      max_frames: int = 3000, keys: list[tuple[int, int]] | None = None
+                      ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """(N, S, S, 3) uint8 mouth regions of at most ``max_frames`` evenly spaced frames of
+    the enrolment's footage with exactly one face, and each one's (clip, frame) key: what
+    the texture bank chooses from. With ``keys``: those frames' regions, in that order.
+
+    Cut from the source footage as the renderer cuts its frames' regions (the crop
+    transform, bicubic), not from the cache's crops: those were encoded once more, and on
+    GRID kept 63 % of the source regions' fine detail (variance of the Laplacian)."""
+    from avatar import resample
+    from avatar.errors import path_error
+    from training.ingest import iter_frames, probe
+
+    manifest = json.loads((features_dir / "manifest.json").read_text())
+    fps = int(manifest["fps"])
+    total = sum(c["frames"] for c in manifest["clips"])
+    every = max(1, int(np.ceil(total / max_frames)))
+    wanted = None if keys is None else set(keys)
+    found: dict[tuple[int, int], np.ndarray] = {}
+    k = 0
+    with bar(total, "texture frames", "frame") as pb:
+        for ci, c in enumerate(manifest["clips"]):
+            if wanted is not None and not any(key[0] == ci for key in wanted):
+                pb.update(c["frames"])
+                continue
+            d = features_dir / c["dir"]
+            meta = json.loads((d / "meta.json").read_text())
+            source = Path(meta["source"])
+            if not source.exists():
+                raise path_error(source, "the footage the mouth texture comes from is gone; "
+                                 "put it back or re-run enrol")
+            with np.load(d / "frames.npz") as z:
+                one_face = z["n_faces"] == 1
+                affines = z["crop_affine"].astype(np.float64)
+            crop = int(meta["crop_size"])
+            rx, ry, rs = (v * crop for v in region)
+            reg_to_crop = np.array([[rs / size, 0, rx], [0, rs / size, ry], [0, 0, 1]])
+            info = probe(source, meta["clip"], fps, 0.0)
+            n = min(len(affines), int(c["frames"]))
+            for i, rgb in iter_frames(info, fps, 0, n):
+                take = (ci, i) in wanted if wanted is not None else \
+                    k % every == 0 and bool(one_face[i])
+                k += 1
+                pb.update(1)
+                if take:
+                    to_frame = resample.invert(np.vstack([affines[i], [0, 0, 1]])) \
+                        @ reg_to_crop
+                    found[(ci, i)] = np.clip(resample.warp(
+                        rgb, resample.invert(to_frame[:2]), (size, size)), 0, 255
+                    ).astype(np.uint8)
+    if not found:
+        raise TwincastError(f"{features_dir}: no frame with one face to take mouth texture "
+                            "from; re-run 'twincast enrol' on footage that shows the face")
+    order = list(found) if keys is None else keys
+    return np.stack([found[key] for key in order]), order
+
+
 def lip_split(clips: list[ClipData], train: bool) -> tuple[np.ndarray, np.ndarray]:
     """Every usable frame of one side of the lip split: mels (N, bins, frames) and lip
     points (N, 40, 2)."""

@@ -74,6 +74,9 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
         gen = {k: v.detach().cpu().contiguous() for k, v in head.gen.state_dict().items()}
         save_file(gen, str(tmp / "head.safetensors"))
         names = ["head.safetensors", "idle.mp4", "idle.npz", "reference.png", "mask.png"]
+        texture = write_texture(features_dir, model, tmp, region_on_screen(
+            affine_idle, int(meta["crop_size"]), model.region[2]))
+        names.append(texture)
         motion_section = _write_bank(features_dir, tmp, (width, height), fps)
         names += motion_section.files + [motion_section.index] + \
             ([motion_section.cues] if motion_section.cues else [])
@@ -99,12 +102,85 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
                 mel=HeadMel(mean=head.mel_stats[0], std=head.mel_stats[1], spec=FACE_MEL),
                 preset=preset, train_seconds=round(head.seconds, 1),
                 expert_steps=head.expert_steps, gen_steps=head.gen_steps, lips=head.lips,
-                plan=head.plan),
+                plan=head.plan, texture=texture),
             idle=IdleSection(frames=idle.stop - idle.start, clip=idle.clip, start=idle.start),
             voice=voice_section, motion=motion_section)
         write_manifest(tmp, manifest)
     log.info("avatar bundle written: %s", out)
     return out
+
+
+def write_texture(features_dir: Path, model: HeadConfig, folder: Path, screen_px: float,
+                  name: str = "texture.npz") -> str:
+    """Build the texture bank (``avatar.texture``) from the enrolment cache's training
+    frames into ``folder``; returns its file name. ``screen_px``: the mouth region's side in
+    the bundle's frames: where it is enlarged there by more than ``FINE_FROM``, the bank
+    also keeps its entries' fine bands at that size, cut from the source footage."""
+    from avatar.texture import build
+    from training.head.data import candidate_regions
+
+    regions, keys = candidate_regions(features_dir, model.size, model.region)
+    bank, chosen = build(regions, model.mask_top)
+    if not np.isfinite(screen_px):  # no face measured: the working size is all there is
+        bank.save(folder / name)
+        return name
+    side = int(screen_px) // 2 * 2
+    if side >= FINE_FROM * model.size:
+        fine, _ = candidate_regions(features_dir, side, model.region,
+                                    keys=[keys[i] for i in chosen])
+        bank = bank.with_fine(fine)
+        log.info("texture bank: fine bands at %d px (the %d px region shows %.2fx larger)",
+                 side, model.size, screen_px / model.size)
+    bank.save(folder / name)
+    return name
+
+
+FINE_FROM = 1.25
+"""Enlargement on screen from which the texture bank keeps fine bands at the screen's
+size (below it, the working size holds what the screen shows)."""
+
+
+def region_on_screen(affines: np.ndarray, crop_size: int, region_side: float) -> float:
+    """Median side (frame pixels) of the mouth region over frames with these crop
+    transforms (frame pixels -> crop pixels)."""
+    m = np.asarray(affines, np.float64)
+    scale = np.sqrt(np.abs(m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]))
+    scale = scale[scale > 0]
+    return float(np.median(region_side * crop_size / scale)) if len(scale) else float("nan")
+
+
+def add_texture(bundle: Path, features_dir: Path) -> str:
+    """Build the texture bank into an existing bundle (one made before banks, or to
+    rebuild it): the bank under a new name, the manifest replaced last in one atomic write,
+    then the old bank removed; a failure leaves the old bundle working."""
+    import time
+
+    from avatar.bundle import read_manifest
+
+    manifest = read_manifest(bundle)
+    if manifest.head is None:
+        raise path_error(bundle, "has no face (a voice-only bundle): a texture bank needs "
+                         "footage of the person; enrol video")
+    model = HeadConfig.from_dict(manifest.head.config)
+    assert manifest.idle is not None  # a bundle with a face has its idle footage
+    with np.load(bundle / manifest.idle.transforms, allow_pickle=False) as z:
+        screen = region_on_screen(z["crop_affine"], int(manifest.crop_size or 0),
+                                  model.region[2])
+    name = f"texture-{time.time_ns() // 1_000_000}.npz"  # never the name in use
+    try:
+        write_texture(features_dir, model, bundle, screen, name)
+    except BaseException:
+        (bundle / name).unlink(missing_ok=True)
+        raise
+    old = manifest.head.texture
+    files = {k: v for k, v in manifest.files.items() if k != old}
+    files[name] = sha256_file(bundle / name)
+    write_manifest(bundle, manifest.replace(head=dataclasses.replace(manifest.head,
+                                                                     texture=name),
+                                            files=files))
+    if old and old != name:
+        (bundle / old).unlink(missing_ok=True)
+    return name
 
 
 def add_motion(bundle: Path, features_dir: Path) -> MotionSection:

@@ -1,0 +1,177 @@
+"""The texture bank: the person's own fine mouth detail lent to a soft painted mouth."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from avatar import resample
+from avatar import texture as tx
+from tests.conftest import run_cli
+
+S = 48
+MASK_TOP = 0.25
+
+
+def _mouths(n: int, seed: int = 0, size: int = S) -> np.ndarray:
+    """(n, size, size, 3) uint8: a skin patch with a fixed fine texture (the person's skin)
+    and a dark mouth whose opening varies, with teeth (a light band) when it is wide open."""
+    rng = np.random.default_rng(seed)
+    skin = rng.normal(0, 14, (size, size, 1)).astype(np.float32)  # the same in every frame
+    k = size / S
+    out = []
+    for i in range(n):
+        img = np.full((size, size, 3), (190, 140, 120), np.float32) + skin
+        opening = 2 + 10 * (i % 7) / 6
+        cv2.ellipse(img, (int(S // 2 * k), int(30 * k)), (int(12 * k), int(opening * k)), 0,
+                    0, 360, (60, 20, 25), -1)
+        if opening > 8:
+            cv2.rectangle(img, (int((S // 2 - 8) * k), int((30 - int(opening) + 1) * k)),
+                          (int((S // 2 + 8) * k), int(26 * k)), (235, 235, 225), -1)
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def _t(imgs: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
+
+
+def _lap_var(x: torch.Tensor) -> float:
+    grey = x[0].mean(0).numpy()[int(MASK_TOP * S) + 4:]
+    return float(cv2.Laplacian(grey, cv2.CV_32F).var())
+
+
+def test_a_soft_mouth_gets_back_the_detail_of_the_same_shape() -> None:
+    mouths = _mouths(70)
+    bank = tx.build(mouths, MASK_TOP, tx.TextureConfig(entries=14, sigma=1.2))[0]
+    real = _t(mouths[3:4])
+    soft = _t(cv2.GaussianBlur(mouths[3], (0, 0), 1.5)[None])
+    out = bank.apply(soft)
+    # The blur took most of the fine detail away; the bank gives it back, in place: the
+    # result is nearer the real mouth than the soft one was.
+    assert _lap_var(soft) < 0.4 * _lap_var(real)
+    assert _lap_var(out) > 0.8 * _lap_var(real)
+    rows = slice(int(MASK_TOP * S) + 4, S)
+    assert (out - real)[..., rows, :].abs().mean() < 0.6 * (soft - real)[..., rows, :].abs().mean()
+    # Above the painted part nothing is touched (the generator keeps the frame there).
+    top = int(MASK_TOP * S) - 3
+    assert torch.equal(out[..., :top, :], soft[..., :top, :])
+
+
+def test_a_mouth_enlarged_on_screen_gets_the_fine_band_of_its_screen_size() -> None:
+    """A region painted at 48 px and shown at 96: the bank's fine bands, kept at 96 px from
+    the same frames, put back the detail the enlargement cannot hold."""
+    hi = _mouths(70, size=2 * S)
+    # As the footage's regions are cut at both sizes: one map, scaled.
+    lo = np.stack([np.clip(resample.warp(m, np.array([[0.5, 0, 0], [0, 0.5, 0]]), (S, S)),
+                           0, 255).astype(np.uint8) for m in hi])
+    bank, chosen = tx.build(lo, MASK_TOP, tx.TextureConfig(entries=14))
+    bank = bank.with_fine(hi[chosen])
+    assert bank.screen_size == 2 * S
+    out, fine = bank.apply_fine(_t(lo[3:4]))
+    assert fine is not None and fine.shape == (1, 3, 2 * S, 2 * S)
+    painted = out[0].permute(1, 2, 0).numpy() * 255
+    to_box = np.array([[2.0, 0, 0], [0, 2.0, 0]])
+    plain = resample.warp(painted, to_box, (2 * S, 2 * S))
+    band, sigma = tx.screen_band(fine[0].permute(1, 2, 0).numpy(), to_box, S, (2 * S, 2 * S),
+                                 bank.fine_sigma)
+    sharp = cv2.GaussianBlur(plain, (0, 0), sigma) + band
+    rows = slice(int(MASK_TOP * 2 * S) + 8, 2 * S)
+    real = hi[3].astype(np.float32)
+
+    def lap(img: np.ndarray) -> float:
+        return float(cv2.Laplacian(img.mean(2)[rows], cv2.CV_32F).var())
+
+    assert lap(plain) < 0.5 * lap(real)
+    assert lap(sharp) > 0.8 * lap(real)
+    assert np.abs(sharp - real)[rows].mean() < 0.8 * np.abs(plain - real)[rows].mean()
+
+
+def test_a_mouth_that_moves_a_little_changes_its_texture_a_little() -> None:
+    """Soft weights: no jump from one entry's texture to another's (no flicker)."""
+    mouths = _mouths(70)
+    bank = tx.build(mouths, MASK_TOP, tx.TextureConfig(entries=14))[0]
+    a, b = mouths[4].astype(np.float32), mouths[5].astype(np.float32)
+    # A soft mouth opening from one entry's shape to the next in 20 steps.
+    steps = [bank.apply(_t(cv2.GaussianBlur(a + (b - a) * w, (0, 0), 1.5)
+                           .astype(np.uint8)[None])) for w in np.linspace(0, 1, 21)]
+    jumps = [float((p - q).abs().max()) * 255 for p, q in zip(steps, steps[1:], strict=False)]
+    # The nearest entry alone (a hard switch) moves pixels by over 100 levels at one step.
+    assert max(jumps) < 40, jumps
+    assert torch.equal(bank.apply(_t(cv2.GaussianBlur(a, (0, 0), 1.5).astype(np.uint8)[None])),
+                       steps[0])
+
+
+def test_the_bank_is_built_the_same_way_twice_and_survives_a_file(tmp_path: Path) -> None:
+    mouths = _mouths(50, seed=1)
+    a = tx.build(mouths, MASK_TOP, tx.TextureConfig(entries=10))[0]
+    b = tx.build(mouths, MASK_TOP, tx.TextureConfig(entries=10))[0]
+    assert len(a) == 10
+    assert np.array_equal(a._bands_np, b._bands_np)
+    a.save(tmp_path / "t.npz")
+    c = tx.TextureBank.load(tmp_path / "t.npz")
+    assert c.cfg == a.cfg and c.size == S
+    x = _t(mouths[:4])
+    assert torch.equal(a.apply(x), c.apply(x))
+
+
+def test_enrolment_writes_a_bank_and_rendering_uses_it(bundle: Path) -> None:
+    from avatar.avatar import Avatar
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    name = manifest["head"]["texture"]
+    assert name in manifest["files"]
+    avatar = Avatar.load(bundle)
+    assert avatar.texture is not None and avatar.texture.size == avatar.size
+    reqs = avatar.silent_requests(2)
+    with_bank = avatar.render(reqs)
+    avatar.texture = None
+    without = avatar.render(reqs)
+    assert any(not np.array_equal(a, b) for a, b in zip(with_bank, without, strict=True))
+
+
+def test_a_bundle_without_a_bank_renders_and_train_texture_adds_one(
+        bundle: Path, tmp_path: Path) -> None:
+    from avatar.avatar import Avatar
+
+    work = tmp_path / "w"
+    (work / "avatars").mkdir(parents=True)
+    old = work / "avatars" / bundle.name
+    shutil.copytree(bundle, old)
+    (work / "features").symlink_to(bundle.parent.parent / "features")
+    manifest = json.loads((old / "manifest.json").read_text())
+    first = manifest["head"].pop("texture")
+    del manifest["files"][first]
+    (old / first).unlink()
+    (old / "manifest.json").write_text(json.dumps(manifest))  # as bundles before banks
+    avatar = Avatar.load(old)
+    assert avatar.texture is None
+    assert len(avatar.render(avatar.silent_requests(1))) == 1
+
+    proc = run_cli("train", "texture", work)
+    assert proc.returncode == 0, proc.stderr
+    name = json.loads(proc.stdout)["texture"]
+    after = json.loads((old / "manifest.json").read_text())
+    assert after["head"]["texture"] == name and name in after["files"]
+    assert Avatar.load(old).texture is not None
+    proc = run_cli("train", "texture", work)  # rebuilt: the new one replaces the old
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["texture"] != name and not (old / name).exists()
+
+
+@pytest.mark.gpu
+def test_the_bank_gives_the_same_texture_on_the_gpu() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    mouths = _mouths(40)
+    bank = tx.build(mouths, MASK_TOP, tx.TextureConfig(entries=8))[0]
+    x = _t(mouths[:6])
+    cpu = bank.apply(x)
+    gpu = bank.to("cuda:0").apply(x.cuda()).cpu()
+    assert (cpu - gpu).abs().max() < 1 / 255
