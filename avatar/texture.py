@@ -10,10 +10,11 @@ showing); at render each painted mouth finds the entries whose coarse picture is
 its own and takes their fine band (what a Gaussian blur of ``sigma`` removes) in place of
 its own soft one. The coarse picture, and so the mouth's shape, stays the generator's.
 
-Weights fall off smoothly with distance (a soft nearest neighbour), so a mouth that moves
-a little changes its texture a little: a still mouth keeps a still texture, with no flicker
-from one entry to another. The bank holds training frames only; held-out frames never
-enter it.
+Weights fall off with distance and reach 0 where the next entry out would come in (a
+soft nearest neighbour), so a still mouth keeps a still texture and a moving one changes
+it with less of a jump than the nearest entry alone would make. Each entry lends detail
+only where its coarse picture matches the painted one's. The bank holds training frames
+only; held-out frames never enter it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from avatar import atomic
+from avatar.device_composite import blur
+from avatar.models.head import region_keep_mask
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +71,6 @@ class TextureConfig:
         return cls(**known)
 
 
-def _gauss_kernel(sigma: float) -> torch.Tensor:
-    r = max(1, int(np.ceil(3 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
-def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, H, W), borders reflected (as OpenCV's default)."""
-    k = _gauss_kernel(sigma).to(x.device, x.dtype)
-    c, r = x.shape[1], (len(k) - 1) // 2
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1),
-                 groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"),
-                    k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-
-
 def describe(regions: torch.Tensor, mask_top: float, grid: int) -> torch.Tensor:
     """(B, 3, S, S) in [0, 1] -> (B, grid * grid): the painted part's coarse grey picture,
     its mean removed (a change of light does not make a different mouth)."""
@@ -92,14 +78,6 @@ def describe(regions: torch.Tensor, mask_top: float, grid: int) -> torch.Tensor:
     grey = (regions[:, 0] * 0.299 + regions[:, 1] * 0.587 + regions[:, 2] * 0.114)
     low = F.adaptive_avg_pool2d(grey[:, None, int(mask_top * s):], (grid, grid)).flatten(1)
     return low - low.mean(1, keepdim=True)
-
-
-def _painted_rows(size: int, mask_top: float) -> torch.Tensor:
-    # Avoids importing the model module's helper (it builds on torch.nn); the same ramp:
-    # nothing above mask_top, fully from a few pixels below it.
-    rows = torch.arange(size, dtype=torch.float32) / size
-    edge = 0.04
-    return ((rows - mask_top + edge) / (2 * edge)).clamp(0, 1).view(1, 1, size, 1)
 
 
 class TextureBank:
@@ -143,11 +121,12 @@ class TextureBank:
     def _put(self, device: torch.device) -> None:
         self.device = device
         self.desc = torch.from_numpy(self._desc_np).to(device)
-        # Kept as int8 until gathered: a 160 px bank of 128 is 10 MB so, 39 as float32.
+        # Kept as int8 until gathered: a 160 px bank of 256 is 20 MB so, 79 as float32.
         self.bands = torch.from_numpy(self._bands_np).to(device)
         self.fine = None if self._fine_np is None else torch.from_numpy(self._fine_np).to(device)
         self.lows = None if self._lows_np is None else torch.from_numpy(self._lows_np).to(device)
-        self.rows = _painted_rows(self.size, self.mask_top).to(device)
+        # The rows the generator paints (where it keeps the frame, nothing is lent).
+        self.rows = 1 - region_keep_mask(self.size, self.mask_top, device)
 
     def to(self, device: torch.device | str) -> TextureBank:
         self._put(torch.device(device))
@@ -299,7 +278,6 @@ def _representatives(x: np.ndarray, k: int, seed: int, iters: int = 25) -> np.nd
 
 def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None]
-
 
 
 def screen_band(fine: np.ndarray, to_box: np.ndarray, size: int, box: tuple[int, int],
