@@ -184,3 +184,46 @@ def test_the_bank_gives_the_same_texture_on_the_gpu() -> None:
     cpu = bank.apply(x)
     gpu = bank.to("cuda:0").apply(x.cuda()).cpu()
     assert (cpu - gpu).abs().max() < 1 / 255
+
+
+def _two_equal_neighbours(cfg: tx.TextureConfig, lows: bool = False
+                          ) -> tuple[tx.TextureBank, torch.Tensor]:
+    """A bank whose first two entries (unrelated noise textures) are equally near a painted
+    mouth and whose third is far, and that mouth (soft, with a texture of its own)."""
+    rng = np.random.default_rng(5)
+    painted = _t(cv2.GaussianBlur(_mouths(1)[0], (0, 0), 1.0)[None])
+    d = tx.describe(painted, MASK_TOP, cfg.grid)[0].numpy()
+    e = np.zeros_like(d)
+    e[0] = 0.05
+    descriptors = np.stack([d + e, d - e, d + 20 * e])
+    bands = rng.normal(0, 16, (3, 3, S, S)).round().clip(-127, 127).astype(np.int8)
+    # Lows of black: no entry agrees with the painted mouth anywhere.
+    low = np.zeros((3, 3, S, S), np.uint8) if lows else None
+    return tx.TextureBank(descriptors, bands, MASK_TOP, cfg, lows=low), painted
+
+
+def test_gain_gives_a_blend_of_two_textures_the_energy_of_one() -> None:
+    rows = slice(int(MASK_TOP * S) + 4, S - 4)
+
+    def band_var(cfg: tx.TextureConfig) -> float:
+        bank, painted = _two_equal_neighbours(cfg)
+        out = bank.apply(painted)
+        return float((out - tx.blur(out, cfg.sigma))[..., rows, :].var())
+
+    one = band_var(tx.TextureConfig(tolerance=0, neighbours=1))
+    half = band_var(tx.TextureConfig(tolerance=0))
+    full = band_var(tx.TextureConfig(tolerance=0, gain_cap=1.5))
+    # Half and half of two unrelated textures keeps half the variance of one; scaled by
+    # sqrt(2) (under the cap) it is back to one's.
+    assert half < 0.6 * one
+    assert 0.85 * one < full < 1.15 * one
+
+
+def test_fill_own_keeps_the_paints_band_where_no_entry_agrees() -> None:
+    rows = slice(int(MASK_TOP * S) + 4, S - 4)
+    for fill, lo, hi in ((False, 0.0, 0.5), (True, 0.9, 1.1)):
+        bank, painted = _two_equal_neighbours(tx.TextureConfig(fill_own=fill), lows=True)
+        out = bank.apply(painted)
+        own = (painted - tx.blur(painted, 1.2))[..., rows, :].var()
+        kept = (out - tx.blur(out, 1.2))[..., rows, :].var()
+        assert lo * own <= kept <= hi * own, (fill, kept / own)
