@@ -175,7 +175,7 @@ SERVE_ONLY = textwrap.dedent("""
     import streaming.tracks
 
     bundle = Path(sys.argv[2])
-    server = Server(bundle_names([bundle]), ServerConfig(host_share=None,
+    server = Server(bundle_names([bundle]), ServerConfig(host_share=None, lost_share=None,
                                                          token="t", allow_unconsented=True))
     server.load()
     running = RunningServer(server)

@@ -245,7 +245,7 @@ def test_chat_from_irc_and_the_webhook_is_answered_to_a_real_viewer(bundle) -> N
         fake = FakeLLM()
         fake.pieces = ["It comes", " in blue."]
         llm_url = await fake.start()
-        srv = Server({"presenter": bundle}, ServerConfig(host_share=None,
+        srv = Server({"presenter": bundle}, ServerConfig(host_share=None, lost_share=None,
             token="t", allow_unconsented=True, rtmp_allow=("127.0.0.1",),
             llm=LLMConfig(url=llm_url, model="fake")))
         await asyncio.to_thread(srv.load)
@@ -338,7 +338,8 @@ async def _wait_joined(reader) -> None:  # noqa: ANN001
 def test_a_chat_message_to_a_server_without_an_llm_is_a_409(bundle) -> None:  # noqa: ANN001
     from streaming.app import Server, ServerConfig
 
-    srv = Server({"presenter": bundle}, ServerConfig(host_share=None, allow_unconsented=True))
+    srv = Server({"presenter": bundle}, ServerConfig(host_share=None, lost_share=None,
+                                                     allow_unconsented=True))
     with pytest.raises(BadRequest) as e:
         srv.post_chat(object(), ChatPost((("a", "b?"),)))  # type: ignore[arg-type]
     assert e.value.status == 409

@@ -181,7 +181,8 @@ def test_a_question_is_answered_sentence_by_sentence_and_failures_cost_one_answe
 def test_a_server_without_an_llm_refuses_questions(bundle) -> None:  # noqa: ANN001
     from streaming.app import Server, ServerConfig
 
-    srv = Server({"presenter": bundle}, ServerConfig(host_share=None, allow_unconsented=True))
+    srv = Server({"presenter": bundle}, ServerConfig(host_share=None, lost_share=None,
+                                                     allow_unconsented=True))
     with pytest.raises(BadRequest, match="--llm") as e:
         srv.ask(object(), Ask("Blue?"))  # type: ignore[arg-type]
     assert e.value.status == 409
@@ -218,7 +219,7 @@ def test_a_real_llm_answers_a_viewer_over_the_data_channel(bundle, smollm2) -> N
 
     llm = LLMConfig(url=smollm2, model="SmolLM2-135M-Instruct", temperature=0.0,
                     knowledge="The travel jacket comes in blue and green. It costs 80 euros.")
-    srv = Server({"presenter": bundle}, ServerConfig(host_share=None,
+    srv = Server({"presenter": bundle}, ServerConfig(host_share=None, lost_share=None,
                                                      token="t", allow_unconsented=True,
                                                      llm=llm))
     srv.load()

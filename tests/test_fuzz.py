@@ -21,7 +21,8 @@ def api(bundle: Path):  # noqa: ANN201
     from streaming.routes import RunningServer
 
     srv = Server({"presenter": bundle}, ServerConfig(token=TOKEN, max_sessions=2,
-                                                   allow_unconsented=True, host_share=None))
+                                                   allow_unconsented=True, host_share=None,
+                                                   lost_share=None))
     srv.load()
     running = RunningServer(srv)
     yield running.url, srv

@@ -164,11 +164,11 @@ def test_a_person_talks_to_the_avatar_over_webrtc(bundle, tmp_path) -> None:  # 
         fake = FakeLLM()
         fake.pieces = ["Printing is an art."]
         llm_url = await fake.start()
-        srv = Server({"presenter": bundle}, ServerConfig(host_share=None,
+        srv = Server({"presenter": bundle}, ServerConfig(host_share=None, lost_share=None,
             token="t", allow_unconsented=True, llm=LLMConfig(url=llm_url, model="fake")))
         await asyncio.to_thread(srv.load)
         running = await asyncio.to_thread(RunningServer, srv)
-        plain = Server({"presenter": bundle}, ServerConfig(host_share=None,
+        plain = Server({"presenter": bundle}, ServerConfig(host_share=None, lost_share=None,
                                                            token="t", allow_unconsented=True))
         try:
             async with aiohttp.ClientSession() as http:

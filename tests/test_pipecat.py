@@ -44,7 +44,7 @@ def test_the_pipecat_service_in_real_pipelines(bundle, sample, tmp_path) -> None
     from streaming.app import Server, ServerConfig
     from streaming.routes import RunningServer
 
-    srv = Server({"presenter": bundle}, ServerConfig(host_share=None,
+    srv = Server({"presenter": bundle}, ServerConfig(host_share=None, lost_share=None,
                                                      token="t", allow_unconsented=True))
     srv.load()
     running = RunningServer(srv)

@@ -20,7 +20,7 @@ def server(bundle: Path):  # noqa: ANN201
     # These tests are about the API, not admission by rendering capacity or the host's
     # load: a slow moment on the host (44 frames/s measured in one CI run) refused their
     # second session.
-    srv = Server({"presenter": bundle}, ServerConfig(host_share=None,
+    srv = Server({"presenter": bundle}, ServerConfig(host_share=None, lost_share=None,
         token="t0ken", max_sessions=3, cors_origins=("https://shop.example",),
         allow_unconsented=True, capacity_share=1e9))
     srv.load()
@@ -46,7 +46,7 @@ def test_load_warms_the_renderers_up(bundle: Path) -> None:
     from streaming.app import Server, ServerConfig
     from streaming.scheduler import Cost
 
-    srv = Server({"presenter": bundle}, ServerConfig(host_share=None,
+    srv = Server({"presenter": bundle}, ServerConfig(host_share=None, lost_share=None,
                                                      devices=("cpu", "cpu"), max_batch=4,
                                                      allow_unconsented=True))
     srv.load()

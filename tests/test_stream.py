@@ -47,6 +47,7 @@ def server(bundle: Path):  # noqa: ANN201
     from streaming.routes import RunningServer
 
     srv = Server({"presenter": bundle}, ServerConfig(token="t0ken", max_sessions=4, host_share=None,
+                                                     lost_share=None,
                                                      rtmp_allow=("127.0.0.1",),
                                                      allow_unconsented=True))
     srv.load()

@@ -227,3 +227,22 @@ def test_fill_own_keeps_the_paints_band_where_no_entry_agrees() -> None:
         own = (painted - tx.blur(painted, 1.2))[..., rows, :].var()
         kept = (out - tx.blur(out, 1.2))[..., rows, :].var()
         assert lo * own <= kept <= hi * own, (fill, kept / own)
+
+
+def test_the_outline_gate_lends_less_on_the_mouths_edges_than_beside_them() -> None:
+    bank, painted = _two_equal_neighbours(tx.TextureConfig(tolerance=0, edge=12))
+    plain, _ = _two_equal_neighbours(tx.TextureConfig(tolerance=0))
+    # What each puts over the paint's coarse picture (its own band is replaced).
+    low = tx.blur(painted, 1.2)
+    lent = (bank.apply(painted) - low).abs()[0].mean(0)
+    lent_plain = (plain.apply(painted) - low).abs()[0].mean(0)
+    # The dark mouth's outline in the painted picture: its strongest coarse gradient rows.
+    grey = tx.blur(painted, 2.4)[0].mean(0) * 255
+    gy, gx = torch.gradient(grey)
+    g = (gx * gx + gy * gy).sqrt()
+    rows = slice(int(MASK_TOP * S) + 4, S - 4)
+    on = g[rows] > torch.quantile(g[rows], 0.9)
+    off = g[rows] < torch.quantile(g[rows], 0.3)
+    ratio = lent[rows][on].mean() / lent[rows][off].mean()
+    ratio_plain = lent_plain[rows][on].mean() / lent_plain[rows][off].mean()
+    assert ratio < 0.6 * ratio_plain, (ratio, ratio_plain)
