@@ -81,7 +81,8 @@ class TextureConfig:
     unrelated textures mixed half and half keep 1/sqrt(2) of it, so the mix is softer than
     any entry); 0: no scaling. Measured on held-out renders of the synthetic sample (demo
     bundle, 96 px shown at 140): sharpness 0.444 -> 0.534 with 1.5, 0.590 with 1.25 and
-    ``fill_own``, 0.656 with 1.5 and ``fill_own``, but PSNR 20.76 -> 20.64 / 20.52 / 20.41
+    ``fill_own``, 0.656 with 1.5 and ``fill_own`` (these two with ``fill_own`` at the
+    working size only, as it was then), but PSNR 20.76 -> 20.64 / 20.52 / 20.41
     dB and change in silence 1.15 -> 1.20 / 1.22 / 1.23 of the real (louder unmatched
     detail, and its flicker in silence): off until a cost-free form is found."""
 
