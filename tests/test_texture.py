@@ -246,3 +246,20 @@ def test_the_outline_gate_lends_less_on_the_mouths_edges_than_beside_them() -> N
     ratio = lent[rows][on].mean() / lent[rows][off].mean()
     ratio_plain = lent_plain[rows][on].mean() / lent_plain[rows][off].mean()
     assert ratio < 0.6 * ratio_plain, (ratio, ratio_plain)
+
+
+def test_fill_own_keeps_the_enlarged_paints_band_at_the_screens_size() -> None:
+    """Where no entry agrees, the fine band compositing puts in at the screen's size is the
+    paint's own (enlarged) band under fill_own, and next to nothing without it."""
+    big = 2 * S
+    regions = np.random.default_rng(6).integers(0, 255, (3, big, big, 3), dtype=np.uint8)
+    for fill in (False, True):
+        bank, painted = _two_equal_neighbours(tx.TextureConfig(fill_own=fill), lows=True)
+        bank = bank.with_fine(regions)
+        fine = bank.apply_fine(painted)[1]
+        up = torch.nn.functional.interpolate(painted * 255, size=(big, big), mode="bicubic",
+                                             align_corners=False)
+        own = up - tx.blur(up, bank.fine_sigma)
+        rows = slice(int(MASK_TOP * big) + 8, big - 8)
+        err = (fine - own)[..., rows, :].abs().mean() / own[..., rows, :].abs().mean()
+        assert (err < 0.1) if fill else (err > 0.9), (fill, float(err))
