@@ -33,13 +33,14 @@ $(PIPECAT_STAMP): integrations/pipecat/pyproject.toml
 
 pipecat-setup: $(PIPECAT_STAMP) ## the pipecat service's own venv (integrations/pipecat/.venv)
 
-demo: setup ## synthetic sample -> consent -> enrol (demo preset) -> render the avatar speaking
+demo: setup ## synthetic sample -> consent -> enrol (demo preset) -> render the avatar saying new speech
 	$(VENV)/bin/twincast sample --out $(SAMPLE)
 	$(VENV)/bin/twincast consent --workdir $(WORK) --name "Eileen Collins"
 	$(VENV)/bin/twincast sample --consent $(WORK) --out $(SAMPLE)
 	$(VENV)/bin/twincast enrol $(SAMPLE)/sample.mp4 --transcript $(SAMPLE)/transcript.txt \
 		--workdir $(WORK) --name sample --preset demo --consent $(SAMPLE)/consent.mp4
-	$(VENV)/bin/twincast render $(WORK)/avatars/sample --audio $(SAMPLE)/sample.mp4 \
+	$(VENV)/bin/twincast sample --out $(SAMPLE)/held-out --minutes 0.5 --seed 1
+	$(VENV)/bin/twincast render $(WORK)/avatars/sample --audio $(SAMPLE)/held-out/sample.mp4 \
 		-o $(WORK)/demo.mp4
 	$(VENV)/bin/twincast render $(WORK)/avatars/sample --text "Hello, I am the sample's \
 		digital double." -o $(WORK)/demo_text.mp4
