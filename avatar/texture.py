@@ -67,15 +67,19 @@ class TextureConfig:
     fill_own: bool = False
     """Where no entry lends (its coarse picture disagrees there), keep the paint's own fine
     band instead of leaving that spot at the coarse picture alone (at the screen's size
-    too, where the bank has fine bands: the enlarged paint's own band there)."""
+    too, where the bank has fine bands: the enlarged paint's own band there). On four
+    bundles (two of the synthetic sample, two of GRID) it gave back a little of the bank's
+    lip-sync cost and added 0.02-0.05 sharpness, for ~0.1 dB PSNR and about 15 % of the
+    frame rate at batch 1 (512x512, 96 px); off until its cost at 720p / 160 px is known."""
     edge: float = 0.0
     """Coarse gradient (levels per working pixel) of the painted mouth at which lent detail
     is down to 1/e: the lip and teeth outlines keep the paint's own band, where an entry's
     outline a pixel off would move the edge the eye and the face mesh read. 0: no check.
     With ``fill_own``, 12 on held-out renders of the synthetic sample (demo bundle) kept the
     truth correlation the bank otherwise costs (0.897 -> 0.922; 0.925 without a bank) but
-    halved the sharpness it gives (0.490 -> 0.262; 0.214 without): off, a trade not yet
-    worth it."""
+    halved the sharpness it gives (0.490 -> 0.262; 0.214 without). Softer gates (40, 60)
+    kept most of the sharpness but gained lip sync only on the synthetic face (GRID's
+    outlines are softer: no change there); figures in the README. Off."""
     gain_cap: float = 0.0
     """Scale the blended bands back towards the energy one band has, at most this much (two
     unrelated textures mixed half and half keep 1/sqrt(2) of it, so the mix is softer than
