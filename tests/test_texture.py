@@ -130,6 +130,15 @@ def test_the_bank_is_built_the_same_way_twice_and_survives_a_file(tmp_path: Path
     assert torch.equal(a.apply(x), c.apply(x))
 
 
+
+def test_a_new_bank_keeps_the_paints_own_band_and_an_old_one_renders_as_it_did() -> None:
+    assert tx.TextureConfig().fill_own
+    saved = json.loads(json.dumps(tx.TextureConfig().__dict__))
+    assert tx.TextureConfig.from_dict(saved).fill_own
+    # A bank saved before the option existed has no such key: it stays off there.
+    del saved["fill_own"]
+    assert not tx.TextureConfig.from_dict(saved).fill_own
+
 def test_enrolment_writes_a_bank_and_rendering_uses_it(bundle: Path) -> None:
     from avatar.avatar import Avatar
 
@@ -230,8 +239,10 @@ def test_fill_own_keeps_the_paints_band_where_no_entry_agrees() -> None:
 
 
 def test_the_outline_gate_lends_less_on_the_mouths_edges_than_beside_them() -> None:
-    bank, painted = _two_equal_neighbours(tx.TextureConfig(tolerance=0, edge=12))
-    plain, _ = _two_equal_neighbours(tx.TextureConfig(tolerance=0))
+    # Without fill_own, so what goes over the coarse picture is the bank's alone.
+    bank, painted = _two_equal_neighbours(tx.TextureConfig(tolerance=0, edge=12,
+                                                           fill_own=False))
+    plain, _ = _two_equal_neighbours(tx.TextureConfig(tolerance=0, fill_own=False))
     # What each puts over the paint's coarse picture (its own band is replaced).
     low = tx.blur(painted, 1.2)
     lent = (bank.apply(painted) - low).abs()[0].mean(0)
