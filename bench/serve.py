@@ -186,10 +186,18 @@ def _analyse(logs: list[ClientLog], fps: int) -> dict:
 
 def bench_serve(bundle: Path, sessions: int, seconds: float, devices: tuple[str, ...] = (
         "cpu",), max_batch: int = 16, precision: str = "auto") -> dict:
+    from avatar.bundle import read_manifest
+    from avatar.errors import TwincastError
     from streaming.app import Server, ServerConfig, bundle_names
     from streaming.routes import RunningServer
     from streaming.session import SessionConfig
 
+    manifest = read_manifest(Path(bundle))
+    if manifest.voice is None or manifest.head is None:
+        # Its clients send text and time the moving mouth: both halves are needed.
+        raise TwincastError(f"{bundle}: bench serve needs an avatar with a face and a voice; "
+                            f"this one has no {'voice' if manifest.voice is None else 'face'} "
+                            "(enrol it with a transcript or --voice)")
     srv = Server(bundle_names([bundle]), ServerConfig(host_share=None, lost_share=None,
         devices=devices, max_batch=max_batch, max_sessions=256, capacity_share=1e9,
         token="bench", precision=precision, allow_unconsented=True))

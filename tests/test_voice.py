@@ -156,6 +156,10 @@ def test_bundle_without_voice_and_bad_pace(bundle: Path, tmp_path: Path) -> None
     (b / "manifest.json").write_text(json.dumps(manifest))
     proc = run_cli("say", b, "Hello.", "-o", tmp_path / "x.wav")
     assert proc.returncode == 2 and "has no voice" in proc.stderr
+    # bench serve's clients send text: one line before any server starts.
+    proc = run_cli("bench", "serve", b, "--sessions", "1", "--seconds", "1")
+    assert proc.returncode == 2 and "has no voice" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
     proc = run_cli("say", bundle, "Hello.", "-o", tmp_path / "x.wav", "--pace", "5")
     assert proc.returncode == 2 and "pace" in proc.stderr
 
