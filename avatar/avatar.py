@@ -152,6 +152,12 @@ class Avatar:
         if architecture is None:
             load_weights(gen, path / head.file, "head")
         gen = fold_batchnorm(gen).to(dev)
+        if dev.type == "cpu":
+            # oneDNN's convolutions run faster on channels-last weights (the activations
+            # follow them): on a 2-core AVX2 EPYC in float32, 21.5 -> 17.3 ms a frame for a
+            # 160 px generator at batch 1 and 30 -> 23 at batch 16, same output to 1e-7.
+            # Not measured on a GPU, which keeps the default layout.
+            gen = gen.to(memory_format=torch.channels_last)
         dtype = devices.compute_dtype(dev, precision)
         ref_img = _read_rgb(path / head.reference, (cfg.size, cfg.size))
         reference = torch.from_numpy(ref_img).permute(2, 0, 1).float().div(255).to(dev)
