@@ -262,8 +262,8 @@ class TextureBank:
             # share goes in here, its working-size band enlarged to the screen's size. (The
             # band of the enlarged paint, a bicubic enlargement and a second blur at that
             # size, scored the same on held-out renders of the sample, truth 0.957,
-            # sharpness 0.489, PSNR 21.47, at three times the cost: 2.3 against 0.7 ms a
-            # 720p frame at batch 1 on a 2-core AVX2 EPYC.)
+            # sharpness 0.489, PSNR 21.47, at about three times the cost: 2.3-3.6 against 0.2-0.9
+            # ms a 720p frame at batch 1 on a 2-core AVX2 EPYC.)
             fine = fine + F.interpolate((x - low) * own_w * 255, size=fine.shape[-2:],
                                         mode="bicubic", align_corners=False)
         return out.clamp(0, 1).to(painted.dtype), fine

@@ -130,7 +130,6 @@ def test_the_bank_is_built_the_same_way_twice_and_survives_a_file(tmp_path: Path
     assert torch.equal(a.apply(x), c.apply(x))
 
 
-
 def test_a_new_bank_keeps_the_paints_own_band_and_an_old_one_renders_as_it_did() -> None:
     assert tx.TextureConfig().fill_own
     saved = json.loads(json.dumps(tx.TextureConfig().__dict__))
@@ -138,6 +137,7 @@ def test_a_new_bank_keeps_the_paints_own_band_and_an_old_one_renders_as_it_did()
     # A bank saved before the option existed has no such key: it stays off there.
     del saved["fill_own"]
     assert not tx.TextureConfig.from_dict(saved).fill_own
+
 
 def test_enrolment_writes_a_bank_and_rendering_uses_it(bundle: Path) -> None:
     from avatar.avatar import Avatar
