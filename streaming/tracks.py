@@ -15,6 +15,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from avatar.label import Label
+from avatar.video_io import video_frame
 from avatar.video_mark import VideoMarker
 from streaming.session import Session
 
@@ -66,7 +67,7 @@ class AvatarVideoTrack(MediaStreamTrack):
             rgb = self.label.apply(rgb)
         if marker is not None:
             rgb = marker.apply(rgb, k)
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame = video_frame(rgb)  # 4:2:0 here, so the VP8 encoder need not convert it
         fps = self.session.cfg.fps
         frame.pts, frame.time_base = k * 90000 // fps, Fraction(1, 90000)
         return frame

@@ -127,3 +127,40 @@ def test_audio_keeps_one_encoder_and_ends_rather_than_mix_in_another() -> None:
     # ends the track.
     assert [p.pts for p in out] == [0, 960, 1920, 2880]
     assert ended and track.readyState == "ended"
+
+
+def test_frames_leave_as_4_2_0_the_picture_ffmpeg_would_have_made() -> None:
+    """The track hands the encoder YUV 4:2:0 (no conversion left for it to do) that
+    decodes back to what FFmpeg's own conversion of the RGB picture gives, within the
+    rounding of the two; a size 4:2:0 cannot hold whole stays RGB."""
+    from avatar.video_io import video_frame
+
+    rng = np.random.default_rng(3)
+    # A smooth picture with an edge, as frames are (noise would measure chroma averaging).
+    y, x = np.mgrid[0:72, 0:128]
+    rgb = np.stack([x * 2, y * 3, 255 - x - y], -1).astype(np.uint8)
+    rgb[20:50, 40:90] = rng.integers(0, 256, 3, dtype=np.uint8)
+    ours = video_frame(rgb)
+    assert ours.format.name == "yuv420p" and (ours.width, ours.height) == (128, 72)
+    theirs = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    a = ours.to_ndarray().astype(int)
+    b = theirs.to_ndarray().astype(int)
+    # Luma to rounding; chroma within a level or so (OpenCV averages each 2x2 block,
+    # swscale samples it sited a little to the left: a level on a steep colour ramp).
+    assert np.abs(a[:72] - b[:72]).max() <= 2
+    assert np.abs(a[72:] - b[72:]).mean() < 1.5
+    # Not a different colour space or range: back to RGB as near the picture as FFmpeg's.
+    def error(f: av.VideoFrame) -> float:
+        return float(np.abs(f.to_ndarray(format="rgb24").astype(int) - rgb).mean())
+    assert error(ours) <= error(theirs) + 0.5
+
+    assert video_frame(rgb[:71, :127]).format.name == "rgb24"
+
+    now = [100.0]
+    session = FakeSession(now)
+    track = AvatarVideoTrack(session)  # type: ignore[arg-type]
+    try:
+        frame = asyncio.run(track.recv())
+    finally:
+        track.stop()
+    assert frame.format.name == "yuv420p"
