@@ -71,6 +71,14 @@ class SessionConfig:
     ``SchedulerConfig.hold_s``)."""
     deadline_margin_s: float = 0.008
     """A rendered frame must be back this long before it is shown."""
+    late_hold_frames: int = 3
+    """A frame the renderer did not give back in time shows the last painted frame again
+    if it was shown at most this many frames before (a stutter), not the footage under
+    it: that footage has the recorded mouth of another moment, and on a host short of CPU
+    (one 720p session on a 2-core AVX2 EPYC: a quarter to a third of the speech frames
+    late) the mouth then flickered between the voice's shape and the footage's several
+    times a second. Longer gaps show the footage (a frozen face reads as a stall). Counted
+    as late all the same (``frames_late``), and in ``frames_held``."""
     video_behind_s: float = 0.16
     """A viewer's video that has fallen this far behind the session's clock (a host short
     of CPU: each frame is asked for only once the one before is encoded) skips to the
@@ -209,7 +217,7 @@ class Session:
         self.listeners: list[Callable[[SessionEvent], None]] = []
         self.stats = {"frames_shown": 0, "frames_rendered": 0, "frames_late": 0,
                       "frames_late_at_start": 0, "frames_dropped_late": 0, "frames_failed": 0,
-                      "frames_repeated": 0, "frames_skipped": 0,
+                      "frames_repeated": 0, "frames_skipped": 0, "frames_held": 0,
                       "utterances": 0, "interrupts": 0}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -241,6 +249,8 @@ class Session:
         self._told_closing = False
         self._last_frame: np.ndarray | None = None
         """The frame shown last (shown again where a motion frame is not decoded yet)."""
+        self._last_painted: tuple[int, np.ndarray] | None = None
+        """The last rendered frame shown and its index (``late_hold_frames``)."""
         self.on_close: list[Callable[[], None]] = []
         self.on_interrupt: list[Callable[[], None]] = []
         """Called at every barge-in (a conversation drops the answer it is giving)."""
@@ -440,14 +450,20 @@ class Session:
             del self.rendered[old]
         if frame is not None:
             self._last_frame = frame
+            self._last_painted = (k, frame)
             return frame
         u = self._at(k)
-        if u is not None and u.start_frame is not None:
+        speech = u is not None and u.start_frame is not None
+        if speech:
             # A speech frame shown without its mouth: late, whether the renderer was late
             # or it was never handed over (its audio or its footage not ready in time).
             self.stats["frames_late"] += 1
             if k - u.start_frame < 5:
                 self.stats["frames_late_at_start"] += 1
+        if (speech or k in self._painted) and self._last_painted is not None and \
+                0 < k - self._last_painted[0] <= self.cfg.late_hold_frames:
+            self.stats["frames_held"] += 1
+            return self._last_painted[1]
         if self.motion is not None:
             e = self.motion.at(k, self._mode)
             # This runs on the event loop, which every session shares: a bank chunk not

@@ -547,3 +547,52 @@ def test_barge_in_ends_the_synthesis_pause_at_once() -> None:
                                           "interrupt"))
     assert len(asked) >= 2 and asked[0] < said
     assert asked[1] - said < 0.3  # the new sentence's first chunk: not after 2 s
+
+
+def test_a_late_speech_frame_stutters_on_the_last_mouth_instead_of_the_footage() -> None:
+    """A frame the renderer did not give back in time shows the last painted frame again
+    (up to ``late_hold_frames`` after it), not the footage with its own recorded mouth;
+    a longer gap shows the footage. Either way it counts as late."""
+    class Numbered(FakeAvatar):
+        def render(self, requests: list[FrameRequest]) -> list[np.ndarray]:
+            self.requests += requests
+            return [np.full((4, 4, 3), 100 + r.idle_index % 100, np.uint8) for r in requests]
+
+    async def run() -> tuple[dict[int, int], Session]:
+        avatar = Numbered()
+        sch = Scheduler([Lane("cpu0", {"a": avatar})], SchedulerConfig(max_batch=4))
+        sch.start()
+        s = Session("a", avatar, FakeVoice(), sch, SessionConfig(late_hold_frames=3))
+        s.start()
+        s.clock.start()
+        shown: dict[int, int] = {}
+        try:
+            s.say("one two three four five")  # 2 s of speech
+            k, dropped = 0, None
+            while k < 2.6 * 25:
+                await s.clock.wait_until(k / 25)
+                if dropped is None and s.events and s.events[0].type == "speech_started":
+                    start = round(s.events[0].stream_time * 25)
+                    # Lost by the renderer: one frame, then a run of five.
+                    dropped = {start + 10, *range(start + 20, start + 25)}
+                if dropped and k in dropped:
+                    s.rendered.pop(k, None)
+                shown[k] = int(s.video_frame(k).max())
+                k += 1
+        finally:
+            await s.close()
+            sch.stop()
+        assert dropped is not None
+        return shown, s
+
+    shown, s = asyncio.run(run())
+    start = round(s.events[0].stream_time * 25)
+    # Rendered frames carry their own index; the lone lost one repeats the frame before.
+    assert shown[start + 9] == 100 + (start + 9) % 100
+    assert shown[start + 10] == shown[start + 9]
+    assert shown[start + 11] == 100 + (start + 11) % 100
+    # Of the five lost in a row, three hold the last mouth and two show the footage.
+    assert [shown[start + i] for i in range(20, 25)] == [shown[start + 19]] * 3 + [0, 0]
+    assert shown[start + 25] == 100 + (start + 25) % 100
+    assert s.stats["frames_held"] == 4
+    assert s.stats["frames_late"] == 6
