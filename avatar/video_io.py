@@ -63,9 +63,9 @@ class VideoWriter:
 
     def write(self, rgb: np.ndarray) -> None:
         # RGB, left to FFmpeg to convert: OpenCV's conversion (``video_frame``) was faster
-        # here too (14-17 -> 11-13 ms of CPU a 720p frame with x264), but x264 then made
-        # different choices around a drawn label, and two renders differing only by the
-        # label differed by 2.1 levels away from it (tests/test_label.py allows 2).
+        # here too (14-17 -> 11-13 ms of CPU a 720p frame with x264), but with it two
+        # renders differing only by a drawn label differed by 2.1 levels away from the
+        # label (tests/test_label.py allows 2; why x264's output moved so is not traced).
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         for packet in self._v.encode(frame):
             self._out.mux(packet)
