@@ -24,7 +24,8 @@ def video_frame(rgb: np.ndarray) -> av.VideoFrame:
     Converted by OpenCV rather than left to FFmpeg: swscale has no fast path from packed
     RGB, and at 720p its conversion took 4.4 ms a frame on a 2-core AVX2 EPYC against
     1.5 ms for OpenCV's (one thread), in the encoder's thread of every live session. Both
-    are BT.601 limited range (a level or two apart, from rounding). Odd sizes, which 4:2:0
+    are BT.601 limited range (on a 720p bank frame at most 3 levels apart; more at a sharp
+    colour edge, where the two place the chroma samples differently). Odd sizes, which 4:2:0
     cannot hold whole, go as RGB for FFmpeg to convert as before."""
     rgb = np.ascontiguousarray(rgb)
     h, w = rgb.shape[:2]
