@@ -116,7 +116,8 @@ async def _joined(http, session_url: str, auth: dict) -> None:  # noqa: ANN001
 
 def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
               llm_model: str = "SmolLM2-135M-Instruct", chat_questions: int = 3,
-              llm_nice: int = 19, viewer_kind: str = "aiortc") -> dict:
+              llm_nice: int = 19, viewer_kind: str = "aiortc",
+              playout_delay: str = "off") -> dict:
     import tempfile
 
     from bench.irc_server import available as irc_available
@@ -153,7 +154,8 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
     knowledge.write_text(KNOWLEDGE)
     server = ServerProcess(bundle, Path(tmp.name) / "serve.log", token="bench", args=(
         "--host-share", "0", "--rtmp-allow", "127.0.0.1", "--llm", llm_url,
-        "--llm-model", llm_model, "--knowledge", str(knowledge)))
+        "--llm-model", llm_model, "--knowledge", str(knowledge),
+        "--playout-delay", playout_delay))
     irc = None
     posted: list[tuple[float, str | None]] = []
     chat_sent: list[float] = []

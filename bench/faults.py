@@ -336,6 +336,9 @@ def _sigterm(bundle: Path, work: Path) -> dict:
     out["stream_flushed"] = ("stream flushed and closed" in text) if out["stream_was_live"] \
         else None
     out["traceback_in_log"] = "Traceback" in text
+    # The operator chose this token: it must not reach the log (log lines are shipped and
+    # kept), not even in the "open this link" line.
+    out["token_in_log"] = token in text
     out["survived"] = out["exit_code"] == 0 and out["viewer_told"] is not None
     out["lost"] = ["the utterance being said (the server stopped)"]
     return out

@@ -25,6 +25,7 @@ from avatar.label import Label, LabelConfig
 from avatar.watermark import WatermarkConfig
 from streaming.hostload import HostLoad
 from streaming.llm import LLMConfig
+from streaming.playout_delay import PlayoutDelay
 from streaming.ratelimit import Bucket
 from streaming.registry import Registry
 from streaming.requests import (
@@ -112,6 +113,10 @@ class ServerConfig:
     rtmp_allow: tuple[str, ...] = ()
     """Ingest hosts or networks an API caller may stream to although they are not public
     addresses (``streaming.ingest``); ``*`` for any."""
+    playout_delay: PlayoutDelay | None = None
+    """The bounds each video frame asks the viewer's WebRTC stack to hold it within
+    (``streaming.playout_delay``: a patch to aiortc made once per process, at ``load``,
+    for every server in it); None: the viewer decides (its jitter buffer)."""
 
 
 def _consent_of(bundles: dict[str, Path], allow: bool) -> dict[str, str]:
@@ -188,6 +193,11 @@ class Server:
         from avatar import devices
         from avatar.avatar import Avatar
         from avatar.voice import Voice
+
+        if self.cfg.playout_delay is not None:
+            from streaming import playout_delay
+
+            playout_delay.install(self.cfg.playout_delay)
 
         lanes = []
         for i, dev in enumerate(self.cfg.devices):

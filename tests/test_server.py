@@ -15,14 +15,15 @@ aiohttp = pytest.importorskip("aiohttp")
 @pytest.fixture(scope="module")
 def server(bundle: Path):  # noqa: ANN201
     from streaming.app import Server, ServerConfig
+    from streaming.playout_delay import ZERO
     from streaming.routes import RunningServer
 
     # These tests are about the API, not admission by rendering capacity or the host's
     # load: a slow moment on the host (44 frames/s measured in one CI run) refused their
-    # second session.
+    # second session. The playout delay is on for the browser's sake (its test checks it).
     srv = Server({"presenter": bundle}, ServerConfig(host_share=None, lost_share=None,
         token="t0ken", max_sessions=3, cors_origins=("https://shop.example",),
-        allow_unconsented=True, capacity_share=1e9))
+        allow_unconsented=True, capacity_share=1e9, playout_delay=ZERO))
     srv.load()
     running = RunningServer(srv)
     yield running.url, srv
@@ -462,6 +463,19 @@ def test_headless_browser_page(server, tmp_path) -> None:  # noqa: ANN001
                         break
                     await asyncio.sleep(0.1)
                 assert frames > 25
+                # The frames ask chromium not to hold them (this server's playout delay
+                # 0, streaming.playout_delay): it took the extension, and its jitter
+                # buffer stays near zero (23-35 ms a frame without it on this host, under
+                # 1 with it).
+                from streaming.playout_delay import URI
+
+                assert URI in await evaluate("pc.remoteDescription.sdp")
+                held = await evaluate(
+                    "pc.getStats().then(s => { let v = null; s.forEach(r => { if (r.type "
+                    "=== 'inbound-rtp' && r.kind === 'video' && r.jitterBufferEmittedCount)"
+                    " v = 1000 * r.jitterBufferDelay / r.jitterBufferEmittedCount; }); "
+                    "return v; })")
+                assert held is not None and held < 15, held
                 # The voice (Opus, mono, encoded in the session's track) is decoded as sound,
                 # not concealed: its energy is more than silence's.
                 heard = {}

@@ -26,6 +26,8 @@ EXTRA_OF = {"aiortc": "serve", "aiohttp": "serve", "prometheus_client": "serve",
 """Which install role (pyproject's optional dependencies) brings each optional module."""
 FAULT_NAMES = ("renderer", "tts", "vanish", "sigterm", "disk_full", "killed_enrolment")
 """``bench faults``' faults (bench.faults.FAULTS; here so ``--help`` imports nothing)."""
+PLAYOUT_DELAY_DEFAULT = "off"
+"""``serve --playout-delay``: what a viewer's WebRTC stack is asked to hold a frame within."""
 ROLE_OF = {"serve": "serve", "stream": "serve", "cluster": "cluster", "enrol": "train",
            "sample": "train", "eval": "eval"}
 """The install role each command needs: checked before it starts, so a command that cannot
@@ -74,6 +76,26 @@ def _positive(text: str) -> float:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
     return v
+
+
+def _playout_delay(text: str) -> str:
+    """``off`` or the most milliseconds a viewer may hold a frame (a multiple of 10)."""
+    if text == "off":
+        return text
+    try:
+        ms = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give milliseconds (e.g. 100) or "
+                                         "'off'") from None
+    if not 0 <= ms <= 40950 or ms % 10:
+        raise argparse.ArgumentTypeError(f"{text!r}: a multiple of 10 from 0 to 40950 ms")
+    return text
+
+
+def _playout_delay_config(text: str):  # noqa: ANN202 - PlayoutDelay | None, lazily imported
+    from streaming.playout_delay import PlayoutDelay
+
+    return None if text == "off" else PlayoutDelay(0, int(text))
 
 
 def _label_flags(p: argparse.ArgumentParser) -> None:
@@ -376,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--rtmp-allow", action="append", default=[], metavar="HOST|NETWORK",
                     help="an RTMP ingest host or network API callers may stream to although "
                          "it is not a public address (repeatable; * for any)")
+    sv.add_argument("--playout-delay", type=_playout_delay, default=PLAYOUT_DELAY_DEFAULT,
+                    metavar="MS|off", help="the longest a viewer's WebRTC stack may hold a "
+                    "video frame before showing it (the playout-delay RTP extension; "
+                    f"default {PLAYOUT_DELAY_DEFAULT}; off: the viewer's jitter buffer "
+                    "decides)")
     sv.add_argument("--log-format", choices=("text", "json"), default="text",
                     help="json: one JSON object per log line, for log collectors")
     _consent_flag(sv)
@@ -615,6 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="who watches: an aiortc client (default; times sound and picture) "
                     "or a headless chromium on the server's page (the picture as it "
                     "is put on screen, the sound as it is played; needs chromium)")
+    bq.add_argument("--playout-delay", type=_playout_delay, default=PLAYOUT_DELAY_DEFAULT,
+                    metavar="MS|off", help="the server's --playout-delay (default "
+                    f"{PLAYOUT_DELAY_DEFAULT})")
     bq.set_defaults(func=cmd_bench_ask)
     bc = bsub.add_parser("cluster", help="one server against a Ray cluster of two nodes on "
                          "this machine: latency at a viewer, placement, losing a node")
@@ -781,6 +811,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                      lost_share=args.lost_share or None,
                                      max_batch=args.max_batch,
                                      compositing=args.compositing,
+                                     playout_delay=_playout_delay_config(args.playout_delay),
                                      label=_label_config(args),
                                      watermark=_watermark_config(args),
                                      allow_unconsented=args.allow_unconsented,
@@ -1181,7 +1212,8 @@ def cmd_bench_ask(args: argparse.Namespace) -> int:
 
     read_manifest(args.bundle, verify=False)  # a clear error for a wrong path
     print(json.dumps(bench_ask(args.bundle, args.questions, args.llm, args.llm_model,
-                               args.chat_questions, args.llm_nice, args.viewer),
+                               args.chat_questions, args.llm_nice, args.viewer,
+                               args.playout_delay),
                      indent=2))
     return 0
 
