@@ -2,7 +2,7 @@
 
 A browser puts every received video frame in a jitter buffer and shows it once its target
 delay (its estimate of the network's jitter, the decoder's time and a render margin) has
-passed: on the 2-core host, headless chromium held a frame 50-70 ms between its last packet
+passed: on the 2-core host, headless chromium held a frame 44-69 ms between its last packet
 and the screen (``bench ask --viewer browser``), a fifth of twincast's whole text-to-mouth
 budget. WebRTC's ``playout-delay`` RTP header extension lets the sender bound that delay
 (a minimum and a maximum, in 10 ms steps); with a minimum of zero and a small maximum,
@@ -61,10 +61,11 @@ ZERO = PlayoutDelay(0, 0)
 chromium on the 2-core host that also ran the server (``bench ask --viewer browser``,
 2026-12-05), it cut a frame's hold from its last packet to the screen from 48 to 27 ms
 (p50, median of five runs; its jitter buffer from 23-35 ms to under 1 ms) and the first
-sound came 20 ms sooner, but the frames' packets came in 30 ms later on the GRID ``ci``
-bundle and 60-90 ms later on the ``make demo`` bundle (the browser's own work, sharing the
-two cores, is the likely cause; not traced), so on screen it was no sooner (ci: 283 ms
-against 283) or later (demo: 491, 505 against 399, 457, 455 ms)."""
+sound came 20 ms sooner, but the frames' packets came in about 30 ms later on the GRID
+``ci`` bundle and 65 ms later on the ``make demo`` bundle (medians of the runs; the
+browser's own work, sharing the two cores, is the likely cause; not traced), so on screen
+it was no sooner (ci: 283 ms against 283) or later (demo: 491, 505 against 399, 457, 455
+ms)."""
 
 _lock = threading.Lock()
 _installed: PlayoutDelay | None = None
