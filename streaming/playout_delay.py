@@ -44,8 +44,9 @@ class PlayoutDelay:
 
     def __post_init__(self) -> None:
         for name, v in (("min_ms", self.min_ms), ("max_ms", self.max_ms)):
-            if not 0 <= v <= MAX_UNITS * STEP_MS:
-                raise ValueError(f"playout delay {name} {v}: use 0 to {MAX_UNITS * STEP_MS} ms")
+            if not 0 <= v <= MAX_UNITS * STEP_MS or v % STEP_MS:
+                raise ValueError(f"a playout delay of {v} ms ({name}): use a multiple of "
+                                 f"{STEP_MS} from 0 to {MAX_UNITS * STEP_MS} ms")
         if self.min_ms > self.max_ms:
             raise ValueError(f"playout delay: the minimum {self.min_ms} ms is over the "
                              f"maximum {self.max_ms} ms")

@@ -3,6 +3,7 @@ video sender sends, in the extension's own format (``streaming.playout_delay``).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 
 import pytest
@@ -18,16 +19,24 @@ def test_bounds_are_packed_in_ten_millisecond_units_and_checked() -> None:
         PlayoutDelay(200, 100)
     with pytest.raises(ValueError, match="0 to 40950"):
         PlayoutDelay(0, 50000)
+    # Not silently rounded down to the unit: 45 ms would have gone out as 40.
+    with pytest.raises(ValueError, match="multiple of 10"):
+        PlayoutDelay(0, 45)
 
 
 def test_the_command_line_and_the_server_default_to_the_same_bounds() -> None:
     from streaming.app import ServerConfig
-    from twincast.cli import PLAYOUT_DELAY_DEFAULT, _playout_delay_config
+    from twincast.cli import PLAYOUT_DELAY_DEFAULT, _playout_delay, _playout_delay_config
 
     assert _playout_delay_config(PLAYOUT_DELAY_DEFAULT) is ServerConfig().playout_delay \
         is None
     assert _playout_delay_config("0") == ZERO == PlayoutDelay(0, 0)
     assert _playout_delay_config("40") == PlayoutDelay(0, 40)
+    # The command line says the module's own rule.
+    for bad in ("45", "50000", "-10"):
+        with pytest.raises(argparse.ArgumentTypeError, match="multiple of 10"):
+            _playout_delay(bad)
+    assert _playout_delay("off") == "off" and _playout_delay("100") == "100"
 
 
 def test_video_negotiates_it_and_every_video_packet_carries_it() -> None:

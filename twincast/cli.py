@@ -87,8 +87,12 @@ def _playout_delay(text: str) -> str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give milliseconds (e.g. 100) or "
                                          "'off'") from None
-    if not 0 <= ms <= 40950 or ms % 10:
-        raise argparse.ArgumentTypeError(f"{text!r}: a multiple of 10 from 0 to 40950 ms")
+    from streaming.playout_delay import PlayoutDelay
+
+    try:  # the extension's own rule (range and unit), said once, in its module
+        PlayoutDelay(0, ms)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
     return text
 
 
