@@ -265,6 +265,16 @@ def late_causes(metrics: str) -> dict[str, float]:
     return out
 
 
+def thread_cpu(metrics: str) -> dict[str, float]:
+    """From a server's ``/metrics`` text: its CPU seconds by kind of thread
+    (``streaming.thread_cpu``)."""
+    out: dict[str, float] = {}
+    for m in re.finditer(r'^twincast_thread_cpu_seconds_total\{thread="([^"]+)"\} (\S+)$',
+                         metrics, re.M):
+        out[m.group(1)] = float(m.group(2))
+    return out
+
+
 def _host_ticks(path: Path = Path("/proc/stat")) -> list[float] | None:
     """The host's CPU clock ticks since boot (all cores: user nice system idle iowait irq
     softirq steal); None where there is no ``/proc/stat``."""
@@ -307,10 +317,12 @@ async def _drive(http: object, server: object, minutes: float, window_s: float,
 
     ticks_then = _host_ticks()
 
-    async def causes() -> dict[str, float]:
-        """The lanes' dropped frames by cause, and their bursts, from ``/metrics``."""
+    async def causes() -> tuple[dict[str, float], dict[str, float]]:
+        """The lanes' dropped frames by cause, and their bursts, and the server's CPU
+        seconds by kind of thread, from ``/metrics``."""
         async with http.get(f"{url}/metrics") as r:  # type: ignore[attr-defined]
-            return late_causes(await r.text())
+            text = await r.text()
+        return late_causes(text), thread_cpu(text)
 
     async def totals() -> tuple[int, int, int, int]:
         shown = late = dropped = at_start = 0
@@ -353,7 +365,8 @@ async def _drive(http: object, server: object, minutes: float, window_s: float,
     churner = asyncio.ensure_future(churn())
     end = t0 + minutes * 60
     last = (0, 0, 0, 0)
-    last_causes = await causes()
+    last_causes, last_cpu = await causes()
+    last_t = time.monotonic()
     next_window = t0 + window_s
     while time.monotonic() < end:
         await asyncio.sleep(min(sample_s, max(0.1, end - time.monotonic())))
@@ -365,7 +378,8 @@ async def _drive(http: object, server: object, minutes: float, window_s: float,
             # Late: speech frames shown without their mouth; of those, the scheduler gave
             # up on some before rendering (the rest came back after their time).
             ticks_now = _host_ticks()
-            now_causes = await causes()
+            now_causes, now_cpu = await causes()
+            span, last_t = time.monotonic() - last_t, time.monotonic()
             windows.append({"end_s": round(time.monotonic() - t0, 1),
                             "frames_shown": d_shown, "frames_late": d_late,
                             "dropped_unrendered": d_dropped,
@@ -375,8 +389,13 @@ async def _drive(http: object, server: object, minutes: float, window_s: float,
                             # viewer's too), and in how many bursts.
                             "dropped_by_cause": {k: int(v - last_causes.get(k, 0))
                                                  for k, v in now_causes.items()},
+                            # Cores each kind of the server's threads kept busy on
+                            # average: what rose in a window that went over.
+                            "server_cores_by_thread": {
+                                k: round((v - last_cpu.get(k, 0.0)) / max(span, 1e-9), 3)
+                                for k, v in now_cpu.items()},
                             **_host_shares(ticks_then, ticks_now)})
-            last, ticks_then, last_causes = now, ticks_now, now_causes
+            last, ticks_then, last_causes, last_cpu = now, ticks_now, now_causes, now_cpu
             next_window += window_s
     # The end's A/V window comes after the last sample, so what it keeps is not in the
     # memory figures.

@@ -40,6 +40,7 @@ from streaming.requests import (
 from streaming.scheduler import Lane, Scheduler, SchedulerConfig
 from streaming.session import Session, SessionConfig, listen
 from streaming.strain import FrameStrain
+from streaming.thread_cpu import ThreadCpu
 from streaming.tokens import TokenBook
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ class Server:
         self.registry = Registry(self.cfg.max_sessions, self.cfg.capacity_share,
                                  self.cfg.host_share, self.cfg.lost_share)
         self.host_load = HostLoad()
+        self.thread_cpu = ThreadCpu()
         self.strain = FrameStrain()
         self.conversations: dict[str, object] = {}
         """Each session's questions to the LLM (``streaming.conversation``), once asked."""

@@ -47,6 +47,17 @@ class ServerCollector:
                                     "time this server used over the same seconds")
             own.add_metric([], load.own)
             yield from (host, own)
+        by_thread = srv.thread_cpu.totals()
+        if by_thread is not None:
+            cpu = CounterMetricFamily("twincast_thread_cpu_seconds", "CPU time of this "
+                                      "process by kind of thread (the render lanes, "
+                                      "synthesis, the encoders' frame pool, the event loop "
+                                      "on MainThread; native: threads Python did not "
+                                      "start, such as torch's; exited: threads gone since "
+                                      "the last read)", labels=["thread"])
+            for group, seconds in by_thread.items():
+                cpu.add_metric([group], seconds)
+            yield cpu
         sch = srv.scheduler
         if sch is None:
             return

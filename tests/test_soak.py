@@ -25,6 +25,11 @@ def test_a_short_soak_reports_memory_late_frames_and_handles(bundle: Path,
         assert set(w["dropped_by_cause"]) == {"handed_over_late", "renderer_overran",
                                               "queued_behind", "bursts"}, w
         assert all(n >= 0 for n in w["dropped_by_cause"].values()), w
+        # ... and which of the server's threads the cores went to (streaming.thread_cpu).
+        cores = w["server_cores_by_thread"]
+        # (``twincast serve`` runs its event loop on the main thread.)
+        assert {"MainThread", "lane-cpu#0", "frame"} <= set(cores), w
+        assert all(c >= 0 for c in cores.values()) and 0 < sum(cores.values()) < 4, w
     # An A/V window early on and one after the run (22.5 s each here), read from the marks
     # both tracks carry (bench/av_marks.py): each measured, the same block found in both
     # tracks and its time codes never contradicting, and the picture within 0.4 s of its
@@ -59,3 +64,38 @@ def test_soak_windows_split_the_host_s_cpu_into_busy_and_stolen(tmp_path: Path) 
     assert _host_shares(then, now) == {"host_busy": 0.6, "host_steal": 0.2}
     assert _host_ticks(tmp_path / "missing") is None
     assert _host_shares(None, now) == {"host_busy": None, "host_steal": None}
+
+
+def test_thread_cpu_counts_each_kind_of_thread_and_keeps_what_exited_threads_used() -> None:
+    import threading
+    import time
+
+    from streaming.thread_cpu import ThreadCpu, kind
+
+    assert kind("synthesis_3") == "synthesis" and kind("Thread-7 (run)") == "Thread"
+    assert kind("lane-cpu#0") == "lane-cpu#0" and kind(None) == "native"
+    cpu = ThreadCpu()
+    before = cpu.totals()
+    assert before is not None and before.get("MainThread", 0) > 0
+
+    def burn() -> None:
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            pass
+
+    workers = [threading.Thread(target=burn, name=f"burner_{i}") for i in range(2)]
+    for w in workers:
+        w.start()
+    time.sleep(0.05)
+    during = cpu.totals()  # seen while they run ...
+    for w in workers:
+        w.join()
+    after = cpu.totals()  # ... and counted after they have gone
+    assert during is not None and after is not None
+    assert "burner" in during and after["burner"] >= during["burner"]
+    # What they used after the last read is kept as "exited": 0.6 s between the two.
+    gained = after["burner"] + after["exited"] - before.get("exited", 0)
+    assert 0.55 <= gained <= 0.6 + 0.2, (before, during, after)
+    # Counters: never smaller on a later read; together, the process's CPU time.
+    assert all(after.get(k, 0) >= v for k, v in before.items())
+    assert abs(sum(after.values()) - time.process_time()) < 0.2, after
