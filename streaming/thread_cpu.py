@@ -45,6 +45,7 @@ class ThreadCpu:
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._seen: dict[int, tuple[str, float]] = {}
         self._exited: Counter[str] = Counter()
+        self._rest = 0.0
         self._lock = threading.Lock()
 
     def totals(self) -> dict[str, float] | None:
@@ -71,7 +72,11 @@ class ThreadCpu:
         for group, seconds in now.values():
             out[group] += seconds
         if process is not None:
-            out["exited"] = max(0.0, process - sum(out.values()))
+            # Per-thread times are rounded down to clock ticks and the process's is not, so
+            # the difference wobbles by a few ticks: kept at its highest, it never falls.
+            with self._lock:
+                self._rest = max(self._rest, process - sum(out.values()))
+                out["exited"] = self._rest
         return {g: round(s, 2) for g, s in sorted(out.items())}
 
     def _seconds(self, stat_path: Path) -> float | None:

@@ -67,6 +67,7 @@ def test_soak_windows_split_the_host_s_cpu_into_busy_and_stolen(tmp_path: Path) 
 
 
 def test_thread_cpu_counts_each_kind_of_thread_and_keeps_what_exited_threads_used() -> None:
+    import hashlib
     import threading
     import time
 
@@ -78,24 +79,29 @@ def test_thread_cpu_counts_each_kind_of_thread_and_keeps_what_exited_threads_use
     before = cpu.totals()
     assert before is not None and before.get("MainThread", 0) > 0
 
+    burned, read = threading.Barrier(3), threading.Event()
+
     def burn() -> None:
+        # Hashing releases the GIL, so the main thread gets to read while they work.
+        data = b"x" * 1_000_000
         end = time.thread_time() + 0.3
         while time.thread_time() < end:
-            pass
+            hashlib.sha256(data).digest()
+        burned.wait()
+        read.wait()
 
     workers = [threading.Thread(target=burn, name=f"burner_{i}") for i in range(2)]
     for w in workers:
         w.start()
-    time.sleep(0.05)
-    during = cpu.totals()  # seen while they run ...
+    burned.wait(timeout=60)
+    during = cpu.totals()  # seen while they are alive ...
+    read.set()
     for w in workers:
         w.join()
-    after = cpu.totals()  # ... and counted after they have gone
+    after = cpu.totals()  # ... and still counted after they have gone
     assert during is not None and after is not None
-    assert "burner" in during and after["burner"] >= during["burner"]
-    # What they used after the last read is kept as "exited": 0.6 s between the two.
-    gained = after["burner"] + after["exited"] - before.get("exited", 0)
-    assert 0.55 <= gained <= 0.6 + 0.2, (before, during, after)
+    assert during.get("burner", 0) >= 0.5, during
+    assert after["burner"] >= during["burner"], (during, after)
     # Counters: never smaller on a later read; together, the process's CPU time.
     assert all(after.get(k, 0) >= v for k, v in before.items())
     assert abs(sum(after.values()) - time.process_time()) < 0.2, after
