@@ -65,8 +65,13 @@ class ThreadCpu:
             for tid, (group, seconds) in self._seen.items():
                 again = now.get(tid)
                 # Gone, or its id taken by a new thread (whose time starts again from 0).
-                if again is None or again[1] < seconds or again[0] != group:
+                if again is None or again[1] < seconds:
                     self._exited[group] += seconds
+                elif again[0] != group:
+                    # Named since the last read (a thread Python had not yet listed, or
+                    # renamed): what it used before stays with the kind it was counted as.
+                    self._exited[group] += seconds
+                    self._exited[again[0]] -= seconds
             self._seen = now
             out = Counter(self._exited)
         for group, seconds in now.values():
