@@ -76,9 +76,12 @@ class ServerProcess:
         server process."""
         status = Path(f"/proc/{self.pid}/status").read_text()
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        # utime and stime, fields 14 and 15 of stat (after the command's parenthesis).
-        ticks = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]
-        return {"cpu_s": round(sum(int(t) for t in ticks) / os.sysconf("SC_CLK_TCK"), 2),
+        from streaming.thread_cpu import stat_cpu_seconds
+
+        cpu = stat_cpu_seconds(Path(f"/proc/{self.pid}/stat"), os.sysconf("SC_CLK_TCK"))
+        if cpu is None:
+            raise RuntimeError(f"the server (pid {self.pid}) has gone")
+        return {"cpu_s": round(cpu, 2),
                 "rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1),
                 "fds": len(os.listdir(f"/proc/{self.pid}/fd")),
                 "threads": int(fields["Threads"])}

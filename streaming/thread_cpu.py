@@ -21,11 +21,24 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+from streaming.hostload import own_cpu_seconds
+
 TASKS = Path("/proc/self/task")
 
 _POOL_SUFFIX = re.compile(r"(_\d+|-\d+( \(.*\))?)$")
 """What distinguishes the threads of one pool or one kind: ``synthesis_3``, ``Thread-7
 (run)``."""
+
+
+def stat_cpu_seconds(path: Path, tick: float) -> float | None:
+    """utime + stime of a ``/proc`` ``stat`` file (a process's or a thread's): fields 14 and
+    15, the 12th and 13th after the command name's closing parenthesis; None when it is
+    gone."""
+    try:
+        fields = path.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / tick
 
 
 def kind(name: str | None) -> str:
@@ -55,12 +68,12 @@ class ThreadCpu:
                  if t.native_id is not None}
         now: dict[int, tuple[str, float]] = {}
         for entry in os.scandir(self.tasks):
-            seconds = self._seconds(Path(entry.path, "stat"))
+            seconds = stat_cpu_seconds(Path(entry.path, "stat"), self._tick)
             if seconds is None or not entry.name.isdigit():
                 continue  # it exited between the listing and the read
             tid = int(entry.name)
             now[tid] = (kind(names.get(tid)), seconds)
-        process = self._seconds(self.tasks.parent / "stat")
+        process = own_cpu_seconds() if self.tasks == TASKS else None
         with self._lock:
             for tid, (group, seconds) in self._seen.items():
                 again = now.get(tid)
@@ -83,12 +96,3 @@ class ThreadCpu:
                 self._rest = max(self._rest, process - sum(out.values()))
                 out["exited"] = self._rest
         return {g: round(s, 2) for g, s in sorted(out.items())}
-
-    def _seconds(self, stat_path: Path) -> float | None:
-        """utime + stime of a ``stat`` file: fields 14 and 15, the 12th and 13th after the
-        command name's closing parenthesis."""
-        try:
-            fields = stat_path.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return (int(fields[11]) + int(fields[12])) / self._tick
