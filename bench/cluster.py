@@ -1,8 +1,11 @@
 """``twincast bench cluster``: the same avatar served by one ``twincast serve`` and by a Ray
 cluster on this machine (a head and two worker nodes, ``ray.cluster_utils``), measured
 the same way at a real aiortc viewer: text to ``speech_started`` and to the first audible
-audio, and to the arrival of the frame that paints the first word (bench.viewer), p50/p95;
-the ``say`` request's own round trip (the control path); opening a session (placement,
+audio, and to the arrival of the frame that paints the first word (bench.viewer), p50/p95,
+with the text sent both ways a client sends it: an HTTP ``say`` (an operator's backend:
+through the ingress) and a ``say`` on the session's data channel (the embed kit's way
+while its channel is open: straight to the worker that owns the peer connection), one
+after the other; the HTTP request's own round trip (the control path); opening a session (placement,
 offer and answer) through the ingress and directly; and, with a session on each node, the
 time from a node's removal to its session answering 410 and to the ingress reporting one
 live worker (it no longer places there)."""
@@ -10,6 +13,7 @@ live worker (it no longer places there)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import tempfile
@@ -26,6 +30,8 @@ SENTENCES = ["Bin blue at F two now.", "Place red by G nine soon.",
              "Lay white with P four again.", "Set green in B seven please."]
 AUDIBLE = 0.01
 """RMS of a 20 ms frame above which the viewer hears the voice."""
+VIA = ("http", "channel")
+"""How each sentence's text is sent, in turn (``_measure``)."""
 
 
 async def _measure(url: str, token: str, says: int) -> dict:
@@ -48,20 +54,26 @@ async def _measure(url: str, token: str, says: int) -> dict:
         await v.open(http, url, token)
         await asyncio.sleep(2.0)  # past the session's first frames
         await v.note_skipped(http, auth)
-        said: list[tuple[float, str]] = []
+        said: list[tuple[float, str, str]] = []
         for i in range(says):
+            text = SENTENCES[i % len(SENTENCES)]
+            via = VIA[i % len(VIA)]
             t = time.perf_counter()
-            async with http.post(f"{url}{v.location}/say", headers=auth,
-                                 json={"text": SENTENCES[i % len(SENTENCES)]}) as r:
-                uid = (await r.json())["utterance"]
-            # The request's own round trip: the control path's share (through the
-            # ingress and Ray Serve's proxy, or straight to the server).
-            asked.append(1000 * (time.perf_counter() - t))
+            if via == "http":
+                async with http.post(f"{url}{v.location}/say", headers=auth,
+                                     json={"text": text}) as r:
+                    uid = (await r.json())["utterance"]
+                # The request's own round trip: the control path's share (through the
+                # ingress and Ray Serve's proxy, or straight to the server).
+                asked.append(1000 * (time.perf_counter() - t))
+            else:
+                v.v.channel.send(json.dumps({"type": "say", "text": text}))
+                uid = await _accepted(v, t)
             for _ in range(300):
                 if v.first("speech_ended", t, utterance=uid):
                     break
                 await asyncio.sleep(0.05)
-            said.append((t, uid))
+            said.append((t, uid, via))
             started = v.first("speech_started", t, utterance=uid)
             if started:
                 mouth.append(1000 * (started[0] - t))
@@ -75,13 +87,60 @@ async def _measure(url: str, token: str, says: int) -> dict:
     # The frame that paints each sentence's first word, as it reached the viewer (read
     # from the frames' timestamps and the session's events: bench.viewer).
     word_at = v.word_frames(SessionConfig().fps)
-    word = [1000 * (word_at[u] - t) for t, u in said if u in word_at]
-    return {"text_to_speech_started_ms": {"p50": pct(mouth, 50), "p95": pct(mouth, 95)},
-            "text_to_first_word_frame_ms": {"p50": pct(word, 50), "p95": pct(word, 95)},
-            "text_to_first_audio_ms": {"p50": pct(audio, 50), "p95": pct(audio, 95)},
-            "say_request_ms": {"p50": pct(asked, 50), "p95": pct(asked, 95)},
-            "open_session_ms": {"p50": pct(opened, 50), "max": round(max(opened), 1)},
-            "says": len(mouth)}
+    word = {w: [1000 * (word_at[u] - t) for t, u, how in said if u in word_at and how == w]
+            for w in VIA}
+    return {"speech_started": mouth, "first_word_frame_http": word["http"],
+            "first_word_frame_channel": word["channel"], "first_audio": audio,
+            "say_request": asked, "open_session": opened}
+
+
+def _summary(*raws: dict) -> dict:
+    """p50/p95 of ``_measure``'s times (ms), pooled over its runs."""
+    def pool(key: str) -> list[float]:
+        return [x for r in raws for x in r[key]]
+
+    every = pool("first_word_frame_http") + pool("first_word_frame_channel")
+    out = {"text_to_speech_started_ms": pool("speech_started"),
+           "text_to_first_word_frame_ms": every,
+           **{f"text_to_first_word_frame_{w}_ms": pool(f"first_word_frame_{w}")
+              for w in VIA},
+           "text_to_first_audio_ms": pool("first_audio"),
+           "say_request_ms": pool("say_request")}
+    summary = {k: {"p50": pct(x, 50), "p95": pct(x, 95), "n": len(x)} for k, x in out.items()}
+    opened = pool("open_session")
+    summary["open_session_ms"] = {"p50": pct(opened, 50), "max": round(max(opened), 1)}
+    summary["says"] = len(out["text_to_speech_started_ms"])
+    return summary
+
+
+def _differences(single: dict, cluster: dict, suffix: str = "") -> dict:
+    """Cluster minus single, p50 against p50, for each of the latencies."""
+    out = {}
+    for key, name in (("text_to_speech_started_ms", "cluster_minus_single_p50_ms"),
+                      ("text_to_first_word_frame_ms", "cluster_minus_single_word_frame_p50_ms"),
+                      ("text_to_first_word_frame_http_ms",
+                       "cluster_minus_single_word_frame_http_p50_ms"),
+                      ("text_to_first_word_frame_channel_ms",
+                       "cluster_minus_single_word_frame_channel_p50_ms"),
+                      ("say_request_ms", "cluster_minus_single_say_request_p50_ms")):
+        if single[key]["p50"] is not None and cluster[key]["p50"] is not None:
+            out[name + suffix] = round(cluster[key]["p50"] - single[key]["p50"], 1)
+    return out
+
+
+async def _accepted(v: TimedViewer, after: float, timeout: float = 10.0) -> str:
+    """The utterance id the session gives a data-channel ``say`` (its ``accepted``
+    event)."""
+    end = time.perf_counter() + timeout
+    while time.perf_counter() < end:
+        got = v.first("accepted", after)
+        if got is not None and "utterance" in got[1]:
+            return str(got[1]["utterance"])
+        err = v.first("error", after)
+        if err is not None:
+            raise RuntimeError(f"the session refused a data-channel say: {err[1]}")
+        await asyncio.sleep(0.005)
+    raise RuntimeError("no answer to a data-channel say within 10 s")
 
 
 async def _hold(url: str, token: str, n: int, seconds: float = 20.0) -> dict:
@@ -206,8 +265,17 @@ async def _failover(url: str, token: str, cluster, nodes: list) -> dict:  # noqa
             "node_removed_to_not_placed_s": None if unplaced is None else round(unplaced, 2)}
 
 
-def bench_cluster(bundle: Path, says: int = 8, hold: tuple[int, ...] = (2, 3)) -> dict:
-    """``hold``: numbers of talking sessions whose late frames are measured on each."""
+def bench_cluster(bundle: Path, says: int = 8, hold: tuple[int, ...] = (2, 3),
+                  rounds: int = 2) -> dict:
+    """``hold``: numbers of talking sessions whose late frames are measured on each.
+
+    Latency is compared two ways. ``single`` is the server alone on the host, measured
+    before the cluster starts, against ``cluster`` (the cost of the cluster as a whole on
+    this host: its own processes, three raylets among them, share the two cores). And in
+    ``rounds`` interleaved rounds with the cluster up, the same server beside it
+    (``single_beside``) and the cluster one after the other, ``says`` sentences each a
+    round: the cost of the cluster's path (ingress, worker actor) with the host's load and
+    drift the same for both, which a one-after-the-other comparison cannot separate."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -228,7 +296,7 @@ def bench_cluster(bundle: Path, says: int = 8, hold: tuple[int, ...] = (2, 3)) -
             return await _measure(server.url, server.token, says)
 
         try:
-            out["single"] = asyncio.run(single())
+            out["single"] = _summary(asyncio.run(single()))
         finally:
             server.stop()
         # Held sessions: the single server on both cores (two render threads) against two
@@ -260,17 +328,42 @@ def bench_cluster(bundle: Path, says: int = 8, hold: tuple[int, ...] = (2, 3)) -
             bundles={"avatar": str(bundle)}, token="bench", address=cluster.address,
             port=free_port(), max_sessions=max(2, *hold), allow_unconsented=True))
         out["cluster_ready_s"] = round(time.perf_counter() - t, 1)
-        out["cluster"] = asyncio.run(_measure(url, "bench", says))
+        out.update(_interleaved(bundle, url, says, rounds))
         out["cluster_held"] = {str(n): asyncio.run(_hold(url, "bench", n)) for n in hold}
         out["failover"] = asyncio.run(_failover(url, "bench", cluster, nodes))
     finally:
         launch.stop(workers)
         ray.shutdown()
         cluster.shutdown()
-    s, c = out["single"], out["cluster"]
-    for key, name in (("text_to_speech_started_ms", "cluster_minus_single_p50_ms"),
-                      ("text_to_first_word_frame_ms", "cluster_minus_single_word_frame_p50_ms"),
-                      ("say_request_ms", "cluster_minus_single_say_request_p50_ms")):
-        if s[key]["p50"] is not None and c[key]["p50"] is not None:
-            out[name] = round(c[key]["p50"] - s[key]["p50"], 1)
+    out.update(_differences(out["single"], out["cluster"]))
+    out.update(_differences(out["single_beside"], out["cluster"], "_interleaved"))
     return out
+
+
+def _interleaved(bundle: Path, url: str, says: int, rounds: int) -> dict:
+    """The server beside the running cluster and the cluster, measured in turn."""
+    from bench.server_process import ServerProcess
+
+    raw: dict[str, list[dict]] = {"single_beside": [], "cluster": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(bundle, Path(tmp) / "beside.log",
+                               args=("--render-threads", "1"))
+
+        async def run() -> None:
+            import aiohttp
+
+            async with aiohttp.ClientSession() as http:
+                await server.wait_ready(http)
+            for _ in range(rounds):
+                raw["single_beside"].append(await _measure(server.url, server.token, says))
+                raw["cluster"].append(await _measure(url, "bench", says))
+
+        try:
+            asyncio.run(run())
+        finally:
+            server.stop()
+    per_round = [{k: _summary(raw[k][i])["text_to_first_word_frame_ms"]["p50"] for k in raw}
+                 for i in range(rounds)]
+    return {"single_beside": _summary(*raw["single_beside"]),
+            "cluster": _summary(*raw["cluster"]),
+            "first_word_frame_p50_by_round_ms": per_round}

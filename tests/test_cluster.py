@@ -64,7 +64,7 @@ class Workers:
             if name in self.dead:
                 continue
             out.append(WorkerInfo(name, "node-" + name, running.url,
-                                  tuple(srv.registry.entries), 1,
+                                  tuple(srv.registry.entries), srv.cfg.max_sessions,
                                   srv.scheduler.capacity_fps(), 0.9, 25,
                                   bundles={"presenter": "sha"},
                                   streams={sid: e.session.stats.get("show_step", 0)
@@ -697,3 +697,76 @@ def test_a_cluster_address_that_does_not_answer_is_one_line(bundle, tmp_path) ->
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "twincast: error: cannot join the Ray cluster at '127.0.0.1:1': nothing answers")
+
+
+def test_bench_cluster_times_text_sent_by_http_and_on_the_data_channel(bundle) -> None:  # noqa: ANN001
+    """``bench cluster``'s latency measure, through an ingress in front of two servers:
+    sentences go by HTTP and on the session's data channel in turn, and each way gets its
+    own text-to-first-word-frame times (a data-channel say is matched to its utterance by
+    the session's ``accepted`` event); the summary pools runs and the differences compare
+    p50 with p50."""
+    from bench.cluster import _differences, _measure, _summary
+
+    workers = Workers(bundle)
+
+    async def run() -> dict:
+        ingress = Ingress(IngressConfig(token="t", refresh_s=0.2), workers.roster)
+        url, stop = await serve_ingress(ingress)
+        try:
+            return await _measure(url, "t", says=2)
+        finally:
+            await stop()
+
+    try:
+        raw = asyncio.run(run())
+    finally:
+        workers.stop()
+    assert len(raw["speech_started"]) == 2
+    assert len(raw["first_word_frame_http"]) == 1
+    assert len(raw["first_word_frame_channel"]) == 1
+    assert len(raw["say_request"]) == 1  # the HTTP one: a data-channel say has no reply
+    assert all(0 < x < 5000 for x in raw["first_word_frame_http"] +
+               raw["first_word_frame_channel"])
+    one, two = _summary(raw), _summary(raw, raw)
+    assert one["says"] == 2 and two["says"] == 4
+    assert two["text_to_first_word_frame_ms"]["n"] == 4
+    assert two["text_to_first_word_frame_ms"]["p50"] == one["text_to_first_word_frame_ms"]["p50"]
+    slower = {**raw, "first_word_frame_channel": [x + 40 for x in raw["first_word_frame_channel"]]}
+    diff = _differences(one, _summary(slower), "_x")
+    assert diff["cluster_minus_single_word_frame_channel_p50_ms_x"] == 40.0
+    assert diff["cluster_minus_single_word_frame_http_p50_ms_x"] == 0.0
+
+
+
+def test_a_closed_session_is_uncounted_before_the_next_report() -> None:
+    """Placement between the workers' reports: a session closed through the ingress no
+    longer counts on its worker, so the next one goes there (still counted, the tie went by
+    name to the other worker, which had as many sessions)."""
+    from streaming.cluster.ingress import Reply
+
+    async def roster() -> tuple[list[WorkerInfo], set[str]]:
+        return [WorkerInfo(n, "node-" + n, f"http://{n}", s, 3, 100.0, 0.9, 25)
+                for n, s in (("w1", ("a", "b")), ("w2", ("c", "d")))], set()
+
+    sent = []
+
+    async def forward(worker, method, path, query, headers, body) -> Reply:  # noqa: ANN001
+        sent.append((worker.name, method, path))
+        return Reply(204)
+
+    async def run() -> None:
+        # Reports asked for once, at the first request: the view stays as it was.
+        ingress = Ingress(IngressConfig(token="t", refresh_s=600.0), roster)
+        ingress._forward = forward  # type: ignore[method-assign]
+        try:
+            await ingress.view()
+            assert choose(ingress.workers).name == "w1"  # a tie, by name
+            reply = await ingress.handle("DELETE", "/v1/sessions/d", "",
+                                         {"Authorization": "Bearer t"}, b"")
+            assert reply.status == 204 and sent == [("w2", "DELETE", "/v1/sessions/d")]
+            assert [w.sessions for w in ingress.workers] == [("a", "b"), ("c",)]
+            assert choose(ingress.workers).name == "w2"
+        finally:
+            await ingress.close()
+
+    asyncio.run(run())

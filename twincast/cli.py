@@ -653,10 +653,14 @@ def build_parser() -> argparse.ArgumentParser:
     bc = bsub.add_parser("cluster", help="one server against a Ray cluster of two nodes on "
                          "this machine: latency at a viewer, placement, losing a node")
     bc.add_argument("bundle", type=Path)
-    bc.add_argument("--says", type=int, default=8, help="sentences timed on each (8)")
+    bc.add_argument("--says", type=int, default=8, help="sentences timed on each, sent by "
+                    "HTTP and on the data channel in turn (8)")
     bc.add_argument("--hold", default="2,3", metavar="N,N",
                     help="numbers of talking sessions whose late frames are measured on each "
                          "(2,3)")
+    bc.add_argument("--rounds", type=int, default=2,
+                    help="rounds of the server beside the running cluster and the cluster, "
+                         "measured in turn (2)")
     bc.set_defaults(func=cmd_bench_cluster)
     bcf = bsub.add_parser("cluster-features", help="the features stage locally and as Ray "
                           "tasks on two nodes on this machine: time, same cache bytes")
@@ -1227,6 +1231,8 @@ def cmd_bench_cluster(args: argparse.Namespace) -> int:
 
     if args.says < 1:
         raise TwincastError("--says must be at least 1")
+    if args.rounds < 1:
+        raise TwincastError("--rounds must be at least 1")
     try:
         hold = tuple(int(n) for n in args.hold.split(",") if n.strip())
     except ValueError:
@@ -1240,7 +1246,7 @@ def cmd_bench_cluster(args: argparse.Namespace) -> int:
 
     # Ray's driver prints its nodes' notices on stdout; the JSON alone goes there.
     with contextlib.redirect_stdout(sys.stderr):
-        result = bench_cluster(args.bundle.resolve(), args.says, hold)
+        result = bench_cluster(args.bundle.resolve(), args.says, hold, args.rounds)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -378,6 +378,12 @@ class Ingress:
         reply = await self._forward(worker, method, path, query, headers, body)
         if method == "DELETE" and reply.status == 204:
             self.streams.pop(sid, None)  # closed on purpose: not to be restarted
+            # Uncounted at once, as placing counts one at once: until the next report
+            # the view would still hold it, and a session opened meanwhile would go by
+            # a load that is no longer there (bench cluster: two sessions opened right
+            # after two others closed both went to the worker that still had one).
+            self.workers = [replace(w, sessions=tuple(s for s in w.sessions if s != sid))
+                            if w.name == name else w for w in self.workers]
         if reply.headers.get("X-Twincast-Unreachable"):
             await self.view(fresh=True)  # gone, or only slow? Ray knows
             if name in self.dead:
