@@ -279,44 +279,26 @@ def bench_cluster(bundle: Path, says: int = 8, hold: tuple[int, ...] = (2, 3),
     import ray
     from ray.cluster_utils import Cluster
 
-    from bench.server_process import ServerProcess, free_port
+    from bench.server_process import free_port
     from streaming.cluster import launch
 
     out: dict = {"bundle": str(bundle)}
     with tempfile.TemporaryDirectory() as tmp:
         # One server alone, as `twincast serve` runs it.
-        server = ServerProcess(bundle, Path(tmp) / "serve.log",
-                               args=("--render-threads", "1"))
-
-        async def single() -> dict:
-            import aiohttp
-
-            async with aiohttp.ClientSession() as http:
-                await server.wait_ready(http)
-            return await _measure(server.url, server.token, says)
-
-        try:
-            out["single"] = _summary(asyncio.run(single()))
-        finally:
-            server.stop()
+        out["single"] = _summary(_with_server(
+            bundle, Path(tmp) / "serve.log", ("--render-threads", "1"),
+            lambda server: _measure(server.url, server.token, says)))
         # Held sessions: the single server on both cores (two render threads) against two
         # nodes of one core each, one render thread each (the cluster's workers do not
         # admit by the host's CPU use, so neither does the server here).
-        server = ServerProcess(bundle, Path(tmp) / "serve2.log",
-                               args=("--render-threads", "2", "--max-sessions", str(max(hold)),
-                                     "--host-share", "0"))
 
-        async def held() -> dict:
-            import aiohttp
-
-            async with aiohttp.ClientSession() as http:
-                await server.wait_ready(http)
+        async def held(server) -> dict:
             return {str(n): await _hold(server.url, server.token, n) for n in hold}
 
-        try:
-            out["single_held"] = asyncio.run(held())
-        finally:
-            server.stop()
+        out["single_held"] = _with_server(
+            bundle, Path(tmp) / "serve2.log",
+            ("--render-threads", "2", "--max-sessions", str(max(hold)), "--host-share", "0"),
+            held)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0,
                                                             "include_dashboard": False})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
@@ -340,28 +322,37 @@ def bench_cluster(bundle: Path, says: int = 8, hold: tuple[int, ...] = (2, 3),
     return out
 
 
-def _interleaved(bundle: Path, url: str, says: int, rounds: int) -> dict:
-    """The server beside the running cluster and the cluster, measured in turn."""
+def _with_server(bundle: Path, log: Path, args: tuple[str, ...], body):
+    """Start `twincast serve` on ``bundle``, await ``body(server)`` once it answers, stop it."""
     from bench.server_process import ServerProcess
 
+    server = ServerProcess(bundle, log, args=args)
+
+    async def run():
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            await server.wait_ready(http)
+        return await body(server)
+
+    try:
+        return asyncio.run(run())
+    finally:
+        server.stop()
+
+
+def _interleaved(bundle: Path, url: str, says: int, rounds: int) -> dict:
+    """The server beside the running cluster and the cluster, measured in turn."""
     raw: dict[str, list[dict]] = {"single_beside": [], "cluster": []}
+
+    async def rounds_in_turn(server) -> None:
+        for _ in range(rounds):
+            raw["single_beside"].append(await _measure(server.url, server.token, says))
+            raw["cluster"].append(await _measure(url, "bench", says))
+
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess(bundle, Path(tmp) / "beside.log",
-                               args=("--render-threads", "1"))
-
-        async def run() -> None:
-            import aiohttp
-
-            async with aiohttp.ClientSession() as http:
-                await server.wait_ready(http)
-            for _ in range(rounds):
-                raw["single_beside"].append(await _measure(server.url, server.token, says))
-                raw["cluster"].append(await _measure(url, "bench", says))
-
-        try:
-            asyncio.run(run())
-        finally:
-            server.stop()
+        _with_server(bundle, Path(tmp) / "beside.log", ("--render-threads", "1"),
+                     rounds_in_turn)
     per_round = [{k: _summary(raw[k][i])["text_to_first_word_frame_ms"]["p50"] for k in raw}
                  for i in range(rounds)]
     return {"single_beside": _summary(*raw["single_beside"]),
