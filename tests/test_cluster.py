@@ -738,6 +738,31 @@ def test_bench_cluster_times_text_sent_by_http_and_on_the_data_channel(bundle) -
 
 
 
+def test_bench_cluster_helper_stops_the_server_however_the_body_ends(bundle, tmp_path) -> None:  # noqa: ANN001
+    """``bench cluster`` runs its single-server phases through one helper: the body runs
+    once the server answers, and the server is stopped after it, also when the body fails."""
+    from bench.cluster import _with_server
+
+    seen = []
+
+    async def health(server) -> int:  # noqa: ANN001
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http, http.get(server.url + "/healthz") as r:
+            seen.append(server)
+            return r.status
+
+    assert _with_server(bundle, tmp_path / "a.log", ("--render-threads", "1"), health) == 200
+    assert seen[0].proc.poll() is not None
+
+    async def fails(server) -> None:  # noqa: ANN001
+        seen.append(server)
+        raise RuntimeError("the body failed")
+
+    with pytest.raises(RuntimeError, match="the body failed"):
+        _with_server(bundle, tmp_path / "b.log", (), fails)
+    assert seen[1].proc.poll() is not None
+
 def test_a_closed_session_is_uncounted_before_the_next_report() -> None:
     """Placement between the workers' reports: a session closed through the ingress no
     longer counts on its worker, so the next one goes there (still counted, the tie went by
