@@ -18,7 +18,9 @@ import logging
 import re
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -291,7 +293,6 @@ def bench_cluster(bundle: Path, says: int = 8, hold: tuple[int, ...] = (2, 3),
         # Held sessions: the single server on both cores (two render threads) against two
         # nodes of one core each, one render thread each (the cluster's workers do not
         # admit by the host's CPU use, so neither does the server here).
-
         async def held(server) -> dict:
             return {str(n): await _hold(server.url, server.token, n) for n in hold}
 
@@ -322,7 +323,8 @@ def bench_cluster(bundle: Path, says: int = 8, hold: tuple[int, ...] = (2, 3),
     return out
 
 
-def _with_server(bundle: Path, log: Path, args: tuple[str, ...], body):
+def _with_server(bundle: Path, log: Path, args: tuple[str, ...],
+                 body: Callable[[Any], Awaitable[Any]]) -> Any:
     """Start `twincast serve` on ``bundle``, await ``body(server)`` once it answers, stop it."""
     from bench.server_process import ServerProcess
 

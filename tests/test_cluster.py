@@ -763,6 +763,7 @@ def test_bench_cluster_helper_stops_the_server_however_the_body_ends(bundle, tmp
         _with_server(bundle, tmp_path / "b.log", (), fails)
     assert seen[1].proc.poll() is not None
 
+
 def test_a_closed_session_is_uncounted_before_the_next_report() -> None:
     """Placement between the workers' reports: a session closed through the ingress no
     longer counts on its worker, so the next one goes there (still counted, the tie went by
