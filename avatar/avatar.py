@@ -22,7 +22,7 @@ import torch
 from avatar import devices, resample
 from avatar.audio import FACE_MEL, mel_windows
 from avatar.bundle import load_weights, read_manifest
-from avatar.colour import match_colour
+from avatar.colour import RING, interior_weight, match_colour
 from avatar.cues import NodCues, frame_rows
 from avatar.decode import DecodeError, rgb_frames
 from avatar.detail import frame_low, keep_detail
@@ -123,6 +123,10 @@ class Avatar:
         """The motion bank (``avatar.bank.MotionBank``), or None for a bundle without one."""
         self.cues: NodCues | None = None
         """When the person nods, from their speech (``avatar.cues``); None: not known."""
+        self.cast: torch.Tensor | None = None
+        """(1, 3, S, S) added to the paint (0-1 units): the bundle's measured colour cast
+        taken out of the paint's interior (``avatar.colour``); None for a bundle without
+        the measurement, or turned off."""
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -167,6 +171,7 @@ class Avatar:
         avatar = cls(path, manifest, gen, dev, idle, reference, head.mel.mean, head.mel.std,
                      dtype)
         avatar._geometry = geometry
+        avatar.cast = _cast(path, head.colour, geometry[1], dev)
         if head.texture:
             avatar.texture = _load_texture(path / head.texture, cfg.size, dev)
         if manifest.motion is not None:
@@ -281,6 +286,9 @@ class Avatar:
         if self.texture is not None:
             with torch.inference_mode():  # in float32: its band is a few levels
                 out, mixed = self.texture.apply_fine(out)
+        if self.cast is not None:
+            # Zero on the ring, so the colour match (which reads the ring) is unchanged.
+            out = out.float() + self.cast
         if self.compositing == "device":
             from avatar.device_composite import composite
 
@@ -361,20 +369,11 @@ def _load_idle(path: Path, manifest: Manifest, cfg: HeadConfig
     idle_file = path / manifest.idle.file
     with np.load(path / manifest.idle.transforms, allow_pickle=False) as z:
         affines = z["crop_affine"].astype(np.float64)
-    crop_size = int(manifest.crop_size or 0)
-    x0r, y0r, side_r = cfg.region
-    rx, ry, rs = x0r * crop_size, y0r * crop_size, side_r * crop_size
-    # Region pixels -> crop pixels.
-    reg_to_crop = np.array([[rs / size, 0, rx], [0, rs / size, ry], [0, 0, 1]])
     crop_mask = cv2.imread(str(path / manifest.head.mask), cv2.IMREAD_GRAYSCALE)
     if crop_mask is None:
         raise path_error(path / manifest.head.mask, "cannot be read; bundle damaged")
-    region_mask = cv2.resize(crop_mask[int(ry): int(ry + rs), int(rx): int(rx + rs)],
-                             (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-    # Blend only where the generator paints, fading in over its soft edge.
-    paint = 1.0 - region_keep_mask(size, cfg.mask_top)[0, 0].numpy()
-    region_mask *= paint
-    ring = (region_mask > 0.15) & (region_mask < 0.6)
+    reg_to_crop, region_mask, ring = region_geometry(crop_mask, int(manifest.crop_size or 0),
+                                                     cfg)
     try:
         decoded = list(rgb_frames(idle_file, container="mp4"))
     except DecodeError as e:
@@ -384,6 +383,39 @@ def _load_idle(path: Path, manifest: Manifest, cfg: HeadConfig
                          f"{len(affines)}; the bundle is damaged")
     geometry = (reg_to_crop, region_mask, ring)
     return prepare_frames(decoded, affines, *geometry, size), geometry
+
+
+def _cast(path: Path, colour: dict, region_mask: np.ndarray, dev: torch.device
+          ) -> torch.Tensor | None:
+    """The paint-cast correction over the region (``HeadSection.colour``), or None."""
+    if not colour:
+        return None
+    shift = colour.get("rgb_shift")
+    if not (isinstance(shift, list) and len(shift) == 3
+            and all(isinstance(v, int | float) and abs(v) < 64 for v in shift)):
+        raise path_error(path / "manifest.json", "head.colour.rgb_shift must be three "
+                         "numbers under 64 levels; the bundle is damaged")
+    w = torch.from_numpy(interior_weight(region_mask))
+    return (torch.tensor(shift, dtype=torch.float32).view(1, 3, 1, 1) / 255 * w).to(dev)
+
+
+def region_geometry(crop_mask: np.ndarray, crop_size: int, cfg: HeadConfig
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the generator's square sits in the crop and how it is blended: region pixels
+    -> crop pixels (3x3), the blend weight over the region (S, S) float32 in [0, 1], and the
+    ring (S, S) bool where the paint fades into the frame and colours are compared.
+    ``crop_mask``: the bundle's mask.png (uint8, crop pixels)."""
+    size = cfg.size
+    x0r, y0r, side_r = cfg.region
+    rx, ry, rs = x0r * crop_size, y0r * crop_size, side_r * crop_size
+    reg_to_crop = np.array([[rs / size, 0, rx], [0, rs / size, ry], [0, 0, 1]])
+    region_mask = cv2.resize(crop_mask[int(ry): int(ry + rs), int(rx): int(rx + rs)],
+                             (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    # Blend only where the generator paints, fading in over its soft edge.
+    paint = 1.0 - region_keep_mask(size, cfg.mask_top)[0, 0].numpy()
+    region_mask *= paint
+    ring = (region_mask > RING[0]) & (region_mask < RING[1])
+    return reg_to_crop, region_mask, ring
 
 
 def _load_bank(path: Path, manifest: Manifest,

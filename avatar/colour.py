@@ -10,6 +10,11 @@ first). ``field``: a smooth shift that varies over the region, the ring's differ
 spread inwards by normalised Gaussian averaging, so light that falls off from one side of
 the face to the other is matched on both sides; far from the ring it falls back to the
 mean shift.
+
+Neither can see a cast of the paint itself inside the region, where the ring is far: the
+lips a little paler or less red than the person's. That cast is measured once per bundle
+on the enrolment's own frames (``training.head.colour_fit``) and taken out of the paint's
+interior (``interior_weight``) at render time.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ import cv2
 import numpy as np
 
 MODES = ("mean", "field")
+RING = (0.15, 0.6)
+"""Blend weights of the ring, where the paint fades into the frame."""
+PAINTED = 0.9
+"""Blend weight from which a pixel is all paint."""
 
 
 def match_colour(painted: np.ndarray, real: np.ndarray, ring: np.ndarray,
@@ -46,3 +55,25 @@ def match_colour(painted: np.ndarray, real: np.ndarray, ring: np.ndarray,
     prior = 0.02
     field = (num + prior * mean) / (den + prior)
     return painted + cv2.resize(field, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def interior_weight(region_mask: np.ndarray) -> np.ndarray:
+    """(S, S) float32 weight of the paint-cast correction: 0 on and outside the ring (the
+    colour match owns those pixels), rising to 1 where the region is all paint."""
+    return np.clip((region_mask - RING[1]) / (PAINTED - RING[1]), 0, 1).astype(np.float32)
+
+
+def to_lab(rgb: np.ndarray) -> np.ndarray:
+    """float RGB 0-255 (..., 3) -> CIELAB (L 0-100), D65."""
+    return cv2.cvtColor(np.clip(np.asarray(rgb, np.float32) / 255.0, 0, 1), cv2.COLOR_RGB2Lab)
+
+
+def rgb_shift(lab_cast: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """The RGB shift (0-255 levels) that takes the CIELAB cast ``lab_cast`` off the colour
+    ``rgb`` (the painted interior's mean): one shift for the whole interior, so rendering
+    adds a constant instead of converting every frame to LAB and back; exact at that
+    colour, approximate at the darker or redder ones around it."""
+    rgb = np.asarray(rgb, np.float32).reshape(1, 1, 3)
+    lab = to_lab(rgb) - np.asarray(lab_cast, np.float32)
+    back = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_Lab2RGB) * 255
+    return (back - rgb).reshape(3)

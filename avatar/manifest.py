@@ -99,6 +99,11 @@ class HeadSection:
     texture: str = ""
     """The texture bank (``avatar.texture``): fine detail of the person's own mouths; empty
     for bundles made before it (they render without)."""
+    colour: dict = field(default_factory=dict)
+    """The paint's colour cast measured on the enrolment's frames
+    (``training.head.colour_fit``): ``rgb_shift`` (three levels added to the paint's
+    interior), ``lab_cast``, the frames and the mean delta E before and after. Empty for
+    bundles made before it (they render without the correction)."""
 
     @classmethod
     def from_dict(cls, d: dict) -> HeadSection:
@@ -112,7 +117,8 @@ class HeadSection:
                    expert_steps=_get(d, "expert_steps", int, w, 0),
                    gen_steps=_get(d, "gen_steps", int, w, 0),
                    lips=_get(d, "lips", dict, w, {}), plan=_get(d, "plan", dict, w, {}),
-                   texture=_get(d, "texture", str, w, ""))
+                   texture=_get(d, "texture", str, w, ""),
+                   colour=_get(d, "colour", dict, w, {}))
 
     def to_dict(self) -> dict:
         out = {"file": self.file, "config": self.config, "region": list(self.region),
@@ -124,6 +130,8 @@ class HeadSection:
             out["plan"] = self.plan
         if self.texture:
             out["texture"] = self.texture
+        if self.colour:
+            out["colour"] = self.colour
         return out
 
 

@@ -225,12 +225,15 @@ def face_config(avatar: Avatar) -> FaceConfig:
 
 
 def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str = "cpu",
-                  precision: str = "auto", detail: str = "keep", texture: str = "keep"
-                  ) -> dict:
+                  precision: str = "auto", detail: str = "keep", texture: str = "keep",
+                  cast: str = "keep") -> dict:
     avatar = Avatar.load(bundle, device, precision=precision)
     avatar.detail = detail
     if texture == "off":
         avatar.texture = None
+    had_cast = avatar.cast is not None
+    if cast == "off":
+        avatar.cast = None
     cfg = face_config(avatar)
     clips = load_held_out(footage, avatar.fps, cfg)
     if len(clips) < 2:
@@ -311,6 +314,8 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
         "detail": detail,
         "texture": "keep" if avatar.texture is not None else
         "off" if texture == "off" else "none in the bundle",
+        "colour_cast": "taken off" if avatar.cast is not None else
+        "off" if had_cast else "none in the bundle",
         "clips": len(clips),
         "frames": int(len(g)),
         "mouth_opening_corr": round(float(np.nanmean([p["corr"] for p in per_clip])), 4),

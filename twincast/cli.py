@@ -338,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--name", help="which bundle in WORKDIR/avatars (if several)")
     tt.set_defaults(func=cmd_train_texture)
 
+    tc = tsub.add_parser("colour", help="(re)measure the painted mouth's colour cast of the "
+                         "enrolment's bundle on WORKDIR/features (rendering takes it off)")
+    tc.add_argument("workdir", type=Path)
+    tc.add_argument("--name", help="which bundle in WORKDIR/avatars (if several)")
+    tc.set_defaults(func=cmd_train_colour)
+
     sy = sub.add_parser("say", help="speak text in the avatar's voice to a .wav file")
     sy.add_argument("bundle", type=Path)
     sy.add_argument("text", help="what to say")
@@ -480,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="lend the painted mouth fine detail from the person's own frames "
                          "(keep, as rendering does, where the bundle has a texture bank) or "
                          "not (off)")
+    eh.add_argument("--cast", choices=("keep", "off"), default="keep",
+                    help="take the paint's measured colour cast off (keep, as rendering "
+                         "does, where the bundle has the measurement) or not (off)")
     eh.set_defaults(func=cmd_eval_head)
     em = evsub.add_parser("motion", help="head motion, seams and repetition of the motion "
                           "bank's walk, driven by held-out clips' audio")
@@ -771,7 +780,7 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
 
     out = args.out or args.bundle.parent / f"eval-head-{args.bundle.name}"
     report = evaluate_head(args.bundle, args.footage, out, args.device, args.precision,
-                           args.detail, args.texture)
+                           args.detail, args.texture, args.cast)
     report.pop("per_clip")
     print(json.dumps(report, indent=2))
     log.info("report, side-by-side video and contact sheet in %s", out)
@@ -982,6 +991,18 @@ def cmd_train_texture(args: argparse.Namespace) -> int:
     bundle, features = _enrolled_bundle(args.workdir, args.name, "texture bank")
     name = add_texture(bundle, features)
     print(json.dumps({"bundle": str(bundle), "texture": name}, indent=2))
+    return 0
+
+
+def cmd_train_colour(args: argparse.Namespace) -> int:
+    from training.head.export import add_colour
+
+    bundle, features = _enrolled_bundle(args.workdir, args.name, "paint's colour cast")
+    colour = add_colour(bundle, features)
+    if not colour:
+        raise TwincastError(f"{features}: too few frames with one face to measure the "
+                            "paint's colour cast; the bundle renders without the correction")
+    print(json.dumps({"bundle": str(bundle), "colour": colour}, indent=2))
     return 0
 
 

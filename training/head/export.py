@@ -18,11 +18,11 @@ from avatar.audio import FACE_MEL
 from avatar.bundle import sha256_file, write_manifest
 from avatar.errors import path_error
 from avatar.manifest import HeadMel, HeadSection, IdleSection, Manifest, MotionSection
-from avatar.models.head import HeadConfig
+from avatar.models.head import HeadConfig, HeadGenerator
 from avatar.video_io import VideoWriter
 from training.consent import bundle_consent
 from training.face import mouth_opening
-from training.head.data import cut_region
+from training.head.data import candidate_regions, cut_region
 from training.head.idle import choose_idle
 from training.head.train import TrainedHead, head_preset
 from training.ingest import iter_frames, probe
@@ -74,9 +74,15 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
         gen = {k: v.detach().cpu().contiguous() for k, v in head.gen.state_dict().items()}
         save_file(gen, str(tmp / "head.safetensors"))
         names = ["head.safetensors", "idle.mp4", "idle.npz", "reference.png", "mask.png"]
+        # The enrolment's frames as the renderer cuts them: the texture bank chooses from
+        # them and the paint's colour cast is measured on them.
+        regions, keys = candidate_regions(features_dir, model.size, model.region)
         texture = write_texture(features_dir, model, tmp, region_on_screen(
-            affine_idle, int(meta["crop_size"]), model.region[2]))
+            affine_idle, int(meta["crop_size"]), model.region[2]), regions=(regions, keys))
         names.append(texture)
+        colour = colour_section(head.gen, head.mel_stats, features_dir, regions, keys,
+                                tmp / "reference.png", mask, int(meta["crop_size"]))
+        del regions
         motion_section = _write_bank(features_dir, tmp, (width, height), fps)
         names += motion_section.files + [motion_section.index] + \
             ([motion_section.cues] if motion_section.cues else [])
@@ -102,7 +108,7 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
                 mel=HeadMel(mean=head.mel_stats[0], std=head.mel_stats[1], spec=FACE_MEL),
                 preset=preset, train_seconds=round(head.seconds, 1),
                 expert_steps=head.expert_steps, gen_steps=head.gen_steps, lips=head.lips,
-                plan=head.plan, texture=texture),
+                plan=head.plan, texture=texture, colour=colour),
             idle=IdleSection(frames=idle.stop - idle.start, clip=idle.clip, start=idle.start),
             voice=voice_section, motion=motion_section)
         write_manifest(tmp, manifest)
@@ -110,16 +116,36 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
     return out
 
 
+def colour_section(gen: HeadGenerator, mel_stats: tuple[float, float], features_dir: Path,
+                   regions: np.ndarray, keys: list[tuple[int, int]], reference: Path,
+                   crop_mask: np.ndarray, crop_size: int) -> dict:
+    """The paint's colour cast (``training.head.colour_fit``) for the manifest, measured on
+    up to ``MAX_FRAMES`` of ``regions`` (``candidate_regions``' answer); empty (the bundle
+    renders without the correction) when too few frames measure it."""
+    from training.head.colour_fit import MAX_FRAMES, fit_colour, mel_for
+
+    pick = np.unique(np.linspace(0, len(keys) - 1, min(MAX_FRAMES, len(keys))).astype(int))
+    size = gen.cfg.size
+    ref = cv2.cvtColor(cv2.imread(str(reference), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    if ref.shape[:2] != (size, size):
+        ref = cv2.resize(ref, (size, size), interpolation=cv2.INTER_AREA)
+    fit = fit_colour(gen, ref, regions[pick],
+                     mel_for(features_dir, [keys[i] for i in pick], gen.cfg.mel_frames),
+                     mel_stats, crop_mask, crop_size)
+    return fit.to_dict() if fit is not None else {}
+
+
 def write_texture(features_dir: Path, model: HeadConfig, folder: Path, screen_px: float,
-                  name: str = "texture.npz") -> str:
+                  name: str = "texture.npz",
+                  regions: tuple[np.ndarray, list[tuple[int, int]]] | None = None) -> str:
     """Build the texture bank (``avatar.texture``) from the enrolment cache's training
     frames into ``folder``; returns its file name. ``screen_px``: the mouth region's side in
     the bundle's frames: where it is enlarged there by more than ``FINE_FROM``, the bank
-    also keeps its entries' fine bands at that size, cut from the source footage."""
+    also keeps its entries' fine bands at that size, cut from the source footage.
+    ``regions``: ``candidate_regions``' answer where the caller has it already."""
     from avatar.texture import build
-    from training.head.data import candidate_regions
 
-    regions, keys = candidate_regions(features_dir, model.size, model.region)
+    regions, keys = regions or candidate_regions(features_dir, model.size, model.region)
     bank, chosen = build(regions, model.mask_top)
     if not np.isfinite(screen_px):  # no face measured: the working size is all there is
         bank.save(folder / name)
@@ -181,6 +207,34 @@ def add_texture(bundle: Path, features_dir: Path) -> str:
     if old and old != name:
         (bundle / old).unlink(missing_ok=True)
     return name
+
+
+def add_colour(bundle: Path, features_dir: Path) -> dict:
+    """Measure the paint's colour cast of an existing bundle (one made before the
+    measurement, or to measure it again) and write it into its manifest in one atomic
+    write; returns the manifest's new ``head.colour``."""
+    from avatar.bundle import load_weights, read_manifest
+    from training.head.colour_fit import MAX_FRAMES
+
+    manifest = read_manifest(bundle)
+    if manifest.head is None:
+        raise path_error(bundle, "has no face (a voice-only bundle): there is no paint to "
+                         "measure; enrol video")
+    gen = HeadGenerator(HeadConfig.from_dict(manifest.head.config))
+    load_weights(gen, bundle / manifest.head.file, "head")
+    crop_mask = cv2.imread(str(bundle / manifest.head.mask), cv2.IMREAD_GRAYSCALE)
+    if crop_mask is None:
+        raise path_error(bundle / manifest.head.mask, "cannot be read; bundle damaged")
+    regions, keys = candidate_regions(features_dir, gen.cfg.size, gen.cfg.region,
+                                      max_frames=MAX_FRAMES)
+    colour = colour_section(gen, (manifest.head.mel.mean, manifest.head.mel.std),
+                            features_dir, regions, keys, bundle / manifest.head.reference,
+                            crop_mask, int(manifest.crop_size or 0))
+    if not colour:
+        return colour
+    write_manifest(bundle, manifest.replace(head=dataclasses.replace(manifest.head,
+                                                                     colour=colour)))
+    return colour
 
 
 def add_motion(bundle: Path, features_dir: Path) -> MotionSection:

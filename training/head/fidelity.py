@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-PAINTED = 0.9
-"""Blend weight above which a pixel counts as painted (inside the feather)."""
+from avatar.colour import PAINTED, to_lab
+
 EDGE = (0.1, 0.9)
 """Blend weights of the feathered edge, where a seam would show."""
 
@@ -87,7 +87,7 @@ class Tally:
             self.sq_err += float((diff ** 2).sum())
             self.n_px += int(diff.size)
             self.ssim.append(_ssim(r_grey, g_grey, inner))
-            lab_r, lab_g = _lab(rr), _lab(gg)
+            lab_r, lab_g = to_lab(rr), to_lab(gg)
             self.de_mean.append(float(np.linalg.norm(lab_r[inner].mean(0)
                                                      - lab_g[inner].mean(0))))
             self.de_pixel.append(float(np.linalg.norm(lab_r[inner] - lab_g[inner],
@@ -156,11 +156,6 @@ def _gradient(grey: np.ndarray) -> np.ndarray:
     gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
     return np.sqrt(gx * gx + gy * gy)
-
-
-def _lab(rgb: np.ndarray) -> np.ndarray:
-    """float RGB 0-255 -> CIELAB (L 0-100), D65."""
-    return cv2.cvtColor(np.clip(rgb / 255.0, 0, 1).astype(np.float32), cv2.COLOR_RGB2Lab)
 
 
 def _ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:

@@ -1,0 +1,146 @@
+"""The paint's colour cast: measured at export on the enrolment's frames, taken off the
+paint's interior at render time (avatar/colour.py, training/head/colour_fit.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from avatar.colour import interior_weight, rgb_shift, to_lab
+from tests.conftest import run_cli
+from training.head.colour_fit import MIN_FRAMES, measure_cast
+
+S = 48
+
+
+def _geometry() -> tuple[np.ndarray, np.ndarray]:
+    """A blend weight like a bundle's (1 in the middle, fading out towards the edges) and
+    its ring."""
+    yy, xx = np.mgrid[:S, :S].astype(np.float32)
+    r = np.hypot(yy - S / 2, xx - S / 2) / (S / 2)
+    region_mask = np.clip((1.0 - r) / 0.5, 0, 1).astype(np.float32)
+    return region_mask, (region_mask > 0.15) & (region_mask < 0.6)
+
+
+def _faces(n: int, seed: int = 0) -> np.ndarray:
+    """Skin with a red mouth of varying size in the middle, a little noise."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, S, S, 3), np.uint8)
+    yy, xx = np.mgrid[:S, :S]
+    for k in range(n):
+        img = np.full((S, S, 3), (190, 150, 130), np.float32)
+        h = 3 + k % 6
+        mouth = (np.abs(yy - S / 2) < h) & (np.abs(xx - S / 2) < 10)
+        img[mouth] = (160, 70, 70)
+        out[k] = np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+    return out
+
+
+def _cast_interior(real: np.ndarray, lab: tuple[float, float, float],
+                   region_mask: np.ndarray) -> np.ndarray:
+    """``real`` with a CIELAB cast inside the paint's interior only (as the generator's)."""
+    w = interior_weight(region_mask)[..., None]
+    out = []
+    for r in real:
+        shifted = to_lab(r.astype(np.float32)) + np.array(lab, np.float32)
+        rgb = cv2.cvtColor(shifted, cv2.COLOR_Lab2RGB) * 255
+        out.append(np.clip(r + (rgb - r) * w, 0, 255).round().astype(np.uint8))
+    return np.stack(out)
+
+
+def test_a_cast_inside_the_paint_is_measured_and_its_shift_takes_it_off() -> None:
+    region_mask, ring = _geometry()
+    real = _faces(40)
+    painted = _cast_interior(real, (1.0, -2.0, -1.0), region_mask)
+    fit = measure_cast(painted, real, ring, region_mask)
+    assert fit is not None and fit.frames == 40
+    assert np.allclose(fit.lab_cast, (1.0, -2.0, -1.0), atol=0.35), fit.lab_cast
+    assert fit.delta_e_before > 2.0 and fit.delta_e_after < 0.5
+    # The RGB shift, added over the interior as rendering adds it, takes most of it off.
+    fixed = np.clip(painted + fit.rgb_shift * interior_weight(region_mask)[..., None], 0, 255)
+    again = measure_cast(fixed.round().astype(np.uint8), real, ring, region_mask)
+    assert again is not None and np.linalg.norm(again.lab_cast) < 0.4, again.lab_cast
+    # No cast, nothing to take off.
+    none = measure_cast(real, real, ring, region_mask)
+    assert none is not None and np.linalg.norm(none.lab_cast) < 0.05
+
+
+def test_too_few_frames_or_no_interior_measure_nothing() -> None:
+    region_mask, ring = _geometry()
+    real = _faces(MIN_FRAMES - 1)
+    assert measure_cast(real, real, ring, region_mask) is None
+    flat = np.minimum(region_mask, 0.5)  # nowhere all paint
+    assert measure_cast(_faces(40), _faces(40), ring, flat) is None
+
+
+def test_the_shift_is_zero_on_the_ring_and_inverts_the_cast_at_its_colour() -> None:
+    region_mask, ring = _geometry()
+    assert np.all(interior_weight(region_mask)[ring] == 0)
+    assert interior_weight(region_mask).max() == 1
+    colour = np.array([180.0, 120.0, 110.0], np.float32)
+    shift = rgb_shift(np.array([0.8, -1.5, -0.6]), colour)
+    back = to_lab((colour + shift).reshape(1, 1, 3))[0, 0] - to_lab(colour.reshape(1, 1, 3))[0, 0]
+    # OpenCV's float CIELAB conversion is itself good to about 0.1 units (table-based).
+    assert np.allclose(back, (-0.8, 1.5, 0.6), atol=0.15), back
+
+
+def test_enrolment_measures_the_cast_and_rendering_takes_it_off_the_interior_only(
+        bundle: Path) -> None:
+    from avatar.avatar import Avatar
+
+    colour = json.loads((bundle / "manifest.json").read_text())["head"]["colour"]
+    assert colour["frames"] >= MIN_FRAMES and len(colour["rgb_shift"]) == 3
+    avatar = Avatar.load(bundle)
+    assert avatar.cast is not None
+    reqs = avatar.silent_requests(2)
+    cast = avatar.render(reqs)
+    avatar.cast = None
+    plain = avatar.render(reqs)
+    diff = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(cast, plain, strict=True)]
+    assert any(d.max() > 0 for d in diff)
+    # Outside the painted box nothing moves.
+    x0, y0, x1, y1 = avatar.idle[0].box
+    outside = diff[0].copy()
+    outside[y0:y1, x0:x1] = 0
+    assert outside.max() == 0
+
+
+def test_a_bundle_without_the_measurement_renders_and_train_colour_adds_it(
+        bundle: Path, tmp_path: Path) -> None:
+    from avatar.avatar import Avatar
+
+    work = tmp_path / "w"
+    (work / "avatars").mkdir(parents=True)
+    old = work / "avatars" / bundle.name
+    shutil.copytree(bundle, old)
+    (work / "features").symlink_to(bundle.parent.parent / "features")
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["head"]["colour"]
+    (old / "manifest.json").write_text(json.dumps(manifest))  # as bundles before it
+    avatar = Avatar.load(old)
+    assert avatar.cast is None
+    assert len(avatar.render(avatar.silent_requests(1))) == 1
+
+    proc = run_cli("train", "colour", work)
+    assert proc.returncode == 0, proc.stderr
+    measured = json.loads(proc.stdout)["colour"]
+    assert json.loads((old / "manifest.json").read_text())["head"]["colour"] == measured
+    assert Avatar.load(old).cast is not None
+
+
+@pytest.mark.parametrize("shift", [[1.0, 2.0], [1.0, 2.0, 1e9], "red"])
+def test_a_damaged_measurement_is_a_one_line_error(bundle: Path, tmp_path: Path,
+                                                   shift: object) -> None:
+    bad = tmp_path / "b"
+    shutil.copytree(bundle, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["head"]["colour"]["rgb_shift"] = shift
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_cli("bench", "render", bad, "--batches", "1")
+    assert proc.returncode != 0
+    assert "rgb_shift" in proc.stderr and "Traceback" not in proc.stderr
