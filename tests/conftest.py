@@ -94,6 +94,27 @@ def grid_train() -> Path:
     return GRID / "train"
 
 
+def bundle_copy(bundle: Path, tmp_path: Path, drop: str) -> Path:
+    """A copy of the enrolled ``bundle`` in a work folder of its own that shares the
+    enrolment cache, with its manifest's ``head.<drop>`` removed (as bundles made before
+    that part existed): for ``twincast train ...`` to add it back. Returns the copy."""
+    import json
+    import shutil
+
+    work = tmp_path / "w"
+    (work / "avatars").mkdir(parents=True)
+    old = work / "avatars" / bundle.name
+    shutil.copytree(bundle, old)
+    (work / "features").symlink_to(bundle.parent.parent / "features")
+    manifest = json.loads((old / "manifest.json").read_text())
+    gone = manifest["head"].pop(drop)
+    if isinstance(gone, str) and gone in manifest["files"]:  # a file of its own
+        del manifest["files"][gone]
+        (old / gone).unlink()
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    return old
+
+
 @pytest.fixture(scope="session")
 def bundle(sample, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample enrolled with the ci preset: features, head, voice, bundle."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from avatar.colour import interior_weight, rgb_shift, to_lab
-from tests.conftest import run_cli
+from tests.conftest import bundle_copy, run_cli
 from training.head.colour_fit import MIN_FRAMES, measure_cast
 
 S = 48
@@ -114,14 +114,8 @@ def test_a_bundle_without_the_measurement_renders_and_train_colour_adds_it(
         bundle: Path, tmp_path: Path) -> None:
     from avatar.avatar import Avatar
 
-    work = tmp_path / "w"
-    (work / "avatars").mkdir(parents=True)
-    old = work / "avatars" / bundle.name
-    shutil.copytree(bundle, old)
-    (work / "features").symlink_to(bundle.parent.parent / "features")
-    manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["head"]["colour"]
-    (old / "manifest.json").write_text(json.dumps(manifest))  # as bundles before it
+    old = bundle_copy(bundle, tmp_path, "colour")  # as bundles before the measurement
+    work = old.parent.parent
     avatar = Avatar.load(old)
     assert avatar.cast is None
     assert len(avatar.render(avatar.silent_requests(1))) == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
@@ -13,7 +12,7 @@ import torch
 
 from avatar import resample
 from avatar import texture as tx
-from tests.conftest import run_cli
+from tests.conftest import bundle_copy, run_cli
 
 S = 48
 MASK_TOP = 0.25
@@ -158,16 +157,8 @@ def test_a_bundle_without_a_bank_renders_and_train_texture_adds_one(
         bundle: Path, tmp_path: Path) -> None:
     from avatar.avatar import Avatar
 
-    work = tmp_path / "w"
-    (work / "avatars").mkdir(parents=True)
-    old = work / "avatars" / bundle.name
-    shutil.copytree(bundle, old)
-    (work / "features").symlink_to(bundle.parent.parent / "features")
-    manifest = json.loads((old / "manifest.json").read_text())
-    first = manifest["head"].pop("texture")
-    del manifest["files"][first]
-    (old / first).unlink()
-    (old / "manifest.json").write_text(json.dumps(manifest))  # as bundles before banks
+    old = bundle_copy(bundle, tmp_path, "texture")  # as bundles before banks
+    work = old.parent.parent
     avatar = Avatar.load(old)
     assert avatar.texture is None
     assert len(avatar.render(avatar.silent_requests(1))) == 1
