@@ -997,7 +997,7 @@ def cmd_train_texture(args: argparse.Namespace) -> int:
 def cmd_train_colour(args: argparse.Namespace) -> int:
     from training.head.export import add_colour
 
-    bundle, features = _enrolled_bundle(args.workdir, args.name, "paint's colour cast")
+    bundle, features = _enrolled_bundle(args.workdir, args.name, "colour measurement")
     colour = add_colour(bundle, features)
     if not colour:
         raise TwincastError(f"{features}: too few frames with one face to measure the "
