@@ -212,19 +212,45 @@ class Sampler:
                                 "for the talking head")
         self.window = window
         self.rng = np.random.default_rng(seed)
+        self._sides: dict[bool, tuple[list[int], np.ndarray] | None] = {}
         weights = np.array([len(c.regions) for c in self.clips], float)
         self.p = weights / weights.sum()
         if not any((c.usable & c.lip_train).sum() > window for c in self.clips):
             raise TwincastError("the enrolment cache has too few frames with a face for the "
                                 "lip predictor; record more footage")
 
-    def _start(self, clip: ClipData) -> int:
-        half = self.window // 2
+    def _start(self, clip: ClipData, held_out: bool | None = None) -> int:
+        """A window's first frame: all its frames usable and, where ``held_out`` is given,
+        all on that side of the lip split."""
+        ok = clip.usable if held_out is None else clip.usable & (clip.lip_train != held_out)
         for _ in range(20):
             s = int(self.rng.integers(0, len(clip.regions) - self.window + 1))
-            if clip.usable[s: s + self.window].all():
+            if ok[s: s + self.window].all():
                 return s
-        return half  # rare: fall back to the clip's start
+        if held_out is not None:  # a short side: search it all rather than give up
+            runs = np.convolve(ok, np.ones(self.window), "valid") == self.window
+            if runs.any():
+                return int(self.rng.choice(np.flatnonzero(runs)))
+        return self.window // 2  # rare: fall back to the clip's start
+
+    def side(self, held_out: bool) -> tuple[list[int], np.ndarray] | None:
+        """The clips with at least one whole window on one side of the lip split, and how
+        often to draw each (by frames on that side); None where there is none."""
+        if held_out in self._sides:
+            return self._sides[held_out]
+        w = self.window
+        idx, weight = [], []
+        for i, c in enumerate(self.clips):
+            ok = c.usable & (c.lip_train != held_out)
+            if len(ok) >= w and (np.convolve(ok, np.ones(w), "valid") == w).any():
+                idx.append(i)
+                weight.append(float(ok.sum()))
+        found = None
+        if idx:
+            p = np.array(weight)
+            found = idx, p / p.sum()
+        self._sides[held_out] = found
+        return found
 
     def lip_batch(self, n: int) -> dict[str, np.ndarray]:
         """n windows of the lip predictor's training frames: mels (n, W, bins, frames) and
@@ -244,15 +270,27 @@ class Sampler:
                                 "predictor on; record more footage")
         return {"mels": np.stack(mels), "lips": np.stack(lips)}
 
-    def batch(self, n: int, negatives: bool = False) -> dict[str, np.ndarray]:
+    def batch(self, n: int, negatives: bool = False,
+              held_out: bool | None = None) -> dict[str, np.ndarray]:
         """n windows: regions (n, W, S, S, 3), refs (n, W, S, S, 3), mels (n, W, bins,
         frames) for every frame, sync_mel (n, bins, frames) for the centre frame, label,
-        lips (n, W, 40, 2) and whether the lip predictor may learn from them."""
+        lips (n, W, 40, 2) and whether the lip predictor may learn from them.
+
+        ``held_out``: None draws from every frame; False only from the lip predictor's
+        training side of the split, True only from its held-out side (where the sync
+        expert is judged, ``training.head.expert_check``)."""
         w = self.window
+        pool = None if held_out is None else self.side(held_out)
+        if held_out is not None and pool is None:
+            raise TwincastError("the enrolment cache has no unbroken stretch of face on one "
+                                "side of its held-out split; record more footage")
         regions, refs, mels, sync_mel, labels, speech, lips, lip_train = ([] for _ in range(8))
         for _ in range(n):
-            clip = self.clips[int(self.rng.choice(len(self.clips), p=self.p))]
-            s = self._start(clip)
+            if pool is None:
+                clip = self.clips[int(self.rng.choice(len(self.clips), p=self.p))]
+            else:
+                clip = self.clips[pool[0][int(self.rng.choice(len(pool[0]), p=pool[1]))]]
+            s = self._start(clip, held_out)
             t = len(clip.regions)
             regions.append(clip.regions[s: s + w])
             ref_idx = self.rng.integers(0, t, size=w)

@@ -154,9 +154,15 @@ def describe(summary: dict) -> str:
     """One line for the end of enrolment: how much of the plan ran and what that costs."""
     gen, nominal = summary["ran"]["gen"], summary["nominal"]["gen"]
     share = summary["generator_share"]
+    expert = summary.get("expert") or {}
+    weak = ""
+    if expert.get("sync_loss") is False:
+        weak = (f"; no sync loss: the sync expert told in-sync from shifted audio on "
+                f"held-out windows only at AUC {expert['held_out_auc']:.2f} (below "
+                f"{expert['min_auc']:.2f})")
     if share >= 0.999:
         return (f"head training ran its whole plan ({gen} generator steps, "
-                f"{summary['sync_steps']} with the sync loss)")
+                f"{summary['sync_steps']} with the sync loss){weak}")
     cost = ("expect a mouth close to the preset's figures" if share >= 0.8 else
             "expect a mouth that follows the speech less closely and opens less than the "
             "preset's figures" if share >= 0.4 else
@@ -164,4 +170,4 @@ def describe(summary: dict) -> str:
     return (f"head training ran {share:.0%} of the generator's plan ({gen} of {nominal} "
             f"steps, {summary['sync_steps']} of {summary['nominal_sync_steps']} with the sync "
             f"loss) within its cap on this host; {cost}. More time (twincast train head "
-            "--max-minutes N) or a GPU runs all of it")
+            f"--max-minutes N) or a GPU runs all of it{weak}")

@@ -34,6 +34,7 @@ from avatar.models.lips import LIP_POINTS, lip_loss
 from training import presets
 from training.dist import Dist
 from training.head.data import Sampler, lip_split, load_cache
+from training.head.expert_check import ExpertCheck, check_expert
 from training.head.losses import gradient_loss, temporal_loss, texture_loss
 from training.head.plan import KINDS, Allocation, Planner, describe
 from training.head.resolution import resolve
@@ -65,6 +66,15 @@ class HeadTrainConfig:
     """Std of the noise added to the real lip points the generator is trained on (crop
     fractions; 0.5 px on a 256 px crop)."""
     sync_weight: float = 0.05
+    """Weight of the sync loss: how far the expert scores a generated window below the real
+    window with the same audio (a hinge at the real one: a generator is never paid for
+    pleasing the expert more than the person's own mouth does, which is how it games a
+    weak expert)."""
+    sync_min_auc: float = 0.6
+    """The sync loss joins only if the expert, judged in eval mode on held-out windows
+    (``training.head.expert_check``), tells in-sync from shifted audio at least this well
+    (AUC; 0.5 is a coin). A weaker expert is one the generator learns to fool rather than
+    learn sync from; the generator then trains on L1 and the lip sketch alone."""
     sync_from: float = 0.3
     """Fraction of the generator steps after which the sync loss joins (a generator that
     cannot draw a face yet gets no use from it)."""
@@ -139,6 +149,8 @@ class State:
     """The generator as trained: itself, or its DistributedDataParallel wrapper."""
     expert_train: nn.Module | None = None
     disc_train: nn.Module | None = None
+    expert_check: ExpertCheck | None = None
+    """The expert judged on held-out windows when its stage ended (None before)."""
 
     # The three stages run one after another, so one step count says where each stands.
     @property
@@ -173,8 +185,15 @@ class State:
         return "expert" if self.step < p.lips + p.expert else "gen"
 
     @property
+    def sync_allowed(self) -> bool:
+        """The preset has a sync loss and the expert passed its check (or is not judged
+        yet: the generator's stage judges it before its first step)."""
+        return self.cfg.sync_weight > 0 and (
+            self.expert_check is None or self.expert_check.passes(self.cfg.sync_min_auc))
+
+    @property
     def sync_on(self) -> bool:
-        return self.cfg.sync_weight > 0 and self.gen_step >= self.planned.sync_at
+        return self.sync_allowed and self.gen_step >= self.planned.sync_at
 
     @property
     def done(self) -> bool:
@@ -190,6 +209,11 @@ class State:
              "opt_gen": self.opt_gen.state_dict(), "opt_expert": self.opt_expert.state_dict(),
              "opt_lips": self.opt_lips.state_dict(), **self.progress.state_dict(),
              **{f"plan_{k}": v for k, v in self.planned.to_dict().items()}}
+        if self.expert_check is not None:
+            c = self.expert_check
+            d["expert_check"] = torch.tensor(
+                [np.nan if v is None else v for v in (c.auc, c.windows, c.in_sync, c.shifted)],
+                dtype=torch.float64)
         if self.disc is not None and self.opt_disc is not None:
             d["disc"] = self.disc.state_dict()
             d["opt_disc"] = self.opt_disc.state_dict()
@@ -207,6 +231,10 @@ class State:
         if "step" not in d:  # checkpoints made before the shared loop counted each stage
             d = {**d, "step": int(d["lip_step"]) + int(d["expert_step"]) + int(d["gen_step"])}
         self.progress.load_state_dict(d)
+        if "expert_check" in d:
+            auc, n, pos, neg = (None if np.isnan(v) else float(v)
+                                for v in d["expert_check"].tolist())
+            self.expert_check = ExpertCheck(auc, int(n or 0), pos, neg)
         if "plan_gen" in d:  # checkpoints made before planning ran the preset's counts
             self.plan = Allocation(*(int(d[f"plan_{k}"]) for k in ("lips", "expert", "gen",
                                                                   "sync_at")))
@@ -245,7 +273,8 @@ def lip_step(state: State, sampler: Sampler, cfg: HeadTrainConfig, device: torch
 
 def expert_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
                 device: torch.device) -> dict[str, float]:
-    b = _tensors(sampler.batch(cfg.batch * 2, negatives=True), device)
+    # The held-out side of the lip split stays unseen: the expert is judged there.
+    b = _tensors(sampler.batch(cfg.batch * 2, negatives=True, held_out=False), device)
     state.expert.train()
     expert = state.expert_train or state.expert
     p = ((expert(b["regions"], b["sync_mel"]) + 1) / 2).clamp(1e-6, 1 - 1e-6)
@@ -293,10 +322,14 @@ def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
     if sync:
         state.expert.eval()
         p = ((state.expert(out.reshape(n, w, 3, s, s), b["sync_mel"]) + 1) / 2)
-        with torch.autocast(device.type, enabled=False):  # BCE refuses reduced precision
-            sync_loss = F.binary_cross_entropy(p.float().clamp(1e-6, 1 - 1e-6),
-                                               torch.ones_like(p, dtype=torch.float32))
+        with torch.no_grad():
+            p_real = (state.expert(b["regions"], b["sync_mel"]) + 1) / 2
+        with torch.autocast(device.type, enabled=False):  # logs in full precision
+            gap = (torch.log(p_real.float().clamp(1e-6, 1))
+                   - torch.log(p.float().clamp(1e-6, 1)))
+            sync_loss = F.relu(gap).mean()
         losses["gen/sync"] = sync_loss
+        losses["gen/sync_gap"] = gap.mean()  # below 0: the expert prefers the generated
         total = total + cfg.sync_weight * sync_loss
     disc = state.disc_train or state.disc
     if disc is not None and state.opt_disc is not None:
@@ -504,8 +537,10 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
                                   [planner.spent[k] for k in stages] + [state.seconds])
         planner.spent.update(zip(stages, figures[len(KINDS):-1], strict=True))
         joined = before.sync_at if stage == "gen" and state.sync_on else None
-        state.plan = planner.replan(done, figures[-1], fixed, joined,
-                                    dict(zip(KINDS, figures[:len(KINDS)], strict=True)))
+        speeds = dict(zip(KINDS, figures[:len(KINDS)], strict=True))
+        if not state.sync_allowed:  # the steps after sync_at are plain generator steps
+            speeds["sync"] = speeds["gen"]
+        state.plan = planner.replan(done, figures[-1], fixed, joined, speeds)
 
     if planner.speeds and not state.done:
         replan()
@@ -517,17 +552,43 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
                         100 * p.gen / cfg.gen_steps, p.gen - p.sync_at)
     last_stage = [""]
 
+    def judge_expert() -> None:
+        """Before the generator's first step (or on resuming a run from before this
+        check): may the expert teach it?"""
+        state.expert_check = check_expert(state.expert, sampler, dev)
+        c = state.expert_check
+        if not dist.main:
+            return
+        if c.auc is None:
+            log.info("the sync expert could not be judged (no held-out windows); the sync "
+                     "loss joins as planned")
+        elif c.passes(cfg.sync_min_auc):
+            log.info("sync expert on %d held-out windows: AUC %.3f (in sync %.3f, shifted "
+                     "%.3f); the sync loss joins as planned", c.windows, c.auc, c.in_sync,
+                     c.shifted)
+        else:
+            log.warning("the sync expert tells in-sync from shifted audio on held-out "
+                        "windows only at AUC %.3f (below %.2f), too weakly to teach the "
+                        "generator; it trains without the sync loss (the lip sketch still "
+                        "drives the mouth)", c.auc, cfg.sync_min_auc)
+
     def until() -> bool:
         if not planner.speeds:  # resumed after its plan was done: nothing was measured
             return state.done
+        if state.stage == "gen" and state.expert_check is None and cfg.sync_weight > 0:
+            judge_expert()
         stage = state.stage
         if stage != last_stage[0] or state.step % planner.cfg.replan_steps == 0:
             replan()
             stage = state.stage  # a re-plan can end the current stage
+            if stage == "gen" and state.expert_check is None and cfg.sync_weight > 0:
+                judge_expert()
             if stage != last_stage[0]:
                 p = state.planned
+                joins = (f" (the sync loss from step {p.sync_at})" if state.sync_allowed
+                         else " (no sync loss)")
                 log.info("head stage %s: %d steps planned%s", stage, getattr(p, stage),
-                         f" (the sync loss from step {p.sync_at})" if stage == "gen" else "")
+                         joins if stage == "gen" else "")
                 if stage == "gen":
                     # From here the expert only judges: it must not learn from the generator.
                     state.expert.requires_grad_(False)
@@ -563,8 +624,11 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
         train_loop(loop, state.progress, step, save, any_rank=dist.any, main=dist.main,
                    until=until)
     ran = {"lips": state.lip_step, "expert": state.expert_step, "gen": state.gen_step}
-    sync_steps = max(state.gen_step - state.planned.sync_at, 0) if cfg.sync_weight > 0 else 0
+    sync_steps = max(state.gen_step - state.planned.sync_at, 0) if state.sync_allowed else 0
     plan = {**planner.summary(ran, sync_steps), "resolution": resolution.to_dict()}
+    if state.expert_check is not None:
+        plan["expert"] = {**state.expert_check.to_dict(), "min_auc": cfg.sync_min_auc,
+                          "sync_loss": state.sync_allowed}
     if dist.main:
         log.info("%s", describe(plan))
     lips: dict = {}
