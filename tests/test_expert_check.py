@@ -76,6 +76,11 @@ def test_describe_says_when_the_sync_loss_was_left_out() -> None:
                           "sync_loss": False}}
     line = describe(summary)
     assert "no sync loss" in line and "AUC 0.55" in line
+    # A preset without a sync loss (cpu, demo) does not count steps it never planned.
+    short = {**summary, "generator_share": 0.6, "ran": {**summary["ran"], "gen": 60},
+             "nominal_sync_steps": 0, "expert": {}}
+    line = describe(short)
+    assert "sync" not in line and "60 of 100 steps)" in line
 
 
 @pytest.mark.slow

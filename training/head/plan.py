@@ -131,10 +131,11 @@ class Planner(ThreadClock):
         return self.plan
 
     # --------------------------------------------------------------- reporting
-    def summary(self, ran: dict[str, int], sync_steps: int) -> dict:
+    def summary(self, ran: dict[str, int], sync_steps: int, sync: bool = True) -> dict:
         """What the manifest and the end of enrolment say: the nominal plan, what ran, and
-        the measured speeds."""
-        nominal_sync = self.nominal["gen"] - int(round(self.sync_from * self.nominal["gen"]))
+        the measured speeds. ``sync``: the preset has a sync loss at all."""
+        nominal_sync = (self.nominal["gen"] - int(round(self.sync_from * self.nominal["gen"]))
+                        if sync else 0)
         gen_share = ran["gen"] / max(self.nominal["gen"], 1)
         total = sum(self.nominal.values())
         return {
@@ -167,7 +168,8 @@ def describe(summary: dict) -> str:
             "expect a mouth that follows the speech less closely and opens less than the "
             "preset's figures" if share >= 0.4 else
             "expect a weak mouth: too few generator steps for this preset")
+    with_sync = (f", {summary['sync_steps']} of {summary['nominal_sync_steps']} with the "
+                 "sync loss" if summary["nominal_sync_steps"] else "")
     return (f"head training ran {share:.0%} of the generator's plan ({gen} of {nominal} "
-            f"steps, {summary['sync_steps']} of {summary['nominal_sync_steps']} with the sync "
-            f"loss) within its cap on this host; {cost}. More time (twincast train head "
-            f"--max-minutes N) or a GPU runs all of it{weak}")
+            f"steps{with_sync}) within its cap on this host; {cost}. More time (twincast "
+            f"train head --max-minutes N) or a GPU runs all of it{weak}")

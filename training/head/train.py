@@ -547,9 +547,10 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
         p = state.planned
         if p.gen < cfg.gen_steps and dist.main:
             log.warning("this host fits %d of the generator's %d steps in the %g-minute cap "
-                        "(%.0f%%; %d with the sync loss); the plan keeps every stage and the "
-                        "sync loss their shares", p.gen, cfg.gen_steps, cfg.max_minutes,
-                        100 * p.gen / cfg.gen_steps, p.gen - p.sync_at)
+                        "(%.0f%%%s); the plan keeps every stage%s their shares", p.gen,
+                        cfg.gen_steps, cfg.max_minutes, 100 * p.gen / cfg.gen_steps,
+                        f"; {p.gen - p.sync_at} with the sync loss" if cfg.sync_weight > 0
+                        else "", " and the sync loss" if cfg.sync_weight > 0 else "")
     last_stage = [""]
 
     def judge_expert() -> None:
@@ -625,7 +626,8 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
                    until=until)
     ran = {"lips": state.lip_step, "expert": state.expert_step, "gen": state.gen_step}
     sync_steps = max(state.gen_step - state.planned.sync_at, 0) if state.sync_allowed else 0
-    plan = {**planner.summary(ran, sync_steps), "resolution": resolution.to_dict()}
+    plan = {**planner.summary(ran, sync_steps, cfg.sync_weight > 0),
+            "resolution": resolution.to_dict()}
     if state.expert_check is not None:
         plan["expert"] = {**state.expert_check.to_dict(), "min_auc": cfg.sync_min_auc,
                           "sync_loss": state.sync_allowed}
