@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -327,6 +328,14 @@ def test_the_speed_probe_leaves_training_untouched(bundle: Path) -> None:
     torch.manual_seed(5)
     assert torch.equal(probed, torch.rand(3))
     assert state.step == 0
+    # A preset without the expert's stage and the sync loss (cpu, demo) times neither: the
+    # expert costs nothing in its plan and a sync-stage step is priced as a plain one.
+    plain = replace(cfg, expert_steps=0, sync_weight=0.0)
+    planner = Planner({"lips": plain.lip_steps, "expert": 0, "gen": plain.gen_steps},
+                      plain.sync_from, plain.max_minutes * 60)
+    probe_speeds(state, sampler, plain, torch.device("cpu"), Dist(), planner)
+    assert planner.speed("expert") == 0 and planner.speed("gen") > 0
+    assert planner.speed("sync") > 0
 
 
 def test_bench_render_at_another_working_size(bundle: Path) -> None:

@@ -375,6 +375,8 @@ def probe_speeds(state: State, sampler: Sampler, cfg: HeadTrainConfig, dev: torc
     kinds = [k for k in KINDS if KINDS.index(k) >= KINDS.index(stage)]
     if cfg.sync_weight <= 0:
         kinds = [k for k in kinds if k != "sync"]
+    if cfg.expert_steps <= 0:  # nothing to plan: an unprobed kind counts as free
+        kinds = [k for k in kinds if k != "expert"]
     run = {"lips": lambda: lip_step(trial, data, cfg, dev, dist),
            "expert": lambda: expert_step(trial, data, cfg, dev),
            "gen": lambda: gen_step(trial, data, cfg, dev, False),
