@@ -22,7 +22,7 @@ import torch
 from avatar import devices, resample
 from avatar.audio import FACE_MEL, mel_windows
 from avatar.bundle import load_weights, read_manifest
-from avatar.colour import RING, interior_weight, match_colour
+from avatar.colour import RING, match_colour
 from avatar.cues import NodCues, frame_rows
 from avatar.decode import DecodeError, rgb_frames
 from avatar.detail import frame_low, keep_detail
@@ -31,6 +31,7 @@ from avatar.manifest import Manifest
 from avatar.models.fold import fold_batchnorm
 from avatar.models.head import HeadConfig, HeadGenerator, blank_lower, region_keep_mask
 from avatar.motion import Entry, MotionConfig, Walker
+from avatar.paint_cast import LinearCast, PaintCast
 
 if TYPE_CHECKING:
     from avatar.bank import MotionBank
@@ -123,10 +124,10 @@ class Avatar:
         """The motion bank (``avatar.bank.MotionBank``), or None for a bundle without one."""
         self.cues: NodCues | None = None
         """When the person nods, from their speech (``avatar.cues``); None: not known."""
-        self.cast: torch.Tensor | None = None
-        """(1, 3, S, S) added to the paint (0-1 units): the bundle's measured colour cast
-        taken out of the paint's interior (``avatar.colour``); None for a bundle without
-        the measurement, or turned off."""
+        self.cast: PaintCast | None = None
+        """The correction added to the paint's interior: the bundle's measured colour cast,
+        one shift or per frame (``avatar.paint_cast``); None for a bundle without the
+        measurement, or turned off."""
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -171,7 +172,7 @@ class Avatar:
         avatar = cls(path, manifest, gen, dev, idle, reference, head.mel.mean, head.mel.std,
                      dtype)
         avatar._geometry = geometry
-        avatar.cast = _cast(path, head.colour, geometry[1], dev)
+        avatar.cast = _cast(path, head.colour, geometry[1], geometry[2], dev)
         if head.texture:
             avatar.texture = _load_texture(path / head.texture, cfg.size, dev)
         if manifest.motion is not None:
@@ -288,7 +289,7 @@ class Avatar:
                 out, mixed = self.texture.apply_fine(out)
         if self.cast is not None:
             # Zero on the ring, so the colour match (which reads the ring) is unchanged.
-            out = out.float() + self.cast
+            out = out.float() + self.cast(out, regions)
         if self.compositing == "device":
             from avatar.device_composite import composite
 
@@ -385,8 +386,8 @@ def _load_idle(path: Path, manifest: Manifest, cfg: HeadConfig
     return prepare_frames(decoded, affines, *geometry, size), geometry
 
 
-def _cast(path: Path, colour: dict, region_mask: np.ndarray, dev: torch.device
-          ) -> torch.Tensor | None:
+def _cast(path: Path, colour: dict, region_mask: np.ndarray, ring: np.ndarray,
+          dev: torch.device) -> PaintCast | None:
     """The paint-cast correction over the region (``HeadSection.colour``), or None."""
     if not colour:
         return None
@@ -395,8 +396,15 @@ def _cast(path: Path, colour: dict, region_mask: np.ndarray, dev: torch.device
             and all(isinstance(v, int | float) and abs(v) < 64 for v in shift)):
         raise path_error(path / "manifest.json", "head.colour.rgb_shift must be three "
                          "numbers under 64 levels; the bundle is damaged")
-    w = torch.from_numpy(interior_weight(region_mask))
-    return (torch.tensor(shift, dtype=torch.float32).view(1, 3, 1, 1) / 255 * w).to(dev)
+    linear = None
+    if "linear" in colour:
+        try:
+            linear = LinearCast.from_dict(colour["linear"])
+        except ValueError as e:
+            raise path_error(path / "manifest.json", f"head.colour.linear {e}; the bundle "
+                             "is damaged (twincast train colour measures it again)") from None
+    # With a per-frame model the one shift is not added as well: the model's bias is it.
+    return PaintCast(region_mask, ring, dev, None if linear else np.asarray(shift), linear)
 
 
 def region_geometry(crop_mask: np.ndarray, crop_size: int, cfg: HeadConfig

@@ -102,8 +102,10 @@ class HeadSection:
     colour: dict = field(default_factory=dict)
     """The paint's colour cast measured on the enrolment's frames
     (``training.head.colour_fit``): ``rgb_shift`` (three levels added to the paint's
-    interior), ``lab_cast``, the frames and the mean delta E before and after. Empty for
-    bundles made before it (they render without the correction)."""
+    interior), ``lab_cast``, the frames and the mean delta E before and after; where it
+    paid on unseen frames, ``linear``, the per-frame model rendering uses instead
+    (``avatar.paint_cast``), and ``delta_e_held_out`` for both. Empty for bundles made
+    before it (they render without the correction)."""
 
     @classmethod
     def from_dict(cls, d: dict) -> HeadSection:

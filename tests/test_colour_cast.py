@@ -65,9 +65,51 @@ def test_a_cast_inside_the_paint_is_measured_and_its_shift_takes_it_off() -> Non
     fixed = np.clip(painted + fit.rgb_shift * interior_weight(region_mask)[..., None], 0, 255)
     again = measure_cast(fixed.round().astype(np.uint8), real, ring, region_mask)
     assert again is not None and np.linalg.norm(again.lab_cast) < 0.4, again.lab_cast
-    # No cast, nothing to take off.
+    # No cast, nothing to take off, and no per-frame model to carry.
     none = measure_cast(real, real, ring, region_mask)
     assert none is not None and np.linalg.norm(none.lab_cast) < 0.05
+    assert none.linear is None and none.held_out["constant"] < 0.05
+
+
+def test_a_cast_that_follows_the_light_is_taken_off_frame_by_frame() -> None:
+    """The generator paints in its reference's light; the frames' light varies (0.8-1.2).
+    The ring shows each frame's light, so the per-frame model takes off what one shift
+    cannot, on frames it was not fitted on, and rendering's correction does the same."""
+    import torch
+
+    from avatar.paint_cast import PaintCast
+
+    region_mask, ring = _geometry()
+    base = _faces(80)
+    light = np.random.default_rng(3).uniform(0.8, 1.2, len(base))
+    real = np.clip(base * light[:, None, None, None], 0, 255).astype(np.uint8)
+    painted = _cast_interior(base, (1.0, -2.0, -1.0), region_mask)
+    fit = measure_cast(painted, real, ring, region_mask)
+    assert fit is not None and fit.linear is not None, fit
+    assert fit.held_out["linear"] < 0.6 * fit.held_out["constant"], fit.held_out
+    assert fit.to_dict()["linear"] == fit.linear.to_dict()
+
+    # Rendering's side: new frames in other light, corrected by PaintCast before the
+    # colour match, scored as measure_cast scores them.
+    light = np.random.default_rng(4).uniform(0.8, 1.2, 40)
+    base = _faces(40, seed=1)
+    real = np.clip(base * light[:, None, None, None], 0, 255).astype(np.uint8)
+    painted = _cast_interior(base, (1.0, -2.0, -1.0), region_mask)
+
+    def corrected(cast: PaintCast) -> np.ndarray:
+        p = torch.from_numpy(painted).permute(0, 3, 1, 2).float() / 255
+        r = torch.from_numpy(real).permute(0, 3, 1, 2).float() / 255
+        out = (p + cast(p, r)).clamp(0, 1) * 255
+        return out.round().byte().permute(0, 2, 3, 1).numpy()
+
+    dev = torch.device("cpu")
+    one = measure_cast(corrected(PaintCast(region_mask, ring, dev, shift=fit.rgb_shift)),
+                       real, ring, region_mask)
+    each = measure_cast(corrected(PaintCast(region_mask, ring, dev, linear=fit.linear)),
+                        real, ring, region_mask)
+    assert one is not None and each is not None
+    assert each.delta_e_before < 0.6 * one.delta_e_before, (each.delta_e_before,
+                                                            one.delta_e_before)
 
 
 def test_too_few_frames_or_no_interior_measure_nothing() -> None:
@@ -95,6 +137,8 @@ def test_enrolment_measures_the_cast_and_rendering_takes_it_off_the_interior_onl
 
     colour = json.loads((bundle / "manifest.json").read_text())["head"]["colour"]
     assert colour["frames"] >= MIN_FRAMES and len(colour["rgb_shift"]) == 3
+    # Both corrections were scored on frames they were not fitted on.
+    assert set(colour["delta_e_held_out"]) == {"constant", "linear"}
     avatar = Avatar.load(bundle)
     assert avatar.cast is not None
     reqs = avatar.silent_requests(2)
@@ -127,14 +171,20 @@ def test_a_bundle_without_the_measurement_renders_and_train_colour_adds_it(
     assert Avatar.load(old).cast is not None
 
 
-@pytest.mark.parametrize("shift", [[1.0, 2.0], [1.0, 2.0, 1e9], "red"])
+@pytest.mark.parametrize(("key", "value"), [
+    ("rgb_shift", [1.0, 2.0]), ("rgb_shift", [1.0, 2.0, 1e9]), ("rgb_shift", "red"),
+    ("linear", {"mean": [0] * 6, "weights": [[0, 0, 0]] * 5, "bias": [0, 0, 0]}),
+    ("linear", {"mean": [0] * 6, "weights": [[0, 0, 0]] * 6, "bias": [0, 0, 1e9]}),
+    ("linear", "red")])
 def test_a_damaged_measurement_is_a_one_line_error(bundle: Path, tmp_path: Path,
-                                                   shift: object) -> None:
+                                                   key: str, value: object) -> None:
     bad = tmp_path / "b"
     shutil.copytree(bundle, bad)
     manifest = json.loads((bad / "manifest.json").read_text())
-    manifest["head"]["colour"]["rgb_shift"] = shift
+    manifest["head"]["colour"][key] = value
     (bad / "manifest.json").write_text(json.dumps(manifest))
     proc = run_cli("bench", "render", bad, "--batches", "1")
     assert proc.returncode != 0
-    assert "rgb_shift" in proc.stderr and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and key in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
