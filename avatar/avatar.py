@@ -30,6 +30,7 @@ from avatar.errors import TwincastError, path_error
 from avatar.manifest import Manifest
 from avatar.models.fold import fold_batchnorm
 from avatar.models.head import HeadConfig, HeadGenerator, blank_lower, region_keep_mask
+from avatar.models.refine import RefineConfig, Refiner
 from avatar.motion import Entry, MotionConfig, Walker
 from avatar.paint_cast import LinearCast, PaintCast
 
@@ -124,6 +125,9 @@ class Avatar:
         """The motion bank (``avatar.bank.MotionBank``), or None for a bundle without one."""
         self.cues: NodCues | None = None
         """When the person nods, from their speech (``avatar.cues``); None: not known."""
+        self.refiner: Refiner | None = None
+        """The person-specific detail stage run on the paint (``avatar.models.refine``);
+        None for a bundle without one, or turned off."""
         self.cast: PaintCast | None = None
         """The correction added to the paint's interior: the bundle's measured colour cast,
         one shift or per frame (``avatar.paint_cast``); None for a bundle without the
@@ -132,11 +136,15 @@ class Avatar:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: Path | str, device: str = "cpu",
-             architecture: HeadConfig | None = None, precision: str = "auto") -> Avatar:
+             architecture: HeadConfig | None = None, precision: str = "auto",
+             refine: bool = True) -> Avatar:
         """Load a bundle. ``architecture`` replaces the bundle's model by a freshly
         initialised one of that size (for speed measurements only: weights do not change
         how fast a model runs). ``precision``: ``auto`` renders in bfloat16 where the
-        device computes it natively (``devices.compute_dtype``), else float32."""
+        device computes it natively (``devices.compute_dtype``), else float32.
+        ``refine``: run the bundle's refiner where it has one; the texture bank then stays
+        unloaded (on GRID's training clips held out from the refiner, sharpness 0.70 with
+        the refiner alone, 0.62 with the bank's band over it)."""
         path = Path(path)
         manifest = read_manifest(path)
         dev = devices.device(device)
@@ -173,7 +181,9 @@ class Avatar:
                      dtype)
         avatar._geometry = geometry
         avatar.cast = _cast(path, head.colour, geometry[1], geometry[2], dev)
-        if head.texture:
+        if head.refine and refine and architecture is None:
+            avatar.refiner = load_refiner(path, head.refine, dev)
+        elif head.texture:
             avatar.texture = _load_texture(path / head.texture, cfg.size, dev)
         if manifest.motion is not None:
             avatar.bank = _load_bank(path, manifest, geometry, cfg.size)
@@ -282,6 +292,14 @@ class Avatar:
                         conds[i] = c
                 cond_t = torch.from_numpy(np.stack(conds).astype(np.float32)).to(self.device)
                 out = self.gen.paint_conditioned(ref, masked, cond_t)
+        if self.refiner is not None:
+            # In the generator's precision (bfloat16 where native): only the detail it adds
+            # is computed in it, the paint it is added to stays float32. On the AMX Xeon
+            # with channels-last weights, 1.2 ms a 96 px frame at batch 16 against 8.5 in
+            # float32 with the default layout.
+            with torch.inference_mode(), torch.autocast(
+                    self.device.type, self.dtype, enabled=self.dtype != torch.float32):
+                out = self.refiner(out.float().clamp(0, 1)).float()
         fine: list[Fine | None] = [None] * len(requests)
         mixed = None
         if self.texture is not None:
@@ -405,6 +423,23 @@ def _cast(path: Path, colour: dict, region_mask: np.ndarray, ring: np.ndarray,
                              "is damaged (twincast train colour measures it again)") from None
     # With a per-frame model the one shift is not added as well: the model's bias is it.
     return PaintCast(region_mask, ring, dev, None if linear else np.asarray(shift), linear)
+
+
+def load_refiner(path: Path, refine: dict, dev: torch.device) -> Refiner:
+    """The bundle's refiner (``HeadSection.refine``), or one error naming what is wrong."""
+    file = refine.get("file")
+    if not isinstance(file, str) or not file:
+        raise path_error(path / "manifest.json", "head.refine.file must name the refiner's "
+                         "weights; the bundle is damaged")
+    try:
+        cfg = RefineConfig.from_dict(refine.get("config") or {})
+    except ValueError as e:
+        raise path_error(path / "manifest.json", f"{e}; the bundle is damaged") from None
+    refiner = Refiner(cfg)
+    load_weights(refiner, path / file, "refiner")
+    refiner = refiner.to(dev).eval()
+    # oneDNN's convolutions are faster on channels-last weights, as the generator's.
+    return refiner.to(memory_format=torch.channels_last) if dev.type == "cpu" else refiner
 
 
 def region_geometry(crop_mask: np.ndarray, crop_size: int, cfg: HeadConfig

@@ -106,6 +106,11 @@ class HeadSection:
     paid on unseen frames, ``linear``, the per-frame model rendering uses instead
     (``avatar.paint_cast``), and ``delta_e_held_out`` for both. Empty for bundles made
     before it (they render without the correction)."""
+    refine: dict = field(default_factory=dict)
+    """The refiner (``avatar.models.refine``), trained at export on the enrolment's frames:
+    ``file`` (safetensors), ``config`` and ``report`` (its training and the held-out
+    figures it was chosen by). Empty for bundles without one (they render the paint as the
+    generator makes it)."""
 
     @classmethod
     def from_dict(cls, d: dict) -> HeadSection:
@@ -120,7 +125,8 @@ class HeadSection:
                    gen_steps=_get(d, "gen_steps", int, w, 0),
                    lips=_get(d, "lips", dict, w, {}), plan=_get(d, "plan", dict, w, {}),
                    texture=_get(d, "texture", str, w, ""),
-                   colour=_get(d, "colour", dict, w, {}))
+                   colour=_get(d, "colour", dict, w, {}),
+                   refine=_get(d, "refine", dict, w, {}))
 
     def to_dict(self) -> dict:
         out = {"file": self.file, "config": self.config, "region": list(self.region),
@@ -134,6 +140,8 @@ class HeadSection:
             out["texture"] = self.texture
         if self.colour:
             out["colour"] = self.colour
+        if self.refine:
+            out["refine"] = self.refine
         return out
 
 

@@ -108,6 +108,8 @@ def bundle_copy(bundle: Path, tmp_path: Path, drop: str) -> Path:
     (work / "features").symlink_to(bundle.parent.parent / "features")
     manifest = json.loads((old / "manifest.json").read_text())
     gone = manifest["head"].pop(drop)
+    if isinstance(gone, dict):  # a section naming its own file
+        gone = gone.get("file")
     if isinstance(gone, str) and gone in manifest["files"]:  # a file of its own
         del manifest["files"][gone]
         (old / gone).unlink()

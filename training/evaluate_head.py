@@ -226,8 +226,9 @@ def face_config(avatar: Avatar) -> FaceConfig:
 
 def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str = "cpu",
                   precision: str = "auto", detail: str = "keep", texture: str = "keep",
-                  cast: str = "keep") -> dict:
-    avatar = Avatar.load(bundle, device, precision=precision)
+                  cast: str = "keep", refine: str = "keep") -> dict:
+    avatar = Avatar.load(bundle, device, precision=precision, refine=refine != "off")
+    had_refiner = bool(avatar.manifest.head and avatar.manifest.head.refine)
     avatar.detail = detail
     if texture == "off":
         avatar.texture = None
@@ -313,9 +314,12 @@ def evaluate_head(bundle: Path, footage: list[Path], out_dir: Path, device: str 
         "precision": str(avatar.dtype).removeprefix("torch."),
         "detail": detail,
         "texture": "keep" if avatar.texture is not None else
-        "off" if texture == "off" else "none in the bundle",
+        "off" if texture == "off" else "the refiner's instead" if avatar.refiner is not None
+        else "none in the bundle",
         "colour_cast": "taken off" if avatar.cast is not None else
         "off" if had_cast else "none in the bundle",
+        "refiner": "keep" if avatar.refiner is not None else
+        "off" if had_refiner else "none in the bundle",
         "clips": len(clips),
         "frames": int(len(g)),
         "mouth_opening_corr": round(float(np.nanmean([p["corr"] for p in per_clip])), 4),

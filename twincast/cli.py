@@ -344,6 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--name", help="which bundle in WORKDIR/avatars (if several)")
     tc.set_defaults(func=cmd_train_colour)
 
+    tr = tsub.add_parser("refine", help="(re)train the refiner (the person-specific detail "
+                         "stage on the paint) of the enrolment's bundle on WORKDIR/features, "
+                         "and measure the colour cast on its paint")
+    tr.add_argument("workdir", type=Path)
+    tr.add_argument("--name", help="which bundle in WORKDIR/avatars (if several)")
+    tr.add_argument("--preset", default="cpu", help="whose refiner steps and cap (default cpu)")
+    tr.add_argument("--steps", type=int, help="refiner steps (default: the preset's)")
+    tr.add_argument("--max-minutes", type=float, help="cap on its training (default: the "
+                    "preset's)")
+    tr.set_defaults(func=cmd_train_refine)
+
     sy = sub.add_parser("say", help="speak text in the avatar's voice to a .wav file")
     sy.add_argument("bundle", type=Path)
     sy.add_argument("text", help="what to say")
@@ -489,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     eh.add_argument("--cast", choices=("keep", "off"), default="keep",
                     help="take the paint's measured colour cast off (keep, as rendering "
                          "does, where the bundle has the measurement) or not (off)")
+    eh.add_argument("--refine", choices=("keep", "off"), default="keep",
+                    help="run the bundle's refiner on the paint (keep, as rendering does, "
+                         "where the bundle has one) or not (off)")
     eh.set_defaults(func=cmd_eval_head)
     em = evsub.add_parser("motion", help="head motion, seams and repetition of the motion "
                           "bank's walk, driven by held-out clips' audio")
@@ -780,7 +794,7 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
 
     out = args.out or args.bundle.parent / f"eval-head-{args.bundle.name}"
     report = evaluate_head(args.bundle, args.footage, out, args.device, args.precision,
-                           args.detail, args.texture, args.cast)
+                           args.detail, args.texture, args.cast, args.refine)
     report.pop("per_clip")
     print(json.dumps(report, indent=2))
     log.info("report, side-by-side video and contact sheet in %s", out)
@@ -1003,6 +1017,33 @@ def cmd_train_colour(args: argparse.Namespace) -> int:
         raise TwincastError(f"{features}: too few frames with one face to measure the "
                             "paint's colour cast; the bundle renders without the correction")
     print(json.dumps({"bundle": str(bundle), "colour": colour}, indent=2))
+    return 0
+
+
+def cmd_train_refine(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from training.head.export import add_refine
+    from training.head.train import head_preset
+
+    cfg = head_preset(args.preset).refine_config()
+    if args.steps is not None:
+        if args.steps < 1:
+            raise TwincastError(f"--steps {args.steps}: give at least 1 step")
+        cfg = dataclasses.replace(cfg, steps=args.steps)
+    if args.max_minutes is not None:
+        if args.max_minutes <= 0:
+            raise TwincastError(f"--max-minutes {args.max_minutes}: give a positive cap")
+        cfg = dataclasses.replace(cfg, max_minutes=args.max_minutes)
+    bundle, features = _enrolled_bundle(args.workdir, args.name, "refiner's training frames")
+    refine = add_refine(bundle, features, cfg)
+    if not refine:
+        raise TwincastError(f"{bundle}: no refiner kept (none was as faithful as the paint "
+                            "on held-out frames, or too few frames); the bundle renders the "
+                            "paint as it is")
+    print(json.dumps({"bundle": str(bundle), "refine": refine["file"],
+                      **{k: refine["report"][k] for k in ("steps", "seconds", "paint",
+                                                          "chosen")}}, indent=2))
     return 0
 
 

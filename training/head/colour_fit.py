@@ -34,7 +34,7 @@ import torch
 
 from avatar.audio import mel_windows
 from avatar.colour import PAINTED, match_colour, rgb_shift, to_lab
-from avatar.models.head import HeadGenerator, blank_lower
+from avatar.models.head import HeadConfig, HeadGenerator, blank_lower
 from avatar.paint_cast import LinearCast, feature_weights, features
 from training.progress import bar
 
@@ -179,21 +179,17 @@ def mel_for(features_dir: Path, keys: list[tuple[int, int]], mel_frames: int
 
 
 @torch.no_grad()
-def fit_colour(gen: HeadGenerator, reference: np.ndarray, regions: np.ndarray,
-               mels: np.ndarray, mel_stats: tuple[float, float], crop_mask: np.ndarray,
-               crop_size: int, batch: int = 32) -> ColourFit | None:
-    """Re-paint ``regions`` (N, S, S, 3) uint8 with their raw log-mel windows ``mels``
-    and the bundle's ``reference`` (S, S, 3) uint8, as rendering would, and measure the
-    cast; ``crop_mask``/``crop_size``: the bundle's mask.png and crop size."""
-    from avatar.avatar import region_geometry
-
-    _, region_mask, ring = region_geometry(crop_mask, crop_size, gen.cfg)
+def paint_regions(gen: HeadGenerator, reference: np.ndarray, regions: np.ndarray,
+                  mels: np.ndarray, mel_stats: tuple[float, float], what: str = "painting",
+                  batch: int = 32) -> np.ndarray:
+    """Re-paint ``regions`` (N, S, S, 3) uint8 with their raw log-mel windows ``mels`` and
+    the bundle's ``reference`` (S, S, 3) uint8, as rendering would: (N, S, S, 3) uint8."""
     dev = next(gen.parameters()).device
     was_training = gen.training
     gen.eval()
     ref = torch.from_numpy(reference).permute(2, 0, 1).float().div(255).to(dev)
     painted = []
-    with bar(len(regions), "colour cast", "frame") as pb:
+    with bar(len(regions), what, "frame") as pb:
         for a in range(0, len(regions), batch):
             reg = torch.from_numpy(regions[a:a + batch]).to(dev).permute(0, 3, 1, 2) \
                 .float().div(255)
@@ -204,7 +200,18 @@ def fit_colour(gen: HeadGenerator, reference: np.ndarray, regions: np.ndarray,
                            .cpu().numpy())
             pb.update(len(reg))
     gen.train(was_training)
-    fit = measure_cast(np.concatenate(painted), regions, ring, region_mask)
+    return np.concatenate(painted) if painted else regions[:0].copy()
+
+
+def fit_colour(painted: np.ndarray, regions: np.ndarray, head: HeadConfig,
+               crop_mask: np.ndarray, crop_size: int) -> ColourFit | None:
+    """Measure the cast of ``painted`` (the paint as rendering makes it, refined where the
+    bundle has a refiner) against the real ``regions``, both (N, S, S, 3) uint8;
+    ``crop_mask``/``crop_size``: the bundle's mask.png and crop size."""
+    from avatar.avatar import region_geometry
+
+    _, region_mask, ring = region_geometry(crop_mask, crop_size, head)
+    fit = measure_cast(painted, regions, ring, region_mask)
     if fit is not None:
         log.info("colour cast of the paint on %d enrolment frames: L %+.2f a %+.2f b %+.2f "
                  "(delta E %.2f -> %.2f with it taken off)", fit.frames, *fit.lab_cast,

@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import torch
 from safetensors.torch import save_file
 
 from avatar import atomic
@@ -19,11 +20,13 @@ from avatar.bundle import sha256_file, write_manifest
 from avatar.errors import path_error
 from avatar.manifest import HeadMel, HeadSection, IdleSection, Manifest, MotionSection
 from avatar.models.head import HeadConfig, HeadGenerator
+from avatar.models.refine import Refiner
 from avatar.video_io import VideoWriter
 from training.consent import bundle_consent
 from training.face import mouth_opening
 from training.head.data import candidate_regions, cut_region
 from training.head.idle import choose_idle
+from training.head.refine import RefineTrainConfig
 from training.head.train import TrainedHead, head_preset
 from training.ingest import iter_frames, probe
 from training.motion.bank import MIN_SECONDS
@@ -80,8 +83,13 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
         texture = write_texture(features_dir, model, tmp, region_on_screen(
             affine_idle, int(meta["crop_size"]), model.region[2]), regions=(regions, keys))
         names.append(texture)
+        trained = head_preset(preset)
+        refine, refiner = refine_section(
+            head.gen, head.mel_stats, features_dir, regions, keys, tmp / "reference.png",
+            mask, int(meta["crop_size"]), trained.refine_config(), tmp)
+        names += [refine["file"]] if refine else []
         colour = colour_section(head.gen, head.mel_stats, features_dir, regions, keys,
-                                tmp / "reference.png", mask, int(meta["crop_size"]))
+                                tmp / "reference.png", mask, int(meta["crop_size"]), refiner)
         del regions
         motion_section = _write_bank(features_dir, tmp, (width, height), fps)
         names += motion_section.files + [motion_section.index] + \
@@ -108,7 +116,7 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
                 mel=HeadMel(mean=head.mel_stats[0], std=head.mel_stats[1], spec=FACE_MEL),
                 preset=preset, train_seconds=round(head.seconds, 1),
                 expert_steps=head.expert_steps, gen_steps=head.gen_steps, lips=head.lips,
-                plan=head.plan, texture=texture, colour=colour),
+                plan=head.plan, texture=texture, colour=colour, refine=refine),
             idle=IdleSection(frames=idle.stop - idle.start, clip=idle.clip, start=idle.start),
             voice=voice_section, motion=motion_section)
         write_manifest(tmp, manifest)
@@ -116,22 +124,65 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
     return out
 
 
-def colour_section(gen: HeadGenerator, mel_stats: tuple[float, float], features_dir: Path,
-                   regions: np.ndarray, keys: list[tuple[int, int]], reference: Path,
-                   crop_mask: np.ndarray, crop_size: int) -> dict:
-    """The paint's colour cast (``training.head.colour_fit``) for the manifest, measured on
-    up to ``MAX_FRAMES`` of ``regions`` (``candidate_regions``' answer); empty (the bundle
-    renders without the correction) when too few frames measure it."""
-    from training.head.colour_fit import MAX_FRAMES, fit_colour, mel_for
-
-    pick = np.unique(np.linspace(0, len(keys) - 1, min(MAX_FRAMES, len(keys))).astype(int))
-    size = gen.cfg.size
-    ref = cv2.cvtColor(cv2.imread(str(reference), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+def _reference_rgb(path: Path, size: int) -> np.ndarray:
+    ref = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     if ref.shape[:2] != (size, size):
         ref = cv2.resize(ref, (size, size), interpolation=cv2.INTER_AREA)
-    fit = fit_colour(gen, ref, regions[pick],
-                     mel_for(features_dir, [keys[i] for i in pick], gen.cfg.mel_frames),
-                     mel_stats, crop_mask, crop_size)
+    return ref
+
+
+def _evenly(n: int, most: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(most, n)).astype(int))
+
+
+def refine_section(gen: HeadGenerator, mel_stats: tuple[float, float], features_dir: Path,
+                   regions: np.ndarray, keys: list[tuple[int, int]], reference: Path,
+                   crop_mask: np.ndarray, crop_size: int, cfg: RefineTrainConfig,
+                   folder: Path, name: str = "refine.safetensors"
+                   ) -> tuple[dict, Refiner | None]:
+    """Train the refiner (``training.head.refine``) on up to ``cfg.max_frames`` of
+    ``regions`` (``candidate_regions``' answer) and write its weights into ``folder``:
+    the manifest's ``head.refine`` and the refiner, or ({}, None) where none is kept."""
+    from avatar.avatar import region_geometry
+    from training.head.colour_fit import mel_for, paint_regions
+    from training.head.refine import train_refiner
+
+    if cfg.steps <= 0 or not keys:
+        return {}, None
+    pick = _evenly(len(keys), cfg.max_frames)
+    chosen = [keys[i] for i in pick]
+    paint = paint_regions(gen, _reference_rgb(reference, gen.cfg.size), regions[pick],
+                          mel_for(features_dir, chosen, gen.cfg.mel_frames), mel_stats,
+                          "refiner frames")
+    _, region_mask, _ = region_geometry(crop_mask, crop_size, gen.cfg)
+    result = train_refiner(paint, regions[pick], np.array([k[0] for k in chosen]),
+                           region_mask, gen.cfg.mask_top, cfg)
+    if result is None:
+        return {}, None
+    weights = {k: v.detach().cpu().contiguous() for k, v in result.refiner.state_dict().items()}
+    save_file(weights, str(folder / name))
+    return ({"file": name, "config": result.refiner.cfg.to_dict(), "report": result.report},
+            result.refiner)
+
+
+def colour_section(gen: HeadGenerator, mel_stats: tuple[float, float], features_dir: Path,
+                   regions: np.ndarray, keys: list[tuple[int, int]], reference: Path,
+                   crop_mask: np.ndarray, crop_size: int, refiner: Refiner | None = None
+                   ) -> dict:
+    """The paint's colour cast (``training.head.colour_fit``) for the manifest, measured on
+    up to ``MAX_FRAMES`` of ``regions`` (``candidate_regions``' answer), on the paint as
+    rendering makes it (refined where ``refiner`` is given); empty (the bundle renders
+    without the correction) when too few frames measure it."""
+    from training.head.colour_fit import MAX_FRAMES, fit_colour, mel_for, paint_regions
+    from training.head.refine import refine_numpy
+
+    pick = _evenly(len(keys), MAX_FRAMES)
+    paint = paint_regions(gen, _reference_rgb(reference, gen.cfg.size), regions[pick],
+                          mel_for(features_dir, [keys[i] for i in pick], gen.cfg.mel_frames),
+                          mel_stats, "colour cast")
+    if refiner is not None:
+        paint = refine_numpy(refiner, paint)
+    fit = fit_colour(paint, regions[pick], gen.cfg, crop_mask, crop_size)
     return fit.to_dict() if fit is not None else {}
 
 
@@ -209,32 +260,79 @@ def add_texture(bundle: Path, features_dir: Path) -> str:
     return name
 
 
-def add_colour(bundle: Path, features_dir: Path) -> dict:
-    """Measure the paint's colour cast of an existing bundle (one made before the
-    measurement, or to measure it again) and write it into its manifest in one atomic
-    write; returns the manifest's new ``head.colour``."""
+def _bundle_head(bundle: Path, what: str) -> tuple[Manifest, HeadGenerator, np.ndarray]:
+    """An existing bundle's manifest, generator and crop mask, or one error naming what
+    is missing."""
     from avatar.bundle import load_weights, read_manifest
-    from training.head.colour_fit import MAX_FRAMES
 
     manifest = read_manifest(bundle)
     if manifest.head is None:
-        raise path_error(bundle, "has no face (a voice-only bundle): there is no paint to "
-                         "measure; enrol video")
+        raise path_error(bundle, f"has no face (a voice-only bundle): there is no paint to "
+                         f"{what}; enrol video")
     gen = HeadGenerator(HeadConfig.from_dict(manifest.head.config))
     load_weights(gen, bundle / manifest.head.file, "head")
     crop_mask = cv2.imread(str(bundle / manifest.head.mask), cv2.IMREAD_GRAYSCALE)
     if crop_mask is None:
         raise path_error(bundle / manifest.head.mask, "cannot be read; bundle damaged")
+    return manifest, gen, crop_mask
+
+
+def add_colour(bundle: Path, features_dir: Path) -> dict:
+    """Measure the paint's colour cast of an existing bundle (one made before the
+    measurement, or to measure it again) and write it into its manifest in one atomic
+    write; returns the manifest's new ``head.colour``."""
+    from avatar.avatar import load_refiner
+    from training.head.colour_fit import MAX_FRAMES
+
+    manifest, gen, crop_mask = _bundle_head(bundle, "measure")
+    assert manifest.head is not None
+    refiner = (load_refiner(bundle, manifest.head.refine, torch.device("cpu"))
+               if manifest.head.refine else None)
     regions, keys = candidate_regions(features_dir, gen.cfg.size, gen.cfg.region,
                                       max_frames=MAX_FRAMES)
     colour = colour_section(gen, (manifest.head.mel.mean, manifest.head.mel.std),
                             features_dir, regions, keys, bundle / manifest.head.reference,
-                            crop_mask, int(manifest.crop_size or 0))
+                            crop_mask, int(manifest.crop_size or 0), refiner)
     if not colour:
         return colour
     write_manifest(bundle, manifest.replace(head=dataclasses.replace(manifest.head,
                                                                      colour=colour)))
     return colour
+
+
+def add_refine(bundle: Path, features_dir: Path, cfg: RefineTrainConfig) -> dict:
+    """Train the refiner of an existing bundle (one made before refiners, or to train it
+    again) and measure the colour cast on its paint: both into the manifest in one atomic
+    write, the new weights under a new name, the old ones removed last; a failure leaves
+    the old bundle working. Returns the manifest's new ``head.refine`` (empty where no
+    refiner was kept: the bundle then renders the paint as it is)."""
+    import time
+
+    manifest, gen, crop_mask = _bundle_head(bundle, "refine")
+    assert manifest.head is not None
+    regions, keys = candidate_regions(features_dir, gen.cfg.size, gen.cfg.region)
+    mel_stats = (manifest.head.mel.mean, manifest.head.mel.std)
+    crop_size = int(manifest.crop_size or 0)
+    name = f"refine-{time.time_ns() // 1_000_000}.safetensors"  # never the name in use
+    try:
+        refine, refiner = refine_section(gen, mel_stats, features_dir, regions, keys,
+                                         bundle / manifest.head.reference, crop_mask,
+                                         crop_size, cfg, bundle, name)
+        colour = colour_section(gen, mel_stats, features_dir, regions, keys,
+                                bundle / manifest.head.reference, crop_mask, crop_size,
+                                refiner)
+    except BaseException:
+        (bundle / name).unlink(missing_ok=True)
+        raise
+    old = manifest.head.refine.get("file") if manifest.head.refine else None
+    files = {k: v for k, v in manifest.files.items() if k != old}
+    if refine:
+        files[name] = sha256_file(bundle / name)
+    write_manifest(bundle, manifest.replace(
+        head=dataclasses.replace(manifest.head, refine=refine, colour=colour), files=files))
+    if old and old != name:
+        (bundle / old).unlink(missing_ok=True)
+    return refine
 
 
 def add_motion(bundle: Path, features_dir: Path) -> MotionSection:

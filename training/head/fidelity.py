@@ -80,9 +80,9 @@ class Tally:
                 continue
             self.frames += 1
             self.upscale.append(a.upscale)
-            r_grey, g_grey = _grey(rr), _grey(gg)
-            self.lap_real.append(_laplacian_var(r_grey, inner))
-            self.lap_gen.append(_laplacian_var(g_grey, inner))
+            r_grey, g_grey = grey(rr), grey(gg)
+            self.lap_real.append(laplacian_var(r_grey, inner))
+            self.lap_gen.append(laplacian_var(g_grey, inner))
             diff = (rr - gg)[inner]
             self.sq_err += float((diff ** 2).sum())
             self.n_px += int(diff.size)
@@ -112,10 +112,10 @@ class Tally:
             x0, y0, x1, y1 = a.box
             inner = a.blend >= PAINTED
             if inner.sum() >= 16:
-                self.lap_real_other.append(_laplacian_var(
-                    _grey(r[y0:y1, x0:x1].astype(np.float32)), inner))
-                self.lap_gen_other.append(_laplacian_var(
-                    _grey(g[y0:y1, x0:x1].astype(np.float32)), inner))
+                self.lap_real_other.append(laplacian_var(
+                    grey(r[y0:y1, x0:x1].astype(np.float32)), inner))
+                self.lap_gen_other.append(laplacian_var(
+                    grey(g[y0:y1, x0:x1].astype(np.float32)), inner))
             yield g
 
     def figures(self) -> dict:
@@ -141,11 +141,11 @@ class Tally:
         }
 
 
-def _grey(rgb: np.ndarray) -> np.ndarray:
+def grey(rgb: np.ndarray) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def _laplacian_var(grey: np.ndarray, mask: np.ndarray) -> float:
+def laplacian_var(grey: np.ndarray, mask: np.ndarray) -> float:
     lap = cv2.Laplacian(grey, cv2.CV_32F, ksize=3)
     # Away from the mask's own border, where the painted area meets the untouched frame.
     inside = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)

@@ -37,6 +37,7 @@ from training.head.data import Sampler, lip_split, load_cache
 from training.head.expert_check import ExpertCheck, check_expert
 from training.head.losses import gradient_loss, temporal_loss, texture_loss
 from training.head.plan import KINDS, Allocation, Planner, describe
+from training.head.refine import RefineTrainConfig
 from training.head.resolution import resolve
 from training.loop import Checkpoint, LoopConfig, Progress, train_loop, write_history
 from training.runs import config_digest, training_device
@@ -102,9 +103,19 @@ class HeadTrainConfig:
     follows the mouth's size in this output, not in the source."""
     checkpoint_minutes: float = 3.0
     seed: int = 0
+    refine_steps: int = 2500
+    """Steps of the refiner (``training.head.refine``), trained at export on the person's
+    own frames; 0: no refiner, the bundle renders the generator's paint as it is."""
+    refine_minutes: float = 8.0
+    """Wall-clock cap of the refiner's training, on top of ``max_minutes``."""
 
     def digest(self) -> str:
-        return config_digest(self)
+        # The refiner trains after the generator, from its saved weights: not part of it.
+        return config_digest(self, "refine_steps", "refine_minutes")
+
+    def refine_config(self) -> RefineTrainConfig:
+        return RefineTrainConfig(steps=self.refine_steps, max_minutes=self.refine_minutes,
+                                 seed=self.seed)
 
 
 def head_preset(name: str) -> HeadTrainConfig:
