@@ -117,6 +117,31 @@ def bundle_copy(bundle: Path, tmp_path: Path, drop: str) -> Path:
     return old
 
 
+def bundle_without(bundle: Path, tmp_path: Path, drop: str, attr: str) -> Path:
+    """``bundle_copy`` that also checks the copy loads without that part (``Avatar.<attr>``
+    None) and still renders a frame."""
+    from avatar.avatar import Avatar
+
+    old = bundle_copy(bundle, tmp_path, drop)
+    avatar = Avatar.load(old)
+    assert getattr(avatar, attr) is None
+    assert len(avatar.render(avatar.silent_requests(1))) == 1
+    return old
+
+
+def assert_only_box_changed(a: list, b: list, box: tuple[int, int, int, int]) -> None:
+    """Two renders of the same requests differ somewhere, and in the first frame only
+    inside ``box`` (x0, y0, x1, y1): the painted region."""
+    import numpy as np
+
+    diff = [np.abs(x.astype(int) - y.astype(int)) for x, y in zip(a, b, strict=True)]
+    assert any(d.max() > 0 for d in diff)
+    x0, y0, x1, y1 = box
+    outside = diff[0].copy()
+    outside[y0:y1, x0:x1] = 0
+    assert outside.max() == 0
+
+
 @pytest.fixture(scope="session")
 def bundle(sample, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample enrolled with the ci preset: features, head, voice, bundle."""

@@ -39,8 +39,10 @@ def _compare(avatar: Avatar) -> None:
             diff = np.abs(cpu - dev)
             # Interpolation in fixed point (OpenCV) against floating point (torch): a level
             # now and then, nowhere more than two; three where the texture bank's fine band
-            # goes through one more bicubic warp (a region enlarged on screen).
-            fine = avatar.texture is not None and avatar.texture.screen_size is not None
+            # goes through one more bicubic warp (a region enlarged on screen), or where the
+            # refiner's detail makes the paint itself sharper.
+            fine = (avatar.texture is not None and avatar.texture.screen_size is not None
+                    or avatar.refiner is not None)
             assert diff.max() <= (3 if fine else 2), (colour, detail)
             assert (diff > 0).mean() < 0.01, (colour, detail)
             # The mouth is painted at all: frames differ from the plain idle frames.
@@ -57,6 +59,8 @@ def test_the_device_puts_the_mouth_in_as_opencv_does(bundle: Path, monkeypatch) 
 
     monkeypatch.setattr(device_composite, "_frame_by_frame", no_fallback)
     _compare(avatar)
+    # The bundle's texture bank (its fine bands), which its refiner otherwise replaces.
+    _compare(Avatar.load(bundle, "cpu", refine=False))
     monkeypatch.undo()
     # And the fallback (boxes that shrink the paint, frames with rings of their own).
     monkeypatch.setattr(device_composite, "composite",
