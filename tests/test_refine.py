@@ -145,3 +145,6 @@ def test_train_refine_without_an_enrolment_is_a_one_line_error(tmp_path: Path) -
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     proc = run_cli("train", "refine", tmp_path, "--steps", "0")
     assert proc.returncode != 0 and "--steps" in proc.stderr
+    proc = run_cli("train", "refine", tmp_path, "--preset", "demo")
+    assert proc.returncode != 0 and "trains no refiner" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1035,6 +1035,8 @@ def cmd_train_refine(args: argparse.Namespace) -> int:
         if args.max_minutes <= 0:
             raise TwincastError(f"--max-minutes {args.max_minutes}: give a positive cap")
         cfg = dataclasses.replace(cfg, max_minutes=args.max_minutes)
+    if cfg.steps <= 0:
+        raise TwincastError(f"the {args.preset} preset trains no refiner; give --steps N")
     bundle, features = _enrolled_bundle(args.workdir, args.name, "refiner's training frames")
     refine = add_refine(bundle, features, cfg)
     if not refine:
