@@ -148,3 +148,21 @@ def test_train_refine_without_an_enrolment_is_a_one_line_error(tmp_path: Path) -
     proc = run_cli("train", "refine", tmp_path, "--preset", "demo")
     assert proc.returncode != 0 and "trains no refiner" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_retrain_that_keeps_no_refiner_leaves_the_bundle_as_it_was(
+        bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.head.refine as refine_mod
+    from training.head.export import add_refine
+
+    work = tmp_path / "w"
+    (work / "avatars").mkdir(parents=True)
+    copy = work / "avatars" / bundle.name
+    shutil.copytree(bundle, copy)
+    before = (copy / "manifest.json").read_bytes()
+    files = sorted(p.name for p in copy.iterdir())
+    monkeypatch.setattr(refine_mod, "train_refiner", lambda *a, **k: None)
+    assert add_refine(copy, bundle.parent.parent / "features",
+                      RefineTrainConfig(steps=5)) == {}
+    assert (copy / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in copy.iterdir()) == files

@@ -1041,8 +1041,7 @@ def cmd_train_refine(args: argparse.Namespace) -> int:
     refine = add_refine(bundle, features, cfg)
     if not refine:
         raise TwincastError(f"{bundle}: no refiner kept (none was as faithful as the paint "
-                            "on held-out frames, or too few frames); the bundle renders the "
-                            "paint as it is")
+                            "on held-out frames, or too few frames); the bundle is unchanged")
     print(json.dumps({"bundle": str(bundle), "refine": refine["file"],
                       **{k: refine["report"][k] for k in ("steps", "seconds", "paint",
                                                           "chosen")}}, indent=2))

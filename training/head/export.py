@@ -304,8 +304,8 @@ def add_refine(bundle: Path, features_dir: Path, cfg: RefineTrainConfig) -> dict
     """Train the refiner of an existing bundle (one made before refiners, or to train it
     again) and measure the colour cast on its paint: both into the manifest in one atomic
     write, the new weights under a new name, the old ones removed last; a failure leaves
-    the old bundle working. Returns the manifest's new ``head.refine`` (empty where no
-    refiner was kept: the bundle then renders the paint as it is)."""
+    the old bundle working. Returns the manifest's new ``head.refine``, or an empty dict
+    where no refiner was kept: the bundle is then left as it was (a refiner it had stays)."""
     import time
 
     manifest, gen, crop_mask = _bundle_head(bundle, "refine")
@@ -318,6 +318,8 @@ def add_refine(bundle: Path, features_dir: Path, cfg: RefineTrainConfig) -> dict
         refine, refiner = refine_section(gen, mel_stats, features_dir, regions, keys,
                                          bundle / manifest.head.reference, crop_mask,
                                          crop_size, cfg, bundle, name)
+        if not refine:
+            return refine
         colour = colour_section(gen, mel_stats, features_dir, regions, keys,
                                 bundle / manifest.head.reference, crop_mask, crop_size,
                                 refiner)
@@ -326,8 +328,7 @@ def add_refine(bundle: Path, features_dir: Path, cfg: RefineTrainConfig) -> dict
         raise
     old = manifest.head.refine.get("file") if manifest.head.refine else None
     files = {k: v for k, v in manifest.files.items() if k != old}
-    if refine:
-        files[name] = sha256_file(bundle / name)
+    files[name] = sha256_file(bundle / name)
     write_manifest(bundle, manifest.replace(
         head=dataclasses.replace(manifest.head, refine=refine, colour=colour), files=files))
     if old and old != name:

@@ -74,7 +74,7 @@ class RefineResult:
 class _FineCritic(nn.Module):
     """Scores overlapping patches of fine bands as real or refined."""
 
-    def __init__(self, bands: int = 1, ch: int = 32):
+    def __init__(self, bands: int, ch: int = 32):
         super().__init__()
         self.bands = bands
         self.net = nn.Sequential(
@@ -93,9 +93,11 @@ def _mean(x: torch.Tensor, k: int) -> torch.Tensor:
     return F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, 1)
 
 
-def fine_bands(x: torch.Tensor, bands: int = 1) -> torch.Tensor:
+def fine_bands(x: torch.Tensor, bands: int) -> torch.Tensor:
     """What a 3x3 mean removes (the band the generator paints soft), and with ``bands`` 2
     the band below it, side by side in channels."""
+    if bands not in (1, 2):
+        raise ValueError(f"critic_bands is 1 or 2, not {bands}")
     m3 = _mean(x, 3)
     if bands == 1:
         return x - m3
