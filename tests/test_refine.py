@@ -148,6 +148,10 @@ def test_train_refine_without_an_enrolment_is_a_one_line_error(tmp_path: Path) -
     proc = run_cli("train", "refine", tmp_path, "--preset", "demo")
     assert proc.returncode != 0 and "trains no refiner" in proc.stderr
     assert "Traceback" not in proc.stderr
+    if not torch.cuda.is_available():
+        proc = run_cli("train", "refine", tmp_path, "--device", "cuda:0")
+        assert proc.returncode != 0 and "CUDA is not available" in proc.stderr
+        assert "Traceback" not in proc.stderr
 
 
 def test_a_retrain_that_keeps_no_refiner_leaves_the_bundle_as_it_was(
@@ -166,3 +170,15 @@ def test_a_retrain_that_keeps_no_refiner_leaves_the_bundle_as_it_was(
                       RefineTrainConfig(steps=5)) == {}
     assert (copy / "manifest.json").read_bytes() == before
     assert sorted(p.name for p in copy.iterdir()) == files
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_train_refine_on_cuda(bundle: Path, tmp_path: Path) -> None:
+    from avatar.avatar import Avatar
+
+    old = bundle_without(bundle, tmp_path, "refine", "refiner")
+    proc = run_cli("train", "refine", old.parent.parent, "--preset", "ci", "--steps", "30",
+                   "--device", "cuda:0")
+    assert proc.returncode == 0, proc.stderr
+    assert Avatar.load(old).refiner is not None

@@ -353,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=int, help="refiner steps (default: the preset's)")
     tr.add_argument("--max-minutes", type=float, help="cap on its training (default: the "
                     "preset's)")
+    tr.add_argument("--device", default="cpu", help="where the generator paints and the "
+                    "refiner trains: cpu, cuda:0, ...")
     tr.set_defaults(func=cmd_train_refine)
 
     sy = sub.add_parser("say", help="speak text in the avatar's voice to a .wav file")
@@ -1023,9 +1025,11 @@ def cmd_train_colour(args: argparse.Namespace) -> int:
 def cmd_train_refine(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from avatar.devices import device
     from training.head.export import add_refine
     from training.head.train import head_preset
 
+    dev = device(args.device)
     cfg = head_preset(args.preset).refine_config()
     if args.steps is not None:
         if args.steps < 1:
@@ -1038,7 +1042,7 @@ def cmd_train_refine(args: argparse.Namespace) -> int:
     if cfg.steps <= 0:
         raise TwincastError(f"the {args.preset} preset trains no refiner; give --steps N")
     bundle, features = _enrolled_bundle(args.workdir, args.name, "refiner's training frames")
-    refine = add_refine(bundle, features, cfg)
+    refine = add_refine(bundle, features, cfg, str(dev))
     if not refine:
         raise TwincastError(f"{bundle}: no refiner kept (none was as faithful as the paint "
                             "on held-out frames, or too few frames); the bundle is unchanged")

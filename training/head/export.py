@@ -155,8 +155,10 @@ def refine_section(gen: HeadGenerator, mel_stats: tuple[float, float], features_
                           mel_for(features_dir, chosen, gen.cfg.mel_frames), mel_stats,
                           "refiner frames")
     _, region_mask, _ = region_geometry(crop_mask, crop_size, gen.cfg)
+    # The refiner trains where the generator is (a GPU enrolment's on its GPU).
     result = train_refiner(paint, regions[pick], np.array([k[0] for k in chosen]),
-                           region_mask, gen.cfg.mask_top, cfg)
+                           region_mask, gen.cfg.mask_top, cfg,
+                           device=str(next(gen.parameters()).device))
     if result is None:
         return {}, None
     weights = {k: v.detach().cpu().contiguous() for k, v in result.refiner.state_dict().items()}
@@ -300,15 +302,18 @@ def add_colour(bundle: Path, features_dir: Path) -> dict:
     return colour
 
 
-def add_refine(bundle: Path, features_dir: Path, cfg: RefineTrainConfig) -> dict:
+def add_refine(bundle: Path, features_dir: Path, cfg: RefineTrainConfig,
+               device: str = "cpu") -> dict:
     """Train the refiner of an existing bundle (one made before refiners, or to train it
     again) and measure the colour cast on its paint: both into the manifest in one atomic
     write, the new weights under a new name, the old ones removed last; a failure leaves
     the old bundle working. Returns the manifest's new ``head.refine``, or an empty dict
-    where no refiner was kept: the bundle is then left as it was (a refiner it had stays)."""
+    where no refiner was kept: the bundle is then left as it was (a refiner it had stays).
+    ``device``: where the generator paints and the refiner trains."""
     import time
 
     manifest, gen, crop_mask = _bundle_head(bundle, "refine")
+    gen.to(device)
     assert manifest.head is not None
     regions, keys = candidate_regions(features_dir, gen.cfg.size, gen.cfg.region)
     mel_stats = (manifest.head.mel.mean, manifest.head.mel.std)
