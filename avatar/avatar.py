@@ -437,6 +437,11 @@ def load_refiner(path: Path, refine: dict, dev: torch.device) -> Refiner:
         raise path_error(path / "manifest.json", f"{e}; the bundle is damaged") from None
     refiner = Refiner(cfg)
     load_weights(refiner, path / file, "refiner")
+    return place_refiner(refiner, dev)
+
+
+def place_refiner(refiner: Refiner, dev: torch.device) -> Refiner:
+    """``refiner`` on ``dev``, ready to render."""
     refiner = refiner.to(dev).eval()
     # oneDNN's convolutions are faster on channels-last weights, as the generator's.
     return refiner.to(memory_format=torch.channels_last) if dev.type == "cpu" else refiner

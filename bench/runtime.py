@@ -49,13 +49,18 @@ def bench_voice(bundle: Path, device: str = "cpu", repeats: int = 7) -> dict:
             "audio_seconds": round(audio_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
+REFINERS = ("keep", "off", "fresh")
+
+
 def load_bench_avatar(bundle: Path, device: str, preset: str | None = None,
                       precision: str = "auto", model_size: int | None = None,
-                      compositing: str = "cpu") -> Avatar:
+                      compositing: str = "cpu", refiner: str = "keep") -> Avatar:
     """The bundle's avatar for a benchmark: with ``preset``, a fresh model of that
     preset's architecture stands in for the bundle's; with ``model_size``, one painting
     that many pixels (the preset's, else the bundle's, architecture otherwise);
-    ``compositing``: ``Avatar.compositing``."""
+    ``compositing``: ``Avatar.compositing``. ``refiner``: ``keep`` the bundle's (where it
+    has one and its own model renders), ``off`` (the texture bank where it has one), or a
+    ``fresh`` untrained one (what a refiner costs at any model size; it computes as much)."""
     import dataclasses
 
     from avatar.bundle import read_manifest
@@ -74,9 +79,24 @@ def load_bench_avatar(bundle: Path, device: str, preset: str | None = None,
         arch = dataclasses.replace(arch, size=model_size)
     if compositing not in ("cpu", "device"):
         raise TwincastError(f"--compositing {compositing}: choose cpu or device")
-    avatar = Avatar.load(bundle, device, arch, precision)
+    if refiner not in REFINERS:
+        raise TwincastError(f"--refiner {refiner}: choose one of {', '.join(REFINERS)}")
+    avatar = Avatar.load(bundle, device, arch, precision, refine=refiner == "keep")
     avatar.compositing = compositing
+    if refiner == "fresh":
+        from avatar.avatar import place_refiner
+        from avatar.models.refine import Refiner
+
+        avatar.texture = None  # as a bundle with a refiner renders
+        avatar.refiner = place_refiner(Refiner(), avatar.device)
     return avatar
+
+
+def refiner_kind(avatar: Avatar, asked: str) -> str:
+    """Which refiner a benchmark rendered with, for its JSON."""
+    if avatar.refiner is None:
+        return "none"
+    return "untrained" if asked == "fresh" else "bundle"
 
 
 def weights_kind(preset: str | None, model_size: int | None) -> str:
@@ -89,17 +109,20 @@ def weights_kind(preset: str | None, model_size: int | None) -> str:
 def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (1, 4, 16, 64),
                  seconds: float = 3.0, preset: str | None = None,
                  precision: str = "auto", model_size: int | None = None,
-                 motion: bool = False, compositing: str = "cpu") -> dict:
+                 motion: bool = False, compositing: str = "cpu", refiner: str = "keep"
+                 ) -> dict:
     """Frames per second of ``Avatar.render`` (generator and compositing) per batch size.
     With ``preset``, a fresh model of that preset's size stands in for the bundle's; with
     ``model_size``, one painting that many pixels (the preset's, else the bundle's,
     architecture otherwise): what a footage-chosen working size costs. With ``motion``,
     each of the batch's frames belongs to its own session walking the motion bank, so every
     frame is a new one to decode, blend and prepare (the next batch's frames decoded, mixed
-    and prepared on the bank's thread meanwhile, as sessions prefetch them)."""
+    and prepared on the bank's thread meanwhile, as sessions prefetch them). ``refiner``:
+    as ``load_bench_avatar``'s."""
     import torch
 
-    avatar = load_bench_avatar(bundle, device, preset, precision, model_size, compositing)
+    avatar = load_bench_avatar(bundle, device, preset, precision, model_size, compositing,
+                               refiner)
     rng = np.random.default_rng(0)
     # Real speech-like input: mel windows of noise shaped like the training statistics.
     mel = (avatar.mel_mean + avatar.mel_std * rng.standard_normal(
@@ -136,7 +159,7 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
             "threads": torch.get_num_threads(), "fps_by_batch": result,
             "cpu_ms_per_frame": cpu_ms,
             "background": "motion bank walk" if motion else "idle loop",
-            "compositing": compositing,
+            "compositing": compositing, "refiner": refiner_kind(avatar, refiner),
             **({"chunks_decoded_per_frame": chunks} if motion else {}),
             "peak_rss_mb": round(peak_rss_mb(), 1)}
 

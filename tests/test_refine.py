@@ -182,3 +182,13 @@ def test_train_refine_on_cuda(bundle: Path, tmp_path: Path) -> None:
                    "--device", "cuda:0")
     assert proc.returncode == 0, proc.stderr
     assert Avatar.load(old).refiner is not None
+
+
+def test_bench_render_says_which_refiner_it_timed(bundle: Path) -> None:
+    seen = {}
+    for asked, extra in (("keep", ()), ("off", ()), ("fresh", ("--model-size", "64"))):
+        proc = run_cli("bench", "render", bundle, "--batches", "1", "--seconds", "0.2",
+                       "--refiner", asked, *extra)
+        assert proc.returncode == 0, proc.stderr
+        seen[asked] = json.loads(proc.stdout)["refiner"]
+    assert seen == {"keep": "bundle", "off": "none", "fresh": "untrained"}

@@ -566,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--motion", action="store_true",
                     help="each frame from its own session's walk through the motion bank "
                     "(decoded, blended, prepared per frame) instead of the idle loop")
+    br.add_argument("--refiner", choices=("keep", "off", "fresh"), default="keep",
+                    help="keep the bundle's refiner (where its own model renders), render "
+                    "without one, or time a fresh one (its cost at any --model-size)")
     br.set_defaults(func=cmd_bench_render)
     bst = bsub.add_parser("stream", help="CPU cost and say-to-mouth latency of one RTMP "
                           "stream (needs nginx with its RTMP module)")
@@ -1169,7 +1172,8 @@ def cmd_bench_render(args: argparse.Namespace) -> int:
                                          precision=args.precision,
                                          model_size=args.model_size,
                                          motion=args.motion,
-                                         compositing=args.compositing), indent=2))
+                                         compositing=args.compositing,
+                                         refiner=args.refiner), indent=2))
     return 0
 
 
