@@ -13,6 +13,17 @@ jaw the audio moved elsewhere) the paint keeps its own.
 Only detail finer than ``sigma`` moves across, and only where the coarse pictures agree, so
 the frame's mouth shape cannot leak into a mouth that differs from it (``eval head``'s
 leakage control measures that). ``off`` composites the paint as it is.
+
+Between the two, where the pictures half agree, the two fine bands are cross-faded, and a
+cross-fade of two textures that are not the same one holds less detail than either (two
+unrelated bands mixed half and half keep half their energy): a washed-out ring around the
+mouth. So the mix is scaled back up to the energy the two bands would have between them,
+measured locally from the bands themselves (variance-preserving blending, as texture
+synthesis blends patches); where the bands are the same detail nothing changes. On GRID's
+training clips held out from the `cpu` bundle's refiner (`eval head --footage` them), the
+painted area's sharpness went from 0.77 to 0.84 of the real frames' (0.64 to 0.73 with
+another clip's audio), PSNR 29.77 to 29.72 dB, SSIM 0.937 to 0.936, lip sync and leakage
+unchanged.
 """
 
 from __future__ import annotations
@@ -31,6 +42,11 @@ class DetailConfig:
     tolerance: float = 8.0
     """Coarse difference (0-255 levels, the largest channel) at which the frame's detail
     is down to 1/e of full weight: the paint and the frame no longer show the same thing."""
+    energy_scale: float = 2.0
+    """Blur (in units of the detail scale) over which the bands' local energies are
+    measured for the cross-fade's gain (1 to 4 gave the same figures)."""
+    max_gain: float = 2.0
+    """Most the cross-faded band is amplified (where the two bands cancel each other)."""
 
 
 def frame_low(frame: np.ndarray, upscale: float, cfg: DetailConfig = DetailConfig()
@@ -55,5 +71,25 @@ def keep_detail(painted: np.ndarray, frame: np.ndarray, upscale: float,
     diff = cv2.max(cv2.max(b, g), r)
     agree = np.exp(-(diff / cfg.tolerance) ** 2)
     # Smoothed so the weight has no edges of its own (a hard one would draw a line).
-    agree = cv2.GaussianBlur(agree, (0, 0), s)[..., None]
-    return painted + agree * ((frame - low_f) - (painted - low_p))
+    agree = cv2.GaussianBlur(agree, (0, 0), s)
+    fine_p, fine_f = painted - low_p, frame - low_f
+    gain = _energy_gain(fine_p.mean(-1), fine_f.mean(-1), agree, s * cfg.energy_scale,
+                        cfg.max_gain)
+    a = agree[..., None]
+    return low_p + gain[..., None] * (fine_p + a * (fine_f - fine_p))
+
+
+def _energy_gain(p: np.ndarray, f: np.ndarray, a: np.ndarray, scale: float, most: float
+                 ) -> np.ndarray:
+    """Per pixel, the gain that gives the cross-fade ``(1 - a) p + a f`` of two fine bands
+    (grey, (h, w)) the local energy ``(1 - a) E[p²] + a E[f²]``, each energy a Gaussian
+    average at ``scale``; between 1 and ``most``."""
+    def local(x: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(x, (0, 0), scale)
+
+    vp, vf, c = local(p * p), local(f * f), local(p * f)
+    want = (1 - a) * vp + a * vf
+    got = (1 - a) ** 2 * vp + a * a * vf + 2 * a * (1 - a) * c
+    # A floor of a level's energy: where both bands are fainter than that (flat skin),
+    # there is no texture to keep, only rounding to amplify.
+    return np.sqrt(np.clip((want + 1.0) / (got + 1.0), 1.0, most * most))

@@ -135,7 +135,14 @@ def keep_detail(painted: torch.Tensor, frame: torch.Tensor, upscale: list[float]
     low_f = blur(frame, s)
     diff = (low_p - low_f).abs().amax(1, keepdim=True)
     agree = blur(torch.exp(-(diff / cfg.tolerance) ** 2), s)
-    return painted + agree * ((frame - low_f) - (painted - low_p))
+    fine_p, fine_f = painted - low_p, frame - low_f
+    p, f = fine_p.mean(1, keepdim=True), fine_f.mean(1, keepdim=True)
+    scale = [v * cfg.energy_scale for v in s]
+    vp, vf, c = blur(p * p, scale), blur(f * f, scale), blur(p * f, scale)
+    want = (1 - agree) * vp + agree * vf
+    got = (1 - agree) ** 2 * vp + agree * agree * vf + 2 * agree * (1 - agree) * c
+    gain = ((want + 1.0) / (got + 1.0)).clamp(1.0, cfg.max_gain ** 2).sqrt()
+    return low_p + gain * (fine_p + agree * (fine_f - fine_p))
 
 
 def _fine_map(m: np.ndarray, size: int, fine_size: int) -> np.ndarray:
@@ -199,11 +206,28 @@ def composite(idle: list, painted: torch.Tensor, regions: torch.Tensor, colour: 
     roi = torch.from_numpy(rois).to(dev).permute(0, 3, 1, 2).float()
     blend = torch.from_numpy(blends).to(dev).permute(0, 3, 1, 2)
     if detail == "keep":
-        warped = keep_detail(warped, roi, [resample.scale_of(m) for m in maps]).clamp(0, 255)
+        # Its blurs read past each box's edge, where OpenCV reflects the box itself: the
+        # padding of the smaller boxes does too (zeros would darken their edges).
+        warped = keep_detail(_reflect_fill(warped, sizes), _reflect_fill(roi, sizes),
+                             [resample.scale_of(m) for m in maps]).clamp(0, 255)
     done = torch.round(roi + (warped - roi) * blend).to(torch.uint8).permute(0, 2, 3, 1)
     boxes = done.cpu().numpy()
     return [_paste(f, boxes[i, :h, :w]) for i, (f, (h, w)) in enumerate(zip(idle, sizes,
                                                                              strict=True))]
+
+
+def _reflect_fill(x: torch.Tensor, sizes: list[tuple[int, int]]) -> torch.Tensor:
+    """(N, C, H, W) boxes padded to the largest, each image's padding beyond its own
+    (h, w) filled by reflecting it (replicating where the padding is wider than the box)."""
+    hh, ww = x.shape[-2:]
+    if all(s == (hh, ww) for s in sizes):
+        return x
+    out = x.clone()
+    for i, (h, w) in enumerate(sizes):
+        if (h, w) != (hh, ww):
+            mode = "reflect" if hh - h < h and ww - w < w else "replicate"
+            out[i] = F.pad(x[i:i + 1, :, :h, :w], (0, ww - w, 0, hh - h), mode=mode)[0]
+    return out
 
 
 def _paste(f, box: np.ndarray) -> np.ndarray:  # noqa: ANN001 - an _IdleFrame

@@ -43,7 +43,7 @@ def _compare(avatar: Avatar) -> None:
             # refiner's detail makes the paint itself sharper.
             fine = (avatar.texture is not None and avatar.texture.screen_size is not None
                     or avatar.refiner is not None)
-            assert diff.max() <= (3 if fine else 2), (colour, detail)
+            assert diff.max() <= (3 if fine else 2), (colour, detail, diff.max())
             assert (diff > 0).mean() < 0.01, (colour, detail)
             # The mouth is painted at all: frames differ from the plain idle frames.
             assert any(np.abs(dev[i] - avatar.idle_frame(r.idle_index)).max() > 10
