@@ -22,7 +22,7 @@ measured locally from the bands themselves (variance-preserving blending, as tex
 synthesis blends patches); where the bands are the same detail nothing changes. On GRID's
 training clips held out from the `cpu` bundle's refiner (`eval head --footage` them), the
 painted area's sharpness went from 0.77 to 0.84 of the real frames' (0.64 to 0.73 with
-another clip's audio), PSNR 29.77 to 29.72 dB, SSIM 0.937 to 0.936, lip sync and leakage
+another clip's audio), PSNR 29.77 to 29.73 dB, SSIM 0.937 to 0.936, lip sync and leakage
 unchanged.
 """
 
@@ -42,9 +42,10 @@ class DetailConfig:
     tolerance: float = 8.0
     """Coarse difference (0-255 levels, the largest channel) at which the frame's detail
     is down to 1/e of full weight: the paint and the frame no longer show the same thing."""
-    energy_scale: float = 2.0
-    """Blur (in units of the detail scale) over which the bands' local energies are
-    measured for the cross-fade's gain (1 to 4 gave the same figures)."""
+    energy_scale: float = 1.0
+    """Blur (in units of the detail scale) over which the bands' local energies (of their
+    luma) are measured for the cross-fade's gain: 1, 2 and 4 gave the same figures, 1
+    costs least."""
     max_gain: float = 2.0
     """Most the cross-faded band is amplified (where the two bands cancel each other)."""
 
@@ -72,17 +73,20 @@ def keep_detail(painted: np.ndarray, frame: np.ndarray, upscale: float,
     agree = np.exp(-(diff / cfg.tolerance) ** 2)
     # Smoothed so the weight has no edges of its own (a hard one would draw a line).
     agree = cv2.GaussianBlur(agree, (0, 0), s)
-    fine_p, fine_f = painted - low_p, frame - low_f
-    gain = _energy_gain(fine_p.mean(-1), fine_f.mean(-1), agree, s * cfg.energy_scale,
-                        cfg.max_gain)
-    a = agree[..., None]
-    return low_p + gain[..., None] * (fine_p + a * (fine_f - fine_p))
+    # OpenCV's own arithmetic and same-shaped operands throughout: numpy's broadcasting of
+    # the weights over the channels took 1.3 ms more of a 720p frame's box.
+    fine_p, fine_f = cv2.subtract(painted, low_p), cv2.subtract(frame, low_f)
+    gain = _energy_gain(cv2.cvtColor(fine_p, cv2.COLOR_RGB2GRAY),
+                        cv2.cvtColor(fine_f, cv2.COLOR_RGB2GRAY), agree,
+                        s * cfg.energy_scale, cfg.max_gain)
+    mix = cv2.add(cv2.multiply(cv2.subtract(fine_f, fine_p), cv2.merge([agree] * 3)), fine_p)
+    return cv2.add(cv2.multiply(mix, cv2.merge([gain] * 3)), low_p)
 
 
 def _energy_gain(p: np.ndarray, f: np.ndarray, a: np.ndarray, scale: float, most: float
                  ) -> np.ndarray:
     """Per pixel, the gain that gives the cross-fade ``(1 - a) p + a f`` of two fine bands
-    (grey, (h, w)) the local energy ``(1 - a) E[p²] + a E[f²]``, each energy a Gaussian
+    (luma, (h, w)) the local energy ``(1 - a) E[p²] + a E[f²]``, each energy a Gaussian
     average at ``scale``; between 1 and ``most``."""
     def local(x: np.ndarray) -> np.ndarray:
         return cv2.GaussianBlur(x, (0, 0), scale)

@@ -136,7 +136,8 @@ def keep_detail(painted: torch.Tensor, frame: torch.Tensor, upscale: list[float]
     diff = (low_p - low_f).abs().amax(1, keepdim=True)
     agree = blur(torch.exp(-(diff / cfg.tolerance) ** 2), s)
     fine_p, fine_f = painted - low_p, frame - low_f
-    p, f = fine_p.mean(1, keepdim=True), fine_f.mean(1, keepdim=True)
+    luma = torch.tensor([0.299, 0.587, 0.114], device=painted.device)[None, :, None, None]
+    p, f = (fine_p * luma).sum(1, keepdim=True), (fine_f * luma).sum(1, keepdim=True)
     scale = [v * cfg.energy_scale for v in s]
     vp, vf, c = blur(p * p, scale), blur(f * f, scale), blur(p * f, scale)
     want = (1 - agree) * vp + agree * vf
