@@ -136,14 +136,19 @@ def keep_detail(painted: torch.Tensor, frame: torch.Tensor, upscale: list[float]
     diff = (low_p - low_f).abs().amax(1, keepdim=True)
     agree = blur(torch.exp(-(diff / cfg.tolerance) ** 2), s)
     fine_p, fine_f = painted - low_p, frame - low_f
-    luma = torch.tensor([0.299, 0.587, 0.114], device=painted.device)[None, :, None, None]
-    p, f = (fine_p * luma).sum(1, keepdim=True), (fine_f * luma).sum(1, keepdim=True)
+    p, f = _luma(fine_p), _luma(fine_f)
     scale = [v * cfg.energy_scale for v in s]
     vp, vf, c = blur(p * p, scale), blur(f * f, scale), blur(p * f, scale)
     want = (1 - agree) * vp + agree * vf
     got = (1 - agree) ** 2 * vp + agree * agree * vf + 2 * agree * (1 - agree) * c
     gain = ((want + 1.0) / (got + 1.0)).clamp(1.0, cfg.max_gain ** 2).sqrt()
     return low_p + gain * (fine_p + agree * (fine_f - fine_p))
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, h, w) luma of (N, 3, h, w) RGB, OpenCV's RGB2GRAY weights (no weight tensor
+    to copy to the device on every batch)."""
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def _fine_map(m: np.ndarray, size: int, fine_size: int) -> np.ndarray:

@@ -11,7 +11,8 @@
 #   .venv/bin/python -m training.head.pack build/grid-idle/features gpu/grid/features
 #   mkdir -p gpu/bundles && cp -r build/grid-refine/avatars/grid_s1 gpu/bundles/grid
 #   (build/grid-idle: a `cpu` GRID enrolment; build/grid-refine: it with `train refine`.)
-# Run there (about 8.5 minutes; timeout_s 560):  bash scripts/gpu_refine_check.sh
+# Run there (budgeted at about 8.5 minutes, not yet run on a GPU; timeout_s 560):
+#   bash scripts/gpu_refine_check.sh
 # Results under $OUT: gpu.txt, bench_render.jsonl, grid.tgz (generator, json, history,
 # curves, log). Then here:
 #   mkdir -p build/grid-gpu/head && ln -s $PWD/build/grid-idle/features build/grid-gpu/
@@ -19,7 +20,9 @@
 #   .venv/bin/twincast train head build/grid-gpu --export-only --preset gpu --name grid_gpu
 #   .venv/bin/twincast eval head build/grid-gpu/avatars/grid_gpu \
 #       --footage ../shared/data/grid_s1/eval [--refine off]
-# Try it on a CPU with DEVICE=cpu TRAIN_MINUTES=0.3 BATCHES=1 PY=.venv/bin/python.
+# On a CPU (DEVICE=cpu BATCHES=1 PY=.venv/bin/python) its benchmark half takes 30 s; its
+# training half does not finish quickly there (the gpu preset's speed probe alone ran over
+# ten minutes on 2 cores), so stop it after the benchmarks.
 set -uo pipefail
 OUT=${OUT:-build/gpu-refine-out}
 PY=${PY:-python3}
