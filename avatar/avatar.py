@@ -30,7 +30,7 @@ from avatar.errors import TwincastError, path_error
 from avatar.manifest import Manifest
 from avatar.models.fold import fold_batchnorm
 from avatar.models.head import HeadConfig, HeadGenerator, blank_lower, region_keep_mask
-from avatar.models.refine import RefineConfig, Refiner
+from avatar.models.refine import RefineConfig, Refiner, sharpen
 from avatar.motion import Entry, MotionConfig, Walker
 from avatar.paint_cast import LinearCast, PaintCast
 
@@ -128,6 +128,9 @@ class Avatar:
         self.refiner: Refiner | None = None
         """The person-specific detail stage run on the paint (``avatar.models.refine``);
         None for a bundle without one, or turned off."""
+        self.sharpen = 0.0
+        """How much the refined paint's finest band is lifted (``avatar.models.refine
+        .sharpen``): the bundle's amount, chosen with its refiner; 0 without one."""
         self.cast: PaintCast | None = None
         """The correction added to the paint's interior: the bundle's measured colour cast,
         one shift or per frame (``avatar.paint_cast``); None for a bundle without the
@@ -183,6 +186,7 @@ class Avatar:
         avatar.cast = _cast(path, head.colour, geometry[1], geometry[2], dev)
         if head.refine and refine and architecture is None:
             avatar.refiner = load_refiner(path, head.refine, dev)
+            avatar.sharpen = sharpen_amount(path, head.refine)
         elif head.texture:
             avatar.texture = _load_texture(path / head.texture, cfg.size, dev)
         if manifest.motion is not None:
@@ -300,6 +304,9 @@ class Avatar:
             with torch.inference_mode(), torch.autocast(
                     self.device.type, self.dtype, enabled=self.dtype != torch.float32):
                 out = self.refiner(out.float().clamp(0, 1)).float()
+            if self.sharpen > 0:
+                with torch.inference_mode():
+                    out = sharpen(out, self.sharpen)
         fine: list[Fine | None] = [None] * len(requests)
         mixed = None
         if self.texture is not None:
@@ -438,6 +445,17 @@ def load_refiner(path: Path, refine: dict, dev: torch.device) -> Refiner:
     refiner = Refiner(cfg)
     load_weights(refiner, path / file, "refiner")
     return place_refiner(refiner, dev)
+
+
+def sharpen_amount(path: Path, refine: dict) -> float:
+    """The bundle's ``head.refine.sharpen`` (0 where a bundle made before it has none), or
+    one error naming what is wrong."""
+    amount = refine.get("sharpen", 0.0)
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) \
+            or not 0 <= amount <= 4:
+        raise path_error(path / "manifest.json", f"head.refine.sharpen is {amount!r}, not a "
+                         "number from 0 to 4; the bundle is damaged")
+    return float(amount)
 
 
 def place_refiner(refiner: Refiner, dev: torch.device) -> Refiner:

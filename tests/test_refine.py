@@ -12,9 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from avatar.models.refine import RefineConfig, Refiner
+from avatar.models.refine import RefineConfig, Refiner, sharpen
 from tests.conftest import assert_only_box_changed, bundle_without, run_cli
-from training.head.refine import RefineTrainConfig, held_out_split, score, train_refiner
+from training.head.refine import (
+    RefineTrainConfig,
+    choose_sharpen,
+    held_out_split,
+    score,
+    train_refiner,
+)
 
 S = 48
 
@@ -38,6 +44,48 @@ def _mouths(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def test_an_untrained_refiner_returns_the_paint_as_it_is() -> None:
     paint = torch.rand(2, 3, 40, 40)
     assert torch.equal(Refiner(RefineConfig())(paint), paint)
+
+
+def test_sharpen_lifts_only_the_fine_band() -> None:
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(sharpen(x, 0.0), x)
+    flat = torch.full((1, 3, 16, 16), 0.4)
+    assert torch.allclose(sharpen(flat, 1.0), flat)  # no detail, nothing to lift
+    y = sharpen(x, 0.5)
+    # The band lifted averages to zero: colour stays, the detail grows.
+    assert torch.allclose(y.mean((2, 3)), x.mean((2, 3)), atol=5e-3)
+    lap = torch.tensor([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=torch.float32)
+    def energy(t: torch.Tensor) -> float:
+        return float(torch.nn.functional.conv2d(t[:, :1], lap[None, None]).var())
+    assert energy(y) > 1.5 * energy(x)
+
+
+def test_a_softer_paint_is_sharpened_more_and_never_past_the_paints_faithfulness() -> None:
+    rng = np.random.default_rng(1)
+    grain = cv2.GaussianBlur(rng.normal(0, 60, (30 * S, S, 3)).astype(np.float32), (0, 0), 1.5)
+    real = np.clip(150 + grain.reshape(30, S, S, 3), 0, 255).astype(np.uint8)
+    inner = np.ones((S, S), bool)
+    inner[:12] = False
+
+    def paint(blur: float) -> np.ndarray:
+        # Lighter than the frame, so the frame lends it none of its own detail.
+        return np.stack([np.clip(cv2.GaussianBlur(r, (0, 0), blur).astype(int) + 25, 0, 255)
+                         .astype(np.uint8) for r in real])
+
+    soft, softer = paint(0.6), paint(0.9)
+    a_soft, rep_soft = choose_sharpen(soft, real, inner, 0.0)
+    a_softer, rep_softer = choose_sharpen(softer, real, inner, 0.0)
+    assert 0 < a_soft < a_softer
+    for rep in (rep_soft, rep_softer):
+        # Chosen where its sharpness on the frame comes nearest the real's.
+        assert rep["sharpness"] == pytest.approx(1.0, abs=0.1)
+        assert abs(np.log(rep["sharpness"])) <= min(abs(np.log(c["sharpness"]))
+                                                    for c in rep["curve"])
+        assert rep["curve"][0]["amount"] == 0 and rep["curve"][0]["sharpness"] < 0.7
+    # Where any lift leaves the paint less faithful than the floor, none is chosen.
+    floor = score(soft, real, inner)[1] + 1.0
+    assert choose_sharpen(soft, real, inner, floor)[0] == 0
+    assert choose_sharpen(soft, real, inner, 0.0, RefineTrainConfig(sharpen_max=0))[0] == 0
 
 
 def test_held_out_frames_are_whole_clips_or_the_last_sixth_of_one() -> None:
@@ -89,6 +137,9 @@ def test_enrolment_trains_a_refiner_that_changes_only_the_painted_box(bundle: Pa
     assert (bundle / refine["file"]).is_file()
     assert refine["report"]["chosen"]["psnr_db"] >= refine["report"]["paint"]["psnr_db"]
     avatar = Avatar.load(bundle)
+    assert 0 <= refine["sharpen"] <= RefineTrainConfig().sharpen_max
+    assert avatar.sharpen == refine["sharpen"]
+    assert refine["report"]["sharpen"]["amount"] == refine["sharpen"]
     # The refiner takes the texture bank's place; without it the bank comes back.
     assert avatar.refiner is not None and avatar.texture is None
     assert Avatar.load(bundle, refine=False).texture is not None
@@ -124,7 +175,7 @@ def test_a_bundle_without_a_refiner_renders_and_train_refine_adds_one(
 
 @pytest.mark.parametrize(("key", "value"), [
     ("file", ""), ("file", "missing.safetensors"), ("config", {"channels": "wide"}),
-    ("config", {"channels": 16})])
+    ("config", {"channels": 16}), ("sharpen", -0.5), ("sharpen", "much"), ("sharpen", 9)])
 def test_a_damaged_refiner_is_a_one_line_error(bundle: Path, tmp_path: Path,
                                                key: str, value: object) -> None:
     bad = tmp_path / "b"
@@ -192,3 +243,28 @@ def test_bench_render_says_which_refiner_it_timed(bundle: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         seen[asked] = json.loads(proc.stdout)["refiner"]
     assert seen == {"keep": "bundle", "off": "none", "fresh": "untrained"}
+
+
+def test_a_refiner_from_before_sharpen_renders_unsharpened(bundle: Path,
+                                                           tmp_path: Path) -> None:
+    from avatar.avatar import Avatar
+    from training.head.fidelity import grey, laplacian_var
+
+    old = tmp_path / "b"
+    shutil.copytree(bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["head"]["refine"]["sharpen"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    avatar = Avatar.load(old)
+    assert avatar.refiner is not None and avatar.sharpen == 0.0
+    reqs = avatar.silent_requests(2)
+    plain = avatar.render(reqs)
+    avatar.sharpen = 1.0
+    lifted = avatar.render(reqs)
+    box = avatar.idle[0].box
+    assert_only_box_changed(lifted, plain, box)
+    x0, y0, x1, y1 = box
+    inside = np.ones((y1 - y0, x1 - x0), bool)
+    def energy(f: np.ndarray) -> float:
+        return laplacian_var(grey(f[y0:y1, x0:x1].astype(np.float32)), inside)
+    assert energy(lifted[0]) > energy(plain[0])

@@ -163,8 +163,8 @@ def refine_section(gen: HeadGenerator, mel_stats: tuple[float, float], features_
         return {}, None
     weights = {k: v.detach().cpu().contiguous() for k, v in result.refiner.state_dict().items()}
     save_file(weights, str(folder / name))
-    return ({"file": name, "config": result.refiner.cfg.to_dict(), "report": result.report},
-            result.refiner)
+    return ({"file": name, "config": result.refiner.cfg.to_dict(), "sharpen": result.sharpen,
+             "report": result.report}, result.refiner)
 
 
 def colour_section(gen: HeadGenerator, mel_stats: tuple[float, float], features_dir: Path,
