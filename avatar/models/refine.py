@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -86,13 +87,23 @@ def sharpen(x: torch.Tensor, amount: float, sigma: float = SHARPEN_SIGMA) -> tor
     averages to zero, so colours and the mouth's shape stay where they were."""
     if amount <= 0:
         return x
+    rows = _blur_matrix(x.shape[-2], sigma).to(x.device, x.dtype)
+    cols = rows if x.shape[-1] == x.shape[-2] else \
+        _blur_matrix(x.shape[-1], sigma).to(x.device, x.dtype)
+    # The separable blur as two small matrix products: depthwise 1-D convolutions took
+    # 1-4 ms a frame on this CPU (2 cores) where these take 0.2-0.8 at 96-160 px.
+    return x + amount * (x - rows @ (x @ cols.T))
+
+
+def _blur_matrix(n: int, sigma: float) -> torch.Tensor:
+    """(n, n): a Gaussian blur of ``sigma`` along one axis of length ``n``, borders
+    reflected without repeating the edge pixel (OpenCV's BORDER_REFLECT_101)."""
     r = max(1, math.ceil(4 * sigma))
-    t = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
-    k = torch.exp(-(t * t) / (2 * sigma * sigma))
-    k = (k / k.sum()).to(x.dtype)
-    c = x.shape[1]
-    blur = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1),
-                    groups=c)
-    blur = F.conv2d(F.pad(blur, (0, 0, r, r), mode="reflect"),
-                    k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-    return x + amount * (x - blur)
+    d = np.arange(-r, r + 1)
+    k = np.exp(-(d * d) / (2 * sigma * sigma))
+    k /= k.sum()
+    j = np.abs(np.arange(n)[:, None] + d[None, :])
+    j = np.clip(np.where(j > n - 1, 2 * (n - 1) - j, j), 0, n - 1)  # (clip: n under r)
+    m = np.zeros((n, n), np.float32)
+    np.add.at(m, (np.repeat(np.arange(n), len(d)), j.ravel()), np.tile(k, n))
+    return torch.from_numpy(m)
