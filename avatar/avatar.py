@@ -12,6 +12,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,7 @@ from avatar.errors import TwincastError, path_error
 from avatar.manifest import Manifest
 from avatar.models.fold import fold_batchnorm
 from avatar.models.head import HeadConfig, HeadGenerator, blank_lower, region_keep_mask
-from avatar.models.refine import RefineConfig, Refiner, sharpen
+from avatar.models.refine import RefineConfig, Refiner, blur_matrix, sharpen
 from avatar.motion import Entry, MotionConfig, Walker
 from avatar.paint_cast import LinearCast, PaintCast
 
@@ -195,6 +196,11 @@ class Avatar:
                 avatar.cues = _load_cues(path / manifest.motion.cues)
         return avatar
 
+    @cached_property
+    def _blur_matrix(self) -> torch.Tensor:
+        """``sharpen``'s blur for this working size, made once on the render device."""
+        return blur_matrix(self.size).to(self.device)
+
     def walker(self, seed: int = 0, cfg: MotionConfig | None = None) -> Walker | None:
         """A fresh walk through the motion bank (one per session); None without a bank."""
         return Walker(self.bank.graph, cfg, seed) if self.bank is not None else None
@@ -306,7 +312,7 @@ class Avatar:
                 out = self.refiner(out.float().clamp(0, 1)).float()
             if self.sharpen > 0:
                 with torch.inference_mode():
-                    out = sharpen(out, self.sharpen)
+                    out = sharpen(out, self.sharpen, blur=self._blur_matrix)
         fine: list[Fine | None] = [None] * len(requests)
         mixed = None
         if self.texture is not None:

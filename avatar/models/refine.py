@@ -81,21 +81,24 @@ SHARPEN_SIGMA = 1.0
 and the refiner's own averaging leave weakest."""
 
 
-def sharpen(x: torch.Tensor, amount: float, sigma: float = SHARPEN_SIGMA) -> torch.Tensor:
+def sharpen(x: torch.Tensor, amount: float, sigma: float = SHARPEN_SIGMA,
+            blur: torch.Tensor | None = None) -> torch.Tensor:
     """Unsharp masking of (B, C, H, W) images: ``x + amount * (x - blur(x))`` with a
     Gaussian blur of ``sigma`` (reflected borders, as OpenCV's default). The band lifted
-    averages to zero, so colours and the mouth's shape stay where they were."""
+    averages to zero, so colours and the mouth's shape stay where they were. ``blur``:
+    ``blur_matrix(H, sigma)`` on ``x``'s device, where the caller keeps one (square
+    images), so none is made and copied to the device per call."""
     if amount <= 0:
         return x
-    rows = _blur_matrix(x.shape[-2], sigma).to(x.device, x.dtype)
+    rows = blur if blur is not None else blur_matrix(x.shape[-2], sigma).to(x.device, x.dtype)
     cols = rows if x.shape[-1] == x.shape[-2] else \
-        _blur_matrix(x.shape[-1], sigma).to(x.device, x.dtype)
+        blur_matrix(x.shape[-1], sigma).to(x.device, x.dtype)
     # The separable blur as two small matrix products: depthwise 1-D convolutions took
     # 1-4 ms a frame on this CPU (2 cores) where these take 0.2-0.8 at 96-160 px.
     return x + amount * (x - rows @ (x @ cols.T))
 
 
-def _blur_matrix(n: int, sigma: float) -> torch.Tensor:
+def blur_matrix(n: int, sigma: float = SHARPEN_SIGMA) -> torch.Tensor:
     """(n, n): a Gaussian blur of ``sigma`` along one axis of length ``n``, borders
     reflected without repeating the edge pixel (OpenCV's BORDER_REFLECT_101)."""
     r = max(1, math.ceil(4 * sigma))
