@@ -85,10 +85,12 @@ def load_bench_avatar(bundle: Path, device: str, preset: str | None = None,
     avatar.compositing = compositing
     if refiner == "fresh":
         from avatar.avatar import place_refiner
-        from avatar.models.refine import Refiner
+        from avatar.models.refine import RefineConfig, Refiner, scale_for
 
         avatar.texture = None  # as a bundle with a refiner renders
-        avatar.refiner = place_refiner(Refiner(), avatar.device)
+        # The refiner an enrolment at this working size would train.
+        avatar.refiner = place_refiner(Refiner(RefineConfig(scale=scale_for(avatar.size))),
+                                       avatar.device)
         avatar.sharpen = 0.5  # its cost does not depend on the amount, only on its being on
     return avatar
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,4 +224,7 @@ def bench_serve(bundle: Path, sessions: int, seconds: float, devices: tuple[str,
             # mean batch, and what its cost model says it could do at full batches.
             "rendered_fps": round(rendered / wall, 1),
             "mean_batch": round(float(np.mean(sizes)), 2) if sizes else None,
-            "capacity_fps": round(srv.scheduler.capacity_fps(), 1)}
+            "capacity_fps": round(srv.scheduler.capacity_fps(), 1),
+            # Why the scheduler's late frames were late (``bench lanes`` reports the same).
+            "late_by_cause": dict(sum((Counter(lane.stats.late_by_cause)
+                                       for lane in srv.scheduler.lanes), Counter()))}

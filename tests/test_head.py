@@ -224,6 +224,24 @@ def test_train_elsewhere_then_export_only(bundle: Path, tmp_path: Path) -> None:
     assert proc.returncode == 2 and "train the head first" in proc.stderr
 
 
+def test_exporting_the_face_again_keeps_the_bundle_s_voice(bundle: Path,
+                                                          tmp_path: Path) -> None:
+    """``train head`` on an enrolment replaces its bundle: the voice trained with it stays
+    (it was dropped, and the avatar went silent)."""
+    from avatar.bundle import read_manifest
+
+    work = tmp_path / "again"
+    shutil.copytree(bundle.parent.parent, work)
+    before = read_manifest(work / "avatars" / "presenter")
+    assert before.voice is not None
+    proc = run_cli("train", "head", work, "--preset", "ci", "--export-only",
+                   "--name", "presenter")
+    assert proc.returncode == 0, proc.stderr
+    after = read_manifest(work / "avatars" / "presenter")  # every digest checked
+    assert after.voice == before.voice and after.created >= before.created
+    assert after.files[after.voice.file] == before.files[before.voice.file]
+
+
 def test_lip_gain_restores_the_range_of_a_shrunk_prediction() -> None:
     """A predictor that says the right shape at 60 % of its size gets a gain of ~1/0.6 on
     the components it predicts, and its held-out correlation is measured, not assumed."""

@@ -46,6 +46,27 @@ def test_an_untrained_refiner_returns_the_paint_as_it_is() -> None:
     assert torch.equal(Refiner(RefineConfig())(paint), paint)
 
 
+def test_a_folded_refiner_works_at_half_the_side_and_untrained_changes_nothing() -> None:
+    from avatar.models.refine import scale_for
+
+    assert [scale_for(n) for n in (48, 96, 128, 160, 256)] == [1, 1, 1, 2, 2]
+    assert RefineConfig.from_dict({"channels": 32, "blocks": 5}).scale == 1  # old bundles
+    with pytest.raises(ValueError, match="scale 1 or 2"):
+        RefineConfig.from_dict({"scale": 3})
+    folded = Refiner(RefineConfig(scale=2))
+    paint = torch.rand(2, 3, 40, 40)
+    assert torch.equal(folded(paint), paint)
+    # Its blocks see 20x20: a quarter of the full-size refiner's multiply-adds a frame.
+    seen = []
+    folded.body[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[-2:]))
+    torch.nn.init.normal_(folded.out.weight, std=0.1)
+    out = folded(paint)
+    assert seen == [torch.Size([20, 20])] and out.shape == paint.shape
+    assert not torch.equal(out, paint)
+    with pytest.raises(ValueError, match="divisible by 2"):
+        folded(torch.rand(1, 3, 41, 40))
+
+
 def test_sharpen_lifts_only_the_fine_band() -> None:
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(sharpen(x, 0.0), x)
@@ -96,15 +117,19 @@ def test_held_out_frames_are_whole_clips_or_the_last_sixth_of_one() -> None:
     assert one[-10:].all() and not one[:-10].any()
 
 
-def test_the_refiner_puts_back_detail_the_paint_lost_on_held_out_frames() -> None:
+@pytest.mark.parametrize("scale", [1, 2])
+def test_the_refiner_puts_back_detail_the_paint_lost_on_held_out_frames(scale: int) -> None:
     paint, real = _mouths(72)
     region_mask = np.zeros((S, S), np.float32)
     region_mask[12:, 4:-4] = 1.0
     clip_of = np.arange(72) // 6
-    cfg = RefineTrainConfig(steps=300, batch=8, crop=32, check_every=100, max_minutes=5)
+    cfg = RefineTrainConfig(steps=300, batch=8, crop=32, check_every=100, max_minutes=5,
+                            scale=scale)
     result = train_refiner(paint, real, clip_of, region_mask, 0.25, cfg)
     assert result is not None
+    assert result.refiner.cfg.scale == scale
     rep = result.report
+    assert rep["scale"] == scale
     # Scored on whole clips it never trained on.
     assert rep["held_out_frames"] == 2 * 6 and rep["steps"] == 300
     assert rep["paint"]["sharpness"] < 0.2

@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "preset's)")
     tr.add_argument("--device", default="cpu", help="where the generator paints and the "
                     "refiner trains: cpu, cuda:0, ...")
+    tr.add_argument("--scale", type=int, choices=(1, 2), help="work at the paint's full "
+                    "side (1) or folded to half of it (2: a quarter of the cost a frame); "
+                    "default: 2 where the paint is over 128 px")
     tr.set_defaults(func=cmd_train_refine)
 
     sy = sub.add_parser("say", help="speak text in the avatar's voice to a .wav file")
@@ -1044,6 +1047,8 @@ def cmd_train_refine(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, max_minutes=args.max_minutes)
     if cfg.steps <= 0:
         raise TwincastError(f"the {args.preset} preset trains no refiner; give --steps N")
+    if args.scale is not None:
+        cfg = dataclasses.replace(cfg, scale=args.scale)
     bundle, features = _enrolled_bundle(args.workdir, args.name, "refiner's training frames")
     refine = add_refine(bundle, features, cfg, str(dev))
     if not refine:

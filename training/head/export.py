@@ -18,7 +18,7 @@ from avatar import atomic
 from avatar.audio import FACE_MEL
 from avatar.bundle import sha256_file, write_manifest
 from avatar.errors import path_error
-from avatar.manifest import HeadMel, HeadSection, IdleSection, Manifest, MotionSection
+from avatar.manifest import HeadMel, HeadSection, IdleSection, Manifest, MotionSection, VoiceSection
 from avatar.models.head import HeadConfig, HeadGenerator
 from avatar.models.refine import Refiner
 from avatar.video_io import VideoWriter
@@ -101,6 +101,8 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
 
             voice_section, voice_files = write_voice(voice, tmp, preset)
             files.update(voice_files)
+        else:
+            voice_section = _keep_voice(out, tmp, files)
         from avatar.version import __version__
 
         manifest = Manifest(
@@ -122,6 +124,35 @@ def export_bundle(features_dir: Path, head: TrainedHead, out: Path, name: str, p
         write_manifest(tmp, manifest)
     log.info("avatar bundle written: %s", out)
     return out
+
+
+def _keep_voice(old: Path, tmp: Path, files: dict[str, str]) -> VoiceSection | None:
+    """The voice of the bundle ``old`` that a new face replaces (``train head`` again on an
+    enrolment): its weights copied into ``tmp`` and their digests into ``files``, and its
+    manifest section; None where there is no such bundle or it has no voice. Without this
+    re-training the face dropped the person's voice."""
+    import shutil
+
+    from avatar.bundle import read_manifest
+    from avatar.errors import TwincastError
+
+    if not (old / "manifest.json").is_file():
+        return None
+    try:
+        voice = read_manifest(old).voice
+    except TwincastError as e:
+        log.warning("the bundle being replaced cannot be read, so its voice is not kept "
+                    "(%s); train it again with `twincast train voice`", e)
+        return None
+    if voice is None:
+        return None
+    names = [voice.file] + ([voice.vocoder.file] if voice.vocoder.kind != "griffin-lim"
+                            else [])
+    for n in names:
+        shutil.copy2(old / n, tmp / n)
+        files[n] = sha256_file(tmp / n)
+    log.info("kept the voice of the bundle being replaced (%s)", ", ".join(names))
+    return voice
 
 
 def _reference_rgb(path: Path, size: int) -> np.ndarray:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from avatar import resample
 from avatar.colour import PAINTED
 from avatar.detail import keep_detail
-from avatar.models.refine import SHARPEN_SIGMA, RefineConfig, Refiner, sharpen
+from avatar.models.refine import SHARPEN_SIGMA, RefineConfig, Refiner, scale_for, sharpen
 from training.head.fidelity import grey, laplacian_var
 from training.progress import bar
 
@@ -79,6 +79,9 @@ class RefineTrainConfig:
     """How far below the generator's own paint (PSNR at the working size) sharpening may
     take the refined paint: lifting detail whose place is not exact costs a little PSNR,
     and a refiner kept at barely the paint's PSNR would otherwise get none."""
+    scale: int = 0
+    """The refiner's ``scale`` (``avatar.models.refine``): 1, 2, or 0 for the working
+    size's (``scale_for``)."""
     seed: int = 0
 
 
@@ -177,10 +180,15 @@ def train_refiner(paint: np.ndarray, real: np.ndarray, clip_of: np.ndarray,
     torch.manual_seed(cfg.seed)
     s = paint.shape[1]
     top = min(int(mask_top * s), s - 8)
-    crop = min(cfg.crop, s - top)
+    scale = cfg.scale or scale_for(s)
+    if s % scale:
+        raise ValueError(f"a refiner of scale {scale} needs an even working size, not {s}")
+    first = -(-top // scale) * scale
+    crop = min(cfg.crop, s - first)
+    crop -= crop % (2 * scale)  # whole pixels at the context branch's size
     train_p, train_r = _tensor(paint[~held], dev), _tensor(real[~held], dev)
     weight = torch.from_numpy(region_mask).to(dev)[None, None]
-    net = Refiner(RefineConfig()).to(dev)
+    net = Refiner(RefineConfig(scale=scale)).to(dev)
     average = copy.deepcopy(net).requires_grad_(False)
     critic = _FineCritic(cfg.critic_bands).to(dev)
     opt = torch.optim.Adam(net.parameters(), cfg.lr)
@@ -207,8 +215,10 @@ def train_refiner(paint: np.ndarray, real: np.ndarray, clip_of: np.ndarray,
     with bar(cfg.steps, "refiner", "step") as pb:
         while step < cfg.steps and time.monotonic() - start < cap:
             idx = torch.randint(0, len(train_p), (cfg.batch,), generator=gen)
-            oy = top + int(torch.randint(0, s - top - crop + 1, (1,), generator=gen))
-            ox = int(torch.randint(0, s - crop + 1, (1,), generator=gen))
+            # Folded (scale 2), crops start on the grid the whole paint is folded on.
+            oy = first + scale * int(torch.randint(0, (s - first - crop) // scale + 1, (1,),
+                                                   generator=gen))
+            ox = scale * int(torch.randint(0, (s - crop) // scale + 1, (1,), generator=gen))
             x = train_p[idx, :, oy:oy + crop, ox:ox + crop]
             y = train_r[idx, :, oy:oy + crop, ox:ox + crop]
             w = weight[..., oy:oy + crop, ox:ox + crop]
@@ -237,6 +247,7 @@ def train_refiner(paint: np.ndarray, real: np.ndarray, clip_of: np.ndarray,
         check()
     seconds = time.monotonic() - start
     report = {"steps": step, "planned_steps": cfg.steps, "seconds": round(seconds, 1),
+              "critic_from_step": min(gan_at, step), "scale": scale,
               "held_out_frames": int(held.sum()),
               "paint": {"sharpness": round(base_energy, 4), "psnr_db": round(base_psnr, 3)},
               "checks": checks}
