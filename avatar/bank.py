@@ -9,12 +9,13 @@ a render batch. The cache is bounded in bytes; the least recently used frames go
 
 from __future__ import annotations
 
+import itertools
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -82,7 +83,7 @@ class MotionBank:
         self._limit = int(cache_mb * 2**20)
         self._lock = threading.Lock()
         self._decode_lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._worker: _Worker | None = None
         self._queued: dict[int, int] = {}
         """Chunks handed to the bank's thread, with the first frame each decode keeps."""
         self.decoded_chunks = 0
@@ -179,8 +180,8 @@ class MotionBank:
             preps = list(dict.fromkeys(e for e in paint if e not in self._prepared))
         if not todo and not mixes and not preps:
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="bank")
+        if self._worker is None:
+            self._worker = _Worker("bank_0")
         for f in todo:
             c = f // self.chunk
             with self._lock:
@@ -189,12 +190,17 @@ class MotionBank:
                 if self._queued.get(c, f + 1) <= f:
                     continue
                 self._queued[c] = f
-            self._pool.submit(self._safe_decode, f)
+            self._worker.submit(READY, self._safe_decode, f)
         # After the decodes, on the same thread: their frames are ready.
         for e in mixes:
-            self._pool.submit(self._safe_mix, e)
+            self._worker.submit(READY, self._safe_mix, e)
         for e in preps:
-            self._pool.submit(self._safe_prepare, e)
+            self._worker.submit(PREPARE, self._safe_prepare, e)
+
+    def wait_prefetched(self) -> None:
+        """Return once what ``prefetch`` was asked for so far is done."""
+        if self._worker is not None:
+            self._worker.wait()
 
     def _safe_prepare(self, e: Entry) -> None:
         try:
@@ -293,6 +299,41 @@ class MotionBank:
         with self._lock:
             self._prepared.put(e, p)
         return p
+
+
+READY, PREPARE = 0, 1
+"""The bank thread's two kinds of work, the first always before the second: decoding and
+mixing (a session hands a frame to the renderer only once its footage is ready), then
+preparing for compositing (which the renderer does itself where it is not done yet). In
+one queue, first come first served, a turn of the walk waited behind the preparing of the
+second ahead: one live 720p session's decodes waited up to 190 ms and its cross-fades up to
+0.7 s, and its frames reached the renderer too late to be painted."""
+
+
+class _Worker:
+    """One thread running submitted calls, lower ``kind`` first, in order within a kind."""
+
+    def __init__(self, name: str):
+        self._queue: queue.PriorityQueue[tuple[int, int, Callable, object]] = \
+            queue.PriorityQueue()
+        self._order = itertools.count()
+        # A daemon: a cache filler has nothing to finish when the process ends.
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, kind: int, fn: Callable[[V], None], arg: V) -> None:
+        self._queue.put((kind, next(self._order), fn, arg))
+
+    def wait(self) -> None:
+        """Return once everything submitted before has run."""
+        done = threading.Event()
+        self.submit(PREPARE + 1, lambda _: done.set(), None)
+        done.wait()
+
+    def _run(self) -> None:
+        while True:
+            _, _, fn, arg = self._queue.get()
+            fn(arg)
 
 
 class _Lru(Generic[V]):

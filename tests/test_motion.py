@@ -386,8 +386,7 @@ def test_prefetch_readies_frames_off_the_caller_s_thread(bundle: Path, monkeypat
     monkeypatch.setattr(avatar.bank, "prepare_frames", prepare)
     av.bank._decode = decode
     av.bank.prefetch(entries, painted)
-    assert av.bank._pool is not None
-    av.bank._pool.submit(lambda: None).result()  # the bank's thread has done its work
+    av.bank.wait_prefetched()
     assert all(av.bank.ready(e) for e in entries)
     assert len(threads["prepare"]) == len(set(painted))
     assert threads["decode"]
@@ -504,3 +503,21 @@ def test_a_writer_tuned_for_fast_decoding_says_so_in_its_stream(tmp_path: Path) 
         w.close()
         data = out.read_bytes()
         assert all(x in data for x in want), tune
+
+
+def test_the_bank_thread_readies_footage_before_it_prepares() -> None:
+    """Decoding and cross-fades gate a frame's hand-over to the renderer; preparing does
+    not: queued behind a second's preparing, a turn of the walk came too late to paint."""
+    import threading
+
+    from avatar.bank import PREPARE, READY, _Worker
+
+    worker, ran, gate = _Worker("bank_test"), [], threading.Event()
+    worker.submit(PREPARE, lambda _: gate.wait(), None)  # holds the thread meanwhile
+    for i in range(3):
+        worker.submit(PREPARE, ran.append, f"prepare {i}")
+    worker.submit(READY, ran.append, "decode 0")
+    worker.submit(READY, ran.append, "mix 0")
+    gate.set()
+    worker.wait()
+    assert ran == ["decode 0", "mix 0", "prepare 0", "prepare 1", "prepare 2"]
