@@ -190,17 +190,24 @@ def test_a_bundle_without_a_refiner_renders_and_train_refine_adds_one(
     # The colour cast was measured again, on the refined paint.
     assert manifest["head"]["colour"]["frames"] > 0
     assert Avatar.load(old).refiner is not None
-    # Again: the new weights replace the old ones.
-    proc = run_cli("train", "refine", work, "--preset", "ci", "--steps", "30")
+    # Again, folded this time: the new weights replace the old ones, and it renders.
+    proc = run_cli("train", "refine", work, "--preset", "ci", "--steps", "30", "--scale", "2")
     assert proc.returncode == 0, proc.stderr
     again = json.loads(proc.stdout)["refine"]
     assert again != out["refine"] and not (old / out["refine"]).exists()
     assert (old / again).is_file()
+    assert json.loads((old / "manifest.json").read_text())["head"]["refine"]["config"][
+        "scale"] == 2
+    avatar = Avatar.load(old)
+    assert avatar.refiner is not None and avatar.refiner.cfg.scale == 2
+    frames = avatar.render(avatar.silent_requests(2))
+    assert len(frames) == 2 and frames[0].ndim == 3
 
 
 @pytest.mark.parametrize(("key", "value"), [
     ("file", ""), ("file", "missing.safetensors"), ("config", {"channels": "wide"}),
-    ("config", {"channels": 16}), ("sharpen", -0.5), ("sharpen", "much"), ("sharpen", 9)])
+    ("config", {"channels": 16}), ("config", {"scale": 2}), ("config", {"scale": 4}),
+    ("sharpen", -0.5), ("sharpen", "much"), ("sharpen", 9)])
 def test_a_damaged_refiner_is_a_one_line_error(bundle: Path, tmp_path: Path,
                                                key: str, value: object) -> None:
     bad = tmp_path / "b"
