@@ -302,11 +302,8 @@ def bench_lanes(bundle: Path, cfg: LanesConfig, preset: str | None = None,
     """Sessions held under 1 % late frames by the lanes on ``cfg.devices``."""
     import torch
 
-    from avatar.blas import single_threaded_blas
-
     if not cfg.devices:
         raise TwincastError("--devices: name at least one device, e.g. cpu or cuda:0")
-    single_threaded_blas()  # as the server runs (``streaming.app.Server.load``)
     if any(n < 1 for n in cfg.sessions):
         raise TwincastError("--sessions: counts must be at least 1")
     avatars = [load_bench_avatar(bundle, d, preset, precision, model_size, compositing)

@@ -194,10 +194,8 @@ class Server:
         """Load every bundle on every device (slow: call before serving)."""
         from avatar import devices
         from avatar.avatar import Avatar
-        from avatar.blas import single_threaded_blas
         from avatar.voice import Voice
 
-        single_threaded_blas()
         if self.cfg.playout_delay is not None:
             from streaming import playout_delay
 
