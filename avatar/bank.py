@@ -311,18 +311,27 @@ second ahead: one live 720p session's decodes waited up to 190 ms and its cross-
 
 
 class _Worker:
-    """One thread running submitted calls, lower ``kind`` first, in order within a kind."""
+    """One thread running submitted calls, lower ``kind`` first, in order within a kind.
+    The thread ends after ``idle_s`` with nothing to do and starts again with the next
+    call, so a bank let go of leaves no thread behind."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, idle_s: float = 5.0):
+        self._name = name
+        self._idle_s = idle_s
         self._queue: queue.PriorityQueue[tuple[int, int, Callable, object]] = \
             queue.PriorityQueue()
         self._order = itertools.count()
-        # A daemon: a cache filler has nothing to finish when the process ends.
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
     def submit(self, kind: int, fn: Callable[[V], None], arg: V) -> None:
-        self._queue.put((kind, next(self._order), fn, arg))
+        with self._lock:  # put and start together, so the thread never ends over work
+            self._queue.put((kind, next(self._order), fn, arg))
+            if self._thread is None:
+                # A daemon: a cache filler has nothing to finish when the process ends.
+                self._thread = threading.Thread(target=self._run, name=self._name,
+                                                daemon=True)
+                self._thread.start()
 
     def wait(self) -> None:
         """Return once everything submitted before has run."""
@@ -332,7 +341,14 @@ class _Worker:
 
     def _run(self) -> None:
         while True:
-            _, _, fn, arg = self._queue.get()
+            try:
+                _, _, fn, arg = self._queue.get(timeout=self._idle_s)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
             fn(arg)
 
 

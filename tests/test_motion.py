@@ -521,3 +521,21 @@ def test_the_bank_thread_readies_footage_before_it_prepares() -> None:
     gate.set()
     worker.wait()
     assert ran == ["decode 0", "mix 0", "prepare 0", "prepare 1", "prepare 2"]
+
+
+def test_the_bank_thread_ends_when_idle_and_starts_again() -> None:
+    """A bank let go of (a reloaded avatar) leaves no thread waiting for ever."""
+    import time
+
+    from avatar.bank import READY, _Worker
+
+    worker, ran = _Worker("bank_idle", idle_s=0.05), []
+    worker.submit(READY, ran.append, 1)
+    worker.wait()
+    deadline = time.monotonic() + 5
+    while worker._thread is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker._thread is None
+    worker.submit(READY, ran.append, 2)
+    worker.wait()
+    assert ran == [1, 2]

@@ -13,7 +13,7 @@ Fully convolutional and small: five 3x3 residual blocks at 32 channels and one h
 branch for context (57 k weights). Over a large working size the blocks work on the paint
 folded to half its side (``scale`` 2: each 2x2 block of pixels as 12 channels, unfolded
 again at the end), which costs a quarter as much: at 160 px over 720p the full-size
-refiner took 9 ms of a frame's render on 2 cores, more than one live session can spare.
+refiner alone took 9.3 ms a frame at batch 16 on 2 cores (AMX Xeon), half the frame rate.
 
 What it paints still loses fine energy on the way to the screen: the warp back onto the
 frame interpolates (a sub-pixel bicubic round trip keeps about 92 % of a GRID mouth's

@@ -18,7 +18,14 @@ from avatar import atomic
 from avatar.audio import FACE_MEL
 from avatar.bundle import sha256_file, write_manifest
 from avatar.errors import path_error
-from avatar.manifest import HeadMel, HeadSection, IdleSection, Manifest, MotionSection, VoiceSection
+from avatar.manifest import (
+    HeadMel,
+    HeadSection,
+    IdleSection,
+    Manifest,
+    MotionSection,
+    VoiceSection,
+)
 from avatar.models.head import HeadConfig, HeadGenerator
 from avatar.models.refine import Refiner
 from avatar.video_io import VideoWriter

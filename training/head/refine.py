@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from avatar import resample
 from avatar.colour import PAINTED
 from avatar.detail import keep_detail
+from avatar.errors import TwincastError
 from avatar.models.refine import SHARPEN_SIGMA, RefineConfig, Refiner, scale_for, sharpen
 from training.head.fidelity import grey, laplacian_var
 from training.progress import bar
@@ -182,7 +183,8 @@ def train_refiner(paint: np.ndarray, real: np.ndarray, clip_of: np.ndarray,
     top = min(int(mask_top * s), s - 8)
     scale = cfg.scale or scale_for(s)
     if s % scale:
-        raise ValueError(f"a refiner of scale {scale} needs an even working size, not {s}")
+        raise TwincastError(f"a refiner of scale {scale} needs an even working size, not "
+                            f"{s} px; train it with --scale 1")
     first = -(-top // scale) * scale
     crop = min(cfg.crop, s - first)
     crop -= crop % (2 * scale)  # whole pixels at the context branch's size
