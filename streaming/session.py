@@ -746,7 +746,9 @@ class Session:
                 u.planned_end = True  # its length is known: plan the way back to silence
                 # From far enough back that the walk can meet the change with footage
                 # where the person falls silent (frames already rendered stay as they are).
-                self.motion.replan(max(s + u.submitted, s + u.speech.total_video_frames
+                self.motion.replan(max(s + u.submitted,
+                                       int(now * fps) + self._footage_lead(),
+                                       s + u.speech.total_video_frames
                                        - self.motion.fade - self.motion.switch_sight))
             for v in self._placed():
                 self._advance(v, now)
@@ -762,8 +764,21 @@ class Session:
         """Seconds from now to the earliest a new stretch of speech can start: its first
         frames rendered, with the renderer as busy as it is."""
         margin = self.cfg.start_margin_s if u.margin_s is None else u.margin_s
-        return max(margin, max(self.scheduler.lead_time(self.cfg.first_frames),
-                               self.scheduler.start_delay()) + self.cfg.start_safety_s)
+        return max(margin, self._render_lead())
+
+    def _render_lead(self) -> float:
+        """Seconds a start's first frames handed over now take to come back rendered."""
+        return max(self.scheduler.lead_time(self.cfg.first_frames),
+                   self.scheduler.start_delay()) + self.cfg.start_safety_s
+
+    def _footage_lead(self) -> int:
+        """Frames from now before which the walk through the bank keeps its plan: new
+        footage must be decoded and cross-faded on the bank's thread (``MotionBank.lead_s``,
+        measured) and then rendered before it is shown. Turned sooner, a live 720p
+        session's frames waited for their footage past their time (5 % of them late)."""
+        assert self.motion is not None
+        need = self.motion.bank.lead_s() + self._render_lead()
+        return max(self.cfg.motion_lead_in, math.ceil(need * self.cfg.fps))
 
     def _place(self, u: Utterance, start: int, now: float) -> None:
         """Give ``u`` its first frame; the walk through the motion bank turns to speaking
@@ -774,18 +789,20 @@ class Session:
             return
         current = int(now * fps)
         turn = start + self.cfg.motion_lead_in
-        # Re-planned from as early as leaves the bank's thread time to decode a new
-        # stretch (``motion_lead_in`` frames from now), so the walk can meet the speech's
-        # start with footage where the person starts to speak; never over frames handed
-        # to the renderer for speech already placed, and frames painted shut for the old
-        # plan are painted again.
-        first = min(turn, max(current + self.cfg.motion_lead_in, turn - self.motion.switch_sight))
+        soonest = current + self._footage_lead()
+        # Re-planned from as early as leaves the bank's thread time to make new footage
+        # ready (``_footage_lead``), so the walk can meet the speech's start with footage
+        # where the person starts to speak (or turn to it as soon as it can, after the
+        # start: the mouth is painted from the first frame whatever the footage); never
+        # over frames handed to the renderer for speech already placed, and frames
+        # painted shut for the old plan are painted again.
+        first = max(soonest, turn - self.motion.switch_sight)
         before = [v for v in self._placed() if v is not u]
         if before:  # placed behind speech being said: re-planned from near its end
             prev = before[-1]
             assert prev.start_frame is not None and prev.speech.total_video_frames is not None
             end = prev.start_frame + prev.speech.total_video_frames
-            first = max(current + self.cfg.render_ahead_frames + 1,
+            first = max(soonest, current + self.cfg.render_ahead_frames + 1,
                         prev.start_frame + prev.submitted,
                         end - self.motion.fade - self.motion.switch_sight)
         self.motion.replan(first)

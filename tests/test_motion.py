@@ -312,6 +312,71 @@ def test_a_change_of_mode_meets_the_footage_s_own_change() -> None:
     assert planned > seamless(MotionConfig(switch_window=-100)) + 0.3  # switches not planned
 
 
+def test_the_walk_turns_no_sooner_than_the_bank_can_ready_new_footage(bundle: Path) -> None:
+    """Speech placed, and its end becoming known, re-plan the walk only from frames the
+    bank's thread has time to decode, cross-fade and the renderer to paint before they are
+    shown (``MotionBank.lead_s``, here said to be 0.6 s): turned sooner, the frames waited
+    for their footage past their time."""
+    from avatar.avatar import Avatar
+    from streaming.scheduler import Lane, Scheduler, SchedulerConfig
+    from streaming.session import Session, SessionConfig
+    from tests.test_session import FakeVoice
+
+    av = Avatar.load(bundle)
+    av.bank.lead_s = lambda: 0.6
+    sch = Scheduler([Lane("cpu0", {"a": av})], SchedulerConfig(max_batch=8))
+    sch.start()
+    replans: list[tuple[int, int]] = []
+
+    async def run() -> Session:
+        s = Session("a", av, FakeVoice(), sch, SessionConfig())
+        s.start()
+        s.clock.start()
+        real = s.motion.replan
+
+        def spy(k: int) -> None:
+            replans.append((k, int(s.clock.now() * 25)))
+            real(k)
+
+        s.motion.replan = spy
+        for k in range(90):
+            await s.clock.wait_until(k / 25)
+            if k == 10:
+                s.say("one two three four")
+            s.video_frame(k)
+        s.motion.replan = real  # closing walks back at once, as a barge-in does
+        await s.close()
+        return s
+
+    try:
+        s = asyncio.run(run())
+    finally:
+        sch.stop()
+    assert len(replans) >= 2, replans  # the start, and the way back once its length is known
+    assert all(k - now >= 15 for k, now in replans), replans  # 0.6 s at 25 fps
+    assert s.stats["frames_rendered"] > 20
+
+
+def test_the_bank_s_lead_follows_its_measured_work() -> None:
+    """The time new footage takes is what the bank's thread took lately: a chunk's decode
+    for each chunk queued and its own, a piece in flight, a cross-fade; a bank decoded
+    whole needs no decoding."""
+    import threading
+
+    from avatar.bank import MotionBank
+
+    bank = MotionBank.__new__(MotionBank)  # its timing state alone: no bundle needed
+    bank._lock, bank._resident, bank._queued = threading.Lock(), False, {}
+    bank._took = {"decode": [], "mix": [], "prepare": []}
+    assert bank.lead_s() == 0.0
+    bank._took = {"decode": [0.2] * 10, "mix": [0.01] * 10, "prepare": [0.005] * 10}
+    assert abs(bank.lead_s() - (0.2 + 0.01 + 0.01)) < 1e-9
+    bank._queued = {3: 96, 5: 160}
+    assert abs(bank.lead_s() - (0.6 + 0.02)) < 1e-9
+    bank._resident = True
+    assert abs(bank.lead_s() - 0.02) < 1e-9
+
+
 def test_the_event_loop_never_decodes_bank_video(bundle: Path) -> None:
     """Frames shown unrendered come from the bank's cache; a chunk not decoded yet is
     never decoded on the event loop that every session shares (tens of milliseconds a
