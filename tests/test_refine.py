@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -143,6 +144,47 @@ def test_the_refiner_puts_back_detail_the_paint_lost_on_held_out_frames(scale: i
                          region_mask >= 0.98)
     assert energy == pytest.approx(rep["chosen"]["sharpness"], abs=1e-3)
     assert psnr == pytest.approx(rep["chosen"]["psnr_db"], abs=1e-2)
+
+
+def test_the_refiner_s_plan_keeps_the_critic_s_share_of_the_steps_that_fit() -> None:
+    from training.head.refine_plan import plan_refiner
+
+    # Everything fits: the nominal plan.
+    p = plan_refiner(2500, 0.2, 0, None, 0.05, 0.1, 1000.0)
+    assert (p.steps, p.critic_from) == (2500, 500)
+    # A third of the time: fewer steps, the critic still joins at a fifth of them.
+    p = plan_refiner(2500, 0.2, 100, None, 0.05, 0.1, 60.0)
+    n = int((60.0 + 100 * 0.05) / (0.2 * 0.05 + 0.8 * 0.1))
+    assert (p.steps, p.critic_from) == (n, round(0.2 * n))
+    # Once it has joined it stays; the rest of the time is critic steps.
+    p = plan_refiner(2500, 0.2, 300, 150, 0.05, 0.1, 10.0)
+    assert (p.steps, p.critic_from) == (400, 150)
+    # No time left: no more steps.
+    assert plan_refiner(2500, 0.2, 40, None, 0.05, 0.1, -5.0).steps == 40
+
+
+def test_a_refiner_cut_short_by_its_cap_still_trains_with_its_critic(monkeypatch) -> None:
+    """Planned from measured step times: a fixed 100,000 steps never reached the critic's
+    step in a few seconds; the plan brings it in at a fifth of the steps that fit."""
+    import training.head.refine
+
+    # Every checkpoint scores as the paint does, so one is kept whatever a few seconds of
+    # training made of it: the plan is what is looked at here.
+    monkeypatch.setattr(training.head.refine, "score", lambda *a: (1.0, 30.0))
+    paint, real = _mouths(36)
+    region_mask = np.zeros((S, S), np.float32)
+    region_mask[12:, 4:-4] = 1.0
+    cfg = RefineTrainConfig(steps=100_000, batch=8, crop=32, max_minutes=0.15,
+                            check_every=100_000)
+    t0 = time.monotonic()
+    result = train_refiner(paint, real, np.arange(36) // 6, region_mask, 0.25, cfg)
+    assert time.monotonic() - t0 < 60
+    assert result is not None
+    rep = result.report
+    assert 10 < rep["plan"] < 100_000
+    assert rep["critic_from_step"] < rep["steps"]
+    assert rep["steps"] >= 0.5 * rep["plan"]
+    assert {"plain", "critic"} <= set(rep["seconds_per_step"])
 
 
 def test_a_refiner_less_faithful_than_the_paint_is_not_kept() -> None:

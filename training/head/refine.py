@@ -39,9 +39,13 @@ from avatar.detail import keep_detail
 from avatar.errors import TwincastError
 from avatar.models.refine import SHARPEN_SIGMA, RefineConfig, Refiner, scale_for, sharpen
 from training.head.fidelity import grey, laplacian_var
+from training.head.refine_plan import RefinePlan, plan_refiner
 from training.progress import bar
 
 log = logging.getLogger(__name__)
+
+PROBE_AT = 8
+"""Steps run before the first plan: their times past the first three (warm-up)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,10 @@ class RefineTrainConfig:
     average: float = 0.01
     """Weight of each new step in the moving average rendering uses."""
     check_every: int = 250
+    replan_every: int = 50
+    """Steps between re-plans from the measured step times (``refine_plan``)."""
+    plan_margin: float = 0.95
+    """Share of the cap the plan fills: the cap itself never cuts the critic's part."""
     held_out_every: int = 6
     """Every this many clips one is held out to choose the checkpoint."""
     max_frames: int = 3000
@@ -198,13 +206,16 @@ def train_refiner(paint: np.ndarray, real: np.ndarray, clip_of: np.ndarray,
     base_energy, base_psnr = score(paint[held], real[held], inner)
     checks: list[dict] = []
     best: tuple[float, dict, Refiner] | None = None
-    gan_at = int(cfg.gan_from * cfg.steps)
+    plan = RefinePlan(cfg.steps, int(cfg.gan_from * cfg.steps))
+    joined: int | None = None
+    took: dict[str, list[float]] = {"plain": [], "critic": [], "check": []}
     start = time.monotonic()
     cap = cfg.max_minutes * 60
     step = 0
 
     def check() -> None:
         nonlocal best
+        t0 = time.perf_counter()
         average.eval()
         energy, psnr = score(refine_numpy(average, paint[held]), real[held], inner)
         c = {"step": step, "sharpness": round(energy, 4), "psnr_db": round(psnr, 3)}
@@ -213,43 +224,86 @@ def train_refiner(paint: np.ndarray, real: np.ndarray, clip_of: np.ndarray,
             far = abs(float(np.log(energy)))
             if best is None or far < best[0]:
                 best = (far, c, copy.deepcopy(average))
+        took["check"].append(time.perf_counter() - t0)
+
+    def train_step(with_critic: bool, update: bool = True) -> None:
+        idx = torch.randint(0, len(train_p), (cfg.batch,), generator=gen)
+        # Folded (scale 2), crops start on the grid the whole paint is folded on.
+        oy = first + scale * int(torch.randint(0, (s - first - crop) // scale + 1, (1,),
+                                               generator=gen))
+        ox = scale * int(torch.randint(0, (s - crop) // scale + 1, (1,), generator=gen))
+        x = train_p[idx, :, oy:oy + crop, ox:ox + crop]
+        y = train_r[idx, :, oy:oy + crop, ox:ox + crop]
+        w = weight[..., oy:oy + crop, ox:ox + crop]
+        out = net(x)
+        loss = ((out - y).abs() * w).mean()
+        if with_critic:
+            opt_c.zero_grad()
+            loss_c = (F.relu(1 - critic(y, w)).mean()
+                      + F.relu(1 + critic(out.detach(), w)).mean())
+            loss_c.backward()
+            if update:
+                opt_c.step()
+            loss = loss - cfg.gan_weight * critic(out, w).mean()
+        opt.zero_grad()
+        loss.backward()
+        if not update:  # a timing probe: nothing learnt
+            opt.zero_grad()
+            opt_c.zero_grad()
+            return
+        opt.step()
+        with torch.no_grad():
+            # Early on the average follows closely (a short run is not all lag).
+            share = max(cfg.average, 9.0 / (10.0 + step))
+            for pa, pn in zip(average.parameters(), net.parameters(), strict=True):
+                pa.lerp_(pn, share)
+
+    def replan() -> RefinePlan:
+        recent = {k: took[k][-cfg.replan_every:] for k in ("plain", "critic")}
+        # (A plan whose critic joins within the warm-up has timed only one kind.)
+        plain = float(np.median(recent["plain"] or recent["critic"]))
+        crit = float(np.median(recent["critic"] or recent["plain"]))
+        # The checks still to come are paid from the same cap.
+        per_check = float(np.median(took["check"])) if took["check"] else 0.0
+        left = cfg.plan_margin * cap - (time.monotonic() - start) \
+            - per_check * max(0, plan.steps - step) / cfg.check_every
+        return plan_refiner(cfg.steps, cfg.gan_from, step, joined, plain, crit, left)
 
     with bar(cfg.steps, "refiner", "step") as pb:
-        while step < cfg.steps and time.monotonic() - start < cap:
-            idx = torch.randint(0, len(train_p), (cfg.batch,), generator=gen)
-            # Folded (scale 2), crops start on the grid the whole paint is folded on.
-            oy = first + scale * int(torch.randint(0, (s - first - crop) // scale + 1, (1,),
-                                                   generator=gen))
-            ox = scale * int(torch.randint(0, (s - crop) // scale + 1, (1,), generator=gen))
-            x = train_p[idx, :, oy:oy + crop, ox:ox + crop]
-            y = train_r[idx, :, oy:oy + crop, ox:ox + crop]
-            w = weight[..., oy:oy + crop, ox:ox + crop]
-            out = net(x)
-            loss = ((out - y).abs() * w).mean()
-            if step >= gan_at:
-                opt_c.zero_grad()
-                loss_c = (F.relu(1 - critic(y, w)).mean()
-                          + F.relu(1 + critic(out.detach(), w)).mean())
-                loss_c.backward()
-                opt_c.step()
-                loss = loss - cfg.gan_weight * critic(out, w).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                # Early on the average follows closely (a short run is not all lag).
-                share = max(cfg.average, 9.0 / (10.0 + step))
-                for pa, pn in zip(average.parameters(), net.parameters(), strict=True):
-                    pa.lerp_(pn, share)
+        while step < plan.steps and time.monotonic() - start < cap:
+            if step == PROBE_AT and joined is None:
+                # Both kinds of step timed before the plan is made (the critic's cost a
+                # few passes that learn nothing), the first few left out as warm-up.
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    train_step(True, update=False)
+                    took["critic"].append(time.perf_counter() - t0)
+            if step >= PROBE_AT and (step - PROBE_AT) % cfg.replan_every == 0:
+                plan = replan()
+                if pb.total != plan.steps:
+                    pb.total = plan.steps
+                    pb.refresh()
+            with_critic = step >= plan.critic_from
+            if with_critic and joined is None:
+                joined = step
+                took["critic"].clear()  # measured as they run from now on
+            t0 = time.perf_counter()
+            train_step(with_critic)
+            if step >= 3:
+                took["critic" if with_critic else "plain"].append(time.perf_counter() - t0)
             step += 1
             pb.update(1)
-            if step % cfg.check_every == 0 and step > gan_at:
+            if step % cfg.check_every == 0 and step > plan.critic_from:
                 check()
     if not checks or checks[-1]["step"] != step:
         check()
+    gan_at = plan.critic_from
     seconds = time.monotonic() - start
-    report = {"steps": step, "planned_steps": cfg.steps, "seconds": round(seconds, 1),
-              "critic_from_step": min(gan_at, step), "scale": scale,
+    report = {"steps": step, "planned_steps": cfg.steps, "plan": plan.steps,
+              "seconds": round(seconds, 1), "critic_from_step": min(gan_at, step),
+              "seconds_per_step": {k: round(float(np.median(v)), 4)
+                                   for k, v in took.items() if v},
+              "scale": scale,
               "held_out_frames": int(held.sum()),
               "paint": {"sharpness": round(base_energy, 4), "psnr_db": round(base_psnr, 3)},
               "checks": checks}
