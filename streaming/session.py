@@ -98,7 +98,8 @@ class SessionConfig:
     """A longer stretch of microphone speech is ended and the next one begins."""
     motion_lead_in: int = 4
     """Frames of speech shown over the footage already planned before the walk turns to
-    speaking footage (avatars with a motion bank)."""
+    speaking footage (avatars with a motion bank): at least these, more where the bank's
+    thread needs longer to make new footage ready (``Session._footage_lead``)."""
     max_queued: int = 8
     max_queued_chars: int = 10000
     """A session takes at most this many utterances, and characters (two of the longest
