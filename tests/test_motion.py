@@ -42,6 +42,36 @@ def _walk(walker: Walker, modes: list[str]) -> list[Entry]:
     return [walker.next(m) for m in modes]
 
 
+def _live(av, frames: int, act, setup=None):  # noqa: ANN001, ANN202
+    """A session of avatar ``av`` on a real scheduler, its frames taken at their times for
+    ``frames`` frames; ``act(session, k)`` runs before frame k is taken, ``setup(session)``
+    once at the start. Returns the closed session."""
+    from streaming.scheduler import Lane, Scheduler, SchedulerConfig
+    from streaming.session import Session, SessionConfig
+    from tests.test_session import FakeVoice
+
+    sch = Scheduler([Lane("cpu0", {"a": av})], SchedulerConfig(max_batch=8))
+    sch.start()
+
+    async def run() -> Session:
+        s = Session("a", av, FakeVoice(), sch, SessionConfig())
+        s.start()
+        s.clock.start()
+        if setup is not None:
+            setup(s)
+        for k in range(frames):
+            await s.clock.wait_until(k / 25)
+            act(s, k)
+            s.video_frame(k)
+        await s.close()
+        return s
+
+    try:
+        return asyncio.run(run())
+    finally:
+        sch.stop()
+
+
 def test_states_bridge_pauses_and_split_listening_from_idle() -> None:
     fps = 25
     vad = np.zeros(1000, bool)  # 10 s at 100 Hz
@@ -318,40 +348,22 @@ def test_the_walk_turns_no_sooner_than_the_bank_can_ready_new_footage(bundle: Pa
     shown (``MotionBank.lead_s``, here said to be 0.6 s): turned sooner, the frames waited
     for their footage past their time."""
     from avatar.avatar import Avatar
-    from streaming.scheduler import Lane, Scheduler, SchedulerConfig
-    from streaming.session import Session, SessionConfig
-    from tests.test_session import FakeVoice
 
     av = Avatar.load(bundle)
     av.bank.lead_s = lambda: 0.6
-    sch = Scheduler([Lane("cpu0", {"a": av})], SchedulerConfig(max_batch=8))
-    sch.start()
     replans: list[tuple[int, int]] = []
 
-    async def run() -> Session:
-        s = Session("a", av, FakeVoice(), sch, SessionConfig())
-        s.start()
-        s.clock.start()
+    def setup(s) -> None:  # noqa: ANN001
         real = s.motion.replan
 
         def spy(k: int) -> None:
-            replans.append((k, int(s.clock.now() * 25)))
+            if s.state != "closed":  # closing walks back at once, as a barge-in does
+                replans.append((k, int(s.clock.now() * 25)))
             real(k)
 
         s.motion.replan = spy
-        for k in range(90):
-            await s.clock.wait_until(k / 25)
-            if k == 10:
-                s.say("one two three four")
-            s.video_frame(k)
-        s.motion.replan = real  # closing walks back at once, as a barge-in does
-        await s.close()
-        return s
 
-    try:
-        s = asyncio.run(run())
-    finally:
-        sch.stop()
+    s = _live(av, 90, lambda s, k: k == 10 and s.say("one two three four"), setup)
     assert len(replans) >= 2, replans  # the start, and the way back once its length is known
     assert all(k - now >= 15 for k, now in replans), replans  # 0.6 s at 25 fps
     assert s.stats["frames_rendered"] > 20
@@ -384,9 +396,6 @@ def test_the_event_loop_never_decodes_bank_video(bundle: Path) -> None:
     import threading
 
     from avatar.avatar import Avatar
-    from streaming.scheduler import Lane, Scheduler, SchedulerConfig
-    from streaming.session import Session, SessionConfig
-    from tests.test_session import FakeVoice
 
     av = Avatar.load(bundle)
     decoded_on: list[str] = []
@@ -397,27 +406,14 @@ def test_the_event_loop_never_decodes_bank_video(bundle: Path) -> None:
         real(i)
 
     av.bank._decode = spy
-    sch = Scheduler([Lane("cpu0", {"a": av})], SchedulerConfig(max_batch=8))
-    sch.start()
 
-    async def run() -> Session:
-        s = Session("a", av, FakeVoice(), sch, SessionConfig())
-        s.start()
-        s.clock.start()
-        for k in range(150):
-            await s.clock.wait_until(k / 25)
-            if k == 10:
-                s.say("one two three four five six seven eight")
-            if k == 60:
-                s.interrupt()  # a re-plan: new footage wanted at once
-            s.video_frame(k)
-        await s.close()
-        return s
+    def act(s, k: int) -> None:  # noqa: ANN001
+        if k == 10:
+            s.say("one two three four five six seven eight")
+        if k == 60:
+            s.interrupt()  # a re-plan: new footage wanted at once
 
-    try:
-        s = asyncio.run(run())
-    finally:
-        sch.stop()
+    s = _live(av, 150, act)
     loop_thread = threading.main_thread().name
     assert decoded_on and loop_thread not in decoded_on, decoded_on
     assert s.stats["frames_repeated"] <= 15, s.stats  # a stall now and then, not a freeze

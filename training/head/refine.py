@@ -308,9 +308,12 @@ def train_refiner(paint: np.ndarray, real: np.ndarray, clip_of: np.ndarray,
               "paint": {"sharpness": round(base_energy, 4), "psnr_db": round(base_psnr, 3)},
               "checks": checks}
     if best is None:
+        top = max(checks, key=lambda c: c["psnr_db"])
         log.warning("refiner: no checkpoint was as faithful as the paint on %d held-out "
-                    "frames (PSNR %.2f dB); the bundle renders without one",
-                    int(held.sum()), base_psnr)
+                    "frames (PSNR %.2f dB; the best of %d checkpoints %.2f dB at step %d "
+                    "of %d, with the critic from step %d); the bundle renders without one",
+                    int(held.sum()), base_psnr, len(checks), top["psnr_db"], top["step"],
+                    step, min(gan_at, step))
         return None
     report["chosen"] = best[1]
     log.info("refiner: %d steps in %.0f s; on %d held-out frames sharpness %.2f -> %.2f, "
