@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import cv2
@@ -152,7 +151,8 @@ def test_the_refiner_s_plan_keeps_the_critic_s_share_of_the_steps_that_fit() -> 
     # Everything fits: the nominal plan.
     p = plan_refiner(2500, 0.2, 0, None, 0.05, 0.1, 1000.0)
     assert (p.steps, p.critic_from) == (2500, 500)
-    # A third of the time: fewer steps, the critic still joins at a fifth of them.
+    # Less time than the nominal plan needs: fewer steps, the critic still joins at a
+    # fifth of them.
     p = plan_refiner(2500, 0.2, 100, None, 0.05, 0.1, 60.0)
     n = int((60.0 + 100 * 0.05) / (0.2 * 0.05 + 0.8 * 0.1))
     assert (p.steps, p.critic_from) == (n, round(0.2 * n))
@@ -176,9 +176,7 @@ def test_a_refiner_cut_short_by_its_cap_still_trains_with_its_critic(monkeypatch
     region_mask[12:, 4:-4] = 1.0
     cfg = RefineTrainConfig(steps=100_000, batch=8, crop=32, max_minutes=0.15,
                             check_every=100_000)
-    t0 = time.monotonic()
     result = train_refiner(paint, real, np.arange(36) // 6, region_mask, 0.25, cfg)
-    assert time.monotonic() - t0 < 60
     assert result is not None
     rep = result.report
     assert 10 < rep["plan"] < 100_000
