@@ -356,6 +356,51 @@ def test_the_speed_probe_leaves_training_untouched(bundle: Path) -> None:
     assert planner.speed("sync") > 0
 
 
+def test_training_steps_compute_in_the_precision_asked_and_keep_float32_weights(
+        bundle: Path) -> None:
+    """Under bfloat16 the generator's and the expert's forward passes compute in it (where
+    the device has it natively that halves a step) while their weights, optimisers and
+    losses stay float32; in float32 nothing changes. The bundle's plan records which the
+    enrolment used: bfloat16 exactly where the CPU has it natively."""
+    import torch
+
+    from avatar.devices import bf16_native
+    from training.head.data import Sampler, load_cache
+    from training.head.train import build_state, expert_step, gen_step, head_preset
+
+    cpu = torch.device("cpu")
+    cfg = head_preset("ci")
+    clips, _ = load_cache(bundle.parent.parent / "features", cfg.model.size,
+                          cfg.model.mel_frames, cfg.model.region)
+    sampler = Sampler(clips, cfg.model.sync_frames, seed=1)
+    state = build_state(cfg, cpu)
+    painted: list[torch.dtype] = []
+    scored: list[torch.dtype] = []
+    # What their convolutions compute in (their outputs are blended or normalised in
+    # float32 either way).
+    def first_conv(model: torch.nn.Module) -> torch.nn.Module:
+        return next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+    first_conv(state.gen).register_forward_hook(lambda m, i, o: painted.append(o.dtype))
+    first_conv(state.expert).register_forward_hook(lambda m, i, o: scored.append(o.dtype))
+    for dtype in (torch.float32, torch.bfloat16):
+        painted.clear(), scored.clear()
+        gen_before = [p.detach().clone() for p in state.gen.parameters()]
+        losses = {**expert_step(state, sampler, cfg, cpu, dtype),
+                  **gen_step(state, sampler, cfg, cpu, True, dtype)}
+        assert painted and set(painted) == {dtype}
+        # (The expert's accuracy, a logged figure, is measured in float32 after its step.)
+        assert dtype in scored and set(scored) <= {dtype, torch.float32}
+        assert all(np.isfinite(v) for v in losses.values()) and "gen/sync" in losses
+        params = [*state.gen.parameters(), *state.expert.parameters(),
+                  *(state.disc.parameters() if state.disc is not None else [])]
+        assert all(p.dtype == torch.float32 for p in params)
+        assert any(not torch.equal(a, b)
+                   for a, b in zip(gen_before, state.gen.parameters(), strict=True))
+    plan = json.loads((bundle / "manifest.json").read_text())["head"]["plan"]
+    assert plan["precision"] == ("bf16" if bf16_native(cpu) else "fp32")
+
+
 def test_bench_render_at_another_working_size(bundle: Path) -> None:
     proc = run_cli("bench", "render", bundle, "--model-size", "64", "--batches", "1,2",
                    "--seconds", "0.2")

@@ -117,19 +117,26 @@ def test_held_out_frames_are_whole_clips_or_the_last_sixth_of_one() -> None:
     assert one[-10:].all() and not one[:-10].any()
 
 
-@pytest.mark.parametrize("scale", [1, 2])
-def test_the_refiner_puts_back_detail_the_paint_lost_on_held_out_frames(scale: int) -> None:
+@pytest.mark.parametrize(("scale", "precision"), [(1, "fp32"), (1, "bf16"), (2, "auto")])
+def test_the_refiner_puts_back_detail_the_paint_lost_on_held_out_frames(
+        scale: int, precision: str) -> None:
+    """In either precision (bfloat16 forward passes, as rendering runs the refiner)."""
+    from avatar.devices import compute_dtype
+
     paint, real = _mouths(72)
     region_mask = np.zeros((S, S), np.float32)
     region_mask[12:, 4:-4] = 1.0
     clip_of = np.arange(72) // 6
     cfg = RefineTrainConfig(steps=300, batch=8, crop=32, check_every=100, max_minutes=5,
-                            scale=scale)
+                            scale=scale, precision=precision)
     result = train_refiner(paint, real, clip_of, region_mask, 0.25, cfg)
     assert result is not None
     assert result.refiner.cfg.scale == scale
+    assert all(p.dtype == torch.float32 for p in result.refiner.parameters())
     rep = result.report
     assert rep["scale"] == scale
+    bf16 = compute_dtype(torch.device("cpu"), precision) == torch.bfloat16
+    assert rep["precision"] == ("bf16" if bf16 else "fp32")
     # Scored on whole clips it never trained on.
     assert rep["held_out_frames"] == 2 * 6 and rep["steps"] == 300
     assert rep["paint"]["sharpness"] < 0.2

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avatar import atomic
+from avatar.devices import compute_dtype
 from avatar.errors import TwincastError
 from avatar.models.head import (
     HEAD_PRESETS,
@@ -62,6 +64,13 @@ class HeadTrainConfig:
     max_minutes: float = 55.0
     """Wall-clock cap for the whole training: it stops there, checkpointed, whatever the
     step counts say."""
+    precision: str = "auto"
+    """``auto``: the generator's and the expert's steps run under bfloat16 autocast where
+    the device computes it natively (the weights, optimisers and losses stay float32), so
+    more of the plan fits in the cap; ``fp32`` or ``bf16`` force one. On the AMX Xeon a
+    ``cpu``-preset generator step at batch 8 took 0.61 s against 1.10 at 96 px and 1.60
+    against 3.34 at 160 px (two threads); a CPU without native bfloat16 trains in float32
+    as before."""
     lr: float = 1e-3
     lip_noise: float = 0.002
     """Std of the noise added to the real lip points the generator is trained on (crop
@@ -111,11 +120,12 @@ class HeadTrainConfig:
 
     def digest(self) -> str:
         # The refiner trains after the generator, from its saved weights: not part of it.
-        return config_digest(self, "refine_steps", "refine_minutes")
+        # Precision changes the speed, not what is learnt: a checkpoint resumes in either.
+        return config_digest(self, "refine_steps", "refine_minutes", "precision")
 
     def refine_config(self) -> RefineTrainConfig:
         return RefineTrainConfig(steps=self.refine_steps, max_minutes=self.refine_minutes,
-                                 seed=self.seed)
+                                 seed=self.seed, precision=self.precision)
 
 
 def head_preset(name: str) -> HeadTrainConfig:
@@ -282,13 +292,23 @@ def lip_step(state: State, sampler: Sampler, cfg: HeadTrainConfig, device: torch
     return {"lips/loss": float(loss.detach())}
 
 
+def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
+    """The forward passes' precision: bfloat16 autocast where ``dtype`` is bfloat16 (the
+    backward passes run outside it, in the dtypes their forwards chose)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=dtype == torch.bfloat16)
+
+
 def expert_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
-                device: torch.device) -> dict[str, float]:
+                device: torch.device, dtype: torch.dtype = torch.float32
+                ) -> dict[str, float]:
     # The held-out side of the lip split stays unseen: the expert is judged there.
     b = _tensors(sampler.batch(cfg.batch * 2, negatives=True, held_out=False), device)
     state.expert.train()
     expert = state.expert_train or state.expert
-    p = ((expert(b["regions"], b["sync_mel"]) + 1) / 2).clamp(1e-6, 1 - 1e-6)
+    with autocast(device, dtype):
+        cos = expert(b["regions"], b["sync_mel"])
+    p = ((cos.float() + 1) / 2).clamp(1e-6, 1 - 1e-6)
     loss = F.binary_cross_entropy(p, b["label"])
     state.opt_expert.zero_grad(set_to_none=True)
     loss.backward()
@@ -300,7 +320,31 @@ def expert_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
 
 
 def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
-             device: torch.device, sync: bool) -> dict[str, float]:
+             device: torch.device, sync: bool, dtype: torch.dtype = torch.float32
+             ) -> dict[str, float]:
+    with autocast(device, dtype):
+        total, losses, target, out = _gen_losses(state, sampler, cfg, device, sync)
+    state.opt_gen.zero_grad(set_to_none=True)
+    total.backward()
+    state.opt_gen.step()
+    disc = state.disc_train or state.disc
+    if disc is not None and state.opt_disc is not None:
+        # One forward for real and fake together: DDP expects one forward per backward.
+        with autocast(device, dtype):
+            scores = disc(torch.cat([target, out.detach()])).float()
+        real_s, fake_s = scores.chunk(2)
+        d_loss = F.relu(1 - real_s).mean() + F.relu(1 + fake_s).mean()
+        state.opt_disc.zero_grad(set_to_none=True)
+        d_loss.backward()
+        state.opt_disc.step()
+        losses["disc/loss"] = d_loss
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def _gen_losses(state: State, sampler: Sampler, cfg: HeadTrainConfig, device: torch.device,
+                sync: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor,
+                                     torch.Tensor]:
+    """One batch's generator losses: (total, each by name, the real and painted regions)."""
     b = _tensors(sampler.batch(cfg.batch), device)
     n, w = b["regions"].shape[:2]
     s = cfg.model.size
@@ -344,23 +388,11 @@ def gen_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,
         total = total + cfg.sync_weight * sync_loss
     disc = state.disc_train or state.disc
     if disc is not None and state.opt_disc is not None:
-        fake_score = disc(out)
+        fake_score = disc(out).float()
         adv = F.relu(1 - fake_score).mean()  # hinge: push fakes above the margin
         losses["gen/adv"] = adv
         total = total + cfg.gan_weight * adv
-    state.opt_gen.zero_grad(set_to_none=True)
-    total.backward()
-    state.opt_gen.step()
-    if disc is not None and state.opt_disc is not None:
-        # One forward for real and fake together: DDP expects one forward per backward.
-        scores = disc(torch.cat([target, out.detach()]))
-        real_s, fake_s = scores.chunk(2)
-        d_loss = F.relu(1 - real_s).mean() + F.relu(1 + fake_s).mean()
-        state.opt_disc.zero_grad(set_to_none=True)
-        d_loss.backward()
-        state.opt_disc.step()
-        losses["disc/loss"] = d_loss
-    return {k: float(v.detach()) for k, v in losses.items()}
+    return total.float(), losses, target, out
 
 
 PROBE_STEPS = {"lips": 12, "expert": 3, "gen": 3, "sync": 3}
@@ -368,7 +400,7 @@ PROBE_STEPS = {"lips": 12, "expert": 3, "gen": 3, "sync": 3}
 
 
 def probe_speeds(state: State, sampler: Sampler, cfg: HeadTrainConfig, dev: torch.device,
-                 dist: Dist, planner: Planner) -> None:
+                 dist: Dist, planner: Planner, dtype: torch.dtype = torch.float32) -> None:
     """Time each kind of step still to come on a throwaway copy of the models, at each
     thread count worth trying, so the first plan is made from this host's speed. The probe
     does not touch the training's models, optimisers, data order or random numbers (it
@@ -389,9 +421,9 @@ def probe_speeds(state: State, sampler: Sampler, cfg: HeadTrainConfig, dev: torc
     if cfg.expert_steps <= 0:  # nothing to plan: an unprobed kind counts as free
         kinds = [k for k in kinds if k != "expert"]
     run = {"lips": lambda: lip_step(trial, data, cfg, dev, dist),
-           "expert": lambda: expert_step(trial, data, cfg, dev),
-           "gen": lambda: gen_step(trial, data, cfg, dev, False),
-           "sync": lambda: gen_step(trial, data, cfg, dev, True)}
+           "expert": lambda: expert_step(trial, data, cfg, dev, dtype),
+           "gen": lambda: gen_step(trial, data, cfg, dev, False, dtype),
+           "sync": lambda: gen_step(trial, data, cfg, dev, True, dtype)}
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         for kind in kinds:
@@ -526,8 +558,12 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
     if state.stage == "gen":
         state.expert.requires_grad_(False)
     max_threads = torch.get_num_threads()
+    dtype = compute_dtype(dev, cfg.precision)
+    if dist.main and not state.done:
+        log.info("head training in %s", "bfloat16 autocast" if dtype == torch.bfloat16
+                 else "float32")
     if not state.done:
-        probe_speeds(state, sampler, cfg, dev, dist, planner)
+        probe_speeds(state, sampler, cfg, dev, dist, planner, dtype)
     if dist.world > 1:
         state.gen_train = dist.wrap(state.gen, dev)
         if state.stage != "gen":
@@ -621,9 +657,9 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
         if stage == "lips":
             losses = lip_step(state, sampler, cfg, dev, dist)
         elif stage == "expert":
-            losses = expert_step(state, sampler, cfg, dev)
+            losses = expert_step(state, sampler, cfg, dev, dtype)
         else:
-            losses = gen_step(state, sampler, cfg, dev, kind == "sync")
+            losses = gen_step(state, sampler, cfg, dev, kind == "sync", dtype)
         _wait(dev)
         planner.after_step(kind, threads, time.perf_counter() - t0, stage, time.monotonic())
         return losses
@@ -640,7 +676,8 @@ def train_head(features_dir: Path, out_dir: Path, cfg: HeadTrainConfig,
     ran = {"lips": state.lip_step, "expert": state.expert_step, "gen": state.gen_step}
     sync_steps = max(state.gen_step - state.planned.sync_at, 0) if state.sync_allowed else 0
     plan = {**planner.summary(ran, sync_steps, cfg.sync_weight > 0),
-            "resolution": resolution.to_dict()}
+            "resolution": resolution.to_dict(),
+            "precision": "bf16" if dtype == torch.bfloat16 else "fp32"}
     if state.expert_check is not None:
         plan["expert"] = {**state.expert_check.to_dict(), "min_auc": cfg.sync_min_auc,
                           "sync_loss": state.sync_allowed}
