@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 import torch
 
 from avatar.errors import TwincastError
@@ -44,3 +46,10 @@ def compute_dtype(dev: torch.device, precision: str = "auto") -> torch.dtype:
     if precision == "bf16" or (precision == "auto" and bf16_native(dev)):
         return torch.bfloat16
     return torch.float32
+
+
+def autocast(dev: torch.device, dtype: torch.dtype) -> AbstractContextManager:
+    """A training step's forward passes in ``dtype`` (``compute_dtype``'s answer):
+    bfloat16 autocast where it is bfloat16, nothing otherwise. Backward passes belong
+    outside it (they run in the dtypes their forwards chose)."""
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)

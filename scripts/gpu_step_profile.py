@@ -1,7 +1,7 @@
 """Where a gpu-preset head training step's time goes, on the device: ``gen_step`` (with the
 sync loss and the patch discriminator, as most of the generator's stage runs) timed alone on
 the GPU at two working sizes and two batches, in float32 (TF32) and under bfloat16 autocast,
-and the CUDA kernels of one float32 step at the larger size.
+and the CUDA kernels of one step (in the precision training picks there) at the last size.
 
     python3 scripts/gpu_step_profile.py FEATURES OUT_JSON   # FEATURES: a packed cache
 
@@ -10,7 +10,6 @@ Device checks only; try it on a CPU with DEVICE=cpu STEPS=1 SIZES=64 BATCHES=4.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from avatar.devices import compute_dtype
 from training.head.data import Sampler, load_cache
 from training.head.train import build_state, gen_step, head_preset
 
@@ -44,18 +44,16 @@ def main(features: Path, out: Path) -> None:
             for amp in (False, True):
                 state = build_state(cfg_b, dev)
                 state.expert.requires_grad_(False)
-                ctx = (torch.autocast(dev.type, dtype=torch.bfloat16) if amp
-                       else contextlib.nullcontext())
+                # As training runs it: forward passes under autocast, backward outside.
+                dtype = torch.bfloat16 if amp else torch.float32
                 for _ in range(2):  # warm-up: cuDNN's autotuning
-                    with ctx:
-                        gen_step(state, sampler, cfg_b, dev, True)
+                    gen_step(state, sampler, cfg_b, dev, True, dtype)
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
                     torch.cuda.reset_peak_memory_stats(dev)
                 t0 = time.perf_counter()
                 for _ in range(steps):
-                    with ctx:
-                        gen_step(state, sampler, cfg_b, dev, True)
+                    gen_step(state, sampler, cfg_b, dev, True, dtype)
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
                 sec = (time.perf_counter() - t0) / steps
@@ -74,12 +72,13 @@ def main(features: Path, out: Path) -> None:
     if dev.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
+        dtype = compute_dtype(dev)  # the precision training picks there
         state = build_state(cfg, dev)
         state.expert.requires_grad_(False)
-        gen_step(state, sampler, cfg, dev, True)
+        gen_step(state, sampler, cfg, dev, True, dtype)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(2):
-                gen_step(state, sampler, cfg, dev, True)
+                gen_step(state, sampler, cfg, dev, True, dtype)
             torch.cuda.synchronize(dev)
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
         print(table)

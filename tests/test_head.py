@@ -384,7 +384,8 @@ def test_training_steps_compute_in_the_precision_asked_and_keep_float32_weights(
     first_conv(state.gen).register_forward_hook(lambda m, i, o: painted.append(o.dtype))
     first_conv(state.expert).register_forward_hook(lambda m, i, o: scored.append(o.dtype))
     for dtype in (torch.float32, torch.bfloat16):
-        painted.clear(), scored.clear()
+        painted.clear()
+        scored.clear()
         gen_before = [p.detach().clone() for p in state.gen.parameters()]
         losses = {**expert_step(state, sampler, cfg, cpu, dtype),
                   **gen_step(state, sampler, cfg, cpu, True, dtype)}

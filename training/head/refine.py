@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from avatar import resample
 from avatar.colour import PAINTED
 from avatar.detail import keep_detail
-from avatar.devices import compute_dtype
+from avatar.devices import autocast, compute_dtype
 from avatar.errors import TwincastError
 from avatar.models.refine import SHARPEN_SIGMA, RefineConfig, Refiner, scale_for, sharpen
 from training.head.fidelity import grey, laplacian_var
@@ -190,7 +190,7 @@ def train_refiner(paint: np.ndarray, real: np.ndarray, clip_of: np.ndarray,
     if len(paint) < 20 or inner.sum() < 16 or cfg.steps <= 0:
         return None
     dev = torch.device(device)
-    bf16 = compute_dtype(dev, cfg.precision) == torch.bfloat16
+    dtype = compute_dtype(dev, cfg.precision)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     s = paint.shape[1]
@@ -241,18 +241,18 @@ def train_refiner(paint: np.ndarray, real: np.ndarray, clip_of: np.ndarray,
         x = train_p[idx, :, oy:oy + crop, ox:ox + crop]
         y = train_r[idx, :, oy:oy + crop, ox:ox + crop]
         w = weight[..., oy:oy + crop, ox:ox + crop]
-        with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+        with autocast(dev, dtype):
             out = net(x).float()
         loss = ((out - y).abs() * w).mean()
         if with_critic:
             opt_c.zero_grad()
-            with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+            with autocast(dev, dtype):
                 real_s, fake_s = critic(y, w).float(), critic(out.detach(), w).float()
             loss_c = F.relu(1 - real_s).mean() + F.relu(1 + fake_s).mean()
             loss_c.backward()
             if update:
                 opt_c.step()
-            with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+            with autocast(dev, dtype):
                 adv = critic(out, w).float()
             loss = loss - cfg.gan_weight * adv.mean()
         opt.zero_grad()
@@ -313,7 +313,7 @@ def train_refiner(paint: np.ndarray, real: np.ndarray, clip_of: np.ndarray,
               "seconds": round(seconds, 1), "critic_from_step": min(gan_at, step),
               "seconds_per_step": {k: round(float(np.median(v)), 4)
                                    for k, v in took.items() if v},
-              "scale": scale, "precision": "bf16" if bf16 else "fp32",
+              "scale": scale, "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
               "held_out_frames": int(held.sum()),
               "paint": {"sharpness": round(base_energy, 4), "psnr_db": round(base_psnr, 3)},
               "checks": checks}

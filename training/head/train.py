@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import time
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avatar import atomic
-from avatar.devices import compute_dtype
+from avatar.devices import autocast, compute_dtype
 from avatar.errors import TwincastError
 from avatar.models.head import (
     HEAD_PRESETS,
@@ -290,13 +289,6 @@ def lip_step(state: State, sampler: Sampler, cfg: HeadTrainConfig, device: torch
     dist.average_grads(model.parameters())
     state.opt_lips.step()
     return {"lips/loss": float(loss.detach())}
-
-
-def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
-    """The forward passes' precision: bfloat16 autocast where ``dtype`` is bfloat16 (the
-    backward passes run outside it, in the dtypes their forwards chose)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=dtype == torch.bfloat16)
 
 
 def expert_step(state: State, sampler: Sampler, cfg: HeadTrainConfig,

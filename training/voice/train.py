@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from avatar.audio import VOICE_MEL
-from avatar.devices import compute_dtype
+from avatar.devices import autocast, compute_dtype
 from avatar.errors import TwincastError
 from avatar.models.voice import VOICE_PRESETS, AcousticModel, VoiceConfig
 from training import presets
@@ -185,7 +185,7 @@ def train_step(state: VoiceState, batcher: Batcher, mean: np.ndarray, std: np.nd
     t = {k: torch.from_numpy(v).to(device) for k, v in b.items()}
     state.model.train()
     net = state.net or state.model
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+    with autocast(device, dtype):
         _, losses = net(t["tokens"], t["n_sym"], t["mels"], t["n_frames"])
     total = losses["voice/mel"] + losses["voice/prior"] + losses["voice/duration"]
     state.opt.zero_grad(set_to_none=True)
