@@ -796,3 +796,48 @@ def test_a_closed_session_is_uncounted_before_the_next_report() -> None:
             await ingress.close()
 
     asyncio.run(run())
+
+
+def test_a_full_view_is_asked_again_before_a_refusal() -> None:
+    """A session whose viewer hung up closes on its worker before its DELETE comes (a 404,
+    uncounted all the same), and a view up to ``refresh_s`` old may still count it: the next
+    session is placed once fresh reports say there is room, and refused only when they
+    say there is none."""
+    from streaming.cluster.ingress import Reply
+
+    reports = {"w1": ("a",)}
+    asked = []
+
+    async def roster() -> tuple[list[WorkerInfo], set[str]]:
+        asked.append(dict(reports))
+        return [WorkerInfo(n, "node-" + n, f"http://{n}", s, 1, 100.0, 0.9, 25)
+                for n, s in reports.items()], set()
+
+    async def forward(worker, method, path, query, headers, body) -> Reply:  # noqa: ANN001
+        if method == "DELETE":
+            return Reply(404, b'{"error": "no such session (unknown or closed)"}')
+        return Reply(201, b"v=0", {"Location": "/v1/sessions/n1"})
+
+    async def run() -> None:
+        ingress = Ingress(IngressConfig(token="t", refresh_s=600.0), roster)
+        ingress._forward = forward  # type: ignore[method-assign]
+        auth = {"Authorization": "Bearer t", "Content-Type": "application/sdp"}
+        try:
+            await ingress.view()
+            reports["w1"] = ()  # closed on the worker; the ingress's view still holds it
+            reply = await ingress.handle("POST", "/v1/sessions", "", auth, b"v=0")
+            assert reply.status == 201 and len(asked) == 2
+            assert ingress.owner["n1"] == "w1"
+            reports["w1"] = ("n1",)
+            reply = await ingress.handle("DELETE", "/v1/sessions/n1", "", auth, b"")
+            assert reply.status == 404
+            assert [w.sessions for w in ingress.workers] == [()]  # uncounted all the same
+            reports["w1"] = ("b",)  # really full: asked again, then refused
+            await ingress.view(fresh=True)
+            n = len(asked)
+            reply = await ingress.handle("POST", "/v1/sessions", "", auth, b"v=0")
+            assert reply.status == 503 and len(asked) == n + 1
+        finally:
+            await ingress.close()
+
+    asyncio.run(run())

@@ -317,7 +317,12 @@ class Ingress:
             workers = [w for w in await self.view(fresh) if w.name not in tried]
             worker = choose(workers, avatar)
             if worker is None:
-                break
+                if fresh:
+                    break
+                # Full by a view up to refresh_s old: sessions may have closed since (one
+                # a viewer hung up before its DELETE came, which then found nothing to
+                # uncount). Asked again before refusing.
+                continue
             tried.add(worker.name)
             sent = headers
             if viewer is not None:
@@ -376,7 +381,8 @@ class Ingress:
             return problem(503, f"the worker serving session {sid} is not answering; try "
                                 "again shortly", **{"Retry-After": "2"})
         reply = await self._forward(worker, method, path, query, headers, body)
-        if method == "DELETE" and reply.status == 204:
+        if method == "DELETE" and reply.status in (204, 404):
+            # 404: the worker had closed it already (its viewer hung up first).
             self.streams.pop(sid, None)  # closed on purpose: not to be restarted
             # Uncounted at once, as placing counts one at once: until the next report
             # the view would still hold it, and a session opened meanwhile would go by
