@@ -194,8 +194,10 @@ class Server:
         """Load every bundle on every device (slow: call before serving)."""
         from avatar import devices
         from avatar.avatar import Avatar
+        from avatar.blas import one_blas_thread
         from avatar.voice import Voice
 
+        one_blas_thread()  # before any session: see avatar/blas.py
         if self.cfg.playout_delay is not None:
             from streaming import playout_delay
 

@@ -40,6 +40,39 @@ async def _connect(http, url: str):  # noqa: ANN001, ANN202
     return v.pc, v.tracks, v.location
 
 
+def test_a_server_loaded_after_numpy_uses_one_blas_thread(bundle: Path) -> None:
+    """A program that loads numpy before building a server (OpenBLAS then has a thread per
+    core, whose idle workers spin between products) gets one BLAS thread once the server
+    loads (avatar/blas.py)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: OpenBLAS starts with one thread anyway")
+    code = f"""
+import json, numpy
+from threadpoolctl import threadpool_info
+def blas():
+    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+before = blas()
+from streaming.app import Server, ServerConfig
+srv = Server({{"presenter": {str(bundle)!r}}}, ServerConfig(host_share=None, lost_share=None,
+             max_batch=2, allow_unconsented=True))
+srv.load()
+print(json.dumps([before, blas()]))
+"""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before and max(before) > 1  # the case this is about
+    assert after and max(after) == 1
+
+
 def test_load_warms_the_renderers_up(bundle: Path) -> None:
     """Before any session, each lane has rendered every batch size and measured its cost
     (the scheduler's initial guess is 10 ms + 10 ms a frame); none of it counts as frames
