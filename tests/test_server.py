@@ -4,6 +4,9 @@ video and audio, make the avatar speak, interrupt it, close; and bad requests ge
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +95,8 @@ def test_load_warms_the_renderers_up(bundle: Path) -> None:
 
 
 def test_session_end_to_end(server) -> None:  # noqa: ANN001
+    from streaming.session import SessionConfig
+
     url, srv = server
 
     async def run() -> None:
@@ -115,6 +120,14 @@ def test_session_end_to_end(server) -> None:  # noqa: ANN001
                 if np.abs(frame.to_ndarray()).max() > 300:
                     loud += 1
             assert loud >= 10  # the voice was heard
+            if sys.platform.startswith("linux"):
+                # The sentence was synthesised at a lower priority than the renderer's lane
+                # (SessionConfig.synthesis_nice); the lane and the event loop were not.
+                nice = {t.name.split("_")[0]: os.getpriority(os.PRIO_PROCESS, t.native_id)
+                        for t in threading.enumerate() if t.native_id}
+                assert nice["synthesis"] >= SessionConfig().synthesis_nice > 0, nice
+                assert nice["twincast-server"] == nice["lane-cpu#0"] == nice["MainThread"]
+                assert nice["lane-cpu#0"] < nice["synthesis"]
             for _ in range(10):
                 await asyncio.wait_for(video.recv(), 10)
             async with http.get(f"{url}{location}", headers=AUTH) as r:
