@@ -111,40 +111,12 @@ class SessionConfig:
     first frames of a start to be rendered: Griffin-Lim's later chunks on the other core
     made those frames take twice as long, and the start margin follows how long they
     take. The second chunk is needed a third of a second after the start, at the soonest."""
-    synthesis_nice: int = 10
-    """How much lower than the rest of the server the synthesis threads run (Linux
-    niceness, raised once on each of the server's dedicated synthesis threads; 0: as the
-    rest). Synthesis runs seconds ahead of the sound mid-sentence, yet took the cores in
-    bursts from the renderer's lane, which has a frame due every 40 ms: one live 720p
-    session with a motion bank (``bench serve``, AMX Xeon, 2026-12-07, eight alternating
-    pairs of runs, fewer in each pair) lost 0.7-3.9 % of its speech frames (median 2.2)
-    against 4.1-7.1 % (median 4.5) at the same priority, the renderer overrunning 0-4 times
-    a run against 1-10; its first frame came at a median p50 of 477 ms against 457."""
     synthesis_threads: int = 1
     """CPU threads each sentence's synthesis may use. One leaves the cores to the renderer:
     with the default two on this 2-core machine (``bench serve``, GRID voice, six runs each)
     the first moving mouth came at a median of 277 ms against 243 ms with one, and the first
     audio at 238 against 228 ms; two sessions were late on 0.42 % of frames in three runs
     against 0.13-0.76 %."""
-
-
-def lower_priority(nice: int) -> bool:
-    """Run the calling thread at niceness ``nice`` at least (Linux, where a thread has its
-    own; any user may lower a thread's priority, not raise it); whether it changed."""
-    import os
-    import sys
-
-    if nice <= 0 or not sys.platform.startswith("linux"):
-        return False
-    tid = threading.get_native_id()
-    try:
-        if os.getpriority(os.PRIO_PROCESS, tid) >= nice:
-            return False
-        os.setpriority(os.PRIO_PROCESS, tid, nice)
-    except OSError as e:  # a sandbox that forbids it: the thread runs as it was
-        log.debug("synthesis thread priority unchanged (%s)", e)
-        return False
-    return True
 
 
 class SessionClock:
@@ -548,10 +520,6 @@ class Session:
         # executor's thread gets its own count back for whatever it runs next.
         threads = torch.get_num_threads()
         torch.set_num_threads(self.cfg.synthesis_threads)
-        if threading.current_thread().name.startswith("synthesis"):
-            # Only the server's own synthesis threads (never a shared executor's, which
-            # also runs the video encoder): a thread's niceness is never raised back.
-            lower_priority(self.cfg.synthesis_nice)
         try:
             self._speak(u, loop)
         finally:

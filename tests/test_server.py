@@ -95,8 +95,6 @@ def test_load_warms_the_renderers_up(bundle: Path) -> None:
 
 
 def test_session_end_to_end(server) -> None:  # noqa: ANN001
-    from streaming.session import SessionConfig
-
     url, srv = server
 
     async def run() -> None:
@@ -122,10 +120,10 @@ def test_session_end_to_end(server) -> None:  # noqa: ANN001
             assert loud >= 10  # the voice was heard
             if sys.platform.startswith("linux"):
                 # The sentence was synthesised at a lower priority than the renderer's lane
-                # (SessionConfig.synthesis_nice); the lane and the event loop were not.
+                # (ServerConfig.synthesis_nice); the lane and the event loop were not.
                 nice = {t.name.split("_")[0]: os.getpriority(os.PRIO_PROCESS, t.native_id)
                         for t in threading.enumerate() if t.native_id}
-                assert nice["synthesis"] >= SessionConfig().synthesis_nice > 0, nice
+                assert nice["synthesis"] >= srv.cfg.synthesis_nice > 0, nice
                 assert nice["twincast-server"] == nice["lane-cpu#0"] == nice["MainThread"]
                 assert nice["lane-cpu#0"] < nice["synthesis"]
             for _ in range(10):

@@ -810,12 +810,13 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
 
 
 def _one_blas_thread() -> None:
-    """Before numpy loads: its BLAS pool's idle workers spin in sched_yield after every
-    small product (the server does many, on the event loop), and on a 2-core host one of
-    them took 40-57 % of a core in system time while two sessions spoke (avatar/blas.py;
-    the server also limits it when it loads, for programs that loaded numpy first). The
-    renderer's torch threads are set apart (``--render-threads``)."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    """Before numpy loads, so that its BLAS pool starts with one thread: its idle workers
+    spin in sched_yield after every small product (avatar/blas.py; on a 2-core host one
+    took 40-57 % of a core while two sessions spoke). The renderer's torch threads are set
+    apart (``--render-threads``)."""
+    from avatar.blas import one_blas_thread
+
+    one_blas_thread()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
