@@ -27,6 +27,7 @@ from avatar.avatar import _IdleFrame, prepare_frames
 from avatar.decode import DecodeError, rgb_frames
 from avatar.errors import path_error
 from avatar.motion import Entry, MotionGraph
+from avatar.priority import lower_thread_priority
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -89,6 +90,9 @@ class MotionBank:
         self._queued: dict[int, int] = {}
         """Chunks handed to the bank's thread, with the first frame each decode keeps."""
         self.decoded_chunks = 0
+        self.thread_nice = 0
+        """Niceness the bank's thread runs at (Linux; a server lowers it so the renderer
+        keeps its core where the walk turns: ``ServerConfig.bank_nice``)."""
         self._took: dict[str, deque[float]] = {
             kind: deque(maxlen=TIMINGS_KEPT) for kind in ("decode", "mix", "prepare")}
         """Wall seconds of the recent pieces of work, as this host runs them now."""
@@ -188,7 +192,7 @@ class MotionBank:
         if not todo and not mixes and not preps:
             return
         if self._worker is None:
-            self._worker = _Worker("bank_0")
+            self._worker = _Worker("bank_0", nice=self.thread_nice)
         for f in todo:
             c = f // self.chunk
             with self._lock:
@@ -340,9 +344,10 @@ class _Worker:
     The thread ends after ``idle_s`` with nothing to do and starts again with the next
     call, so a bank let go of leaves no thread behind."""
 
-    def __init__(self, name: str, idle_s: float = 5.0):
+    def __init__(self, name: str, idle_s: float = 5.0, nice: int = 0):
         self._name = name
         self._idle_s = idle_s
+        self._nice = nice
         self._queue: queue.PriorityQueue[tuple[int, int, Callable, object]] = \
             queue.PriorityQueue()
         self._order = itertools.count()
@@ -365,6 +370,7 @@ class _Worker:
         done.wait()
 
     def _run(self) -> None:
+        lower_thread_priority(self._nice)
         while True:
             try:
                 _, _, fn, arg = self._queue.get(timeout=self._idle_s)

@@ -13,8 +13,6 @@ import json
 import logging
 import os
 import secrets
-import sys
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +22,7 @@ from pathlib import Path
 from avatar.chat_settings import ChatSettings
 from avatar.errors import TwincastError
 from avatar.label import Label, LabelConfig
+from avatar.priority import lower_thread_priority
 from avatar.watermark import WatermarkConfig
 from streaming.hostload import HostLoad
 from streaming.llm import LLMConfig
@@ -83,6 +82,14 @@ class ServerConfig:
     fewer in each pair) lost 0.7-3.9 % of its speech frames (median 2.2) against 4.1-7.1 %
     (median 4.5) at the same priority, the renderer overrunning 0-4 times a run against
     1-10; its first frame came at a median p50 of 477 ms against 457."""
+    bank_nice: int = 5
+    """How much lower than the rest of the server each motion bank's thread runs (Linux
+    niceness; 0: as the rest). It decodes and cross-fades new footage where a walk turns,
+    which is where a sentence starts, beside that sentence's synthesis and the renderer
+    catching up on its first frames: one live 720p session (``bench serve``, AMX Xeon,
+    2026-12-07, four runs in turn with and without) lost 0.7-1.7 % of its speech frames
+    against 2.2-4.8 %. The bank's measured lead (``MotionBank.lead_s``) follows how long it
+    then takes. The video encoders lowered as well lost more again (1.9-3.0 %)."""
     capacity_share: float = 0.9
     """A new session is admitted while all sessions' frames stay under this share of the
     scheduler's measured frames per second (a session needing every frame rendered)."""
@@ -228,6 +235,7 @@ class Server:
         for lane in lanes:
             for name, avatar in lane.renderers.items():
                 if avatar.bank is not None:
+                    avatar.bank.thread_nice = self.cfg.bank_nice
                     t0 = time.perf_counter()
                     whole = avatar.bank.preload()
                     log.info("avatar %s on %s: motion bank %s in %.1f s", name, lane.name,
@@ -250,7 +258,7 @@ class Server:
         # As many as cores: more at once would only share them, each finishing later.
         self.synthesis_pool = ThreadPoolExecutor(
             max(2, os.cpu_count() or 1), thread_name_prefix="synthesis",
-            initializer=_lower_priority, initargs=(self.cfg.synthesis_nice,))
+            initializer=lower_thread_priority, initargs=(self.cfg.synthesis_nice,))
         self.scheduler.warm_up(lambda name, n: self.avatars[name].silent_requests(n))
         from streaming.speech import warm_up
 
@@ -570,19 +578,3 @@ def bundle_names(bundles: list[Path]) -> dict[str, Path]:
     from avatar.bundle import read_manifest
 
     return {read_manifest(b).name or b.name: b for b in bundles}
-
-
-def _lower_priority(nice: int) -> bool:
-    """Run the calling thread at niceness ``nice`` at least (Linux, where a thread has its
-    own; any user may lower a thread's priority, not raise it); whether it changed."""
-    if nice <= 0 or not sys.platform.startswith("linux"):
-        return False
-    tid = threading.get_native_id()
-    try:
-        if os.getpriority(os.PRIO_PROCESS, tid) >= nice:
-            return False
-        os.setpriority(os.PRIO_PROCESS, tid, nice)
-    except OSError as e:  # a sandbox that forbids it: the thread runs as it was
-        log.debug("synthesis thread priority unchanged (%s)", e)
-        return False
-    return True

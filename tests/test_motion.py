@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -435,6 +437,8 @@ def test_prefetch_readies_frames_off_the_caller_s_thread(bundle: Path, monkeypat
     painted = entries[10:50]
     threads: dict[str, list[str]] = {"prepare": [], "decode": []}
     real_prepare, real_decode = avatar.bank.prepare_frames, av.bank._decode
+    niceness: list[int] = []
+    av.bank.thread_nice = 5  # as a server sets it (ServerConfig.bank_nice)
 
     def prepare(*args):  # noqa: ANN002, ANN202
         threads["prepare"].append(threading.current_thread().name)
@@ -442,6 +446,8 @@ def test_prefetch_readies_frames_off_the_caller_s_thread(bundle: Path, monkeypat
 
     def decode(i: int) -> None:
         threads["decode"].append(threading.current_thread().name)
+        if sys.platform.startswith("linux"):
+            niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         real_decode(i)
 
     monkeypatch.setattr(avatar.bank, "prepare_frames", prepare)
@@ -452,6 +458,8 @@ def test_prefetch_readies_frames_off_the_caller_s_thread(bundle: Path, monkeypat
     assert len(threads["prepare"]) == len(set(painted))
     assert threads["decode"]
     assert all(name.startswith("bank") for v in threads.values() for name in v), threads
+    # At a lower priority than the caller's (the renderer's lane keeps its core).
+    assert all(n >= 5 for n in niceness), niceness
     windows = np.zeros((len(painted), av.gen.cfg.mel_bins, av.mel_frames), np.float32)
     reqs = [FrameRequest(i, windows[i], base=e) for i, e in enumerate(painted)]
     out = av.render(reqs)

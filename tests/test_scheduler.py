@@ -216,6 +216,28 @@ def test_a_held_lane_renders_the_frames_that_came_meanwhile_in_one_batch() -> No
     assert len(renderer.calls) < 4, renderer.calls
 
 
+def test_a_lane_whose_batches_overran_leaves_its_next_batch_room() -> None:
+    """Batches that recently took longer than predicted (the host's cores taken in bursts)
+    make the next batch smaller, so its first frame is back in time even if it overruns as
+    they did; a frame that fits only without room is still rendered alone."""
+    sch, clock, (lane,) = make(max_batch=8)
+    res = Results()
+    for k in range(6):
+        sch.submit("a", req(f"s{k}", 0.08 + k), res)
+    # Cost 0.01 + 0.01/frame: six frames take 0.07 s and fit before 0.08.
+    assert lane.cost.spread() == 1.0
+    assert len(sch.take_batch(lane)) == 6
+    for _ in range(16):  # batches took half as long again as predicted
+        lane.cost.observe(4, 1.5 * lane.cost.predict(4))
+    lane.cost.fixed, lane.cost.per_frame = 0.01, 0.01  # the same mean cost as before
+    assert lane.cost.spread() == pytest.approx(1.5, rel=0.01)
+    for k in range(6):
+        sch.submit("a", req(f"t{k}", 0.08 + k), res)
+    assert len(sch.take_batch(lane)) == 4  # 0.05 s predicted, 0.075 with the overrun
+    sch.submit("a", req("alone", 0.025), res)
+    assert [j.session for j in sch.take_batch(lane)] == ["alone"]  # 0.02 fits, 0.03 not
+
+
 def test_cost_model_learns_fixed_and_per_frame_parts() -> None:
     cost = Cost(fixed=0.05, per_frame=0.05)
     for _ in range(400):

@@ -126,6 +126,11 @@ def test_session_end_to_end(server) -> None:  # noqa: ANN001
                 assert nice["synthesis"] >= srv.cfg.synthesis_nice > 0, nice
                 assert nice["twincast-server"] == nice["lane-cpu#0"] == nice["MainThread"]
                 assert nice["lane-cpu#0"] < nice["synthesis"]
+            # The motion bank's thread is lowered too (ServerConfig.bank_nice).
+            banks = [a.bank for a in srv.avatars.values() if a.bank is not None]
+            assert banks and all(b.thread_nice == srv.cfg.bank_nice > 0 for b in banks)
+            if sys.platform.startswith("linux") and "bank" in nice:
+                assert nice["bank"] >= srv.cfg.bank_nice, nice
             for _ in range(10):
                 await asyncio.wait_for(video.recv(), 10)
             async with http.get(f"{url}{location}", headers=AUTH) as r:
