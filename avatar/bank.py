@@ -183,28 +183,42 @@ class MotionBank:
         decoded, their cross-fades mixed, and for those in ``paint`` (the frames a mouth
         will be painted on) what compositing needs prepared. None of it then happens on
         the caller's thread (the server's event loop) or in the middle of a render batch,
-        where it holds up every session's frames."""
-        frames = {f for e in entries for f in e.frames()}
+        where it holds up every session's frames.
+
+        ``entries`` come in the order they are shown, and their work is queued in that
+        order: each entry's decode, then its cross-fade. With every decode queued first,
+        a sentence's start waited for the next chunk's decode (0.1-0.25 s on a busy
+        2-core host) before its first cross-fade into speaking footage was mixed, and its
+        frames reached the renderer too late to be painted (one live 720p session, eleven
+        alternating pairs of ``bench serve`` runs: a median 1.1 % of speech frames late
+        against 1.9)."""
         with self._lock:
-            todo = sorted(f for f in frames if f not in self._frames)
-            mixes = list(dict.fromkeys(e for e in entries if e.b >= 0 and e not in self._mixed))
+            decoded = set(self._frames)
+            mixed = {e for e in entries if e.b >= 0 and e in self._mixed}
             preps = list(dict.fromkeys(e for e in paint if e not in self._prepared))
-        if not todo and not mixes and not preps:
+        work: list[tuple[Callable, object]] = []
+        seen: set[Entry] = set()
+        for e in entries:
+            for f in e.frames():
+                if f in decoded:
+                    continue
+                c = f // self.chunk
+                with self._lock:
+                    # A decode keeps its chunk's frames from the one asked for on: an
+                    # earlier frame of a chunk already queued needs a decode of its own.
+                    if self._queued.get(c, f + 1) <= f:
+                        continue
+                    self._queued[c] = f
+                work.append((self._safe_decode, f))
+            if e.b >= 0 and e not in mixed and e not in seen:
+                seen.add(e)
+                work.append((self._safe_mix, e))
+        if not work and not preps:
             return
         if self._worker is None:
             self._worker = _Worker("bank_0", nice=self.thread_nice)
-        for f in todo:
-            c = f // self.chunk
-            with self._lock:
-                # A decode keeps its chunk's frames from the one asked for on: an earlier
-                # frame of a chunk already queued needs a decode of its own.
-                if self._queued.get(c, f + 1) <= f:
-                    continue
-                self._queued[c] = f
-            self._worker.submit(READY, self._safe_decode, f)
-        # After the decodes, on the same thread: their frames are ready.
-        for e in mixes:
-            self._worker.submit(READY, self._safe_mix, e)
+        for fn, arg in work:
+            self._worker.submit(READY, fn, arg)
         for e in preps:
             self._worker.submit(PREPARE, self._safe_prepare, e)
 

@@ -470,6 +470,31 @@ def test_prefetch_readies_frames_off_the_caller_s_thread(bundle: Path, monkeypat
     assert all(np.array_equal(x, y) for x, y in zip(out, expected, strict=True))
 
 
+def test_prefetch_queues_each_frame_s_work_in_the_order_shown(bundle: Path) -> None:
+    """A cross-fade is mixed right after its own frames are decoded, not after every
+    decode the second ahead needs: a walk's turn at a sentence's start waited behind the
+    next chunk's decode and came too late to be painted."""
+    from avatar.avatar import Avatar
+    from avatar.bank import PREPARE, READY
+
+    bank = Avatar.load(bundle).bank
+    c = bank.chunk
+    assert bank.n >= 3 * c  # three chunks, none decoded yet
+    queued: list[tuple[int, str, object]] = []
+
+    class Recorder:
+        def submit(self, kind: int, fn, arg) -> None:  # noqa: ANN001
+            queued.append((kind, fn.__name__, arg))
+
+    bank._worker = Recorder()
+    fade = Entry(c + 1, 2, 0.5)  # chunk 1 cross-faded into chunk 0
+    entries = [Entry(c), fade, Entry(2 * c + 3)]  # then on into chunk 2
+    bank.prefetch(entries, [fade])
+    assert queued == [(READY, "_safe_decode", c), (READY, "_safe_decode", 2),
+                      (READY, "_safe_mix", fade), (READY, "_safe_decode", 2 * c + 3),
+                      (PREPARE, "_safe_prepare", fade)]
+
+
 def test_bank_caches_are_bounded_in_bytes() -> None:
     from avatar.bank import _Lru
     from avatar.motion import Entry
