@@ -34,9 +34,11 @@ from streaming.requests import (
     TokenRequest,
     parse_json,
 )
-from streaming.tokens import viewer_may
+from streaming.tokens import Grant, viewer_may
 
 log = logging.getLogger(__name__)
+GRANT = web.RequestKey("grant", Grant)
+"""The viewer token's grant a request came with (absent: the operator's own token)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -136,7 +138,6 @@ class Routes:
             # As bytes: compare_digest refuses a non-ASCII str (a 500, not a 401).
             given = header.encode("utf-8", "surrogateescape")
             if secrets.compare_digest(given, f"Bearer {self.server.token}".encode()):
-                request["grant"] = None
                 return await self._limited(self.operator, request, handler)
             grant = self.server.tokens.find(header.removeprefix("Bearer "))
             if grant is None:
@@ -145,7 +146,7 @@ class Routes:
             why = viewer_may(grant, request.method, request.path)
             if why is not None:
                 return error(403, why)
-            request["grant"] = grant
+            request[GRANT] = grant
             if grant.bucket is None:
                 grant.bucket = Bucket(*self.server.cfg.viewer_rate)
             return await self._limited(grant.bucket, request, handler)
@@ -176,7 +177,7 @@ class Routes:
             raise BadRequest("'mode' is driven (the microphone, if any, drives the mouth) or "
                              "conversation (the microphone is the person talking to the "
                              "avatar)")
-        grant = request.get("grant")
+        grant = request.get(GRANT)
         if grant is not None:
             if grant.avatar is not None and (avatar or grant.avatar) != grant.avatar:
                 raise BadRequest(f"this viewer token opens avatar {grant.avatar!r} only", 403)
@@ -220,7 +221,7 @@ class Routes:
                                  headers={"Location": location})
 
     async def mint_token(self, request: web.Request) -> web.Response:
-        if request.get("grant") is not None:
+        if request.get(GRANT) is not None:
             raise BadRequest("only the operator's token mints viewer tokens", 403)
         req = TokenRequest.parse(await json_body(request))
         if req.avatar is not None:
@@ -255,7 +256,7 @@ class Routes:
     async def chat(self, request: web.Request) -> web.Response:
         """A platform's chat webhook: messages are moderated and queued for the LLM; the
         reply counts each verdict (``question``, ``vote``, or why one was dropped)."""
-        if request.get("grant") is not None:
+        if request.get(GRANT) is not None:
             raise BadRequest("only the operator's token posts chat (from its platform's "
                              "webhook)", 403)
         session = self.server.session(request.match_info["id"])
@@ -266,7 +267,7 @@ class Routes:
     async def set_chat(self, request: web.Request) -> web.Response:
         """Give a session live chat: the keys of a show's ``[chat]`` table as JSON (an
         ``irc`` channel to read, moderation, pace); it answers as questions come."""
-        if request.get("grant") is not None:
+        if request.get(GRANT) is not None:
             raise BadRequest("only the operator's token sets a session's chat", 403)
         session = self.server.session(request.match_info["id"])
         try:
