@@ -193,14 +193,16 @@ class MotionBank:
         alternating pairs of ``bench serve`` runs: a median 1.1 % of speech frames late
         against 1.9)."""
         with self._lock:
-            decoded = set(self._frames)
+            # Only the entries' own frames are looked up: this runs on the event loop for
+            # every newly planned frame, and the cache may hold thousands.
+            missing = {f for e in entries for f in e.frames() if f not in self._frames}
             mixed = {e for e in entries if e.b >= 0 and e in self._mixed}
             preps = list(dict.fromkeys(e for e in paint if e not in self._prepared))
         work: list[tuple[Callable, object]] = []
         seen: set[Entry] = set()
         for e in entries:
             for f in e.frames():
-                if f in decoded:
+                if f not in missing:
                     continue
                 c = f // self.chunk
                 with self._lock:
