@@ -23,7 +23,7 @@ import torch
 from avatar import devices, resample
 from avatar.audio import FACE_MEL, mel_windows
 from avatar.bundle import load_weights, read_manifest
-from avatar.colour import RING, match_colour
+from avatar.colour import RING, TOLERANCE, UNWEIGHTED, match_colour
 from avatar.cues import NodCues, frame_rows
 from avatar.decode import DecodeError, rgb_frames
 from avatar.detail import frame_low, keep_detail
@@ -108,6 +108,8 @@ class Avatar:
         self._pool: ThreadPoolExecutor | None = None
         self.colour = "field"
         """How the painted region's colour is matched to its frame (``avatar.colour``)."""
+        self.colour_tolerance = TOLERANCE
+        """The colour match's ``tolerance``: the bundle's (``_colour_tolerance``)."""
         self.detail = "keep"
         """Whether the frame's own fine detail is kept where the paint agrees with it
         (``avatar.detail``): ``keep`` or ``off``."""
@@ -185,6 +187,7 @@ class Avatar:
                      dtype)
         avatar._geometry = geometry
         avatar.cast = _cast(path, head.colour, geometry[1], geometry[2], dev)
+        avatar.colour_tolerance = _colour_tolerance(path, head.colour)
         if head.refine and refine and architecture is None:
             avatar.refiner = load_refiner(path, head.refine, dev)
             avatar.sharpen = sharpen_amount(path, head.refine)
@@ -326,6 +329,7 @@ class Avatar:
 
             with torch.inference_mode():
                 return composite(idle, out, regions, self.colour, self.detail, fine=mixed,
+                                 tolerance=self.colour_tolerance,
                                  fine_sigma=self.texture.fine_sigma if mixed is not None
                                  else 0.0)
         if mixed is not None:
@@ -333,7 +337,7 @@ class Avatar:
             fine = [Fine(b, sigma, self.size) for b in mixed.permute(0, 2, 3, 1).cpu().numpy()]
         painted = (out.float().clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
         if len(requests) < 8 or (os.cpu_count() or 1) < 2:
-            return [_composite(f, p, self.colour, self.detail, t)
+            return [_composite(f, p, self.colour, self.detail, t, self.colour_tolerance)
                     for f, p, t in zip(idle, painted, fine, strict=True)]
         # Compositing is per-frame OpenCV/numpy work that releases the GIL: on a large
         # batch from a GPU it is the bottleneck unless the CPU cores share it.
@@ -341,7 +345,8 @@ class Avatar:
             self._pool = ThreadPoolExecutor(min(16, os.cpu_count() or 1),
                                             thread_name_prefix="composite")
         return list(self._pool.map(_composite, idle, painted, [self.colour] * len(idle),
-                                   [self.detail] * len(idle), fine))
+                                   [self.detail] * len(idle), fine,
+                                   [self.colour_tolerance] * len(idle)))
 
 
 @dataclass
@@ -358,13 +363,15 @@ class Fine:
 
 
 def _composite(idle: _IdleFrame, painted: np.ndarray, colour: str = "field",
-               detail: str = "keep", fine: Fine | None = None) -> np.ndarray:
+               detail: str = "keep", fine: Fine | None = None,
+               tolerance: float = TOLERANCE) -> np.ndarray:
     frame = idle.frame.copy()
     x0, y0, x1, y1 = idle.box
     # Colour and light match against the idle frame where the paint fades into it (the
     # ring): see avatar/colour.py.
     real = idle.region.transpose(1, 2, 0) * 255
-    patch = np.clip(match_colour(painted.astype(np.float32), real, idle.ring, colour), 0, 255)
+    patch = np.clip(match_colour(painted.astype(np.float32), real, idle.ring, colour,
+                                 tolerance), 0, 255)
     m = idle.to_frame.copy()
     m[:, 2] -= (x0, y0)
     # Bicubic: a bilinear warp back at about 1:1 blurs the mouth (avatar/resample.py).
@@ -415,6 +422,25 @@ def _load_idle(path: Path, manifest: Manifest, cfg: HeadConfig
                          f"{len(affines)}; the bundle is damaged")
     geometry = (reg_to_crop, region_mask, ring)
     return prepare_frames(decoded, affines, *geometry, size), geometry
+
+
+def _colour_tolerance(path: Path, colour: dict) -> float:
+    """The colour match the bundle's paint cast was measured after: its recorded
+    ``ring_tolerance``, the unweighted field for a cast measured before there was one, and
+    today's for a bundle with no cast to keep."""
+    if not colour:
+        return TOLERANCE
+    if "ring_tolerance" not in colour:
+        log.info("%s: its paint cast was measured against the unweighted colour match, "
+                 "which it keeps ('twincast train colour' measures it again against "
+                 "today's, which follows the mouth better)", path.name)
+        return UNWEIGHTED
+    tol = colour["ring_tolerance"]
+    if not (isinstance(tol, int | float) and not isinstance(tol, bool) and 0 < tol < 1e6):
+        raise path_error(path / "manifest.json", "head.colour.ring_tolerance must be a "
+                         "positive number of levels; the bundle is damaged (twincast train "
+                         "colour measures it again)")
+    return float(tol)
 
 
 def _cast(path: Path, colour: dict, region_mask: np.ndarray, ring: np.ndarray,

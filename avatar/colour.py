@@ -29,32 +29,86 @@ PAINTED = 0.9
 """Blend weight from which a pixel is all paint."""
 
 
+TOLERANCE = 12.0
+"""Levels (0-255, the largest channel) by which a ring pixel's difference may stray from
+the light's smooth estimate before it counts for less (1/e of full weight at this much):
+see ``match_colour``."""
+UNWEIGHTED = float("inf")
+"""Every ring pixel counts alike: the field as it was before 2026-12-07. A bundle whose
+paint cast (``head.colour``) was measured against that field keeps it (its manifest has no
+``head.colour.ring_tolerance``): the cast is what is left after the colour match, so it
+holds only with the match it was measured after. ``twincast train colour`` measures it
+again against today's."""
+PLANE_PASSES = 2
+RIDGE = 1e-6
+"""Keeps the plane's 3x3 system solvable whatever the ring's shape."""
+PRIOR = 0.02
+"""The mean shift's weight in the colour field: where the ring is far, the field is the
+mean."""
+
+
 def match_colour(painted: np.ndarray, real: np.ndarray, ring: np.ndarray,
-                 mode: str = "field") -> np.ndarray:
+                 mode: str = "field", tolerance: float = TOLERANCE) -> np.ndarray:
     """``painted`` and ``real`` (S, S, 3) float32 0-255 over the same region, ``ring`` (S, S)
-    bool; returns the painted region corrected (float32, not clipped)."""
+    bool; returns the painted region corrected (float32, not clipped).
+
+    ``field`` reads the light from the ring pixels where the paint and the frame show the
+    same thing. Where they do not (the painted jaw has dropped below the frame's closed
+    one, so the ring shows chin in one and neck or collar in the other), the difference is
+    the picture's, not the light's: spread inwards, it tinted the lower lip and chin by
+    tens of levels, and the face mesh read the mouth's opening worse through it. So each
+    ring pixel counts by how well its difference agrees with the light's estimate, a plane
+    across the region fitted to the ring with the same weights, down-weighted smoothly
+    beyond ``tolerance``. Light that changes evenly across the face is followed as before;
+    light that curves strongly within the region is followed less closely than the
+    unweighted field did."""
     if not ring.any():
         return painted
     diff = real - painted
-    mean = diff[ring].mean(0)
     if mode == "mean":
-        return painted + mean
+        return painted + diff[ring].mean(0)
     if mode != "field":
         raise ValueError(f"colour mode {mode!r}: use one of {', '.join(MODES)}")
-    size = painted.shape[0]
+    ys, xs = np.nonzero(ring)
+    size = diff.shape[0]
+    # The light's first estimate: a plane (a level and a slope across the face per
+    # channel) fitted to the ring, each pixel weighted by how well it agrees with the
+    # estimate before (the ring's median to begin with; the lower middle value, as
+    # torch's median, so ``avatar.device_composite`` computes the same).
+    basis = np.stack([np.ones(len(ys)), xs / size - 0.5, ys / size - 0.5], 1)
+    ring_diff = diff[ys, xs].astype(np.float64)
+    near = np.partition(ring_diff, (len(ys) - 1) // 2, axis=0)[(len(ys) - 1) // 2][None]
+    for _ in range(PLANE_PASSES):
+        w = _agreement(ring_diff - near, tolerance)
+        gram = (basis * w[:, None]).T @ basis + RIDGE * np.eye(3)
+        near = basis @ np.linalg.solve(gram, (basis * w[:, None]).T @ ring_diff)
+    w = np.zeros(ring.shape, np.float32)
+    w[ys, xs] = _agreement(ring_diff - near, tolerance)
+    if w.sum() < 1e-3 * len(ys):  # nothing agrees: every ring pixel counts, as before
+        w = ring.astype(np.float32)
+    return painted + _field(diff, w)
+
+
+def _agreement(stray: np.ndarray, tolerance: float) -> np.ndarray:
+    """Weight of each pixel from its (K, 3) differences' distance to an estimate."""
+    return np.exp(-np.square(np.abs(stray).max(-1) / tolerance))
+
+
+def _field(diff: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(S, S, 3): the differences under weights ``w`` spread over the region by normalised
+    Gaussian averaging, with the weighted mean as a weak prior."""
+    size = diff.shape[0]
+    mean = (diff * w[..., None]).sum((0, 1)) / max(float(w.sum()), 1e-6)
     # Computed at a quarter of the size: the field is smooth, and a full-size blur this wide
     # would cost a millisecond a frame on a CPU.
     small = max(size // 4, 8)
     sigma = small / 8.0
-    w = ring.astype(np.float32)
     num = cv2.GaussianBlur(cv2.resize(diff * w[..., None], (small, small),
                                       interpolation=cv2.INTER_AREA), (0, 0), sigma)
     den = cv2.GaussianBlur(cv2.resize(w, (small, small), interpolation=cv2.INTER_AREA),
                            (0, 0), sigma)[..., None]
-    # A small prior weight on the mean shift: where the ring is far, the field is the mean.
-    prior = 0.02
-    field = (num + prior * mean) / (den + prior)
-    return painted + cv2.resize(field, (size, size), interpolation=cv2.INTER_LINEAR)
+    field = (num + PRIOR * mean) / (den + PRIOR)
+    return cv2.resize(field, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def interior_weight(region_mask: np.ndarray) -> np.ndarray:

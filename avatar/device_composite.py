@@ -36,10 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from avatar import resample
+from avatar.colour import PLANE_PASSES, PRIOR, RIDGE, TOLERANCE
 from avatar.detail import DetailConfig
 
-PRIOR = 0.02
-"""The mean shift's weight in the colour field (``avatar.colour.match_colour``)."""
 DETAIL = DetailConfig()
 
 
@@ -75,23 +74,50 @@ def blur(x: torch.Tensor, sigma: float | list[float]) -> torch.Tensor:
 
 
 def match_colour(painted: torch.Tensor, real: torch.Tensor, ring: torch.Tensor,
-                 mode: str = "field") -> torch.Tensor:
+                 mode: str = "field", tolerance: float = TOLERANCE) -> torch.Tensor:
     """``avatar.colour.match_colour`` for (N, 3, S, S) float 0-255 tensors and one (S, S)
-    bool ring that is not empty."""
-    w = ring.float()
+    bool ring that is not empty. Dense over the region (off the ring a weight is 0), so
+    nothing waits for the device: no indexing by the ring, no per-frame branch."""
+    w = ring.float()[None, None]
     n = w.sum().clamp(min=1)  # (no sync with the device: the caller checks for an empty ring)
     diff = real - painted
-    mean = (diff * w).sum((2, 3)) / n  # (N, 3)
     if mode == "mean":
+        mean = (diff * w).sum((2, 3)) / n  # (N, 3)
         return painted + mean[:, :, None, None]
     size = painted.shape[-1]
+    # The plane's basis over the region: 1, x, y (as avatar.colour's, at pixel centres).
+    coords = torch.arange(size, device=painted.device, dtype=torch.float64) / size - 0.5
+    basis = torch.stack([torch.ones(size, size, device=painted.device, dtype=torch.float64),
+                         coords[None, :].expand(size, size), coords[:, None].expand(size, size)])
+    d64 = diff.double()
+    # The lower median of the ring's differences per frame and channel (torch's median).
+    near = d64.masked_fill(~ring, float("nan")).flatten(2).nanmedian(-1).values[:, :, None, None]
+    ring64 = w.double()
+    for _ in range(PLANE_PASSES):
+        wk = ring64 * _agreement(d64 - near, tolerance)  # (N, 1, S, S)
+        wb = wk * basis[None]  # (N, 3, S, S)
+        gram = torch.einsum("nihw,jhw->nij", wb, basis) \
+            + RIDGE * torch.eye(3, device=painted.device, dtype=torch.float64)
+        rhs = torch.einsum("nihw,nchw->nic", wb, d64)  # (N, 3 basis, 3 channels)
+        coef = torch.linalg.solve(gram, rhs)
+        near = torch.einsum("ihw,nic->nchw", basis, coef)
+    wk = (ring64 * _agreement(d64 - near, tolerance)).float()
+    # Nothing agrees: every ring pixel counts, as before.
+    few = wk.sum((1, 2, 3), keepdim=True) < 1e-3 * n
+    wk = torch.where(few, w.expand_as(wk), wk)
+    mean = (diff * wk).sum((2, 3)) / wk.sum((2, 3)).clamp(min=1e-6)  # (N, 3)
     small = max(size // 4, 8)
     sigma = small / 8.0
-    num = blur(F.interpolate(diff * w, size=(small, small), mode="area"), sigma)
-    den = blur(F.interpolate(w[None, None], size=(small, small), mode="area"), sigma)
+    num = blur(F.interpolate(diff * wk, size=(small, small), mode="area"), sigma)
+    den = blur(F.interpolate(wk, size=(small, small), mode="area"), sigma)
     field = (num + PRIOR * mean[:, :, None, None]) / (den + PRIOR)
     return painted + F.interpolate(field, size=(size, size), mode="bilinear",
                                    align_corners=False)
+
+
+def _agreement(stray: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """(N, 1, S, S) weight of each pixel from its differences' distance to an estimate."""
+    return torch.exp(-torch.square(stray.abs().amax(1, keepdim=True) / tolerance))
 
 
 def _grid(inv: np.ndarray, size: tuple[int, int], src: tuple[int, int],
@@ -172,7 +198,7 @@ def _put_fine(warped: torch.Tensor, fine: torch.Tensor, maps: list[np.ndarray], 
 
 def composite(idle: list, painted: torch.Tensor, regions: torch.Tensor, colour: str,
               detail: str, batched: bool = True, fine: torch.Tensor | None = None,
-              fine_sigma: float = 0.0) -> list[np.ndarray]:
+              fine_sigma: float = 0.0, tolerance: float = TOLERANCE) -> list[np.ndarray]:
     """Frames for a batch: ``idle`` the batch's ``_IdleFrame``s, ``painted`` (B, 3, S, S)
     the generator's output in 0-1 and ``regions`` the model's views of the frames (both on
     the device); ``fine``: the texture bank's fine bands at screen size (``avatar.texture``),
@@ -189,10 +215,11 @@ def composite(idle: list, painted: torch.Tensor, regions: torch.Tensor, colour: 
     real = regions.float() * 255
     if not batched or len({id(f.ring) for f in idle}) > 1 or any(
             resample.scale_of(m) * resample.SHRINK < 1 for m in maps):
-        return _frame_by_frame(idle, maps, paint, real, colour, detail, fine, fine_sigma)
+        return _frame_by_frame(idle, maps, paint, real, colour, detail, fine, fine_sigma,
+                               tolerance)
     dev = painted.device
     ring = idle[0].ring
-    patch = match_colour(paint, real, torch.from_numpy(ring).to(dev), colour) \
+    patch = match_colour(paint, real, torch.from_numpy(ring).to(dev), colour, tolerance) \
         if ring.any() else paint
     sizes = [(f.box[3] - f.box[1], f.box[2] - f.box[0]) for f in idle]
     hh, ww = max(h for h, _ in sizes), max(w for _, w in sizes)
@@ -245,8 +272,8 @@ def _paste(f, box: np.ndarray) -> np.ndarray:  # noqa: ANN001 - an _IdleFrame
 
 def _frame_by_frame(idle: list, maps: list[np.ndarray], paint: torch.Tensor,
                     real: torch.Tensor, colour: str, detail: str,
-                    fine: torch.Tensor | None = None, fine_sigma: float = 0.0
-                    ) -> list[np.ndarray]:
+                    fine: torch.Tensor | None = None, fine_sigma: float = 0.0,
+                    tolerance: float = TOLERANCE) -> list[np.ndarray]:
     dev = paint.device
     rings: dict[int, torch.Tensor] = {}
     boxes = []
@@ -255,7 +282,7 @@ def _frame_by_frame(idle: list, maps: list[np.ndarray], paint: torch.Tensor,
         if ring is None:
             ring = rings[id(f.ring)] = torch.from_numpy(f.ring).to(dev)
         x0, y0, x1, y1 = f.box
-        patch = (match_colour(paint[i:i + 1], real[i:i + 1], ring, colour)[0]
+        patch = (match_colour(paint[i:i + 1], real[i:i + 1], ring, colour, tolerance)[0]
                  if f.ring.any() else paint[i]).clamp(0, 255)
         warped = warp(patch, m, (x1 - x0, y1 - y0)).clamp(0, 255)
         if fine is not None:

@@ -162,11 +162,40 @@ def test_a_bundle_without_the_measurement_renders_and_train_colour_adds_it(
     assert Avatar.load(old).cast is not None
 
 
+def test_a_cast_renders_with_the_colour_match_it_was_measured_after(
+        bundle: Path, tmp_path: Path, monkeypatch) -> None:
+    import avatar.avatar as avatar_module
+    from avatar.avatar import Avatar
+    from avatar.colour import TOLERANCE, UNWEIGHTED, match_colour
+
+    colour = json.loads((bundle / "manifest.json").read_text())["head"]["colour"]
+    assert colour["ring_tolerance"] == TOLERANCE
+    assert Avatar.load(bundle).colour_tolerance == TOLERANCE
+    # A cast measured before the colour match weighed its ring (no ring_tolerance) keeps
+    # the unweighted match: the cast is what was left after that one.
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["head"]["colour"]["ring_tolerance"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    avatar = Avatar.load(old)
+    assert avatar.colour_tolerance == UNWEIGHTED
+    used: list[float] = []
+
+    def spy(*args, **kwargs):  # noqa: ANN202
+        used.append(args[4])
+        return match_colour(*args, **kwargs)
+
+    monkeypatch.setattr(avatar_module, "match_colour", spy)
+    avatar.render(avatar.silent_requests(2))
+    assert used == [UNWEIGHTED] * 2
+
+
 @pytest.mark.parametrize(("key", "value"), [
     ("rgb_shift", [1.0, 2.0]), ("rgb_shift", [1.0, 2.0, 1e9]), ("rgb_shift", "red"),
     ("linear", {"mean": [0] * 6, "weights": [[0, 0, 0]] * 5, "bias": [0, 0, 0]}),
     ("linear", {"mean": [0] * 6, "weights": [[0, 0, 0]] * 6, "bias": [0, 0, 1e9]}),
-    ("linear", "red")])
+    ("linear", "red"), ("ring_tolerance", -1), ("ring_tolerance", "wide")])
 def test_a_damaged_measurement_is_a_one_line_error(bundle: Path, tmp_path: Path,
                                                    key: str, value: object) -> None:
     bad = tmp_path / "b"

@@ -101,6 +101,27 @@ def test_colour_field_follows_light_across_the_region():
         match_colour(painted, real, ring, "nope")
 
 
+def test_colour_field_reads_the_light_only_where_paint_and_frame_show_the_same():
+    from avatar.colour import match_colour
+
+    size = 96
+    real = textured(1, size=size)[0].astype(np.float32)
+    painted = real - 10  # the paint's light is 10 levels darker than the frame's
+    # Its jaw dropped below the frame's: along the bottom of the ring it shows skin where
+    # the frame shows a dark collar, a difference of the picture and not of the light.
+    painted[-6:, 24:72] = np.clip(real[-6:, 24:72] + 90, 0, 255)
+    ring = np.zeros((size, size), bool)
+    ring[:6], ring[-6:], ring[:, :6], ring[:, -6:] = True, True, True, True
+    chin = (slice(56, 76), slice(24, 72))  # the painted area nearest that stretch
+
+    def err(**kw: float) -> float:
+        return float(np.abs(match_colour(painted, real, ring, **kw) - real)[chin].mean())
+
+    # Every ring pixel counted alike (the field before) tints the chin by tens of levels.
+    assert err(tolerance=np.inf) > 10
+    assert err() < 1.0
+
+
 def test_the_frames_detail_comes_back_only_where_the_paint_agrees():
     from avatar.detail import keep_detail
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from avatar.audio import mel_windows
-from avatar.colour import PAINTED, match_colour, rgb_shift, to_lab
+from avatar.colour import PAINTED, TOLERANCE, match_colour, rgb_shift, to_lab
 from avatar.models.head import HeadConfig, HeadGenerator, blank_lower
 from avatar.paint_cast import LinearCast, feature_weights, features
 from training.progress import bar
@@ -65,12 +65,16 @@ class ColourFit:
     held_out: dict = field(default_factory=dict)
     """Mean delta E on each half of the frames with the correction fitted on the other
     half: ``constant`` (one shift) and ``linear`` (the per-frame model)."""
+    ring_tolerance: float = TOLERANCE
+    """The colour match's ``tolerance`` the cast was measured after (``avatar.colour``):
+    rendering uses the same."""
 
     def to_dict(self) -> dict:
         out = {"rgb_shift": [round(float(v), 3) for v in self.rgb_shift],
                "lab_cast": [round(float(v), 3) for v in self.lab_cast],
                "frames": self.frames, "delta_e_before": round(self.delta_e_before, 3),
-               "delta_e_after": round(self.delta_e_after, 3)}
+               "delta_e_after": round(self.delta_e_after, 3),
+               "ring_tolerance": self.ring_tolerance}
         if self.held_out:
             out["delta_e_held_out"] = {k: round(v, 3) for k, v in self.held_out.items()}
         if self.linear is not None:
@@ -79,7 +83,8 @@ class ColourFit:
 
 
 def measure_cast(painted: np.ndarray, real: np.ndarray, ring: np.ndarray,
-                 region_mask: np.ndarray, colour: str = "field") -> ColourFit | None:
+                 region_mask: np.ndarray, colour: str = "field",
+                 tolerance: float = TOLERANCE) -> ColourFit | None:
     """``painted`` and ``real`` (N, S, S, 3) uint8 regions of the same frames; ``ring`` and
     ``region_mask`` as rendering uses them (``avatar.avatar.region_geometry``). None when
     too few frames or no interior."""
@@ -89,7 +94,7 @@ def measure_cast(painted: np.ndarray, real: np.ndarray, ring: np.ndarray,
     diffs, means, matched, targets = [], [], [], []
     for p, r in zip(painted, real, strict=True):
         r = r.astype(np.float32)
-        m = match_colour(p.astype(np.float32), r, ring, colour)
+        m = match_colour(p.astype(np.float32), r, ring, colour, tolerance)
         matched.append(m)
         m = np.clip(m, 0, 255)
         diffs.append(to_lab(m)[inner].mean(0) - to_lab(r)[inner].mean(0))
@@ -99,7 +104,8 @@ def measure_cast(painted: np.ndarray, real: np.ndarray, ring: np.ndarray,
     cast = d.mean(0)
     fit = ColourFit(lab_cast=cast, rgb_shift=rgb_shift(cast, np.mean(means, 0)),
                     frames=len(d), delta_e_before=float(np.linalg.norm(d, axis=1).mean()),
-                    delta_e_after=float(np.linalg.norm(d - cast, axis=1).mean()))
+                    delta_e_after=float(np.linalg.norm(d - cast, axis=1).mean()),
+                    ring_tolerance=tolerance)
     return _with_linear(fit, painted, real, ring, region_mask, matched, np.array(targets))
 
 
