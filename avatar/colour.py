@@ -43,8 +43,7 @@ PLANE_PASSES = 2
 RIDGE = 1e-6
 """Keeps the plane's 3x3 system solvable whatever the ring's shape."""
 PRIOR = 0.02
-"""The mean shift's weight in the colour field: where the ring is far, the field is the
-mean."""
+"""The mean shift's weight in the colour field."""
 
 
 def match_colour(painted: np.ndarray, real: np.ndarray, ring: np.ndarray,
@@ -57,11 +56,12 @@ def match_colour(painted: np.ndarray, real: np.ndarray, ring: np.ndarray,
     one, so the ring shows chin in one and neck or collar in the other), the difference is
     the picture's, not the light's: spread inwards, it tinted the lower lip and chin by
     tens of levels, and the face mesh read the mouth's opening worse through it. So each
-    ring pixel counts by how well its difference agrees with the light's estimate, a plane
-    across the region fitted to the ring with the same weights, down-weighted smoothly
-    beyond ``tolerance``. Light that changes evenly across the face is followed as before;
-    light that curves strongly within the region is followed less closely than the
-    unweighted field did."""
+    ring cell (a pixel of the quarter-size grid the field is made on) counts by how well
+    its mean difference agrees with the light's estimate, a plane across the region fitted
+    to the ring's cells with the same weights, down-weighted smoothly beyond
+    ``tolerance``; with an infinite one this is the unweighted field. Light that changes
+    evenly across the face is followed as before; light that curves strongly within the
+    region is followed less closely than the unweighted field did."""
     if not ring.any():
         return painted
     diff = real - painted
@@ -69,46 +69,57 @@ def match_colour(painted: np.ndarray, real: np.ndarray, ring: np.ndarray,
         return painted + diff[ring].mean(0)
     if mode != "field":
         raise ValueError(f"colour mode {mode!r}: use one of {', '.join(MODES)}")
-    ys, xs = np.nonzero(ring)
     size = diff.shape[0]
-    # The light's first estimate: a plane (a level and a slope across the face per
-    # channel) fitted to the ring, each pixel weighted by how well it agrees with the
-    # estimate before (the ring's median to begin with; the lower middle value, as
-    # torch's median, so ``avatar.device_composite`` computes the same).
-    basis = np.stack([np.ones(len(ys)), xs / size - 0.5, ys / size - 0.5], 1)
-    ring_diff = diff[ys, xs].astype(np.float64)
-    near = np.partition(ring_diff, (len(ys) - 1) // 2, axis=0)[(len(ys) - 1) // 2][None]
+    # On a quarter-size grid (the field is smooth, and a full-size blur this wide would
+    # cost a millisecond a frame on a CPU): each cell's share of ring and the ring's mean
+    # difference in it.
+    small = max(size // 4, 8)
+    cover = cv2.resize(ring.astype(np.float32), (small, small), interpolation=cv2.INTER_AREA)
+    summed = cv2.resize(diff * ring[..., None], (small, small), interpolation=cv2.INTER_AREA)
+    cells = cover > 0
+    agree = np.ones_like(cover)
+    agree[cells] = _light_agreement(summed[cells] / cover[cells][:, None],
+                                    _basis(small)[cells], tolerance)
+    w = cover * agree
+    if w.sum() < 1e-3 * cover.sum():  # nothing agrees: every ring pixel counts alike
+        agree, w = np.ones_like(cover), cover
+    # The field: the weighted differences spread by normalised Gaussian averaging, with
+    # their weighted mean as a weak prior (where the ring is far, the field is the mean).
+    summed *= agree[..., None]
+    mean = summed.sum((0, 1)) / max(float(w.sum()), 1e-6)
+    sigma = small / 8.0
+    num = cv2.GaussianBlur(summed, (0, 0), sigma)
+    den = cv2.GaussianBlur(w, (0, 0), sigma)[..., None]
+    field = (num + PRIOR * mean) / (den + PRIOR)
+    return painted + cv2.resize(field, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def _basis(small: int) -> np.ndarray:
+    """(s, s, 3): 1, x, y at the grid's cell centres (fractions of the region, centred)."""
+    c = (np.arange(small, dtype=np.float64) + 0.5) / small - 0.5
+    y, x = np.meshgrid(c, c, indexing="ij")
+    return np.stack([np.ones_like(x), x, y], -1)
+
+
+def _light_agreement(cell_diff: np.ndarray, basis: np.ndarray, tolerance: float
+                     ) -> np.ndarray:
+    """(K,) how well each ring cell's (K, 3) difference agrees with the light's estimate:
+    a plane per channel fitted to the cells, each weighted by its agreement with the
+    estimate before (the cells' median to begin with: the lower middle value, as torch's
+    median, so ``avatar.device_composite`` computes the same)."""
+    d = cell_diff.astype(np.float64)
+    k = len(d)
+    near = np.partition(d, (k - 1) // 2, axis=0)[(k - 1) // 2][None]
     for _ in range(PLANE_PASSES):
-        w = _agreement(ring_diff - near, tolerance)
-        gram = (basis * w[:, None]).T @ basis + RIDGE * np.eye(3)
-        near = basis @ np.linalg.solve(gram, (basis * w[:, None]).T @ ring_diff)
-    w = np.zeros(ring.shape, np.float32)
-    w[ys, xs] = _agreement(ring_diff - near, tolerance)
-    if w.sum() < 1e-3 * len(ys):  # nothing agrees: every ring pixel counts, as before
-        w = ring.astype(np.float32)
-    return painted + _field(diff, w)
+        w = _agreement(d - near, tolerance)
+        wb = basis * w[:, None]
+        near = basis @ np.linalg.solve(wb.T @ basis + RIDGE * np.eye(3), wb.T @ d)
+    return _agreement(d - near, tolerance).astype(np.float32)
 
 
 def _agreement(stray: np.ndarray, tolerance: float) -> np.ndarray:
-    """Weight of each pixel from its (K, 3) differences' distance to an estimate."""
+    """Weight of each cell from its (K, 3) differences' distance to an estimate."""
     return np.exp(-np.square(np.abs(stray).max(-1) / tolerance))
-
-
-def _field(diff: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """(S, S, 3): the differences under weights ``w`` spread over the region by normalised
-    Gaussian averaging, with the weighted mean as a weak prior."""
-    size = diff.shape[0]
-    mean = (diff * w[..., None]).sum((0, 1)) / max(float(w.sum()), 1e-6)
-    # Computed at a quarter of the size: the field is smooth, and a full-size blur this wide
-    # would cost a millisecond a frame on a CPU.
-    small = max(size // 4, 8)
-    sigma = small / 8.0
-    num = cv2.GaussianBlur(cv2.resize(diff * w[..., None], (small, small),
-                                      interpolation=cv2.INTER_AREA), (0, 0), sigma)
-    den = cv2.GaussianBlur(cv2.resize(w, (small, small), interpolation=cv2.INTER_AREA),
-                           (0, 0), sigma)[..., None]
-    field = (num + PRIOR * mean) / (den + PRIOR)
-    return cv2.resize(field, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def interior_weight(region_mask: np.ndarray) -> np.ndarray:

@@ -76,47 +76,61 @@ def blur(x: torch.Tensor, sigma: float | list[float]) -> torch.Tensor:
 def match_colour(painted: torch.Tensor, real: torch.Tensor, ring: torch.Tensor,
                  mode: str = "field", tolerance: float = TOLERANCE) -> torch.Tensor:
     """``avatar.colour.match_colour`` for (N, 3, S, S) float 0-255 tensors and one (S, S)
-    bool ring that is not empty. Dense over the region (off the ring a weight is 0), so
+    bool ring that is not empty. Dense over the grid (a cell off the ring weighs 0), so
     nothing waits for the device: no indexing by the ring, no per-frame branch."""
     w = ring.float()[None, None]
-    n = w.sum().clamp(min=1)  # (no sync with the device: the caller checks for an empty ring)
     diff = real - painted
     if mode == "mean":
+        n = w.sum().clamp(min=1)  # (no sync: the caller checks for an empty ring)
         mean = (diff * w).sum((2, 3)) / n  # (N, 3)
         return painted + mean[:, :, None, None]
     size = painted.shape[-1]
-    # The plane's basis over the region: 1, x, y (as avatar.colour's, at pixel centres).
-    coords = torch.arange(size, device=painted.device, dtype=torch.float64) / size - 0.5
-    basis = torch.stack([torch.ones(size, size, device=painted.device, dtype=torch.float64),
-                         coords[None, :].expand(size, size), coords[:, None].expand(size, size)])
-    d64 = diff.double()
-    # The lower median of the ring's differences per frame and channel (torch's median).
-    near = d64.masked_fill(~ring, float("nan")).flatten(2).nanmedian(-1).values[:, :, None, None]
-    ring64 = w.double()
-    for _ in range(PLANE_PASSES):
-        wk = ring64 * _agreement(d64 - near, tolerance)  # (N, 1, S, S)
-        wb = wk * basis[None]  # (N, 3, S, S)
-        gram = torch.einsum("nihw,jhw->nij", wb, basis) \
-            + RIDGE * torch.eye(3, device=painted.device, dtype=torch.float64)
-        rhs = torch.einsum("nihw,nchw->nic", wb, d64)  # (N, 3 basis, 3 channels)
-        coef = torch.linalg.solve(gram, rhs)
-        near = torch.einsum("ihw,nic->nchw", basis, coef)
-    wk = (ring64 * _agreement(d64 - near, tolerance)).float()
-    # Nothing agrees: every ring pixel counts, as before.
-    few = wk.sum((1, 2, 3), keepdim=True) < 1e-3 * n
-    wk = torch.where(few, w.expand_as(wk), wk)
-    mean = (diff * wk).sum((2, 3)) / wk.sum((2, 3)).clamp(min=1e-6)  # (N, 3)
     small = max(size // 4, 8)
+    cover = F.interpolate(w, size=(small, small), mode="area")  # (1, 1, s, s)
+    summed = F.interpolate(diff * w, size=(small, small), mode="area")  # (N, 3, s, s)
+    cells = cover > 0
+    cell_diff = (summed / cover.clamp(min=1e-12)).double()
+    agree = torch.where(cells, _light_agreement(cell_diff, cells, tolerance),
+                        torch.ones_like(cell_diff[:, :1])).float()
+    wk = cover * agree  # (N, 1, s, s)
+    # Nothing agrees: every ring pixel counts alike.
+    few = wk.sum((1, 2, 3), keepdim=True) < 1e-3 * cover.sum()
+    agree = torch.where(few, torch.ones_like(agree), agree)
+    wk = cover * agree
+    summed = summed * agree
+    mean = summed.sum((2, 3)) / wk.sum((2, 3)).clamp(min=1e-6)  # (N, 3)
     sigma = small / 8.0
-    num = blur(F.interpolate(diff * wk, size=(small, small), mode="area"), sigma)
-    den = blur(F.interpolate(wk, size=(small, small), mode="area"), sigma)
+    num = blur(summed, sigma)
+    den = blur(wk, sigma)
     field = (num + PRIOR * mean[:, :, None, None]) / (den + PRIOR)
     return painted + F.interpolate(field, size=(size, size), mode="bilinear",
                                    align_corners=False)
 
 
+def _light_agreement(cell_diff: torch.Tensor, cells: torch.Tensor, tolerance: float
+                     ) -> torch.Tensor:
+    """(N, 1, s, s) float64: ``avatar.colour._light_agreement`` over the grid, each frame
+    on its own; the values off the ring's ``cells`` (1, 1, s, s) mean nothing."""
+    small = cell_diff.shape[-1]
+    c = (torch.arange(small, device=cell_diff.device, dtype=torch.float64) + 0.5) / small \
+        - 0.5
+    basis = torch.stack([torch.ones(small, small, device=c.device, dtype=c.dtype),
+                         c[None, :].expand(small, small), c[:, None].expand(small, small)])
+    on = cells.double()
+    # The lower median of the ring cells' differences per frame and channel.
+    near = cell_diff.masked_fill(~cells, float("nan")).flatten(2).nanmedian(-1).values
+    near = near[:, :, None, None]
+    eye = RIDGE * torch.eye(3, device=c.device, dtype=c.dtype)
+    for _ in range(PLANE_PASSES):
+        wb = on * _agreement(cell_diff - near, tolerance) * basis[None]  # (N, 3, s, s)
+        gram = torch.einsum("nihw,jhw->nij", wb, basis) + eye
+        coef = torch.linalg.solve(gram, torch.einsum("nihw,nchw->nic", wb, cell_diff))
+        near = torch.einsum("ihw,nic->nchw", basis, coef)
+    return _agreement(cell_diff - near, tolerance)
+
+
 def _agreement(stray: torch.Tensor, tolerance: float) -> torch.Tensor:
-    """(N, 1, S, S) weight of each pixel from its differences' distance to an estimate."""
+    """(N, 1, s, s) weight of each cell from its differences' distance to an estimate."""
     return torch.exp(-torch.square(stray.abs().amax(1, keepdim=True) / tolerance))
 
 
