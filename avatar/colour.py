@@ -76,10 +76,11 @@ def match_colour(painted: np.ndarray, real: np.ndarray, ring: np.ndarray,
     small = max(size // 4, 8)
     cover = cv2.resize(ring.astype(np.float32), (small, small), interpolation=cv2.INTER_AREA)
     summed = cv2.resize(diff * ring[..., None], (small, small), interpolation=cv2.INTER_AREA)
-    cells = cover > 0
     agree = np.ones_like(cover)
-    agree[cells] = _light_agreement(summed[cells] / cover[cells][:, None],
-                                    _basis(small)[cells], tolerance)
+    if np.isfinite(tolerance):  # (infinite: every cell counts alike, nothing to weigh)
+        cells = cover > 0
+        agree[cells] = _light_agreement(summed[cells] / cover[cells][:, None],
+                                        _basis(small)[cells], tolerance)
     w = cover * agree
     if w.sum() < 1e-3 * cover.sum():  # nothing agrees: every ring pixel counts alike
         agree, w = np.ones_like(cover), cover

@@ -88,10 +88,12 @@ def match_colour(painted: torch.Tensor, real: torch.Tensor, ring: torch.Tensor,
     small = max(size // 4, 8)
     cover = F.interpolate(w, size=(small, small), mode="area")  # (1, 1, s, s)
     summed = F.interpolate(diff * w, size=(small, small), mode="area")  # (N, 3, s, s)
-    cells = cover > 0
-    cell_diff = (summed / cover.clamp(min=1e-12)).double()
-    agree = torch.where(cells, _light_agreement(cell_diff, cells, tolerance),
-                        torch.ones_like(cell_diff[:, :1])).float()
+    agree = torch.ones_like(summed[:, :1])
+    if math.isfinite(tolerance):  # (infinite: every cell counts alike, nothing to weigh)
+        cells = cover > 0
+        cell_diff = (summed / cover.clamp(min=1e-12)).double()
+        agree = torch.where(cells, _light_agreement(cell_diff, cells, tolerance).float(),
+                            agree)
     wk = cover * agree  # (N, 1, s, s)
     # Nothing agrees: every ring pixel counts alike.
     few = wk.sum((1, 2, 3), keepdim=True) < 1e-3 * cover.sum()
