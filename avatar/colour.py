@@ -30,7 +30,7 @@ PAINTED = 0.9
 
 
 TOLERANCE = 12.0
-"""Levels (0-255, the largest channel) by which a ring pixel's difference may stray from
+"""Levels (0-255, the largest channel) by which a ring cell's mean difference may stray from
 the light's smooth estimate before it counts for less (1/e of full weight at this much):
 see ``match_colour``."""
 UNWEIGHTED = float("inf")

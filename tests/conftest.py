@@ -97,7 +97,8 @@ def grid_train() -> Path:
 def bundle_copy(bundle: Path, tmp_path: Path, drop: str) -> Path:
     """A copy of the enrolled ``bundle`` in a work folder of its own that shares the
     enrolment cache, with its manifest's ``head.<drop>`` removed (as bundles made before
-    that part existed): for ``twincast train ...`` to add it back. Returns the copy."""
+    that part existed): for ``twincast train ...`` to add it back. ``drop`` may name a key
+    inside a section (``refine.sharpen``). Returns the copy."""
     import json
     import shutil
 
@@ -107,7 +108,13 @@ def bundle_copy(bundle: Path, tmp_path: Path, drop: str) -> Path:
     shutil.copytree(bundle, old)
     (work / "features").symlink_to(bundle.parent.parent / "features")
     manifest = json.loads((old / "manifest.json").read_text())
-    gone = manifest["head"].pop(drop)
+    *path, key = drop.split(".")
+    section = manifest["head"]
+    for name in path:
+        section = section[name]
+    gone = section.pop(key)
+    if path:  # a key inside a section: its files stay
+        gone = None
     if isinstance(gone, dict):  # a section naming its own file
         gone = gone.get("file")
     if isinstance(gone, str) and gone in manifest["files"]:  # a file of its own

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from avatar.colour import interior_weight, rgb_shift, to_lab
-from tests.conftest import assert_only_box_changed, bundle_without, run_cli
+from tests.conftest import assert_only_box_changed, bundle_copy, bundle_without, run_cli
 from training.head.colour_fit import MIN_FRAMES, measure_cast
 
 S = 48
@@ -173,12 +173,7 @@ def test_a_cast_renders_with_the_colour_match_it_was_measured_after(
     assert Avatar.load(bundle).colour_tolerance == TOLERANCE
     # A cast measured before the colour match weighed its ring (no ring_tolerance) keeps
     # the unweighted match: the cast is what was left after that one.
-    old = tmp_path / "old"
-    shutil.copytree(bundle, old)
-    manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["head"]["colour"]["ring_tolerance"]
-    (old / "manifest.json").write_text(json.dumps(manifest))
-    avatar = Avatar.load(old)
+    avatar = Avatar.load(bundle_copy(bundle, tmp_path, "colour.ring_tolerance"))
     assert avatar.colour_tolerance == UNWEIGHTED
     used: list[float] = []
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from avatar.models.refine import RefineConfig, Refiner, sharpen
-from tests.conftest import assert_only_box_changed, bundle_without, run_cli
+from tests.conftest import assert_only_box_changed, bundle_copy, bundle_without, run_cli
 from training.head.refine import (
     RefineTrainConfig,
     choose_sharpen,
@@ -329,12 +329,7 @@ def test_a_refiner_from_before_sharpen_renders_unsharpened(bundle: Path,
     from avatar.avatar import Avatar
     from training.head.fidelity import grey, laplacian_var
 
-    old = tmp_path / "b"
-    shutil.copytree(bundle, old)
-    manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["head"]["refine"]["sharpen"]
-    (old / "manifest.json").write_text(json.dumps(manifest))
-    avatar = Avatar.load(old)
+    avatar = Avatar.load(bundle_copy(bundle, tmp_path, "refine.sharpen"))
     assert avatar.refiner is not None and avatar.sharpen == 0.0
     reqs = avatar.silent_requests(2)
     plain = avatar.render(reqs)
