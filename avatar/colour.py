@@ -111,11 +111,27 @@ def _light_agreement(cell_diff: np.ndarray, basis: np.ndarray, tolerance: float
     d = cell_diff.astype(np.float64)
     k = len(d)
     near = np.partition(d, (k - 1) // 2, axis=0)[(k - 1) // 2][None]
+    # einsum and the 3x3 inverse by hand, not BLAS or LAPACK: outside a server numpy's
+    # OpenBLAS wakes its thread pool for every product, however small, and its spinning
+    # cost a 720p render 6-9 ms of CPU a frame (avatar/blas.py).
     for _ in range(PLANE_PASSES):
-        w = _agreement(d - near, tolerance)
-        wb = basis * w[:, None]
-        near = basis @ np.linalg.solve(wb.T @ basis + RIDGE * np.eye(3), wb.T @ d)
+        wb = basis * _agreement(d - near, tolerance)[:, None]
+        gram = np.einsum("ki,kj->ij", wb, basis) + RIDGE * np.eye(3)
+        coef = np.einsum("ij,jc->ic", _inverse3(gram), np.einsum("ki,kc->ic", wb, d))
+        near = np.einsum("ki,ic->kc", basis, coef)
     return _agreement(d - near, tolerance).astype(np.float32)
+
+
+def _inverse3(a: np.ndarray) -> np.ndarray:
+    """The inverse of a 3x3 matrix by its adjugate."""
+    adj = np.array([
+        [a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1], a[0, 2] * a[2, 1] - a[0, 1] * a[2, 2],
+         a[0, 1] * a[1, 2] - a[0, 2] * a[1, 1]],
+        [a[1, 2] * a[2, 0] - a[1, 0] * a[2, 2], a[0, 0] * a[2, 2] - a[0, 2] * a[2, 0],
+         a[0, 2] * a[1, 0] - a[0, 0] * a[1, 2]],
+        [a[1, 0] * a[2, 1] - a[1, 1] * a[2, 0], a[0, 1] * a[2, 0] - a[0, 0] * a[2, 1],
+         a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]]])
+    return adj / (a[0, 0] * adj[0, 0] + a[0, 1] * adj[1, 0] + a[0, 2] * adj[2, 0])
 
 
 def _agreement(stray: np.ndarray, tolerance: float) -> np.ndarray:
