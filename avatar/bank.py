@@ -132,7 +132,7 @@ class MotionBank:
                 # own pool was started and ended for each (77 threads a second in a
                 # server with two sessions) on a host the renderer needs.
                 frames = rgb_frames(self.path / name, skip=i - first, container="mp4",
-                                    threads=1)
+                                    threads=1, own=True)
                 for j, rgb in enumerate(frames):
                     if rgb is not None:
                         got.append((first + j, rgb))
