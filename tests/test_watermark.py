@@ -7,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 from conftest import DATA, run_cli, write_av
@@ -91,6 +92,24 @@ def test_video_mark_survives_a_crop_and_h264_and_is_not_read_into_unmarked_frame
 
     plain = read_video(_through(frames, [_X264(600, 25)]), 25)
     assert not plain.found and all(b.ident is None for b in plain.blocks)
+
+
+def test_video_mark_adds_its_rounded_shading_and_both_frames_of_a_chip_get_the_same() -> None:
+    from avatar.video_mark import FRAMES_PER_CHIP, patterns
+
+    marker = VideoMarker(IDENT, T0, 25)
+    frame = np.full((72, 128, 3), 128, np.uint8)
+    for k in range(0, 12, FRAMES_PER_CHIP):
+        got = marker.apply(frame, k).astype(np.int64) - 128
+        assert np.array_equal(got, marker.apply(frame, k + 1).astype(np.int64) - 128)
+        # The shading by its definition: the chips' patterns worked out at a quarter of
+        # the size, scaled up, rounded to whole levels; grey, so equal in R, G and B.
+        small = patterns(32, 18)
+        gain = marker.cfg.strength / np.sqrt(float((small ** 2).mean(axis=(1, 2)).sum()))
+        chips = marker.source.chips(k // FRAMES_PER_CHIP).astype(np.float32) * gain
+        d = cv2.resize(np.tensordot(chips, small, axes=1), (128, 72),
+                       interpolation=cv2.INTER_LINEAR)
+        assert np.array_equal(got, np.repeat(np.rint(d)[..., None], 3, axis=2))
 
 
 def test_video_mark_survives_aiortcs_vp8_at_its_floor_rate() -> None:
