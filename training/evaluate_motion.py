@@ -360,6 +360,10 @@ def _figures(entries: list[Entry], g: dict, active: np.ndarray, clips: list[dict
     seam_frames = seams(entries)
     over = [k for k in seam_frames if mad[k] > ref["mad_p99"] or lm_speed[k] > ref["lm_p99"]]
     plain = np.setdiff1d(np.arange(1, n), seam_frames)
+    # The same rule over the output's own plain frames (the footage playing on, mouth
+    # painted, measured the same way): the share a seam would have if it changed the picture
+    # no more than the footage does; a p99 of the footage is passed by its own frames too.
+    plain_over = (mad[plain] > ref["mad_p99"]) | (lm_speed[plain] > ref["lm_p99"])
     worst = sorted(seam_frames, key=lambda k: -np.nan_to_num(mad[k] / ref["mad_p99"]))[:4]
     painted_speed = angular_speed(g["euler"], fps)
     speed = angular_speed(g["base_euler"], fps)
@@ -412,6 +416,8 @@ def _figures(entries: list[Entry], g: dict, active: np.ndarray, clips: list[dict
                   "fade_share": round(sum(e.b >= 0 for e in entries) / n, 3),
                   "per_minute": round(transitions(entries) / (n / fps / 60), 1),
                   "over_p99_share": round(len(over) / max(1, len(seam_frames)), 4),
+                  "over_p99_share_plain": round(float(plain_over.mean()), 4)
+                  if plain.size else None,
                   "mad_p99_footage": round(ref["mad_p99"], 3),
                   "landmark_p99_footage": round(ref["lm_p99"], 5),
                   "mad_seam_max": round(float(np.nanmax(mad[seam_frames])), 3)
