@@ -113,6 +113,30 @@ def test_the_walk_goes_forwards_keeps_its_state_and_blends_seams() -> None:
     assert w.transitions >= 10
 
 
+def test_short_silences_get_a_short_stay_and_long_ones_keep_the_full_one() -> None:
+    from avatar.motion import silent_stay
+
+    cfg = MotionConfig()
+    # Stretches of 120 frames, half listening: 60 silent frames each, room for a full stay.
+    long = MotionGraph(_index(runs=8, length=120), 25)
+    assert silent_stay(long, cfg) == round(cfg.min_stay_s * 25)
+    assert Walker(long, cfg).min_stay_silent == round(cfg.min_stay_s * 25)
+    # GRID-like: 3-second stretches opening with 18 silent frames, too short for a
+    # 0.6 s stay and a fade: the walk stays 0.3 s, and it enters such stretches.
+    idx = _index(runs=40, length=75)
+    state = idx["state"].reshape(40, 75)
+    state[:, :18], state[:, 18:] = LISTENING, SPEAKING
+    idx["state"] = state.reshape(-1)
+    short = MotionGraph(idx, 25)
+    stay = silent_stay(short, cfg)
+    assert stay == round(cfg.shortest_silent_stay_s * 25) < round(cfg.min_stay_s * 25)
+    entries = _walk(Walker(short, cfg, seed=2), ["silent"] * 400)
+    entered = {e.a // 75 for e in entries if e.b < 0}
+    assert len(entered) > 10  # many stretches, not the few a full stay would allow
+    # An explicit stay is kept as given.
+    assert Walker(short, MotionConfig(silent_min_stay_s=0.6)).min_stay_silent == 15
+
+
 def test_a_replan_resumes_from_the_snapshot() -> None:
     g = MotionGraph(_index(), 25)
     w = Walker(g, seed=2)
