@@ -82,8 +82,8 @@ class MotionConfig:
     for it, shorter (down to ``shortest_silent_stay_s``) where they are short."""
     shortest_silent_stay_s: float = 0.3
     silent_room_share: float = 0.6
-    """``silent_stay`` keeps the longest stay at which stretches with room for it and the
-    longest fade hold at least this share of the silent footage. A stay that only a few
+    """``silent_stay`` keeps ``min_stay_s`` in silence where stretches with room for it and
+    the longest fade hold at least this share of the silent footage. A stay that only a few
     silent stretches have room for leaves the walk few places to go: on GRID (3-second
     clips, 0.7 s of silence at each end; 38 % of its silent frames in stretches with room
     for 0.6 s and a fade) every silent seam was a poor match, and the walk's morphs made
