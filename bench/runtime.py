@@ -4,6 +4,7 @@ voice's real-time factor and first-chunk latency (``twincast bench render|voice`
 from __future__ import annotations
 
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +120,9 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
     ``model_size``, one painting that many pixels (the preset's, else the bundle's,
     architecture otherwise): what a footage-chosen working size costs. With ``motion``,
     each of the batch's frames belongs to its own session walking the motion bank, so every
-    frame is a new one to decode, blend and prepare (the next batch's frames decoded, mixed
-    and prepared on the bank's thread meanwhile, as sessions prefetch them). ``refiner``:
-    as ``load_bench_avatar``'s."""
+    frame is a new one to decode, blend and prepare (on the bank's thread, a second of each
+    walk ahead, as a server's sessions prefetch them). ``refiner``: as
+    ``load_bench_avatar``'s."""
     import torch
 
     avatar = load_bench_avatar(bundle, device, preset, precision, model_size, compositing,
@@ -169,33 +170,45 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
 
 class _Feed:
     """Batches of ``b`` frames for the render benchmark: over the idle loop, or each frame
-    the next of its own session's walk through the motion bank."""
+    the next of its own session's walk through the motion bank, planned ``ahead`` frames
+    before it is rendered and handed to the bank's thread then, as a server's session
+    does (``streaming.session``'s motion prefetch: a second). Planned only a batch ahead,
+    a 512x512 walk's chunks were still being decoded when their batch came, and the
+    render decoded them itself (6 % of its time)."""
 
-    def __init__(self, avatar: Avatar, mel: np.ndarray, b: int, walkers: list):
+    def __init__(self, avatar: Avatar, mel: np.ndarray, b: int, walkers: list,
+                 ahead: int = 25):
         self.avatar, self.mel, self.b, self.walkers = avatar, mel, b, walkers
-        self.pending = self.batch()
+        self.planned: list[deque] = [deque() for _ in walkers]
+        self.ahead = ahead
+
+    def plan(self) -> None:
+        """Plan every walk ``ahead`` frames on and hand the new frames to the bank."""
+        new = []
+        for w, q in zip(self.walkers, self.planned, strict=True):
+            while len(q) < self.ahead:
+                q.append(w.next("speaking"))
+                new.append(q[-1])
+        if new:
+            self.avatar.bank.prefetch(new, new)
 
     def batch(self) -> list[FrameRequest]:
         mel = self.mel
         if not self.walkers:
             return [FrameRequest(idle_index=i, mel=mel[i % len(mel)]) for i in range(self.b)]
-        return [FrameRequest(idle_index=i, mel=mel[i % len(mel)], base=w.next("speaking"))
-                for i, w in enumerate(self.walkers)]
+        self.plan()
+        return [FrameRequest(idle_index=i, mel=mel[i % len(mel)], base=q.popleft())
+                for i, q in enumerate(self.planned)]
 
     def run(self, seconds: float) -> tuple[int, float]:
-        """Render for ``seconds`` as a session would, the next batch's bank frames made
-        ready on the bank's thread while this one renders; frames rendered and time."""
+        """Render for ``seconds`` as a session would, its walks' frames made ready on the
+        bank's thread ahead of their batch; frames rendered and time."""
         import torch
 
         avatar = self.avatar
         frames, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            reqs = self.pending
-            if self.walkers:
-                self.pending = self.batch()
-                bases = [r.base for r in self.pending]
-                avatar.bank.prefetch(bases, bases)
-            avatar.render(reqs)
+            avatar.render(self.batch())
             frames += self.b
         if avatar.device.type == "cuda":
             torch.cuda.synchronize()

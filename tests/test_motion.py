@@ -659,3 +659,34 @@ def test_the_bank_thread_ends_when_idle_and_starts_again() -> None:
     worker.submit(READY, ran.append, 2)
     worker.wait()
     assert ran == [1, 2]
+
+
+def test_the_render_benchmark_hands_walks_to_the_bank_a_second_ahead(bundle: Path) -> None:
+    """``bench render --motion`` plans each walk ahead and hands it to the bank's thread
+    as a server's session does, so a batch's footage was on its way well before it: each
+    frame rendered was handed over ``ahead - 1`` batches earlier (the first few aside),
+    and the frames are the walks' own, in order."""
+    import numpy as np
+
+    from avatar.avatar import Avatar
+    from bench.runtime import _Feed
+
+    av = Avatar.load(bundle)
+    handed: list[list] = []
+    real = av.bank.prefetch
+    av.bank.prefetch = lambda entries, paint=(): (handed.append(list(entries)),
+                                                   real(entries, paint))
+    mel = np.zeros((4, av.gen.cfg.mel_bins, av.mel_frames), np.float32)
+    feed = _Feed(av, mel, 2, [av.walker(0), av.walker(1)], ahead=6)
+    batches = [feed.batch() for _ in range(10)]
+    assert len(handed[0]) == 12 and all(len(h) == 2 for h in handed[1:])
+    when = {}
+    for n, h in enumerate(handed):
+        for e in h:
+            when.setdefault(e, n)
+    for n, reqs in enumerate(batches):
+        for r in reqs:
+            assert when[r.base] <= max(0, n - 5), (n, r.base)
+    plain = [av.walker(0), av.walker(1)]
+    assert [[r.base for r in reqs] for reqs in batches] == \
+        [[w.next("speaking") for w in plain] for _ in range(10)]
