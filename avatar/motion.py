@@ -80,7 +80,11 @@ class MotionConfig:
     """The same in silence (listening and idle footage); None: from the footage
     (``silent_stay``): as long as ``min_stay_s`` where the footage's silences leave room
     for it, shorter (down to ``shortest_silent_stay_s``) where they are short."""
-    shortest_silent_stay_s: float = 0.3
+    shortest_silent_stay_s: float = 0.2
+    short_silent_fade: int = 6
+    """The longest cross-fade in silence where the footage's silences are short (the
+    shortest stay's case): a stay and a fade of 0.44 s fit in more of GRID's 0.7 s
+    silences than 0.32 + 0.36 s, so the walk finds closer matches (below)."""
     silent_room_share: float = 0.6
     """``silent_stay`` keeps ``min_stay_s`` in silence where stretches with room for it and
     the longest fade hold at least this share of the silent footage. A stay that only a few
@@ -96,7 +100,8 @@ class MotionConfig:
     recent_s: float = 60.0
     repeat_window_s: float = 2.0
     """A frame whose next ``repeat_window_s`` hold a frame shown within ``recent_s`` is
-    priced out of the next choice: no 2-second stretch twice in a minute."""
+    priced out of the next choice: no 2-second stretch twice in a minute; nor is a frame
+    a stretch was entered at within ``recent_s`` (no seam twice, no loop)."""
     accept_quantile: float = 75.0
     """The next stretch is drawn uniformly among all frames whose transition, spread over
     the cross-fade, changes each frame no more than this percentile of the footage's own
@@ -250,10 +255,15 @@ class Walker:
         self.min_stay_silent = silent_stay(graph, self.cfg) \
             if self.cfg.silent_min_stay_s is None \
             else max(1, int(round(self.cfg.silent_min_stay_s * fps)))
+        self.silent_fade = min(self.cfg.silent_fade, self.cfg.short_silent_fade) \
+            if short_silences(graph, self.cfg) else self.cfg.silent_fade
+        """The longest cross-fade in silence for this bank."""
         self.max_stay = max(self.min_stay, int(round(self.cfg.max_stay_s * fps)))
         self.recent = int(round(self.cfg.recent_s * fps))
         self.ahead = max(1, int(round(self.cfg.repeat_window_s * fps)))
         self.last_used = np.full(graph.n, -10**9, np.int64)
+        self.entered = np.full(graph.n, -10**9, np.int64)
+        """The output frame at which each bank frame was last entered by a transition."""
         self.k = 0
         # Each walk starts somewhere else in the silent footage (sessions opened together
         # do not move in step), where a stretch long enough to stay in begins.
@@ -275,7 +285,7 @@ class Walker:
         self.step_cost = float(np.percentile(natural, self.cfg.accept_quantile))
         self.accept_cost = self.step_cost * (self.cfg.fade + 1) ** 2
         self.accept_silent = float(np.percentile(natural, self.cfg.silent_accept_quantile)) \
-            * (self.cfg.silent_fade + 1) ** 2
+            * (self.silent_fade + 1) ** 2
 
     def snapshot(self) -> tuple:
         return (dataclasses.replace(self.s, pending=list(self.s.pending)), self.k)
@@ -337,7 +347,7 @@ class Walker:
 
     def _cap(self, want: tuple[int, ...]) -> int:
         """The longest cross-fade in this state."""
-        return self.cfg.silent_fade if want == WANTS["silent"] else self.cfg.fade
+        return self.silent_fade if want == WANTS["silent"] else self.cfg.fade
 
     def _stay(self, want: tuple[int, ...]) -> int:
         """The shortest stay in a stretch of this state."""
@@ -363,6 +373,7 @@ class Walker:
         s = self.s
         self.transitions += 1
         s.reused = 0  # a bank too small to avoid repeats repeats rather than fade for ever
+        self.entered[target] = self.k
         fade = self._fade(nxt, target, cost, self._cap(want))
         if most is not None:
             fade = max(0, min(fade, most))
@@ -485,8 +496,16 @@ class Walker:
         used = np.concatenate([[0], np.cumsum(self.k - self.last_used < self.recent)])
         ahead = np.minimum(np.arange(g.n) + self.ahead, g.n)
         fresh = ok & ((used[ahead] - used[:-1]) <= self.ahead // 4)
-        if fresh.any():
-            ok = fresh
+        # Nor a frame where a stretch was entered within the minute: on GRID's short
+        # silences (0.7 s) the nearest match was often the stretch's own start a stay back,
+        # so the walk went back to it again and again, a loop of a few hundred ms (a
+        # quarter of reused frames let each turn through); 2.2-2.7 % of 2-second windows
+        # came back within the minute. Where nothing is left, that rule goes last.
+        unentered = self.k - self.entered >= self.recent
+        for allowed in (fresh & unentered, ok & unentered, fresh):
+            if allowed.any():
+                ok = allowed
+                break
         if envelope is not None and envelope.size:
             cost = cost + c.envelope_weight * self._envelope_cost(envelope)
         return ok, cost
@@ -522,22 +541,30 @@ class Walker:
 
 
 def silent_stay(g: MotionGraph, cfg: MotionConfig) -> int:
-    """Frames of the shortest stay in silent footage for this bank: ``cfg.min_stay_s``
-    where the silent stretches with room for it and a ``silent_fade`` hold
-    ``silent_room_share`` of the silent frames, else ``cfg.shortest_silent_stay_s``.
+    """Frames of the shortest stay in silent footage for this bank: ``cfg.min_stay_s``,
+    or ``cfg.shortest_silent_stay_s`` where its silences are short (``short_silences``).
     Two values, not a search between them: on GRID's training clips a stay of 0.4 s
     (the longest that passed the share) kept most of 0.6 s's faults (seam frames over
     the footage's 99th percentile 20-21 % against 27-34 %, silent motion-energy ratio
-    50-54 % off against 58-60 %), where 0.3 s gave 13-17 % and 9-12 %."""
+    50-54 % off against 58-60 %), where 0.3 s gave 13-17 % and 9-12 %. Once the walk no
+    longer went back to the stretch it was in (``Walker._pool``), 0.2 s with a 6-frame
+    fade (``short_silent_fade``) matched closer than 0.3 s with 8."""
     longest = max(1, int(round(cfg.min_stay_s * g.fps)))
     shortest = min(longest, max(1, int(round(cfg.shortest_silent_stay_s * g.fps))))
+    return shortest if short_silences(g, cfg) else longest
+
+
+def short_silences(g: MotionGraph, cfg: MotionConfig) -> bool:
+    """Whether under ``silent_room_share`` of the bank's silent frames lie in stretches
+    with room for a ``min_stay_s`` stay and a ``silent_fade``."""
+    longest = max(1, int(round(cfg.min_stay_s * g.fps)))
     want = WANTS["silent"]
     inside = np.isin(g.state, want)
     before = np.concatenate([[False], inside[:-1] & g.cont[:-1]])
     lengths = g.left_in[want][inside & ~before]  # each silent stretch's length
     total = int(lengths.sum())
     roomy = int(lengths[lengths >= longest + cfg.silent_fade].sum())
-    return longest if total == 0 or roomy >= cfg.silent_room_share * total else shortest
+    return total > 0 and roomy < cfg.silent_room_share * total
 
 
 def _same_run(g: MotionGraph, src: int, lo: int, hi: int) -> np.ndarray:

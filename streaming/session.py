@@ -902,7 +902,7 @@ class MotionTimeline:
         self.bank = avatar.bank
         # The longest cross-fade either way: the walk is back in silent footage this long
         # before the painted mouth stops.
-        self.fade = max(walker.cfg.fade, walker.cfg.silent_fade)
+        self.fade = max(walker.cfg.fade, walker.silent_fade)
         self.entries: dict[int, Entry] = {}
         self._snaps: dict[int, tuple] = {}
         self.next = 0

@@ -19,13 +19,14 @@ from tests.conftest import read_frames, run_cli
 from training.motion.bank import BankConfig, frame_states
 
 
-def _index(runs: int = 8, length: int = 120, seed: int = 0) -> dict[str, np.ndarray]:
-    """A synthetic bank: ``runs`` stretches, each half listening then half speaking, with
-    features that drift smoothly within a stretch."""
+def _index(runs: int = 8, length: int = 120, seed: int = 0, silent: int | None = None
+           ) -> dict[str, np.ndarray]:
+    """A synthetic bank: ``runs`` stretches, each listening (``silent`` frames, default
+    half) then speaking, with features that drift smoothly within a stretch."""
     rng = np.random.default_rng(seed)
     n = runs * length
-    state = np.tile(np.r_[np.full(length // 2, LISTENING), np.full(length - length // 2,
-                                                                    SPEAKING)], runs)
+    quiet = length // 2 if silent is None else silent
+    state = np.tile(np.r_[np.full(quiet, LISTENING), np.full(length - quiet, SPEAKING)], runs)
     cont = np.ones(n, bool)
     cont[length - 1::length] = False
 
@@ -121,8 +122,9 @@ def test_short_silences_get_a_short_stay_and_long_ones_keep_the_full_one() -> No
     long = MotionGraph(_index(runs=8, length=120), 25)
     assert silent_stay(long, cfg) == round(cfg.min_stay_s * 25)
     assert Walker(long, cfg).min_stay_silent == round(cfg.min_stay_s * 25)
+    assert Walker(long, cfg).silent_fade == cfg.silent_fade
     # GRID-like: 3-second stretches opening with 18 silent frames, too short for a
-    # 0.6 s stay and a fade: the walk stays 0.3 s, and it enters such stretches.
+    # 0.6 s stay and a fade: the walk stays 0.2 s, and it enters such stretches.
     idx = _index(runs=40, length=75)
     state = idx["state"].reshape(40, 75)
     state[:, :18], state[:, 18:] = LISTENING, SPEAKING
@@ -130,9 +132,13 @@ def test_short_silences_get_a_short_stay_and_long_ones_keep_the_full_one() -> No
     short = MotionGraph(idx, 25)
     stay = silent_stay(short, cfg)
     assert stay == round(cfg.shortest_silent_stay_s * 25) < round(cfg.min_stay_s * 25)
+    # ...and a shorter cross-fade in silence, so a stay and a fade fit in more of them.
+    assert Walker(short, cfg).silent_fade == cfg.short_silent_fade < cfg.silent_fade
     entries = _walk(Walker(short, cfg, seed=2), ["silent"] * 400)
     entered = {e.a // 75 for e in entries if e.b < 0}
     assert len(entered) > 10  # many stretches, not the few a full stay would allow
+    fades = [e.w for e in entries if e.b >= 0]
+    assert fades and min(fades) >= 1 / (cfg.short_silent_fade + 1) - 1e-9
     # An explicit stay is kept as given.
     assert Walker(short, MotionConfig(silent_min_stay_s=0.6)).min_stay_silent == 15
 
@@ -160,6 +166,26 @@ def test_the_walk_does_not_repeat_within_a_minute_when_the_bank_allows() -> None
     rep = repetition(_walk(w, modes), 25, 2.0, 60.0)
     assert rep["reversed_steps"] == 0
     assert rep["repeated_share"] <= 0.02, rep
+
+
+def test_the_walk_never_loops_back_into_footage_it_just_showed() -> None:
+    """Footage like GRID's (3-second clips, under a second of silence each) driven with
+    silences of 2.8 s: the walk had gone back to the start of the stretch it was in again
+    and again (its nearest match), a loop each time within the share of reused frames a
+    target may hold. No frame is entered twice within the minute, so no 2-second window
+    comes back."""
+    from training.evaluate_motion import repetition
+
+    for seed in range(4):
+        g = MotionGraph(_index(runs=60, length=75, seed=seed, silent=20), 25)
+        modes = (["silent"] * 70 + ["speaking"] * 50) * 25   # 2 minutes
+        entries = _walk(Walker(g, seed=seed), modes)
+        assert repetition(entries, 25, 2.0, 60.0)["repeated_share"] == 0, seed
+        entered: dict[int, int] = {}
+        for k, e in enumerate(entries):
+            if e.b >= 0 and (k == 0 or entries[k - 1].b < 0):  # a cross-fade begins
+                assert k - entered.get(e.b, -10**9) >= 25 * 60, (seed, k, e)
+                entered[e.b] = k
 
 
 def test_the_bundle_has_a_bank_and_renders_over_it(bundle: Path, sample) -> None:
