@@ -81,4 +81,8 @@ def test_render_carries_the_label_unless_turned_off(bundle: Path, tmp_path: Path
     for fa, fb in zip(a, b, strict=True):
         inside = np.abs(fa[y0:y1, x0:x1].astype(int) - fb[y0:y1, x0:x1]).mean()
         outside = np.abs(fa[:y0 - 8].astype(int) - fb[:y0 - 8]).mean()
-        assert inside > 20 and outside < 2, (inside, outside)
+        # Outside, only the encoder's doing: a frame that differs anywhere is coded
+        # differently everywhere, and the difference carries from frame to frame (the
+        # test bundle's walk: 0.2 at the start, 1.8-2.2 levels by the tenth frame); the
+        # label itself is 60 levels off the plain frame inside its box.
+        assert inside > 20 and outside < 3, (inside, outside)
