@@ -117,7 +117,9 @@ async def _joined(http, session_url: str, auth: dict) -> None:  # noqa: ANN001
 def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
               llm_model: str = "SmolLM2-135M-Instruct", chat_questions: int = 3,
               llm_nice: int = 19, viewer_kind: str = "aiortc",
-              playout_delay: str = "off") -> dict:
+              playout_delay: str = "off", server_log: Path | None = None) -> dict:
+    """``server_log``: where to keep the server's own log, debug lines included (its
+    sessions' "first audio ready ... starts ... later" trace), once the run ends."""
     import tempfile
 
     from bench.irc_server import available as irc_available
@@ -155,7 +157,7 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
     server = ServerProcess(bundle, Path(tmp.name) / "serve.log", token="bench", args=(
         "--host-share", "0", "--rtmp-allow", "127.0.0.1", "--llm", llm_url,
         "--llm-model", llm_model, "--knowledge", str(knowledge),
-        "--playout-delay", playout_delay))
+        "--playout-delay", playout_delay), verbose=server_log is not None)
     irc = None
     posted: list[tuple[float, str | None]] = []
     chat_sent: list[float] = []
@@ -211,6 +213,10 @@ def bench_ask(bundle: Path, questions: int = 8, llm_url: str | None = None,
         wall = time.perf_counter() - t0
     finally:
         server.stop()
+        if server_log is not None:
+            import shutil
+
+            shutil.copyfile(server.log_path, server_log)
         tmp.cleanup()
         if proc is not None:
             proc.stop()

@@ -33,14 +33,15 @@ class ServerProcess:
     ``log_path``."""
 
     def __init__(self, bundle: Path, log_path: Path, token: str = "bench",
-                 args: tuple[str, ...] = ()):
+                 args: tuple[str, ...] = (), verbose: bool = False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
         self.log_path = log_path
         self._log = open(log_path, "w+")  # noqa: SIM115 - read after the child ends
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "twincast.cli", "serve", str(bundle), "--port",
+            [sys.executable, "-m", "twincast.cli", *(["-v"] if verbose else []), "serve",
+             str(bundle), "--port",
              str(self.port), "--token", token, "--allow-unconsented", *args], cwd=ROOT,
             stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, "TWINCAST_PROGRESS": "0"})

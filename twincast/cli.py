@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     preset_names = names()
     p = argparse.ArgumentParser(prog="twincast", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="debug logging from twincast (-vv: from the libraries too)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("sample", help="write synthetic presenter footage to enrol from")
@@ -680,6 +681,9 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--playout-delay", type=_playout_delay, default=PLAYOUT_DELAY_DEFAULT,
                     metavar="MS|off", help="the server's --playout-delay (default "
                     f"{PLAYOUT_DELAY_DEFAULT})")
+    bq.add_argument("--server-log", type=Path, default=None, metavar="PATH",
+                    help="keep the server's log here, its debug lines included (each "
+                    "sentence's start traced: synthesis, start margin)")
     bq.set_defaults(func=cmd_bench_ask)
     bc = bsub.add_parser("cluster", help="one server against a Ray cluster of two nodes on "
                          "this machine: latency at a viewer, placement, losing a node")
@@ -1299,7 +1303,7 @@ def cmd_bench_ask(args: argparse.Namespace) -> int:
     read_manifest(args.bundle, verify=False)  # a clear error for a wrong path
     print(json.dumps(bench_ask(args.bundle, args.questions, args.llm, args.llm_model,
                                args.chat_questions, args.llm_nice, args.viewer,
-                               args.playout_delay),
+                               args.playout_delay, args.server_log),
                      indent=2))
     return 0
 
@@ -1384,10 +1388,17 @@ def _disk_full(e: BaseException) -> bool:
     return False
 
 
+OWN_LOGGERS = ("avatar", "bench", "integrations", "streaming", "training", "twincast")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.verbose == 1:
+        # aiortc and aioice log every packet at debug level: -v is twincast's own lines.
+        for name in OWN_LOGGERS:
+            logging.getLogger(name).setLevel(logging.DEBUG)
     missing = _missing_role(args.command)
     if missing is not None:
         print(f"twincast: error: {missing}", file=sys.stderr)
