@@ -159,6 +159,9 @@ class Lane:
         """CPU threads the lane's model calls use (None: torch's default)."""
         self.last_batch: tuple[int, float, float] | None = None
         """(size, seconds, predicted seconds) of the lane's last model call."""
+        self.busy_until: float | None = None
+        """When the batch on the lane now is predicted to be done (scheduler clock; None:
+        the lane is not rendering)."""
         self._last_late = -1e9
 
     def late_cause(self, job: Job) -> str:
@@ -237,11 +240,14 @@ class Scheduler:
             self._cv.notify()
         return job
 
-    def cancel(self, session: str, before: int | None = None) -> int:
+    def cancel(self, session: str, before: int | None = None,
+               since: int | None = None) -> int:
         """Drop every queued job of ``session`` (barge-in), or only its frames before
-        frame ``before``; returns how many."""
+        frame ``before``, or from frame ``since`` on; returns how many."""
         def dropped(j: Job) -> bool:
-            return j.session == session and (before is None or j.request.idle_index < before)
+            k = j.request.idle_index
+            return j.session == session and (before is None or k < before) and \
+                (since is None or k >= since)
 
         with self._cv:
             keep = [j for j in self._heap if not dropped(j)]
@@ -258,13 +264,17 @@ class Scheduler:
             return len(self._heap)
 
     def lead_time(self, frames: int) -> float:
-        """Predicted seconds until ``frames`` submitted now are all rendered: the work
-        already queued, shared by the lanes, plus a batch that may be in flight."""
+        """Predicted seconds until ``frames`` submitted now are all rendered: what is left
+        of the batch on the lane now, then the work already queued and these frames,
+        shared by the lanes. (It used to count a whole batch of the queued frames' size as
+        in flight whenever any were queued, rendering or not: 100-155 ms for a start's
+        first two frames on the ``make demo`` bundle, whose rendered silences keep a few
+        frames queued, where they came back in 35-150.)"""
         pending = self.pending
         per_lane = math.ceil((pending + frames) / len(self.lanes))
-        in_flight = min(self.cfg.max_batch, max(pending, frames))
-        return min(lane.cost.predict(per_lane) + (lane.cost.predict(in_flight) if pending
-                                                   else 0.0) for lane in self.lanes)
+        now = self.clock()
+        return min((0.0 if lane.busy_until is None else max(0.0, lane.busy_until - now))
+                   + lane.cost.predict(per_lane) for lane in self.lanes)
 
     def note_start(self, seconds: float) -> None:
         """How long a stretch of speech placed to start at once took to have its first
@@ -400,9 +410,11 @@ class Scheduler:
     def render_batch(self, lane: Lane, batch: list[Job]) -> None:
         renderer = lane.renderers[batch[0].avatar]
         t0 = time.perf_counter()
+        lane.busy_until = self.clock() + lane.cost.predict(len(batch))
         try:
             frames = renderer.render([j.request for j in batch])
         except Exception:  # noqa: BLE001 - one bad batch must not stop the lane
+            lane.busy_until = None
             log.exception("rendering a batch of %d on %s failed", len(batch), lane.name)
             sessions = sorted({j.request.session for j in batch})
             if len(sessions) > 1:
@@ -417,6 +429,7 @@ class Scheduler:
                 j.done(j, None, "error")
             return
         took = time.perf_counter() - t0
+        lane.busy_until = None
         lane.last_batch = (len(batch), took, lane.cost.predict(len(batch)))
         lane.cost.observe(len(batch), took)
         lane.stats.frames += len(batch)

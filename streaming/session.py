@@ -589,6 +589,8 @@ class Session:
             if u is not None and u.placed_at is not None and u.start_frame is not None \
                     and k >= u.start_frame + self.cfg.first_frames - 1:
                 self.scheduler.note_start(self.clock.now() - u.placed_at)
+                log.debug("utterance %s: first frames back %.0f ms after it was placed",
+                          u.id, 1000 * (self.clock.now() - u.placed_at))
                 u.started.set()
                 u.placed_at = None
             # Frames are taken by the video track at their time; with no one taking them
@@ -728,9 +730,12 @@ class Session:
                 self._place(u, math.ceil((now + margin) * fps), now)
                 u.placed_at = now
                 log.debug("utterance %s: first audio ready %.0f ms after it was asked "
-                          "for; starts %.0f ms later (margin %.0f ms)", u.id,
+                          "for; starts %.0f ms later (margin %.0f ms; first frames "
+                          "predicted back in %.0f, recent starts' p90 %.0f)", u.id,
                           1000 * (time.monotonic() - u.asked_at),
-                          1000 * (u.start_frame / fps - now), 1000 * margin)
+                          1000 * (u.start_frame / fps - now), 1000 * margin,
+                          1000 * self.scheduler.lead_time(self.cfg.first_frames),
+                          1000 * self.scheduler.start_delay())
             s = u.start_frame
             assert s is not None
             nxt = self.queue[1] if len(self.queue) > 1 else None
@@ -807,7 +812,12 @@ class Session:
                         prev.start_frame + prev.submitted,
                         end - self.motion.fade - self.motion.switch_sight)
         self.motion.replan(first)
-        self._painted = {k for k in self._painted if k < first}
+        # Silent frames queued from there on are painted over footage the walk no longer
+        # shows or under speech: rendered, they were thrown away, and a start's first
+        # frames were batched with them.
+        since = min(first, start)
+        self.scheduler.cancel(self.id, since=since)
+        self._painted = {k for k in self._painted if k < since}
         self.motion.prefetch(current, self._mode)
 
     def _follower(self, u: Utterance) -> Utterance | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from avatar.motion import IDLE, LISTENING, SPEAKING, Entry, MotionConfig, MotionGraph, Walker
 from tests.conftest import read_frames, run_cli
@@ -40,6 +41,26 @@ def _index(runs: int = 8, length: int = 120, seed: int = 0, silent: int | None =
             "landmarks": 200 + drift((8, 2), 0.3), "shoulders": 300 + drift((4,), 0.3),
             "thumb": np.clip(128 + drift((24, 24), 0.5), 0, 255).astype(np.uint8)}
 
+
+
+def test_a_mouth_that_rests_open_is_not_painted_shut_in_silence() -> None:
+    """Silent footage counts as mouthy (painted shut when shown in silence) only where it is
+    open beyond the person's own rest: lips that rest apart are this person's still mouth."""
+    idx = _index()
+    silent = idx["state"] != SPEAKING
+    rng = np.random.default_rng(1)
+    # Shut at rest (GRID: 0.0015): the fixed threshold; frames opened past it are mouthy.
+    idx["opening"] = np.where(silent, 0.001 + rng.uniform(0, 0.001, len(silent)), 0.1)
+    idx["opening"][np.flatnonzero(silent)[::10]] = 0.03
+    g = MotionGraph(idx, 25)
+    assert g.open_mouth == pytest.approx(0.015)
+    assert g.mouthy[silent].mean() == pytest.approx(0.1, abs=0.01)
+    # Resting apart (the `make demo` sample: 0.117): only what opens beyond that.
+    idx["opening"] = np.where(silent, idx["opening"] + 0.11, 0.25)
+    g = MotionGraph(idx, 25)
+    assert 0.12 < g.open_mouth < 0.14
+    assert g.mouthy[silent].mean() == pytest.approx(0.1, abs=0.01)
+    assert g.mouthy[~silent].all()
 
 def _walk(walker: Walker, modes: list[str]) -> list[Entry]:
     return [walker.next(m) for m in modes]

@@ -144,6 +144,34 @@ def test_cancel_flushes_one_session_only() -> None:
     assert all(j.session == "other" for j in sch.take_batch(lane))
 
 
+def test_cancel_from_a_frame_on_keeps_the_frames_before_it() -> None:
+    """Speech placed at frame 3: the session's silent frames queued from there on are
+    dropped, those before it and other sessions' are kept."""
+    sch, clock, (lane,) = make(max_batch=16)
+    res = Results()
+    for k in range(6):
+        sch.submit("a", req("talker", 1.0 + k, i=k), res)
+        sch.submit("a", req("other", 1.0 + k, i=k), res)
+    assert sch.cancel("talker", since=3) == 3
+    left = [(j.session, j.request.idle_index) for j in sch.take_batch(lane)]
+    assert sorted(i for s, i in left if s == "talker") == [0, 1, 2]
+    assert sorted(i for s, i in left if s == "other") == list(range(6))
+
+
+def test_lead_time_counts_what_is_left_of_the_batch_on_the_lane() -> None:
+    """Frames merely queued are not a batch in flight; a batch rendering now counts for
+    the time it has left."""
+    sch, clock, (lane,) = make()  # 10 ms a batch plus 10 ms a frame
+    res = Results()
+    assert sch.lead_time(2) == pytest.approx(0.03)
+    for k in range(4):  # queued, the lane idle (held for a larger batch)
+        sch.submit("a", req("s", 1.0 + k, i=k), res)
+    assert sch.lead_time(2) == pytest.approx(0.07)
+    lane.busy_until = clock.t + 0.05  # a batch on the lane, 50 ms left of it
+    assert sch.lead_time(2) == pytest.approx(0.12)
+    clock.t += 0.2  # running over its prediction: nothing more is known of it
+    assert sch.lead_time(2) == pytest.approx(0.07)
+
 def test_admission_refuses_beyond_max_pending() -> None:
     clock = FakeClock()
     lane = Lane("cpu0", {"a": FakeRenderer()})
