@@ -774,8 +774,7 @@ class Session:
 
     def _render_lead(self) -> float:
         """Seconds a start's first frames handed over now take to come back rendered."""
-        return max(self.scheduler.lead_time(self.cfg.first_frames),
-                   self.scheduler.start_delay()) + self.cfg.start_safety_s
+        return self.scheduler.start_lead(self.cfg.first_frames) + self.cfg.start_safety_s
 
     def _footage_lead(self) -> int:
         """Frames from now before which the walk through the bank keeps its plan: new

@@ -327,3 +327,17 @@ def test_start_delay_is_the_recent_starts_90th_percentile() -> None:
     for _ in range(40):  # only the recent ones count
         sch.note_start(0.2)
     assert sch.start_delay() == pytest.approx(0.2)
+
+
+def test_a_start_s_lead_is_the_prediction_or_the_measured_starts() -> None:
+    sch, clock, (lane,) = make()  # 10 ms a batch plus 10 ms a frame
+    assert sch.start_lead(2) == pytest.approx(0.03)  # nothing measured yet
+    for _ in range(4):
+        sch.note_start(0.02)
+    assert sch.start_lead(2) == pytest.approx(0.03)  # the prediction, longer than 0.02
+    for _ in range(4):
+        sch.note_start(0.1)
+    assert sch.start_lead(2) == pytest.approx(0.1)
+    # Batches running 1.5 times over their prediction stretch it.
+    lane.cost._ratios.extend([1.5] * 10)
+    assert sch.lead_time(2) == pytest.approx(0.03 * 1.5)
