@@ -65,7 +65,12 @@ class SessionConfig:
     232-255 against 304-401). One alone left the next frames too little time with two
     sessions on the ``ci`` one (18-26 frames late at starts in 30 s, against 0-6 with two
     or four)."""
-    start_safety_s: float = 0.03
+    start_safety_s: float = 0.06
+    """Added to the start's lead (``Scheduler.start_lead``). Since that lead follows the
+    lane's state (it used to count queued frames as a batch in flight, which kept starts
+    late by 60-100 ms), 0.03 s left a sentence's first five frames late more often on the
+    `make demo` bundle (`bench serve --sessions 1`, 2-core EPYC: 2-6 a 20-s run against
+    0-1 before); 0.06 s: 1-3."""
     render_ahead_frames: int = 12
     """Frames handed to the scheduler ahead of their display time (see
     ``SchedulerConfig.hold_s``)."""
