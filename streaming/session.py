@@ -67,10 +67,10 @@ class SessionConfig:
     or four)."""
     start_safety_s: float = 0.06
     """Added to the start's lead (``Scheduler.start_lead``). Since that lead follows the
-    lane's state (it used to count queued frames as a batch in flight, which kept starts
-    late by 60-100 ms), 0.03 s left a sentence's first five frames late more often on the
-    `make demo` bundle (`bench serve --sessions 1`, 2-core EPYC: 2-6 a 20-s run against
-    0-1 before); 0.06 s: 1-3."""
+    lane's state (it used to count queued frames as a batch in flight, which placed starts
+    60-100 ms later than they needed), 0.03 s left a sentence's first five frames late
+    more often on the `make demo` bundle (`bench serve --sessions 1`, 2-core EPYC: 2-6 a
+    20-s run against 0-1 before); 0.06 s: 1-3."""
     render_ahead_frames: int = 12
     """Frames handed to the scheduler ahead of their display time (see
     ``SchedulerConfig.hold_s``)."""
@@ -734,13 +734,14 @@ class Session:
                 margin = self._margin(u)
                 self._place(u, math.ceil((now + margin) * fps), now)
                 u.placed_at = now
-                log.debug("utterance %s: first audio ready %.0f ms after it was asked "
-                          "for; starts %.0f ms later (margin %.0f ms; first frames "
-                          "predicted back in %.0f, recent starts' p90 %.0f)", u.id,
-                          1000 * (time.monotonic() - u.asked_at),
-                          1000 * (u.start_frame / fps - now), 1000 * margin,
-                          1000 * self.scheduler.lead_time(self.cfg.first_frames),
-                          1000 * self.scheduler.start_delay())
+                if log.isEnabledFor(logging.DEBUG):  # (the figures take the lock)
+                    log.debug("utterance %s: first audio ready %.0f ms after it was "
+                              "asked for; starts %.0f ms later (margin %.0f ms; first "
+                              "frames predicted back in %.0f, recent starts' p90 %.0f)",
+                              u.id, 1000 * (time.monotonic() - u.asked_at),
+                              1000 * (u.start_frame / fps - now), 1000 * margin,
+                              1000 * self.scheduler.lead_time(self.cfg.first_frames),
+                              1000 * self.scheduler.start_delay())
             s = u.start_frame
             assert s is not None
             nxt = self.queue[1] if len(self.queue) > 1 else None
