@@ -287,7 +287,7 @@ class Avatar:
         """Render a batch of requests (any sessions, any idle frames) in one model call."""
         if not requests:
             return []
-        idle = [self.bank.background(r.base) if r.base is not None and self.bank is not None
+        idle = [self.bank.take(r.base) if r.base is not None and self.bank is not None
                 else self.idle[pingpong(r.idle_index, len(self.idle))] for r in requests]
         regions = torch.from_numpy(np.stack([f.region for f in idle])).to(self.device)
         ref = self.reference.unsqueeze(0).expand(len(requests), -1, -1, -1)

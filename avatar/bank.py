@@ -44,6 +44,9 @@ SHARP_AREA = 640 * 480
 """Frames larger than this are cross-faded bilinear only around the face (``_warp``)."""
 TIMINGS_KEPT = 16
 """Recent decodes, cross-fades and preparations whose durations ``lead_s`` goes by."""
+TAKEN_KEPT = 4096
+"""Entries a render took that the bank remembers (a few seconds of many sessions' walks:
+work for them still queued on the bank's thread is skipped)."""
 FACE_HALF_IOD = 1.6
 """Half the side of that box in eye distances: the face mesh spans about 2.4 eye
 distances from brow to chin (1.2 either side of its centre), with a margin."""
@@ -52,7 +55,7 @@ distances from brow to chin (1.2 either side of its centre), with a margin."""
 class MotionBank:
     def __init__(self, path: Path, index: dict[str, np.ndarray], files: list[str], fps: int,
                  geometry: tuple[np.ndarray, np.ndarray, np.ndarray], size: int,
-                 cache_mb: float = 2048.0, prepared_mb: float = 512.0,
+                 cache_mb: float = 2048.0, prepared_mb: float = 1536.0,
                  mixed_mb: float = 512.0, keep_s: float = KEEP_S):
         self.path = path
         self.index = index
@@ -65,11 +68,15 @@ class MotionBank:
         self._affine = index["crop_affine"].astype(np.float64)
         self._frames: OrderedDict[int, np.ndarray] = OrderedDict()
         # Cross-fades mixed and frames prepared for painting, a second ahead of every
-        # session (sixteen sessions: 400 entries; at 720p about 0.3 GB prepared and 0.2 GB
-        # of cross-fades): bounded in bytes, not in entries.
-        # A prepared entry holds its frame too: a cross-fade's mixed frame (kept alive
-        # after the cross-fade cache lets it go) or a bank frame (kept alive after the
-        # frame cache lets it go, unless the whole bank stays decoded). Counted, or the
+        # session (sixteen sessions: 400 entries; at 720p 3.7 MB a prepared entry with
+        # its frame, 1.5 GB, and 0.2 GB of cross-fades): bounded in bytes, not in entries.
+        # At 512 MB the bound let go of two thirds of sixteen 720p walks' prepared frames
+        # before they were painted (``bench render --motion``, batch 16), and the renderer
+        # prepared them again itself. A render takes its entry out (``take``), so what
+        # the bound holds is the second ahead, and entries re-planned away until they
+        # expire. A prepared entry holds its frame too: a cross-fade's mixed frame (kept
+        # alive after the cross-fade cache lets it go) or a bank frame (kept alive after
+        # the frame cache lets it go, unless the whole bank stays decoded). Counted, or the
         # prepared cache grows by a frame for every new cross-fade painted: uncounted, an
         # hour's soak at 360x288 kept growing by ~5 MB a minute after its tenth minute.
         self._prepared: _Lru[_IdleFrame] = _Lru(int(prepared_mb * 2**20), self._prepared_size,
@@ -93,6 +100,8 @@ class MotionBank:
         self.thread_nice = 0
         """Niceness the bank's thread runs at (Linux; a server lowers it so the renderer
         keeps its core where the walk turns: ``ServerConfig.bank_nice``)."""
+        self._taken: OrderedDict[Entry, None] = OrderedDict()
+        """The entries renders took lately (``take``), the oldest first."""
         self._took: dict[str, deque[float]] = {
             kind: deque(maxlen=TIMINGS_KEPT) for kind in ("decode", "mix", "prepare")}
         """Wall seconds of the recent pieces of work, as this host runs them now."""
@@ -243,13 +252,23 @@ class MotionBank:
         if self._worker is not None:
             self._worker.wait()
 
+    def _painted(self, e: Entry) -> bool:
+        """Whether a render has taken ``e`` already: the bank's thread, once behind the
+        renderer, would otherwise make frames nobody will paint, and stay behind."""
+        with self._lock:
+            return e in self._taken
+
     def _safe_prepare(self, e: Entry) -> None:
+        if self._painted(e):
+            return
         try:
             self.background(e)
         except Exception:  # noqa: BLE001 - prepared again (and fails loudly) when painted
             log.exception("preparing bank frame %s failed", e)
 
     def _safe_mix(self, e: Entry) -> None:
+        if self._painted(e):
+            return
         try:
             self._mixed_frame(e)
         except Exception:  # noqa: BLE001 - mixed again (and fails loudly) when shown
@@ -330,9 +349,9 @@ class MotionBank:
         return (int(max(0, c[0] - half)), int(max(0, c[1] - half)),
                 int(min(w, c[0] + half + 1)), int(min(h, c[1] + half + 1)))
 
-    def background(self, e: Entry) -> _IdleFrame:
-        """Everything compositing needs for an entry (cached: a frame is usually painted
-        once and shown once)."""
+    def background(self, e: Entry, keep: bool = True) -> _IdleFrame:
+        """Everything compositing needs for an entry (cached, made ahead on the bank's
+        thread; ``keep``: cache what is made here)."""
         with self._lock:
             p = self._prepared.get(e)
             if p is not None:
@@ -341,9 +360,23 @@ class MotionBank:
         t0 = time.perf_counter()
         p = prepare_frames([frame], affine[None], *self._geometry, self._size)[0]
         with self._lock:
-            self._prepared.put(e, p)
+            if keep:
+                self._prepared.put(e, p)
             self._took["prepare"].append(time.perf_counter() - t0)
         return p
+
+    def take(self, e: Entry) -> _IdleFrame:
+        """``background(e)`` for the render that paints it, which is the entry's last use
+        (a frame is painted once): it leaves the cache. Kept, painted entries were the
+        most recently used, so the cache's bound let go of those prepared ahead, the next
+        to be painted, first: with sixteen 720p walks a second ahead (``bench render
+        --motion``, batch 16) the renderer prepared 108 of 153 frames again itself."""
+        with self._lock:
+            p = self._prepared.pop(e)
+            self._taken[e] = None
+            while len(self._taken) > TAKEN_KEPT:
+                self._taken.popitem(last=False)
+        return p if p is not None else self.background(e, keep=False)
 
 
 READY, PREPARE = 0, 1
@@ -427,6 +460,14 @@ class _Lru(Generic[V]):
             self._items[key] = (item[0], item[1], now)  # the most recent now
         self._expire(now)
         return None if item is None else item[0]
+
+    def pop(self, key: Entry) -> V | None:
+        """The item for ``key``, taken out of the cache (None where it is not in it)."""
+        item = self._items.pop(key, None)
+        if item is None:
+            return None
+        self.bytes -= item[1]
+        return item[0]
 
     def put(self, key: Entry, value: V) -> None:
         now = self._clock()

@@ -113,16 +113,34 @@ def weights_kind(preset: str | None, model_size: int | None) -> str:
 def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (1, 4, 16, 64),
                  seconds: float = 3.0, preset: str | None = None,
                  precision: str = "auto", model_size: int | None = None,
-                 motion: bool = False, compositing: str = "cpu", refiner: str = "keep"
-                 ) -> dict:
+                 motion: bool = False, compositing: str = "cpu", refiner: str = "keep",
+                 threads: int = 0) -> dict:
     """Frames per second of ``Avatar.render`` (generator and compositing) per batch size.
     With ``preset``, a fresh model of that preset's size stands in for the bundle's; with
     ``model_size``, one painting that many pixels (the preset's, else the bundle's,
     architecture otherwise): what a footage-chosen working size costs. With ``motion``,
     each of the batch's frames belongs to its own session walking the motion bank, so every
     frame is a new one to decode, blend and prepare (on the bank's thread, a second of each
-    walk ahead, as a server's sessions prefetch them). ``refiner``: as
-    ``load_bench_avatar``'s."""
+    walk ahead, as a server's sessions prefetch them), the bank decoded whole beforehand
+    where it fits its cache, as ``serve`` does. ``refiner``: as ``load_bench_avatar``'s.
+    ``threads``: torch's threads for the model calls (0: torch's default, every core;
+    ``serve`` gives a CPU lane half the cores, so that the bank, the voice and the encoders
+    have the rest)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _bench_render(bundle, device, batches, seconds, preset, precision,
+                             model_size, motion, compositing, refiner)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _bench_render(bundle: Path, device: str, batches: tuple[int, ...], seconds: float,
+                  preset: str | None, precision: str, model_size: int | None, motion: bool,
+                  compositing: str, refiner: str) -> dict:
     import torch
 
     avatar = load_bench_avatar(bundle, device, preset, precision, model_size, compositing,
@@ -134,6 +152,9 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
     if motion and avatar.bank is None:
         raise TwincastError(f"{bundle}: --motion needs a bundle with a motion bank (add one "
                             "with `twincast train motion WORKDIR`)")
+    whole = False
+    if motion:
+        whole = avatar.bank.preload()
     result: dict[str, float] = {}
     cpu_ms: dict[str, float] = {}
     chunks: dict[str, float] = {}
@@ -164,7 +185,9 @@ def bench_render(bundle: Path, device: str = "cpu", batches: tuple[int, ...] = (
             "cpu_ms_per_frame": cpu_ms,
             "background": "motion bank walk" if motion else "idle loop",
             "compositing": compositing, "refiner": refiner_kind(avatar, refiner),
-            **({"chunks_decoded_per_frame": chunks} if motion else {}),
+            **({"chunks_decoded_per_frame": chunks,
+                "bank": "decoded whole beforehand" if whole else
+                "decoded as the walks need it (larger than its cache)"} if motion else {}),
             "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 

@@ -568,6 +568,51 @@ def test_prefetch_queues_each_frame_s_work_in_the_order_shown(bundle: Path) -> N
                       (PREPARE, "_safe_prepare", fade)]
 
 
+def test_a_render_takes_its_prepared_frame_and_the_bank_skips_what_was_painted(
+        bundle: Path, monkeypatch) -> None:
+    """A frame is painted once: the render takes its prepared entry out of the cache (kept,
+    the painted entries were the most recent and the bound let go of the ones prepared
+    ahead first), and work still queued on the bank's thread for a frame a render has
+    already taken is skipped, so a bank thread that fell behind catches up instead of
+    making frames nobody paints."""
+    import avatar.bank
+    from avatar.avatar import Avatar, FrameRequest
+
+    av = Avatar.load(bundle)
+    bank = av.bank
+    walker = av.walker(0)
+    entries = [walker.next("speaking") for _ in range(40)]
+    ahead, behind = entries[:20], entries[20:]
+    bank.prefetch(ahead, ahead)
+    bank.wait_prefetched()
+    assert all(e in bank._prepared for e in ahead)
+    windows = np.zeros((len(entries), av.gen.cfg.mel_bins, av.mel_frames), np.float32)
+    av.render([FrameRequest(i, windows[i], base=e) for i, e in enumerate(ahead)])
+    assert not any(e in bank._prepared for e in ahead)  # taken: room for the next
+    # The bank's thread behind: its work for ``behind`` is queued but not yet run when
+    # the render paints those frames.
+    queued: list[tuple] = []
+
+    class Recorder:
+        def submit(self, kind: int, fn, arg) -> None:  # noqa: ANN001
+            queued.append((fn, arg))
+
+    bank._worker = Recorder()
+    bank.prefetch(behind, behind)
+    assert any(fn.__name__ == "_safe_prepare" for fn, _ in queued)
+    av.render([FrameRequest(i, windows[i], base=e) for i, e in enumerate(behind)])
+    made: list[int] = []
+    real = avatar.bank.prepare_frames
+    monkeypatch.setattr(avatar.bank, "prepare_frames",
+                        lambda *a: made.append(1) or real(*a))
+    mixed_before = len(bank._mixed)
+    for fn, arg in queued:
+        fn(arg)
+    assert not made  # every one already painted: nothing prepared again
+    assert not any(e in bank._prepared for e in behind)
+    assert len(bank._mixed) == mixed_before  # nor cross-faded again
+
+
 def test_bank_caches_are_bounded_in_bytes() -> None:
     from avatar.bank import _Lru
     from avatar.motion import Entry
@@ -706,6 +751,25 @@ def test_the_bank_thread_ends_when_idle_and_starts_again() -> None:
     worker.submit(READY, ran.append, 2)
     worker.wait()
     assert ran == [1, 2]
+
+
+def test_the_render_benchmark_runs_the_bank_as_a_server_does(bundle: Path) -> None:
+    """``bench render --motion`` decodes the bank whole beforehand where it fits (as
+    ``serve`` does) and says so; ``--threads`` sets the model's CPU threads (``serve``
+    gives its lane half the cores) and puts torch's own count back; a negative count is a
+    one-line usage error."""
+    import torch
+
+    from bench.runtime import bench_render
+
+    before = torch.get_num_threads()
+    out = bench_render(bundle, batches=(1,), seconds=0.2, motion=True, threads=1)
+    assert out["threads"] == 1 and out["bank"] == "decoded whole beforehand"
+    assert out["chunks_decoded_per_frame"]["1"] == 0  # nothing left to decode
+    assert torch.get_num_threads() == before
+    bad = run_cli("bench", "render", bundle, "--threads", "-1")
+    assert bad.returncode == 2 and "0 or more" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_the_render_benchmark_hands_walks_to_the_bank_a_second_ahead(bundle: Path) -> None:

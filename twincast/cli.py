@@ -78,6 +78,17 @@ def _positive(text: str) -> float:
     return v
 
 
+def _count(text: str) -> int:
+    """A whole number, 0 or more."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return v
+
+
 def _playout_delay(text: str) -> str:
     """``off`` or the most milliseconds a viewer may hold a frame (a multiple of 10)."""
     if text == "off":
@@ -573,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--refiner", choices=("keep", "off", "fresh"), default="keep",
                     help="keep the bundle's refiner (where its own model renders), render "
                     "without one, or time a fresh one (its cost at any --model-size)")
+    br.add_argument("--threads", type=_count, default=0,
+                    help="CPU threads the model calls use (0: torch's default, every core; "
+                    "`serve` gives its renderer half the cores)")
     br.set_defaults(func=cmd_bench_render)
     bst = bsub.add_parser("stream", help="CPU cost and say-to-mouth latency of one RTMP "
                           "stream (needs nginx with its RTMP module)")
@@ -1184,7 +1198,8 @@ def cmd_bench_render(args: argparse.Namespace) -> int:
                                          model_size=args.model_size,
                                          motion=args.motion,
                                          compositing=args.compositing,
-                                         refiner=args.refiner), indent=2))
+                                         refiner=args.refiner,
+                                         threads=args.threads), indent=2))
     return 0
 
 
