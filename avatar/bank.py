@@ -267,8 +267,8 @@ class MotionBank:
             log.exception("preparing bank frame %s failed", e)
 
     def _safe_mix(self, e: Entry) -> None:
-        if self._painted(e):
-            return
+        # Not skipped for a painted frame: a render's own cross-fade is cached already,
+        # and a frame painted too late is shown plain (``show``).
         try:
             self._mixed_frame(e)
         except Exception:  # noqa: BLE001 - mixed again (and fails loudly) when shown

@@ -610,7 +610,7 @@ def test_a_render_takes_its_prepared_frame_and_the_bank_skips_what_was_painted(
         fn(arg)
     assert not made  # every one already painted: nothing prepared again
     assert not any(e in bank._prepared for e in behind)
-    assert len(bank._mixed) == mixed_before  # nor cross-faded again
+    assert len(bank._mixed) == mixed_before  # the render's cross-fades were cached
 
 
 def test_bank_caches_are_bounded_in_bytes() -> None:
