@@ -77,6 +77,13 @@ class MotionConfig:
     stretches is spread over as many frames as keep each frame's change within the
     footage's usual one (``accept_quantile``), at least ``min_fade``."""
     min_fade: int = 2
+    forced_fade_scale: float = 2.0
+    """A transition costlier than the accepted budget (no candidate was within it) may
+    fade this many times the longest fade, where the cost needs it and the stretch
+    entered has the frames..."""
+    hold_leaving: bool = True
+    """...and the stretch left, where it ends before the fade does, holds its last frame
+    (False: the fade ends with it)."""
     silent_fade: int = 8
     """The same bound in silence. Silent seams come every second or so on footage whose
     silences are short (GRID's: 0.7 s), and there a longer fade keeps the morph's head
@@ -376,12 +383,13 @@ class Walker:
         return np.clip(np.nan_to_num(need, nan=cap, posinf=cap), self.cfg.min_fade,
                        cap).astype(int)
 
-    def _fade(self, nxt: int, target: int, cost: float, cap: int) -> int:
+    def _fade(self, nxt: int, target: int, cost: float, cap: int, hold: bool = False) -> int:
         """Frames of cross-fade from ``nxt`` into ``target``: enough to keep each frame's
-        change within the footage's usual one, within the bounds and both stretches."""
+        change within the footage's usual one, within the bounds and the stretch entered,
+        and within the stretch left unless its last frame may be ``hold``-en."""
         need = int(self._needed(np.array([cost]), cap)[0])
-        return min(need, int(self.g.left[nxt]) if nxt >= 0 else 0,
-                   int(self.g.left[target]) - 1)
+        leaving = int(self.g.left[nxt]) if nxt >= 0 else 0
+        return min(need, need if hold else leaving, int(self.g.left[target]) - 1)
 
     def _transition(self, nxt: int, target: int, cost: float, want: tuple[int, ...],
                     most: int | None = None) -> Entry:
@@ -389,13 +397,26 @@ class Walker:
         self.transitions += 1
         s.reused = 0  # a bank too small to avoid repeats repeats rather than fade for ever
         self.entered[target] = self.k
-        fade = self._fade(nxt, target, cost, self._cap(want))
+        cap = self._cap(want)
+        forced = cost > self._accept(want)
+        if forced:
+            # Nothing was within the budget: the change is larger than the longest fade
+            # spreads within the footage's usual step, so it gets a longer one, the
+            # leaving stretch's last frame held where it ends first (on GRID's training
+            # clips most seams over the footage's 99th percentile were these, fades cut
+            # short by the cap or by a clip's end).
+            cap = max(cap, int(round(cap * self.cfg.forced_fade_scale)))
+        hold = forced and self.cfg.hold_leaving
+        fade = self._fade(nxt, target, cost, cap, hold)
         if most is not None:
             fade = max(0, min(fade, most))
         if fade <= 0:
             s.cur, s.stay = target, 1
             return Entry(target)
-        s.pending = [Entry(nxt + j, target + j, (j + 1) / (fade + 1)) for j in range(fade)]
+        last = nxt + int(self.g.left[nxt]) - 1 if nxt >= 0 else s.cur
+        first = nxt if nxt >= 0 else s.cur
+        s.pending = [Entry(min(first + j, last), target + j, (j + 1) / (fade + 1))
+                     for j in range(fade)]
         s.cur, s.stay = target + fade - 1, fade
         return s.pending.pop(0)
 

@@ -130,9 +130,44 @@ def test_the_walk_goes_forwards_keeps_its_state_and_blends_seams() -> None:
     agree = (g.state[a] == SPEAKING) == want
     assert agree[plain].mean() > 0.95
     runs = np.diff(np.flatnonzero(np.diff(np.r_[0, fading.astype(int), 0])))[::2]
-    # One fade at a time; two back to back only where the mode changed during the first.
-    assert runs.max() <= 2 * cfg.fade and np.mean(runs <= cfg.fade) > 0.9
+    # One fade at a time, most within the longest fade; longer where no match was within
+    # the budget (``forced_fade_scale``), two back to back only where the mode changed
+    # during the first.
+    forced = round(cfg.forced_fade_scale * cfg.fade)
+    assert runs.max() <= 2 * forced and np.mean(runs <= cfg.fade) > 0.85
     assert w.transitions >= 10
+
+
+def test_a_transition_nothing_matched_gets_a_longer_fade_holding_what_it_leaves() -> None:
+    """Where no frame was within the budget, the change is spread over up to
+    ``forced_fade_scale`` times the longest fade; where the stretch left ends first, its
+    last frame is held for the rest of the fade instead of cutting the fade short."""
+    from avatar.motion import WANTS
+
+    g = MotionGraph(_index(), 25)
+    want = WANTS["speaking"]
+    nxt, target = 117, 305  # three frames before stretch 0 ends, into stretch 2's speech
+
+    def fade(cfg: MotionConfig, cost_of: float) -> list[Entry]:
+        w = Walker(g, cfg, seed=0)
+        w.s.cur = nxt - 1
+        cost = w.step_cost * cost_of ** 2
+        first = w._transition(nxt, target, cost, want)
+        return [first, *w.s.pending]
+
+    cfg = MotionConfig()
+    cap = cfg.fade
+    # Within the budget: the longest fade at most, and it ends with the stretch it leaves.
+    assert [e.a for e in fade(cfg, cap + 1)] == [117, 118, 119]
+    # Nothing within it: twice the fade, stretch 0's last frame held to the end of it.
+    long = fade(cfg, 2 * cap + 1)
+    assert len(long) == 2 * cap
+    assert [e.a for e in long] == [117, 118, 119] + [119] * (2 * cap - 3)
+    assert [e.b for e in long] == list(range(target, target + 2 * cap))
+    assert np.all(np.diff([e.w for e in long]) > 0) and 0 < long[0].w < long[-1].w < 1
+    # Without holding, the stretch's end still ends the fade; the scale bounds it.
+    assert len(fade(MotionConfig(hold_leaving=False), 2 * cap + 1)) == 3
+    assert len(fade(MotionConfig(forced_fade_scale=1.0), 2 * cap + 1)) == cap
 
 
 def test_short_silences_get_a_short_stay_and_long_ones_keep_the_full_one() -> None:
@@ -159,6 +194,11 @@ def test_short_silences_get_a_short_stay_and_long_ones_keep_the_full_one() -> No
     entered = {e.a // 75 for e in entries if e.b < 0}
     assert len(entered) > 10  # many stretches, not the few a full stay would allow
     fades = [e.w for e in entries if e.b >= 0]
+    # Within the short fade, or within its forced length where nothing matched well.
+    assert fades and min(fades) >= 1 / (round(cfg.forced_fade_scale * cfg.short_silent_fade)
+                                        + 1) - 1e-9
+    held = MotionConfig(forced_fade_scale=1.0)
+    fades = [e.w for e in _walk(Walker(short, held, seed=2), ["silent"] * 400) if e.b >= 0]
     assert fades and min(fades) >= 1 / (cfg.short_silent_fade + 1) - 1e-9
     # An explicit stay is kept as given.
     assert Walker(short, MotionConfig(silent_min_stay_s=0.6)).min_stay_silent == 15
