@@ -468,25 +468,36 @@ class Walker:
 
     def _fade_worst(self, nxt: int, target: int, f: int) -> float:
         """The largest change from one frame to the next over a fade of ``f`` frames into
-        ``target``, from the frame shown last to the first plain frame after it (the
-        stretch left held at its last frame where it ends first), over the most a frame
-        may change: of the face area's thumbnail (``pixel_step``) or of its landmarks
-        (``lm_step``; the morph moves them about linearly), whichever is further over."""
+        ``target``, over the most a frame may change (``_fades_worst``)."""
+        return float(self._fades_worst(nxt, np.array([target]), f)[0])
+
+    def _fades_worst(self, nxt: int, targets: np.ndarray, f: int) -> np.ndarray:
+        """For fades of ``f`` frames into each of ``targets``: the largest change from one
+        frame to the next, from the frame shown last to the first plain frame after the
+        fade (the stretch left held at its last frame where it ends first), over the most
+        a frame may change: of the face area's thumbnail (``pixel_step``) or of its
+        landmarks (``lm_step``; the morph moves them about linearly), whichever is
+        further over."""
         g, s = self.g, self.s
         first = nxt if nxt >= 0 else s.cur
         last = first + int(g.left[first]) - 1 if nxt >= 0 else s.cur
         # Frame by frame: the frame shown last, the fade's mixes, the first plain frame.
-        a = np.r_[s.cur, np.minimum(first + np.arange(f), last), target + f]
-        b = np.r_[s.cur, target + np.arange(f + 1)]
-        w = np.r_[0.0, np.arange(1, f + 1) / (f + 1), 1.0].astype(np.float32)
-        worst = 0.0
+        a = np.r_[s.cur, np.minimum(first + np.arange(f), last)]
+        b = targets[:, None] + np.arange(f + 1)[None, :]
+        w = (np.arange(1, f + 1) / (f + 1)).astype(np.float32)
+        worst = np.zeros(len(targets), np.float32)
         for x, step in ((g.thumb, self.pixel_step), (g.lm, self.lm_step)):
-            ww = w.reshape(-1, *([1] * (x.ndim - 1)))
-            d = np.diff((1 - ww) * x[a].astype(np.float32) + ww * x[b].astype(np.float32),
-                        axis=0)
-            change = np.abs(d).mean((1, 2)) if x is g.thumb else \
-                np.linalg.norm(d, axis=2).mean(1)
-            worst = max(worst, float(change.max()) / max(step or 1.0, 1e-6))
+            shape = (1, -1, *([1] * (x.ndim - 1)))
+            xa = x[a].astype(np.float32)[None]           # (1, f + 1, ...)
+            xb = x[b].astype(np.float32)                 # (k, f + 1, ...)
+            ww = w.reshape(shape)
+            mix = (1 - ww) * xa[:, 1:] + ww * xb[:, :f]  # (k, f, ...)
+            shown = np.broadcast_to(xa[:, :1], (len(targets), *xa.shape[1:]))[:, :1]
+            seq = np.concatenate([shown, mix, xb[:, f:]], axis=1)
+            d = np.diff(seq, axis=1)
+            change = np.abs(d).mean((2, 3)) if x is g.thumb else \
+                np.linalg.norm(d, axis=3).mean(2)
+            worst = np.maximum(worst, change.max(1) / max(step or 1.0, 1e-6))
         return worst
 
     def _fade_bound(self, nxt: int, target: int, want: tuple[int, ...]) -> int:
@@ -642,10 +653,16 @@ class Walker:
         check = self.pixel_step is not None and c.pixel_candidates > 0
         nxt = src + 1 if src < self.g.n - 1 and self.g.cont[src] else -1
 
-        def worst(t: int) -> float:
-            """Over 1: no fade brings ``t`` in without a frame changing the face more
-            than the footage's own does (``pixel_quantile``)."""
-            return self._fade_worst(nxt, t, max(0, self._fade_bound(nxt, t, want)))
+        def worst(ts: np.ndarray) -> np.ndarray:
+            """Over 1: no fade brings that target in without a frame changing the face
+            more than the footage's own does (``pixel_quantile``); at each target's
+            longest fade, those of one length worked out together."""
+            bounds = np.array([max(0, self._fade_bound(nxt, int(t), want)) for t in ts])
+            out = np.empty(len(ts), np.float32)
+            for f in np.unique(bounds):
+                at = bounds == f
+                out[at] = self._fades_worst(nxt, ts[at], int(f))
+            return out
 
         if good.size:
             # Drawn uniformly among those within the budget that a fade brings in
@@ -655,21 +672,19 @@ class Walker:
             if not check:
                 pick = int(self.rng.choice(good))
                 return pick, float(cost[pick])
-            tried: list[tuple[float, int]] = []
-            for t in self.rng.permutation(good)[: c.pixel_candidates]:
-                tried.append((worst(int(t)), int(t)))
-                if tried[-1][0] <= 1.0:
-                    break
-            pick = min(tried)[1]
+            draws = self.rng.permutation(good)[: c.pixel_candidates]
+            v = worst(draws)
+            fine = np.flatnonzero(v <= 1.0)
+            pick = int(draws[fine[0]] if fine.size else draws[np.argmin(v)])
             return pick, float(cost[pick])
         order = idx[np.argsort(cost[idx])]
         if check:
             # Nothing within the budget: of the cheapest, those that some fade can bring
             # in smoothly (most seams over the footage's 99th percentile were these,
             # past any fade's help), else the smoothest of them.
-            near = [(worst(int(t)), int(t)) for t in order[: c.pixel_candidates]]
-            fine = [t for v, t in near if v <= 1.0]
-            order = np.array(fine) if fine else np.array([min(near)[1]])
+            near = order[: c.pixel_candidates]
+            v = worst(near)
+            order = near[v <= 1.0] if (v <= 1.0).any() else near[[int(np.argmin(v))]]
         best = order[: c.choices]
         best = best[cost[best] <= c.choice_slack * max(float(cost[best[0]]), 1e-6)]
         pick = int(self.rng.choice(best))
